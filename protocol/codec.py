@@ -1,0 +1,91 @@
+"""Canonical msgpack: one byte string per value, so that signatures are reproducible.
+
+Rules: maps have string keys and are written in sorted key order; tuples and lists
+are arrays; only ``None``, ``bool``, ``int``, ``str``, ``bytes``, lists and maps are
+allowed. Floats are refused outright: two encoders can disagree on them, and every
+quantity in the protocol has an integer form (millicores, bytes, milliseconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+
+from .errors import LocalProtocolError, MalformedMessage
+
+#: Nesting deeper than this is refused on both sides; no message needs more.
+MAX_DEPTH = 32
+
+
+def _canonical(value: Any, depth: int = 0) -> Any:
+    if depth > MAX_DEPTH:
+        raise LocalProtocolError(f"value nests deeper than {MAX_DEPTH} levels")
+    if value is None or isinstance(value, (bool, int, str, bytes)):
+        return value
+    if isinstance(value, Mapping):
+        items = []
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise LocalProtocolError(f"map key {key!r} is not a string")
+            items.append((key, _canonical(item, depth + 1)))
+        items.sort(key=lambda pair: pair[0])
+        return dict(items)
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item, depth + 1) for item in value]
+    raise LocalProtocolError(
+        f"cannot encode {type(value).__name__} canonically; use int, str, bytes, bool, "
+        "None, list or map"
+    )
+
+
+def encode(value: Any) -> bytes:
+    """Encode ``value`` canonically; raises ``LocalProtocolError`` for unencodable values."""
+    return msgpack.packb(_canonical(value), use_bin_type=True)
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise MalformedMessage(f"msgpack extension type {code} is not allowed")
+
+
+def decode(data: bytes, *, max_size: int = 1 << 20) -> Any:
+    """Decode one msgpack value; raises only ``MalformedMessage`` on bad bytes.
+
+    Floats and extension types are refused, as are map keys that are not strings
+    and anything after the first value.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise MalformedMessage(f"expected bytes, got {type(data).__name__}")
+    if len(data) > max_size:
+        raise MalformedMessage(f"{len(data)} bytes is more than the {max_size}-byte limit")
+    try:
+        value = msgpack.unpackb(
+            bytes(data),
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            ext_hook=_refuse_ext,
+            max_buffer_size=max_size,
+        )
+    except MalformedMessage:
+        raise
+    except Exception as exc:  # msgpack raises a zoo of types on garbage; one out
+        raise MalformedMessage(f"not valid msgpack: {type(exc).__name__}: {exc}") from None
+    _check_decoded(value, 0)
+    return value
+
+
+def _check_decoded(value: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise MalformedMessage(f"value nests deeper than {MAX_DEPTH} levels")
+    if isinstance(value, float):
+        raise MalformedMessage("floats are not allowed in bacnode messages")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise MalformedMessage(f"map key {key!r} is not a string")
+            _check_decoded(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_decoded(item, depth + 1)

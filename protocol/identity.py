@@ -1,0 +1,124 @@
+"""Node identity: an Ed25519 key and the libp2p peer ID derived from it.
+
+A peer ID for an Ed25519 key is the base58btc identity multihash of the protobuf
+``PublicKey{Type: Ed25519, Data: key}``, so the public key can be read back out of
+the ID itself: knowing who sent a message is enough to check its signature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from .errors import MalformedMessage
+
+_B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_B58_INDEX = {ch: i for i, ch in enumerate(_B58_ALPHABET)}
+
+# protobuf PublicKey: field 1 (KeyType) varint = 1 (Ed25519), field 2 (Data) 32 bytes.
+_ED25519_PROTOBUF_PREFIX = b"\x08\x01\x12\x20"
+# multihash: code 0x00 (identity), length 36 (the protobuf above).
+_IDENTITY_MULTIHASH_PREFIX = b"\x00\x24"
+
+
+def b58encode(data: bytes) -> str:
+    number = int.from_bytes(data, "big")
+    out = []
+    while number:
+        number, rem = divmod(number, 58)
+        out.append(_B58_ALPHABET[rem])
+    leading_zeros = len(data) - len(data.lstrip(b"\0"))
+    return "1" * leading_zeros + "".join(reversed(out))
+
+
+def b58decode(text: str) -> bytes:
+    number = 0
+    for ch in text:
+        try:
+            number = number * 58 + _B58_INDEX[ch]
+        except KeyError:
+            raise ValueError(f"{ch!r} is not a base58 character") from None
+    body = number.to_bytes((number.bit_length() + 7) // 8, "big")
+    leading_ones = len(text) - len(text.lstrip("1"))
+    return b"\0" * leading_ones + body
+
+
+def peer_id_from_public_key(public_key: bytes) -> str:
+    """The libp2p peer ID (``12D3KooW…``) of a raw 32-byte Ed25519 public key."""
+    if len(public_key) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    return b58encode(_IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTOBUF_PREFIX + public_key)
+
+
+def public_key_from_peer_id(peer_id: str) -> Ed25519PublicKey:
+    """Recover the Ed25519 key inside a peer ID; raises ``MalformedMessage`` otherwise.
+
+    Peer IDs that hash their key (RSA, or any sha2-256 multihash) carry no key and
+    are refused: bacnode nodes always use Ed25519.
+    """
+    if not isinstance(peer_id, str) or not 40 <= len(peer_id) <= 60:
+        raise MalformedMessage(f"{peer_id!r} is not an Ed25519 libp2p peer ID")
+    try:
+        raw = b58decode(peer_id)
+    except ValueError as exc:
+        raise MalformedMessage(f"peer ID {peer_id!r}: {exc}") from None
+    prefix = _IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTOBUF_PREFIX
+    if len(raw) != len(prefix) + 32 or not raw.startswith(prefix):
+        raise MalformedMessage(f"{peer_id!r} is not an Ed25519 libp2p peer ID")
+    return Ed25519PublicKey.from_public_bytes(raw[len(prefix) :])
+
+
+def is_peer_id(text: object) -> bool:
+    try:
+        public_key_from_peer_id(text)  # type: ignore[arg-type]
+    except MalformedMessage:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class NodeKey:
+    """A node's signing key. ``seed`` is the 32-byte Ed25519 private seed."""
+
+    seed: bytes
+
+    @classmethod
+    def generate(cls) -> NodeKey:
+        from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
+
+        private = Ed25519PrivateKey.generate()
+        return cls(private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
+
+    def __post_init__(self) -> None:
+        if len(self.seed) != 32:
+            raise ValueError("an Ed25519 seed is 32 bytes")
+        object.__setattr__(self, "_private", Ed25519PrivateKey.from_private_bytes(self.seed))
+
+    def __repr__(self) -> str:  # never print the seed
+        return f"NodeKey(peer_id={self.peer_id!r})"
+
+    @property
+    def public_key(self) -> bytes:
+        return self._private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)  # type: ignore[attr-defined]
+
+    @property
+    def peer_id(self) -> str:
+        return peer_id_from_public_key(self.public_key)
+
+    def sign(self, data: bytes) -> bytes:
+        return self._private.sign(data)  # type: ignore[attr-defined]
+
+
+def verify_signature(peer_id: str, signature: bytes, data: bytes) -> bool:
+    """True when ``signature`` is ``peer_id``'s Ed25519 signature over ``data``."""
+    try:
+        public_key_from_peer_id(peer_id).verify(signature, data)
+    except (InvalidSignature, MalformedMessage, ValueError):
+        return False
+    return True

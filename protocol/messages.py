@@ -1,0 +1,382 @@
+"""The bacnode/1 message types, as small frozen dataclasses named as nouns.
+
+Each has a wire ``TYPE``, ``to_body()`` (a plain map for the envelope) and
+``from_body()``, which checks every field's type and meaning and raises only
+``MalformedMessage``. ``decode_message`` maps a verified envelope to its message.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar
+
+from .envelope import Envelope, EnvelopeVerifier, seal
+from .errors import MalformedMessage, SenderMismatch, SpecError, UnknownMessageType
+from .identity import NodeKey, is_peer_id
+
+JOB_ID_RE = re.compile(r"^j-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+EXECUTION_ID_RE = re.compile(
+    r"^e-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+)
+SHA256_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
+CID_V0_RE = re.compile(r"^Qm[1-9A-HJ-NP-Za-km-z]{44}$")
+STORAGE_SOURCES = ("IPFS", "S3", "Local", "Noop")
+
+M = TypeVar("M", bound="Message")
+
+
+def _check_value(value: Any, annotation: Any, path: str) -> Any:
+    """Check ``value`` against a field annotation; return it in the dataclass's form."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [option for option in options if option is not type(None)]
+        return _check_value(value, inner, path)
+    if annotation is Any:
+        return value
+    if annotation in (str, int, bool, bytes):
+        # bool is an int subclass; an exact type check keeps True from passing as 1.
+        if type(value) is not annotation:
+            raise MalformedMessage(
+                f"{path} must be {annotation.__name__}, got {type(value).__name__}"
+            )
+        return value
+    if origin is tuple:
+        item_type = typing.get_args(annotation)[0]
+        if not isinstance(value, (list, tuple)):
+            raise MalformedMessage(f"{path} must be a list, got {type(value).__name__}")
+        return tuple(_check_value(item, item_type, f"{path}[{i}]") for i, item in enumerate(value))
+    if origin in (dict, Mapping, typing.Mapping):
+        key_type, value_type = typing.get_args(annotation)
+        if not isinstance(value, Mapping):
+            raise MalformedMessage(f"{path} must be a map, got {type(value).__name__}")
+        return {
+            _check_value(k, key_type, f"{path} key"): _check_value(v, value_type, f"{path}.{k}")
+            for k, v in value.items()
+        }
+    if isinstance(annotation, type) and issubclass(annotation, Record):
+        return annotation._from_map(value, path)
+    raise TypeError(f"unsupported annotation {annotation!r} at {path}")  # programming error
+
+
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, Record):
+        return value.to_body()
+    if isinstance(value, tuple):
+        return [_to_wire(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _to_wire(item) for key, item in value.items()}
+    return value
+
+
+class Record:
+    """Shared machinery for messages and the records nested in them."""
+
+    def to_body(self) -> dict[str, Any]:
+        return {f.name: _to_wire(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def _from_map(cls, data: Any, path: str) -> Any:
+        if not isinstance(data, Mapping):
+            raise MalformedMessage(f"{path} must be a map, got {type(data).__name__}")
+        hints = typing.get_type_hints(cls)
+        declared = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - declared)
+        if unknown:
+            raise MalformedMessage(f"{path}: unexpected field(s) {', '.join(map(str, unknown))}")
+        missing = sorted(declared - set(data))
+        if missing:
+            raise MalformedMessage(f"{path}: missing field(s) {', '.join(missing)}")
+        values = {
+            name: _check_value(data[name], hints[name], f"{path}.{name}") for name in declared
+        }
+        record = cls(**values)
+        record._validate(path)
+        return record
+
+    def _validate(self, path: str) -> None:
+        """Checks beyond types; raise ``MalformedMessage``."""
+
+
+class Message(Record):
+    TYPE: ClassVar[str]
+
+    @classmethod
+    def from_body(cls: type[M], body: Mapping[str, Any]) -> M:
+        return cls._from_map(body, cls.TYPE)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise MalformedMessage(message)
+
+
+def _check_job_id(value: str, path: str) -> None:
+    _require(bool(JOB_ID_RE.match(value)), f"{path}.job_id {value!r:.80} is not a j-<uuid4> ID")
+
+
+def _check_execution_id(value: str, path: str) -> None:
+    _require(
+        bool(EXECUTION_ID_RE.match(value)),
+        f"{path}.execution_id {value!r:.80} is not an e-<uuid4> ID",
+    )
+
+
+def _check_peer(value: str, path: str) -> None:
+    _require(is_peer_id(value), f"{path} {value!r:.80} is not an Ed25519 peer ID")
+
+
+@dataclass(frozen=True)
+class Capacity(Record):
+    """Resources in integer units: millicores, bytes, bytes, GPUs."""
+
+    cpu_milli: int = 0
+    memory: int = 0
+    disk: int = 0
+    gpu: int = 0
+
+    def _validate(self, path: str) -> None:
+        for f in fields(self):
+            _require(getattr(self, f.name) >= 0, f"{path}.{f.name} must not be negative")
+
+    def fits_in(self, other: Capacity) -> bool:
+        return all(getattr(self, f.name) <= getattr(other, f.name) for f in fields(self))
+
+
+@dataclass(frozen=True)
+class JobAnnouncement(Message):
+    """A requester offers a job to the mesh; ``job`` is the validated spec map."""
+
+    TYPE: ClassVar[str] = "job.announce"
+    job_id: str
+    requester: str
+    job: Mapping[str, Any]
+    bid_deadline_ms: int
+
+    def _validate(self, path: str) -> None:
+        _check_job_id(self.job_id, path)
+        _check_peer(self.requester, f"{path}.requester")
+        from .jobspec import Job
+
+        try:
+            Job.from_dict(self.job)
+        except SpecError as exc:
+            raise MalformedMessage(f"{path}.job: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Bid(Message):
+    """A compute node's answer to an announcement; ``accept`` False is a decline."""
+
+    TYPE: ClassVar[str] = "bid"
+    job_id: str
+    execution_id: str
+    node_id: str
+    accept: bool
+    reason: str
+    free: Capacity
+    running_executions: int
+
+    def _validate(self, path: str) -> None:
+        _check_job_id(self.job_id, path)
+        _check_execution_id(self.execution_id, path)
+        _check_peer(self.node_id, f"{path}.node_id")
+        _require(self.running_executions >= 0, f"{path}.running_executions must not be negative")
+
+
+@dataclass(frozen=True)
+class BidDecision(Message):
+    """The requester's answer to a bid."""
+
+    TYPE: ClassVar[str] = "bid.decision"
+    job_id: str
+    execution_id: str
+    node_id: str
+    accepted: bool
+    reason: str
+
+    def _validate(self, path: str) -> None:
+        _check_job_id(self.job_id, path)
+        _check_execution_id(self.execution_id, path)
+        _check_peer(self.node_id, f"{path}.node_id")
+
+
+@dataclass(frozen=True)
+class ExecutionUpdate(Message):
+    """A compute node reports an execution's new state."""
+
+    TYPE: ClassVar[str] = "execution.update"
+    job_id: str
+    execution_id: str
+    node_id: str
+    state: str
+    message: str
+    exit_code: int | None = None
+
+    def _validate(self, path: str) -> None:
+        from .states import ExecutionState
+
+        _check_job_id(self.job_id, path)
+        _check_execution_id(self.execution_id, path)
+        _check_peer(self.node_id, f"{path}.node_id")
+        allowed = [s.value for s in ExecutionState]
+        _require(self.state in allowed, f"{path}.state {self.state!r:.40} is not one of {allowed}")
+
+
+@dataclass(frozen=True)
+class NodeInfo(Message):
+    """A node's heartbeat: who it is, where to reach it, what it can run."""
+
+    TYPE: ClassVar[str] = "node.info"
+    node_id: str
+    version: str
+    addresses: tuple[str, ...]
+    labels: Mapping[str, str]
+    roles: tuple[str, ...]
+    engines: tuple[str, ...]
+    storages: tuple[str, ...]
+    publishers: tuple[str, ...]
+    total: Capacity
+    free: Capacity
+    running_executions: int
+    seq: int
+
+    def _validate(self, path: str) -> None:
+        _check_peer(self.node_id, f"{path}.node_id")
+        for role in self.roles:
+            _require(role in ("requester", "compute"), f"{path}.roles: unknown role {role!r:.40}")
+        for address in self.addresses:
+            _require(address.startswith("/"), f"{path}.addresses: {address!r:.80} is no multiaddr")
+        _require(self.free.fits_in(self.total), f"{path}.free exceeds {path}.total")
+        _require(self.seq >= 0 and self.running_executions >= 0, f"{path}: negative counter")
+
+
+@dataclass(frozen=True)
+class ManifestEntry(Record):
+    """One published file: its path in the results layout, size and SHA-256 (hex)."""
+
+    path: str
+    size: int
+    sha256: str
+
+    def _validate(self, path: str) -> None:
+        _require(is_safe_relative_path(self.path), f"{path}.path {self.path!r:.80} is not safe")
+        _require(self.size >= 0, f"{path}.size must not be negative")
+        _require(bool(SHA256_HEX_RE.match(self.sha256)), f"{path}.sha256 is not 64 hex digits")
+
+
+def is_safe_relative_path(path: str) -> bool:
+    """A relative POSIX path that cannot leave the directory it is joined to."""
+    if not path or path.startswith("/") or "\\" in path or "\0" in path:
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
+
+
+def check_published_location(location: Mapping[str, Any], path: str) -> None:
+    """Validate the ``PublishedResults`` map, e.g. ``{"StorageSource": "IPFS", "CID": …}``."""
+    source = location.get("StorageSource")
+    _require(source in STORAGE_SOURCES, f"{path}.StorageSource must be one of {STORAGE_SOURCES}")
+    if source == "IPFS":
+        cid = location.get("CID")
+        _require(isinstance(cid, str) and bool(CID_V0_RE.match(cid)), f"{path}.CID is not a CIDv0")
+    elif source == "S3":
+        s3 = location.get("S3")
+        _require(isinstance(s3, Mapping), f"{path}.S3 must be a map")
+        for key in ("Bucket", "Key", "Checksum", "VersionID", "Region", "Endpoint"):
+            _require(isinstance(s3.get(key, ""), str), f"{path}.S3.{key} must be a string")
+        _require(bool(s3.get("Bucket")), f"{path}.S3.Bucket is required")
+        checksum = s3.get("Checksum", "")
+        if checksum:
+            try:
+                raw = base64.b64decode(checksum, validate=True)
+            except ValueError:
+                raw = b""
+            _require(len(raw) == 32, f"{path}.S3.Checksum is not a base64 SHA-256")
+    _require(isinstance(location.get("Name", ""), str), f"{path}.Name must be a string")
+
+
+@dataclass(frozen=True)
+class ResultRecord(Message):
+    """What a compute node published for an execution, signed by that node."""
+
+    TYPE: ClassVar[str] = "result"
+    job_id: str
+    execution_id: str
+    node_id: str
+    exit_code: int
+    stdout_sha256: str
+    stderr_sha256: str
+    outputs: tuple[ManifestEntry, ...]
+    published: Mapping[str, Any]
+    completed_at_ms: int
+
+    def _validate(self, path: str) -> None:
+        _check_job_id(self.job_id, path)
+        _check_execution_id(self.execution_id, path)
+        _check_peer(self.node_id, f"{path}.node_id")
+        for name in ("stdout_sha256", "stderr_sha256"):
+            _require(bool(SHA256_HEX_RE.match(getattr(self, name))), f"{path}.{name} is not hex")
+        seen: set[str] = set()
+        for entry in self.outputs:
+            _require(entry.path not in seen, f"{path}.outputs lists {entry.path!r:.80} twice")
+            seen.add(entry.path)
+        check_published_location(self.published, f"{path}.published")
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (JobAnnouncement, Bid, BidDecision, ExecutionUpdate, NodeInfo, ResultRecord)
+}
+
+
+#: The field naming the node a message speaks for; it must be the envelope's signer.
+_AUTHOR_FIELD = {
+    JobAnnouncement: "requester",
+    Bid: "node_id",
+    ExecutionUpdate: "node_id",
+    NodeInfo: "node_id",
+    ResultRecord: "node_id",
+}
+
+
+def decode_message(envelope: Envelope) -> Message:
+    """The message inside a verified envelope; raises a ``RemoteProtocolError``.
+
+    A message that speaks for a node (a bid, a heartbeat, a result…) must be signed
+    by that node: a record relayed under another key is a ``SenderMismatch``.
+    """
+    try:
+        cls = MESSAGE_TYPES[envelope.type]
+    except KeyError:
+        raise UnknownMessageType(f"unknown message type {envelope.type!r:.60}") from None
+    message = cls.from_body(envelope.body)
+    author_field = _AUTHOR_FIELD.get(cls)
+    if author_field is not None and getattr(message, author_field) != envelope.sender:
+        raise SenderMismatch(
+            f"{cls.TYPE} for {getattr(message, author_field)} was signed by {envelope.sender}"
+        )
+    return message
+
+
+def seal_message(key: NodeKey, message: Message, *, now_ms: int) -> bytes:
+    """Sign ``message`` with ``key``; the wire bytes for gossip or a stream."""
+    return seal(key, message.TYPE, message.to_body(), now_ms=now_ms)
+
+
+def open_message(
+    verifier: EnvelopeVerifier,
+    data: bytes,
+    *,
+    now_ms: int,
+    expected_sender: str | None = None,
+) -> tuple[Envelope, Message]:
+    """Verify wire bytes and decode the message in them; raises ``RemoteProtocolError``."""
+    envelope = verifier.verify(data, now_ms=now_ms, expected_sender=expected_sender)
+    return envelope, decode_message(envelope)
