@@ -22,7 +22,11 @@ MAX_DEPTH = 32
 def _canonical(value: Any, depth: int = 0) -> Any:
     if depth > MAX_DEPTH:
         raise LocalProtocolError(f"value nests deeper than {MAX_DEPTH} levels")
-    if value is None or isinstance(value, (bool, int, str, bytes)):
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -(2**63) <= value < 2**64:
+            raise LocalProtocolError(f"integer {value} does not fit in 64 bits")
+        return value
+    if value is None or isinstance(value, (bool, str, bytes)):
         return value
     if isinstance(value, Mapping):
         items = []
@@ -66,7 +70,6 @@ def decode(data: bytes, *, max_size: int = 1 << 20) -> Any:
             strict_map_key=True,
             use_list=True,
             ext_hook=_refuse_ext,
-            max_buffer_size=max_size,
         )
     except MalformedMessage:
         raise

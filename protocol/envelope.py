@@ -86,9 +86,7 @@ def seal(
 def parse_unverified(data: bytes, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
     """Decode and shape-check an envelope without checking its signature."""
     if len(data) > max_message_bytes:
-        raise OversizeMessage(
-            f"message is {len(data)} bytes; the limit is {max_message_bytes}"
-        )
+        raise OversizeMessage(f"message is {len(data)} bytes; the limit is {max_message_bytes}")
     raw = codec.decode(data, max_size=max_message_bytes)
     if not isinstance(raw, dict):
         raise MalformedMessage(f"envelope must be a map, got {type(raw).__name__}")
@@ -105,8 +103,14 @@ def parse_unverified(data: bytes, *, max_message_bytes: int = MAX_MESSAGE_BYTES)
     version = raw["v"]
     if type(version) is not int or version != PROTOCOL_VERSION:
         raise UnknownVersion(f"protocol version {version!r}; this node speaks {PROTOCOL_VERSION}")
-    for name, kind in (("type", str), ("from", str), ("ts", int), ("nonce", bytes),
-                       ("body", dict), ("sig", bytes)):
+    for name, kind in (
+        ("type", str),
+        ("from", str),
+        ("ts", int),
+        ("nonce", bytes),
+        ("body", dict),
+        ("sig", bytes),
+    ):
         if type(raw[name]) is not kind:
             raise MalformedMessage(
                 f"envelope field {name!r} must be {kind.__name__}, got {type(raw[name]).__name__}"
@@ -204,4 +208,3 @@ class EnvelopeVerifier:
             raise OversizeMessage(f"body is {body_size} bytes; the limit is {self.max_body_bytes}")
         self.replay_guard.check_and_remember(envelope.sender, envelope.nonce, envelope.ts, now_ms)
         return envelope
-

@@ -7,6 +7,7 @@ the ID itself: knowing who sent a message is enough to check its signature.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -56,6 +57,7 @@ def peer_id_from_public_key(public_key: bytes) -> str:
     return b58encode(_IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTOBUF_PREFIX + public_key)
 
 
+@functools.lru_cache(maxsize=4096)
 def public_key_from_peer_id(peer_id: str) -> Ed25519PublicKey:
     """Recover the Ed25519 key inside a peer ID; raises ``MalformedMessage`` otherwise.
 

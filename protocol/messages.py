@@ -8,6 +8,7 @@ Each has a wire ``TYPE``, ``to_body()`` (a plain map for the envelope) and
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import types
 import typing
@@ -76,6 +77,12 @@ def _to_wire(value: Any) -> Any:
     return value
 
 
+@functools.cache
+def _field_types(cls: type) -> tuple[dict[str, Any], frozenset[str]]:
+    # get_type_hints re-evaluates string annotations on every call; once per class will do.
+    return typing.get_type_hints(cls), frozenset(f.name for f in fields(cls))
+
+
 class Record:
     """Shared machinery for messages and the records nested in them."""
 
@@ -86,8 +93,7 @@ class Record:
     def _from_map(cls, data: Any, path: str) -> Any:
         if not isinstance(data, Mapping):
             raise MalformedMessage(f"{path} must be a map, got {type(data).__name__}")
-        hints = typing.get_type_hints(cls)
-        declared = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        hints, declared = _field_types(cls)
         unknown = sorted(set(data) - declared)
         if unknown:
             raise MalformedMessage(f"{path}: unexpected field(s) {', '.join(map(str, unknown))}")

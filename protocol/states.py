@@ -97,9 +97,7 @@ def check_job_transition(current: JobState, new: JobState) -> JobState:
 def check_execution_transition(current: ExecutionState, new: ExecutionState) -> ExecutionState:
     """Return ``new`` if an execution may move there from ``current``; else raise."""
     if new not in EXECUTION_TRANSITIONS[current]:
-        raise IllegalTransition(
-            _explain("execution", current, new, EXECUTION_TRANSITIONS[current])
-        )
+        raise IllegalTransition(_explain("execution", current, new, EXECUTION_TRANSITIONS[current]))
     return new
 
 

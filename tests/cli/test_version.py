@@ -1,0 +1,34 @@
+import json
+import subprocess
+import sys
+
+import protocol
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+def test_version_names_bacnode_protocol_python_and_libp2p():
+    result = run_cli("version", "--output", "json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["Version"] == protocol.__version__
+    assert info["Protocol"] == "bacnode/1"
+    assert info["Python"].count(".") == 2
+    assert info["Libp2p"].startswith("0.8")
+
+
+def test_cli_start_up_does_not_import_libp2p():
+    code = "import sys, cli.main; print('libp2p' in sys.modules, 'docker' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False False"
+
+
+def test_unknown_command_is_a_usage_error_not_a_traceback():
+    result = run_cli("frobnicate")
+    assert result.returncode == 2
+    assert "No such command 'frobnicate'" in result.stderr
+    assert "Traceback" not in result.stderr

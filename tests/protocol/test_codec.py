@@ -1,0 +1,66 @@
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol import codec
+from protocol.errors import LocalProtocolError, MalformedMessage
+
+values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text() | st.binary(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=30,
+)
+
+
+@given(values)
+def test_decode_inverts_encode(value):
+    assert codec.decode(codec.encode(value)) == value
+
+
+@given(st.dictionaries(st.text(), st.integers(-(2**63), 2**64 - 1)))
+def test_encoding_ignores_key_insertion_order(mapping):
+    reordered = dict(reversed(list(mapping.items())))
+    assert codec.encode(mapping) == codec.encode(reordered)
+
+
+def test_tuples_encode_as_lists():
+    assert codec.encode((1, "a")) == codec.encode([1, "a"])
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (1.5, "cannot encode float canonically"),
+        ({1: "a"}, "map key 1 is not a string"),
+        ({"a": {1, 2}}, "cannot encode set canonically"),
+        (2**64, "does not fit in 64 bits"),
+    ],
+)
+def test_encode_refuses_non_canonical_values(value, message):
+    with pytest.raises(LocalProtocolError, match=message):
+        codec.encode(value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (msgpack.packb(1.5), "floats are not allowed"),
+        (msgpack.packb({"a": [0.25]}), "floats are not allowed"),
+        (msgpack.packb({1: 2}), "not valid msgpack"),
+        (msgpack.packb(msgpack.ExtType(5, b"x")), "extension type 5 is not allowed"),
+        (msgpack.packb(1) + msgpack.packb(2), "not valid msgpack: ExtraData"),
+        (b"\xc1", "not valid msgpack"),
+        (b"\x92\x01", "not valid msgpack"),
+        (b"", "not valid msgpack"),
+        (b"\x91" * 40 + b"\x00", "nests deeper than 32 levels"),
+    ],
+)
+def test_decode_names_the_problem(data, message):
+    with pytest.raises(MalformedMessage, match=message):
+        codec.decode(data)
+
+
+def test_decode_enforces_size_limit():
+    with pytest.raises(MalformedMessage, match="more than the 10-byte limit"):
+        codec.decode(codec.encode("x" * 20), max_size=10)

@@ -1,0 +1,140 @@
+"""Round trips and signature properties for every message type."""
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol import codec
+from protocol.envelope import EnvelopeVerifier
+from protocol.errors import MalformedMessage, RemoteProtocolError, SenderMismatch
+from protocol.messages import (
+    MESSAGE_TYPES,
+    Bid,
+    Capacity,
+    ManifestEntry,
+    ResultRecord,
+    decode_message,
+    open_message,
+    seal_message,
+)
+from tests.protocol.strategies import (
+    KEYS,
+    author_key,
+    messages,
+    new_execution_id,
+    new_job_id,
+    result_records,
+)
+
+NOW = 1_780_000_000_000
+
+
+@given(messages)
+def test_body_round_trip(message):
+    body = codec.decode(codec.encode(message.to_body()))
+    assert type(message).from_body(body) == message
+
+
+@given(messages)
+def test_sealed_message_opens_to_itself(message):
+    data = seal_message(author_key(message), message, now_ms=NOW)
+    envelope, opened = open_message(EnvelopeVerifier(), data, now_ms=NOW)
+    assert opened == message
+    assert envelope.sender == author_key(message).peer_id
+
+
+@settings(max_examples=60)
+@given(messages, st.data())
+def test_any_flipped_byte_is_rejected(message, data):
+    wire = bytearray(seal_message(author_key(message), message, now_ms=NOW))
+    index = data.draw(st.integers(0, len(wire) - 1))
+    wire[index] ^= data.draw(st.integers(1, 255))
+    with pytest.raises(RemoteProtocolError):
+        open_message(EnvelopeVerifier(), bytes(wire), now_ms=NOW)
+
+
+@given(messages)
+def test_a_message_signed_by_another_node_is_refused(message):
+    if type(message).TYPE == "bid.decision":
+        return  # a decision is about the bidder, signed by the requester
+    impostor = next(key for key in KEYS if key != author_key(message))
+    data = seal_message(impostor, message, now_ms=NOW)
+    with pytest.raises(SenderMismatch, match="was signed by"):
+        open_message(EnvelopeVerifier(), data, now_ms=NOW)
+
+
+def test_every_message_type_is_covered_by_the_strategy():
+    seen = set()
+
+    @given(messages)
+    @settings(max_examples=300)
+    def collect(message):
+        seen.add(type(message).TYPE)
+
+    collect()
+    assert seen == set(MESSAGE_TYPES)
+
+
+@given(result_records())
+def test_result_record_rejects_unsafe_manifest_paths(record):
+    for bad in ["../etc/passwd", "/abs", "a//b", "a/./b", ""]:
+        entry = ManifestEntry(bad, 1, "0" * 64)
+        body = dataclasses.replace(record, outputs=(entry,)).to_body()
+        with pytest.raises(MalformedMessage, match="is not safe"):
+            ResultRecord.from_body(body)
+
+
+def _bid_body(**changes):
+    bid = Bid(new_job_id(), new_execution_id(), KEYS[0].peer_id, True, "", Capacity(1, 2, 3, 0), 0)
+    return {**bid.to_body(), **changes}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"accept": 1}, "bid.accept must be bool, got int"),
+        ({"running_executions": True}, "bid.running_executions must be int, got bool"),
+        ({"job_id": "j-123"}, "bid.job_id 'j-123' is not a j-<uuid4> ID"),
+        ({"execution_id": "x"}, "bid.execution_id 'x' is not an e-<uuid4> ID"),
+        ({"node_id": "nobody"}, "bid.node_id 'nobody' is not an Ed25519 peer ID"),
+        ({"free": {"cpu_milli": -1, "memory": 0, "disk": 0, "gpu": 0}},
+         "bid.free.cpu_milli must not be negative"),
+        ({"free": [1, 2]}, "bid.free must be a map, got list"),
+        ({"surprise": 1}, "bid: unexpected field(s) surprise"),
+    ],
+)
+def test_malformed_bid_fields_are_named(changes, message):
+    with pytest.raises(MalformedMessage) as caught:
+        Bid.from_body(_bid_body(**changes))
+    assert message in str(caught.value)
+
+
+def test_missing_fields_are_listed():
+    body = _bid_body()
+    del body["reason"], body["free"]
+    with pytest.raises(MalformedMessage, match=r"bid: missing field\(s\) free, reason"):
+        Bid.from_body(body)
+
+
+def test_announcement_with_invalid_job_is_malformed():
+    from protocol.messages import JobAnnouncement
+
+    body = {
+        "job_id": new_job_id(),
+        "requester": KEYS[0].peer_id,
+        "job": {"Type": "batch", "Tasks": []},
+        "bid_deadline_ms": 0,
+    }
+    with pytest.raises(MalformedMessage, match=r"job.announce.job: invalid job spec"):
+        JobAnnouncement.from_body(body)
+
+
+def test_unknown_type_in_verified_envelope():
+    from protocol.envelope import Envelope
+    from protocol.errors import UnknownMessageType
+
+    envelope = Envelope("gossip.spam", KEYS[0].peer_id, NOW, b"n" * 16, {})
+    with pytest.raises(UnknownMessageType):
+        decode_message(envelope)
