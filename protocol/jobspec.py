@@ -1,0 +1,1095 @@
+"""The job spec, shaped like Bacalhau's v1 job, with validation that reports every problem.
+
+``Job.from_dict`` takes the decoded document (JSON here via ``parse_job_document``;
+YAML is decoded by callers outside ``protocol/``) and either returns a normalised,
+frozen ``Job`` or raises one ``SpecError`` listing every problem with its field path,
+e.g. ``Tasks[0].Engine.Params.Image``. ``Job.to_dict`` gives the normalised,
+Bacalhau-capitalised document, so that ``Job.from_dict(job.to_dict()) == job``.
+
+Invariant: ``to_dict`` output holds only ``str``, ``int``, ``bool``, lists and maps
+with string keys (no floats, no ``None``), so it encodes canonically with
+``protocol.codec``. Quantities are therefore written as strings (``"500m"``,
+``"512Mi"``) and timeouts as whole seconds.
+
+Decisions where Bacalhau leaves room (see each constant's comment):
+
+- Field names are case-sensitive (``image`` is an unknown field, with a hint);
+  *type names* are not (``S3``, ``Docker``, ``urldownload``) and are normalised.
+- ``null`` means "absent", as Go's decoder treats it.
+- ``inline`` inputs carry their bytes in ``Params.URL`` as a ``data:`` URL (as
+  Bacalhau's inline storage does), at most ``MAX_INLINE_URL`` characters.
+- ``Network.Type`` is ``None`` or ``Full``; Bacalhau's ``Host`` is read as ``Full``
+  because how a networked container is wired (Docker host networking, here) is the
+  node's choice, not the job's. ``Domains`` is recorded but not enforced, and is
+  refused with ``None``.
+- Resources left at 0 mean "not requested" and are left out of ``to_dict``.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import json
+import posixpath
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import FieldError, LocalProtocolError, SpecError
+from .placeholders import check_key_template
+from .quantities import format_bytes, format_cpu, parse_bytes, parse_cpu, parse_gpu
+from .selectors import Constraint, check_label_key, check_label_value
+
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "DEFAULT_TASK_NAME",
+    "ENGINE_TYPES",
+    "INPUT_SOURCE_TYPES",
+    "JOB_ID_RE",
+    "JOB_TYPES",
+    "MAX_INLINE_URL",
+    "NETWORK_TYPES",
+    "PUBLISHER_TYPES",
+    "EngineSpec",
+    "InputSource",
+    "Job",
+    "NetworkSpec",
+    "PublisherSpec",
+    "Resources",
+    "ResultPath",
+    "Task",
+    "Timeouts",
+    "check_absolute_path",
+    "check_bucket",
+    "check_checksum_sha256",
+    "check_cid",
+    "check_data_url",
+    "check_http_url",
+    "check_image",
+    "normalise_path",
+    "parse_bool",
+    "parse_job_document",
+]
+
+JOB_TYPES: tuple[str, ...] = ("batch",)
+ENGINE_TYPES: tuple[str, ...] = ("docker",)
+INPUT_SOURCE_TYPES: tuple[str, ...] = ("s3", "ipfs", "urlDownload", "inline")
+PUBLISHER_TYPES: tuple[str, ...] = ("ipfs", "s3", "local", "noop")
+NETWORK_TYPES: tuple[str, ...] = ("None", "Full")
+# Bacalhau's "Host" asks for host networking; here that wiring is a node setting.
+_NETWORK_ALIASES = {"host": "Full"}
+DEFAULT_NAMESPACE = "default"
+DEFAULT_TASK_NAME = "main"
+#: A job's stored ID: ``j-`` and a lowercase UUID4, Bacalhau's form.
+JOB_ID_RE = re.compile(r"j-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+#: Inline inputs travel inside every announcement, well under the 1 MiB message limit.
+MAX_INLINE_URL = 64 * 1024
+# msgpack integers are at most 64-bit.
+_MAX_INT = 2**63 - 1
+
+# Parameters per type, in the order they are documented; the first are required.
+_S3_SOURCE_PARAMS = ("Bucket", "Key", "Region", "Endpoint", "VersionID", "ChecksumSHA256", "Filter")
+_SOURCE_PARAMS: dict[str, tuple[str, ...]] = {
+    "s3": _S3_SOURCE_PARAMS,
+    "ipfs": ("CID",),
+    "urlDownload": ("URL",),
+    "inline": ("URL",),
+}
+_S3_PUBLISHER_PARAMS = ("Bucket", "Key", "Compress", "Endpoint", "Region")
+
+
+# ---------------------------------------------------------------------------
+# Value checks, shared with ``uris``: each returns why a value is bad, or None.
+
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+_IMAGE_RE = re.compile(
+    rf"(?P<name>(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+    r"(?::[\w][\w.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?",
+    re.ASCII,
+)
+_IMAGE_EXPECTED = (
+    "expected [REGISTRY[:PORT]/]NAME[:TAG][@DIGEST], e.g. ubuntu:22.04 or ghcr.io/org/app:1.2"
+)
+
+
+def check_image(ref: str) -> str | None:
+    """Why ``ref`` is not a Docker image reference (distribution's grammar), or None."""
+    match = _IMAGE_RE.fullmatch(ref)
+    if match is not None and len(match["name"]) <= 255:
+        return None
+    if not ref:
+        reason = "empty; "
+    elif match is not None:
+        reason = "the name is longer than 255 characters; "
+    elif _IMAGE_RE.fullmatch(ref.lower()) is not None:
+        reason = "repository names must be lowercase; "
+    else:
+        reason = ""
+    return f"invalid image reference {ref!r}: {reason}{_IMAGE_EXPECTED}"
+
+
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def check_bucket(name: str) -> str | None:
+    """Why ``name`` is not an S3 bucket name (AWS's rules), or None."""
+    if _BUCKET_RE.fullmatch(name) and ".." not in name:
+        return None
+    return (
+        f"invalid S3 bucket name {name!r}: expected 3 to 63 lowercase letters, digits, '.' "
+        "or '-', starting and ending with a letter or digit, e.g. my-results"
+    )
+
+
+_BASE58 = "1-9A-HJ-NP-Za-km-z"
+_CID_RE = re.compile(
+    rf"Qm[{_BASE58}]{{44}}"  # CIDv0: base58btc sha2-256 multihash
+    r"|b[a-z2-7]{40,}"  # CIDv1, base32 (what kubo prints)
+    rf"|z[{_BASE58}]{{40,}}"  # CIDv1, base58btc
+    r"|f[0-9a-f]{60,}"  # CIDv1, base16
+)
+
+
+def check_cid(cid: str) -> str | None:
+    """Why ``cid`` is not an IPFS CID (v0, or v1 in base32/base58btc/base16), or None."""
+    if _CID_RE.fullmatch(cid):
+        return None
+    return (
+        f"invalid CID {cid!r}: expected a CIDv0 (Qm and 44 base58 characters) or a CIDv1 "
+        "(e.g. base32, starting with b), e.g. QmYFhG668yJZmtk84SMMdbrz5Uvuh78Q8nLxTgLDWShkhR"
+    )
+
+
+def check_http_url(url: str, *, what: str = "URL") -> str | None:
+    """Why ``url`` is not an absolute http(s) URL with a host, or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        parts = None
+    if (
+        parts is not None
+        and parts.scheme.lower() in ("http", "https")
+        and parts.hostname
+        and not any(char.isspace() for char in url)
+    ):
+        return None
+    return (
+        f"invalid {what} {url!r}: expected an http:// or https:// URL with a host, "
+        "e.g. https://example.com/data.csv"
+    )
+
+
+def check_data_url(url: str) -> str | None:
+    """Why ``url`` is not a ``data:`` URL of at most ``MAX_INLINE_URL`` characters, or None."""
+    expected = "expected a data: URL, e.g. data:text/plain;base64,aGVsbG8= or data:,hello"
+    if len(url) > MAX_INLINE_URL:
+        return (
+            f"inline data URL is {len(url)} characters, more than the {MAX_INLINE_URL} "
+            "allowed; put larger inputs in S3, IPFS or behind a URL"
+        )
+    header, comma, payload = url.partition(",")
+    if not header.lower().startswith("data:") or not comma:
+        return f"invalid inline data URL {url[:60]!r}: {expected}"
+    if header.lower().endswith(";base64"):
+        try:
+            base64.b64decode(payload, validate=True)
+        except ValueError:  # binascii.Error, or non-ASCII text
+            return (
+                f"invalid inline data URL {url[:60]!r}: the payload is not valid base64; {expected}"
+            )
+    return None
+
+
+def check_checksum_sha256(value: str) -> str | None:
+    """Why ``value`` is not a base64 SHA-256 digest, as S3 reports ``ChecksumSHA256``."""
+    try:
+        if len(base64.b64decode(value, validate=True)) == 32:
+            return None
+    except ValueError:  # binascii.Error, or non-ASCII text
+        pass
+    return (
+        f"invalid ChecksumSHA256 {value!r}: expected a base64 SHA-256 digest (44 characters "
+        "ending in '='), e.g. e0uDqmflfT9b+rMfoCnO5G+cy+8WVTOPUtAqDMnXWbw="
+    )
+
+
+def check_absolute_path(path: str) -> str | None:
+    """Why ``path`` is not an absolute container path without ``..``, or None.
+
+    The root directory itself is refused: nothing may be mounted over it.
+    """
+    if not path.startswith("/") or ".." in path.split("/") or "\0" in path:
+        return (
+            f"invalid path {path!r}: expected an absolute path without '..' segments, "
+            "e.g. /inputs/data"
+        )
+    if normalise_path(path) == "/":
+        return f"invalid path {path!r}: cannot be the root directory; use e.g. /inputs"
+    return None
+
+
+def normalise_path(path: str) -> str:
+    """``/inputs//a/./b/`` → ``/inputs/a/b``; only meaningful for paths that pass the check."""
+    normal = posixpath.normpath(path)
+    # normpath keeps a leading "//" (POSIX allows it a special meaning); containers don't.
+    return "/" + normal.lstrip("/")
+
+
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def parse_bool(value: object) -> bool:
+    """A boolean from ``True``/``False`` or true/false/1/0/yes/no (any case).
+
+    Raises ``LocalProtocolError`` otherwise.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _BOOLS:
+        return _BOOLS[value.strip().lower()]
+    raise LocalProtocolError(
+        f"invalid boolean {value!r}: expected true or false (also accepted: 1/0, yes/no)"
+    )
+
+
+_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=.*", re.DOTALL)
+_DOMAIN_RE = re.compile(rf"\.?{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*")
+_RESULT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+# ---------------------------------------------------------------------------
+# The spec's dataclasses. Build untrusted ones with ``from_dict``, which validates
+# and normalises; direct construction trusts the caller.
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How to run the task: a Docker image, its entrypoint, arguments and environment."""
+
+    image: str
+    entrypoint: tuple[str, ...] = ()
+    parameters: tuple[str, ...] = ()
+    environment_variables: tuple[str, ...] = ()
+    working_directory: str = ""
+    type: str = "docker"
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"Type": "docker", "Params": {"Image", "Entrypoint", ...}}``."""
+        params: dict[str, Any] = {
+            "Image": self.image,
+            "Entrypoint": list(self.entrypoint),
+            "Parameters": list(self.parameters),
+            "EnvironmentVariables": list(self.environment_variables),
+        }
+        if self.working_directory:
+            params["WorkingDirectory"] = self.working_directory
+        return {"Type": self.type, "Params": params}
+
+
+@dataclass(frozen=True)
+class InputSource:
+    """Data staged into the container before it runs, mounted at ``target``.
+
+    ``params`` is in normalised form: Bacalhau's capitalised names, optional
+    parameters left out when empty.
+    """
+
+    source_type: str
+    params: dict[str, Any]
+    target: str
+    alias: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"Source": {"Type", "Params"}, "Target", "Alias"?}``."""
+        out: dict[str, Any] = {
+            "Source": {"Type": self.source_type, "Params": dict(self.params)},
+            "Target": self.target,
+        }
+        if self.alias is not None:
+            out["Alias"] = self.alias
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, *, path: str = "") -> InputSource:
+        """Validate one ``InputSources`` entry; raises ``SpecError`` with paths under ``path``."""
+        errs = _Errors()
+        source = _input_source(errs, data, path)
+        errs.raise_if_any()
+        return source
+
+
+@dataclass(frozen=True)
+class PublisherSpec:
+    """Where results go: ``ipfs`` (default), ``s3``, ``local`` or ``noop``."""
+
+    type: str = "ipfs"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"Type": "s3", "Params": {"Bucket", "Key", "Compress", ...}}``."""
+        return {"Type": self.type, "Params": dict(self.params)}
+
+    @classmethod
+    def from_dict(cls, data: Any, *, path: str = "") -> PublisherSpec:
+        """Validate a ``Publisher``; raises ``SpecError`` with paths under ``path``."""
+        errs = _Errors()
+        publisher = _publisher(errs, data, path)
+        errs.raise_if_any()
+        return publisher
+
+
+@dataclass(frozen=True)
+class ResultPath:
+    """A directory of the container published as results under ``name``."""
+
+    name: str
+    path: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"Name": self.name, "Path": self.path}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Requested resources in integer units; 0 means not requested."""
+
+    cpu_milli: int = 0
+    memory: int = 0
+    disk: int = 0
+    gpu: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Quantities as strings (``"500m"``, ``"512Mi"``), requested ones only."""
+        out: dict[str, Any] = {}
+        if self.cpu_milli:
+            out["CPU"] = format_cpu(self.cpu_milli)
+        if self.memory:
+            out["Memory"] = format_bytes(self.memory)
+        if self.disk:
+            out["Disk"] = format_bytes(self.disk)
+        if self.gpu:
+            out["GPU"] = str(self.gpu)
+        return out
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """``None`` (no network) or ``Full``; ``domains`` is informational."""
+
+    type: str = "None"
+    domains: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"Type": self.type, "Domains": list(self.domains)}
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds; 0 leaves the limit to the node."""
+
+    execution_timeout: int = 0
+    queue_timeout: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ExecutionTimeout": self.execution_timeout, "QueueTimeout": self.queue_timeout}
+
+
+@dataclass(frozen=True)
+class Task:
+    """The one unit of work in a job."""
+
+    engine: EngineSpec
+    name: str = DEFAULT_TASK_NAME
+    input_sources: tuple[InputSource, ...] = ()
+    publisher: PublisherSpec = field(default_factory=PublisherSpec)
+    result_paths: tuple[ResultPath, ...] = ()
+    resources: Resources = field(default_factory=Resources)
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "Name": self.name,
+            "Engine": self.engine.to_dict(),
+            "InputSources": [source.to_dict() for source in self.input_sources],
+            "Publisher": self.publisher.to_dict(),
+            "ResultPaths": [result.to_dict() for result in self.result_paths],
+            "Resources": self.resources.to_dict(),
+            "Network": self.network.to_dict(),
+            "Timeouts": self.timeouts.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated, normalised job spec; ``tasks`` holds exactly one task."""
+
+    tasks: tuple[Task, ...]
+    name: str = ""
+    namespace: str = DEFAULT_NAMESPACE
+    type: str = "batch"
+    priority: int = 0
+    count: int = 1
+    meta: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    constraints: tuple[Constraint, ...] = ()
+    id: str | None = None
+
+    @property
+    def task(self) -> Task:
+        """The job's only task."""
+        return self.tasks[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The normalised Bacalhau-shaped document; ``ID`` only when set."""
+        out: dict[str, Any] = {}
+        if self.id is not None:
+            out["ID"] = self.id
+        out.update(
+            {
+                "Name": self.name,
+                "Namespace": self.namespace,
+                "Type": self.type,
+                "Priority": self.priority,
+                "Count": self.count,
+                "Meta": dict(self.meta),
+                "Labels": dict(self.labels),
+                "Constraints": [constraint.to_dict() for constraint in self.constraints],
+                "Tasks": [task.to_dict() for task in self.tasks],
+            }
+        )
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Job:
+        """Validate and normalise a job document.
+
+        Raises one ``SpecError`` listing every problem (unknown fields, wrong types,
+        bad values), each with its field path; raises nothing else, whatever ``data`` is.
+        """
+        errs = _Errors()
+        job = _job(errs, data)
+        errs.raise_if_any()
+        return job
+
+
+def parse_job_document(text: str) -> Job:
+    """Parse a JSON job document and validate it with ``Job.from_dict``.
+
+    Raises ``SpecError``: for bad JSON (with line and column), duplicate keys, NaN or
+    Infinity, a top level that is not an object, and everything ``from_dict`` reports.
+    """
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise SpecError(
+            [FieldError("", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}")]
+        ) from None
+    except _JSONValueError as exc:
+        raise SpecError([FieldError("", f"invalid JSON: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise SpecError(
+            [FieldError("", f"expected a JSON object at the top level, got {_describe(data)}")]
+        )
+    return Job.from_dict(data)
+
+
+class _JSONValueError(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            # The JSON module would silently keep the last; a user meant one of them.
+            raise _JSONValueError(f"key {key!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise _JSONValueError(f"{name} is not allowed; use a number or a string")
+
+
+# ---------------------------------------------------------------------------
+# Validation. Every reader records problems in ``errs`` and returns a usable
+# fallback, so that one pass finds every problem; ``raise_if_any`` decides.
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self.items: list[FieldError] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(FieldError(path, message))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise SpecError(self.items)
+
+
+def _at(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    kinds = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    if isinstance(value, Mapping):
+        kind = "mapping"
+    elif isinstance(value, (list, tuple)):
+        kind = "list"
+    else:
+        kind = kinds.get(type(value), type(value).__name__)
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{kind} {text}"
+
+
+def _mapping(errs: _Errors, value: Any, path: str, allowed: Sequence[str]) -> Mapping[str, Any]:
+    """The mapping at ``path`` (``{}`` if absent or wrong), with unknown fields reported."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        errs.add(path, f"expected a mapping, got {_describe(value)}")
+        return {}
+    for name in value:
+        if name not in allowed:
+            errs.add(_at(path, str(name)), _unknown_field(str(name), allowed))
+    return value
+
+
+def _unknown_field(name: str, allowed: Sequence[str]) -> str:
+    for candidate in allowed:
+        if candidate.lower() == name.lower():
+            return f"unknown field (did you mean {candidate!r}?)"
+    close = difflib.get_close_matches(name, allowed, n=1)
+    if close:
+        return f"unknown field (did you mean {close[0]!r}?)"
+    return f"unknown field; allowed fields: {', '.join(allowed)}"
+
+
+def _string(
+    errs: _Errors,
+    data: Mapping[str, Any],
+    path: str,
+    name: str,
+    default: str = "",
+    *,
+    required: bool = False,
+) -> str:
+    value = data.get(name)
+    if value is None:
+        if required:
+            errs.add(_at(path, name), "required field is missing")
+        return default
+    if not isinstance(value, str):
+        errs.add(_at(path, name), f"expected a string, got {_describe(value)}")
+        return default
+    return value
+
+
+def _integer(
+    errs: _Errors, data: Mapping[str, Any], path: str, name: str, default: int, minimum: int
+) -> int:
+    value = data.get(name)
+    if value is None:
+        return default
+    # bool is an int subclass; True is not a count.
+    if not isinstance(value, int) or isinstance(value, bool):
+        errs.add(_at(path, name), f"expected an integer, got {_describe(value)}")
+        return default
+    if not minimum <= value <= _MAX_INT:
+        errs.add(_at(path, name), f"must be between {minimum} and {_MAX_INT}, got {value}")
+        return default
+    return value
+
+
+def _list(errs: _Errors, data: Mapping[str, Any], path: str, name: str) -> list[Any]:
+    value = data.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        errs.add(_at(path, name), f"expected a list, got {_describe(value)}")
+        return []
+    return list(value)
+
+
+def _string_list(errs: _Errors, data: Mapping[str, Any], path: str, name: str) -> tuple[str, ...]:
+    out = []
+    for i, item in enumerate(_list(errs, data, path, name)):
+        if isinstance(item, str):
+            out.append(item)
+        else:
+            errs.add(f"{_at(path, name)}[{i}]", f"expected a string, got {_describe(item)}")
+    return tuple(out)
+
+
+def _string_map(errs: _Errors, data: Mapping[str, Any], path: str, name: str) -> dict[str, str]:
+    value = data.get(name)
+    if value is None:
+        return {}
+    where = _at(path, name)
+    if not isinstance(value, Mapping):
+        errs.add(where, f"expected a mapping of strings to strings, got {_describe(value)}")
+        return {}
+    out = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not key:
+            errs.add(where, f"keys must be non-empty strings, got {_describe(key)}")
+        elif not isinstance(item, str):
+            errs.add(f"{where}.{key}", f"expected a string, got {_describe(item)}")
+        else:
+            out[key] = item
+    return out
+
+
+def _choice(
+    errs: _Errors,
+    data: Mapping[str, Any],
+    path: str,
+    name: str,
+    choices: Sequence[str],
+    what: str,
+    default: str | None = None,
+    aliases: Mapping[str, str] | None = None,
+) -> str | None:
+    """A type name matched case-insensitively, returned in canonical spelling.
+
+    Without a ``default`` the field is required. ``None`` means a problem was recorded.
+    """
+    where = _at(path, name)
+    value = data.get(name)
+    if value is None:
+        if default is None:
+            errs.add(where, f"required field is missing; expected one of: {', '.join(choices)}")
+        return default
+    if not isinstance(value, str):
+        errs.add(where, f"expected a string, got {_describe(value)}")
+        return None
+    by_lower = {choice.lower(): choice for choice in choices}
+    lowered = value.lower()
+    if lowered in by_lower:
+        return by_lower[lowered]
+    if aliases and lowered in aliases:
+        return aliases[lowered]
+    close = difflib.get_close_matches(lowered, list(by_lower), n=1)
+    hint = f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
+    errs.add(where, f"unknown {what} {value!r}{hint}; expected one of: {', '.join(choices)}")
+    return None
+
+
+def _check(errs: _Errors, path: str, problem: str | None) -> bool:
+    """Record ``problem`` if there is one; True when the value passed."""
+    if problem:
+        errs.add(path, problem)
+    return problem is None
+
+
+def _path_field(errs: _Errors, data: Mapping[str, Any], path: str, name: str) -> str:
+    """A required absolute path, normalised; ``""`` if missing or invalid."""
+    value = _string(errs, data, path, name, required=True)
+    if not isinstance(data.get(name), str):
+        return ""
+    if not _check(errs, _at(path, name), check_absolute_path(value)):
+        return ""
+    return normalise_path(value)
+
+
+_JOB_FIELDS = (
+    "ID",
+    "Name",
+    "Namespace",
+    "Type",
+    "Priority",
+    "Count",
+    "Meta",
+    "Labels",
+    "Constraints",
+    "Tasks",
+)
+_TASK_FIELDS = (
+    "Name",
+    "Engine",
+    "InputSources",
+    "Publisher",
+    "ResultPaths",
+    "Resources",
+    "Network",
+    "Timeouts",
+)
+_ENGINE_PARAMS = ("Image", "Entrypoint", "Parameters", "EnvironmentVariables", "WorkingDirectory")
+
+
+def _job(errs: _Errors, value: Any) -> Job:
+    if not isinstance(value, Mapping):
+        errs.add("", f"expected a mapping (the job document), got {_describe(value)}")
+        return Job(tasks=())
+    data = _mapping(errs, value, "", _JOB_FIELDS)
+    # Fields are read in document order so that errors come out in that order too.
+    job_id = None
+    if data.get("ID") is not None:
+        job_id = _string(errs, data, "", "ID")
+        if isinstance(data["ID"], str) and not JOB_ID_RE.fullmatch(job_id):
+            errs.add(
+                "ID", f"invalid job ID {job_id!r}: expected j- and a lowercase UUID4, or no ID"
+            )
+    name = _string(errs, data, "", "Name")
+    namespace = _string(errs, data, "", "Namespace", DEFAULT_NAMESPACE)
+    if not namespace:
+        errs.add("Namespace", f"must not be empty; leave it out for {DEFAULT_NAMESPACE!r}")
+    job_type = _choice(errs, data, "", "Type", JOB_TYPES, "job type", "batch") or "batch"
+    priority = _integer(errs, data, "", "Priority", 0, 0)
+    count = _integer(errs, data, "", "Count", 1, 1)
+    meta = _string_map(errs, data, "", "Meta")
+    labels = _string_map(errs, data, "", "Labels")
+    for key, label in labels.items():
+        _check(errs, f"Labels.{key}", check_label_key(key) or check_label_value(label))
+    constraints = []
+    for i, item in enumerate(_list(errs, data, "", "Constraints")):
+        try:
+            constraints.append(Constraint.from_dict(item, path=f"Constraints[{i}]"))
+        except SpecError as exc:
+            errs.items.extend(exc.errors)
+    if data.get("Tasks") is None:
+        errs.add("Tasks", "required field is missing; a job has exactly one task")
+    raw_tasks = _list(errs, data, "", "Tasks")
+    if isinstance(data.get("Tasks"), (list, tuple)) and len(raw_tasks) != 1:
+        errs.add("Tasks", f"expected exactly one task, got {len(raw_tasks)}")
+    return Job(
+        tasks=tuple(_task(errs, item, f"Tasks[{i}]") for i, item in enumerate(raw_tasks)),
+        name=name,
+        namespace=namespace,
+        type=job_type,
+        priority=priority,
+        count=count,
+        meta=meta,
+        labels=labels,
+        constraints=tuple(constraints),
+        id=job_id,
+    )
+
+
+def _task(errs: _Errors, value: Any, path: str) -> Task:
+    if not isinstance(value, Mapping):
+        errs.add(path, f"expected a mapping (a task), got {_describe(value)}")
+        return Task(engine=EngineSpec(image=""))
+    data = _mapping(errs, value, path, _TASK_FIELDS)
+    name = _string(errs, data, path, "Name", DEFAULT_TASK_NAME)
+    if not name:
+        errs.add(_at(path, "Name"), f"must not be empty; leave it out for {DEFAULT_TASK_NAME!r}")
+    engine = _engine(errs, data.get("Engine"), _at(path, "Engine"))
+    input_sources = _input_sources(errs, data, path)
+    publisher = _publisher(errs, data.get("Publisher"), _at(path, "Publisher"))
+    result_paths = _result_paths(errs, data, path)
+    _check_mounts(errs, input_sources, result_paths, path)
+    return Task(
+        engine=engine,
+        name=name,
+        input_sources=input_sources,
+        publisher=publisher,
+        result_paths=result_paths,
+        resources=_resources(errs, data.get("Resources"), _at(path, "Resources")),
+        network=_network(errs, data.get("Network"), _at(path, "Network")),
+        timeouts=_timeouts(errs, data.get("Timeouts"), _at(path, "Timeouts")),
+    )
+
+
+def _engine(errs: _Errors, value: Any, path: str) -> EngineSpec:
+    fallback = EngineSpec(image="")
+    if value is None:
+        errs.add(path, "required field is missing; e.g. {Type: docker, Params: {Image: ubuntu}}")
+        return fallback
+    data = _mapping(errs, value, path, ("Type", "Params"))
+    if not isinstance(value, Mapping):
+        return fallback
+    engine_type = _choice(errs, data, path, "Type", ENGINE_TYPES, "engine type")
+    if engine_type is None:
+        return fallback  # parameters cannot be checked against an unknown engine
+    params_path = _at(path, "Params")
+    if data.get("Params") is None:
+        errs.add(params_path, "required field is missing; it gives at least the Image")
+        return fallback
+    params = _mapping(errs, data["Params"], params_path, _ENGINE_PARAMS)
+    if not isinstance(data["Params"], Mapping):
+        return fallback
+    image = _string(errs, params, params_path, "Image", required=True)
+    if isinstance(params.get("Image"), str):
+        _check(errs, _at(params_path, "Image"), check_image(image))
+    env = _string_list(errs, params, params_path, "EnvironmentVariables")
+    first_set: dict[str, int] = {}
+    for i, item in enumerate(env):
+        item_path = f"{_at(params_path, 'EnvironmentVariables')}[{i}]"
+        if not _ENV_RE.fullmatch(item):
+            errs.add(
+                item_path,
+                f"invalid environment variable {item!r}: expected NAME=VALUE, NAME made of "
+                "letters, digits and '_' and not starting with a digit, e.g. DEBUG=1",
+            )
+            continue
+        var = item.partition("=")[0]
+        if var in first_set:
+            errs.add(item_path, f"{var} is already set by EnvironmentVariables[{first_set[var]}]")
+        first_set.setdefault(var, i)
+    workdir = ""
+    if params.get("WorkingDirectory"):  # Bacalhau writes "" for "the image's default"
+        workdir = _path_field(errs, params, params_path, "WorkingDirectory")
+    elif params.get("WorkingDirectory") is not None:
+        _string(errs, params, params_path, "WorkingDirectory")
+    return EngineSpec(
+        image=image,
+        entrypoint=_string_list(errs, params, params_path, "Entrypoint"),
+        parameters=_string_list(errs, params, params_path, "Parameters"),
+        environment_variables=env,
+        working_directory=workdir,
+        type=engine_type,
+    )
+
+
+def _result_paths(errs: _Errors, data: Mapping[str, Any], path: str) -> tuple[ResultPath, ...]:
+    out = []
+    first_name: dict[str, int] = {}
+    first_path: dict[str, int] = {}
+    for i, item in enumerate(_list(errs, data, path, "ResultPaths")):
+        item_path = f"{_at(path, 'ResultPaths')}[{i}]"
+        if not isinstance(item, Mapping):
+            errs.add(item_path, f"expected a mapping {{Name, Path}}, got {_describe(item)}")
+            continue
+        entry = _mapping(errs, item, item_path, ("Name", "Path"))
+        name = _string(errs, entry, item_path, "Name", required=True)
+        if isinstance(entry.get("Name"), str):
+            if not _RESULT_NAME_RE.fullmatch(name):
+                errs.add(
+                    _at(item_path, "Name"),
+                    f"invalid result name {name!r}: expected letters, digits, '.', '_' or '-', "
+                    "starting with a letter or digit, e.g. outputs",
+                )
+            elif name in first_name:
+                errs.add(
+                    _at(item_path, "Name"),
+                    f"{name!r} is already the name of ResultPaths[{first_name[name]}]",
+                )
+            first_name.setdefault(name, i)
+        where = _path_field(errs, entry, item_path, "Path")
+        if where in first_path:
+            errs.add(
+                _at(item_path, "Path"),
+                f"{where!r} is already the path of ResultPaths[{first_path[where]}]",
+            )
+        if where:
+            first_path.setdefault(where, i)
+        out.append(ResultPath(name, where))
+    return tuple(out)
+
+
+def _input_sources(errs: _Errors, data: Mapping[str, Any], path: str) -> tuple[InputSource, ...]:
+    out = []
+    first_target: dict[str, int] = {}
+    first_alias: dict[str, int] = {}
+    for i, item in enumerate(_list(errs, data, path, "InputSources")):
+        item_path = f"{_at(path, 'InputSources')}[{i}]"
+        source = _input_source(errs, item, item_path)
+        out.append(source)
+        target = source.target
+        if target in first_target:
+            errs.add(
+                _at(item_path, "Target"),
+                f"{target!r} is already the target of InputSources[{first_target[target]}]",
+            )
+        if target:
+            first_target.setdefault(target, i)
+        alias = source.alias
+        if alias is not None:
+            if alias in first_alias:
+                errs.add(
+                    _at(item_path, "Alias"),
+                    f"{alias!r} is already the alias of InputSources[{first_alias[alias]}]",
+                )
+            first_alias.setdefault(alias, i)
+    return tuple(out)
+
+
+def _check_mounts(
+    errs: _Errors,
+    input_sources: tuple[InputSource, ...],
+    result_paths: tuple[ResultPath, ...],
+    path: str,
+) -> None:
+    # An input mounted where results are collected would be published as a result.
+    outputs = {result.path: i for i, result in enumerate(result_paths) if result.path}
+    for i, source in enumerate(input_sources):
+        if source.target in outputs:
+            errs.add(
+                f"{_at(path, 'InputSources')}[{i}].Target",
+                f"{source.target!r} is also the path of ResultPaths[{outputs[source.target]}]; "
+                "inputs and results need separate directories, e.g. /inputs and /outputs",
+            )
+
+
+def _input_source(errs: _Errors, value: Any, path: str) -> InputSource:
+    if not isinstance(value, Mapping):
+        errs.add(path, f"expected a mapping {{Source, Target}}, got {_describe(value)}")
+        return InputSource("", {}, "")
+    data = _mapping(errs, value, path, ("Source", "Target", "Alias"))
+    source_type, params = _source(errs, data.get("Source"), _at(path, "Source"))
+    target = _path_field(errs, data, path, "Target")
+    alias = None
+    if data.get("Alias") is not None:
+        alias = _string(errs, data, path, "Alias")
+        if isinstance(data["Alias"], str) and not alias:
+            errs.add(_at(path, "Alias"), "must not be empty; leave it out for no alias")
+        alias = alias or None
+    return InputSource(source_type, params, target, alias)
+
+
+def _source(errs: _Errors, value: Any, path: str) -> tuple[str, dict[str, Any]]:
+    if value is None:
+        errs.add(path, "required field is missing; e.g. {Type: s3, Params: {Bucket: my-data}}")
+        return "", {}
+    data = _mapping(errs, value, path, ("Type", "Params"))
+    if not isinstance(value, Mapping):
+        return "", {}
+    source_type = _choice(errs, data, path, "Type", INPUT_SOURCE_TYPES, "input source type")
+    if source_type is None:
+        return "", {}  # parameters cannot be checked against an unknown type
+    params_path = _at(path, "Params")
+    params = _mapping(errs, data.get("Params"), params_path, _SOURCE_PARAMS[source_type])
+    if source_type == "s3":
+        return source_type, _s3_source_params(errs, params, params_path)
+    (name,) = _SOURCE_PARAMS[source_type]
+    text = _string(errs, params, params_path, name, required=True)
+    if isinstance(params.get(name), str):
+        check = {"ipfs": check_cid, "urlDownload": check_http_url, "inline": check_data_url}
+        _check(errs, _at(params_path, name), check[source_type](text))
+    return source_type, {name: text}
+
+
+def _s3_source_params(errs: _Errors, data: Mapping[str, Any], path: str) -> dict[str, Any]:
+    bucket = _string(errs, data, path, "Bucket", required=True)
+    if isinstance(data.get("Bucket"), str):
+        _check(errs, _at(path, "Bucket"), check_bucket(bucket))
+    params: dict[str, Any] = {"Bucket": bucket, "Key": _string(errs, data, path, "Key")}
+    # Optional parameters are left out when empty, so "" and absent normalise alike.
+    for name in _S3_SOURCE_PARAMS[2:]:
+        text = _string(errs, data, path, name)
+        if text:
+            params[name] = text
+    if "Endpoint" in params:
+        problem = check_http_url(params["Endpoint"], what="S3 endpoint")
+        _check(errs, _at(path, "Endpoint"), problem)
+    if "ChecksumSHA256" in params:
+        _check(errs, _at(path, "ChecksumSHA256"), check_checksum_sha256(params["ChecksumSHA256"]))
+    return params
+
+
+def _publisher(errs: _Errors, value: Any, path: str) -> PublisherSpec:
+    data = _mapping(errs, value, path, ("Type", "Params"))
+    publisher_type = _choice(errs, data, path, "Type", PUBLISHER_TYPES, "publisher type", "ipfs")
+    if publisher_type is None:
+        return PublisherSpec()  # parameters cannot be checked against an unknown type
+    params_path = _at(path, "Params")
+    if publisher_type != "s3":
+        params = data.get("Params")
+        if params is not None and not isinstance(params, Mapping):
+            errs.add(params_path, f"expected a mapping, got {_describe(params)}")
+        for name in params if isinstance(params, Mapping) else ():
+            errs.add(
+                _at(params_path, str(name)),
+                f"unknown field; the {publisher_type} publisher takes no parameters",
+            )
+        return PublisherSpec(type=publisher_type)
+    params = _mapping(errs, data.get("Params"), params_path, _S3_PUBLISHER_PARAMS)
+    bucket = _string(errs, params, params_path, "Bucket", required=True)
+    if isinstance(params.get("Bucket"), str):
+        _check(errs, _at(params_path, "Bucket"), check_bucket(bucket))
+    key = _string(errs, params, params_path, "Key", required=True)
+    if isinstance(params.get("Key"), str):
+        if not key:
+            errs.add(_at(params_path, "Key"), "must not be empty; e.g. results/{jobID}.tar.gz")
+        else:
+            try:
+                check_key_template(key)
+            except LocalProtocolError as exc:
+                errs.add(_at(params_path, "Key"), str(exc))
+    compress = False
+    if params.get("Compress") is not None:
+        try:
+            compress = parse_bool(params["Compress"])
+        except LocalProtocolError as exc:
+            errs.add(_at(params_path, "Compress"), str(exc))
+    normal: dict[str, Any] = {"Bucket": bucket, "Key": key, "Compress": compress}
+    endpoint = _string(errs, params, params_path, "Endpoint")
+    if endpoint:
+        problem = check_http_url(endpoint, what="S3 endpoint")
+        _check(errs, _at(params_path, "Endpoint"), problem)
+        normal["Endpoint"] = endpoint
+    region = _string(errs, params, params_path, "Region")
+    if region:
+        normal["Region"] = region
+    return PublisherSpec(type="s3", params=normal)
+
+
+def _resources(errs: _Errors, value: Any, path: str) -> Resources:
+    data = _mapping(errs, value, path, ("CPU", "Memory", "Disk", "GPU"))
+
+    def quantity(name: str, parse: Callable[[str], int], number_types: tuple[type, ...]) -> int:
+        raw = data.get(name)
+        if raw is None or raw == "":  # Bacalhau writes "" for "not requested"
+            return 0
+        # YAML turns "CPU: 0.5" and "GPU: 1" into numbers; read them as written.
+        if isinstance(raw, number_types) and not isinstance(raw, bool):
+            raw = str(raw)
+        if not isinstance(raw, str):
+            expected = "a string or a number" if float in number_types else "a string or an integer"
+            errs.add(_at(path, name), f"expected {expected}, got {_describe(raw)}")
+            return 0
+        try:
+            return parse(raw)
+        except LocalProtocolError as exc:
+            errs.add(_at(path, name), str(exc))
+            return 0
+
+    return Resources(
+        cpu_milli=quantity("CPU", parse_cpu, (int, float)),
+        memory=quantity("Memory", lambda text: parse_bytes(text, what="memory"), (int,)),
+        disk=quantity("Disk", lambda text: parse_bytes(text, what="disk"), (int,)),
+        gpu=quantity("GPU", parse_gpu, (int,)),
+    )
+
+
+def _network(errs: _Errors, value: Any, path: str) -> NetworkSpec:
+    data = _mapping(errs, value, path, ("Type", "Domains"))
+    network_type = _choice(
+        errs, data, path, "Type", NETWORK_TYPES, "network type", "None", _NETWORK_ALIASES
+    )
+    domains = _string_list(errs, data, path, "Domains")
+    for i, domain in enumerate(domains):
+        if not _DOMAIN_RE.fullmatch(domain):
+            errs.add(
+                f"{_at(path, 'Domains')}[{i}]",
+                f"invalid domain {domain!r}: expected a host name such as example.com, "
+                "or .example.com for it and its subdomains",
+            )
+    if domains and network_type == "None":
+        errs.add(
+            _at(path, "Domains"),
+            "domains need network access; set Network.Type to Full or remove Domains",
+        )
+    return NetworkSpec(type=network_type or "None", domains=domains)
+
+
+def _timeouts(errs: _Errors, value: Any, path: str) -> Timeouts:
+    data = _mapping(errs, value, path, ("ExecutionTimeout", "QueueTimeout"))
+    return Timeouts(
+        execution_timeout=_integer(errs, data, path, "ExecutionTimeout", 0, 0),
+        queue_timeout=_integer(errs, data, path, "QueueTimeout", 0, 0),
+    )
