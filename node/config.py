@@ -1,0 +1,195 @@
+"""Node configuration: flags over the config file over ``BACNODE_*`` variables over defaults.
+
+Every setting has one name, used as the YAML key (``api_port``), the flag
+(``--api-port``) and the environment variable (``BACNODE_API_PORT``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from protocol.errors import LocalProtocolError
+from protocol.quantities import parse_bytes, parse_cpu
+from protocol.selectors import parse_labels
+
+DEFAULT_DATA_DIR = Path("~/.bacnode")
+DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/1235",)
+DEFAULT_API_HOST = "127.0.0.1"
+DEFAULT_API_PORT = 1234
+
+
+class ConfigError(Exception):
+    """A setting is invalid; the message names the setting, where it came from, and the fix."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: Path = DEFAULT_DATA_DIR
+    listen: tuple[str, ...] = DEFAULT_LISTEN
+    peers: tuple[str, ...] = ()
+    api_host: str = DEFAULT_API_HOST
+    api_port: int = DEFAULT_API_PORT
+    labels: Mapping[str, str] = field(default_factory=dict)
+    orchestrator: bool = True
+    compute: bool = True
+    limit_cpu: str = ""
+    limit_memory: str = ""
+    limit_disk: str = ""
+    max_jobs: int = 0
+    mdns: bool = True
+    swarm_key: Path | None = None
+    heartbeat_seconds: float = 1.0
+    #: A node is DISCONNECTED after this many heartbeats in a row are missed.
+    missed_heartbeats: int = 5
+    #: Execution hosts for networked jobs: "none" refuses them.
+    allow_networked_jobs: bool = False
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(
+            role
+            for role, enabled in (("requester", self.orchestrator), ("compute", self.compute))
+            if enabled
+        )
+
+    @property
+    def key_path(self) -> Path:
+        return self.data_dir / "node.key"
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "state.db"
+
+
+_FIELDS = {f.name: f for f in fields(NodeConfig)}
+_TUPLE_FIELDS = {"listen", "peers"}
+_BOOL_FIELDS = {"orchestrator", "compute", "mdns", "allow_networked_jobs"}
+_INT_FIELDS = {"api_port", "max_jobs", "missed_heartbeats"}
+
+
+def _as_bool(value: Any, name: str, origin: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} from {origin}: {value!r} is not a boolean (use true or false)")
+
+
+def _coerce(name: str, value: Any, origin: str) -> Any:
+    if name in _TUPLE_FIELDS:
+        items = value.split(",") if isinstance(value, str) else list(value or ())
+        items = [str(item).strip() for item in items if str(item).strip()]
+        if name == "peers" and [item.lower() for item in items] == ["none"]:
+            return ()
+        return tuple(items)
+    if name in _BOOL_FIELDS:
+        return _as_bool(value, name, origin)
+    if name in _INT_FIELDS:
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} from {origin}: {value!r} is not a whole number") from None
+        if number < 0 or (name == "api_port" and number > 65535):
+            raise ConfigError(f"{name} from {origin}: {number} is out of range")
+        return number
+    if name == "heartbeat_seconds":
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} from {origin}: {value!r} is not a number") from None
+        if not 0.05 <= seconds <= 600:
+            raise ConfigError(f"{name} from {origin}: {seconds} must be within 0.05–600 s")
+        return seconds
+    if name == "labels":
+        if isinstance(value, Mapping):
+            return {str(k): str(v) for k, v in value.items()}
+        try:
+            return parse_labels(str(value)) if str(value).strip() else {}
+        except LocalProtocolError as exc:
+            raise ConfigError(f"labels from {origin}: {exc}") from None
+    if name in ("data_dir", "swarm_key"):
+        return Path(str(value)).expanduser() if value not in (None, "") else None
+    return str(value)
+
+
+def _validate(config: NodeConfig) -> NodeConfig:
+    for name, parser in (("limit_cpu", parse_cpu), ("limit_memory", parse_bytes),
+                         ("limit_disk", parse_bytes)):
+        text = getattr(config, name)
+        if text:
+            try:
+                parser(text)
+            except LocalProtocolError as exc:
+                raise ConfigError(f"--{name.replace('_', '-')}: {exc}") from None
+    if not config.roles:
+        raise ConfigError("a node must be an orchestrator, a compute node, or both")
+    if not config.listen:
+        raise ConfigError("--listen needs at least one multiaddr")
+    return config
+
+
+def load_config(
+    flags: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> NodeConfig:
+    """Merge settings; ``flags`` holds only what the user gave on the command line.
+
+    The config file is ``flags['config']``, else ``BACNODE_CONFIG``, else
+    ``<data_dir>/config.yaml`` when it exists; an explicitly named file must exist.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name in _FIELDS:
+        env_name = f"BACNODE_{name.upper()}"
+        if env_name in environ:
+            values[name] = _coerce(name, environ[env_name], f"${env_name}")
+
+    explicit = flags.get("config") or environ.get("BACNODE_CONFIG") or config_file
+    data_dir = flags.get("data_dir") or values.get("data_dir") or DEFAULT_DATA_DIR
+    path = Path(explicit).expanduser() if explicit else Path(data_dir).expanduser() / "config.yaml"
+    if explicit or path.exists():
+        for name, value in _read_config_file(path).items():
+            values[name] = _coerce(name, value, str(path))
+
+    for name, value in flags.items():
+        if name == "config" or value is None:
+            continue
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
+    config = replace(NodeConfig(), **values)
+    return _validate(replace(config, data_dir=Path(config.data_dir).expanduser()))
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        document = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"config file {path} must be a mapping of setting: value")
+    normalised = {str(key).replace("-", "_"): value for key, value in document.items()}
+    unknown = sorted(set(normalised) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(_FIELDS))}"
+        )
+    return normalised

@@ -1,0 +1,1069 @@
+"""The daemon's persistent store: one SQLite database (``state.db``) in WAL mode.
+
+Use it as ``async with open_store(data_dir / "state.db") as store: ...``.
+
+Invariants this module holds:
+
+- **Nothing blocks the event loop.** sqlite3 is blocking, so every call runs in a
+  worker thread (``trio.to_thread.run_sync``) on the store's one connection, under a
+  ``CapacityLimiter(1)``: one thread at a time touches the connection.
+- **Returned means durable.** Every write is its own ``BEGIN IMMEDIATE`` transaction,
+  committed with ``synchronous=FULL`` (the WAL is fsynced on each commit) before the
+  method returns, so an acknowledged write survives ``kill -9`` and power loss. The
+  price is one fsync per write. Measured on the build machine's virtual disk (a bare
+  fsync there takes 0.16 ms): ``create_job`` median 0.34 ms, mean 0.36-0.44 ms, p99
+  1.3-2.9 ms, against a 0.2-0.3 ms mean with ``synchronous=NORMAL``. A disk that
+  honours cache flushes takes longer per fsync, so callers should batch what need
+  not be durable one write at a time. A write that raises has changed nothing.
+- **State changes are compare-and-set.** ``update_job_state`` and ``update_execution``
+  read the current state, check it against ``expected`` and the protocol's state
+  machine, write it and append the event in one transaction, and ``BEGIN IMMEDIATE``
+  takes the write lock before the read. Two tasks (or two processes) racing on one
+  job or execution cannot both win: the loser gets ``StateConflict``.
+- **A call that reached its worker thread is not cancelled half-way.** A cancel is
+  delivered after the thread finishes, so a caller never mistakes a committed write
+  for a cancelled one.
+
+Timestamps are passed in by callers (``now_ms``, Unix milliseconds); the store never
+reads the clock. JSON columns hold JSON text (checked with ``json_valid``), bodies of
+protocol messages are kept as the bytes that were signed or as canonical msgpack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from protocol import codec
+from protocol.errors import IllegalTransition, ProtocolError
+from protocol.jobspec import Job
+from protocol.messages import NodeInfo, ResultRecord
+from protocol.states import (
+    ExecutionState,
+    JobState,
+    check_execution_transition,
+    check_job_transition,
+)
+
+T = TypeVar("T")
+
+#: How long a write waits for another process holding the write lock.
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+
+JOB_STATE_UPDATE = "JobStateUpdate"
+EXECUTION_STATE_UPDATE = "ExecutionStateUpdate"
+
+# The schema, as an ordered list of migrations: migration i (0-based) takes the database
+# from schema version i to i + 1. Append only; never edit one that has shipped. Each runs
+# in one transaction together with the version bump, so a failed migration leaves the
+# database as it was.
+MIGRATIONS: list[str] = [
+    # 1: the first schema.
+    """
+    CREATE TABLE nodes (
+        node_id       TEXT PRIMARY KEY,
+        seq           INTEGER NOT NULL,
+        info          BLOB NOT NULL,      -- NodeInfo body, canonical msgpack
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE jobs (
+        job_id         TEXT PRIMARY KEY,
+        spec           TEXT NOT NULL CHECK (json_valid(spec)),  -- Job.to_dict()
+        state          TEXT NOT NULL,
+        state_message  TEXT NOT NULL,
+        requester      TEXT NOT NULL,
+        create_time_ms INTEGER NOT NULL,
+        modify_time_ms INTEGER NOT NULL,
+        revision       INTEGER NOT NULL
+    );
+    -- list_jobs pages newest first by (create_time_ms, job_id).
+    CREATE INDEX jobs_by_create_time ON jobs (create_time_ms, job_id);
+
+    CREATE TABLE executions (
+        execution_id   TEXT PRIMARY KEY,
+        job_id         TEXT NOT NULL REFERENCES jobs (job_id),
+        node_id        TEXT NOT NULL,
+        state          TEXT NOT NULL,
+        desired_state  TEXT NOT NULL CHECK (desired_state IN ('Running', 'Stopped')),
+        message        TEXT NOT NULL,
+        exit_code      INTEGER,
+        run_output     TEXT CHECK (run_output IS NULL OR json_valid(run_output)),
+        published      TEXT CHECK (published IS NULL OR json_valid(published)),
+        create_time_ms INTEGER NOT NULL,
+        modify_time_ms INTEGER NOT NULL,
+        revision       INTEGER NOT NULL
+    );
+    CREATE INDEX executions_by_job ON executions (job_id, create_time_ms);
+    CREATE INDEX executions_by_node ON executions (node_id, state);
+
+    CREATE TABLE events (
+        seq            INTEGER PRIMARY KEY,
+        job_id         TEXT NOT NULL REFERENCES jobs (job_id),
+        execution_id   TEXT REFERENCES executions (execution_id),
+        time_ms        INTEGER NOT NULL,
+        kind           TEXT NOT NULL,
+        previous_state TEXT,
+        new_state      TEXT,
+        message        TEXT NOT NULL,
+        details        TEXT CHECK (details IS NULL OR json_valid(details))
+    );
+    CREATE INDEX events_by_job ON events (job_id, seq);
+
+    -- Results arrive by gossip and are kept whether or not this node holds the job.
+    CREATE TABLE results (
+        execution_id TEXT PRIMARY KEY,
+        job_id       TEXT NOT NULL,
+        node_id      TEXT NOT NULL,
+        record       TEXT NOT NULL CHECK (json_valid(record)),  -- ResultRecord.to_body()
+        envelope     BLOB NOT NULL,                            -- the signed wire bytes
+        received_ms  INTEGER NOT NULL
+    );
+    CREATE INDEX results_by_job ON results (job_id, received_ms);
+
+    CREATE TABLE counters (
+        name  TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
+]
+
+
+# --- errors -------------------------------------------------------------------------
+
+
+class StoreError(Exception):
+    """The store could not do what was asked; the message says what was being done."""
+
+
+class StateConflict(StoreError):
+    """A compare-and-set lost: the record was not in an ``expected`` state.
+
+    ``current`` is the state found, so a caller can decide whether it still cares.
+    """
+
+    def __init__(self, message: str, *, current: str) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+class NotFound(StoreError):
+    """The job or execution to update does not exist."""
+
+
+class AlreadyExists(StoreError):
+    """A job or execution with that ID is already stored."""
+
+
+class ResultConflict(StoreError):
+    """A different result envelope is already stored for that execution."""
+
+
+# --- records ------------------------------------------------------------------------
+
+
+class DesiredState(StrEnum):
+    """What the node wants an execution to be, apart from what it observes it is."""
+
+    RUNNING = "Running"
+    STOPPED = "Stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    info: NodeInfo
+    first_seen_ms: int
+    last_seen_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    job: Job
+    state: JobState
+    state_message: str
+    requester: str
+    create_time_ms: int
+    modify_time_ms: int
+    #: 1 when created, incremented on every change.
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRecord:
+    execution_id: str
+    job_id: str
+    node_id: str
+    state: ExecutionState
+    desired_state: DesiredState
+    message: str
+    exit_code: int | None
+    run_output: dict[str, Any] | None
+    published: dict[str, Any] | None
+    create_time_ms: int
+    modify_time_ms: int
+    #: 1 when created, incremented on every change.
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of a job's history; state updates carry the previous and new state."""
+
+    seq: int
+    time_ms: int
+    job_id: str
+    execution_id: str | None
+    kind: str
+    previous_state: str | None
+    new_state: str | None
+    message: str
+    details: dict[str, Any] | None
+
+
+# --- opening ------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def open_store(
+    path: str | os.PathLike[str], *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
+) -> AsyncIterator[Store]:
+    """Open (creating and migrating if needed) the store at ``path``; close it on exit.
+
+    Raises ``StoreError`` if ``path`` is not a bacnode SQLite database, or has a
+    schema newer than this code understands (nothing is written to it then).
+    """
+    store = await trio.to_thread.run_sync(_open, Path(path), busy_timeout_ms)
+    try:
+        yield store
+    finally:
+        # Shielded: a daemon shutting down under cancellation must still close cleanly.
+        with trio.CancelScope(shield=True):
+            await store.aclose()
+
+
+def _open(path: Path, busy_timeout_ms: int) -> Store:
+    try:
+        conn = sqlite3.connect(
+            path,
+            isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+            check_same_thread=False,  # worker threads take turns, under the limiter
+            timeout=busy_timeout_ms / 1000,
+        )
+    except sqlite3.Error as exc:
+        raise StoreError(f"opening {path}: {exc}") from exc
+    try:
+        conn.row_factory = sqlite3.Row
+        # Read-only checks first: a file that is not ours is refused before anything
+        # (even the journal mode, which is stored in the file) is changed in it.
+        try:
+            _schema_version(conn, path)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"opening {path}: not a bacnode state database (not SQLite, or corrupt): {exc}"
+            ) from exc
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"opening {path}: could not switch to WAL mode (got {mode!r})")
+        # FULL: fsync the WAL at every commit, so acknowledged writes survive power loss
+        # (NORMAL survives a crashed process but may lose the last commits on power loss).
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA fullfsync=ON")  # macOS: fsync alone does not flush the disk
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        _transaction(conn, lambda conn: _migrate(conn, path))
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(f"opening {path}: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return Store(conn, path)
+
+
+def _schema_version(conn: sqlite3.Connection, path: Path) -> int:
+    """The database's schema version (0 if empty); raises ``StoreError`` if it is not ours.
+
+    Refuses a database with tables but no ``meta`` table (another program's), and one
+    newer than the migrations this code knows.
+    """
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "meta" not in tables:
+        if tables:
+            raise StoreError(
+                f"opening {path}: an SQLite database, but not a bacnode state database "
+                f"(it has tables {', '.join(sorted(tables))} and no meta table)"
+            )
+        return 0
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    try:
+        version = int(row[0])
+    except (TypeError, ValueError):
+        raise StoreError(f"opening {path}: meta table has no valid schema_version") from None
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"{path} has schema version {version}; this bacnode understands up to "
+            f"{len(MIGRATIONS)} — upgrade bacnode"
+        )
+    return version
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Apply the migrations the database lacks; run inside one transaction."""
+    # Checked again under the write lock: another process may have migrated meanwhile.
+    version = _schema_version(conn, path)
+    if version == len(MIGRATIONS):
+        return
+    if version == 0:
+        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '0')")
+    for script in MIGRATIONS[version:]:
+        for statement in _statements(script):
+            conn.execute(statement)
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(len(MIGRATIONS)),))
+
+
+def _statements(script: str) -> Iterable[str]:
+    """Split a script into statements (``executescript`` would commit our transaction)."""
+    start = 0
+    for end, char in enumerate(script, 1):
+        # A ';' ends a statement unless it is inside a string, comment or trigger body.
+        if char == ";" and sqlite3.complete_statement(script[start:end]):
+            yield script[start:end]
+            start = end
+    if script[start:].strip():
+        yield script[start:]  # an unterminated last statement: let SQLite report it
+
+
+def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; roll back if anything raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite may already have rolled back; the original error matters
+        raise
+    return result
+
+
+# --- the store ----------------------------------------------------------------------
+
+
+class Store:
+    """The open store. Get one from ``open_store``; every method may raise ``StoreError``."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._limiter = trio.CapacityLimiter(1)
+        self.path = path
+
+    async def aclose(self) -> None:
+        """Close the connection; later calls raise ``StoreError``. Idempotent."""
+
+        def run() -> None:
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                conn.close()
+
+        await trio.to_thread.run_sync(run, limiter=self._limiter)
+
+    async def _call(self, what: str, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        def run() -> T:
+            conn = self._conn
+            if conn is None:
+                raise StoreError(f"{what}: the store is closed")
+            try:
+                return _transaction(conn, fn) if write else fn(conn)
+            except sqlite3.Error as exc:
+                raise StoreError(f"{what}: {exc}") from exc
+
+        return await trio.to_thread.run_sync(run, limiter=self._limiter)
+
+    async def _read(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._call(what, fn, write=False)
+
+    async def _write(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._call(what, fn, write=True)
+
+    # --- nodes ----------------------------------------------------------------------
+
+    async def upsert_node(self, info: NodeInfo, seen_ms: int) -> bool:
+        """Record a heartbeat; False (and nothing changed) if its ``seq`` is stale.
+
+        A heartbeat with a lower ``seq`` than the stored one for the same node is an
+        old message arriving late; an equal ``seq`` is accepted (a re-delivery, or a
+        node that does not bump it). ``first_seen_ms`` is kept from the first one.
+        """
+        body = codec.encode(info.to_body())
+
+        def run(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                """
+                INSERT INTO nodes (node_id, seq, info, first_seen_ms, last_seen_ms)
+                VALUES (?, ?, ?, ?, ?)
+                ON CONFLICT (node_id) DO UPDATE SET
+                    seq = excluded.seq,
+                    info = excluded.info,
+                    last_seen_ms = max(nodes.last_seen_ms, excluded.last_seen_ms)
+                WHERE excluded.seq >= nodes.seq
+                """,
+                (info.node_id, info.seq, body, seen_ms, seen_ms),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(f"storing node info for {info.node_id}", run)
+
+    async def get_node(self, node_id: str) -> NodeRecord | None:
+        """The last heartbeat stored for ``node_id``, or None."""
+
+        def run(conn: sqlite3.Connection) -> NodeRecord | None:
+            row = conn.execute(f"SELECT {_NODE_COLUMNS} WHERE node_id = ?", (node_id,)).fetchone()
+            return None if row is None else _node_record(row)
+
+        return await self._read(f"reading node {node_id}", run)
+
+    async def list_nodes(self) -> list[NodeRecord]:
+        """Every node ever heard from, by node ID."""
+
+        def run(conn: sqlite3.Connection) -> list[NodeRecord]:
+            rows = conn.execute(f"SELECT {_NODE_COLUMNS} ORDER BY node_id").fetchall()
+            return [_node_record(row) for row in rows]
+
+        return await self._read("listing nodes", run)
+
+    # --- jobs -----------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        job: Job,
+        *,
+        requester: str,
+        now_ms: int,
+        state: JobState = JobState.PENDING,
+    ) -> JobRecord:
+        """Store a new job (``job.id`` must be set) and its first history event.
+
+        Raises ``AlreadyExists`` if a job with that ID is stored.
+        """
+        if job.id is None:
+            raise ValueError("creating a job: job.id must be set")
+        state = JobState(state)
+        spec = _json(job.to_dict())
+        what = f"creating job {job.id}"
+
+        def run(conn: sqlite3.Connection) -> JobRecord:
+            try:
+                conn.execute(
+                    "INSERT INTO jobs (job_id, spec, state, state_message, requester,"
+                    " create_time_ms, modify_time_ms, revision) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+                    (job.id, spec, state.value, "", requester, now_ms, now_ms),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"{what}: a job with this ID already exists") from None
+            _insert_event(conn, job.id, None, now_ms, JOB_STATE_UPDATE, None, state, "created")
+            return JobRecord(job, state, "", requester, now_ms, now_ms, 1)
+
+        return await self._write(what, run)
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        """The job with exactly this ID, or None."""
+
+        def run(conn: sqlite3.Connection) -> JobRecord | None:
+            return _get_job(conn, job_id)
+
+        return await self._read(f"reading job {job_id}", run)
+
+    async def find_job_ids(self, prefix: str, *, limit: int | None = None) -> list[str]:
+        """IDs of stored jobs that start with ``prefix``, sorted; at most ``limit``.
+
+        For resolving a short ID a user typed: one result is a match, several an
+        ambiguity (``limit=2`` is enough to tell).
+        """
+        upper = _prefix_upper_bound(prefix)
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            sql = "SELECT job_id FROM jobs WHERE job_id >= ?"
+            params: list[Any] = [prefix]
+            if upper is not None:
+                sql += " AND job_id < ?"
+                params.append(upper)
+            sql += " ORDER BY job_id"
+            if limit is not None:
+                sql += " LIMIT ?"
+                params.append(limit)
+            return [row[0] for row in conn.execute(sql, params)]
+
+        return await self._read(f"looking up jobs by prefix {prefix!r}", run)
+
+    async def list_jobs(
+        self, limit: int, after: str | None = None
+    ) -> tuple[list[JobRecord], str | None]:
+        """One page of jobs, newest first (by create time, then ID), and the next token.
+
+        Pass the returned token as ``after`` for the next page; it is None on the last
+        page. Jobs created while paging appear before the cursor, so pages never repeat
+        or skip a job. Raises ``ValueError`` for a token this store did not issue.
+        """
+        if limit < 1:
+            raise ValueError(f"listing jobs: limit must be at least 1, got {limit}")
+        cursor = None if after is None else _parse_page_token(after)
+
+        def run(conn: sqlite3.Connection) -> tuple[list[JobRecord], str | None]:
+            sql = f"SELECT {_JOB_COLUMNS}"
+            params: list[Any] = []
+            if cursor is not None:
+                sql += " WHERE (create_time_ms, job_id) < (?, ?)"
+                params += cursor
+            sql += " ORDER BY create_time_ms DESC, job_id DESC LIMIT ?"
+            params.append(limit + 1)
+            rows = conn.execute(sql, params).fetchall()
+            records = [_job_record(row) for row in rows[:limit]]
+            token = None
+            if len(rows) > limit:
+                last = records[-1]
+                token = f"{last.create_time_ms}.{last.job.id}"
+            return records, token
+
+        return await self._read("listing jobs", run)
+
+    async def update_job_state(
+        self,
+        job_id: str,
+        new_state: JobState,
+        *,
+        message: str,
+        now_ms: int,
+        expected: set[JobState] | None = None,
+    ) -> JobRecord:
+        """Move a job to ``new_state`` and append the event, atomically.
+
+        Raises ``NotFound``; ``StateConflict`` if ``expected`` is given and the job's
+        current state is not in it; ``protocol.errors.IllegalTransition`` if the job
+        state machine forbids the move. Nothing changes when it raises.
+        """
+        new_state = JobState(new_state)
+        what = f"updating job {job_id} to {new_state}"
+
+        def run(conn: sqlite3.Connection) -> JobRecord:
+            record = _get_job(conn, job_id)
+            if record is None:
+                raise NotFound(f"{what}: no such job")
+            current = record.state
+            if expected is not None and current not in expected:
+                raise StateConflict(
+                    f"{what}: job is {current}, expected {_names(expected)}", current=current
+                )
+            try:
+                check_job_transition(current, new_state)
+            except IllegalTransition as exc:
+                raise IllegalTransition(f"{what}: {exc}") from None
+            conn.execute(
+                "UPDATE jobs SET state = ?, state_message = ?, modify_time_ms = ?,"
+                " revision = revision + 1 WHERE job_id = ?",
+                (new_state.value, message, now_ms, job_id),
+            )
+            _insert_event(conn, job_id, None, now_ms, JOB_STATE_UPDATE, current, new_state, message)
+            return replace(
+                record,
+                state=new_state,
+                state_message=message,
+                modify_time_ms=now_ms,
+                revision=record.revision + 1,
+            )
+
+        return await self._write(what, run)
+
+    # --- executions -----------------------------------------------------------------
+
+    async def create_execution(
+        self,
+        execution_id: str,
+        job_id: str,
+        node_id: str,
+        *,
+        now_ms: int,
+        state: ExecutionState = ExecutionState.NEW,
+    ) -> ExecutionRecord:
+        """Store a new execution of a stored job on ``node_id``, and its first event.
+
+        Raises ``NotFound`` if the job is not stored, ``AlreadyExists`` for a known ID.
+        """
+        state = ExecutionState(state)
+        what = f"creating execution {execution_id} of job {job_id}"
+
+        def run(conn: sqlite3.Connection) -> ExecutionRecord:
+            if conn.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone() is None:
+                raise NotFound(f"{what}: no such job")
+            try:
+                conn.execute(
+                    "INSERT INTO executions (execution_id, job_id, node_id, state, desired_state,"
+                    " message, create_time_ms, modify_time_ms, revision)"
+                    " VALUES (?, ?, ?, ?, ?, '', ?, ?, 1)",
+                    (
+                        execution_id,
+                        job_id,
+                        node_id,
+                        state.value,
+                        DesiredState.RUNNING.value,
+                        now_ms,
+                        now_ms,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"{what}: an execution with this ID already exists") from None
+            _insert_event(
+                conn, job_id, execution_id, now_ms, EXECUTION_STATE_UPDATE, None, state, "created"
+            )
+            return ExecutionRecord(
+                execution_id,
+                job_id,
+                node_id,
+                state,
+                DesiredState.RUNNING,
+                "",
+                None,
+                None,
+                None,
+                now_ms,
+                now_ms,
+                1,
+            )
+
+        return await self._write(what, run)
+
+    async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        """The execution with this ID, or None."""
+
+        def run(conn: sqlite3.Connection) -> ExecutionRecord | None:
+            return _get_execution(conn, execution_id)
+
+        return await self._read(f"reading execution {execution_id}", run)
+
+    async def list_executions(self, job_id: str) -> list[ExecutionRecord]:
+        """A job's executions, oldest first."""
+
+        def run(conn: sqlite3.Connection) -> list[ExecutionRecord]:
+            rows = conn.execute(
+                f"SELECT {_EXECUTION_COLUMNS} WHERE job_id = ?"
+                " ORDER BY create_time_ms, execution_id",
+                (job_id,),
+            ).fetchall()
+            return [_execution_record(row) for row in rows]
+
+        return await self._read(f"listing executions of job {job_id}", run)
+
+    async def list_executions_on_node(
+        self, node_id: str, states: set[ExecutionState] | None = None
+    ) -> list[ExecutionRecord]:
+        """Executions placed on ``node_id`` (only those in ``states``, if given), oldest first."""
+
+        def run(conn: sqlite3.Connection) -> list[ExecutionRecord]:
+            sql = f"SELECT {_EXECUTION_COLUMNS} WHERE node_id = ?"
+            params: list[Any] = [node_id]
+            if states is not None:
+                sql += f" AND state IN ({', '.join('?' * len(states))})"
+                params += [ExecutionState(state).value for state in states]
+            sql += " ORDER BY create_time_ms, execution_id"
+            return [_execution_record(row) for row in conn.execute(sql, params)]
+
+        return await self._read(f"listing executions on node {node_id}", run)
+
+    async def update_execution(
+        self,
+        execution_id: str,
+        new_state: ExecutionState,
+        *,
+        message: str,
+        now_ms: int,
+        expected: set[ExecutionState] | None = None,
+        exit_code: int | None = None,
+        run_output: Mapping[str, Any] | None = None,
+        published: Mapping[str, Any] | None = None,
+    ) -> ExecutionRecord:
+        """Move an execution to ``new_state`` and append the event, atomically.
+
+        ``exit_code``, ``run_output`` and ``published`` are set when given and kept
+        otherwise. Raises ``NotFound``, ``StateConflict`` (not in ``expected``) or
+        ``IllegalTransition``, as ``update_job_state`` does.
+        """
+        new_state = ExecutionState(new_state)
+        output_json = None if run_output is None else _json(run_output)
+        published_json = None if published is None else _json(published)
+        what = f"updating execution {execution_id} to {new_state}"
+
+        def run(conn: sqlite3.Connection) -> ExecutionRecord:
+            record = _get_execution(conn, execution_id)
+            if record is None:
+                raise NotFound(f"{what}: no such execution")
+            current = record.state
+            if expected is not None and current not in expected:
+                raise StateConflict(
+                    f"{what}: execution is {current}, expected {_names(expected)}",
+                    current=current,
+                )
+            try:
+                check_execution_transition(current, new_state)
+            except IllegalTransition as exc:
+                raise IllegalTransition(f"{what}: {exc}") from None
+            conn.execute(
+                "UPDATE executions SET state = ?, message = ?, modify_time_ms = ?,"
+                " exit_code = coalesce(?, exit_code), run_output = coalesce(?, run_output),"
+                " published = coalesce(?, published), revision = revision + 1"
+                " WHERE execution_id = ?",
+                (
+                    new_state.value,
+                    message,
+                    now_ms,
+                    exit_code,
+                    output_json,
+                    published_json,
+                    execution_id,
+                ),
+            )
+            _insert_event(
+                conn,
+                record.job_id,
+                execution_id,
+                now_ms,
+                EXECUTION_STATE_UPDATE,
+                current,
+                new_state,
+                message,
+            )
+            return _get_execution(conn, execution_id)  # type: ignore[return-value]
+
+        return await self._write(what, run)
+
+    async def set_execution_desired_state(
+        self, execution_id: str, desired: DesiredState, *, now_ms: int
+    ) -> ExecutionRecord:
+        """Record what should become of an execution ("Running" or "Stopped").
+
+        Raises ``NotFound``; ``ValueError`` for any other desired state.
+        """
+        desired = DesiredState(desired)
+        what = f"setting desired state of execution {execution_id} to {desired}"
+
+        def run(conn: sqlite3.Connection) -> ExecutionRecord:
+            record = _get_execution(conn, execution_id)
+            if record is None:
+                raise NotFound(f"{what}: no such execution")
+            if record.desired_state == desired:
+                return record
+            conn.execute(
+                "UPDATE executions SET desired_state = ?, modify_time_ms = ?,"
+                " revision = revision + 1 WHERE execution_id = ?",
+                (desired.value, now_ms, execution_id),
+            )
+            return replace(
+                record, desired_state=desired, modify_time_ms=now_ms, revision=record.revision + 1
+            )
+
+        return await self._write(what, run)
+
+    # --- events ---------------------------------------------------------------------
+
+    async def add_event(
+        self,
+        job_id: str,
+        *,
+        now_ms: int,
+        kind: str,
+        message: str,
+        execution_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> Event:
+        """Append an event that is not a state change to a stored job's history."""
+        details_json = None if details is None else _json(details)
+
+        def run(conn: sqlite3.Connection) -> Event:
+            if conn.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone() is None:
+                raise NotFound(f"adding a {kind} event to job {job_id}: no such job")
+            seq = _insert_event(
+                conn, job_id, execution_id, now_ms, kind, None, None, message, details_json
+            )
+            return Event(
+                seq,
+                now_ms,
+                job_id,
+                execution_id,
+                kind,
+                None,
+                None,
+                message,
+                _load_json(details_json),
+            )
+
+        return await self._write(f"adding a {kind} event to job {job_id}", run)
+
+    async def history(self, job_id: str) -> list[Event]:
+        """A job's events (its executions' included) in the order they happened."""
+
+        def run(conn: sqlite3.Connection) -> list[Event]:
+            rows = conn.execute(
+                "SELECT seq, time_ms, job_id, execution_id, kind, previous_state, new_state,"
+                " message, details FROM events WHERE job_id = ? ORDER BY seq",
+                (job_id,),
+            ).fetchall()
+            return [
+                Event(
+                    row["seq"],
+                    row["time_ms"],
+                    row["job_id"],
+                    row["execution_id"],
+                    row["kind"],
+                    row["previous_state"],
+                    row["new_state"],
+                    row["message"],
+                    _load_json(row["details"]),
+                )
+                for row in rows
+            ]
+
+        return await self._read(f"reading the history of job {job_id}", run)
+
+    # --- results --------------------------------------------------------------------
+
+    async def put_result(self, record: ResultRecord, envelope_bytes: bytes, now_ms: int) -> bool:
+        """Keep a verified result record with the envelope bytes it came in.
+
+        Idempotent: the same bytes again change nothing and return False, and so does
+        the same record sealed again (a new nonce); the first envelope is kept. A
+        different record for an execution that has one raises ``ResultConflict``.
+        The caller has verified the envelope and decoded ``record`` from it.
+        """
+        envelope_bytes = bytes(envelope_bytes)
+        body = _json(record.to_body())
+        what = f"storing the result of execution {record.execution_id}"
+
+        def run(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT record, envelope FROM results WHERE execution_id = ?",
+                (record.execution_id,),
+            ).fetchone()
+            if row is not None:
+                if bytes(row["envelope"]) == envelope_bytes or row["record"] == body:
+                    return False
+                raise ResultConflict(f"{what}: a different result is already stored")
+            conn.execute(
+                "INSERT INTO results (execution_id, job_id, node_id, record, envelope,"
+                " received_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                (record.execution_id, record.job_id, record.node_id, body, envelope_bytes, now_ms),
+            )
+            return True
+
+        return await self._write(what, run)
+
+    async def get_result(self, execution_id: str) -> tuple[ResultRecord, bytes] | None:
+        """The result record of an execution and its envelope bytes, or None."""
+
+        def run(conn: sqlite3.Connection) -> tuple[ResultRecord, bytes] | None:
+            row = conn.execute(
+                "SELECT execution_id, record, envelope FROM results WHERE execution_id = ?",
+                (execution_id,),
+            ).fetchone()
+            return None if row is None else _result(row)
+
+        return await self._read(f"reading the result of execution {execution_id}", run)
+
+    async def list_results(self, job_id: str) -> list[tuple[ResultRecord, bytes]]:
+        """A job's result records and their envelope bytes, in the order received."""
+
+        def run(conn: sqlite3.Connection) -> list[tuple[ResultRecord, bytes]]:
+            rows = conn.execute(
+                "SELECT execution_id, record, envelope FROM results WHERE job_id = ?"
+                " ORDER BY received_ms, execution_id",
+                (job_id,),
+            ).fetchall()
+            return [_result(row) for row in rows]
+
+        return await self._read(f"listing the results of job {job_id}", run)
+
+    # --- counters -------------------------------------------------------------------
+
+    async def increment_counter(self, name: str, by: int = 1) -> int:
+        """Add ``by`` to a persistent counter (created at 0); return its new value.
+
+        Each call is one durable commit: count in memory and flush now and then.
+        """
+
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value"
+                " RETURNING value",
+                (name, by),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._write(f"incrementing counter {name}", run)
+
+    async def counters(self) -> dict[str, int]:
+        """Every counter's value, by name."""
+
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            return {row[0]: row[1] for row in conn.execute("SELECT name, value FROM counters")}
+
+        return await self._read("reading counters", run)
+
+
+# --- row helpers (run in the worker thread) -----------------------------------------
+
+_NODE_COLUMNS = "info, first_seen_ms, last_seen_ms FROM nodes"
+_JOB_COLUMNS = (
+    "job_id, spec, state, state_message, requester, create_time_ms, modify_time_ms, revision"
+    " FROM jobs"
+)
+_EXECUTION_COLUMNS = (
+    "execution_id, job_id, node_id, state, desired_state, message, exit_code, run_output,"
+    " published, create_time_ms, modify_time_ms, revision FROM executions"
+)
+
+
+def _node_record(row: sqlite3.Row) -> NodeRecord:
+    try:
+        info = NodeInfo.from_body(codec.decode(bytes(row["info"])))
+    except ProtocolError as exc:
+        raise StoreError(f"reading a stored node: it no longer decodes: {exc}") from None
+    return NodeRecord(info, row["first_seen_ms"], row["last_seen_ms"])
+
+
+def _get_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
+    row = conn.execute(f"SELECT {_JOB_COLUMNS} WHERE job_id = ?", (job_id,)).fetchone()
+    return None if row is None else _job_record(row)
+
+
+def _job_record(row: sqlite3.Row) -> JobRecord:
+    try:
+        job = Job.from_dict(json.loads(row["spec"]))
+    except ProtocolError as exc:
+        raise StoreError(
+            f"reading job {row['job_id']}: its stored spec no longer validates: {exc}"
+        ) from None
+    return JobRecord(
+        job=job,
+        state=JobState(row["state"]),
+        state_message=row["state_message"],
+        requester=row["requester"],
+        create_time_ms=row["create_time_ms"],
+        modify_time_ms=row["modify_time_ms"],
+        revision=row["revision"],
+    )
+
+
+def _get_execution(conn: sqlite3.Connection, execution_id: str) -> ExecutionRecord | None:
+    row = conn.execute(
+        f"SELECT {_EXECUTION_COLUMNS} WHERE execution_id = ?", (execution_id,)
+    ).fetchone()
+    return None if row is None else _execution_record(row)
+
+
+def _execution_record(row: sqlite3.Row) -> ExecutionRecord:
+    return ExecutionRecord(
+        execution_id=row["execution_id"],
+        job_id=row["job_id"],
+        node_id=row["node_id"],
+        state=ExecutionState(row["state"]),
+        desired_state=DesiredState(row["desired_state"]),
+        message=row["message"],
+        exit_code=row["exit_code"],
+        run_output=_load_json(row["run_output"]),
+        published=_load_json(row["published"]),
+        create_time_ms=row["create_time_ms"],
+        modify_time_ms=row["modify_time_ms"],
+        revision=row["revision"],
+    )
+
+
+def _result(row: sqlite3.Row) -> tuple[ResultRecord, bytes]:
+    try:
+        record = ResultRecord.from_body(json.loads(row["record"]))
+    except ProtocolError as exc:
+        raise StoreError(
+            f"reading the result of execution {row['execution_id']}: it no longer validates: {exc}"
+        ) from None
+    return record, bytes(row["envelope"])
+
+
+def _insert_event(
+    conn: sqlite3.Connection,
+    job_id: str,
+    execution_id: str | None,
+    now_ms: int,
+    kind: str,
+    previous_state: str | None,
+    new_state: str | None,
+    message: str,
+    details_json: str | None = None,
+) -> int:
+    cursor = conn.execute(
+        "INSERT INTO events (job_id, execution_id, time_ms, kind, previous_state, new_state,"
+        " message, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            job_id,
+            execution_id,
+            now_ms,
+            kind,
+            None if previous_state is None else str(previous_state),
+            None if new_state is None else str(new_state),
+            message,
+            details_json,
+        ),
+    )
+    return int(cursor.lastrowid or 0)
+
+
+# --- small helpers ------------------------------------------------------------------
+
+
+def _json(value: Mapping[str, Any]) -> str:
+    """JSON text for a column; raises ``ValueError``/``TypeError`` before any I/O."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _load_json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _names(states: Iterable[StrEnum]) -> str:
+    return " or ".join(sorted(state.value for state in states)) or "(nothing)"
+
+
+def _parse_page_token(token: str) -> tuple[int, str]:
+    create_time, _, job_id = token.partition(".")
+    if create_time.lstrip("-").isdigit() and job_id:
+        return int(create_time), job_id
+    raise ValueError(f"listing jobs: {token!r:.80} is not a page token")
+
+
+def _prefix_upper_bound(prefix: str) -> str | None:
+    """The least string greater than every string starting with ``prefix``, if any.
+
+    SQLite compares TEXT as UTF-8 bytes, which orders like code points, so the bound
+    is ``prefix`` with its last character incremented. A range keeps the index in use,
+    and, unlike LIKE or GLOB, gives ``%``, ``_``, ``*`` in a prefix no special meaning.
+    """
+    chars = list(prefix)
+    while chars:
+        code = ord(chars[-1]) + 1
+        if code == 0xD800:
+            code = 0xE000  # surrogates cannot be stored as UTF-8
+        if code <= 0x10FFFF:
+            chars[-1] = chr(code)
+            return "".join(chars)
+        chars.pop()
+    return None
