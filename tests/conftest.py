@@ -1,0 +1,121 @@
+"""Shared fixtures: the real services (dockerd, a local busybox image, SeaweedFS S3).
+
+Heavy modules (docker, boto3, scripts.services) are imported inside the fixtures, so collecting
+and running the pure protocol tests stays fast. A missing component FAILS the tests that need it,
+with the reason; it never skips them (CI counts a skip as a failure).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import pytest
+
+if TYPE_CHECKING:
+    from scripts.services import SeaweedS3
+
+
+def _unavailable(what: str, problem: str) -> NoReturn:
+    """Fail (not skip) the requesting test, saying which component is missing and why."""
+    pytest.fail(f"{what} is unavailable: {problem}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    """A docker-py client for a running dockerd (started with --bridge=none if needed)."""
+    from scripts.services import ensure_dockerd
+
+    problem = ""
+    try:
+        ensure_dockerd()
+        import docker
+
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # ServiceError, ImportError, docker.errors.DockerException, ...
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem:
+        _unavailable("Docker engine", problem)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_client: Any) -> str:
+    """The tag of the locally built busybox image, ``busybox:latest``."""
+    from scripts.services import BUSYBOX_TAG, ServiceError, build_busybox_image
+
+    try:
+        return build_busybox_image(BUSYBOX_TAG, client=docker_client)
+    except (ServiceError, OSError) as exc:
+        problem = str(exc)
+    _unavailable("busybox image", problem)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """A SeaweedFS S3 server on free loopback ports, fresh data dir, stopped after the session."""
+    from scripts.services import SeaweedS3, ServiceError
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    problem = ""
+    try:
+        server.start()
+    except (ServiceError, OSError) as exc:
+        problem = str(exc)
+    if problem:
+        _unavailable("SeaweedFS S3", problem)
+    yield server
+    server.stop(grace=0.5)
+
+
+@dataclass
+class S3Bucket:
+    """A fresh bucket on the test S3 server, with a client that can reach it."""
+
+    name: str
+    client: Any
+    server: SeaweedS3
+
+    def enable_versioning(self) -> None:
+        """Turn versioning on, as ``aws s3api put-bucket-versioning`` would."""
+        self.client.put_bucket_versioning(
+            Bucket=self.name, VersioningConfiguration={"Status": "Enabled"}
+        )
+
+    def uri(self, key: str = "") -> str:
+        """``s3://bucket/key``."""
+        return f"s3://{self.name}/{key}"
+
+
+def _empty_and_delete(client: Any, bucket: str) -> None:
+    """Delete every object version and delete marker, then the bucket itself.
+
+    Lists only first pages, again and again: weed's ListObjectVersions paging (KeyMarker) skips
+    keys such as "in-other/x" after "in/..." (it lists directory-first, compares bytewise).
+    """
+    for _ in range(10_000):
+        page = client.list_object_versions(Bucket=bucket)
+        doomed = [
+            {"Key": item["Key"], "VersionId": item["VersionId"]}
+            for item in page.get("Versions", []) + page.get("DeleteMarkers", [])
+        ]
+        if not doomed:
+            break
+        resp = client.delete_objects(Bucket=bucket, Delete={"Objects": doomed, "Quiet": True})
+        if resp.get("Errors"):
+            raise AssertionError(f"could not empty bucket {bucket}: {resp['Errors'][:3]}")
+    client.delete_bucket(Bucket=bucket)
+
+
+@pytest.fixture
+def s3_bucket(s3_server: SeaweedS3) -> Iterator[S3Bucket]:
+    """A new, uniquely named, empty bucket; emptied and removed after the test."""
+    client = s3_server.client()
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    client.create_bucket(Bucket=name)
+    yield S3Bucket(name=name, client=client, server=s3_server)
+    _empty_and_delete(client, name)
