@@ -6,13 +6,17 @@ never libp2p, docker or boto3, and subcommand modules only when they run.
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from importlib import metadata
+from typing import Any
 
 import click
 
 import protocol
+
+from .client import ApiClient, ApiError
 
 
 def _package_version(name: str) -> str:
@@ -23,8 +27,118 @@ def _package_version(name: str) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+@click.option("--api-host", envvar="BACNODE_API_HOST", help="daemon API host [default: 127.0.0.1]")
+@click.option("--api-port", envvar="BACNODE_API_PORT", type=int,
+              help="daemon API port [default: 1234]")
+@click.pass_context
+def cli(ctx: click.Context, api_host: str | None, api_port: int | None) -> None:
     """bacnode: run Docker jobs on a peer-to-peer network and get verifiable results."""
+    ctx.obj = {"api_host": api_host, "api_port": api_port}
+
+
+def client_from(ctx: click.Context) -> ApiClient:
+    return ApiClient(ctx.obj["api_host"], ctx.obj["api_port"])
+
+
+def call_api(ctx: click.Context, path: str) -> Any:
+    """GET ``path``; an unreachable daemon or an error answer ends the command in one line."""
+    try:
+        return client_from(ctx).get(path)
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                               "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def serve(args: tuple[str, ...]) -> None:
+    """Run a bacnode daemon (see 'bacnode serve --help')."""
+    # The daemon lives in node/, which the CLI must not import; hand over the process.
+    os.execv(sys.executable, [sys.executable, "-m", "node", "serve", *args])
+
+
+@cli.command("id")
+@click.pass_context
+def id_(ctx: click.Context) -> None:
+    """Print the daemon's peer ID and the addresses it listens on."""
+    info = call_api(ctx, "/api/v1/agent/node")["Info"]
+    click.echo(info["NodeID"])
+    for address in info["Addresses"]:
+        click.echo(f"  {address}")
+
+
+@cli.group()
+def node() -> None:
+    """Nodes of the network."""
+
+
+@node.command("list")
+@click.option("--output", type=click.Choice(["table", "json", "yaml"]), default="table",
+              show_default=True)
+@click.pass_context
+def node_list(ctx: click.Context, output: str) -> None:
+    """Every node this daemon has heard from, CONNECTED or DISCONNECTED."""
+    nodes = call_api(ctx, "/api/v1/orchestrator/nodes")["Nodes"]
+    if output != "table":
+        click.echo(render(nodes, output))
+        return
+    rows = []
+    for state in nodes:
+        info = state["Info"]
+        compute = info.get("ComputeNodeInfo") or {}
+        free = compute.get("AvailableCapacity") or {}
+        rows.append([
+            info["NodeID"],
+            info["NodeType"],
+            state["Connection"],
+            ",".join(f"{k}={v}" for k, v in sorted(info["Labels"].items())),
+            f"{free.get('CPU', '-')} CPU / {free.get('Memory', '-')}" if free else "-",
+            ",".join(compute.get("ExecutionEngines", [])) or "-",
+        ])
+    click.echo(table(["ID", "TYPE", "STATUS", "LABELS", "FREE", "ENGINES"], rows))
+
+
+@cli.group("swarm-key")
+def swarm_key() -> None:
+    """Pre-shared keys for private networks."""
+
+
+@swarm_key.command("generate")
+@click.option("-o", "--output", "path", type=click.Path(dir_okay=False), default="swarm.key",
+              show_default=True, help="file to write (mode 0600)")
+def swarm_key_generate(path: str) -> None:
+    """Write a new swarm key; give it to every node with --swarm-key FILE."""
+    import secrets
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise click.ClickException(f"{path} exists; remove it or choose another -o") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"/key/swarm/psk/1.0.0/\n/base16/\n{secrets.token_hex(32)}\n")
+    click.echo(f"wrote {path}; start every node of the network with --swarm-key {path}")
+
+
+def render(value: Any, output: str) -> str:
+    if output == "yaml":
+        import yaml
+
+        return yaml.safe_dump(value, sort_keys=False).rstrip()
+    import json
+
+    return json.dumps(value, indent=2)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    lines = [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True))
+        for line in [headers, *rows]
+    ]
+    lines = [line.rstrip() for line in lines]
+    return "\n".join(lines)
 
 
 @cli.command()

@@ -1,0 +1,68 @@
+"""A small client for a daemon's HTTP API (stdlib only: the CLI must start fast)."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from typing import Any
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 1234
+
+
+class ApiError(Exception):
+    """The daemon could not be reached or refused the request; the message is for users."""
+
+
+class ApiClient:
+    def __init__(
+        self, host: str | None = None, port: int | None = None, timeout: float = 30
+    ) -> None:
+        self.host = host or os.environ.get("BACNODE_API_HOST") or DEFAULT_HOST
+        try:
+            self.port = int(port or os.environ.get("BACNODE_API_PORT") or DEFAULT_PORT)
+        except ValueError:
+            raise ApiError(
+                f"BACNODE_API_PORT={os.environ.get('BACNODE_API_PORT')!r} is not a port number"
+            ) from None
+        self.timeout = timeout
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.base_url + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"} if data else {},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise ApiError(_error_detail(exc)) from None
+        except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ApiError(
+                f"no bacnode daemon answers at {self.base_url} ({reason}); start one with "
+                "'bacnode serve', or point to one with --api-host/--api-port or "
+                "BACNODE_API_HOST/BACNODE_API_PORT"
+            ) from None
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+
+def _error_detail(exc: urllib.error.HTTPError) -> str:
+    try:
+        payload = json.loads(exc.read())
+        detail = payload.get("detail") or payload.get("message") or payload
+    except (ValueError, AttributeError):
+        detail = exc.reason
+    return f"the daemon answered {exc.code}: {detail}"

@@ -1,0 +1,218 @@
+"""``bacnode serve``: the daemon that ties store, mesh, heartbeats and API together.
+
+Start order is store → mesh → heartbeats → API; shutdown (SIGINT/SIGTERM) runs
+it backwards under a grace deadline: stop announcing, close the API, leave the
+mesh, close the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import sys
+from typing import Any
+
+import trio
+
+import protocol
+from protocol.envelope import Envelope
+from protocol.messages import Capacity, Message, NodeInfo
+from protocol.quantities import parse_bytes, parse_cpu
+
+from .api import NodeStatus, create_app, serve_api
+from .config import NodeConfig
+from .keys import load_or_create_key
+from .mesh import TOPIC_NODES, Mesh, now_ms, read_swarm_key
+from .store import Store, open_store
+
+log = logging.getLogger("bacnode.daemon")
+
+SHUTDOWN_GRACE_SECONDS = 10
+#: Node records are written to disk on first sight and then at most this often.
+NODE_PERSIST_INTERVAL_MS = 60_000
+ENGINES = ("docker",)
+STORAGES = ("inline", "urlDownload")
+PUBLISHERS = ("local", "noop")
+
+
+def machine_capacity(config: NodeConfig) -> Capacity:
+    """What this machine has, capped by the configured limits."""
+    cpu = (os.cpu_count() or 1) * 1000
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    disk = shutil.disk_usage(config.data_dir).free
+    if config.limit_cpu:
+        cpu = min(cpu, parse_cpu(config.limit_cpu))
+    if config.limit_memory:
+        memory = min(memory, parse_bytes(config.limit_memory))
+    if config.limit_disk:
+        disk = min(disk, parse_bytes(config.limit_disk, what="disk"))
+    return Capacity(cpu_milli=cpu, memory=memory, disk=disk, gpu=0)
+
+
+class Daemon:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.key = load_or_create_key(config.key_path)
+        self.peer_id = self.key.peer_id
+        self.store: Store | None = None
+        self.mesh: Mesh | None = None
+        self.total = machine_capacity(config)
+        self._nodes: dict[str, NodeStatus] = {}
+        self._persisted_ms: dict[str, int] = {}
+        self._seq = 0
+        self._shutdown = trio.Event()
+
+    # -- what the API reads --------------------------------------------------
+
+    def local_node_info(self) -> NodeInfo:
+        # seq is the send time, so it keeps growing across restarts.
+        self._seq = max(self._seq + 1, now_ms())
+        return NodeInfo(
+            node_id=self.peer_id,
+            version=protocol.__version__,
+            addresses=tuple(self.mesh.addresses()) if self.mesh else (),
+            labels=dict(self.config.labels),
+            roles=self.config.roles,
+            engines=ENGINES if self.config.compute else (),
+            storages=STORAGES if self.config.compute else (),
+            publishers=PUBLISHERS if self.config.compute else (),
+            total=self.total,
+            free=self.total,
+            running_executions=0,
+            seq=self._seq,
+        )
+
+    def _is_connected(self, last_seen_ms: int, now: int) -> bool:
+        window = self.config.heartbeat_seconds * 1000 * self.config.missed_heartbeats
+        return now - last_seen_ms <= window
+
+    async def list_nodes(self) -> list[NodeStatus]:
+        assert self.store is not None
+        now = now_ms()
+        statuses = {
+            record.info.node_id: NodeStatus(
+                record.info, False, record.last_seen_ms, record.first_seen_ms
+            )
+            for record in await self.store.list_nodes()
+        }
+        for node_id, status in self._nodes.items():
+            statuses[node_id] = NodeStatus(
+                status.info,
+                self._is_connected(status.last_seen_ms, now),
+                status.last_seen_ms,
+                status.first_seen_ms,
+            )
+        me = self.local_node_info()
+        statuses[self.peer_id] = NodeStatus(me, True, now, statuses.get(self.peer_id, NodeStatus(
+            me, True, now, now)).first_seen_ms)
+        return sorted(statuses.values(), key=lambda s: s.info.node_id)
+
+    def mesh_stats(self) -> dict[str, Any]:
+        stats = self.mesh.stats.as_json() if self.mesh else {"Accepted": {}, "Dropped": {}}
+        return {"NodeID": self.peer_id, "Peers": self.mesh.connected_peers() if self.mesh else [],
+                **stats}
+
+    # -- gossip --------------------------------------------------------------
+
+    async def on_message(self, topic: str, envelope: Envelope, message: Message) -> None:
+        if isinstance(message, NodeInfo):
+            await self._saw_node(message)
+
+    async def _saw_node(self, info: NodeInfo) -> None:
+        assert self.store is not None
+        now = now_ms()
+        previous = self._nodes.get(info.node_id)
+        if previous is not None and info.seq <= previous.info.seq:
+            return
+        first_seen = previous.first_seen_ms if previous else now
+        self._nodes[info.node_id] = NodeStatus(info, True, now, first_seen)
+        changed = previous is None or (
+            previous.info.addresses, previous.info.labels) != (info.addresses, info.labels)
+        if changed or now - self._persisted_ms.get(info.node_id, 0) >= NODE_PERSIST_INTERVAL_MS:
+            self._persisted_ms[info.node_id] = now
+            await self.store.upsert_node(info, now)
+
+    async def _heartbeat(self) -> None:
+        assert self.mesh is not None
+        while True:
+            try:
+                await self.mesh.publish(TOPIC_NODES, self.local_node_info())
+            except Exception as exc:
+                log.debug("heartbeat not sent: %r", exc)
+            await trio.sleep(self.config.heartbeat_seconds)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        psk = read_swarm_key(config.swarm_key) if config.swarm_key else None
+        async with open_store(config.store_path) as store:
+            self.store = store
+            self.mesh = Mesh(
+                self.key,
+                listen=config.listen,
+                bootstrap=config.peers,
+                mdns=config.mdns,
+                psk=psk,
+                on_message=self.on_message,
+            )
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.mesh.run)
+                nursery.start_soon(self._heartbeat)
+                app = create_app(self)
+                api_urls = await nursery.start(
+                    lambda task_status: serve_api(
+                        app, config.api_host, config.api_port,
+                        shutdown_trigger=self._shutdown.wait, task_status=task_status,
+                    )
+                )
+                self._announce_start(api_urls)
+                task_status.started(self)
+                await self._shutdown.wait()
+                log.info("shutting down")
+                with trio.move_on_after(SHUTDOWN_GRACE_SECONDS) as grace:
+                    self.mesh.stop()
+                    await trio.sleep(0)
+                nursery.cancel_scope.cancel()
+                if grace.cancelled_caught:
+                    log.warning("shutdown grace period ran out")
+
+    def shutdown(self) -> None:
+        self._shutdown.set()
+
+    def _announce_start(self, api_urls: list[str]) -> None:
+        assert self.mesh is not None
+        addresses = self.mesh.addresses()
+        lines = [
+            f"bacnode {protocol.__version__} node {self.peer_id}",
+            f"  roles:      {', '.join(self.config.roles)}",
+            f"  data dir:   {self.config.data_dir}",
+            f"  API:        {', '.join(api_urls)}",
+            "  listening:  " + "\n              ".join(addresses),
+            "To join this network from another machine, run:",
+            f"  bacnode serve --peer {_shareable(addresses)}",
+        ]
+        print("\n".join(lines), flush=True)
+
+
+def _shareable(addresses: list[str]) -> str:
+    """The address other machines should dial: not loopback when there is a choice."""
+    for address in addresses:
+        if not address.startswith(("/ip4/127.", "/ip6/::1")):
+            return address
+    return addresses[0] if addresses else "<no listen address>"
+
+
+async def run_daemon(config: NodeConfig) -> None:
+    """Run until SIGINT/SIGTERM, then shut down gracefully."""
+    daemon = Daemon(config)
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            await nursery.start(daemon.run)
+            async for signum in signals:
+                print(f"received {signal.Signals(signum).name}, shutting down", file=sys.stderr,
+                      flush=True)
+                daemon.shutdown()
+                break

@@ -1,0 +1,401 @@
+"""The libp2p side of a node: host, gossipsub topics, and the point-to-point bid protocol.
+
+Every gossiped message passes ``protocol``'s envelope verification inside the
+topic validator, so an unsigned, forged, replayed or malformed message is
+dropped (and counted by reason) before gossipsub forwards it or we act on it.
+
+py-libp2p 0.8 facts this module is shaped around (found by experiment):
+- Pubsub must be running before the host accepts streams, or an early peer
+  stream kills the swarm; so pubsub starts first, then ``host.run``.
+- A sync validator that raises tears the host down: ours never raises.
+- Leaving ``host.run`` does not close TCP connections; ``host.close()`` does.
+- Defaults changed on purpose: heartbeat 1 s (not 120 s), adaptive gossip off
+  (it stretches the heartbeat on small meshes), eclipse protection off (a
+  loopback devnet has one IP), spam limit raised from 10 msg/s, inbound peer
+  exchange ignored (it would make us dial addresses any peer hands us).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import INotifee
+from libp2p.crypto.ed25519 import Ed25519PrivateKey
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub.gossipsub import PROTOCOL_ID as MESHSUB_10
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as MESHSUB_11
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V12 as MESHSUB_12
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.score import ScoreParams
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
+
+from protocol import PROTOCOL_NAME
+from protocol.envelope import Envelope, EnvelopeVerifier
+from protocol.errors import RemoteProtocolError
+from protocol.identity import NodeKey
+from protocol.messages import (
+    JobAnnouncement,
+    Message,
+    NodeInfo,
+    ResultRecord,
+    open_message,
+    seal_message,
+)
+
+log = logging.getLogger("bacnode.mesh")
+
+TOPIC_JOBS = f"{PROTOCOL_NAME}/jobs"
+TOPIC_RESULTS = f"{PROTOCOL_NAME}/results"
+TOPIC_NODES = f"{PROTOCOL_NAME}/nodes"
+#: Which message type each topic carries; anything else on a topic is dropped.
+TOPIC_MESSAGE_TYPES: dict[str, type[Message]] = {
+    TOPIC_JOBS: JobAnnouncement,
+    TOPIC_RESULTS: ResultRecord,
+    TOPIC_NODES: NodeInfo,
+}
+BID_PROTOCOL = TProtocol("/bacnode/bid/1")
+MAX_STREAM_MESSAGE = 256 * 1024
+RECONNECT_SECONDS = 2.0
+#: Validated messages waiting for their subscription reader; bounded against floods.
+MAX_PENDING_DELIVERIES = 10_000
+
+MessageHandler = Callable[[str, Envelope, Message], Awaitable[None]]
+RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
+
+
+class MeshError(Exception):
+    """The mesh could not start or a peer could not be reached; the message says why."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def read_swarm_key(path: Path) -> str:
+    """The 64-hex-digit PSK from a go-libp2p style ``swarm.key`` file."""
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise MeshError(f"cannot read swarm key {path}: {exc.strerror}") from None
+    if len(lines) != 3 or lines[0] != "/key/swarm/psk/1.0.0/" or lines[1] != "/base16/":
+        raise MeshError(
+            f"{path} is not a swarm key (expected '/key/swarm/psk/1.0.0/', '/base16/', "
+            "64 hex digits); create one with: bacnode swarm-key generate"
+        )
+    key = lines[2].lower()
+    if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+        raise MeshError(f"{path}: the key must be 64 hex digits")
+    return key
+
+
+@dataclass
+class MeshStats:
+    accepted: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"Accepted": dict(self.accepted), "Dropped": dict(self.dropped)}
+
+
+class _Disconnects(INotifee):
+    """Wakes the reconnect loop when a connection closes."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self._wake = wake
+
+    async def opened_stream(self, network: Any, stream: Any) -> None:
+        pass
+
+    async def closed_stream(self, network: Any, stream: Any) -> None:
+        pass
+
+    async def connected(self, network: Any, conn: Any) -> None:
+        pass
+
+    async def disconnected(self, network: Any, conn: Any) -> None:
+        self._wake()
+
+    async def listen(self, network: Any, maddr: Any) -> None:
+        pass
+
+    async def listen_close(self, network: Any, maddr: Any) -> None:
+        pass
+
+
+class Mesh:
+    """A libp2p host in the bacnode mesh. Run it with ``await nursery.start(mesh.run)``."""
+
+    def __init__(
+        self,
+        key: NodeKey,
+        *,
+        listen: tuple[str, ...],
+        bootstrap: tuple[str, ...] = (),
+        mdns: bool = False,
+        psk: str | None = None,
+        on_message: MessageHandler,
+        on_request: RequestHandler | None = None,
+    ) -> None:
+        self.key = key
+        self.peer_id = key.peer_id
+        self._listen = [_parse_multiaddr(addr, "--listen") for addr in listen]
+        self._bootstrap = [_parse_bootstrap(addr) for addr in bootstrap]
+        self._on_message = on_message
+        self._on_request = on_request
+        self.stats = MeshStats()
+        self._verifier = EnvelopeVerifier()
+        self._verified: dict[tuple[bytes, bytes], tuple[Envelope, Message]] = {}
+        self._reconnect_now = trio.Event()
+        self._stop = trio.Event()
+        self._stopped = trio.Event()
+
+        secret = Ed25519PrivateKey.from_bytes(key.seed)
+        key_pair = KeyPair(secret, secret.get_public_key())
+        self.host = new_host(
+            key_pair=key_pair,
+            sec_opt={
+                TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(
+                    key_pair, noise_privkey=new_x25519_key_pair().private_key
+                )
+            },
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+            listen_addrs=self._listen,
+            enable_mDNS=mdns,
+            enable_upnp=False,
+            bootstrap=None,
+            psk=psk,
+            connection_config=ConnectionConfig(max_connections_per_peer=1),
+        )
+        self.gossipsub = GossipSub(
+            protocols=[MESHSUB_12, MESHSUB_11, MESHSUB_10],
+            degree=6,
+            degree_low=4,
+            # Above any devnet's size: py-libp2p prunes equal-score peers arbitrarily
+            # and a pruned leaf of a star can stay cut off for its 60 s backoff.
+            degree_high=64,
+            heartbeat_initial_delay=0.1,
+            heartbeat_interval=1,
+            adaptive_gossip_enabled=False,
+            spam_protection_enabled=True,
+            max_messages_per_topic_per_second=1000.0,
+            eclipse_protection_enabled=False,
+            score_params=ScoreParams(accept_px_threshold=math.inf),
+        )
+        self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
+        self.host.get_network().register_notifee(_Disconnects(lambda: self._reconnect_now.set()))
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Mesh] = trio.TASK_STATUS_IGNORED) -> None:
+        """Join the mesh; returns after ``stop()`` once connections are closed.
+
+        The libp2p part runs shielded: cancelling py-libp2p's connection tasks
+        from outside leaks sockets, so outer cancellation becomes a stop request.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._run_shielded)
+                task_status.started(self)
+                await self._stopped.wait()
+        finally:
+            self._stop.set()
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                await self._stopped.wait()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _run_shielded(self, task_status: trio.TaskStatus[None]) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                await self._serve(task_status)
+            finally:
+                self._stopped.set()
+
+    async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
+        async with (
+            background_trio_service(self.pubsub),
+            background_trio_service(self.gossipsub),
+        ):
+            await self.pubsub.wait_until_ready()
+            subscriptions = []
+            for topic in TOPIC_MESSAGE_TYPES:
+                self.pubsub.set_topic_validator(topic, self._make_validator(topic), False)
+                subscriptions.append((topic, await self.pubsub.subscribe(topic)))
+            self.host.set_stream_handler(BID_PROTOCOL, self._handle_stream)
+            try:
+                async with self.host.run(listen_addrs=self._listen):
+                    # We dial our bootstrap peers ourselves; the auto-connector would
+                    # re-dial every address identify ever taught us.
+                    await self.host.get_network().auto_connector.stop()
+                    async with trio.open_nursery() as nursery:
+                        for topic, subscription in subscriptions:
+                            nursery.start_soon(self._read_topic, topic, subscription)
+                        nursery.start_soon(self._keep_bootstrap_connected)
+                        task_status.started()
+                        await self._stop.wait()
+                        nursery.cancel_scope.cancel()
+                    with trio.move_on_after(5):
+                        await self.host.close()
+            except OSError as exc:
+                addresses = ", ".join(str(a) for a in self._listen)
+                raise MeshError(
+                    f"cannot listen on {addresses}: {exc.strerror or exc}; "
+                    "is another bacnode running? choose another port with --listen"
+                ) from None
+
+    # -- gossip ------------------------------------------------------------
+
+    def _make_validator(self, topic: str) -> Callable[[ID, Any], bool]:
+        expected_type = TOPIC_MESSAGE_TYPES[topic].TYPE
+
+        def validate(forwarder: ID, msg: Any) -> bool:
+            try:
+                origin = ID(msg.from_id).to_base58()
+                envelope, message = open_message(
+                    self._verifier, msg.data, now_ms=now_ms(), expected_sender=origin
+                )
+                if envelope.type != expected_type:
+                    self.stats.dropped["WrongTopic"] += 1
+                    return False
+            except RemoteProtocolError as exc:
+                self.stats.dropped[type(exc).__name__] += 1
+                log.debug("dropped %s message from %s: %s", topic, forwarder, exc)
+                return False
+            except Exception as exc:  # never let a validator raise: it kills the host
+                self.stats.dropped["Invalid"] += 1
+                log.debug("dropped %s message from %s: %r", topic, forwarder, exc)
+                return False
+            self.stats.accepted[expected_type] += 1
+            if len(self._verified) >= MAX_PENDING_DELIVERIES:
+                del self._verified[next(iter(self._verified))]
+            self._verified[(msg.from_id, msg.seqno)] = (envelope, message)
+            return True
+
+        return validate
+
+    async def _read_topic(self, topic: str, subscription: Any) -> None:
+        while True:
+            msg = await subscription.get()
+            verified = self._verified.pop((msg.from_id, msg.seqno), None)
+            if verified is None:
+                continue
+            envelope, message = verified
+            try:
+                await self._on_message(topic, envelope, message)
+            except Exception:
+                log.exception("handling %s from %s failed", envelope.type, envelope.sender)
+
+    async def publish(self, topic: str, message: Message) -> None:
+        """Sign ``message`` with the node key and gossip it on ``topic``."""
+        await self.pubsub.publish(topic, seal_message(self.key, message, now_ms=now_ms()))
+
+    # -- point to point ----------------------------------------------------
+
+    async def _handle_stream(self, stream: Any) -> None:
+        try:
+            with trio.fail_after(30):
+                request = await read_varint_prefixed_bytes_limited(stream, MAX_STREAM_MESSAGE)
+                sender = stream.muxed_conn.peer_id.to_base58()
+                if self._on_request is None:
+                    raise MeshError("this node takes no requests")
+                reply = await self._on_request(sender, request)
+                await stream.write(encode_varint_prefixed(reply))
+                await stream.close()
+        except Exception as exc:
+            log.debug("bid stream failed: %r", exc)
+            await stream.reset()
+
+    async def request(self, peer_id: str, data: bytes, *, timeout: float = 10.0) -> bytes:
+        """Send one request to ``peer_id`` over ``/bacnode/bid/1`` and return its reply."""
+        try:
+            with trio.fail_after(timeout):
+                stream = await self.host.new_stream(ID.from_base58(peer_id), [BID_PROTOCOL])
+                try:
+                    await stream.write(encode_varint_prefixed(data))
+                    return await read_varint_prefixed_bytes_limited(stream, MAX_STREAM_MESSAGE)
+                finally:
+                    await stream.close()
+        except trio.TooSlowError:
+            raise MeshError(f"peer {peer_id} did not answer within {timeout:.0f}s") from None
+        except Exception as exc:
+            raise MeshError(f"request to {peer_id} failed: {exc}") from None
+
+    # -- peers -------------------------------------------------------------
+
+    def connected_peers(self) -> list[str]:
+        return sorted(peer.to_base58() for peer in self.host.get_connected_peers())
+
+    def addresses(self) -> list[str]:
+        """Where this node listens, with ``/p2p/<id>``: the ``--peer`` value for others."""
+        return [str(addr) for addr in self.host.get_addrs()]
+
+    async def _keep_bootstrap_connected(self) -> None:
+        warned: set[str] = set()
+        while True:
+            connected = set(self.host.get_connected_peers())
+            for info, text in self._bootstrap:
+                if info.peer_id in connected or info.peer_id == self.host.get_id():
+                    continue
+                try:
+                    with trio.fail_after(5):
+                        await self.host.connect(info)
+                    warned.discard(text)
+                    log.info("connected to bootstrap peer %s", text)
+                except Exception as exc:
+                    if text not in warned:
+                        warned.add(text)
+                        log.warning(
+                            "cannot reach bootstrap peer %s (%s); retrying every %.0fs",
+                            text, _describe(exc), RECONNECT_SECONDS,
+                        )
+            self._reconnect_now = trio.Event()
+            with trio.move_on_after(RECONNECT_SECONDS):
+                await self._reconnect_now.wait()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+def _parse_multiaddr(text: str, flag: str) -> multiaddr.Multiaddr:
+    try:
+        return multiaddr.Multiaddr(text)
+    except Exception as exc:
+        raise MeshError(
+            f"{flag} {text!r} is not a multiaddr ({exc}); e.g. /ip4/0.0.0.0/tcp/1235"
+        ) from None
+
+
+def _parse_bootstrap(text: str) -> tuple[Any, str]:
+    address = _parse_multiaddr(text, "--peer")
+    try:
+        return info_from_p2p_addr(address), text
+    except Exception:
+        raise MeshError(
+            f"--peer {text!r} has no /p2p/<peer ID>; use the full address a node prints "
+            "at start-up, e.g. /ip4/127.0.0.1/tcp/1235/p2p/12D3KooW…"
+        ) from None
