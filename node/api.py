@@ -34,7 +34,7 @@ class NodeView(Protocol):
 
     async def list_nodes(self) -> list[NodeStatus]: ...
 
-    def mesh_stats(self) -> dict[str, Any]: ...
+    def mesh_stats(self, since_ms: int = 0) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -135,9 +135,12 @@ def create_app(node: NodeView) -> FastAPI:
         return node_state_json(NodeStatus(info, True, 0, 0))
 
     @app.get(f"{API_PREFIX}/agent/mesh", tags=["agent"])
-    async def mesh() -> dict[str, Any]:
-        """Connected peers and counts of accepted and dropped gossip messages, by reason."""
-        return node.mesh_stats()
+    async def mesh(since_ms: int = 0) -> dict[str, Any]:
+        """Peers, accepted and dropped gossip messages by reason, and gossip delays.
+
+        ``since_ms`` limits the delay samples to heartbeats received since then.
+        """
+        return node.mesh_stats(since_ms)
 
     @app.get(f"{API_PREFIX}/orchestrator/nodes", tags=["orchestrator"])
     async def list_nodes() -> dict[str, Any]:

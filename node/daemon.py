@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import sys
+from collections import deque
 from typing import Any
 
 import trio
@@ -35,6 +36,7 @@ NODE_PERSIST_INTERVAL_MS = 60_000
 ENGINES = ("docker",)
 STORAGES = ("inline", "urlDownload")
 PUBLISHERS = ("local", "noop")
+GOSSIP_DELAY_SAMPLES = 20_000
 
 
 def machine_capacity(config: NodeConfig) -> Capacity:
@@ -63,6 +65,8 @@ class Daemon:
         self._persisted_ms: dict[str, int] = {}
         self._seq = 0
         self._shutdown = trio.Event()
+        # (received_ms, delay_ms) of recent heartbeats: gossip latency, observable via the API.
+        self._gossip_delays: deque[tuple[int, int]] = deque(maxlen=GOSSIP_DELAY_SAMPLES)
 
     # -- what the API reads --------------------------------------------------
 
@@ -109,10 +113,22 @@ class Daemon:
             me, True, now, now)).first_seen_ms)
         return sorted(statuses.values(), key=lambda s: s.info.node_id)
 
-    def mesh_stats(self) -> dict[str, Any]:
+    def mesh_stats(self, since_ms: int = 0) -> dict[str, Any]:
         stats = self.mesh.stats.as_json() if self.mesh else {"Accepted": {}, "Dropped": {}}
-        return {"NodeID": self.peer_id, "Peers": self.mesh.connected_peers() if self.mesh else [],
-                **stats}
+        delays = sorted(delay for received, delay in self._gossip_delays if received >= since_ms)
+        return {
+            "NodeID": self.peer_id,
+            "Peers": self.mesh.connected_peers() if self.mesh else [],
+            **stats,
+            # Heartbeat send-to-receive time; meaningful when clocks agree (one host, NTP).
+            "GossipDelayMs": {
+                "Count": len(delays),
+                "P50": _percentile(delays, 0.50),
+                "P99": _percentile(delays, 0.99),
+                "Max": delays[-1] if delays else None,
+                "Samples": delays,
+            },
+        }
 
     # -- gossip --------------------------------------------------------------
 
@@ -123,6 +139,8 @@ class Daemon:
     async def _saw_node(self, info: NodeInfo) -> None:
         assert self.store is not None
         now = now_ms()
+        if info.node_id != self.peer_id:
+            self._gossip_delays.append((now, max(0, now - info.seq)))
         previous = self._nodes.get(info.node_id)
         if previous is not None and info.seq <= previous.info.seq:
             return
@@ -195,6 +213,12 @@ class Daemon:
             f"  bacnode serve --peer {_shareable(addresses)}",
         ]
         print("\n".join(lines), flush=True)
+
+
+def _percentile(ordered: list[int], fraction: float) -> int | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def _shareable(addresses: list[str]) -> str:
