@@ -63,6 +63,7 @@ def serve(log_level: str, orchestrator: bool | None, compute: bool | None,
 def _run(config: Any) -> None:
     import trio
 
+    from .api import ApiBindError
     from .daemon import run_daemon
     from .keys import KeyFileError
     from .mesh import MeshError
@@ -70,10 +71,10 @@ def _run(config: Any) -> None:
 
     try:
         trio.run(run_daemon, config)
-    except (KeyFileError, MeshError, StoreError) as exc:
+    except (KeyFileError, MeshError, StoreError, ApiBindError) as exc:
         _fail(str(exc))
     except BaseExceptionGroup as group:
-        known = group.subgroup((KeyFileError, MeshError, StoreError, OSError))
+        known = group.subgroup((KeyFileError, MeshError, StoreError, ApiBindError, OSError))
         if known is None:
             raise
         first = _leaf(known)

@@ -25,6 +25,10 @@ from protocol.quantities import format_bytes, format_cpu
 API_PREFIX = "/api/v1"
 
 
+class ApiBindError(Exception):
+    """The API's address cannot be bound."""
+
+
 class NodeView(Protocol):
     """What the API needs from the daemon."""
 
@@ -175,4 +179,13 @@ async def serve_api(
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 2.0
-    await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
+    try:
+        await hypercorn_serve(
+            app, config, shutdown_trigger=shutdown_trigger, task_status=task_status
+        )
+    except* OSError as group:
+        error = group.exceptions[0]
+        raise ApiBindError(
+            f"cannot serve the API on {host}:{port}: {getattr(error, 'strerror', None) or error}; "
+            "is another bacnode running? choose another port with --api-port"
+        ) from None

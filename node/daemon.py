@@ -177,8 +177,8 @@ class Daemon:
                 on_message=self.on_message,
             )
             async with trio.open_nursery() as nursery:
-                await nursery.start(self.mesh.run)
-                nursery.start_soon(self._heartbeat)
+                # The API binds first: a busy port must fail before libp2p is up, since
+                # py-libp2p can hang when cancelled in the middle of its start-up.
                 app = create_app(self)
                 api_urls = await nursery.start(
                     lambda task_status: serve_api(
@@ -186,6 +186,8 @@ class Daemon:
                         shutdown_trigger=self._shutdown.wait, task_status=task_status,
                     )
                 )
+                await nursery.start(self.mesh.run)
+                nursery.start_soon(self._heartbeat)
                 self._announce_start(api_urls)
                 task_status.started(self)
                 await self._shutdown.wait()

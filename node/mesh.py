@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -79,6 +80,8 @@ MAX_STREAM_MESSAGE = 256 * 1024
 RECONNECT_SECONDS = 2.0
 #: Validated messages waiting for their subscription reader; bounded against floods.
 MAX_PENDING_DELIVERIES = 10_000
+MAX_QUEUED_MESSAGES = 10_000
+STOP_GRACE_SECONDS = 5
 
 MessageHandler = Callable[[str, Envelope, Message], Awaitable[None]]
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
@@ -169,6 +172,7 @@ class Mesh:
         self._reconnect_now = trio.Event()
         self._stop = trio.Event()
         self._stopped = trio.Event()
+        self._body_scope: trio.CancelScope | None = None
 
         secret = Ed25519PrivateKey.from_bytes(key.seed)
         key_pair = KeyPair(secret, secret.get_public_key())
@@ -185,7 +189,16 @@ class Mesh:
             enable_upnp=False,
             bootstrap=None,
             psk=psk,
-            connection_config=ConnectionConfig(max_connections_per_peer=1),
+            # One connection per peer: below the per-peer limit every dial waits out a
+            # 250 ms "happy eyeballs" delay. Health pings find half-open peers (a
+            # frozen process keeps its TCP connection) in seconds, not never.
+            connection_config=ConnectionConfig(
+                max_connections_per_peer=1,
+                enable_health_monitoring=True,
+                abort_connection_on_ping_failure=True,
+                health_check_interval=2.0,
+                ping_timeout=2.0,
+            ),
         )
         self.gossipsub = GossipSub(
             protocols=[MESHSUB_12, MESHSUB_11, MESHSUB_10],
@@ -220,20 +233,49 @@ class Mesh:
                 await self._stopped.wait()
         finally:
             self._stop.set()
-            with trio.CancelScope(shield=True), trio.move_on_after(10):
-                await self._stopped.wait()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(STOP_GRACE_SECONDS):
+                    await self._stopped.wait()
+                if not self._stopped.is_set() and self._body_scope is not None:
+                    log.warning("libp2p did not stop within %ss; cancelling it", STOP_GRACE_SECONDS)
+                    self._body_scope.cancel()
 
     def stop(self) -> None:
         self._stop.set()
 
     async def _run_shielded(self, task_status: trio.TaskStatus[None]) -> None:
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True) as self._body_scope:
             try:
                 await self._serve(task_status)
             finally:
                 self._stopped.set()
 
+    def _check_listen_ports(self) -> None:
+        """Fail early and clearly when a TCP listen port is taken.
+
+        libp2p's listener sets SO_REUSEPORT, so a second node on the same port would
+        start and silently share connections; a plain bind finds the owner.
+        """
+        for address in self._listen:
+            try:
+                host = address.value_for_protocol("ip4") or address.value_for_protocol("ip6")
+                port = int(address.value_for_protocol("tcp"))
+            except Exception:
+                continue
+            if port == 0:
+                continue
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind((host, port))
+                except OSError as exc:
+                    raise MeshError(
+                        f"cannot listen on {address}: {exc.strerror}; is another bacnode "
+                        "running? choose another port with --listen"
+                    ) from None
+
     async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
+        self._check_listen_ports()
         async with (
             background_trio_service(self.pubsub),
             background_trio_service(self.gossipsub),
@@ -296,12 +338,23 @@ class Mesh:
         return validate
 
     async def _read_topic(self, topic: str, subscription: Any) -> None:
-        while True:
-            msg = await subscription.get()
-            verified = self._verified.pop((msg.from_id, msg.seqno), None)
-            if verified is None:
-                continue
-            envelope, message = verified
+        # libp2p's subscription channel holds 32 messages and drops the rest, so drain
+        # it at once into our own larger queue and handle messages from there.
+        send, receive = trio.open_memory_channel[tuple[Envelope, Message]](MAX_QUEUED_MESSAGES)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._handle_topic, topic, receive)
+            while True:
+                msg = await subscription.get()
+                verified = self._verified.pop((msg.from_id, msg.seqno), None)
+                if verified is None:
+                    continue
+                try:
+                    send.send_nowait(verified)
+                except trio.WouldBlock:
+                    self.stats.dropped["QueueFull"] += 1
+
+    async def _handle_topic(self, topic: str, receive: trio.MemoryReceiveChannel) -> None:
+        async for envelope, message in receive:
             try:
                 await self._on_message(topic, envelope, message)
             except Exception:
@@ -359,6 +412,9 @@ class Mesh:
                 if info.peer_id in connected or info.peer_id == self.host.get_id():
                     continue
                 try:
+                    # A failed dial blocks the peer for 60 s inside the swarm; we retry
+                    # on our own schedule, so lift that block first.
+                    self.host.get_network().unblock_peer(info.peer_id)
                     with trio.fail_after(5):
                         await self.host.connect(info)
                     warned.discard(text)
