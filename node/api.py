@@ -184,7 +184,9 @@ async def serve_api(
             app, config, shutdown_trigger=shutdown_trigger, task_status=task_status
         )
     except* OSError as group:
-        error = group.exceptions[0]
+        error: BaseException = group
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
         raise ApiBindError(
             f"cannot serve the API on {host}:{port}: {getattr(error, 'strerror', None) or error}; "
             "is another bacnode running? choose another port with --api-port"
