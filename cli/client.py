@@ -58,6 +58,19 @@ class ApiClient:
     def get(self, path: str) -> Any:
         return self.request("GET", path)
 
+    def download(self, path: str, destination: Any) -> None:
+        """Stream ``path`` into the file ``destination``."""
+        try:
+            with urllib.request.urlopen(self.base_url + path, timeout=self.timeout) as response:
+                with open(destination, "wb") as handle:
+                    while chunk := response.read(1 << 20):
+                        handle.write(chunk)
+        except urllib.error.HTTPError as exc:
+            raise ApiError(_error_detail(exc)) from None
+        except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ApiError(f"downloading from {self.base_url}: {reason}") from None
+
 
 def _error_detail(exc: urllib.error.HTTPError) -> str:
     try:

@@ -161,6 +161,15 @@ def version(output: str) -> None:
         click.echo(f"{key + ':':<{width + 1}} {value}")
 
 
+def _register_job_commands() -> None:
+    from .jobs import register
+
+    register(cli)
+
+
+_register_job_commands()
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

@@ -162,6 +162,10 @@ def create_app(node: NodeView) -> FastAPI:
             raise HTTPException(404 if not matches else 400, f"{detail} match {node_id!r}")
         return {"Node": node_state_json(matches[0])}
 
+    if getattr(node, "store", None) is not None:
+        from .api_jobs import add_job_routes
+
+        add_job_routes(app, node.store, node.requester, node.results_tar)  # type: ignore[attr-defined]
     return app
 
 

@@ -12,20 +12,36 @@ import os
 import shutil
 import signal
 import sys
+import tarfile
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import trio
 
 import protocol
-from protocol.envelope import Envelope
-from protocol.messages import Capacity, Message, NodeInfo
+from protocol.envelope import Envelope, EnvelopeVerifier, encode_envelope
+from protocol.errors import RemoteProtocolError
+from protocol.messages import (
+    Bid,
+    BidDecision,
+    Capacity,
+    ExecutionUpdate,
+    JobAnnouncement,
+    Message,
+    NodeInfo,
+    ResultRecord,
+    open_message,
+)
 from protocol.quantities import parse_bytes, parse_cpu
+from protocol.scheduling import NodePolicy
 
 from .api import NodeStatus, create_app, serve_api
+from .compute import Compute
 from .config import NodeConfig
 from .keys import load_or_create_key
 from .mesh import TOPIC_NODES, Mesh, now_ms, read_swarm_key
+from .requester import Requester
 from .store import Store, open_store
 
 log = logging.getLogger("bacnode.daemon")
@@ -67,6 +83,10 @@ class Daemon:
         self._shutdown = trio.Event()
         # (received_ms, delay_ms) of recent heartbeats: gossip latency, observable via the API.
         self._gossip_delays: deque[tuple[int, int]] = deque(maxlen=GOSSIP_DELAY_SAMPLES)
+        self.requester: Requester | None = None
+        self.compute: Compute | None = None
+        self._p2p_verifier = EnvelopeVerifier()
+        self._nursery: trio.Nursery | None = None
 
     # -- what the API reads --------------------------------------------------
 
@@ -83,8 +103,8 @@ class Daemon:
             storages=STORAGES if self.config.compute else (),
             publishers=PUBLISHERS if self.config.compute else (),
             total=self.total,
-            free=self.total,
-            running_executions=0,
+            free=self.compute.free if self.compute else self.total,
+            running_executions=self.compute.running if self.compute else 0,
             seq=self._seq,
         )
 
@@ -135,6 +155,59 @@ class Daemon:
     async def on_message(self, topic: str, envelope: Envelope, message: Message) -> None:
         if isinstance(message, NodeInfo):
             await self._saw_node(message)
+        elif isinstance(message, JobAnnouncement) and self.compute is not None:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._guarded, self.compute.on_announcement, message)
+        elif isinstance(message, ResultRecord) and self.requester is not None:
+            await self.requester.on_result(message, encode_envelope(envelope))
+
+    async def on_request(self, sender: str, data: bytes) -> bytes:
+        """A point-to-point message (bid, decision, update, result); the reply is an ack."""
+        try:
+            envelope, message = open_message(
+                self._p2p_verifier, data, now_ms=now_ms(), expected_sender=sender
+            )
+        except RemoteProtocolError as exc:
+            if self.mesh is not None:
+                self.mesh.stats.dropped[type(exc).__name__] += 1
+            return b"error: " + str(exc).encode()[:500]
+        if isinstance(message, Bid) and self.requester is not None:
+            await self.requester.on_bid(message)
+        elif isinstance(message, BidDecision) and self.compute is not None:
+            await self.compute.on_decision(message, sender)
+        elif isinstance(message, ExecutionUpdate) and self.requester is not None:
+            await self.requester.on_update(message)
+        elif isinstance(message, ResultRecord) and self.requester is not None:
+            await self.requester.on_result(message, data)
+        else:
+            return b"error: not accepted here"
+        return b"ok"
+
+    async def _send_local(self, data: bytes) -> None:
+        await self.on_request(self.peer_id, data)
+
+    async def _guarded(self, fn: Any, *args: Any) -> None:
+        try:
+            await fn(*args)
+        except Exception:
+            log.exception("%s failed", getattr(fn, "__name__", fn))
+
+    def compute_peers(self) -> set[str]:
+        now = now_ms()
+        peers = {
+            node_id
+            for node_id, status in self._nodes.items()
+            if "compute" in status.info.roles and self._is_connected(status.last_seen_ms, now)
+        }
+        if self.config.compute:
+            peers.add(self.peer_id)
+        return peers
+
+    def is_alive(self, node_id: str) -> bool:
+        if node_id == self.peer_id:
+            return True
+        status = self._nodes.get(node_id)
+        return status is not None and self._is_connected(status.last_seen_ms, now_ms())
 
     async def _saw_node(self, info: NodeInfo) -> None:
         assert self.store is not None
@@ -175,8 +248,10 @@ class Daemon:
                 mdns=config.mdns,
                 psk=psk,
                 on_message=self.on_message,
+                on_request=self.on_request,
             )
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 # The API binds first: a busy port must fail before libp2p is up, since
                 # py-libp2p can hang when cancelled in the middle of its start-up.
                 app = create_app(self)
@@ -187,6 +262,17 @@ class Daemon:
                     )
                 )
                 await nursery.start(self.mesh.run)
+                if config.compute:
+                    self.compute = await self._start_compute(nursery)
+                if config.orchestrator:
+                    self.requester = Requester(
+                        store=store,
+                        mesh=self.mesh,
+                        compute_peers=self.compute_peers,
+                        is_alive=self.is_alive,
+                        local_compute=self._decide_locally if self.compute else None,
+                    )
+                    await nursery.start(self.requester.run)
                 nursery.start_soon(self._heartbeat)
                 self._announce_start(api_urls)
                 task_status.started(self)
@@ -198,6 +284,45 @@ class Daemon:
                 nursery.cancel_scope.cancel()
                 if grace.cancelled_caught:
                     log.warning("shutdown grace period ran out")
+
+    async def _start_compute(self, nursery: trio.Nursery) -> Compute:
+        from .executor.docker import DockerExecutor
+
+        assert self.mesh is not None
+        executor = DockerExecutor(node_id=self.peer_id)
+        removed = await executor.cleanup_orphans()
+        if removed:
+            log.warning("removed %d container(s) left behind by an earlier run", removed)
+        compute = Compute(
+            mesh=self.mesh,
+            policy=NodePolicy(
+                engines=ENGINES,
+                storages=STORAGES,
+                publishers=PUBLISHERS,
+                labels=dict(self.config.labels),
+                total=self.total,
+                allow_networked_jobs=self.config.allow_networked_jobs,
+            ),
+            executor=executor,
+            results_root=self.config.data_dir / "results",
+            max_jobs=self.config.max_jobs,
+            send_local=self._send_local,
+        )
+        await nursery.start(compute.run)
+        return compute
+
+    async def results_tar(self, execution_id: str) -> Path | None:
+        """A tar of an execution's results held on this node (built once, then cached)."""
+        if self.compute is None:
+            return None
+        directory = self.compute.results_dir(execution_id)
+        if directory is None:
+            return None
+        return await trio.to_thread.run_sync(_tar_results, directory)
+
+    async def _decide_locally(self, decision: BidDecision) -> None:
+        assert self.compute is not None
+        await self.compute.on_decision(decision, self.peer_id)
 
     def shutdown(self) -> None:
         self._shutdown.set()
@@ -215,6 +340,17 @@ class Daemon:
             f"  bacnode serve --peer {_shareable(addresses)}",
         ]
         print("\n".join(lines), flush=True)
+
+
+def _tar_results(directory: Path) -> Path:
+    archive = directory.with_name(directory.name + ".tar")
+    if not archive.exists():
+        partial = archive.with_name(archive.name + ".partial")
+        with tarfile.open(partial, "w") as tar:
+            for path in sorted(directory.rglob("*")):
+                tar.add(path, arcname=path.relative_to(directory).as_posix(), recursive=False)
+        partial.replace(archive)
+    return archive
 
 
 def _percentile(ordered: list[int], fraction: float) -> int | None:

@@ -682,6 +682,34 @@ class Store:
 
         return await self._read(f"listing executions on node {node_id}", run)
 
+    async def list_active_executions(self, states: set[ExecutionState]) -> list[ExecutionRecord]:
+        """Executions in any of ``states``, on any node, oldest first."""
+
+        def run(conn: sqlite3.Connection) -> list[ExecutionRecord]:
+            sql = (
+                f"SELECT {_EXECUTION_COLUMNS} WHERE state IN ({', '.join('?' * len(states))})"
+                " ORDER BY create_time_ms, execution_id"
+            )
+            params = [ExecutionState(state).value for state in states]
+            return [_execution_record(row) for row in conn.execute(sql, params)]
+
+        return await self._read("listing active executions", run)
+
+    async def set_published(self, execution_id: str, published: Mapping[str, Any]) -> None:
+        """Record where an execution's results were published; its state is unchanged."""
+        what = f"recording published results of execution {execution_id}"
+
+        def run(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(
+                "UPDATE executions SET published = ?, revision = revision + 1"
+                " WHERE execution_id = ?",
+                (_json(published), execution_id),
+            )
+            if cursor.rowcount != 1:
+                raise NotFound(f"{what}: no such execution")
+
+        await self._write(what, run)
+
     async def update_execution(
         self,
         execution_id: str,

@@ -208,3 +208,8 @@ class EnvelopeVerifier:
             raise OversizeMessage(f"body is {body_size} bytes; the limit is {self.max_body_bytes}")
         self.replay_guard.check_and_remember(envelope.sender, envelope.nonce, envelope.ts, now_ms)
         return envelope
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    """The wire bytes of a signed envelope (canonical, so identical to what was sent)."""
+    return codec.encode({**envelope.signed_part(), "sig": envelope.sig})

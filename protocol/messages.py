@@ -27,6 +27,8 @@ EXECUTION_ID_RE = re.compile(
 SHA256_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 CID_V0_RE = re.compile(r"^Qm[1-9A-HJ-NP-Za-km-z]{44}$")
 STORAGE_SOURCES = ("IPFS", "S3", "Local", "Noop")
+#: Characters of stdout/stderr carried in an execution update.
+MAX_OUTPUT_TAIL = 64 * 1024
 
 M = TypeVar("M", bound="Message")
 
@@ -225,6 +227,9 @@ class ExecutionUpdate(Message):
     state: str
     message: str
     exit_code: int | None = None
+    #: Tails of the container's output (whole files stay with the results).
+    stdout: str = ""
+    stderr: str = ""
 
     def _validate(self, path: str) -> None:
         from .states import ExecutionState
@@ -234,6 +239,8 @@ class ExecutionUpdate(Message):
         _check_peer(self.node_id, f"{path}.node_id")
         allowed = [s.value for s in ExecutionState]
         _require(self.state in allowed, f"{path}.state {self.state!r:.40} is not one of {allowed}")
+        for name in ("stdout", "stderr"):
+            _require(len(getattr(self, name)) <= MAX_OUTPUT_TAIL, f"{path}.{name} is too long")
 
 
 @dataclass(frozen=True)

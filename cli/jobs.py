@@ -1,0 +1,453 @@
+"""Job commands: ``docker run``, ``job run``, ``list``, ``describe``, ``logs``, ``get``, ``job …``.
+
+Everything goes through the daemon's HTTP API; specs are checked locally first,
+so a typo is reported before anything is sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from protocol.errors import LocalProtocolError, ProtocolError, SpecError
+from protocol.jobspec import Job
+
+from .client import ApiClient, ApiError
+
+TERMINAL_STATES = {"Completed", "Failed", "Stopped"}
+
+
+def api(ctx: click.Context) -> ApiClient:
+    return ApiClient(ctx.obj["api_host"], ctx.obj["api_port"])
+
+
+def call(ctx: click.Context, method: str, path: str, body: Any = None) -> Any:
+    try:
+        return api(ctx).request(method, path, body)
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def build_docker_job(
+    image: str,
+    command: tuple[str, ...],
+    *,
+    entrypoint: str | None,
+    env: tuple[str, ...],
+    workdir: str | None,
+    cpu: str | None,
+    memory: str | None,
+    disk: str | None,
+    gpu: str | None,
+    network: str,
+    timeout: int | None,
+    labels: str | None,
+    selector: str | None,
+    count: int,
+    inputs: tuple[str, ...],
+    publisher: str | None,
+) -> dict[str, Any]:
+    """The job document for ``docker run``'s flags; raises ``click.UsageError`` on bad ones."""
+    from protocol.selectors import parse_labels, parse_selector
+    from protocol.uris import parse_input, parse_publisher
+
+    try:
+        input_sources = [parse_input(text).to_dict() for text in inputs]
+        publisher_spec = parse_publisher(publisher).to_dict() if publisher else None
+        constraints = [c.to_dict() for c in parse_selector(selector)] if selector else []
+        job_labels = parse_labels(labels) if labels else {}
+    except (LocalProtocolError, SpecError) as exc:
+        raise click.UsageError(str(exc)) from None
+    resources = {
+        key: value
+        for key, value in (("CPU", cpu), ("Memory", memory), ("Disk", disk), ("GPU", gpu))
+        if value
+    }
+    params: dict[str, Any] = {"Image": image, "Parameters": list(command),
+                              "EnvironmentVariables": list(env)}
+    if entrypoint:
+        params["Entrypoint"] = [entrypoint]
+    if workdir:
+        params["WorkingDirectory"] = workdir
+    task: dict[str, Any] = {
+        "Name": "main",
+        "Engine": {"Type": "docker", "Params": params},
+        "InputSources": input_sources,
+        "Resources": resources,
+        "Network": {"Type": "Full" if network == "full" else "None"},
+        "Timeouts": {"ExecutionTimeout": timeout or 0},
+    }
+    if publisher_spec:
+        task["Publisher"] = publisher_spec
+    return {
+        "Type": "batch",
+        "Count": count,
+        "Labels": job_labels,
+        "Constraints": constraints,
+        "Tasks": [task],
+    }
+
+
+def check_spec(document: dict[str, Any]) -> Job:
+    try:
+        return Job.from_dict(document)
+    except SpecError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def submit_and_follow(
+    ctx: click.Context, document: dict[str, Any], *, wait: bool, id_only: bool,
+    wait_timeout: float,
+) -> None:
+    answer = call(ctx, "PUT", "/api/v1/orchestrator/jobs", {"Job": document})
+    job_id = answer["JobID"]
+    if id_only:
+        click.echo(job_id)
+    else:
+        click.echo(f"Job successfully submitted. Job ID: {job_id}")
+    if not wait:
+        return
+    state = wait_for_job(ctx, job_id, timeout=wait_timeout, quiet=id_only)
+    if state["StateType"] != "Completed":
+        raise click.ClickException(f"job {job_id} {state['StateType'].lower()}: {state['Message']}")
+    if not id_only:
+        click.echo(f"\nTo get the results, run:\n  bacnode get {job_id}\n"
+                   f"To see details, run:\n  bacnode describe {job_id}")
+
+
+def wait_for_job(ctx: click.Context, job_id: str, *, timeout: float, quiet: bool) -> dict:
+    """Poll until the job ends; print each new event unless ``quiet``."""
+    deadline = time.monotonic() + timeout
+    shown = 0
+    delay = 0.05
+    while True:
+        job = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}")["Job"]
+        if not quiet:
+            events = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}/history")["Items"]
+            for event in events[shown:]:
+                states = event.get("ExecutionState") or event.get("JobState") or {}
+                who = "execution" if event["Type"] == "ExecutionLevel" else "job"
+                click.echo(f"  {who:<9} {states.get('New') or '':<12} {event['Event']['Message']}",
+                           err=True)
+            shown = len(events)
+        if job["State"]["StateType"] in TERMINAL_STATES:
+            return job["State"]
+        if time.monotonic() > deadline:
+            raise click.ClickException(
+                f"job {job_id} is still {job['State']['StateType']} after {timeout:.0f}s; "
+                f"follow it with: bacnode describe {job_id}"
+            )
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def describe_document(ctx: click.Context, job_id: str) -> dict[str, Any]:
+    job = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}")["Job"]
+    full_id = job["ID"]
+    executions = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{full_id}/executions")["Items"]
+    history = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{full_id}/history")["Items"]
+    return {
+        "Job": job,
+        "State": {
+            "State": job["State"]["StateType"],
+            "Message": job["State"]["Message"],
+            "Executions": [
+                {
+                    "NodeID": e["NodeID"],
+                    "ExecutionID": e["ID"],
+                    "State": e["ComputeState"]["StateType"],
+                    "Message": e["ComputeState"]["Message"],
+                    "RunOutput": {
+                        "stdout": e["RunOutput"]["Stdout"],
+                        "stderr": e["RunOutput"]["Stderr"],
+                        "exitCode": e["RunOutput"]["ExitCode"],
+                    },
+                    "PublishedResults": e["PublishedResult"],
+                }
+                for e in executions
+            ],
+        },
+        "History": history,
+    }
+
+
+# -- get -----------------------------------------------------------------------------
+
+
+def verify_signed_record(encoded: str, job_id: str) -> Any:
+    """Check a result record's signature and that it belongs to ``job_id``."""
+    from protocol import codec
+    from protocol.envelope import parse_unverified
+    from protocol.identity import verify_signature
+    from protocol.messages import ResultRecord, decode_message
+
+    data = base64.b64decode(encoded)
+    envelope = parse_unverified(data)
+    if not verify_signature(envelope.sender, envelope.sig, codec.encode(envelope.signed_part())):
+        raise click.ClickException("a result record's signature does not verify; not trusting it")
+    record = decode_message(envelope)
+    if not isinstance(record, ResultRecord) or record.job_id != job_id:
+        raise click.ClickException("a result record does not belong to this job")
+    return record
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_results(ctx: click.Context, job_id: str, output_dir: Path) -> list[str]:
+    job = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}")["Job"]
+    full_id = job["ID"]
+    items = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{full_id}/results")["Items"]
+    if not items:
+        raise click.ClickException(
+            f"job {full_id} has no published results (it is {job['State']['StateType']})"
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for item in items:
+        record = verify_signed_record(item["SignedRecord"], full_id)
+        if record.published.get("StorageSource") == "Noop":
+            continue
+        target = output_dir if len(items) == 1 else output_dir / record.execution_id
+        with tempfile.TemporaryDirectory(dir=output_dir, prefix=".partial-") as scratch:
+            scratch_path = Path(scratch)
+            archive = scratch_path / "results.tar"
+            client = api(ctx)
+            try:
+                client.download(
+                    f"/api/v1/orchestrator/executions/{record.execution_id}/results.tar", archive
+                )
+            except ApiError as exc:
+                raise click.ClickException(str(exc)) from None
+            unpacked = scratch_path / "unpacked"
+            with tarfile.open(archive) as tar:
+                tar.extractall(unpacked, filter="data")
+            _verify_tree(unpacked, record)
+            for entry in sorted(unpacked.iterdir()):
+                destination = target / entry.name
+                if destination.is_dir():
+                    shutil.rmtree(destination)
+                elif destination.exists():
+                    destination.unlink()
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(entry), destination)
+        written.append(str(target))
+    return written
+
+
+def _verify_tree(root: Path, record: Any) -> None:
+    expected = {entry.path: entry for entry in record.outputs}
+    found = {
+        path.relative_to(root).as_posix()
+        for path in root.rglob("*")
+        if path.is_file() or path.is_symlink()
+    }
+    extra = sorted(found - set(expected))
+    missing = sorted(set(expected) - found)
+    if extra or missing:
+        raise click.ClickException(
+            f"results of {record.execution_id} do not match the signed record "
+            f"(unexpected: {extra[:5]}, missing: {missing[:5]}); nothing was written"
+        )
+    for path, entry in expected.items():
+        actual = root / path
+        if actual.stat().st_size != entry.size or _sha256(actual) != entry.sha256:
+            raise click.ClickException(
+                f"{path} of {record.execution_id} does not match its signed SHA-256; "
+                "nothing was written"
+            )
+
+
+def register(cli: click.Group) -> None:
+    from .main import render, table
+
+    @cli.group(cls=click.Group)
+    def docker() -> None:
+        """Run Docker jobs."""
+
+    @docker.command("run", context_settings={"allow_interspersed_args": False})
+    @click.argument("image")
+    @click.argument("command", nargs=-1, type=click.UNPROCESSED)
+    @click.option("--id-only", is_flag=True, help="print only the job ID")
+    @click.option("--wait/--no-wait", default=True, show_default=True, help="wait for the end")
+    @click.option("--wait-timeout-secs", default=600, show_default=True, type=float)
+    @click.option("-e", "--env", multiple=True, help="NAME=VALUE, repeatable")
+    @click.option("--entrypoint", help="override the image's entrypoint")
+    @click.option("-w", "--workdir", help="working directory in the container")
+    @click.option("--cpu", help="e.g. 500m or 2")
+    @click.option("--memory", help="e.g. 512Mi or 1Gb")
+    @click.option("--disk", help="e.g. 10Gi")
+    @click.option("--gpu", help="number of GPUs")
+    @click.option("--network", type=click.Choice(["none", "full"]), default="none",
+                  show_default=True)
+    @click.option("--timeout", type=int, help="execution timeout, seconds")
+    @click.option("-l", "--labels", help="job labels k=v,…")
+    @click.option("-s", "--selector", help="node label selector, e.g. zone=b")
+    @click.option("--count", default=1, show_default=True, type=click.IntRange(1, 100))
+    @click.option("-i", "--input", "inputs", multiple=True,
+                  help="s3://b/k*:/inputs,opt=region=… | ipfs://CID:/t | https://…:/t")
+    @click.option("-p", "--publisher", help="ipfs | local | noop | s3://bucket/key,opt=…")
+    @click.option("--dry-run", is_flag=True, help="print the job spec as YAML, submit nothing")
+    @click.pass_context
+    def docker_run(ctx: click.Context, image: str, command: tuple[str, ...], id_only: bool,
+                   wait: bool, wait_timeout_secs: float, dry_run: bool, **flags: Any) -> None:
+        """Run IMAGE [-- COMMAND ARGS…] somewhere on the network."""
+        if command[:1] == ("--",):
+            command = command[1:]
+        document = build_docker_job(image, command, **flags)
+        job = check_spec(document)
+        if dry_run:
+            click.echo(render(job.to_dict(), "yaml"))
+            return
+        submit_and_follow(ctx, job.to_dict(), wait=wait, id_only=id_only,
+                          wait_timeout=wait_timeout_secs)
+
+    @cli.group()
+    def job() -> None:
+        """Jobs: run a spec file, stop, executions, history."""
+
+    @job.command("run")
+    @click.argument("spec", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+    @click.option("--wait/--no-wait", default=True, show_default=True)
+    @click.option("--id-only", is_flag=True)
+    @click.option("--wait-timeout-secs", default=600, show_default=True, type=float)
+    @click.pass_context
+    def job_run(ctx: click.Context, spec: str, wait: bool, id_only: bool,
+                wait_timeout_secs: float) -> None:
+        """Submit a job spec file (YAML or JSON)."""
+        import yaml
+
+        text = sys.stdin.read() if spec == "-" else Path(spec).read_text()
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise click.UsageError(f"{spec} is not valid YAML or JSON: {exc}") from None
+        if not isinstance(document, dict):
+            raise click.UsageError(f"{spec} must hold a job spec mapping")
+        document = document.get("Job", document) if "Job" in document else document
+        job = check_spec(document)
+        submit_and_follow(ctx, job.to_dict(), wait=wait, id_only=id_only,
+                          wait_timeout=wait_timeout_secs)
+
+    @job.command("stop")
+    @click.argument("job_id")
+    @click.option("--reason", default="stopped by user", show_default=True)
+    @click.pass_context
+    def job_stop(ctx: click.Context, job_id: str, reason: str) -> None:
+        """Stop a job; its running containers are killed."""
+        from urllib.parse import quote
+
+        call(ctx, "DELETE", f"/api/v1/orchestrator/jobs/{job_id}?reason={quote(reason)}")
+        click.echo(f"Job {job_id} stopped.")
+
+    @job.command("executions")
+    @click.argument("job_id")
+    @click.option("--output", type=click.Choice(["table", "json"]), default="table")
+    @click.pass_context
+    def job_executions(ctx: click.Context, job_id: str, output: str) -> None:
+        """A job's executions."""
+        items = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}/executions")["Items"]
+        if output == "json":
+            click.echo(render(items, "json"))
+            return
+        rows = [[e["ID"], e["NodeID"], e["ComputeState"]["StateType"],
+                 e["ComputeState"]["Message"][:60]] for e in items]
+        click.echo(table(["EXECUTION", "NODE", "STATE", "MESSAGE"], rows))
+
+    @job.command("history")
+    @click.argument("job_id")
+    @click.option("--output", type=click.Choice(["table", "json"]), default="table")
+    @click.pass_context
+    def job_history(ctx: click.Context, job_id: str, output: str) -> None:
+        """Every state change of a job and its executions."""
+        items = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}/history")["Items"]
+        if output == "json":
+            click.echo(render(items, "json"))
+            return
+        rows = []
+        for event in items:
+            states = event.get("ExecutionState") or event.get("JobState") or {}
+            rows.append([time.strftime("%H:%M:%S", time.localtime(event["Time"] / 1e9)),
+                         event["Type"], event["ExecutionID"][:12], states.get("New") or "",
+                         event["Event"]["Message"][:70]])
+        click.echo(table(["TIME", "LEVEL", "EXECUTION", "STATE", "MESSAGE"], rows))
+
+    @cli.command("list")
+    @click.option("--id-filter", help="only this job (ID or prefix)")
+    @click.option("--wide", is_flag=True, help="full IDs and more columns")
+    @click.option("--limit", default=10, show_default=True, type=click.IntRange(1, 1000))
+    @click.option("--output", type=click.Choice(["table", "json"]), default="table")
+    @click.pass_context
+    def list_jobs(ctx: click.Context, id_filter: str | None, wide: bool, limit: int,
+                  output: str) -> None:
+        """Jobs, newest first."""
+        if id_filter:
+            items = [call(ctx, "GET", f"/api/v1/orchestrator/jobs/{id_filter}")["Job"]]
+        else:
+            items = call(ctx, "GET", f"/api/v1/orchestrator/jobs?limit={limit}")["Items"]
+        if output == "json":
+            click.echo(render(items, "json"))
+            return
+        rows = []
+        for job in items:
+            created = time.strftime("%H:%M:%S", time.localtime(job["CreateTime"] / 1e9))
+            task = job["Tasks"][0]
+            engine = task["Engine"]["Params"]
+            command = " ".join([engine["Image"], *engine.get("Parameters", [])])
+            row = [created, job["ID"] if wide else job["ID"][:10], job["Type"],
+                   job["State"]["StateType"], command if wide else command[:30]]
+            if wide:
+                row.append(job["State"]["Message"][:60])
+            rows.append(row)
+        headers = ["CREATED", "ID", "TYPE", "STATE", "COMMAND"] + (["MESSAGE"] if wide else [])
+        click.echo(table(headers, rows))
+
+    @cli.command()
+    @click.argument("job_id")
+    @click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML")
+    @click.pass_context
+    def describe(ctx: click.Context, job_id: str, as_json: bool) -> None:
+        """A job with its state, executions, outputs and history."""
+        document = describe_document(ctx, job_id)
+        click.echo(render(document, "json" if as_json else "yaml"))
+
+    @cli.command()
+    @click.argument("job_id")
+    @click.option("-f", "--follow", is_flag=True, help="wait for the job to end, then print")
+    @click.pass_context
+    def logs(ctx: click.Context, job_id: str, follow: bool) -> None:
+        """A job's stdout and stderr."""
+        if follow:
+            wait_for_job(ctx, job_id, timeout=24 * 3600, quiet=True)
+        answer = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}/logs")
+        for item in answer["Items"]:
+            sys.stdout.write(item["Stdout"])
+            sys.stderr.write(item["Stderr"])
+
+    @cli.command()
+    @click.argument("job_id")
+    @click.option("--output-dir", default=".", show_default=True, type=click.Path(file_okay=False))
+    @click.pass_context
+    def get(ctx: click.Context, job_id: str, output_dir: str) -> None:
+        """Download a job's results, verified against its signed records."""
+        try:
+            written = download_results(ctx, job_id, Path(output_dir))
+        except (ProtocolError, OSError, tarfile.TarError) as exc:
+            raise click.ClickException(f"getting results of {job_id}: {exc}") from None
+        for path in written:
+            click.echo(f"Results for job {job_id} written to {path} (verified)")
+

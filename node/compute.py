@@ -1,0 +1,348 @@
+"""The compute side: bid on announced jobs, run accepted executions, publish, sign.
+
+Capacity is reserved when a node bids and released when the bid is rejected or
+the execution ends, so concurrent announcements cannot overcommit the node.
+At most ``max_jobs`` executions run at once; accepted ones beyond that wait.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from protocol.jobspec import Job
+from protocol.messages import (
+    Bid,
+    BidDecision,
+    Capacity,
+    ExecutionUpdate,
+    JobAnnouncement,
+    ManifestEntry,
+    ResultRecord,
+    is_safe_relative_path,
+    seal_message,
+)
+from protocol.scheduling import NodePolicy, decline_reason, job_requirements
+from protocol.states import ExecutionState
+
+from .mesh import TOPIC_RESULTS, Mesh, MeshError, now_ms
+
+log = logging.getLogger("bacnode.compute")
+
+OUTPUT_TAIL_CHARS = 16 * 1024
+#: An accepted bid whose decision never came is released after this long.
+RESERVATION_TTL_SECONDS = 60
+
+
+@dataclass
+class _Execution:
+    execution_id: str
+    job: Job
+    requester: str
+    needs: Capacity
+    accepted: trio.Event
+    cancel_scope: trio.CancelScope | None = None
+    cancelled_reason: str | None = None
+
+
+def _subtract(a: Capacity, b: Capacity) -> Capacity:
+    return Capacity(a.cpu_milli - b.cpu_milli, a.memory - b.memory, a.disk - b.disk, a.gpu - b.gpu)
+
+
+def _add(a: Capacity, b: Capacity) -> Capacity:
+    return Capacity(a.cpu_milli + b.cpu_milli, a.memory + b.memory, a.disk + b.disk, a.gpu + b.gpu)
+
+
+class Compute:
+    def __init__(
+        self,
+        *,
+        mesh: Mesh,
+        policy: NodePolicy,
+        executor: object,
+        results_root: Path,
+        max_jobs: int = 0,
+        send_local: Callable[[bytes], Awaitable[None]] | None = None,
+    ) -> None:
+        self.mesh = mesh
+        self.peer_id = mesh.peer_id
+        self.policy = policy
+        self.executor = executor
+        self.results_root = results_root
+        self._reserved = Capacity()
+        self._executions: dict[str, _Execution] = {}
+        self._slots = trio.Semaphore(max_jobs) if max_jobs > 0 else None
+        self._send_local = send_local
+        self._nursery: trio.Nursery | None = None
+        self._capacity_changed = trio.Event()
+
+    @property
+    def free(self) -> Capacity:
+        free = _subtract(self.policy.total, self._reserved)
+        return Capacity(*(max(0, v) for v in (free.cpu_milli, free.memory, free.disk, free.gpu)))
+
+    @property
+    def running(self) -> int:
+        return sum(1 for e in self._executions.values() if e.accepted.is_set())
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- bidding -----------------------------------------------------------
+
+    async def on_announcement(self, announcement: JobAnnouncement) -> None:
+        job = Job.from_dict(announcement.job)
+        reason = decline_reason(job, self.policy)
+        execution_id = f"e-{uuid.uuid4()}"
+        if reason is None:
+            needs = job_requirements(job)
+            self._reserved = _add(self._reserved, needs)
+            self._executions[execution_id] = _Execution(
+                execution_id, job, announcement.requester, needs, trio.Event()
+            )
+            assert self._nursery is not None
+            self._nursery.start_soon(self._expire_reservation, execution_id)
+        bid = Bid(
+            job_id=announcement.job_id,
+            execution_id=execution_id,
+            node_id=self.peer_id,
+            accept=reason is None,
+            reason=reason or "",
+            free=self.free,
+            running_executions=self.running,
+        )
+        try:
+            await self._send(
+                announcement.requester, seal_message(self.mesh.key, bid, now_ms=now_ms())
+            )
+        except MeshError as exc:
+            log.info("bid for %s not delivered: %s", announcement.job_id, exc)
+            self._release(execution_id)
+
+    async def _expire_reservation(self, execution_id: str) -> None:
+        await trio.sleep(RESERVATION_TTL_SECONDS)
+        execution = self._executions.get(execution_id)
+        if execution is not None and not execution.accepted.is_set():
+            self._release(execution_id)
+
+    def _release(self, execution_id: str) -> None:
+        execution = self._executions.pop(execution_id, None)
+        if execution is not None:
+            self._reserved = _subtract(self._reserved, execution.needs)
+            self._capacity_changed.set()
+            self._capacity_changed = trio.Event()
+
+    async def on_decision(self, decision: BidDecision, sender: str) -> None:
+        execution = self._executions.get(decision.execution_id)
+        if execution is None or execution.requester != sender:
+            return  # unknown, or not from the node that asked us
+        if decision.accepted:
+            if not execution.accepted.is_set():
+                execution.accepted.set()
+                assert self._nursery is not None
+                self._nursery.start_soon(self._run_execution, execution)
+            return
+        if execution.accepted.is_set():
+            execution.cancelled_reason = decision.reason
+            if execution.cancel_scope is not None:
+                execution.cancel_scope.cancel()
+            await self._cancel_container(execution.execution_id)
+        else:
+            self._release(decision.execution_id)
+
+    async def _cancel_container(self, execution_id: str) -> None:
+        cancel = getattr(self.executor, "cancel", None)
+        if cancel is not None:
+            try:
+                await cancel(execution_id)
+            except Exception as exc:
+                log.debug("cancel %s: %r", execution_id, exc)
+
+    # -- running -----------------------------------------------------------
+
+    async def _run_execution(self, execution: _Execution) -> None:
+        try:
+            if self._slots is not None:
+                async with self._slots:
+                    await self._execute(execution)
+            else:
+                await self._execute(execution)
+        finally:
+            self._release(execution.execution_id)
+
+    async def _execute(self, execution: _Execution) -> None:
+        from .executor.base import ExecutionRequest
+        from .storage import stage_input
+
+        job = execution.job
+        task = job.task
+        results_dir = self.results_root / execution.execution_id
+        staging_dir = self.results_root / f"{execution.execution_id}.inputs"
+        with trio.CancelScope() as scope:
+            execution.cancel_scope = scope
+            await self._update(execution, ExecutionState.RUNNING, "staging inputs and starting")
+            try:
+                await trio.to_thread.run_sync(_fresh_dirs, results_dir, staging_dir)
+                inputs = []
+                for source in task.input_sources:
+                    host_path = await stage_input(source, staging_dir)
+                    inputs.append((host_path, source.target))
+                request = ExecutionRequest(
+                    execution_id=execution.execution_id,
+                    job_id=job.id or "",
+                    engine=task.engine,
+                    resources=task.resources,
+                    network=task.network.type,
+                    timeout_seconds=task.timeouts.execution_timeout,
+                    inputs=tuple(inputs),
+                    results_dir=results_dir,
+                )
+                result = await self.executor.run(request)  # type: ignore[attr-defined]
+            except Exception as exc:
+                await self._update(execution, ExecutionState.FAILED, f"{exc}")
+                return
+            finally:
+                await trio.to_thread.run_sync(shutil.rmtree, staging_dir, True)
+            if result.error:
+                await self._update(
+                    execution,
+                    ExecutionState.FAILED,
+                    result.error,
+                    exit_code=result.exit_code,
+                    stdout=result.stdout_tail,
+                    stderr=result.stderr_tail,
+                )
+                return
+            await self._update(execution, ExecutionState.PUBLISHING, "publishing results")
+            try:
+                record = await self._publish(execution, results_dir, result.exit_code)
+            except Exception as exc:
+                await self._update(execution, ExecutionState.FAILED, f"publishing failed: {exc}")
+                return
+            envelope = seal_message(self.mesh.key, record, now_ms=now_ms())
+            await self._send(execution.requester, envelope)
+            try:
+                await self.mesh.pubsub.publish(TOPIC_RESULTS, envelope)
+            except Exception as exc:
+                log.debug("result gossip failed: %r", exc)
+            if result.exit_code == 0:
+                state, message = ExecutionState.COMPLETED, "completed"
+            else:
+                tail = result.stderr_tail.strip().splitlines()[-1:] or [""]
+                state = ExecutionState.FAILED
+                message = f"exit code {result.exit_code}: {tail[0][:300]}".rstrip(": ")
+            await self._update(
+                execution,
+                state,
+                message,
+                exit_code=result.exit_code,
+                stdout=result.stdout_tail,
+                stderr=result.stderr_tail,
+            )
+        if scope.cancelled_caught:
+            await self._update(
+                execution, ExecutionState.CANCELLED, execution.cancelled_reason or "cancelled"
+            )
+
+    async def _publish(
+        self, execution: _Execution, results_dir: Path, exit_code: int
+    ) -> ResultRecord:
+        publisher = execution.job.task.publisher.type
+        manifest, stdout_sha, stderr_sha = await trio.to_thread.run_sync(_manifest, results_dir)
+        if publisher == "local":
+            location = {
+                "StorageSource": "Local",
+                "Name": f"local://{self.peer_id}/{execution.execution_id}",
+            }
+        elif publisher == "noop":
+            location = {"StorageSource": "Noop", "Name": ""}
+        else:
+            raise RuntimeError(f"publisher {publisher!r} is not available on this node")
+        return ResultRecord(
+            job_id=execution.job.id or "",
+            execution_id=execution.execution_id,
+            node_id=self.peer_id,
+            exit_code=exit_code,
+            stdout_sha256=stdout_sha,
+            stderr_sha256=stderr_sha,
+            outputs=tuple(manifest),
+            published=location,
+            completed_at_ms=now_ms(),
+        )
+
+    async def _update(
+        self,
+        execution: _Execution,
+        state: ExecutionState,
+        message: str,
+        *,
+        exit_code: int | None = None,
+        stdout: str = "",
+        stderr: str = "",
+    ) -> None:
+        update = ExecutionUpdate(
+            job_id=execution.job.id or "",
+            execution_id=execution.execution_id,
+            node_id=self.peer_id,
+            state=state.value,
+            message=message[:2000],
+            exit_code=exit_code,
+            stdout=stdout[-OUTPUT_TAIL_CHARS:],
+            stderr=stderr[-OUTPUT_TAIL_CHARS:],
+        )
+        data = seal_message(self.mesh.key, update, now_ms=now_ms())
+        with trio.CancelScope(shield=True):
+            try:
+                await self._send(execution.requester, data)
+            except MeshError as exc:
+                log.info("update %s for %s not delivered: %s", state, execution.execution_id, exc)
+
+    async def _send(self, peer: str, data: bytes) -> None:
+        if peer == self.peer_id and self._send_local is not None:
+            await self._send_local(data)
+        else:
+            await self.mesh.request(peer, data)
+
+    def results_dir(self, execution_id: str) -> Path | None:
+        """Where a finished execution's results live on this node, if they do."""
+        if not execution_id.startswith("e-") or not is_safe_relative_path(execution_id):
+            return None
+        path = self.results_root / execution_id
+        return path if path.is_dir() else None
+
+
+def _fresh_dirs(*paths: Path) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _manifest(results_dir: Path) -> tuple[list[ManifestEntry], str, str]:
+    """Every regular file under ``results_dir``: path, size, SHA-256."""
+    entries = []
+    for path in sorted(results_dir.rglob("*")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        relative = path.relative_to(results_dir).as_posix()
+        entries.append(ManifestEntry(relative, path.stat().st_size, _sha256_file(path)))
+    by_path = {entry.path: entry.sha256 for entry in entries}
+    empty = hashlib.sha256(b"").hexdigest()
+    return entries, by_path.get("stdout", empty), by_path.get("stderr", empty)

@@ -1,0 +1,129 @@
+"""Who runs a job: the compute node's bid policy and the requester's bid ranking.
+
+Pure functions, so both sides of the decision can be tested without a network.
+
+Bid policy (compute side), in order, first failure wins and becomes the
+decline reason the user sees in ``describe``:
+1. the engine is one this node runs;
+2. every input source type and the publisher are supported here;
+3. the job's constraints match this node's labels;
+4. a networked job only on a node that allows networked jobs;
+5. the image is on the node's allow-list, when it has one;
+6. the requested resources fit in the node's *total* capacity (a job that can
+   never fit is declined; one that fits later waits in the node's queue).
+
+Ranking (requester side): accepting bids first; then nodes running fewer
+executions, then more free CPU, then more free memory; the peer ID breaks ties
+so that every requester ranks the same bids the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from .jobspec import Job
+from .messages import Bid, Capacity
+from .quantities import format_bytes, format_cpu
+
+
+@dataclass(frozen=True)
+class NodePolicy:
+    """What a compute node offers and allows."""
+
+    engines: tuple[str, ...]
+    storages: tuple[str, ...]
+    publishers: tuple[str, ...]
+    labels: Mapping[str, str]
+    total: Capacity
+    allow_networked_jobs: bool = False
+    #: Glob patterns (``busybox*``, ``ghcr.io/org/*``); empty means any image.
+    image_allowlist: tuple[str, ...] = ()
+
+
+def job_requirements(job: Job) -> Capacity:
+    """The capacity one execution of ``job`` reserves on its node."""
+    resources = job.task.resources
+    return Capacity(
+        cpu_milli=resources.cpu_milli,
+        memory=resources.memory,
+        disk=resources.disk,
+        gpu=resources.gpu,
+    )
+
+
+def decline_reason(job: Job, policy: NodePolicy) -> str | None:
+    """``None`` when this node may bid on ``job``; otherwise why not, for users."""
+    task = job.task
+    if task.engine.type not in policy.engines:
+        return f"engine {task.engine.type!r} is not supported here"
+    for source in task.input_sources:
+        if source.source_type not in policy.storages:
+            return f"input source type {source.source_type!r} is not supported here"
+    if task.publisher.type not in policy.publishers:
+        return f"publisher {task.publisher.type!r} is not supported here"
+    for constraint in job.constraints:
+        if not constraint.matches(policy.labels):
+            return f"node labels do not match constraint {constraint}"
+    if task.network.type != "None" and not policy.allow_networked_jobs:
+        return "networked jobs are not allowed on this node"
+    if policy.image_allowlist and not any(
+        fnmatchcase(task.engine.image, pattern) for pattern in policy.image_allowlist
+    ):
+        return f"image {task.engine.image!r} is not on this node's allow-list"
+    return _capacity_shortfall(job_requirements(job), policy.total)
+
+
+def _capacity_shortfall(needed: Capacity, total: Capacity) -> str | None:
+    if needed.cpu_milli > total.cpu_milli:
+        return f"needs {format_cpu(needed.cpu_milli)} CPU; node has {format_cpu(total.cpu_milli)}"
+    if needed.memory > total.memory:
+        return (
+            f"needs {format_bytes(needed.memory)} memory; node has {format_bytes(total.memory)}"
+        )
+    if needed.disk > total.disk:
+        return f"needs {format_bytes(needed.disk)} disk; node has {format_bytes(total.disk)}"
+    if needed.gpu > total.gpu:
+        return f"needs {needed.gpu} GPU; node has {total.gpu}"
+    return None
+
+
+def rank_bids(bids: Iterable[Bid]) -> list[Bid]:
+    """Accepting bids, best first (see the module docstring for the order)."""
+    return sorted(
+        (bid for bid in bids if bid.accept),
+        key=lambda bid: (
+            bid.running_executions,
+            -bid.free.cpu_milli,
+            -bid.free.memory,
+            bid.node_id,
+        ),
+    )
+
+
+def choose_bids(bids: Sequence[Bid], count: int, exclude: Iterable[str] = ()) -> list[Bid]:
+    """The best ``count`` accepting bids, one per node, skipping ``exclude``d nodes."""
+    excluded = set(exclude)
+    chosen: list[Bid] = []
+    for bid in rank_bids(bids):
+        if bid.node_id in excluded:
+            continue
+        excluded.add(bid.node_id)
+        chosen.append(bid)
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def no_bid_reason(declines: Mapping[str, str], nodes_asked: int) -> str:
+    """Why a job got no (or too few) bids, summarised for ``describe``."""
+    if not nodes_asked and not declines:
+        return "no compute node answered; is any compute node connected to this one?"
+    if not declines:
+        return f"none of the {nodes_asked} compute node(s) bid in time"
+    counts: dict[str, int] = {}
+    for reason in declines.values():
+        counts[reason] = counts.get(reason, 0) + 1
+    parts = [f"{n} node(s): {reason}" for reason, n in sorted(counts.items(), key=lambda i: -i[1])]
+    return "no node can run this job — " + "; ".join(parts)
