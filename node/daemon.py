@@ -286,13 +286,8 @@ class Daemon:
                     log.warning("shutdown grace period ran out")
 
     async def _start_compute(self, nursery: trio.Nursery) -> Compute:
-        from .executor.docker import DockerExecutor
-
         assert self.mesh is not None
-        executor = DockerExecutor(node_id=self.peer_id)
-        removed = await executor.cleanup_orphans()
-        if removed:
-            log.warning("removed %d container(s) left behind by an earlier run", removed)
+        executor = await _open_executor(self.peer_id)
         compute = Compute(
             mesh=self.mesh,
             policy=NodePolicy(
@@ -340,6 +335,24 @@ class Daemon:
             f"  bacnode serve --peer {_shareable(addresses)}",
         ]
         print("\n".join(lines), flush=True)
+
+
+async def _open_executor(node_id: str) -> Any:
+    """The Docker executor, after removing containers a crashed run left behind."""
+    try:
+        from .executor.docker import DockerExecutor
+    except ImportError as exc:  # the executor lands separately; keep the mesh usable
+        log.warning("Docker executor unavailable (%s); this node will not run jobs", exc)
+        return None
+    executor = DockerExecutor(node_id=node_id)
+    try:
+        removed = await executor.cleanup_orphans()
+    except Exception as exc:
+        log.warning("Docker is not reachable (%s); jobs will fail until it is", exc)
+        return executor
+    if removed:
+        log.warning("removed %d container(s) left behind by an earlier run", removed)
+    return executor
 
 
 def _tar_results(directory: Path) -> Path:
