@@ -17,6 +17,7 @@ from protocol.errors import SpecError
 from protocol.jobspec import Job
 from protocol.states import ExecutionState
 
+from .mesh import MeshError
 from .requester import Requester
 from .store import Event, ExecutionRecord, JobRecord, Store
 
@@ -188,7 +189,10 @@ def add_job_routes(app: FastAPI, store: Store, requester: Requester | None,
     @app.get(f"{API}/executions/{{execution_id}}/results.tar", tags=["orchestrator"])
     async def download(execution_id: str) -> FileResponse:
         """The results of an execution that ran on this node, as a tar archive."""
-        tar_path = await results_dir(execution_id)
+        try:
+            tar_path = await results_dir(execution_id)
+        except MeshError as exc:
+            raise HTTPException(502, f"fetching results of {execution_id}: {exc}") from None
         if tar_path is None:
-            raise HTTPException(404, f"no results for {execution_id} on this node")
+            raise HTTPException(404, f"no results for {execution_id} known to this node")
         return FileResponse(tar_path, media_type="application/x-tar")

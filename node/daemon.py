@@ -249,6 +249,7 @@ class Daemon:
                 psk=psk,
                 on_message=self.on_message,
                 on_request=self.on_request,
+                results_lookup=self.results_tar,
             )
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -314,6 +315,23 @@ class Daemon:
         if directory is None:
             return None
         return await trio.to_thread.run_sync(_tar_results, directory)
+
+    async def fetch_results_tar(self, execution_id: str) -> Path | None:
+        """The results tar of one of our jobs' executions, fetched from its node if needed."""
+        local = await self.results_tar(execution_id)
+        if local is not None or self.store is None or self.mesh is None:
+            return local
+        execution = await self.store.get_execution(execution_id)
+        if execution is None:
+            return None
+        downloads = self.config.data_dir / "downloads"
+        downloads.mkdir(exist_ok=True)
+        destination = downloads / f"{execution_id}.tar"
+        if not destination.exists():
+            partial = destination.with_name(destination.name + ".partial")
+            await self.mesh.fetch_results(execution.node_id, execution_id, partial)
+            partial.replace(destination)
+        return destination
 
     async def _decide_locally(self, decision: BidDecision) -> None:
         assert self.compute is not None

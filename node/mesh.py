@@ -76,6 +76,8 @@ TOPIC_MESSAGE_TYPES: dict[str, type[Message]] = {
     TOPIC_NODES: NodeInfo,
 }
 BID_PROTOCOL = TProtocol("/bacnode/bid/1")
+RESULTS_PROTOCOL = TProtocol("/bacnode/results/1")
+RESULT_CHUNK = 256 * 1024
 MAX_STREAM_MESSAGE = 256 * 1024
 RECONNECT_SECONDS = 2.0
 #: Validated messages waiting for their subscription reader; bounded against floods.
@@ -85,6 +87,8 @@ STOP_GRACE_SECONDS = 5
 
 MessageHandler = Callable[[str, Envelope, Message], Awaitable[None]]
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
+#: Returns the file holding an execution's results, or None when it is not here.
+ResultsLookup = Callable[[str], Awaitable[Path | None]]
 
 
 class MeshError(Exception):
@@ -159,6 +163,7 @@ class Mesh:
         psk: str | None = None,
         on_message: MessageHandler,
         on_request: RequestHandler | None = None,
+        results_lookup: ResultsLookup | None = None,
     ) -> None:
         self.key = key
         self.peer_id = key.peer_id
@@ -166,6 +171,7 @@ class Mesh:
         self._bootstrap = [_parse_bootstrap(addr) for addr in bootstrap]
         self._on_message = on_message
         self._on_request = on_request
+        self._results_lookup = results_lookup
         self.stats = MeshStats()
         self._verifier = EnvelopeVerifier()
         self._verified: dict[tuple[bytes, bytes], tuple[Envelope, Message]] = {}
@@ -286,6 +292,7 @@ class Mesh:
                 self.pubsub.set_topic_validator(topic, self._make_validator(topic), False)
                 subscriptions.append((topic, await self.pubsub.subscribe(topic)))
             self.host.set_stream_handler(BID_PROTOCOL, self._handle_stream)
+            self.host.set_stream_handler(RESULTS_PROTOCOL, self._serve_results)
             try:
                 async with self.host.run(listen_addrs=self._listen):
                     # We dial our bootstrap peers ourselves; the auto-connector would
@@ -394,6 +401,50 @@ class Mesh:
             raise MeshError(f"peer {peer_id} did not answer within {timeout:.0f}s") from None
         except Exception as exc:
             raise MeshError(f"request to {peer_id} failed: {exc}") from None
+
+    async def _serve_results(self, stream: Any) -> None:
+        """Send the results file of the requested execution as varint-framed chunks."""
+        try:
+            with trio.fail_after(30):
+                execution_id = (await read_varint_prefixed_bytes_limited(stream, 256)).decode()
+            path = await self._results_lookup(execution_id) if self._results_lookup else None
+            if path is None:
+                await stream.write(encode_varint_prefixed(b"E" + b"no such results here"))
+            else:
+                async with await trio.open_file(path, "rb") as handle:
+                    while chunk := await handle.read(RESULT_CHUNK):
+                        await stream.write(encode_varint_prefixed(b"D" + chunk))
+                await stream.write(encode_varint_prefixed(b"."))
+            await stream.close()
+        except Exception as exc:
+            log.debug("results stream failed: %r", exc)
+            await stream.reset()
+
+    async def fetch_results(self, peer_id: str, execution_id: str, destination: Path) -> None:
+        """Download an execution's results file from ``peer_id`` into ``destination``."""
+        try:
+            stream = await self.host.new_stream(ID.from_base58(peer_id), [RESULTS_PROTOCOL])
+        except Exception as exc:
+            raise MeshError(f"cannot reach {peer_id} for results: {exc}") from None
+        try:
+            await stream.write(encode_varint_prefixed(execution_id.encode()))
+            async with await trio.open_file(destination, "wb") as handle:
+                while True:
+                    with trio.fail_after(60):
+                        frame = await read_varint_prefixed_bytes_limited(
+                            stream, RESULT_CHUNK + 1
+                        )
+                    kind, body = frame[:1], frame[1:]
+                    if kind == b"D":
+                        await handle.write(body)
+                    elif kind == b".":
+                        return
+                    else:
+                        raise MeshError(f"{peer_id}: {body.decode(errors='replace')}")
+        except trio.TooSlowError:
+            raise MeshError(f"{peer_id} stopped sending results") from None
+        finally:
+            await stream.close()
 
     # -- peers -------------------------------------------------------------
 
