@@ -165,7 +165,7 @@ def create_app(node: NodeView) -> FastAPI:
     if getattr(node, "store", None) is not None:
         from .api_jobs import add_job_routes
 
-        add_job_routes(app, node.store, node.requester, node.fetch_results_tar)  # type: ignore[attr-defined]
+        add_job_routes(app, node.store, lambda: node.requester, node.fetch_results_tar)  # type: ignore[attr-defined]
     return app
 
 

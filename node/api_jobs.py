@@ -8,6 +8,7 @@ nanoseconds as Bacalhau's are.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Body, FastAPI, HTTPException, Query
@@ -92,9 +93,10 @@ async def resolve_job_id(store: Store, id_or_prefix: str) -> JobRecord:
     return record
 
 
-def add_job_routes(app: FastAPI, store: Store, requester: Requester | None,
+def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Requester | None],
                    results_dir: Any) -> None:
     def need_requester() -> Requester:
+        requester = get_requester()
         if requester is None:
             raise HTTPException(400, "this node is not an orchestrator (start it without "
                                      "--compute alone to accept jobs)")

@@ -182,7 +182,7 @@ class Compute:
 
     async def _execute(self, execution: _Execution) -> None:
         from .executor.base import ExecutionRequest
-        from .storage import stage_input
+        from .storage import stage_inputs
 
         job = execution.job
         task = job.task
@@ -193,10 +193,7 @@ class Compute:
             await self._update(execution, ExecutionState.RUNNING, "staging inputs and starting")
             try:
                 await trio.to_thread.run_sync(_fresh_dirs, results_dir, staging_dir)
-                inputs = []
-                for source in task.input_sources:
-                    host_path = await stage_input(source, staging_dir)
-                    inputs.append((host_path, source.target))
+                inputs = await stage_inputs(task.input_sources, staging_dir)
                 request = ExecutionRequest(
                     execution_id=execution.execution_id,
                     job_id=job.id or "",
