@@ -217,8 +217,14 @@ class Daemon:
         previous = self._nodes.get(info.node_id)
         if previous is not None and info.seq <= previous.info.seq:
             return
-        first_seen = previous.first_seen_ms if previous else now
+        if previous is not None:
+            first_seen = previous.first_seen_ms
+        else:  # first heartbeat since start: keep the FirstSeen stored before a restart
+            stored = await self.store.get_node(info.node_id)
+            first_seen = stored.first_seen_ms if stored is not None else now
         self._nodes[info.node_id] = NodeStatus(info, True, now, first_seen)
+        if self.mesh is not None and info.node_id != self.peer_id:
+            self.mesh.remember_addresses(info.node_id, info.addresses)
         changed = previous is None or (
             previous.info.addresses, previous.info.labels) != (info.addresses, info.labels)
         if changed or now - self._persisted_ms.get(info.node_id, 0) >= NODE_PERSIST_INTERVAL_MS:

@@ -84,6 +84,7 @@ RECONNECT_SECONDS = 2.0
 MAX_PENDING_DELIVERIES = 10_000
 MAX_QUEUED_MESSAGES = 10_000
 STOP_GRACE_SECONDS = 5
+ADDRESS_TTL_SECONDS = 600
 
 MessageHandler = Callable[[str, Envelope, Message], Awaitable[None]]
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
@@ -272,6 +273,8 @@ class Mesh:
                 continue
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             with socket.socket(family, socket.SOCK_STREAM) as probe:
+                # SO_REUSEADDR: connections of an earlier run in TIME_WAIT are no owner.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     probe.bind((host, port))
                 except OSError as exc:
@@ -387,9 +390,33 @@ class Mesh:
             log.debug("bid stream failed: %r", exc)
             await stream.reset()
 
+    def remember_addresses(self, peer_id: str, addresses: tuple[str, ...]) -> None:
+        """Addresses a peer announced (in its signed node info), for dialling it directly.
+
+        Gossip reaches nodes we have no connection to; bids and results go point to
+        point, so we must be able to dial the requester or compute node itself.
+        """
+        try:
+            peer = ID.from_base58(peer_id)
+            parsed = []
+            for text in addresses:
+                address = multiaddr.Multiaddr(text)
+                if address.value_for_protocol("p2p") == peer_id:
+                    address = address.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer_id}"))
+                parsed.append(address)
+        except Exception as exc:
+            log.debug("ignoring addresses of %s: %r", peer_id, exc)
+            return
+        self.host.get_peerstore().add_addrs(peer, parsed, ADDRESS_TTL_SECONDS)
+
+    def _prepare_dial(self, peer: ID) -> None:
+        if peer not in self.host.get_connected_peers():
+            self.host.get_network().unblock_peer(peer)
+
     async def request(self, peer_id: str, data: bytes, *, timeout: float = 10.0) -> bytes:
         """Send one request to ``peer_id`` over ``/bacnode/bid/1`` and return its reply."""
         try:
+            self._prepare_dial(ID.from_base58(peer_id))
             with trio.fail_after(timeout):
                 stream = await self.host.new_stream(ID.from_base58(peer_id), [BID_PROTOCOL])
                 try:
@@ -423,6 +450,7 @@ class Mesh:
     async def fetch_results(self, peer_id: str, execution_id: str, destination: Path) -> None:
         """Download an execution's results file from ``peer_id`` into ``destination``."""
         try:
+            self._prepare_dial(ID.from_base58(peer_id))
             stream = await self.host.new_stream(ID.from_base58(peer_id), [RESULTS_PROTOCOL])
         except Exception as exc:
             raise MeshError(f"cannot reach {peer_id} for results: {exc}") from None

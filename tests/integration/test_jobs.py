@@ -1,0 +1,181 @@
+"""Jobs end to end on a 3-node devnet: real daemons, real libp2p, real dockerd."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemons import Daemon, DaemonPool, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def devnet(tmp_path_factory: pytest.TempPathFactory, busybox_image: str) -> Iterator[list[Daemon]]:
+    """Three daemons labelled zone=a/b/c, all seeing each other."""
+    with DaemonPool(tmp_path_factory.mktemp("devnet")) as pool:
+        first = pool.new("a", args=["--labels", "zone=a"])
+        others = [pool.new(z, peers=[first], args=["--labels", f"zone={z}"]) for z in "bc"]
+        nodes = pool.start_all([first, *others])
+        ids = {node.peer_id for node in nodes}
+        for node in nodes:
+            wait_until(lambda node=node: node.connected() >= ids, timeout=30,
+                       what=f"{node.name} to see the 3-node mesh")
+        yield nodes
+
+
+def run(node: Daemon, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    return node.cli(*args, timeout=timeout)
+
+
+def submit(node: Daemon, *args: str) -> tuple[str, subprocess.CompletedProcess]:
+    result = run(node, "docker", "run", "--id-only", "--wait", "-p", "local", *args)
+    job_id = result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
+    return job_id, result
+
+
+def describe(node: Daemon, job_id: str) -> dict[str, Any]:
+    result = run(node, "describe", job_id, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_job_runs_and_results_come_back_verified(devnet: list[Daemon], tmp_path: Path) -> None:
+    client = devnet[0]
+    job_id, result = submit(client, "busybox", "--", "sh", "-c",
+                            "echo hi; echo data > /outputs/a.txt")
+    assert result.returncode == 0, result.stderr
+    assert job_id.startswith("j-")
+
+    results = tmp_path / "results"
+    got = run(client, "get", job_id[:12], "--output-dir", str(results))
+    assert got.returncode == 0, got.stderr
+    assert (results / "outputs" / "a.txt").read_text() == "data\n"
+    assert (results / "stdout").read_text() == "hi\n"
+    assert (results / "exitCode").read_text().strip() == "0"
+
+    document = describe(client, job_id)
+    assert document["Job"]["ID"] == job_id
+    assert document["State"]["State"] == "Completed"
+    (execution,) = document["State"]["Executions"]
+    assert execution["State"] == "Completed"
+    assert execution["NodeID"] in {node.peer_id for node in devnet}
+    assert execution["ExecutionID"].startswith("e-")
+    assert execution["RunOutput"] == {"stdout": "hi\n", "stderr": "", "exitCode": 0}
+    assert execution["PublishedResults"]["StorageSource"] == "Local"
+    states = [e.get("JobState", {}).get("New") for e in document["History"]]
+    assert states[-1] == "Completed" and "Running" in states
+
+
+def test_non_zero_exit_fails_with_its_stderr(devnet: list[Daemon]) -> None:
+    job_id, result = submit(devnet[1], "busybox", "--", "sh", "-c", "echo broken >&2; exit 3")
+    assert result.returncode == 1
+    assert "exit code 3: broken" in result.stderr
+    document = describe(devnet[1], job_id)
+    assert document["State"]["State"] == "Failed"
+    (execution,) = document["State"]["Executions"]
+    assert execution["RunOutput"]["exitCode"] == 3
+    assert execution["RunOutput"]["stderr"] == "broken\n"
+
+
+def test_timeout_kills_the_container_and_says_so(devnet: list[Daemon]) -> None:
+    job_id, result = submit(devnet[0], "--timeout", "1", "busybox", "--", "sleep", "60")
+    assert result.returncode == 1
+    assert "timed out after 1s" in result.stderr
+    assert describe(devnet[0], job_id)["State"]["State"] == "Failed"
+
+
+def test_unknown_image_is_a_clear_error(devnet: list[Daemon]) -> None:
+    # A registry on a closed loopback port: the pull fails at once, with no DNS lookup.
+    _, result = submit(devnet[0], "localhost:1/nosuch:1", "--", "true")
+    assert result.returncode == 1
+    assert "image 'localhost:1/nosuch:1' not found locally and could not be pulled" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_job_too_big_for_every_node_gets_no_bid(devnet: list[Daemon]) -> None:
+    _, result = submit(devnet[0], "--memory", "4096Gi", "busybox", "--", "true")
+    assert result.returncode == 1
+    assert "no node can run this job — 3 node(s): needs 4Ti memory" in result.stderr
+
+
+def test_selector_places_the_job_on_the_matching_node(devnet: list[Daemon]) -> None:
+    zone_b = devnet[1]
+    for _ in range(3):
+        job_id, result = submit(devnet[0], "-s", "zone=b", "busybox", "--", "true")
+        assert result.returncode == 0, result.stderr
+        (execution,) = describe(devnet[0], job_id)["State"]["Executions"]
+        assert execution["NodeID"] == zone_b.peer_id
+
+
+def test_count_runs_on_distinct_nodes(devnet: list[Daemon], tmp_path: Path) -> None:
+    job_id, result = submit(devnet[2], "--count", "3", "busybox", "--", "sh", "-c",
+                            "hostname > /outputs/host")
+    assert result.returncode == 0, result.stderr
+    executions = describe(devnet[2], job_id)["State"]["Executions"]
+    completed = [e for e in executions if e["State"] == "Completed"]
+    assert {e["NodeID"] for e in completed} == {node.peer_id for node in devnet}
+    got = run(devnet[2], "get", job_id, "--output-dir", str(tmp_path))
+    assert got.returncode == 0, got.stderr
+    assert len(list(tmp_path.glob("e-*/outputs/host"))) == 3
+
+
+def test_containers_have_no_network_and_no_capabilities(devnet: list[Daemon]) -> None:
+    job_id, result = submit(devnet[0], "busybox", "--", "sh", "-c",
+                            "ls /sys/class/net; grep -E 'CapEff|NoNewPrivs' /proc/self/status")
+    assert result.returncode == 0, result.stderr
+    (execution,) = describe(devnet[0], job_id)["State"]["Executions"]
+    stdout = execution["RunOutput"]["stdout"]
+    assert stdout.split()[0] == "lo" and "eth0" not in stdout
+    assert "CapEff:\t0000000000000000" in stdout
+    assert "NoNewPrivs:\t1" in stdout
+
+
+def test_stop_kills_the_running_container(devnet: list[Daemon]) -> None:
+    client = devnet[0]
+    result = run(client, "docker", "run", "--id-only", "--no-wait", "-p", "local",
+                 "busybox", "--", "sleep", "120")
+    job_id = result.stdout.strip()
+    wait_until(lambda: describe(client, job_id)["State"]["State"] == "Running", timeout=30,
+               what="the job to run")
+    stopped = run(client, "job", "stop", job_id)
+    assert stopped.returncode == 0, stopped.stderr
+    wait_until(lambda: describe(client, job_id)["State"]["State"] == "Stopped", timeout=15,
+               what="the job to stop")
+    import docker
+
+    def containers() -> list:
+        labelled = {"label": f"bacnode.job={job_id}"}
+        return docker.from_env().containers.list(all=True, filters=labelled)
+
+    wait_until(lambda: not containers(), timeout=15, what="the container to be removed")
+
+
+def test_tampered_results_are_refused(devnet: list[Daemon], tmp_path: Path) -> None:
+    client = devnet[0]
+    job_id, result = submit(client, "-s", "zone=a", "busybox", "--", "sh", "-c",
+                            "echo genuine > /outputs/r.txt")
+    assert result.returncode == 0, result.stderr
+    (execution,) = describe(client, job_id)["State"]["Executions"]
+    # The compute node's cached archive is what peers download: rewrite a file in it.
+    first = run(client, "get", job_id, "--output-dir", str(tmp_path / "ok"))
+    assert first.returncode == 0, first.stderr
+    archive = client.data_dir / "results" / f"{execution['ExecutionID']}.tar"
+    forged = tmp_path / "forged"
+    (forged / "outputs").mkdir(parents=True)
+    (forged / "outputs" / "r.txt").write_text("forged!\n")
+    for name in ("stdout", "stderr", "exitCode"):
+        (forged / name).write_bytes((tmp_path / "ok" / name).read_bytes())
+    with tarfile.open(archive, "w") as tar:
+        for path in sorted(forged.rglob("*")):
+            tar.add(path, arcname=path.relative_to(forged).as_posix(), recursive=False)
+    bad = run(client, "get", job_id, "--output-dir", str(tmp_path / "bad"))
+    assert bad.returncode == 1
+    assert "does not match its signed SHA-256" in bad.stderr
+    assert not (tmp_path / "bad" / "outputs").exists()
