@@ -179,3 +179,78 @@ def test_tampered_results_are_refused(devnet: list[Daemon], tmp_path: Path) -> N
     assert bad.returncode == 1
     assert "does not match its signed SHA-256" in bad.stderr
     assert not (tmp_path / "bad" / "outputs").exists()
+
+
+def test_fifty_jobs_at_once_all_complete_exactly_once(devnet: list[Daemon]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = devnet[0]
+    body = {"Job": {"Type": "batch", "Tasks": [{"Name": "main", "Engine": {
+        "Type": "docker", "Params": {"Image": "busybox", "Parameters": ["true"]}},
+        "Publisher": {"Type": "noop"}}]}}
+
+    def put(_: int) -> str:
+        import urllib.request
+
+        request = urllib.request.Request(
+            client.api_url + "/api/v1/orchestrator/jobs", method="PUT",
+            data=json.dumps(body).encode(), headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())["JobID"]
+
+    with ThreadPoolExecutor(max_workers=25) as pool:
+        job_ids = list(pool.map(put, range(50)))
+    assert len(set(job_ids)) == 50
+
+    def states() -> dict[str, str]:
+        return {j: client.api(f"/api/v1/orchestrator/jobs/{j}")["Job"]["State"]["StateType"]
+                for j in job_ids}
+
+    wait_until(lambda: set(states().values()) <= {"Completed", "Failed", "Stopped"},
+               timeout=240, what="50 jobs to finish")
+    assert set(states().values()) == {"Completed"}
+    for job_id in job_ids:
+        executions = client.api(f"/api/v1/orchestrator/jobs/{job_id}/executions")["Items"]
+        ran = [e for e in executions if e["ComputeState"]["StateType"] == "Completed"]
+        assert len(ran) == 1, (job_id, executions)
+
+
+def test_job_moves_to_another_node_when_its_node_dies(
+    tmp_path_factory: pytest.TempPathFactory, busybox_image: str
+) -> None:
+    with DaemonPool(tmp_path_factory.mktemp("failover")) as pool:
+        requester = pool.new("req", args=["--orchestrator", "--labels", "role=req"])
+        workers = [pool.new(f"w{i}", peers=[requester], args=["--labels", "role=worker"])
+                   for i in (1, 2)]
+        nodes = pool.start_all([requester, *workers])
+        ids = {node.peer_id for node in nodes}
+        wait_until(lambda: requester.connected() >= ids, timeout=30, what="the mesh")
+        result = run(requester, "docker", "run", "--id-only", "--no-wait", "-p", "local",
+                     "busybox", "--", "sh", "-c", "sleep 4; echo done > /outputs/ok")
+        job_id = result.stdout.strip()
+
+        def executions() -> list[dict]:
+            return requester.api(f"/api/v1/orchestrator/jobs/{job_id}/executions")["Items"]
+
+        wait_until(lambda: any(e["ComputeState"]["StateType"] == "Running"
+                               for e in executions()), timeout=30, what="the job to run")
+        (first,) = [e for e in executions() if e["ComputeState"]["StateType"] == "Running"]
+        victim = next(w for w in workers if w.peer_id == first["NodeID"])
+        victim.kill()
+        wait_until(lambda: describe(requester, job_id)["State"]["State"] in
+                   {"Completed", "Failed"}, timeout=60, what="the job to finish elsewhere")
+        document = describe(requester, job_id)
+        assert document["State"]["State"] == "Completed"
+        finished = [e for e in document["State"]["Executions"] if e["State"] == "Completed"]
+        assert [e["NodeID"] for e in finished] != [victim.peer_id]
+        assert len(finished) == 1
+        lost = next(e for e in document["State"]["Executions"] if e["NodeID"] == victim.peer_id)
+        assert lost["State"] == "Failed" and "stopped responding" in lost["Message"]
+        import docker
+
+        # The killed daemon could not remove its container; its restart would.
+        for container in docker.from_env().containers.list(
+            all=True, filters={"label": f"bacnode.job={job_id}"}
+        ):
+            container.remove(force=True)
