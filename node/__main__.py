@@ -37,6 +37,9 @@ def main() -> None:
 @click.option("--swarm-key", type=click.Path(dir_okay=False),
               help="pre-shared key file of a private network")
 @click.option("--heartbeat-seconds", type=float, help="node info interval [default: 1]")
+@click.option("--allow-networked-jobs/--deny-networked-jobs", default=None,
+              help="run jobs that ask for network access [default: deny]")
+@click.option("--allowed-images", help="only run these images, glob patterns, comma-separated")
 @click.option("--log-level", default="WARNING", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def serve(log_level: str, orchestrator: bool | None, compute: bool | None,

@@ -45,8 +45,10 @@ class NodeConfig:
     heartbeat_seconds: float = 1.0
     #: A node is DISCONNECTED after this many heartbeats in a row are missed.
     missed_heartbeats: int = 5
-    #: Execution hosts for networked jobs: "none" refuses them.
+    #: Jobs asking for network access (Network.Type Full) are declined unless this is on.
     allow_networked_jobs: bool = False
+    #: Glob patterns of images this node runs (``busybox*,ghcr.io/org/*``); empty: any.
+    allowed_images: tuple[str, ...] = ()
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -66,7 +68,7 @@ class NodeConfig:
 
 
 _FIELDS = {f.name: f for f in fields(NodeConfig)}
-_TUPLE_FIELDS = {"listen", "peers"}
+_TUPLE_FIELDS = {"listen", "peers", "allowed_images"}
 _BOOL_FIELDS = {"orchestrator", "compute", "mdns", "allow_networked_jobs"}
 _INT_FIELDS = {"api_port", "max_jobs", "missed_heartbeats"}
 
@@ -121,7 +123,7 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
 
 def _validate(config: NodeConfig) -> NodeConfig:
     for name, parser in (("limit_cpu", parse_cpu), ("limit_memory", parse_bytes),
-                         ("limit_disk", parse_bytes)):
+                         ("limit_disk", lambda text: parse_bytes(text, what="disk"))):
         text = getattr(config, name)
         if text:
             try:
@@ -156,7 +158,13 @@ def load_config(
     explicit = flags.get("config") or environ.get("BACNODE_CONFIG") or config_file
     data_dir = flags.get("data_dir") or values.get("data_dir") or DEFAULT_DATA_DIR
     path = Path(explicit).expanduser() if explicit else Path(data_dir).expanduser() / "config.yaml"
-    if explicit or path.exists():
+    try:
+        found = bool(explicit) or path.exists()
+    except OSError as exc:  # e.g. a data dir name too long, or not ours to read
+        raise ConfigError(
+            f"cannot use data dir {path.parent}: {exc.strerror}; choose another with --data-dir"
+        ) from None
+    if found:
         for name, value in _read_config_file(path).items():
             values[name] = _coerce(name, value, str(path))
 
@@ -182,7 +190,11 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     try:
         document = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        # One line: PyYAML's own message spans several, with a caret drawing.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(document, dict):
         raise ConfigError(f"config file {path} must be a mapping of setting: value")
     normalised = {str(key).replace("-", "_"): value for key, value in document.items()}

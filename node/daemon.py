@@ -304,6 +304,7 @@ class Daemon:
                 labels=dict(self.config.labels),
                 total=self.total,
                 allow_networked_jobs=self.config.allow_networked_jobs,
+                image_allowlist=self.config.allowed_images,
             ),
             executor=executor,
             results_root=self.config.data_dir / "results",

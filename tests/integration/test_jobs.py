@@ -254,3 +254,9 @@ def test_job_moves_to_another_node_when_its_node_dies(
             all=True, filters={"label": f"bacnode.job={job_id}"}
         ):
             container.remove(force=True)
+
+
+def test_networked_jobs_are_declined_unless_a_node_opts_in(devnet: list[Daemon]) -> None:
+    _, result = submit(devnet[0], "--network", "full", "busybox", "--", "true")
+    assert result.returncode == 1
+    assert "3 node(s): networked jobs are not allowed on this node" in result.stderr
