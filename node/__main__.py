@@ -36,7 +36,7 @@ def main() -> None:
 @click.option("--mdns/--no-mdns", default=None, help="find peers on the LAN by mDNS [default: on]")
 @click.option("--swarm-key", type=click.Path(dir_okay=False),
               help="pre-shared key file of a private network")
-@click.option("--heartbeat-seconds", type=float, help="node info interval [default: 1]")
+@click.option("--heartbeat-seconds", type=float, help="node info interval, seconds [default: 5]")
 @click.option("--allow-networked-jobs/--deny-networked-jobs", default=None,
               help="run jobs that ask for network access [default: deny]")
 @click.option("--allowed-images", help="only run these images, glob patterns, comma-separated")
@@ -67,17 +67,19 @@ def _run(config: Any) -> None:
     import trio
 
     from .api import ApiBindError
-    from .daemon import run_daemon
+    from .daemon import DataDirError, run_daemon
     from .keys import KeyFileError
     from .mesh import MeshError
     from .store import StoreError
 
     try:
         trio.run(run_daemon, config)
-    except (KeyFileError, MeshError, StoreError, ApiBindError) as exc:
+    except (KeyFileError, MeshError, StoreError, ApiBindError, DataDirError) as exc:
         _fail(str(exc))
     except BaseExceptionGroup as group:
-        known = group.subgroup((KeyFileError, MeshError, StoreError, ApiBindError, OSError))
+        known = group.subgroup(
+            (KeyFileError, MeshError, StoreError, ApiBindError, DataDirError, OSError)
+        )
         if known is None:
             raise
         first = _leaf(known)

@@ -7,6 +7,7 @@ mesh, close the store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -14,6 +15,7 @@ import signal
 import sys
 import tarfile
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -406,13 +408,63 @@ def _shareable(addresses: list[str]) -> str:
 
 
 async def run_daemon(config: NodeConfig) -> None:
-    """Run until SIGINT/SIGTERM, then shut down gracefully."""
-    daemon = Daemon(config)
-    async with trio.open_nursery() as nursery:
+    """Run until SIGINT/SIGTERM, then shut down gracefully.
+
+    A signal during start-up (which may wait on dockerd) cancels the start-up at once.
+    """
+    with _lock_data_dir(config.data_dir):
+        daemon = Daemon(config)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            await nursery.start(daemon.run)
-            async for signum in signals:
-                print(f"received {signal.Signals(signum).name}, shutting down", file=sys.stderr,
-                      flush=True)
-                daemon.shutdown()
-                break
+            async with trio.open_nursery() as nursery:
+                started = trio.Event()
+
+                async def start() -> None:
+                    await nursery.start(daemon.run)
+                    started.set()
+
+                nursery.start_soon(start)
+                async for signum in signals:
+                    print(f"received {signal.Signals(signum).name}, shutting down",
+                          file=sys.stderr, flush=True)
+                    if started.is_set():
+                        daemon.shutdown()
+                    else:
+                        nursery.cancel_scope.cancel()
+                    break
+
+
+class DataDirError(Exception):
+    """The data dir cannot be used: not writable, or another bacnode runs on it."""
+
+
+@contextlib.contextmanager
+def _lock_data_dir(data_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the data dir: two daemons must never share one identity."""
+    import fcntl
+
+    lock_path = data_dir / "serve.lock"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        handle = lock_path.open("a+")
+    except OSError as exc:
+        raise DataDirError(
+            f"cannot use data dir {data_dir}: {exc.strerror}; choose a writable one with "
+            "--data-dir"
+        ) from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise DataDirError(
+                f"data dir {data_dir} is in use by another bacnode (pid {owner}); stop it, "
+                "or give this one its own --data-dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
