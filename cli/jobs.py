@@ -226,13 +226,16 @@ def download_results(ctx: click.Context, job_id: str, output_dir: Path) -> list[
         with tempfile.TemporaryDirectory(dir=output_dir, prefix=".partial-") as scratch:
             scratch_path = Path(scratch)
             archive = scratch_path / "results.tar"
-            client = api(ctx)
-            try:
-                client.download(
-                    f"/api/v1/orchestrator/executions/{record.execution_id}/results.tar", archive
-                )
-            except ApiError as exc:
-                raise click.ClickException(str(exc)) from None
+            if record.published.get("StorageSource") == "S3":
+                _download_s3(item, record, archive)
+            else:
+                try:
+                    api(ctx).download(
+                        f"/api/v1/orchestrator/executions/{record.execution_id}/results.tar",
+                        archive,
+                    )
+                except ApiError as exc:
+                    raise click.ClickException(str(exc)) from None
             unpacked = scratch_path / "unpacked"
             with tarfile.open(archive) as tar:
                 tar.extractall(unpacked, filter="data")
@@ -247,6 +250,37 @@ def download_results(ctx: click.Context, job_id: str, output_dir: Path) -> list[
                 shutil.move(str(entry), destination)
         written.append(str(target))
     return written
+
+
+def _download_s3(item: dict[str, Any], record: Any, destination: Path) -> None:
+    """Fetch a compressed S3 result through its presigned URL, checking its signed SHA-256."""
+    import urllib.error
+    import urllib.request
+
+    s3 = record.published.get("S3", {})
+    if not s3.get("Compress") and not s3.get("Checksum"):
+        raise click.ClickException(
+            f"results of {record.execution_id} were published uncompressed to "
+            f"{record.published.get('Name')}; fetch them with your S3 tools"
+        )
+    url = item.get("Params", {}).get("PreSignedURL")
+    if not url:
+        reason = item.get("Params", {}).get("SourceSpec", {}).get("Error", "no URL")
+        raise click.ClickException(f"the requester could not presign a URL: {reason}")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, destination.open("wb") as out:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"downloading {record.published.get('Name')}: {exc}") from None
+    actual = base64.b64encode(digest.digest()).decode()
+    if actual != s3.get("Checksum"):
+        raise click.ClickException(
+            f"{record.published.get('Name')} has SHA-256 {actual}, but the signed record says "
+            f"{s3.get('Checksum')}; nothing was written"
+        )
 
 
 def _verify_tree(root: Path, record: Any) -> None:

@@ -93,6 +93,44 @@ async def resolve_job_id(store: Store, id_or_prefix: str) -> JobRecord:
     return record
 
 
+#: How long a presigned S3 URL handed out by ``/results`` stays valid.
+PRESIGN_EXPIRY_SECONDS = 1800
+
+
+async def _presigned(published: dict[str, Any]) -> dict[str, Any]:
+    """Bacalhau's ``s3PreSigned`` result params, signed with this node's credentials."""
+    import trio
+
+    from .publisher.s3 import s3_client
+
+    s3 = published.get("S3", {})
+    source = {
+        "Bucket": s3.get("Bucket", ""),
+        "ChecksumSHA256": s3.get("Checksum", ""),
+        "Endpoint": s3.get("Endpoint", ""),
+        "Filter": "",
+        "Key": s3.get("Key", ""),
+        "Region": s3.get("Region", ""),
+        "VersionID": s3.get("VersionID", ""),
+    }
+
+    def sign() -> str:
+        client = s3_client(source["Endpoint"] or None, source["Region"] or None)
+        params = {"Bucket": source["Bucket"], "Key": source["Key"]}
+        if source["VersionID"] and source["VersionID"] != "null":
+            params["VersionId"] = source["VersionID"]
+        return client.generate_presigned_url(
+            "get_object", Params=params, ExpiresIn=PRESIGN_EXPIRY_SECONDS
+        )
+
+    try:
+        url = await trio.to_thread.run_sync(sign)
+    except Exception as exc:  # no credentials, bad endpoint: say so, keep the rest usable
+        url = ""
+        source["Error"] = f"cannot presign: {exc}"
+    return {"PreSignedURL": url, "SourceSpec": source}
+
+
 def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Requester | None],
                    results_dir: Any) -> None:
     def need_requester() -> Requester:
@@ -153,17 +191,23 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
         record = await resolve_job_id(store, job_id)
         items = []
         for result, envelope in await store.list_results(record.job.id or ""):
-            items.append(
+            published = dict(result.published)
+            item: dict[str, Any] = {
+                "Type": published.get("StorageSource", "").lower(),
+                "Params": published,
+            }
+            if published.get("StorageSource") == "S3":
+                item = {"Type": "s3PreSigned", "Params": await _presigned(published)}
+            item.update(
                 {
-                    "Type": result.published.get("StorageSource", "").lower(),
-                    "Params": dict(result.published),
                     "ExecutionID": result.execution_id,
                     "NodeID": result.node_id,
                     "ExitCode": result.exit_code,
                     "SignedRecord": base64.b64encode(envelope).decode(),
                 }
             )
-        return {"Items": items, "Results": items, "NextToken": ""}
+            items.append(item)
+        return {"NextToken": "", "Results": items, "Items": items}
 
     @app.get(f"{API}/jobs/{{job_id}}/logs", tags=["orchestrator"])
     async def logs(job_id: str) -> dict[str, Any]:

@@ -263,6 +263,19 @@ class Compute:
             }
         elif publisher == "noop":
             location = {"StorageSource": "Noop", "Name": ""}
+        elif publisher == "s3":
+            from datetime import UTC, datetime
+
+            from .publisher.s3 import publish_s3
+
+            location = await publish_s3(
+                execution.job.task.publisher.params,
+                results_dir,
+                job_id=execution.job.id or "",
+                execution_id=execution.execution_id,
+                node_id=self.peer_id,
+                now=datetime.now(UTC),
+            )
         else:
             raise RuntimeError(f"publisher {publisher!r} is not available on this node")
         return ResultRecord(

@@ -53,7 +53,7 @@ SHUTDOWN_GRACE_SECONDS = 10
 NODE_PERSIST_INTERVAL_MS = 60_000
 ENGINES = ("docker",)
 STORAGES = ("inline", "urlDownload")
-PUBLISHERS = ("local", "noop")
+PUBLISHERS = ("local", "noop", "s3")
 GOSSIP_DELAY_SAMPLES = 20_000
 
 
