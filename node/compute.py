@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -29,6 +30,7 @@ from protocol.messages import (
     is_safe_relative_path,
     seal_message,
 )
+from protocol.quantities import format_bytes
 from protocol.scheduling import NodePolicy, decline_reason, job_requirements
 from protocol.states import ExecutionState
 
@@ -39,6 +41,8 @@ log = logging.getLogger("bacnode.compute")
 OUTPUT_TAIL_CHARS = 16 * 1024
 #: An accepted bid whose decision never came is released after this long.
 RESERVATION_TTL_SECONDS = 60
+#: How long a bid may wait to learn its inputs' size (the requester waits 3 s for bids).
+INPUT_SIZE_TIMEOUT_SECONDS = 1.5
 
 
 @dataclass
@@ -68,6 +72,7 @@ class Compute:
         policy: NodePolicy,
         executor: object,
         results_root: Path,
+        storages: Any = None,
         max_jobs: int = 0,
         send_local: Callable[[bytes], Awaitable[None]] | None = None,
     ) -> None:
@@ -75,6 +80,7 @@ class Compute:
         self.peer_id = mesh.peer_id
         self.policy = policy
         self.executor = executor
+        self.storages = storages
         self.results_root = results_root
         self._reserved = Capacity()
         self._executions: dict[str, _Execution] = {}
@@ -103,6 +109,8 @@ class Compute:
     async def on_announcement(self, announcement: JobAnnouncement) -> None:
         job = Job.from_dict(announcement.job)
         reason = decline_reason(job, self.policy)
+        if reason is None and job.task.input_sources:
+            reason = await self._inputs_too_big(job)
         execution_id = f"e-{uuid.uuid4()}"
         if reason is None:
             needs = job_requirements(job)
@@ -128,6 +136,24 @@ class Compute:
         except MeshError as exc:
             log.info("bid for %s not delivered: %s", announcement.job_id, exc)
             self._release(execution_id)
+
+    async def _inputs_too_big(self, job: Job) -> str | None:
+        """Decline when the inputs' known size does not fit this node's free disk."""
+        if self.storages is None:
+            return None
+        total = 0
+        with trio.move_on_after(INPUT_SIZE_TIMEOUT_SECONDS):
+            for source in job.task.input_sources:
+                try:
+                    size = await self.storages.get(source.source_type).size_hint(source)
+                except Exception:
+                    size = None
+                total += size or 0
+        free_disk = self.free.disk - job_requirements(job).disk
+        if total > free_disk:
+            have = format_bytes(free_disk)
+            return f"inputs need {format_bytes(total)}; node has {have} free disk"
+        return None
 
     async def _expire_reservation(self, execution_id: str) -> None:
         await trio.sleep(RESERVATION_TTL_SECONDS)
@@ -193,7 +219,9 @@ class Compute:
             await self._update(execution, ExecutionState.RUNNING, "staging inputs and starting")
             try:
                 await trio.to_thread.run_sync(_fresh_dirs, results_dir, staging_dir)
-                inputs = await stage_inputs(task.input_sources, staging_dir)
+                inputs = await stage_inputs(
+                    task.input_sources, staging_dir, registry=self.storages
+                )
                 request = ExecutionRequest(
                     execution_id=execution.execution_id,
                     job_id=job.id or "",

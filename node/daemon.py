@@ -52,7 +52,7 @@ SHUTDOWN_GRACE_SECONDS = 10
 #: Node records are written to disk on first sight and then at most this often.
 NODE_PERSIST_INTERVAL_MS = 60_000
 ENGINES = ("docker",)
-STORAGES = ("inline", "urlDownload")
+STORAGES = ("inline", "urlDownload", "s3")
 PUBLISHERS = ("local", "noop", "s3")
 GOSSIP_DELAY_SAMPLES = 20_000
 
@@ -309,6 +309,7 @@ class Daemon:
                 image_allowlist=self.config.allowed_images,
             ),
             executor=executor,
+            storages=_storage_registry(self.config.data_dir),
             results_root=self.config.data_dir / "results",
             max_jobs=self.config.max_jobs,
             send_local=self._send_local,
@@ -362,6 +363,15 @@ class Daemon:
             f"  bacnode serve --peer {_shareable(addresses)}",
         ]
         print("\n".join(lines), flush=True)
+
+
+def _storage_registry(data_dir: Path) -> Any:
+    from .storage import InlineStorage, StorageRegistry, UrlDownloadStorage
+    from .storage.s3 import S3Storage
+
+    return StorageRegistry(
+        [InlineStorage(), UrlDownloadStorage(), S3Storage(cache_dir=data_dir / "s3-cache")]
+    )
 
 
 async def _open_executor(node_id: str) -> Any:

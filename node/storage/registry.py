@@ -1,7 +1,7 @@
 """Which input source types this node can stage, and staging all of an execution's inputs.
 
-Backends are looked up by the spec's source ``Type`` (``inline``, ``urlDownload``; ``s3``
-and ``ipfs`` are part of the protocol but have no backend on this node yet). Lookups of
+Backends are looked up by the spec's source ``Type`` (``inline``, ``urlDownload``, ``s3``;
+``ipfs`` is part of the protocol but has no backend on this node yet). Lookups of
 a type without a backend raise ``UnsupportedStorage`` saying what is available.
 """
 
@@ -16,6 +16,7 @@ from protocol.jobspec import INPUT_SOURCE_TYPES, InputSource
 
 from .base import Storage, StorageError, UnsupportedStorage, describe_source
 from .inline import InlineStorage
+from .s3 import S3Storage
 from .url import UrlDownloadStorage
 
 __all__ = ["StorageRegistry", "default_registry", "stage_inputs", "storage_for"]
@@ -59,7 +60,7 @@ class StorageRegistry:
 
 def default_registry() -> StorageRegistry:
     """A registry of every backend this node has: ``inline`` and ``urlDownload``."""
-    return StorageRegistry([InlineStorage(), UrlDownloadStorage()])
+    return StorageRegistry([InlineStorage(), UrlDownloadStorage(), S3Storage()])
 
 
 _default: StorageRegistry | None = None
