@@ -126,9 +126,9 @@ def submit_and_follow(
 
 def wait_for_job(ctx: click.Context, job_id: str, *, timeout: float, quiet: bool) -> dict:
     """Poll until the job ends; print each new event unless ``quiet``."""
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     shown = 0
-    delay = 0.05
     while True:
         job = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}")["Job"]
         if not quiet:
@@ -146,8 +146,9 @@ def wait_for_job(ctx: click.Context, job_id: str, *, timeout: float, quiet: bool
                 f"job {job_id} is still {job['State']['StateType']} after {timeout:.0f}s; "
                 f"follow it with: bacnode describe {job_id}"
             )
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+        # Short jobs end within a second or two: poll tightly then, gently after.
+        elapsed = time.monotonic() - started
+        time.sleep(0.02 if elapsed < 3 else min(0.5, 0.02 * 1.5 ** (elapsed - 3)))
 
 
 def describe_document(ctx: click.Context, job_id: str) -> dict[str, Any]:

@@ -96,7 +96,12 @@ class Compute:
 
     @property
     def running(self) -> int:
-        return sum(1 for e in self._executions.values() if e.accepted.is_set())
+        """Executions holding resources here: running, queued, or bid on and not yet decided.
+
+        Open bids count too, so that a burst of jobs spreads over the nodes instead of
+        every node bidding the same and the lowest peer ID winning them all.
+        """
+        return len(self._executions)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -203,6 +208,8 @@ class Compute:
                     await self._execute(execution)
             else:
                 await self._execute(execution)
+        except Exception:  # one execution's failure must never take the node down
+            log.exception("execution %s failed unexpectedly", execution.execution_id)
         finally:
             self._release(execution.execution_id)
 
@@ -255,7 +262,10 @@ class Compute:
                 await self._update(execution, ExecutionState.FAILED, f"publishing failed: {exc}")
                 return
             envelope = seal_message(self.mesh.key, record, now_ms=now_ms())
-            await self._send(execution.requester, envelope)
+            try:
+                await self._send(execution.requester, envelope)
+            except MeshError as exc:  # the gossiped copy below may still reach it
+                log.warning("result of %s not delivered: %s", execution.execution_id, exc)
             try:
                 await self.mesh.pubsub.publish(TOPIC_RESULTS, envelope)
             except Exception as exc:

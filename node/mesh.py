@@ -427,7 +427,7 @@ class Mesh:
         except trio.TooSlowError:
             raise MeshError(f"peer {peer_id} did not answer within {timeout:.0f}s") from None
         except Exception as exc:
-            raise MeshError(f"request to {peer_id} failed: {exc}") from None
+            raise MeshError(f"request to {peer_id} failed: {exc!r}") from None
 
     async def _serve_results(self, stream: Any) -> None:
         """Send the results file of the requested execution as varint-framed chunks."""

@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from tests.daemons import Daemon, DaemonPool, wait_until
+from tests.daemons import Daemon
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def s3_devnet(
-    tmp_path_factory: pytest.TempPathFactory, busybox_image: str, s3_server
-) -> Iterator[list[Daemon]]:
-    """Two daemons whose AWS chain points at the SeaweedFS server (AWS_ENDPOINT_URL_S3)."""
-    with DaemonPool(tmp_path_factory.mktemp("s3net")) as pool:
-        first = pool.new("a", env=s3_server.env())
-        second = pool.new("b", peers=[first], env=s3_server.env())
-        nodes = pool.start_all([first, second])
-        ids = {node.peer_id for node in nodes}
-        for node in nodes:
-            wait_until(lambda node=node: node.connected() >= ids, timeout=30, what="the mesh")
-        yield nodes
 
 
 def test_compressed_results_with_placeholders_to_a_versioned_bucket(
