@@ -1,0 +1,221 @@
+"""A hostile peer on the mesh: what it publishes is dropped, counted, and changes nothing.
+
+The injector is a real libp2p peer in the test process (``node.mesh.Mesh``: Noise,
+GossipSub with a 1 s heartbeat, strict pubsub signing), dialling a daemon over
+loopback. Its own topic validators are replaced by "accept everything", so that
+it sends what an attacker would rather than what our validators let out. Every
+bad message is sent on every topic; each is a separate pubsub message (its own
+seqno), so gossipsub's own duplicate filter never hides a replay from bacnode's.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import Counter
+from typing import Any
+
+import trio
+from libp2p.peer.id import ID
+
+from node.mesh import TOPIC_JOBS, TOPIC_NODES, TOPIC_RESULTS, Mesh
+from protocol import codec
+from protocol.identity import NodeKey
+from protocol.messages import Bid, Capacity, NodeInfo, seal_message
+from tests.daemons import Daemon, DaemonPool, await_until, free_ports
+
+TOPICS = (TOPIC_JOBS, TOPIC_RESULTS, TOPIC_NODES)
+TEST_TIMEOUT = 60
+#: A seq far above the control's: if any bad heartbeat were accepted, it would win.
+HIGH_SEQ = 2**62
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def node_info(key: NodeKey, *, label: str, seq: int, node_id: str | None = None) -> NodeInfo:
+    return NodeInfo(
+        node_id=node_id or key.peer_id, version="0.1.0",
+        addresses=("/ip4/127.0.0.1/tcp/9/p2p/" + key.peer_id,), labels={"injected": label},
+        roles=("compute",), engines=("docker",), storages=(), publishers=(),
+        total=Capacity(1000, 1 << 30, 1 << 30), free=Capacity(1000, 1 << 30, 1 << 30),
+        running_executions=0, seq=seq,
+    )
+
+
+def envelope_bytes(*, signer: NodeKey, sender: str, msg_type: str, body: dict[str, Any],
+                   ts: int | None = None, v: int = 1, sig: bytes | None = None) -> bytes:
+    """An envelope with any field wrong on purpose; signed by ``signer`` unless ``sig``."""
+    unsigned = {"v": v, "type": msg_type, "from": sender, "ts": now_ms() if ts is None else ts,
+                "nonce": secrets.token_bytes(16), "body": body}
+    signature = signer.sign(codec.encode(unsigned)) if sig is None else sig
+    return codec.encode({**unsigned, "sig": signature})
+
+
+def bad_messages(injector: NodeKey, victim: NodeKey, other: NodeKey, topic: str
+                 ) -> list[tuple[str, str, bytes, int]]:
+    """``(what, expected drop reason, bytes, how many copies)`` to send on ``topic``."""
+    me = injector.peer_id
+    info = node_info(injector, label="bad", seq=HIGH_SEQ).to_body()
+    bid = Bid(job_id="j-12345678-1234-4123-8123-123456789abc",
+              execution_id="e-12345678-1234-4123-8123-123456789abc", node_id=me, accept=True,
+              reason="", free=Capacity(), running_executions=0)
+    replayed_info = node_info(injector, label="replayed", seq=1)
+    return [
+        ("garbage bytes", "MalformedMessage", b"\xc1 this is not msgpack", 1),
+        ("no signature field", "MalformedMessage", codec.encode(
+            {"v": 1, "type": "node.info", "from": me, "ts": now_ms(),
+             "nonce": secrets.token_bytes(16), "body": info}), 1),
+        ("body that is no NodeInfo", "MalformedMessage", envelope_bytes(
+            signer=injector, sender=me, msg_type="node.info", body={"node_id": me}), 1),
+        ("unsigned (zero signature)", "BadSignature", envelope_bytes(
+            signer=injector, sender=me, msg_type="node.info", body=info, sig=bytes(64)), 1),
+        ("forged: from the victim, signed by the injector", "BadSignature", envelope_bytes(
+            signer=injector, sender=victim.peer_id, msg_type="node.info",
+            body=node_info(victim, label="forged", seq=HIGH_SEQ).to_body()), 1),
+        ("validly signed by another node, published by the injector", "SenderMismatch",
+         seal_message(other, node_info(other, label="relayed", seq=HIGH_SEQ), now_ms=now_ms()),
+         1),
+        ("heartbeat for another node, signed by the injector", "SenderMismatch", envelope_bytes(
+            signer=injector, sender=me, msg_type="node.info",
+            body=node_info(injector, label="impostor", seq=HIGH_SEQ,
+                           node_id=other.peer_id).to_body()), 1),
+        ("stale timestamp", "ClockSkew", envelope_bytes(
+            signer=injector, sender=me, msg_type="node.info", body=info,
+            ts=now_ms() - 10 * 60_000), 1),
+        ("timestamp from the future", "ClockSkew", envelope_bytes(
+            signer=injector, sender=me, msg_type="node.info", body=info,
+            ts=now_ms() + 10 * 60_000), 1),
+        ("unknown protocol version", "UnknownVersion", envelope_bytes(
+            signer=injector, sender=me, msg_type="node.info", body=info, v=2), 1),
+        ("unknown message type", "UnknownMessageType", envelope_bytes(
+            signer=injector, sender=me, msg_type="evil.type", body={"x": 1}), 1),
+        ("a bid, which belongs on no topic", "WrongTopic",
+         seal_message(injector, bid, now_ms=now_ms()), 1),
+        ("body over the size limit", "OversizeMessage", envelope_bytes(
+            signer=injector, sender=me, msg_type="node.info", body={"pad": b"x" * 600_000}), 1),
+        # The same signed bytes twice: the first copy is valid (accepted on the nodes
+        # topic, WrongTopic elsewhere), the second is a replay.
+        ("the same heartbeat twice", "ReplayedMessage",
+         seal_message(injector, replayed_info, now_ms=now_ms()), 2),
+    ]
+
+
+def expected_drops(messages: dict[str, list[tuple[str, str, bytes, int]]]) -> Counter[str]:
+    expected: Counter[str] = Counter()
+    for topic, batch in messages.items():
+        for _, reason, _, _ in batch:
+            expected[reason] += 1
+            if reason == "ReplayedMessage" and topic != TOPIC_NODES:
+                expected["WrongTopic"] += 1  # its first copy: a heartbeat on the wrong topic
+    return expected
+
+
+def dropped(daemon: Daemon) -> Counter[str]:
+    return Counter(daemon.mesh_stats()["Dropped"])
+
+
+async def noop_handler(topic: str, envelope: Any, message: Any) -> None:
+    pass
+
+
+async def test_bad_gossip_is_dropped_counted_and_harmless(daemons: DaemonPool):
+    target = daemons.new("target")
+    peer = daemons.new("peer", peers=[target])
+    for daemon in (target, peer):
+        daemon.peer_id  # noqa: B018 - the key exists before the peer is told the address
+        daemon.launch()  # from the main thread: see tests/daemons.py on cleanup
+    for daemon in (target, peer):
+        await trio.to_thread.run_sync(daemon.wait_ready)
+    real = {target.peer_id, peer.peer_id}
+    for node in (target, peer):
+        await trio.to_thread.run_sync(node.wait_connected, real)
+
+    injector, victim, other = NodeKey.generate(), NodeKey.generate(), NodeKey.generate()
+    (port,) = free_ports(1)
+    mesh = Mesh(injector, listen=(f"/ip4/127.0.0.1/tcp/{port}",),
+                bootstrap=(target.multiaddr,), on_message=noop_handler)
+
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mesh.run)
+            try:
+                await inject_and_check(mesh, target, peer, injector, victim, other)
+            finally:
+                mesh.stop()
+
+
+async def inject_and_check(mesh: Mesh, target: Daemon, peer: Daemon, injector: NodeKey,
+                           victim: NodeKey, other: NodeKey) -> None:
+    for topic in TOPICS:  # an attacker does not check what it sends
+        mesh.pubsub.set_topic_validator(topic, lambda forwarder, msg: True, False)
+    target_peer = ID.from_base58(target.peer_id)
+    with trio.fail_after(20):  # until gossipsub grafts the target into our mesh on every topic
+        while not all(target_peer in mesh.gossipsub.mesh.get(topic, ()) for topic in TOPICS):
+            await trio.sleep(0.05)
+
+    target_before, peer_before = (
+        await trio.to_thread.run_sync(dropped, target),
+        await trio.to_thread.run_sync(dropped, peer),
+    )
+
+    async def publish(topic: str, data: bytes) -> None:
+        # py-libp2p queues at most 32 RPCs per peer and silently drops the rest, so
+        # send one at a time: the next only once the last has left the queue.
+        await mesh.pubsub.publish(topic, data)
+        while len(mesh.pubsub.peer_queues.get(target_peer, ())) > 0:
+            await trio.sleep(0.002)
+
+    messages = {topic: bad_messages(injector, victim, other, topic) for topic in TOPICS}
+    for topic, batch in messages.items():
+        for _, _, data, copies in batch:
+            for _ in range(copies):
+                await publish(topic, data)
+    # The control: one valid heartbeat of the injector's own (fake) node.
+    control = node_info(injector, label="control", seq=now_ms())
+    await publish(TOPIC_NODES, seal_message(injector, control, now_ms=now_ms()))
+
+    expected = expected_drops(messages)
+
+    counted: list[Counter[str]] = []
+
+    def drops_counted() -> bool:
+        counted.append(dropped(target) - target_before)
+        return all(counted[-1][reason] >= count for reason, count in expected.items())
+
+    try:
+        await await_until(drops_counted, timeout=20)
+    except AssertionError:
+        raise AssertionError(f"expected drops {dict(expected)} on the target, "
+                             f"counted {dict(counted[-1]) if counted else None}") from None
+
+    def control_listed(daemon: Daemon) -> dict[str, Any] | None:
+        state = daemon.api_nodes().get(injector.peer_id)
+        ok = state and state["Info"]["Labels"] == {"injected": "control"}
+        return state if ok else None
+
+    # The valid control took effect on the target, and was gossiped on to its peer.
+    await await_until(lambda: control_listed(target), timeout=20, what="the control on target")
+    await await_until(lambda: control_listed(peer), timeout=20, what="the control on the peer")
+
+    target_after = await trio.to_thread.run_sync(dropped, target)
+    delta = target_after - target_before
+    assert dict(delta) == dict(expected), "every bad message dropped once, for its reason"
+    # Dropped before gossipsub forwards: none of it ever reached the target's peer.
+    assert await trio.to_thread.run_sync(dropped, peer) == peer_before
+
+    # No effect: through the real CLI, no forged or relayed node, and the injector's
+    # entry is the control, not any of the higher-seq bad heartbeats.
+    listed = await trio.to_thread.run_sync(target.node_list)
+    assert victim.peer_id not in listed
+    assert other.peer_id not in listed
+    assert listed[injector.peer_id]["Info"]["Labels"] == {"injected": "control"}
+
+    # The daemon is healthy: alive, still CONNECTED to its real peer, both ways.
+    assert await trio.to_thread.run_sync(target.api, "/api/v1/agent/alive") == {"Status": "OK"}
+    stats = await trio.to_thread.run_sync(target.mesh_stats)
+    assert peer.peer_id in stats["Peers"]
+    assert "Invalid" not in stats["Dropped"], "a bad message escaped the typed checks"
+    for node in (target, peer):
+        await trio.to_thread.run_sync(node.wait_connected, {target.peer_id, peer.peer_id})

@@ -1,0 +1,159 @@
+"""``bacnode serve``: daemons form a mesh, notice who comes and goes, and survive restarts.
+
+What a user sees is ``bacnode node list``; these tests read it through the real CLI
+(``--output json``), and poll the API directly only to wait. They share one 3-node
+mesh (``mesh3``); each extra node a test starts is its own and goes at its end.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+
+from tests.daemons import Daemon, DaemonPool, wait_until
+
+#: 5 missed half-second heartbeats make 2.5 s; the rest is slack for a loaded machine.
+DISCONNECT_TIMEOUT = 15.0
+CONVERGE_TIMEOUT = 20.0
+
+
+def ids(nodes: list[Daemon]) -> set[str]:
+    return {node.peer_id for node in nodes}
+
+
+def test_three_nodes_list_each_other_as_connected(mesh3):
+    expected = ids(mesh3)
+    for node in mesh3:
+        # Itself and the other two, CONNECTED, through the real CLI (--output json).
+        node.wait_connected(expected, via_cli=True)
+        listed = node.node_list()
+        assert expected <= set(listed), f"{node.name} lists {sorted(listed)}"
+        # Every node lists itself as the node it is, at the address it listens on.
+        me = listed[node.peer_id]
+        assert me["Info"]["Addresses"] == [node.multiaddr]
+        assert me["Info"]["NodeType"] == "Hybrid"
+        # ... and the others as they announced themselves.
+        for other in mesh3:
+            assert listed[other.peer_id]["Info"]["Addresses"] == [other.multiaddr]
+
+
+def test_node_list_table_shows_every_node(mesh3):
+    def table_rows() -> dict[str, list[str]]:
+        result = mesh3[0].cli("node", "list")
+        assert result.returncode == 0, result.stderr
+        header, *rows = result.stdout.splitlines()
+        assert header.split()[:3] == ["ID", "TYPE", "STATUS"]
+        by_id = {row.split()[0]: row.split() for row in rows}
+        ok = all(by_id.get(n.peer_id, [])[1:3] == ["Hybrid", "CONNECTED"] for n in mesh3)
+        return by_id if ok else {}
+
+    wait_until(table_rows, timeout=CONVERGE_TIMEOUT, what="a table row per node, CONNECTED")
+
+
+def test_late_joiner_is_seen_by_all_four(mesh3, daemons: DaemonPool):
+    fourth = daemons.start("late", peers=[mesh3[0]])
+    everyone = [*mesh3, fourth]
+    for node in everyone:
+        node.wait_connected(ids(everyone), timeout=CONVERGE_TIMEOUT)
+    for node in everyone:
+        node.wait_connected(ids(everyone), via_cli=True)
+
+
+def test_sigkilled_node_turns_disconnected_and_comes_back_after_restart(
+    mesh3, daemons: DaemonPool
+):
+    doomed = daemons.start("doomed", peers=[mesh3[0]])
+    everyone = ids([*mesh3, doomed])
+    peer_id = doomed.peer_id
+    doomed.wait_connected(everyone, timeout=CONVERGE_TIMEOUT)
+    for node in mesh3:
+        node.wait_connected([peer_id], timeout=CONVERGE_TIMEOUT)
+    before = doomed.node_list()
+
+    doomed.kill()  # no goodbye: only the missing heartbeats tell
+    for node in mesh3:
+        wait_until(
+            lambda node=node: node.connections().get(peer_id) == "DISCONNECTED",
+            timeout=DISCONNECT_TIMEOUT, what=f"{node.name} to mark the killed node DISCONNECTED",
+        )
+        # The CLI shows the same; the node is still listed, it is not forgotten.
+        assert node.connections(via_cli=True)[peer_id] == "DISCONNECTED"
+        node.wait_connected(ids(mesh3))  # the living stay CONNECTED
+
+    # Restart it (same data dir, same ports) with no bootstrap peer first, so that it
+    # cannot hear anyone: it still knows the mesh from its store, every peer listed
+    # DISCONNECTED, with the FirstSeen it had before.
+    doomed.peers = []
+    doomed.start()
+    assert doomed.api("/api/v1/agent/node")["Info"]["NodeID"] == peer_id
+    alone = doomed.node_list()
+    assert set(alone) == set(before)
+    assert alone[peer_id]["Connection"] == "CONNECTED"  # itself
+    for node in mesh3:
+        assert alone[node.peer_id]["Connection"] == "DISCONNECTED", node.name
+        assert alone[node.peer_id]["FirstSeen"] == before[node.peer_id]["FirstSeen"], node.name
+        assert alone[node.peer_id]["Info"]["Addresses"] == [node.multiaddr]
+    assert doomed.stop() == 0
+
+    # Back in the mesh: CONNECTED again, both ways, and what it hears now does not
+    # rewrite what it stored before.
+    doomed.peers = [mesh3[0]]
+    doomed.start()
+    assert doomed.api("/api/v1/agent/node")["Info"]["NodeID"] == peer_id
+    doomed.wait_connected(everyone, timeout=CONVERGE_TIMEOUT)
+    for node in mesh3:
+        node.wait_connected([peer_id], timeout=CONVERGE_TIMEOUT)
+    final = doomed.node_list()
+    for node in mesh3:
+        assert final[node.peer_id]["FirstSeen"] == before[node.peer_id]["FirstSeen"], node.name
+
+
+def test_sigterm_shuts_down_cleanly(mesh3, daemons: DaemonPool):
+    node = daemons.start("leaving", peers=[mesh3[0]])
+    node.wait_connected([mesh3[0].peer_id], timeout=CONVERGE_TIMEOUT)
+    assert node.stop(timeout=15) == 0
+    assert "shutting down" in node.stderr
+    assert "Traceback" not in node.stderr
+    # The rest of the mesh carries on.
+    for peer in mesh3:
+        assert peer.api("/api/v1/agent/alive") == {"Status": "OK"}
+
+
+def test_sigterm_during_start_up_exits_promptly(mesh3, daemons: DaemonPool):
+    """A service manager may stop a node that is still starting (the API answers before
+    the mesh is up): it must exit, not hang with its listeners half closed."""
+    starting = [daemons.new(f"starting{i}", peers=[mesh3[0]]) for i in range(3)]
+    for node in starting:
+        node.peer_id  # noqa: B018 - create the key now, outside the timed part
+        node.launch()
+    for node in starting:
+        node.wait_ready()
+        assert node.process is not None
+        node.process.send_signal(signal.SIGTERM)  # at once: the mesh is likely still starting
+    for node in starting:
+        try:
+            code = node.wait_exit(timeout=15)
+        except subprocess.TimeoutExpired:
+            node.dump_and_kill()
+            raise AssertionError(f"{node.name} hung after SIGTERM:\n{node.stderr}") from None
+        assert code == 0, node.stderr
+        assert "shutting down" in node.stderr
+        assert "Traceback" not in node.stderr
+
+
+def test_restarted_bootstrap_node_is_rejoined(mesh3):
+    """The others dialled n1 at start; when it comes back they dial it again by themselves.
+
+    Last in this module: it takes the shared mesh apart for a moment (n2 and n3 reach
+    each other only through n1) and waits until it is whole again.
+    """
+    first, *others = mesh3
+    first_id = first.peer_id
+    assert first.stop() == 0
+    first.start()  # it dials nobody: it has no --peer
+    assert first.api("/api/v1/agent/node")["Info"]["NodeID"] == first_id
+    # Fresh connections, and heartbeats heard since the restart: both were redialled.
+    wait_until(lambda: set(first.mesh_stats()["Peers"]) >= ids(others),
+               timeout=CONVERGE_TIMEOUT, what="n2 and n3 to dial the restarted n1")
+    for node in mesh3:
+        node.wait_connected(ids(mesh3), timeout=CONVERGE_TIMEOUT)
