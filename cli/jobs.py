@@ -403,6 +403,20 @@ def register(cli: click.Group) -> None:
                  e["ComputeState"]["Message"][:60]] for e in items]
         click.echo(table(["EXECUTION", "NODE", "STATE", "MESSAGE"], rows))
 
+    @job.command("results")
+    @click.argument("job_id")
+    @click.pass_context
+    def job_results(ctx: click.Context, job_id: str) -> None:
+        """Where a job's results were published, as JSON (presigned URLs for S3)."""
+        answer = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}/results")
+        shown = {
+            "NextToken": answer.get("NextToken", ""),
+            "Results": [
+                {"Type": item["Type"], "Params": item["Params"]} for item in answer["Results"]
+            ],
+        }
+        click.echo(render(shown, "json"))
+
     @job.command("history")
     @click.argument("job_id")
     @click.option("--output", type=click.Choice(["table", "json"]), default="table")

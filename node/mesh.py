@@ -235,9 +235,13 @@ class Mesh:
         """
         try:
             async with trio.open_nursery() as nursery:
+                # The shielded body never sees outer cancellation, and the nursery waits
+                # for it: turn cancellation into a stop request here, also mid start-up.
+                nursery.start_soon(self._stop_when_cancelled)
                 await nursery.start(self._run_shielded)
                 task_status.started(self)
                 await self._stopped.wait()
+                nursery.cancel_scope.cancel()
         finally:
             self._stop.set()
             with trio.CancelScope(shield=True):
@@ -249,6 +253,12 @@ class Mesh:
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _stop_when_cancelled(self) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._stop.set()
 
     async def _run_shielded(self, task_status: trio.TaskStatus[None]) -> None:
         with trio.CancelScope(shield=True) as self._body_scope:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import REPO_ROOT, DaemonPool, free_port, popen, run_cli, wait_until
+from tests.daemons import DaemonPool, free_port, popen, run_cli, wait_until
 
 FAILURE_TIMEOUT = 60  # generous: every case starts at once on a 2-core machine
 
@@ -185,10 +185,9 @@ def test_unreachable_bootstrap_peer_is_retried_until_it_comes_up(daemons: Daemon
     assert len([line for line in early.stderr.splitlines() if late.multiaddr in line]) == 1
 
 
-def test_cli_serve_hands_over_to_the_daemon(tmp_path):
+def test_cli_serve_hands_over_to_the_daemon():
     """``bacnode serve --help`` is the daemon's own help (the CLI never imports node/)."""
-    result = subprocess.run([sys.executable, "-m", "cli.main", "serve", "--help"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    result = run_cli("serve", "--help")
     assert result.returncode == 0, result.stderr
     for flag in ("--peer", "--listen", "--api-port", "--swarm-key", "--no-mdns", "--data-dir"):
         assert flag in result.stdout

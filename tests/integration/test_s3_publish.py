@@ -43,6 +43,12 @@ def test_compressed_results_with_placeholders_to_a_versioned_bucket(
     assert spec["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(body).digest()).decode()
     assert item["Params"]["PreSignedURL"].startswith(s3_bucket.server.endpoint)
 
+    printed = json.loads(client.cli("job", "results", job_id).stdout)
+    (shown,) = printed["Results"]
+    assert printed["NextToken"] == "" and shown["Type"] == "s3PreSigned"
+    assert shown["Params"]["SourceSpec"] == spec  # the URL itself is signed anew each time
+    assert shown["Params"]["PreSignedURL"].startswith(s3_bucket.server.endpoint)
+
     described = json.loads(client.cli("describe", job_id, "--json").stdout)
     published = described["State"]["Executions"][0]["PublishedResults"]
     assert published["StorageSource"] == "S3"
