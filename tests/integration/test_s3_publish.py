@@ -91,3 +91,23 @@ def test_missing_bucket_fails_the_execution_with_the_reason(s3_devnet: list[Daem
     )
     assert result.returncode == 1
     assert "bucket 'no-such-bucket-here' does not exist" in result.stderr
+
+
+def test_unreachable_endpoint_fails_the_upload_and_publishes_nothing(
+    s3_devnet: list[Daemon], s3_bucket
+) -> None:
+    from scripts.services import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    client = s3_devnet[2]
+    result = client.cli(
+        "docker", "run", "--id-only", "--wait",
+        "-p", f"s3://{s3_bucket.name}/never,opt=endpoint={closed},opt=compress=true",
+        "busybox", "--", "true", timeout=120,
+    )
+    assert result.returncode == 1
+    assert "cannot reach the S3 endpoint" in result.stderr
+    job_id = result.stdout.strip()
+    assert client.api(f"/api/v1/orchestrator/jobs/{job_id}/results")["Results"] == []
+    listed = s3_bucket.client.list_objects_v2(Bucket=s3_bucket.name)
+    assert listed.get("KeyCount", 0) == 0
