@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 from .errors import FieldError, LocalProtocolError, SpecError
 from .placeholders import check_key_template
 from .quantities import format_bytes, format_cpu, parse_bytes, parse_cpu, parse_gpu
-from .selectors import Constraint, check_label_key, check_label_value
+from .selectors import Constraint, check_label_key, check_label_value, describe_value
 
 __all__ = [
     "DEFAULT_NAMESPACE",
@@ -495,7 +495,7 @@ def parse_job_document(text: str) -> Job:
         raise SpecError([FieldError("", f"invalid JSON: {exc}")]) from None
     if not isinstance(data, dict):
         raise SpecError(
-            [FieldError("", f"expected a JSON object at the top level, got {_describe(data)}")]
+            [FieldError("", f"expected a JSON object at the top level, got {describe_value(data)}")]
         )
     return Job.from_dict(data)
 
@@ -539,28 +539,12 @@ def _at(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _describe(value: object) -> str:
-    if value is None:
-        return "null"
-    kinds = {bool: "boolean", int: "integer", float: "number", str: "string"}
-    if isinstance(value, Mapping):
-        kind = "mapping"
-    elif isinstance(value, (list, tuple)):
-        kind = "list"
-    else:
-        kind = kinds.get(type(value), type(value).__name__)
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{kind} {text}"
-
-
 def _mapping(errs: _Errors, value: Any, path: str, allowed: Sequence[str]) -> Mapping[str, Any]:
     """The mapping at ``path`` (``{}`` if absent or wrong), with unknown fields reported."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        errs.add(path, f"expected a mapping, got {_describe(value)}")
+        errs.add(path, f"expected a mapping, got {describe_value(value)}")
         return {}
     for name in value:
         if name not in allowed:
@@ -593,7 +577,7 @@ def _string(
             errs.add(_at(path, name), "required field is missing")
         return default
     if not isinstance(value, str):
-        errs.add(_at(path, name), f"expected a string, got {_describe(value)}")
+        errs.add(_at(path, name), f"expected a string, got {describe_value(value)}")
         return default
     return value
 
@@ -606,7 +590,7 @@ def _integer(
         return default
     # bool is an int subclass; True is not a count.
     if not isinstance(value, int) or isinstance(value, bool):
-        errs.add(_at(path, name), f"expected an integer, got {_describe(value)}")
+        errs.add(_at(path, name), f"expected an integer, got {describe_value(value)}")
         return default
     if not minimum <= value <= _MAX_INT:
         errs.add(_at(path, name), f"must be between {minimum} and {_MAX_INT}, got {value}")
@@ -619,7 +603,7 @@ def _list(errs: _Errors, data: Mapping[str, Any], path: str, name: str) -> list[
     if value is None:
         return []
     if not isinstance(value, (list, tuple)):
-        errs.add(_at(path, name), f"expected a list, got {_describe(value)}")
+        errs.add(_at(path, name), f"expected a list, got {describe_value(value)}")
         return []
     return list(value)
 
@@ -630,7 +614,7 @@ def _string_list(errs: _Errors, data: Mapping[str, Any], path: str, name: str) -
         if isinstance(item, str):
             out.append(item)
         else:
-            errs.add(f"{_at(path, name)}[{i}]", f"expected a string, got {_describe(item)}")
+            errs.add(f"{_at(path, name)}[{i}]", f"expected a string, got {describe_value(item)}")
     return tuple(out)
 
 
@@ -640,14 +624,14 @@ def _string_map(errs: _Errors, data: Mapping[str, Any], path: str, name: str) ->
         return {}
     where = _at(path, name)
     if not isinstance(value, Mapping):
-        errs.add(where, f"expected a mapping of strings to strings, got {_describe(value)}")
+        errs.add(where, f"expected a mapping of strings to strings, got {describe_value(value)}")
         return {}
     out = {}
     for key, item in value.items():
         if not isinstance(key, str) or not key:
-            errs.add(where, f"keys must be non-empty strings, got {_describe(key)}")
+            errs.add(where, f"keys must be non-empty strings, got {describe_value(key)}")
         elif not isinstance(item, str):
-            errs.add(f"{where}.{key}", f"expected a string, got {_describe(item)}")
+            errs.add(f"{where}.{key}", f"expected a string, got {describe_value(item)}")
         else:
             out[key] = item
     return out
@@ -674,7 +658,7 @@ def _choice(
             errs.add(where, f"required field is missing; expected one of: {', '.join(choices)}")
         return default
     if not isinstance(value, str):
-        errs.add(where, f"expected a string, got {_describe(value)}")
+        errs.add(where, f"expected a string, got {describe_value(value)}")
         return None
     by_lower = {choice.lower(): choice for choice in choices}
     lowered = value.lower()
@@ -732,7 +716,7 @@ _ENGINE_PARAMS = ("Image", "Entrypoint", "Parameters", "EnvironmentVariables", "
 
 def _job(errs: _Errors, value: Any) -> Job:
     if not isinstance(value, Mapping):
-        errs.add("", f"expected a mapping (the job document), got {_describe(value)}")
+        errs.add("", f"expected a mapping (the job document), got {describe_value(value)}")
         return Job(tasks=())
     data = _mapping(errs, value, "", _JOB_FIELDS)
     # Fields are read in document order so that errors come out in that order too.
@@ -781,7 +765,7 @@ def _job(errs: _Errors, value: Any) -> Job:
 
 def _task(errs: _Errors, value: Any, path: str) -> Task:
     if not isinstance(value, Mapping):
-        errs.add(path, f"expected a mapping (a task), got {_describe(value)}")
+        errs.add(path, f"expected a mapping (a task), got {describe_value(value)}")
         return Task(engine=EngineSpec(image=""))
     data = _mapping(errs, value, path, _TASK_FIELDS)
     name = _string(errs, data, path, "Name", DEFAULT_TASK_NAME)
@@ -862,7 +846,7 @@ def _result_paths(errs: _Errors, data: Mapping[str, Any], path: str) -> tuple[Re
     for i, item in enumerate(_list(errs, data, path, "ResultPaths")):
         item_path = f"{_at(path, 'ResultPaths')}[{i}]"
         if not isinstance(item, Mapping):
-            errs.add(item_path, f"expected a mapping {{Name, Path}}, got {_describe(item)}")
+            errs.add(item_path, f"expected a mapping {{Name, Path}}, got {describe_value(item)}")
             continue
         entry = _mapping(errs, item, item_path, ("Name", "Path"))
         name = _string(errs, entry, item_path, "Name", required=True)
@@ -937,7 +921,7 @@ def _check_mounts(
 
 def _input_source(errs: _Errors, value: Any, path: str) -> InputSource:
     if not isinstance(value, Mapping):
-        errs.add(path, f"expected a mapping {{Source, Target}}, got {_describe(value)}")
+        errs.add(path, f"expected a mapping {{Source, Target}}, got {describe_value(value)}")
         return InputSource("", {}, "")
     data = _mapping(errs, value, path, ("Source", "Target", "Alias"))
     source_type, params = _source(errs, data.get("Source"), _at(path, "Source"))
@@ -1000,7 +984,7 @@ def _publisher(errs: _Errors, value: Any, path: str) -> PublisherSpec:
     if publisher_type != "s3":
         params = data.get("Params")
         if params is not None and not isinstance(params, Mapping):
-            errs.add(params_path, f"expected a mapping, got {_describe(params)}")
+            errs.add(params_path, f"expected a mapping, got {describe_value(params)}")
         for name in params if isinstance(params, Mapping) else ():
             errs.add(
                 _at(params_path, str(name)),
@@ -1050,7 +1034,7 @@ def _resources(errs: _Errors, value: Any, path: str) -> Resources:
             raw = str(raw)
         if not isinstance(raw, str):
             expected = "a string or a number" if float in number_types else "a string or an integer"
-            errs.add(_at(path, name), f"expected {expected}, got {_describe(raw)}")
+            errs.add(_at(path, name), f"expected {expected}, got {describe_value(raw)}")
             return 0
         try:
             return parse(raw)

@@ -121,7 +121,7 @@ class Constraint:
             return f"{path}.{field}" if path else field
 
         if not isinstance(data, Mapping):
-            raise SpecError([FieldError(path, f"expected a mapping, got {_describe(data)}")])
+            raise SpecError([FieldError(path, f"expected a mapping, got {describe_value(data)}")])
         errors = [
             FieldError(at(str(name)), _unknown_field(name)) for name in data if name not in _FIELDS
         ]
@@ -169,7 +169,7 @@ def _string_field(
     problem = (
         "required field is missing"
         if value is None
-        else f"expected a string, got {_describe(value)}"
+        else f"expected a string, got {describe_value(value)}"
     )
     errors.append(FieldError(at(name), problem))
     return None
@@ -180,10 +180,10 @@ def _string_list(value: Any, path: str, errors: list[FieldError]) -> list[str] |
     if value is None:
         return []
     if not isinstance(value, (list, tuple)):
-        errors.append(FieldError(path, f"expected a list, got {_describe(value)}"))
+        errors.append(FieldError(path, f"expected a list, got {describe_value(value)}"))
         return None
     bad = [
-        FieldError(f"{path}[{i}]", f"expected a string, got {_describe(item)}")
+        FieldError(f"{path}[{i}]", f"expected a string, got {describe_value(item)}")
         for i, item in enumerate(value)
         if not isinstance(item, str)
     ]
@@ -223,8 +223,8 @@ def _unknown_field(name: object) -> str:
     return "unknown field; allowed fields: Key, Operator, Values"
 
 
-def _describe(value: object) -> str:
-    # Same wording as jobspec's, so a user sees one style of type error.
+def describe_value(value: object) -> str:
+    """A value for an error message: its kind and a short repr (``integer 3``)."""
     if value is None:
         return "null"
     kinds = {bool: "boolean", int: "integer", float: "number", str: "string"}
