@@ -1,30 +1,70 @@
 #!/usr/bin/env bash
-# The main job, end to end, on embedded defaults: a local 3-node devnet, the local busybox
-# image, a container that writes outputs, results fetched and verified with `bacnode get`.
+# The main job, end to end, on embedded defaults: a local S3 server (SeaweedFS) holding a
+# stand-in for the tutorial's public bucket, a local 3-node devnet, the local busybox image.
+# It runs the reference tutorial's job (S3 objects in, copied to /outputs), publishes the
+# results to S3 as one .tar.gz, then fetches and verifies them with `bacnode get`.
 # Run scripts/setup.sh once first (packages, dockerd, the image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 results=${1:-results}
-
-echo "== starting a 3-node devnet on 127.0.0.1" >&2
-eval "$(bash scripts/devnet.sh up 3 | grep '^export ')"
+state=${BACNODE_QUICKSTART_DIR:-/tmp/bacnode-quickstart}
+mkdir -p "$state"
 bacnode() { python3 -m cli.main "$@"; }
 
-echo "== the network" >&2
+echo "== starting a local S3 server (SeaweedFS) on 127.0.0.1" >&2
+if [[ -f "$state/s3.pid" ]] && kill -0 "$(cat "$state/s3.pid")" 2>/dev/null; then
+    echo "   already running (pid $(cat "$state/s3.pid"))" >&2
+else
+    rm -f "$state/s3.env"
+    nohup python3 -m scripts.services s3 --dir "$state/s3" >"$state/s3.env" 2>"$state/s3.log" &
+    echo $! >"$state/s3.pid"
+    for _ in $(seq 120); do
+        grep -q '^export AWS_ENDPOINT_URL_S3=' "$state/s3.env" 2>/dev/null && break
+        kill -0 "$(cat "$state/s3.pid")" 2>/dev/null || { tail "$state/s3.log" >&2; exit 1; }
+        sleep 0.5
+    done
+fi
+eval "$(grep '^export ' "$state/s3.env")"
+
+echo "== filling a stand-in for s3://noaa-goes16 and a results bucket" >&2
+python3 - <<'PY'
+import boto3
+
+s3 = boto3.client("s3")
+buckets = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+for name in ("noaa-goes16", "results"):
+    if name not in buckets:
+        s3.create_bucket(Bucket=name)
+s3.put_bucket_versioning(Bucket="results", VersioningConfiguration={"Status": "Enabled"})
+prefix = "ABI-L1b-RadC/2000/001/12/OR_ABI-L1b-RadC-M3C01"
+for i in range(3):
+    s3.put_object(Bucket="noaa-goes16", Key=f"{prefix}_G16_s2000001120{i}000.nc",
+                  Body=f"radiance scan {i}\n".encode() * 1000)
+s3.put_object(Bucket="noaa-goes16", Key="ABI-L1b-RadC/2000/001/12/OR_ABI-L1b-RadC-M3C02_x.nc",
+              Body=b"another channel, not matched")
+PY
+
+echo "== starting a 3-node devnet on 127.0.0.1 (its nodes use that S3 server)" >&2
+bash scripts/devnet.sh down >/dev/null 2>&1 || true
+eval "$(bash scripts/devnet.sh up 3 | grep '^export ')"
 bacnode node list
 
-echo "== running a job somewhere on it" >&2
-job_id=$(bacnode docker run --id-only --wait -p local busybox -- \
-    sh -c 'echo "hello from $(hostname)"; date -u > /outputs/when.txt; echo data > /outputs/a.txt')
+echo "== the tutorial's job: S3 objects in, copied to /outputs, results published to S3" >&2
+job_id=$(bacnode docker run \
+    -i "s3://noaa-goes16/ABI-L1b-RadC/2000/001/12/OR_ABI-L1b-RadC-M3C01*:/inputs,opt=region=us-east-1" \
+    -p 's3://results/run-{jobID},opt=compress=true' \
+    --id-only --wait \
+    busybox \
+    -- sh -c "cp -r /inputs/* /outputs/")
 echo "job: $job_id" >&2
 
 bacnode list --id-filter "$job_id" --wide
-bacnode describe "$job_id" --json | python3 -c \
-    'import json, sys; d = json.load(sys.stdin); e = d["State"]["Executions"][0]; print("state:", d["State"]["State"], "| ran on:", e["NodeID"], "| stdout:", e["RunOutput"]["stdout"].strip())'
+bacnode job results "$job_id"
 
 echo "== fetching and verifying its results into $results/" >&2
 rm -rf "$results" && mkdir -p "$results"
 bacnode get "$job_id" --output-dir "$results"
-ls -1 "$results" "$results/outputs"
-echo "== done; stop the devnet with: bash scripts/devnet.sh down" >&2
+ls -1 "$results/outputs"
+echo "== done. Stop everything with:" >&2
+echo "   bash scripts/devnet.sh down; kill \$(cat $state/s3.pid)" >&2

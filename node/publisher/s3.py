@@ -45,7 +45,7 @@ def s3_client(endpoint: str | None, region: str | None) -> Any:
         read_timeout=60,
         retries={"max_attempts": 3, "mode": "standard"},
         s3={"addressing_style": "path"} if endpoint or _env_endpoint() else {},
-        signature_version=UNSIGNED if session.get_credentials() is None else None,
+        signature_version=UNSIGNED if session.get_credentials() is None else "s3v4",
     )
     return session.client(
         "s3", endpoint_url=endpoint or None, region_name=region or None, config=config
