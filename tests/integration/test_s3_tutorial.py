@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -70,3 +71,23 @@ def test_missing_object_fails_the_execution_with_the_reason(
     assert run.returncode == 1
     assert "s3://noaa-goes16/no/such/key.nc" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_credentials_never_reach_the_container_or_the_records(
+    s3_devnet: list[Daemon], noaa_bucket: dict[str, bytes], s3_server
+) -> None:
+    node = s3_devnet[2]
+    run = node.cli(
+        "docker", "run", "-i", TUTORIAL_INPUT, "--id-only", "--wait", "-p", "local",
+        "busybox", "--", "sh", "-c", "env; ls /inputs", timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    job_id = run.stdout.strip()
+    described = node.cli("describe", job_id, "--json").stdout
+    container_env = json.loads(described)["State"]["Executions"][0]["RunOutput"]["stdout"]
+    assert "AWS_" not in container_env
+    assert sorted(noaa_bucket)[0] in container_env  # the inputs were there
+    history = node.cli("job", "history", job_id, "--output", "json").stdout
+    for text in (described, history, *(d.stderr for d in s3_devnet)):
+        assert s3_server.secret_key not in text
+        assert s3_server.access_key not in text
