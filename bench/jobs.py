@@ -76,6 +76,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench._cleanup import Interrupted, signals_deferred  # noqa: E402
 from tests.daemons import Daemon, DaemonPool, wait_until  # noqa: E402
 
 API = "/api/v1/orchestrator"
@@ -114,10 +115,6 @@ JOB_BODY = {
 
 class BenchError(Exception):
     """The benchmark could not run (or one sample failed); the message says why."""
-
-
-class Interrupted(BaseException):
-    """SIGTERM or the overall deadline: unwind like Ctrl-C so that cleanup runs."""
 
 
 # -- small helpers -----------------------------------------------------------------------
@@ -275,21 +272,6 @@ def devnet(root: Path, heartbeat: float) -> Iterator[list[Daemon]]:
     finally:
         with signals_deferred():
             pool.close(grace=STOP_GRACE)
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while cleaning up, so a second Ctrl-C cannot cut it short."""
-    caught: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if caught:
-            raise KeyboardInterrupt if caught[0] == signal.SIGINT else Interrupted("SIGTERM")
 
 
 def remove_containers(labels: list[str]) -> int:

@@ -33,7 +33,6 @@ time) is reported and the others still run. Exit status: 0 when every size compl
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import json
 import os
@@ -47,7 +46,7 @@ import tempfile
 import textwrap
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -56,6 +55,7 @@ from typing import Any
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
+from bench._cleanup import Interrupted, signals_deferred  # noqa: E402
 from scripts.services import free_ports  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -70,10 +70,6 @@ NO_SAMPLES_SINCE = 10**15  # a since_ms far in the future: counters without the 
 
 class BenchError(Exception):
     """The benchmark could not run; the message says why."""
-
-
-class Interrupted(BaseException):
-    """SIGTERM: unwind like Ctrl-C so that every daemon is stopped."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,21 +96,6 @@ def spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
             start_new_session=True,  # Ctrl-C reaches us only; we stop the daemons
             preexec_fn=_pdeathsig,
         )
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while stopping processes, so a second Ctrl-C cannot cut it short."""
-    caught: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if caught:
-            raise KeyboardInterrupt if caught[0] == signal.SIGINT else Interrupted()
 
 
 def stop(procs: Iterable[subprocess.Popen[bytes]], grace: float = STOP_GRACE_S) -> list[int]:
