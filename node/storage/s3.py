@@ -779,21 +779,36 @@ class S3Storage(Storage):
     async def _get_ranged(
         self, client: _Client, bucket: str, obj: S3Object, dest: Path, stop: threading.Event
     ) -> str:
-        """Ranged GETs, several at once, written in place; then hash the file."""
+        """Ranged GETs, several at once, written in place.
+
+        The file is hashed part by part as soon as each part and all before it have
+        arrived, so hashing overlaps the download instead of following it.
+        """
         await self._run(_make_sized, dest, obj.size, abandon=False)
         parts_limiter = trio.CapacityLimiter(self.parts_in_flight)
+        starts = list(range(0, obj.size, self.part_size))
+        arrived = [trio.Event() for _ in starts]
+        digest = hashlib.sha256()
 
-        def part(start: int) -> Callable[[], Awaitable[None]]:
+        def part(index: int) -> Callable[[], Awaitable[None]]:
+            start = starts[index]
             end = min(start + self.part_size, obj.size) - 1
 
             async def run() -> None:
                 async with parts_limiter:
                     await self._run(self._get_range, client, bucket, obj, dest, start, end, stop)
+                arrived[index].set()
 
             return run
 
-        await _all([part(start) for start in range(0, obj.size, self.part_size)])
-        return await self._run(_hash_file, dest, stop)
+        async def hash_in_order() -> None:
+            for index, start in enumerate(starts):
+                await arrived[index].wait()
+                length = min(self.part_size, obj.size - start)
+                await self._run(_hash_range, dest, start, length, digest, stop)
+
+        await _all([part(index) for index in range(len(starts))] + [hash_in_order])
+        return _b64(digest.digest())
 
     def _get_range(
         self,
@@ -1090,14 +1105,19 @@ def _make_sized(path: Path, size: int) -> None:
         fh.truncate(size)
 
 
-def _hash_file(path: Path, stop: threading.Event) -> str:
-    digest = hashlib.sha256()
+def _hash_range(
+    path: Path, start: int, length: int, digest: Any, stop: threading.Event
+) -> None:
     with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
+        fh.seek(start)
+        while length > 0:
+            chunk = fh.read(min(_CHUNK, length))
+            if not chunk:
+                raise OSError(f"{path} ended {length} bytes early")
             if stop.is_set():
                 raise _Stopped()
             digest.update(chunk)
-    return _b64(digest.digest())
+            length -= len(chunk)
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:
