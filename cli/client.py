@@ -42,6 +42,24 @@ class ApiClient:
             method=method,
             headers={"Content-Type": "application/json"} if data else {},
         )
+        return self._send(request)
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def upload(self, path: str, source: Any, content_type: str) -> Any:
+        """POST the file ``source`` as the request body; return the JSON reply."""
+        size = os.path.getsize(source)
+        with open(source, "rb") as handle:
+            request = urllib.request.Request(
+                self.base_url + path,
+                data=handle,
+                method="POST",
+                headers={"Content-Type": content_type, "Content-Length": str(size)},
+            )
+            return self._send(request)
+
+    def _send(self, request: urllib.request.Request) -> Any:
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.loads(response.read() or b"null")
@@ -55,8 +73,15 @@ class ApiClient:
                 "BACNODE_API_HOST/BACNODE_API_PORT"
             ) from None
 
-    def get(self, path: str) -> Any:
-        return self.request("GET", path)
+    def open(self, path: str, timeout: float | None = None) -> Any:
+        """A streaming response for ``path``; the caller closes it."""
+        try:
+            return urllib.request.urlopen(self.base_url + path, timeout=timeout or self.timeout)
+        except urllib.error.HTTPError as exc:
+            raise ApiError(_error_detail(exc)) from None
+        except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ApiError(f"requesting {self.base_url}{path}: {reason}") from None
 
     def download(self, path: str, destination: Any) -> None:
         """Stream ``path`` into the file ``destination``."""

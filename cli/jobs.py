@@ -226,20 +226,23 @@ def download_results(ctx: click.Context, job_id: str, output_dir: Path) -> list[
         target = output_dir if len(items) == 1 else output_dir / record.execution_id
         with tempfile.TemporaryDirectory(dir=output_dir, prefix=".partial-") as scratch:
             scratch_path = Path(scratch)
-            archive = scratch_path / "results.tar"
-            if record.published.get("StorageSource") == "S3":
-                _download_s3(item, record, archive)
-            else:
-                try:
-                    api(ctx).download(
-                        f"/api/v1/orchestrator/executions/{record.execution_id}/results.tar",
-                        archive,
-                    )
-                except ApiError as exc:
-                    raise click.ClickException(str(exc)) from None
             unpacked = scratch_path / "unpacked"
-            with tarfile.open(archive) as tar:
-                tar.extractall(unpacked, filter="data")
+            if record.published.get("StorageSource") == "IPFS":
+                _download_ipfs(ctx, record, unpacked)
+            else:
+                archive = scratch_path / "results.tar"
+                if record.published.get("StorageSource") == "S3":
+                    _download_s3(item, record, archive)
+                else:
+                    try:
+                        api(ctx).download(
+                            f"/api/v1/orchestrator/executions/{record.execution_id}/results.tar",
+                            archive,
+                        )
+                    except ApiError as exc:
+                        raise click.ClickException(str(exc)) from None
+                with tarfile.open(archive) as tar:
+                    tar.extractall(unpacked, filter="data")
             _verify_tree(unpacked, record)
             for entry in sorted(unpacked.iterdir()):
                 destination = target / entry.name
@@ -251,6 +254,24 @@ def download_results(ctx: click.Context, job_id: str, output_dir: Path) -> list[
                 shutil.move(str(entry), destination)
         written.append(str(target))
     return written
+
+
+def _download_ipfs(ctx: click.Context, record: Any, destination: Path) -> None:
+    """Fetch the signed record's CID through the daemon, verifying every block."""
+    from protocol.cid import Cid, IpfsFormatError
+
+    from .ipfs import download_dag
+
+    cid = record.published.get("CID", "")
+    client = ApiClient(ctx.obj["api_host"], ctx.obj["api_port"], timeout=600)
+    try:
+        download_dag(client, Cid.parse(cid), destination, peer=record.node_id)
+    except ApiError as exc:
+        raise click.ClickException(f"fetching {cid}: {exc}") from None
+    except IpfsFormatError as exc:
+        raise click.ClickException(
+            f"{cid} failed verification: {exc}; nothing was written"
+        ) from None
 
 
 def _download_s3(item: dict[str, Any], record: Any, destination: Path) -> None:

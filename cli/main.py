@@ -162,9 +162,10 @@ def version(output: str) -> None:
 
 
 def _register_job_commands() -> None:
-    from .jobs import register
+    from . import ipfs, jobs
 
-    register(cli)
+    jobs.register(cli)
+    ipfs.register(cli)
 
 
 _register_job_commands()

@@ -40,6 +40,10 @@ def main() -> None:
 @click.option("--allow-networked-jobs/--deny-networked-jobs", default=None,
               help="run jobs that ask for network access [default: deny]")
 @click.option("--allowed-images", help="only run these images, glob patterns, comma-separated")
+@click.option("--ipfs-peer", "ipfs_peers", multiple=True,
+              help="IPFS peer multiaddr with /p2p/<id> to fetch blocks from, repeatable")
+@click.option("--ipfs-retention-hours", type=float,
+              help="keep published IPFS results this long, hours [default: 168]")
 @click.option("--log-level", default="WARNING", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def serve(log_level: str, orchestrator: bool | None, compute: bool | None,

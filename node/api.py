@@ -166,6 +166,10 @@ def create_app(node: NodeView) -> FastAPI:
         from .api_jobs import add_job_routes
 
         add_job_routes(app, node.store, lambda: node.requester, node.fetch_results_tar)  # type: ignore[attr-defined]
+    if hasattr(node, "ipfs_candidates"):
+        from .api_ipfs import add_ipfs_routes
+
+        add_ipfs_routes(app, lambda: node.ipfs, node.ipfs_candidates)  # type: ignore[attr-defined]
     return app
 
 

@@ -74,6 +74,7 @@ class Compute:
         results_root: Path,
         storages: Any = None,
         max_jobs: int = 0,
+        ipfs: Any = None,
         send_local: Callable[[bytes], Awaitable[None]] | None = None,
     ) -> None:
         self.mesh = mesh
@@ -82,6 +83,7 @@ class Compute:
         self.executor = executor
         self.storages = storages
         self.results_root = results_root
+        self.ipfs = ipfs
         self._reserved = Capacity()
         self._executions: dict[str, _Execution] = {}
         self._slots = trio.Semaphore(max_jobs) if max_jobs > 0 else None
@@ -227,7 +229,10 @@ class Compute:
             try:
                 await trio.to_thread.run_sync(_fresh_dirs, results_dir, staging_dir)
                 inputs = await stage_inputs(
-                    task.input_sources, staging_dir, registry=self.storages
+                    task.input_sources,
+                    staging_dir,
+                    registry=self.storages,
+                    timeout=task.timeouts.execution_timeout or None,
                 )
                 request = ExecutionRequest(
                     execution_id=execution.execution_id,
@@ -293,29 +298,19 @@ class Compute:
         self, execution: _Execution, results_dir: Path, exit_code: int
     ) -> ResultRecord:
         publisher = execution.job.task.publisher.type
-        manifest, stdout_sha, stderr_sha = await trio.to_thread.run_sync(_manifest, results_dir)
-        if publisher == "local":
-            location = {
-                "StorageSource": "Local",
-                "Name": f"local://{self.peer_id}/{execution.execution_id}",
-            }
-        elif publisher == "noop":
-            location = {"StorageSource": "Noop", "Name": ""}
-        elif publisher == "s3":
-            from datetime import UTC, datetime
-
-            from .publisher.s3 import publish_s3
-
-            location = await publish_s3(
-                execution.job.task.publisher.params,
-                results_dir,
-                job_id=execution.job.id or "",
-                execution_id=execution.execution_id,
-                node_id=self.peer_id,
-                now=datetime.now(UTC),
+        location: dict[str, Any]
+        if publisher == "ipfs":
+            if self.ipfs is None:
+                raise RuntimeError("IPFS is not running on this node")
+            # One read of each file gives both the CID and the manifest's SHA-256s.
+            root, manifest = await self.ipfs.add_path(
+                results_dir, reason=f"results of {execution.execution_id}"
             )
+            location = {"StorageSource": "IPFS", "Name": f"ipfs://{root.cid}", "CID": str(root.cid)}
         else:
-            raise RuntimeError(f"publisher {publisher!r} is not available on this node")
+            manifest = await trio.to_thread.run_sync(_manifest, results_dir)
+            location = await self._publish_elsewhere(publisher, execution, results_dir)
+        stdout_sha, stderr_sha = _std_hashes(manifest)
         return ResultRecord(
             job_id=execution.job.id or "",
             execution_id=execution.execution_id,
@@ -327,6 +322,31 @@ class Compute:
             published=location,
             completed_at_ms=now_ms(),
         )
+
+    async def _publish_elsewhere(
+        self, publisher: str, execution: _Execution, results_dir: Path
+    ) -> dict[str, Any]:
+        if publisher == "local":
+            return {
+                "StorageSource": "Local",
+                "Name": f"local://{self.peer_id}/{execution.execution_id}",
+            }
+        if publisher == "noop":
+            return {"StorageSource": "Noop", "Name": ""}
+        if publisher == "s3":
+            from datetime import UTC, datetime
+
+            from .publisher.s3 import publish_s3
+
+            return await publish_s3(
+                execution.job.task.publisher.params,
+                results_dir,
+                job_id=execution.job.id or "",
+                execution_id=execution.execution_id,
+                node_id=self.peer_id,
+                now=datetime.now(UTC),
+            )
+        raise RuntimeError(f"publisher {publisher!r} is not available on this node")
 
     async def _update(
         self,
@@ -383,7 +403,7 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _manifest(results_dir: Path) -> tuple[list[ManifestEntry], str, str]:
+def _manifest(results_dir: Path) -> list[ManifestEntry]:
     """Every regular file under ``results_dir``: path, size, SHA-256."""
     entries = []
     for path in sorted(results_dir.rglob("*")):
@@ -391,6 +411,10 @@ def _manifest(results_dir: Path) -> tuple[list[ManifestEntry], str, str]:
             continue
         relative = path.relative_to(results_dir).as_posix()
         entries.append(ManifestEntry(relative, path.stat().st_size, _sha256_file(path)))
+    return entries
+
+
+def _std_hashes(entries: list[ManifestEntry]) -> tuple[str, str]:
     by_path = {entry.path: entry.sha256 for entry in entries}
     empty = hashlib.sha256(b"").hexdigest()
-    return entries, by_path.get("stdout", empty), by_path.get("stderr", empty)
+    return by_path.get("stdout", empty), by_path.get("stderr", empty)

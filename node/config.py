@@ -50,6 +50,10 @@ class NodeConfig:
     allow_networked_jobs: bool = False
     #: Glob patterns of images this node runs (``busybox*,ghcr.io/org/*``); empty: any.
     allowed_images: tuple[str, ...] = ()
+    #: Multiaddrs (with /p2p/<id>) of IPFS peers outside the mesh to fetch blocks from.
+    ipfs_peers: tuple[str, ...] = ()
+    #: How long blocks of published results and ``ipfs add`` stay after their pin, hours.
+    ipfs_retention_hours: float = 168.0
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -69,7 +73,7 @@ class NodeConfig:
 
 
 _FIELDS = {f.name: f for f in fields(NodeConfig)}
-_TUPLE_FIELDS = {"listen", "peers", "allowed_images"}
+_TUPLE_FIELDS = {"listen", "peers", "allowed_images", "ipfs_peers"}
 _BOOL_FIELDS = {"orchestrator", "compute", "mdns", "allow_networked_jobs"}
 _INT_FIELDS = {"api_port", "max_jobs", "missed_heartbeats"}
 
@@ -110,6 +114,14 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
         if not 0.05 <= seconds <= 600:
             raise ConfigError(f"{name} from {origin}: {seconds} must be within 0.05–600 s")
         return seconds
+    if name == "ipfs_retention_hours":
+        try:
+            hours = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} from {origin}: {value!r} is not a number") from None
+        if not 0 <= hours <= 24 * 365 * 10:
+            raise ConfigError(f"{name} from {origin}: {hours} must be within 0–87600 hours")
+        return hours
     if name == "labels":
         if isinstance(value, Mapping):
             return {str(k): str(v) for k, v in value.items()}

@@ -41,6 +41,7 @@ from protocol.scheduling import NodePolicy
 from .api import NodeStatus, create_app, serve_api
 from .compute import Compute
 from .config import NodeConfig
+from .ipfs import IpfsNode
 from .keys import load_or_create_key
 from .mesh import TOPIC_NODES, Mesh, now_ms, read_swarm_key
 from .requester import Requester
@@ -52,8 +53,10 @@ SHUTDOWN_GRACE_SECONDS = 10
 #: Node records are written to disk on first sight and then at most this often.
 NODE_PERSIST_INTERVAL_MS = 60_000
 ENGINES = ("docker",)
-STORAGES = ("inline", "urlDownload", "s3")
-PUBLISHERS = ("local", "noop", "s3")
+STORAGES = ("inline", "urlDownload", "s3", "ipfs")
+PUBLISHERS = ("local", "noop", "s3", "ipfs")
+#: Peers asked for a DAG's root: the mesh is small enough to ask every live node.
+MAX_IPFS_CANDIDATES = 64
 GOSSIP_DELAY_SAMPLES = 20_000
 
 
@@ -87,6 +90,8 @@ class Daemon:
         self._gossip_delays: deque[tuple[int, int]] = deque(maxlen=GOSSIP_DELAY_SAMPLES)
         self.requester: Requester | None = None
         self.compute: Compute | None = None
+        self.ipfs: IpfsNode | None = None
+        self._ipfs_peers: list[Any] = []
         self._p2p_verifier = EnvelopeVerifier()
         self._nursery: trio.Nursery | None = None
 
@@ -270,7 +275,19 @@ class Daemon:
                         shutdown_trigger=self._shutdown.wait, task_status=task_status,
                     )
                 )
+                self._ipfs_peers = [
+                    self.mesh.add_peer(text, "--ipfs-peer") for text in config.ipfs_peers
+                ]
                 await nursery.start(self.mesh.run)
+                self.ipfs = IpfsNode(
+                    config.data_dir, store=store, retention_hours=config.ipfs_retention_hours
+                )
+                mesh = self.mesh
+                await nursery.start(
+                    lambda task_status: self.ipfs.run(  # type: ignore[union-attr]
+                        mesh.host, prepare_dial=mesh.prepare_dial, task_status=task_status
+                    )
+                )
                 if config.compute:
                     self.compute = await self._start_compute(nursery)
                 if config.orchestrator:
@@ -309,8 +326,9 @@ class Daemon:
                 image_allowlist=self.config.allowed_images,
             ),
             executor=executor,
-            storages=_storage_registry(self.config.data_dir),
+            storages=_storage_registry(self.config.data_dir, self),
             results_root=self.config.data_dir / "results",
+            ipfs=self.ipfs,
             max_jobs=self.config.max_jobs,
             send_local=self._send_local,
         )
@@ -343,6 +361,27 @@ class Daemon:
             partial.replace(destination)
         return destination
 
+    def ipfs_candidates(self, hints: tuple[str, ...] = ()) -> list[Any]:
+        """Peers to ask for a DAG: hinted nodes, --ipfs-peer, connected, then live nodes."""
+        from libp2p.peer.id import ID
+
+        assert self.mesh is not None
+        ordered: list[Any] = []
+        for peer_id in hints:
+            try:
+                ordered.append(ID.from_base58(peer_id))
+            except Exception:
+                continue
+        ordered += self._ipfs_peers
+        ordered += list(self.mesh.host.get_connected_peers())
+        now = now_ms()
+        for node_id, status in self._nodes.items():
+            if self._is_connected(status.last_seen_ms, now):
+                ordered.append(ID.from_base58(node_id))
+        me = self.mesh.host.get_id()
+        unique = list(dict.fromkeys(peer for peer in ordered if peer != me))
+        return unique[:MAX_IPFS_CANDIDATES]
+
     async def _decide_locally(self, decision: BidDecision) -> None:
         assert self.compute is not None
         await self.compute.on_decision(decision, self.peer_id)
@@ -365,12 +404,19 @@ class Daemon:
         print("\n".join(lines), flush=True)
 
 
-def _storage_registry(data_dir: Path) -> Any:
+def _storage_registry(data_dir: Path, daemon: Daemon) -> Any:
     from .storage import InlineStorage, StorageRegistry, UrlDownloadStorage
+    from .storage.ipfs import IpfsStorage
     from .storage.s3 import S3Storage
 
+    assert daemon.ipfs is not None
     return StorageRegistry(
-        [InlineStorage(), UrlDownloadStorage(), S3Storage(cache_dir=data_dir / "s3-cache")]
+        [
+            InlineStorage(),
+            UrlDownloadStorage(),
+            S3Storage(cache_dir=data_dir / "s3-cache"),
+            IpfsStorage(daemon.ipfs, daemon.ipfs_candidates),
+        ]
     )
 
 

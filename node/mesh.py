@@ -419,6 +419,15 @@ class Mesh:
             return
         self.host.get_peerstore().add_addrs(peer, parsed, ADDRESS_TTL_SECONDS)
 
+    def add_peer(self, text: str, flag: str) -> ID:
+        """Remember a ``/…/p2p/<id>`` address to dial later; returns the peer's ID."""
+        info, _ = _parse_bootstrap(text, flag)
+        self.host.get_peerstore().add_addrs(info.peer_id, info.addrs, ADDRESS_TTL_SECONDS)
+        return info.peer_id
+
+    def prepare_dial(self, peer: ID) -> None:
+        self._prepare_dial(peer)
+
     def _prepare_dial(self, peer: ID) -> None:
         if peer not in self.host.get_connected_peers():
             self.host.get_network().unblock_peer(peer)
@@ -535,12 +544,12 @@ def _parse_multiaddr(text: str, flag: str) -> multiaddr.Multiaddr:
         ) from None
 
 
-def _parse_bootstrap(text: str) -> tuple[Any, str]:
-    address = _parse_multiaddr(text, "--peer")
+def _parse_bootstrap(text: str, flag: str = "--peer") -> tuple[Any, str]:
+    address = _parse_multiaddr(text, flag)
     try:
         return info_from_p2p_addr(address), text
     except Exception:
         raise MeshError(
-            f"--peer {text!r} has no /p2p/<peer ID>; use the full address a node prints "
+            f"{flag} {text!r} has no /p2p/<peer ID>; use the full address a node prints "
             "at start-up, e.g. /ip4/127.0.0.1/tcp/1235/p2p/12D3KooW…"
         ) from None

@@ -136,6 +136,15 @@ MIGRATIONS: list[str] = [
         value INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 2: IPFS roots whose blocks garbage collection keeps.
+    """
+    CREATE TABLE pins (
+        cid        TEXT PRIMARY KEY,
+        reason     TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER            -- NULL: kept until unpinned
+    ) WITHOUT ROWID;
+    """,
 ]
 
 
@@ -947,6 +956,36 @@ class Store:
             return {row[0]: row[1] for row in conn.execute("SELECT name, value FROM counters")}
 
         return await self._read("reading counters", run)
+
+    # --- IPFS pins ------------------------------------------------------------------
+
+    async def pin(self, cid: str, reason: str, now_ms: int, expires_ms: int | None) -> None:
+        """Keep the DAG under ``cid`` until ``expires_ms`` (None: until unpinned).
+
+        Pinning again keeps the later expiry, so a shorter retention never cuts one short.
+        """
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO pins (cid, reason, created_ms, expires_ms) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (cid) DO UPDATE SET expires_ms = CASE"
+                "   WHEN pins.expires_ms IS NULL OR excluded.expires_ms IS NULL THEN NULL"
+                "   ELSE max(pins.expires_ms, excluded.expires_ms) END",
+                (cid, reason, now_ms, expires_ms),
+            )
+
+        await self._write(f"pinning {cid}", run)
+
+    async def live_pins(self, now_ms: int) -> list[str]:
+        """CIDs pinned and not expired at ``now_ms``; expired pins are deleted."""
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            conn.execute(
+                "DELETE FROM pins WHERE expires_ms IS NOT NULL AND expires_ms <= ?", (now_ms,)
+            )
+            return [row[0] for row in conn.execute("SELECT cid FROM pins ORDER BY cid")]
+
+        return await self._write("listing pins", run)
 
 
 # --- row helpers (run in the worker thread) -----------------------------------------

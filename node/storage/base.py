@@ -12,15 +12,39 @@ as any user, and even a container's root has no CAP_DAC_OVERRIDE to read past mo
 
 from __future__ import annotations
 
+import contextvars
 import os
 import stat
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
+import trio
+
 from protocol.jobspec import InputSource
 
-__all__ = ["Storage", "StorageError", "UnsupportedStorage", "describe_source", "make_readable"]
+__all__ = [
+    "Storage",
+    "StorageError",
+    "UnsupportedStorage",
+    "describe_source",
+    "make_readable",
+    "staging_deadline",
+    "staging_time_left",
+]
+
+#: When staging must be done (trio clock), for backends that wait on the network.
+staging_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "staging_deadline", default=None
+)
+
+
+def staging_time_left(default: float) -> float:
+    """Seconds until the staging deadline, or ``default`` when there is none."""
+    deadline = staging_deadline.get()
+    if deadline is None:
+        return default
+    return max(0.0, deadline - trio.current_time())
 
 
 class StorageError(Exception):

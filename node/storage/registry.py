@@ -1,7 +1,7 @@
 """Which input source types this node can stage, and staging all of an execution's inputs.
 
-Backends are looked up by the spec's source ``Type`` (``inline``, ``urlDownload``, ``s3``;
-``ipfs`` is part of the protocol but has no backend on this node yet). Lookups of
+Backends are looked up by the spec's source ``Type`` (``inline``, ``urlDownload``, ``s3``,
+and ``ipfs`` on a daemon, whose backend needs its bitswap). Lookups of
 a type without a backend raise ``UnsupportedStorage`` saying what is available.
 """
 
@@ -14,7 +14,7 @@ import trio
 
 from protocol.jobspec import INPUT_SOURCE_TYPES, InputSource
 
-from .base import Storage, StorageError, UnsupportedStorage, describe_source
+from .base import Storage, StorageError, UnsupportedStorage, describe_source, staging_deadline
 from .inline import InlineStorage
 from .s3 import S3Storage
 from .url import UrlDownloadStorage
@@ -79,6 +79,7 @@ async def stage_inputs(
     staging_dir: Path,
     *,
     registry: StorageRegistry | None = None,
+    timeout: float | None = None,
 ) -> list[tuple[Path, str]]:
     """Stage every input concurrently; return ``(host_path, target)`` pairs in order.
 
@@ -88,6 +89,8 @@ async def stage_inputs(
     is fetched.
     """
     backends = [(registry.get if registry else storage_for)(s.source_type) for s in sources]
+    if timeout:
+        staging_deadline.set(trio.current_time() + timeout)
     staged: list[tuple[Path, str] | None] = [None] * len(sources)
     failure: list[StorageError] = []
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.daemons import Daemon
+from tests.daemons import Daemon, child_env
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +43,9 @@ def test_tutorial_commands_work_as_written(
     s3_devnet: list[Daemon], noaa_bucket: dict[str, bytes], tmp_path: Path
 ) -> None:
     node = s3_devnet[0]
+    # As written: no -p, so the results go to IPFS, the default publisher.
     run = node.cli(
-        "docker", "run", "-i", TUTORIAL_INPUT, "--id-only", "--wait", "-p", "local",
+        "docker", "run", "-i", TUTORIAL_INPUT, "--id-only", "--wait",
         "busybox", "--", "sh", "-c", "cp -r /inputs/* /outputs/", timeout=120,
     )
     assert run.returncode == 0, run.stderr
@@ -59,6 +63,17 @@ def test_tutorial_commands_work_as_written(
     assert ls.stdout.split() == sorted(noaa_bucket)
     for name, body in noaa_bucket.items():
         assert (results / "outputs" / name).read_bytes() == body
+
+    bin_dir = Path(sys.executable).parent
+    env = child_env({"BACNODE_API_PORT": str(node.api_port), "JOB_ID": job_id})
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    extracted = subprocess.run(
+        ["bash", "-c", "bacnode describe ${JOB_ID} --json \\\n"
+                       "| jq -r '.State.Executions[].PublishedResults.CID | select (. != null)'"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert extracted.returncode == 0, extracted.stderr
+    assert re.fullmatch(r"Qm[1-9A-HJ-NP-Za-km-z]{44}\n", extracted.stdout), extracted.stdout
 
 
 def test_missing_object_fails_the_execution_with_the_reason(

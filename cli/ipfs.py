@@ -1,0 +1,152 @@
+"""``bacnode ipfs add|get``, and the CAR download that ``bacnode get`` uses for IPFS results.
+
+The daemon fetches blocks over bitswap and streams them as a CAR; this side checks
+every block against the CID it asked for while writing files, so a daemon (or a
+peer behind it) cannot hand us different bytes.
+"""
+
+from __future__ import annotations
+
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import quote
+
+import click
+
+from protocol.car import CarReader
+from protocol.cid import Cid, IpfsFormatError
+from protocol.unixfs import DirectoryEntry, walk
+
+from .client import ApiClient, ApiError
+
+READ_SIZE = 1 << 20
+
+
+def download_dag(
+    client: ApiClient,
+    root: Cid,
+    destination: Path,
+    *,
+    peer: str = "",
+    timeout: float = 120.0,
+    progress: bool = True,
+) -> int:
+    """Write the DAG under ``root`` to ``destination``; return the content bytes written.
+
+    Raises ``ApiError`` (daemon) or ``IpfsFormatError`` (a block that does not verify).
+    """
+    query = f"?timeout={timeout:g}" + (f"&peer={quote(peer)}" if peer else "")
+    response = client.open(f"/api/v1/ipfs/car/{root}{query}", timeout=timeout + 30)
+    with response:
+        total = int(response.headers.get("X-Dag-Size") or 0)
+        reader = CarReader()
+        bar = click.progressbar(
+            length=total or None, label=f"fetching {root}", file=sys.stderr
+        ) if progress and total and sys.stderr.isatty() else None
+
+        def next_block(wanted: Cid) -> bytes:
+            while (block := reader.next_block()) is None:
+                chunk = response.read(READ_SIZE)
+                if not chunk:
+                    reader.finished()
+                    raise IpfsFormatError(f"the daemon's stream ended before block {wanted}")
+                reader.feed(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+            if block.cid.multihash != wanted.multihash:
+                raise IpfsFormatError(f"expected block {wanted}, the stream sent {block.cid}")
+            return block.data
+
+        try:
+            return _write_tree(root, next_block, destination)
+        finally:
+            if bar is not None:
+                bar.render_finish()
+
+
+def _write_tree(root: Cid, get_block: Callable[[Cid], bytes], destination: Path) -> int:
+    written = 0
+    for entry in walk(root, get_block):
+        target = destination / entry.path if entry.path else destination
+        if isinstance(entry, DirectoryEntry):
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as handle:
+            for chunk in entry.chunks:
+                handle.write(chunk)
+                written += len(chunk)
+    return written
+
+
+def _client(ctx: click.Context) -> ApiClient:
+    return ApiClient(ctx.obj["api_host"], ctx.obj["api_port"], timeout=600)
+
+
+def register(cli: click.Group) -> None:
+    @cli.group()
+    def ipfs() -> None:
+        """Put data on the network and get it back by CID (through the local daemon)."""
+
+    @ipfs.command("add")
+    @click.argument("path", type=click.Path(exists=True, path_type=Path))
+    @click.option("-q", "--quiet", is_flag=True, help="print only the CID")
+    @click.pass_context
+    def ipfs_add(ctx: click.Context, path: Path, quiet: bool) -> None:
+        """Add a file or directory (recursively); prints its CID, as 'ipfs add -r' does."""
+        with tempfile.TemporaryDirectory(prefix="bacnode-add-") as scratch:
+            archive = Path(scratch) / "upload.tar"
+            try:
+                with tarfile.open(archive, "w") as tar:
+                    tar.add(path, arcname=path.resolve().name or "root", filter=_regular_only)
+            except OSError as exc:
+                raise click.ClickException(f"reading {path}: {exc.strerror or exc}") from None
+            try:
+                reply = _client(ctx).upload("/api/v1/ipfs/add", archive, "application/x-tar")
+            except ApiError as exc:
+                raise click.ClickException(str(exc)) from None
+        click.echo(reply["CID"] if quiet else f"added {reply['CID']} {path.name}")
+
+    @ipfs.command("get")
+    @click.argument("cid")
+    @click.option("-o", "--output", "output", type=click.Path(path_type=Path),
+                  help="where to write it [default: ./CID]")
+    @click.option("--timeout", default=120.0, show_default=True,
+                  help="seconds to look for it on the network")
+    @click.pass_context
+    def ipfs_get(ctx: click.Context, cid: str, output: Path | None, timeout: float) -> None:
+        """Fetch a file or directory by CID, verifying every block."""
+        try:
+            root = Cid.parse(cid)
+        except IpfsFormatError as exc:
+            raise click.ClickException(str(exc)) from None
+        destination = output or Path(str(root))
+        if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+            raise click.ClickException(f"{destination} already exists and is not empty")
+        partial = destination.with_name(f".{destination.name}.partial")
+        _remove(partial)
+        try:
+            size = download_dag(_client(ctx), root, partial, timeout=timeout)
+        except (ApiError, IpfsFormatError) as exc:
+            _remove(partial)
+            raise click.ClickException(f"getting {cid}: {exc}") from None
+        if destination.is_dir():
+            destination.rmdir()
+        partial.replace(destination)
+        click.echo(f"Saved {cid} to {destination} ({size} bytes, verified)")
+
+
+def _regular_only(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    return info if info.isfile() or info.isdir() else None
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()

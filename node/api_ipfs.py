@@ -1,0 +1,98 @@
+"""The local API's IPFS routes: add (a tar upload), fetch as a CAR stream, and stats.
+
+The CLI never speaks bitswap: the daemon fetches blocks from the mesh, and the CLI
+re-verifies every block of the CAR it streams back against the CID it asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import StreamingResponse
+
+from protocol.cid import Cid, IpfsFormatError
+
+from .ipfs import FetchError, IpfsNode
+
+API = "/api/v1"
+#: Largest upload ``bacnode ipfs add`` may send, bytes.
+MAX_UPLOAD_BYTES = 64 * 1024**3
+DEFAULT_FETCH_SECONDS = 120.0
+
+
+def add_ipfs_routes(
+    app: FastAPI,
+    get_ipfs: Callable[[], IpfsNode | None],
+    candidates: Callable[[tuple[str, ...]], list[Any]],
+) -> None:
+    def need_ipfs() -> IpfsNode:
+        ipfs = get_ipfs()
+        if ipfs is None:
+            raise HTTPException(503, "IPFS is not running on this node yet")
+        return ipfs
+
+    @app.post(f"{API}/ipfs/add", tags=["ipfs"])
+    async def add(request: Request) -> dict[str, Any]:
+        """Import an uncompressed tar of one file or directory; pin it; return its CID."""
+        ipfs = need_ipfs()
+        spool = ipfs.temporary_file()
+        path = Path(spool.name)
+        try:
+            received = 0
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > MAX_UPLOAD_BYTES:
+                    raise HTTPException(413, f"upload over {MAX_UPLOAD_BYTES} bytes")
+                await trio.to_thread.run_sync(spool.write, chunk)
+            await trio.to_thread.run_sync(spool.close)
+            try:
+                link = await ipfs.add_tar(path, reason="bacnode ipfs add")
+            except (ValueError, IpfsFormatError, OSError) as exc:
+                raise HTTPException(400, f"cannot import the upload: {exc}") from None
+            size = await trio.to_thread.run_sync(ipfs.dag_size, link.cid)
+            return {"CID": str(link.cid), "Size": size}
+        finally:
+            spool.close()
+            os.unlink(path)
+
+    @app.get(f"{API}/ipfs/car/{{cid}}", tags=["ipfs"])
+    async def car(
+        cid: str, peer: str = "", timeout: float = DEFAULT_FETCH_SECONDS
+    ) -> StreamingResponse:
+        """Fetch the DAG (over bitswap when not held here), then stream it as a CARv1.
+
+        ``peer`` names a node likely to hold it (e.g. the one that published it).
+        """
+        ipfs = need_ipfs()
+        try:
+            root = Cid.parse(cid)
+        except IpfsFormatError as exc:
+            raise HTTPException(400, str(exc)) from None
+        try:
+            await ipfs.fetch(root, candidates((peer,) if peer else ()), timeout=timeout)
+        except FetchError as exc:
+            raise HTTPException(504, str(exc)) from None
+        except IpfsFormatError as exc:
+            raise HTTPException(502, str(exc)) from None
+        size = await trio.to_thread.run_sync(ipfs.dag_size, root)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            frames = ipfs.car_chunks(root)
+            while (chunk := await trio.to_thread.run_sync(next, frames, None)) is not None:
+                yield chunk
+
+        return StreamingResponse(
+            chunks(), media_type="application/vnd.ipld.car", headers={"X-Dag-Size": str(size)}
+        )
+
+    @app.get(f"{API}/agent/ipfs", tags=["agent"])
+    async def stats() -> dict[str, Any]:
+        """Bitswap counters (blocks served, received, rejected) and blockstore usage."""
+        ipfs = need_ipfs()
+        blocks, size = await trio.to_thread.run_sync(ipfs.blockstore.usage)
+        return {"Bitswap": ipfs.stats(), "Blockstore": {"Blocks": blocks, "Bytes": size}}
