@@ -73,8 +73,9 @@ def add_ipfs_routes(
             root = Cid.parse(cid)
         except IpfsFormatError as exc:
             raise HTTPException(400, str(exc)) from None
+        started = trio.current_time()
         try:
-            await ipfs.fetch(root, candidates((peer,) if peer else ()), timeout=timeout)
+            fetched = await ipfs.fetch(root, candidates((peer,) if peer else ()), timeout=timeout)
         except FetchError as exc:
             raise HTTPException(504, str(exc)) from None
         except IpfsFormatError as exc:
@@ -86,9 +87,13 @@ def add_ipfs_routes(
             while (chunk := await trio.to_thread.run_sync(next, frames, None)) is not None:
                 yield chunk
 
-        return StreamingResponse(
-            chunks(), media_type="application/vnd.ipld.car", headers={"X-Dag-Size": str(size)}
-        )
+        headers = {
+            "X-Dag-Size": str(size),
+            # What came over bitswap, and how long it took (0 when all was held here).
+            "X-Fetched-Bytes": str(fetched),
+            "X-Fetch-Seconds": f"{trio.current_time() - started:.6f}",
+        }
+        return StreamingResponse(chunks(), media_type="application/vnd.ipld.car", headers=headers)
 
     @app.get(f"{API}/agent/ipfs", tags=["agent"])
     async def stats() -> dict[str, Any]:

@@ -17,7 +17,7 @@ import trio
 from libp2p.peer.id import ID
 
 from protocol.car import encode_block, encode_header
-from protocol.cid import Cid
+from protocol.cid import Cid, IpfsFormatError
 from protocol.messages import ManifestEntry
 from protocol.unixfs import Link, dag_order
 
@@ -133,7 +133,7 @@ class IpfsNode:
         for text in pins:
             try:
                 roots.append(Cid.parse(text))
-            except ValueError:
+            except IpfsFormatError:
                 log.warning("ignoring an unreadable pin %r", text)
         deleted, freed = await trio.to_thread.run_sync(
             lambda: self.blockstore.collect_garbage(roots, grace_seconds=grace_seconds)
