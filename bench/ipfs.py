@@ -31,13 +31,13 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import trio  # noqa: E402
+import trio
 
-from bench._cleanup import signals_deferred  # noqa: E402
-from node.ipfs.blockstore import Blockstore  # noqa: E402
-from node.ipfs.files import import_file  # noqa: E402
-from protocol.unixfs import CHUNK_SIZE, FileImporter  # noqa: E402
-from tests.daemons import DaemonPool, run_cli, wait_until  # noqa: E402
+from bench._cleanup import signals_deferred
+from node.ipfs.blockstore import Blockstore
+from node.ipfs.files import import_file
+from protocol.unixfs import CHUNK_SIZE, FileImporter
+from tests.daemons import DaemonPool, run_cli, wait_until
 
 MiB = 1024 * 1024
 TRANSFER_TARGET_MBPS = 50.0
@@ -183,7 +183,7 @@ def bench_transfer(size_mib: int, runs: int, workdir: Path) -> dict[str, float]:
                 print(f"  run {index + 1}: bacnode ipfs get (fetch, stream, verify, write) "
                       f"{seconds:.2f} s", flush=True)
         stats = fetchers[0].api("/api/v1/agent/ipfs")["Bitswap"]
-        print(f"  fetcher1 counters: {stats}", flush=True)
+        print(f"  {fetchers[0].name} counters: {stats}", flush=True)
     finally:
         with signals_deferred():
             pool.close()
