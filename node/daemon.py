@@ -91,7 +91,6 @@ class Daemon:
         self.requester: Requester | None = None
         self.compute: Compute | None = None
         self.ipfs: IpfsNode | None = None
-        self._ipfs_peers: list[Any] = []
         self._p2p_verifier = EnvelopeVerifier()
         self._nursery: trio.Nursery | None = None
 
@@ -275,9 +274,8 @@ class Daemon:
                         shutdown_trigger=self._shutdown.wait, task_status=task_status,
                     )
                 )
-                self._ipfs_peers = [
-                    self.mesh.add_peer(text, "--ipfs-peer") for text in config.ipfs_peers
-                ]
+                for text in config.ipfs_peers:  # a bad address fails start-up, clearly
+                    self.mesh.add_peer(text, "--ipfs-peer")
                 await nursery.start(self.mesh.run)
                 self.ipfs = IpfsNode(
                     config.data_dir, store=store, retention_hours=config.ipfs_retention_hours
@@ -372,7 +370,8 @@ class Daemon:
                 ordered.append(ID.from_base58(peer_id))
             except Exception:
                 continue
-        ordered += self._ipfs_peers
+        # Re-added each time: the peerstore forgets addresses after their TTL.
+        ordered += [self.mesh.add_peer(text, "--ipfs-peer") for text in self.config.ipfs_peers]
         ordered += list(self.mesh.host.get_connected_peers())
         now = now_ms()
         for node_id, status in self._nodes.items():

@@ -53,6 +53,8 @@ WANT_RETRY_SECONDS = 10.0
 DISCOVERY_SECONDS = 5.0
 STREAM_IDLE_SECONDS = 120.0
 DIAL_SECONDS = 10.0
+#: A well-behaved peer (kubo, bacnode) keeps one stream open to us; a few more are tolerated.
+MAX_INBOUND_STREAMS_PER_PEER = 8
 #: Served blocks queued per peer, beyond which its wants are refused (DontHave).
 MAX_QUEUED_PER_PEER = 1024
 
@@ -111,6 +113,7 @@ class Bitswap:
         self.store = store
         self.stats = BitswapStats()
         self._outboxes: dict[ID, _Outbox] = {}
+        self._inbound: Counter[ID] = Counter()
         self._fetches: set[_Fetch] = set()
         self._nursery: trio.Nursery | None = None
 
@@ -135,6 +138,11 @@ class Bitswap:
 
     async def _handle_stream(self, stream: Any) -> None:
         peer = stream.muxed_conn.peer_id
+        if self._inbound[peer] >= MAX_INBOUND_STREAMS_PER_PEER:
+            self.stats.bad_messages["too many streams"] += 1
+            await _reset(stream)
+            return
+        self._inbound[peer] += 1
         try:
             while True:
                 with trio.fail_after(STREAM_IDLE_SECONDS):
@@ -149,6 +157,9 @@ class Bitswap:
         except Exception as exc:
             log.debug("bitswap stream from %s ended: %r", peer, exc)
         finally:
+            self._inbound[peer] -= 1
+            if not self._inbound[peer]:
+                del self._inbound[peer]
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await _reset(stream)
 

@@ -117,6 +117,9 @@ def failed_starts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
             _serve_args(root / "d6", "--limit-memory", "lots"), ("--limit-memory", "'lots'")),
         "bad config file": Failure(
             _serve_args(root / "d7", "--config", str(bad_config)), (str(bad_config), "YAML")),
+        "--ipfs-peer without /p2p": Failure(
+            _serve_args(root / "d8", "--ipfs-peer", "/ip4/127.0.0.1/tcp/4001"),
+            ("--ipfs-peer '/ip4/127.0.0.1/tcp/4001'", "/p2p/")),
     }
     for case in cases.values():
         case.process = popen([sys.executable, "-m", "cli.main", "serve", *case.args],
@@ -138,6 +141,7 @@ def failed_starts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     "libp2p port taken", "API port taken", "data dir under /proc",
     "data dir in a read-only file system", "data dir that cannot hold files",
     "data dir under a file", "data dir name too long", "bad --limit-memory", "bad config file",
+    "--ipfs-peer without /p2p",
 ])
 def test_serve_refuses_to_start_with_one_line(failed_starts, name):
     case = failed_starts[name]

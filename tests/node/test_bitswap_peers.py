@@ -1,9 +1,10 @@
-"""A malicious bitswap peer: it claims every block and sends altered bytes.
+"""Bitswap with peers that are not bacnode daemons: a liar, and an IPFS node outside the mesh.
 
-The peer is a real libp2p host in the test process running our own bitswap engine
-over a store that flips a byte of every block it serves (so it speaks the protocol
-exactly, and lies only about content). The daemon fetching through it must reject
-those blocks, fetch them again from the honest daemon, and count the rejections.
+Both are real libp2p hosts in the test process running our own bitswap engine. The
+liar's store claims every block and flips a byte of each one it serves (so it speaks
+the protocol exactly and lies only about content): the daemon fetching through it
+must reject those blocks, fetch them again from the honest daemon, and count the
+rejections. The outside node is reachable only through ``--ipfs-peer``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from node.ipfs.bitswap import Bitswap
+from node.ipfs.blockstore import Blockstore
 from node.mesh import Mesh
 from protocol.cid import Cid
 from protocol.identity import NodeKey
@@ -97,3 +99,37 @@ async def check_fetch(fetcher: Daemon, cid: str, payload: bytes, out: Path,
     assert stats["Bitswap"]["BlocksRejected"] >= 1
     # Nothing it sent was kept: every stored block verifies, the payload is intact.
     assert stats["Bitswap"]["BlocksReceived"] >= len(payload) // (256 * 1024)
+
+
+async def test_blocks_come_from_an_ipfs_peer_outside_the_mesh(
+    daemons: DaemonPool, tmp_path: Path
+) -> None:
+    """``--ipfs-peer``: a plain libp2p/bitswap host, not a bacnode, holding the data."""
+    key = NodeKey.generate()
+    (port,) = free_ports(1)
+    address = f"/ip4/127.0.0.1/tcp/{port}/p2p/{key.peer_id}"
+    node = daemons.new("node", args=["--ipfs-peer", address])
+    node.peer_id  # noqa: B018
+    node.launch()
+
+    payload = os.urandom(1_500_000)
+    blocks, root = import_bytes(payload)
+    store = Blockstore(tmp_path / "outside-blocks")
+    store.put_many(blocks)
+    mesh = Mesh(key, listen=(f"/ip4/127.0.0.1/tcp/{port}",), on_message=noop_handler)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mesh.run)
+            outside = Bitswap(mesh.host, store)
+            await nursery.start(outside.run)
+            try:
+                await trio.to_thread.run_sync(node.wait_ready)
+                out = tmp_path / "got.bin"
+                got = await trio.to_thread.run_sync(
+                    lambda: node.cli("ipfs", "get", str(root.cid), "-o", str(out)))
+                assert got.returncode == 0, got.stderr
+                assert out.read_bytes() == payload
+                assert outside.stats.blocks_served == len(blocks)
+            finally:
+                mesh.stop()
+                nursery.cancel_scope.cancel()
