@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job, end to end, on embedded defaults: a local S3 server (SeaweedFS) holding a
 # stand-in for the tutorial's public bucket, a local 3-node devnet, the local busybox image.
-# It runs the reference tutorial's job (S3 objects in, copied to /outputs), publishes the
-# results to S3 as one .tar.gz, then fetches and verifies them with `bacnode get`.
+# It runs the reference tutorial's job as written (S3 objects in, copied to /outputs, results
+# published to IPFS, the default), fetches and verifies them with `bacnode get`, prints the
+# CID with the tutorial's jq command, then runs it again publishing to S3 as one .tar.gz.
 # Run scripts/setup.sh once first (packages, dockerd, the image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,21 +51,34 @@ bash scripts/devnet.sh down >/dev/null 2>&1 || true
 eval "$(bash scripts/devnet.sh up 3 | grep '^export ')"
 bacnode node list
 
-echo "== the tutorial's job: S3 objects in, copied to /outputs, results published to S3" >&2
-job_id=$(bacnode docker run \
+echo "== the tutorial's job as written: S3 objects in, copied to /outputs, results to IPFS" >&2
+export JOB_ID=$(bacnode docker run \
+    -i "s3://noaa-goes16/ABI-L1b-RadC/2000/001/12/OR_ABI-L1b-RadC-M3C01*:/inputs,opt=region=us-east-1" \
+    --id-only --wait \
+    busybox \
+    -- sh -c "cp -r /inputs/* /outputs/")
+echo "job: $JOB_ID" >&2
+bacnode list --id-filter "${JOB_ID}" --wide
+bacnode describe "${JOB_ID}" >/dev/null
+
+echo "== fetching and verifying its results into $results/ (bitswap through node 1)" >&2
+rm -rf "$results" && mkdir -p "$results"
+bacnode get "$JOB_ID" --output-dir "$results"
+ls -1 "$results/outputs"
+echo "== its CID (kubo's CID for the same results directory)" >&2
+bacnode describe "${JOB_ID}" --json \
+| jq -r '.State.Executions[].PublishedResults.CID | select (. != null)'
+
+echo "== the same job publishing to S3 instead, as one .tar.gz in a versioned bucket" >&2
+s3_job=$(bacnode docker run \
     -i "s3://noaa-goes16/ABI-L1b-RadC/2000/001/12/OR_ABI-L1b-RadC-M3C01*:/inputs,opt=region=us-east-1" \
     -p 's3://results/run-{jobID},opt=compress=true' \
     --id-only --wait \
     busybox \
     -- sh -c "cp -r /inputs/* /outputs/")
-echo "job: $job_id" >&2
-
-bacnode list --id-filter "$job_id" --wide
-bacnode job results "$job_id"
-
-echo "== fetching and verifying its results into $results/" >&2
-rm -rf "$results" && mkdir -p "$results"
-bacnode get "$job_id" --output-dir "$results"
-ls -1 "$results/outputs"
+bacnode job results "$s3_job"
+rm -rf "$results-s3" && mkdir -p "$results-s3"
+bacnode get "$s3_job" --output-dir "$results-s3"
+ls -1 "$results-s3/outputs"
 echo "== done. Stop everything with:" >&2
 echo "   bash scripts/devnet.sh down; kill \$(cat $state/s3.pid)" >&2
