@@ -227,8 +227,11 @@ def download_results(ctx: click.Context, job_id: str, output_dir: Path) -> list[
         with tempfile.TemporaryDirectory(dir=output_dir, prefix=".partial-") as scratch:
             scratch_path = Path(scratch)
             unpacked = scratch_path / "unpacked"
-            if record.published.get("StorageSource") == "IPFS":
+            source = record.published.get("StorageSource")
+            if source == "IPFS":
                 _download_ipfs(ctx, record, unpacked)
+            elif source == "S3" and not record.published.get("S3", {}).get("Compress", True):
+                _download_s3_files(item, record, unpacked)
             else:
                 archive = scratch_path / "results.tar"
                 if record.published.get("StorageSource") == "S3":
@@ -274,21 +277,11 @@ def _download_ipfs(ctx: click.Context, record: Any, destination: Path) -> None:
         ) from None
 
 
-def _download_s3(item: dict[str, Any], record: Any, destination: Path) -> None:
-    """Fetch a compressed S3 result through its presigned URL, checking its signed SHA-256."""
+def _fetch_url(url: str, destination: Path, name: str) -> bytes:
+    """Download ``url`` into ``destination``; return the SHA-256 of what was written."""
     import urllib.error
     import urllib.request
 
-    s3 = record.published.get("S3", {})
-    if not s3.get("Compress") and not s3.get("Checksum"):
-        raise click.ClickException(
-            f"results of {record.execution_id} were published uncompressed to "
-            f"{record.published.get('Name')}; fetch them with your S3 tools"
-        )
-    url = item.get("Params", {}).get("PreSignedURL")
-    if not url:
-        reason = item.get("Params", {}).get("SourceSpec", {}).get("Error", "no URL")
-        raise click.ClickException(f"the requester could not presign a URL: {reason}")
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=60) as response, destination.open("wb") as out:
@@ -296,8 +289,41 @@ def _download_s3(item: dict[str, Any], record: Any, destination: Path) -> None:
                 digest.update(chunk)
                 out.write(chunk)
     except (urllib.error.URLError, OSError) as exc:
-        raise click.ClickException(f"downloading {record.published.get('Name')}: {exc}") from None
-    actual = base64.b64encode(digest.digest()).decode()
+        raise click.ClickException(f"downloading {name}: {exc}") from None
+    return digest.digest()
+
+
+def _presign_failure(item: dict[str, Any]) -> click.ClickException:
+    reason = item.get("Params", {}).get("SourceSpec", {}).get("Error", "no URL")
+    return click.ClickException(f"the requester could not presign a URL: {reason}")
+
+
+def _download_s3_files(item: dict[str, Any], record: Any, destination: Path) -> None:
+    """Fetch uncompressed S3 results file by file, each checked against the manifest."""
+    urls = {f["Path"]: f["PreSignedURL"] for f in item.get("Params", {}).get("Files", [])}
+    if not urls and record.outputs:
+        raise _presign_failure(item)
+    prefix = record.published.get("Name", "").rstrip("/")
+    for entry in record.outputs:
+        url = urls.get(entry.path)
+        if not url:
+            raise _presign_failure(item)
+        target = destination / entry.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if _fetch_url(url, target, f"{prefix}/{entry.path}").hex() != entry.sha256:
+            raise click.ClickException(
+                f"{prefix}/{entry.path} does not match its signed SHA-256; nothing was written"
+            )
+
+
+def _download_s3(item: dict[str, Any], record: Any, destination: Path) -> None:
+    """Fetch a compressed S3 result through its presigned URL, checking its signed SHA-256."""
+    s3 = record.published.get("S3", {})
+    url = item.get("Params", {}).get("PreSignedURL")
+    if not url:
+        raise _presign_failure(item)
+    digest = _fetch_url(url, destination, record.published.get("Name", ""))
+    actual = base64.b64encode(digest).decode()
     if actual != s3.get("Checksum"):
         raise click.ClickException(
             f"{record.published.get('Name')} has SHA-256 {actual}, but the signed record says "

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse
 
 from protocol.errors import SpecError
 from protocol.jobspec import Job
+from protocol.messages import ManifestEntry
 from protocol.states import ExecutionState
 
 from .mesh import MeshError
@@ -97,8 +98,14 @@ async def resolve_job_id(store: Store, id_or_prefix: str) -> JobRecord:
 PRESIGN_EXPIRY_SECONDS = 1800
 
 
-async def _presigned(published: dict[str, Any]) -> dict[str, Any]:
-    """Bacalhau's ``s3PreSigned`` result params, signed with this node's credentials."""
+async def _presigned(
+    published: dict[str, Any], outputs: tuple[ManifestEntry, ...] = ()
+) -> dict[str, Any]:
+    """Bacalhau's ``s3PreSigned`` result params, signed with this node's credentials.
+
+    Uncompressed results are one object per file under a prefix: each file of the
+    signed manifest gets its own URL in ``Files``, and ``PreSignedURL`` is empty.
+    """
     import trio
 
     from .publisher.s3 import s3_client
@@ -114,21 +121,38 @@ async def _presigned(published: dict[str, Any]) -> dict[str, Any]:
         "VersionID": s3.get("VersionID", ""),
     }
 
-    def sign() -> str:
+    compressed = s3.get("Compress", True)
+
+    def sign() -> tuple[str, list[dict[str, str]]]:
         client = s3_client(source["Endpoint"] or None, source["Region"] or None)
+
+        def url(params: dict[str, str]) -> str:
+            return client.generate_presigned_url(
+                "get_object", Params=params, ExpiresIn=PRESIGN_EXPIRY_SECONDS
+            )
+
+        if not compressed:
+            prefix = source["Key"].rstrip("/")
+            files = [
+                {"Path": entry.path,
+                 "PreSignedURL": url({"Bucket": source["Bucket"], "Key": f"{prefix}/{entry.path}"})}
+                for entry in outputs
+            ]
+            return "", files
         params = {"Bucket": source["Bucket"], "Key": source["Key"]}
         if source["VersionID"] and source["VersionID"] != "null":
             params["VersionId"] = source["VersionID"]
-        return client.generate_presigned_url(
-            "get_object", Params=params, ExpiresIn=PRESIGN_EXPIRY_SECONDS
-        )
+        return url(params), []
 
     try:
-        url = await trio.to_thread.run_sync(sign)
+        signed, files = await trio.to_thread.run_sync(sign)
     except Exception as exc:  # no credentials, bad endpoint: say so, keep the rest usable
-        url = ""
+        signed, files = "", []
         source["Error"] = f"cannot presign: {exc}"
-    return {"PreSignedURL": url, "SourceSpec": source}
+    answer: dict[str, Any] = {"PreSignedURL": signed, "SourceSpec": source}
+    if not compressed:
+        answer["Files"] = files
+    return answer
 
 
 def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Requester | None],
@@ -197,7 +221,10 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
                 "Params": published,
             }
             if published.get("StorageSource") == "S3":
-                item = {"Type": "s3PreSigned", "Params": await _presigned(published)}
+                item = {
+                    "Type": "s3PreSigned",
+                    "Params": await _presigned(published, result.outputs),
+                }
             item.update(
                 {
                     "ExecutionID": result.execution_id,

@@ -309,7 +309,7 @@ class Compute:
             location = {"StorageSource": "IPFS", "Name": f"ipfs://{root.cid}", "CID": str(root.cid)}
         else:
             manifest = await trio.to_thread.run_sync(_manifest, results_dir)
-            location = await self._publish_elsewhere(publisher, execution, results_dir)
+            location = await self._publish_elsewhere(publisher, execution, results_dir, manifest)
         stdout_sha, stderr_sha = _std_hashes(manifest)
         return ResultRecord(
             job_id=execution.job.id or "",
@@ -324,7 +324,11 @@ class Compute:
         )
 
     async def _publish_elsewhere(
-        self, publisher: str, execution: _Execution, results_dir: Path
+        self,
+        publisher: str,
+        execution: _Execution,
+        results_dir: Path,
+        manifest: list[ManifestEntry],
     ) -> dict[str, Any]:
         if publisher == "local":
             return {
@@ -345,6 +349,7 @@ class Compute:
                 execution_id=execution.execution_id,
                 node_id=self.peer_id,
                 now=datetime.now(UTC),
+                manifest=manifest,
             )
         raise RuntimeError(f"publisher {publisher!r} is not available on this node")
 

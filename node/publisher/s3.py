@@ -14,13 +14,14 @@ import hashlib
 import io
 import os
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from protocol.messages import ManifestEntry
 from protocol.placeholders import render_key
 
 PART_SIZE = 8 * 1024 * 1024
@@ -132,16 +133,16 @@ def _upload_archive(client: Any, bucket: str, key: str, results_dir: Path) -> tu
     return checksum, answer.get("VersionId") or ""
 
 
-def _upload_files(client: Any, bucket: str, prefix: str, results_dir: Path) -> str:
+def _upload_files(
+    client: Any, bucket: str, prefix: str, results_dir: Path, manifest: Sequence[ManifestEntry]
+) -> str:
+    """Upload each file of the manifest; S3 checks each against the manifest's SHA-256."""
     version = ""
-    for path in sorted(results_dir.rglob("*")):
-        if not path.is_file() or path.is_symlink():
-            continue
-        relative = path.relative_to(results_dir).as_posix()
-        with path.open("rb") as handle:
+    for entry in manifest:
+        with (results_dir / entry.path).open("rb") as handle:
             answer = client.put_object(
-                Bucket=bucket, Key=f"{prefix.rstrip('/')}/{relative}", Body=handle,
-                ChecksumAlgorithm="SHA256",
+                Bucket=bucket, Key=f"{prefix.rstrip('/')}/{entry.path}", Body=handle,
+                ChecksumSHA256=base64.b64encode(bytes.fromhex(entry.sha256)).decode(),
             )
         version = answer.get("VersionId") or version
     return version
@@ -168,8 +169,12 @@ async def publish_s3(
     execution_id: str,
     node_id: str,
     now: datetime,
+    manifest: Sequence[ManifestEntry] = (),
 ) -> dict[str, Any]:
-    """Upload ``results_dir``; returns the record's ``published`` location."""
+    """Upload ``results_dir``; returns the record's ``published`` location.
+
+    ``manifest`` lists the files (with their SHA-256) to upload when not compressing.
+    """
     bucket = params["Bucket"]
     key = render_key(params.get("Key", ""), job_id=job_id, execution_id=execution_id,
                      node_id=node_id, now=now)
@@ -185,7 +190,8 @@ async def publish_s3(
             if compress:
                 checksum, version = _upload_archive(client, bucket, key, results_dir)
             else:
-                checksum, version = "", _upload_files(client, bucket, key, results_dir)
+                checksum = ""
+                version = _upload_files(client, bucket, key, results_dir, manifest)
         except Exception as exc:
             raise PublishError(_explain(exc, bucket, key, endpoint)) from None
         return {

@@ -84,6 +84,41 @@ def test_tampered_object_makes_get_fail(s3_devnet: list[Daemon], s3_bucket,
     assert not (tmp_path / "bad" / "outputs").exists()
 
 
+def test_uncompressed_results_are_one_object_per_file_and_get_verifies_each(
+    s3_devnet: list[Daemon], s3_bucket, tmp_path: Path
+) -> None:
+    client = s3_devnet[2]
+    result = client.cli(
+        "docker", "run", "--id-only", "--wait",
+        "-p", f"s3://{s3_bucket.name}/files/{{jobID}}",
+        "busybox", "--", "sh", "-c",
+        "echo hi; mkdir -p /outputs/d; echo one > /outputs/d/1.txt; echo two > /outputs/2.txt",
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    listed = s3_bucket.client.list_objects_v2(Bucket=s3_bucket.name, Prefix=f"files/{job_id}/")
+    assert sorted(o["Key"].split("/", 2)[2] for o in listed["Contents"]) == [
+        "exitCode", "outputs/2.txt", "outputs/d/1.txt", "stderr", "stdout"]
+
+    (item,) = client.api(f"/api/v1/orchestrator/jobs/{job_id}/results")["Results"]
+    assert item["Type"] == "s3PreSigned" and item["Params"]["PreSignedURL"] == ""
+    assert {f["Path"] for f in item["Params"]["Files"]} >= {"outputs/2.txt", "outputs/d/1.txt"}
+
+    got = client.cli("get", job_id, "--output-dir", str(tmp_path / "ok"))
+    assert got.returncode == 0, got.stderr
+    assert (tmp_path / "ok" / "outputs" / "d" / "1.txt").read_text() == "one\n"
+    assert (tmp_path / "ok" / "stdout").read_text() == "hi\n"
+
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=f"files/{job_id}/outputs/2.txt",
+                                Body=b"swapped\n")
+    bad = client.cli("get", job_id, "--output-dir", str(tmp_path / "bad"))
+    assert bad.returncode == 1
+    assert "outputs/2.txt does not match its signed SHA-256" in bad.stderr
+    assert "nothing was written" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad" / "outputs").exists()
+
+
 def test_missing_bucket_fails_the_execution_with_the_reason(s3_devnet: list[Daemon]) -> None:
     result = s3_devnet[1].cli(
         "docker", "run", "--id-only", "--wait", "-p", "s3://no-such-bucket-here/x",
