@@ -40,7 +40,6 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID as MESHSUB_10
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as MESHSUB_11
-from libp2p.pubsub.gossipsub import PROTOCOL_ID_V12 as MESHSUB_12
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import ScoreParams
@@ -64,7 +63,11 @@ from protocol.messages import (
     seal_message,
 )
 
+from . import libp2p_tuning
+
 log = logging.getLogger("bacnode.mesh")
+
+libp2p_tuning.apply()
 
 TOPIC_JOBS = f"{PROTOCOL_NAME}/jobs"
 TOPIC_RESULTS = f"{PROTOCOL_NAME}/results"
@@ -85,6 +88,7 @@ MAX_PENDING_DELIVERIES = 10_000
 MAX_QUEUED_MESSAGES = 10_000
 STOP_GRACE_SECONDS = 5
 ADDRESS_TTL_SECONDS = 600
+HEALTH_CHECK_SECONDS = 10.0
 
 MessageHandler = Callable[[str, Envelope, Message], Awaitable[None]]
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
@@ -198,17 +202,21 @@ class Mesh:
             psk=psk,
             # One connection per peer: below the per-peer limit every dial waits out a
             # 250 ms "happy eyeballs" delay. Health pings find half-open peers (a
-            # frozen process keeps its TCP connection) in seconds, not never.
+            # frozen process keeps its TCP connection) in seconds, not never; each is a
+            # new stream, so on a hub with many peers they are not free: every 10 s.
             connection_config=ConnectionConfig(
                 max_connections_per_peer=1,
                 enable_health_monitoring=True,
                 abort_connection_on_ping_failure=True,
-                health_check_interval=2.0,
-                ping_timeout=2.0,
+                health_check_interval=HEALTH_CHECK_SECONDS,
+                ping_timeout=5.0,
             ),
         )
         self.gossipsub = GossipSub(
-            protocols=[MESHSUB_12, MESHSUB_11, MESHSUB_10],
+            # Not 1.2: py-libp2p then sends an IDONTWANT RPC to every mesh peer for every
+            # message, however small (go-libp2p only for messages over 1 KiB), which on a
+            # hub tripled the RPCs per heartbeat.
+            protocols=[MESHSUB_11, MESHSUB_10],
             degree=6,
             degree_low=4,
             # Above any devnet's size: py-libp2p prunes equal-score peers arbitrarily

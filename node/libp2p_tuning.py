@@ -1,0 +1,91 @@
+"""Per-message costs of py-libp2p 0.8's pubsub that a busy node cannot afford.
+
+Found by profiling the hub of a 20-node devnet (bench/mesh.py):
+
+- Every pubsub RPC carries the sender's signed peer record, and the receiver verifies
+  its signature for every RPC, twice (``Pubsub`` and again in ``GossipSub.handle_rpc``),
+  although a peer's record only changes with its addresses. We verify each distinct
+  record once per peer and remember the bytes that passed.
+- Every RPC sent rebuilds the local record's address set to see whether a cached
+  record is still current. We keep the answer for a few seconds.
+
+Both wrap the functions where the pubsub modules look them up, so the behaviour is
+py-libp2p's own; only repeated work on identical inputs is skipped. (gossipsub 1.2's
+IDONTWANT, sent to every mesh peer for every message however small, is avoided by
+not offering 1.2: see ``node.mesh``.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import libp2p.pubsub.gossipsub as gossipsub_module
+import libp2p.pubsub.pubsub as pubsub_module
+
+#: Distinct (peer, record) pairs remembered as verified.
+MAX_VERIFIED_RECORDS = 4096
+#: How long the local record is reused without re-checking the listen addresses.
+LOCAL_RECORD_SECONDS = 5.0
+
+_applied = False
+
+
+def _memoize_record_checks(check: Callable[..., bool]) -> Callable[..., bool]:
+    verified: OrderedDict[tuple[Any, bytes], None] = OrderedDict()
+
+    def consume(msg: Any, host: Any, peer_id: Any) -> bool:
+        if not msg.HasField("senderRecord"):
+            return check(msg, host, peer_id)
+        key = (peer_id, hashlib.sha256(msg.senderRecord).digest())
+        if key in verified:
+            verified.move_to_end(key)
+            return True
+        ok = check(msg, host, peer_id)
+        if ok:
+            verified[key] = None
+            if len(verified) > MAX_VERIFIED_RECORDS:
+                verified.popitem(last=False)
+        return ok
+
+    return consume
+
+
+def _cache_local_record(build: Callable[[Any], tuple[bytes, bool]]) -> Callable[..., Any]:
+    # Keyed by the peerstore's current record object: when identify (or anything else)
+    # issues a newer record, the cache misses, so we never send one older than a peer saw.
+    cached: dict[int, tuple[float, Any, bytes]] = {}
+
+    def local_record(host: Any) -> tuple[bytes, bool]:
+        now = time.monotonic()
+        current = host.get_peerstore().get_local_record()
+        hit = cached.get(id(host))
+        if (
+            hit is not None
+            and current is not None
+            and hit[1] is current
+            and now - hit[0] < LOCAL_RECORD_SECONDS
+        ):
+            return hit[2], False
+        record, fresh = build(host)
+        cached[id(host)] = (now, host.get_peerstore().get_local_record(), record)
+        return record, fresh
+
+    return local_record
+
+
+def apply() -> None:
+    """Install the wrappers (idempotent)."""
+    global _applied
+    if _applied:
+        return
+    _applied = True
+    consume = _memoize_record_checks(pubsub_module.maybe_consume_signed_record)
+    pubsub_module.maybe_consume_signed_record = consume  # type: ignore[assignment]
+    gossipsub_module.maybe_consume_signed_record = consume  # type: ignore[assignment]
+    local = _cache_local_record(gossipsub_module.env_to_send_in_RPC)
+    gossipsub_module.env_to_send_in_RPC = local  # type: ignore[assignment]
+    pubsub_module.env_to_send_in_RPC = local  # type: ignore[assignment]
