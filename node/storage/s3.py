@@ -58,6 +58,7 @@ material masked.
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import errno
 import hashlib
@@ -396,6 +397,7 @@ class S3Storage(Storage):
         self._cache_lock = threading.Lock()
         self._cache_bytes: int | None = None
         self._inflight: dict[str, trio.Event] = {}
+        self._inflight_sync: dict[str, threading.Event] = {}
 
     # -- the Storage interface -------------------------------------------------------------
 
@@ -428,7 +430,13 @@ class S3Storage(Storage):
 
                 return run
 
-            await _all([fetcher(o, r) for o, r in zip(plan.objects, plan.paths, strict=True)])
+            pairs = list(zip(plan.objects, plan.paths, strict=True))
+            large = [(o, r) for o, r in pairs if o.size >= self.multipart_threshold]
+            small = [(o, holder / r) for o, r in pairs if o.size < self.multipart_threshold]
+            thunks = [fetcher(o, r) for o, r in large]
+            if small:
+                thunks.append(lambda: self._fetch_small(client, plan.bucket, small, digests))
+            await _all(thunks)
             if plan.single and params.checksum:
                 actual = digests[plan.objects[0].key]
                 if actual != params.checksum:
@@ -723,6 +731,76 @@ class S3Storage(Storage):
         finally:
             del self._inflight[entry]
             done.set()
+
+    async def _fetch_small(
+        self,
+        client: _Client,
+        bucket: str,
+        items: list[tuple[S3Object, Path]],
+        digests: dict[str, str],
+    ) -> None:
+        """Objects under the multipart threshold, by a pool of worker threads.
+
+        Each worker takes objects off one queue until it is empty, as a thread pool of
+        ``get_object`` would: one thread hop per worker, not two per object, which is
+        what bounded the throughput on thousands of small objects.
+        """
+        queue = collections.deque(items)
+        stop = threading.Event()
+        # Directories first, waited for: an abandoned worker must never re-create one
+        # after a cancelled stage removed its holder (a file open there then just fails).
+        parents = {dest.parent for _, dest in items}
+        if self.cache_dir is not None:
+            parents.add(self.cache_dir / "tmp")
+        await self._run(_make_dirs, *sorted(parents), abandon=False)
+
+        def work() -> None:
+            while not stop.is_set():
+                try:
+                    obj, dest = queue.popleft()
+                except IndexError:
+                    return
+                digests[obj.key] = self._fetch_sync(client, bucket, obj, dest, stop)
+
+        async def worker() -> None:
+            await trio.to_thread.run_sync(work, limiter=self._limiter, abandon_on_cancel=True)
+
+        try:
+            await _all([worker] * min(self.max_threads, len(items)))
+        except BaseException:
+            stop.set()  # abandoned workers stop before their next object or chunk
+            raise
+
+    def _fetch_sync(
+        self, client: _Client, bucket: str, obj: S3Object, dest: Path, stop: threading.Event
+    ) -> str:
+        """``_fetch`` for one small object, in a worker thread."""
+        entry = self._cache_entry(client, bucket, obj)
+        if entry is None:
+            return self._get_whole(client, bucket, obj, dest, stop)
+        while True:
+            digest = self._cache_take(entry, obj, dest)
+            if digest is not None:
+                return digest
+            with self._cache_lock:
+                busy = self._inflight_sync.get(entry)
+                if busy is None:
+                    done = self._inflight_sync[entry] = threading.Event()
+                    break
+            while not busy.wait(0.5):  # the same object, fetched for another input
+                if stop.is_set():
+                    raise _Stopped()
+        assert self.cache_dir is not None
+        tmp = self.cache_dir / "tmp" / f"{uuid.uuid4().hex}.part"
+        try:
+            digest = self._get_whole(client, bucket, obj, tmp, stop)
+            self._cache_put(entry, obj, bucket, client, tmp, digest, dest)
+        finally:
+            _unlink(tmp)
+            with self._cache_lock:
+                del self._inflight_sync[entry]
+            done.set()
+        return digest
 
     async def _download(self, client: _Client, bucket: str, obj: S3Object, dest: Path) -> str:
         stop = threading.Event()
