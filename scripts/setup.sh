@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian 12 machine (as root) for bacnode: apt and pip packages, dockerd without
-# the default bridge, and the local busybox image (no registry is reachable here).
+# the default bridge, the local busybox image (no registry is reachable here), and kubo, the
+# reference IPFS node the interoperability tests run against (built from the Go module proxy
+# with the installed Go toolchain, ~2-4 minutes the first time; see scripts/services.py).
 # Safe to re-run: whatever is already installed or running is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,3 +64,4 @@ step "apt packages" install_system_packages
 step "pip install -e .[test]" install_python_package
 step "dockerd" python3 -m scripts.services docker
 step "busybox image" python3 -m scripts.services image
+step "kubo (IPFS reference node)" python3 -m scripts.services kubo

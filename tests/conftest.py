@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import pytest
 
 if TYPE_CHECKING:
-    from scripts.services import SeaweedS3
+    from scripts.services import Kubo, SeaweedS3
 
 
 def _unavailable(what: str, problem: str) -> NoReturn:
@@ -119,3 +119,28 @@ def s3_bucket(s3_server: SeaweedS3) -> Iterator[S3Bucket]:
     client.create_bucket(Bucket=name)
     yield S3Bucket(name=name, client=client, server=s3_server)
     _empty_and_delete(client, name)
+
+
+@pytest.fixture
+def kubo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubo]:
+    """A kubo daemon (the reference IPFS node) for one test: fresh repo, loopback only.
+
+    Swarm and API on free 127.0.0.1 ports, no gateway, bootstrap, mDNS, routing, relay or
+    telemetry (see ``scripts.services.Kubo``); online, so it speaks bitswap with the peers it
+    is connected to. The binary is the one ``scripts/setup.sh`` builds (``$BACNODE_KUBO``
+    overrides its path). Stopped (SIGTERM, then SIGKILL) after the test.
+    """
+    from scripts.services import Kubo, ServiceError
+    from tests.daemons import free_ports
+
+    swarm_port, api_port = free_ports(2)
+    node = Kubo(tmp_path_factory.mktemp("kubo"), swarm_port=swarm_port, api_port=api_port)
+    problem = ""
+    try:
+        node.start()
+    except (ServiceError, OSError) as exc:
+        problem = str(exc)
+    if problem:
+        _unavailable("kubo", problem)
+    yield node
+    node.stop(grace=5)
