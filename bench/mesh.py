@@ -56,6 +56,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 from bench._cleanup import Interrupted, signals_deferred  # noqa: E402
+from node.config import NodeConfig  # noqa: E402
 from scripts.services import free_ports  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -556,8 +557,9 @@ def parse_args() -> argparse.Namespace:
                         help="comma-separated daemon counts [default: 5,10,20]")
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="measurement window per size [default: 10]")
-    parser.add_argument("--heartbeat", type=float, default=1.0,
-                        help="--heartbeat-seconds of every daemon [default: 1]")
+    parser.add_argument("--heartbeat", type=float, default=NodeConfig.heartbeat_seconds,
+                        help="--heartbeat-seconds of every daemon "
+                        f"[default: the daemon's, {NodeConfig.heartbeat_seconds:g}]")
     parser.add_argument("--topology", choices=["star", "spread"], default="star",
                         help="star: nodes 2..N bootstrap to node 1, as the devnet does; "
                         "spread: each to 2 random nodes already up [default: star]")

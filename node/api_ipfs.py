@@ -76,11 +76,11 @@ def add_ipfs_routes(
         started = trio.current_time()
         try:
             fetched = await ipfs.fetch(root, candidates((peer,) if peer else ()), timeout=timeout)
+            size = await trio.to_thread.run_sync(ipfs.dag_size, root)
         except FetchError as exc:
             raise HTTPException(504, str(exc)) from None
         except IpfsFormatError as exc:
-            raise HTTPException(502, str(exc)) from None
-        size = await trio.to_thread.run_sync(ipfs.dag_size, root)
+            raise HTTPException(502, f"{cid} cannot be read: {exc}") from None
 
         async def chunks() -> AsyncIterator[bytes]:
             frames = ipfs.car_chunks(root)

@@ -19,6 +19,7 @@ from .errors import RemoteProtocolError
 from .identity import b58decode, b58encode
 
 DAG_PB = 0x70
+IDENTITY = 0x00
 RAW = 0x55
 SHA2_256 = 0x12
 
@@ -271,9 +272,18 @@ class Cid:
     def __repr__(self) -> str:
         return f"Cid({str(self)!r})"
 
+    @property
+    def inline_data(self) -> bytes | None:
+        """The block itself for an identity-hashed ("inline") CID, else None."""
+        return self.digest if self.hash_code == IDENTITY else None
+
     def verify(self, block: Buffer) -> None:
         """Raise ``IpfsFormatError`` unless ``block`` hashes to this CID."""
         code, digest_at = _split_multihash(self.multihash)
+        if code == IDENTITY:
+            if bytes(block) != self.multihash[digest_at:]:
+                raise IpfsFormatError(f"block {self} differs from the data inlined in its CID")
+            return
         if code != SHA2_256 or len(self.multihash) - digest_at != 32:
             raise IpfsFormatError(
                 f"cannot verify block {self}: it is hashed with {hash_name(code)}, "

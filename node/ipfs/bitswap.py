@@ -53,8 +53,8 @@ WANT_RETRY_SECONDS = 10.0
 DISCOVERY_SECONDS = 5.0
 STREAM_IDLE_SECONDS = 120.0
 DIAL_SECONDS = 10.0
-#: A well-behaved peer (kubo, bacnode) keeps one stream open to us; a few more are tolerated.
-MAX_INBOUND_STREAMS_PER_PEER = 8
+#: Streams a peer may have open to us at once (kubo opens one per message it sends).
+MAX_INBOUND_STREAMS_PER_PEER = 64
 #: Served blocks queued per peer, beyond which its wants are refused (DontHave).
 MAX_QUEUED_PER_PEER = 1024
 
@@ -458,6 +458,8 @@ class _Fetch:
             if self.queue or self.outstanding:
                 with trio.move_on_after(1.0):
                     await self.wake.wait()
+        if self.failure is not None:
+            raise self.failure
 
     def _assign(self) -> None:
         now = trio.current_time()
@@ -466,9 +468,13 @@ class _Fetch:
             load.update(asked)
         for key, (cid, asked, since) in list(self.outstanding.items()):
             live = [p for p in asked if p in self.providers]
-            if live and now - since < WANT_RETRY_SECONDS:
+            stale = now - since >= WANT_RETRY_SECONDS
+            if live and not stale:
                 continue
             choices = [p for p in self.providers if p not in asked and load[p] < WANTS_PER_PEER]
+            if not choices and stale:
+                # Everyone was asked and nothing came (a reply lost with a stream): ask again.
+                choices = [p for p in self.providers if load[p] < WANTS_PER_PEER]
             if not choices:
                 continue
             peer = min(choices, key=lambda p: load[p])

@@ -36,9 +36,11 @@ class Blockstore:
         return self.root / name[-3:-1] / name
 
     def has(self, cid: Cid) -> bool:
-        return self._path(cid).exists()
+        return cid.inline_data is not None or self._path(cid).exists()
 
     def put(self, block: Block) -> None:
+        if block.cid.inline_data is not None:
+            return  # the CID holds the data
         path = self._path(block.cid)
         if path.exists():
             return
@@ -54,6 +56,8 @@ class Blockstore:
 
     def get(self, cid: Cid) -> bytes | None:
         """The block's bytes, verified against ``cid``; None when absent or damaged."""
+        if cid.inline_data is not None:
+            return cid.inline_data
         path = self._path(cid)
         try:
             data = path.read_bytes()

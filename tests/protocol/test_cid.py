@@ -188,9 +188,6 @@ def test_for_block_and_verify():
 
 
 def test_verify_refuses_other_hash_functions():
-    identity = Cid(1, RAW, b"\x00\x03abc")
-    with pytest.raises(IpfsFormatError, match="identity.*only sha2-256"):
-        identity.verify(b"abc")
     sha512 = Cid(1, RAW, b"\x13\x40" + bytes(64))
     with pytest.raises(IpfsFormatError, match="sha2-512"):
         sha512.verify(b"")
@@ -208,3 +205,17 @@ def test_from_prefix():
         Cid.from_prefix(b"\x00\x55\x12\x20", block)
     with pytest.raises(IpfsFormatError, match="varint"):
         Cid.from_prefix(b"\x01\x55\x12", block)
+
+
+def test_an_inline_cid_carries_its_block() -> None:
+    from protocol.cid import IDENTITY, RAW
+
+    data = b"tiny\n"
+    cid = Cid(1, RAW, bytes([IDENTITY, len(data)]) + data)
+    assert cid.inline_data == data
+    cid.verify(data)
+    with pytest.raises(IpfsFormatError, match="inlined"):
+        cid.verify(b"other")
+    assert Cid.parse(str(cid)) == cid
+    sha = Cid.for_block(data, version=1, codec=RAW)
+    assert sha.inline_data is None
