@@ -1,10 +1,11 @@
 """UnixFS over dag-pb, byte-for-byte as kubo's default ``ipfs add`` builds it.
 
 The default profile (``unixfs-v0-2015``): CIDv0, dag-pb UnixFS leaves, 256 KiB fixed
-chunks, balanced layout with 174 links per node, sorted plain (unsharded) directories.
-Importing streams: the importer holds at most one partial chunk plus one list of
-links per tree level. Reading (``walk``) verifies every block against its CID and
-parses strictly, since blocks come from untrusted peers.
+chunks, balanced layout with 174 links per node, and directories that are plain (one
+block, links sorted by name) up to a size estimate of 256 KiB and HAMT-sharded above it
+(see ``directory_blocks``). Importing streams: the importer holds at most one partial
+chunk plus one list of links per tree level. Reading (``walk``) verifies every block
+against its CID and parses strictly, since blocks come from untrusted peers.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+
+import mmh3
 
 from .cid import DAG_PB, RAW, Buffer, Cid, IpfsFormatError, codec_name, encode_uvarint
 
@@ -21,12 +24,24 @@ MAX_LINKS = 174
 #: chain of one-link nodes is only ever an attack on the reader.
 MAX_DEPTH = 1024
 
+#: kubo (boxo's ``io.DynamicDirectory``) turns a directory into a HAMT once the sum of
+#: len(name) + len(CID bytes) over its entries exceeds this (strictly greater: a directory
+#: exactly at it stays plain). Kubo's defaults ``Import.UnixFSHAMTDirectorySizeThreshold``
+#: = 256KiB and ``Import.UnixFSHAMTDirectorySizeEstimation`` = "links".
+HAMT_THRESHOLD = 262_144
+#: Slots per HAMT shard (``Import.UnixFSHAMTDirectoryMaxFanout``); readers accept any
+#: power of two from 8 to 1024, as boxo does.
+HAMT_FANOUT = 256
+#: UnixFS hashType of HAMT shards: murmur3-x64-64, the multicodec kubo writes and the only
+#: one it reads.
+MURMUR3_X64_64 = 0x22
+_HASH_BITS = 64
+
 # UnixFS Data.Type values.
 _RAW, _DIRECTORY, _FILE, _METADATA, _SYMLINK, _HAMT_SHARD = range(6)
 _UNSUPPORTED_TYPES = {
     _METADATA: "Metadata",
     _SYMLINK: "Symlink (symbolic link)",
-    _HAMT_SHARD: "HAMTShard (sharded directory)",
 }
 
 _EMPTY_FILE = b"\x0a\x04\x08\x02\x18\x00"  # PBNode{Data: UnixFS{Type: File, filesize: 0}}
@@ -50,12 +65,17 @@ class Link:
 
 @dataclass(frozen=True, slots=True)
 class Node:
-    """A decoded block. ``kind`` is "file", "directory" or "raw" (a raw-codec leaf)."""
+    """A decoded block. ``kind`` is "file", "directory", "raw" (a raw-codec leaf) or
+    "shard": one node of a HAMT-sharded directory, whose links are named by their slot
+    in upper-case hex (two digits at fanout 256), followed by the entry's name for an
+    entry, or by nothing for a child shard. ``walk`` turns the shards of a sharded
+    directory back into its entries."""
 
     kind: str
     links: tuple[Link, ...]
     data: bytes  # file content held in this block itself
     filesize: int | None  # content bytes under this node; None for directories
+    fanout: int = 0  # slots per shard, for "shard" nodes only
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,16 +240,118 @@ def _check_name(name: str, where: str) -> bytes:
         raise IpfsFormatError(f"name {name!r} in {where} is not valid UTF-8") from None
 
 
-def directory_block(links: Iterable[Link]) -> Block:
-    """A plain UnixFS directory holding ``links`` (sorted by name, as kubo does)."""
-    # Go compares strings bytewise, so kubo's order is that of the UTF-8 bytes.
+def _sorted_entries(links: Iterable[Link]) -> list[tuple[bytes, Link]]:
+    """(UTF-8 name, link) sorted as kubo sorts (Go compares strings bytewise), names
+    checked and unique."""
     keyed = sorted(
         ((_check_name(link.name, "a directory"), link) for link in links), key=lambda pair: pair[0]
     )
     for (a, _), (b, _) in zip(keyed, keyed[1:], strict=False):
         if a == b:
             raise IpfsFormatError(f"two entries named {a.decode()!r} in one directory")
-    return _make_block(_encode_node((link for _, link in keyed), _DIRECTORY_DATA))
+    return keyed
+
+
+def directory_block(links: Iterable[Link]) -> Block:
+    """A plain UnixFS directory holding ``links`` (sorted by name, as kubo does),
+    whatever its size; ``directory_blocks`` shards a large one as kubo does."""
+    return _make_block(_encode_node((link for _, link in _sorted_entries(links)), _DIRECTORY_DATA))
+
+
+def directory_blocks(links: Iterable[Link]) -> tuple[list[Block], Link]:
+    """The directory holding ``links`` as ``ipfs add`` builds it: its blocks (root last)
+    and its root link (name "").
+
+    Plain while the sum of len(name in UTF-8) + len(CID bytes) over the entries is at
+    most ``HAMT_THRESHOLD``, else a HAMT-sharded directory (``sharded_directory``).
+    kubo checks that estimate as each entry is added and, since ``ipfs add`` never
+    removes one, the last check decides.
+    """
+    keyed = _sorted_entries(links)
+    estimate = sum(len(name) + len(bytes(link.cid)) for name, link in keyed)
+    if estimate > HAMT_THRESHOLD:
+        return _sharded(keyed, HAMT_FANOUT)
+    entries = [link for _, link in keyed]
+    block = _make_block(_encode_node(entries, _DIRECTORY_DATA))
+    return [block], _link_to(block, entries)
+
+
+def sharded_directory(links: Iterable[Link], fanout: int = HAMT_FANOUT) -> tuple[list[Block], Link]:
+    """``links`` as a HAMT-sharded directory, whatever its size, byte for byte as boxo's
+    ``hamt.Shard`` builds it: blocks children first (root last), and the root link.
+
+    Each entry goes in the slot numbered by the next log2(fanout) bits of the murmur3
+    hash of its name; a slot shared by several entries holds a child shard that splits
+    them by the following bits. The shape depends only on the names, not on the order
+    they were added in.
+    """
+    if not _fanout_ok(fanout):
+        raise ValueError(f"fanout {fanout} is not a power of two from 8 to 1024")
+    return _sharded(_sorted_entries(links), fanout)
+
+
+def _hamt_hash(name: bytes) -> int:
+    """The 64-bit murmur3 hash of a name, as boxo's HAMT reads it most significant bit
+    first: the first half of MurmurHash3_x64_128 with seed 0 (Go's murmur3.Sum64)."""
+    return mmh3.hash64(name, signed=False)[0]
+
+
+def _fanout_ok(fanout: int) -> bool:
+    # boxo's rule: a power of two (log2 bits per level), a multiple of 8 (whole bitfield
+    # bytes), at most 1024.
+    return 8 <= fanout <= 1024 and fanout & (fanout - 1) == 0
+
+
+def _shard_data(bitmap: int, fanout: int) -> bytes:
+    """The PBNode Data field of a shard: UnixFS{Type: HAMTShard, Data: bitfield,
+    hashType: murmur3, fanout}. The bitfield is big-endian, slot i being bit i, with
+    leading zero bytes dropped (go-bitfield's Bytes()); none at all when empty."""
+    bitfield = bitmap.to_bytes(fanout // 8, "big").lstrip(b"\0")
+    unixfs = b"".join(
+        (
+            b"\x08\x05",
+            b"\x12" + encode_uvarint(len(bitfield)) + bitfield if bitfield else b"",
+            b"\x28", encode_uvarint(MURMUR3_X64_64),
+            b"\x30", encode_uvarint(fanout),
+        )
+    )  # fmt: skip
+    return b"\x0a" + encode_uvarint(len(unixfs)) + unixfs
+
+
+def _sharded(keyed: list[tuple[bytes, Link]], fanout: int) -> tuple[list[Block], Link]:
+    blocks: list[Block] = []
+    entries = [(_hamt_hash(name), link) for name, link in keyed]
+    root, links = _build_shard(entries, 0, fanout, blocks)
+    return blocks, _link_to(root, links)
+
+
+def _build_shard(
+    entries: list[tuple[int, Link]], depth: int, fanout: int, out: list[Block]
+) -> tuple[Block, list[Link]]:
+    bits = fanout.bit_length() - 1
+    shift = _HASH_BITS - (depth + 1) * bits
+    if shift < 0:
+        names = ", ".join(repr(link.name) for _, link in entries)
+        raise IpfsFormatError(f"the names {names} have the same {_HASH_BITS}-bit HAMT hash")
+    width = len(f"{fanout - 1:X}")
+    slots: dict[int, list[tuple[int, Link]]] = {}
+    for entry in entries:
+        slots.setdefault((entry[0] >> shift) & (fanout - 1), []).append(entry)
+    links: list[Link] = []
+    bitmap = 0
+    for slot in sorted(slots):
+        group = slots[slot]
+        bitmap |= 1 << slot
+        prefix = f"{slot:0{width}X}"
+        if len(group) == 1:
+            link = group[0][1]
+            links.append(Link(prefix + link.name, link.cid, link.tsize))
+        else:
+            block, children = _build_shard(group, depth + 1, fanout, out)
+            links.append(_link_to(block, children, prefix))
+    block = _make_block(_encode_node(links, _shard_data(bitmap, fanout)))
+    out.append(block)
+    return block, links
 
 
 _Tree = dict[str, "Link | _Tree"]
@@ -276,7 +398,8 @@ class DirectoryBuilder:
         self._directory(self._parts(path), path)
 
     def finish(self) -> tuple[list[Block], Link]:
-        """All directory blocks (children before parents) and the root link."""
+        """All directory blocks (children before parents) and the root link; each
+        directory plain or sharded as kubo makes it (``directory_blocks``)."""
         # Pre-order listing without recursion; reversed, children come before parents.
         order: list[_Tree] = []
         stack = [self._root]
@@ -291,9 +414,8 @@ class DirectoryBuilder:
                 child if isinstance(child, Link) else _renamed(built[id(child)], name)
                 for name, child in tree.items()
             ]
-            block = directory_block(links)
-            blocks.append(block)
-            built[id(tree)] = _link_to(block, links)
+            directory, built[id(tree)] = directory_blocks(links)
+            blocks += directory
         return blocks, built[id(self._root)]
 
 
@@ -408,6 +530,8 @@ def _decode_dag_pb(cid: Cid, block: bytes) -> Node:
     content: memoryview = data[:0]
     filesize: int | None = None
     blocksizes: list[int] = []
+    hash_type: int | None = None
+    fanout: int | None = None
     for field, wire, value in _fields(data, "UnixFS data"):
         if field == 1 and wire == 0:
             assert isinstance(value, int)
@@ -427,8 +551,12 @@ def _decode_dag_pb(cid: Cid, block: bytes) -> Node:
             while pos < len(value):
                 size, pos = _varint(value, pos, "UnixFS blocksizes")
                 blocksizes.append(size)
-        elif field in (5, 6) and wire == 0:
-            pass  # hashType, fanout: only meaningful for HAMT shards
+        elif field == 5 and wire == 0:
+            assert isinstance(value, int)
+            hash_type = value
+        elif field == 6 and wire == 0:
+            assert isinstance(value, int)
+            fanout = value
         elif field <= 6:
             raise IpfsFormatError(f"UnixFS data: field {field} has the wrong wire type {wire}")
         # Later fields (mode = 7, mtime = 8, ...) are metadata that carries no content.
@@ -444,6 +572,8 @@ def _decode_dag_pb(cid: Cid, block: bytes) -> Node:
                 raise IpfsFormatError(f"two entries named {link.name!r} in directory {cid}")
             seen.add(link.name)
         return Node("directory", tuple(links), b"", None)
+    if kind == _HAMT_SHARD:
+        return _shard_node(cid, links, bytes(content), hash_type, fanout)
     if kind not in (_FILE, _RAW):
         raise IpfsFormatError(f"unknown UnixFS type {kind}")
     if links and len(blocksizes) != len(links):
@@ -455,6 +585,41 @@ def _decode_dag_pb(cid: Cid, block: bytes) -> Node:
             f"blocksizes add up to {computed}"
         )
     return Node("file", tuple(links), bytes(content), computed)
+
+
+def _shard_node(
+    cid: Cid, links: list[Link], bitfield: bytes, hash_type: int | None, fanout: int | None
+) -> Node:
+    """Check one HAMT shard by itself: hash function, fanout, and one link per bit set
+    in the bitfield, in slot order, each named by its slot. Whether each entry sits in
+    the slot its hash picks depends on the shard's place in the tree: ``walk`` checks."""
+    where = f"HAMT shard {cid}"
+    if hash_type != MURMUR3_X64_64:
+        used = "no hash function" if hash_type is None else f"hash function 0x{hash_type:x}"
+        raise IpfsFormatError(f"{where} names {used}; only murmur3-x64-64 (0x22) is supported")
+    if fanout is None:
+        raise IpfsFormatError(f"{where} has no fanout")
+    if not _fanout_ok(fanout):
+        raise IpfsFormatError(f"{where} has fanout {fanout}, not a power of two from 8 to 1024")
+    if len(bitfield) > fanout // 8:
+        raise IpfsFormatError(f"{where} has a {len(bitfield)}-byte bitfield for {fanout} slots")
+    bitmap = int.from_bytes(bitfield, "big")
+    if bitmap.bit_count() != len(links):
+        raise IpfsFormatError(
+            f"{where} has {len(links)} links but {bitmap.bit_count()} slots marked used"
+        )
+    width = len(f"{fanout - 1:X}")
+    slots = [slot for slot in range(fanout) if bitmap >> slot & 1]
+    for slot, link in zip(slots, links, strict=True):
+        prefix = f"{slot:0{width}X}"
+        if not link.name.startswith(prefix):
+            raise IpfsFormatError(
+                f"{where}: link {link.name!r} should start with {prefix!r}, "
+                "the slot the bitfield gives it"
+            )
+        if len(link.name) > width:
+            _check_name(link.name[width:], where)
+    return Node("shard", tuple(links), b"", None, fanout)
 
 
 def decode_node(cid: Cid, block: bytes) -> Node:
@@ -510,7 +675,7 @@ def _file_chunks(root: Cid, node: Node, get_block: GetBlock) -> Iterator[bytes]:
         if link is None:
             break
         node = decode_node(link.cid, get_block(link.cid))
-        if node.kind == "directory":
+        if node.kind in _DIRECTORY_KINDS:
             raise IpfsFormatError(f"file {root} links to a directory ({link.cid})")
     if seen != expected:
         raise IpfsFormatError(
@@ -518,19 +683,26 @@ def _file_chunks(root: Cid, node: Node, get_block: GetBlock) -> Iterator[bytes]:
         )
 
 
+_DIRECTORY_KINDS = ("directory", "shard")
+
+
 def walk(root: Cid, get_block: GetBlock) -> Iterator[DirectoryEntry | FileEntry]:
     """Every directory and file under ``root``, depth-first pre-order, verified.
+
+    A plain directory's entries come in link order (by name); a sharded directory's in
+    the order of its HAMT, slot by slot and depth first (boxo's ``ForEachLink``), each
+    child shard fetched when the walk reaches it.
 
     A file's chunks must be consumed before the next entry is asked for; whatever is
     left unread is fetched and checked then, so ``get_block`` calls always follow
     ``dag_order``.
     """
     node = decode_node(root, get_block(root))
-    if node.kind != "directory":
+    if node.kind not in _DIRECTORY_KINDS:
         yield from _yield_file("", root, node, get_block)
         return
     yield DirectoryEntry("")
-    stack: list[tuple[str, Iterator[Link]]] = [("", iter(node.links))]
+    stack: list[tuple[str, Iterator[Link]]] = [("", _entries(root, node, get_block))]
     while stack:
         path, links = stack[-1]
         link = next(links, None)
@@ -540,13 +712,62 @@ def walk(root: Cid, get_block: GetBlock) -> Iterator[DirectoryEntry | FileEntry]
         _check_name(link.name, f"directory {path or root}")
         child_path = f"{path}/{link.name}" if path else link.name
         child = decode_node(link.cid, get_block(link.cid))
-        if child.kind == "directory":
+        if child.kind in _DIRECTORY_KINDS:
             if len(stack) >= MAX_DEPTH:
                 raise IpfsFormatError(f"directory {root} is nested more than {MAX_DEPTH} levels")
             yield DirectoryEntry(child_path)
-            stack.append((child_path, iter(child.links)))
+            stack.append((child_path, _entries(link.cid, child, get_block)))
         else:
             yield from _yield_file(child_path, link.cid, child, get_block)
+
+
+def _entries(cid: Cid, node: Node, get_block: GetBlock) -> Iterator[Link]:
+    """A directory's entries, named as in the directory."""
+    return _shard_entries(cid, node, get_block) if node.kind == "shard" else iter(node.links)
+
+
+def _shard_entries(root: Cid, node: Node, get_block: GetBlock) -> Iterator[Link]:
+    """The entries of the sharded directory ``root`` (its root shard ``node``), with
+    their slot prefixes removed, fetching child shards as they come.
+
+    Every entry must sit where its name's hash puts it, at every level: that is what
+    makes a shard tree canonical, and it leaves no room for a name twice or a shard
+    reused elsewhere in the tree.
+    """
+    fanout = node.fanout
+    bits = fanout.bit_length() - 1
+    width = len(f"{fanout - 1:X}")
+    # (shard CID, the slots leading to it as one number, its links); depth = index.
+    stack: list[tuple[Cid, int, Iterator[Link]]] = [(root, 0, iter(node.links))]
+    while stack:
+        shard, path, links = stack[-1]
+        link = next(links, None)
+        if link is None:
+            stack.pop()
+            continue
+        depth = len(stack)  # levels of hash bits used once this link's slot is taken
+        slots = (path << bits) | int(link.name[:width], 16)
+        name = link.name[width:]
+        if name:
+            if _hamt_hash(name.encode("utf-8")) >> (_HASH_BITS - depth * bits) != slots:
+                raise IpfsFormatError(
+                    f"sharded directory {root}: entry {name!r} of shard {shard} is not in "
+                    "the slot its hash gives it"
+                )
+            yield Link(name, link.cid, link.tsize)
+            continue
+        if (depth + 1) * bits > _HASH_BITS:
+            raise IpfsFormatError(
+                f"sharded directory {root}: shard {shard} links to a shard deeper than "
+                f"its {_HASH_BITS}-bit hashes reach"
+            )
+        child = decode_node(link.cid, get_block(link.cid))
+        if child.kind != "shard" or child.fanout != fanout:
+            raise IpfsFormatError(
+                f"sharded directory {root}: {link.cid}, in slot {link.name} of shard "
+                f"{shard}, is not a HAMT shard of fanout {fanout}"
+            )
+        stack.append((link.cid, slots, iter(child.links)))
 
 
 def _yield_file(path: str, cid: Cid, node: Node, get_block: GetBlock) -> Iterator[FileEntry]:

@@ -3,7 +3,8 @@
 A real ``ipfs daemon`` (isolated: own repo, loopback only, no routing, see
 ``scripts.services.Kubo``) next to real bacnode daemons: both import the same tree to the
 same CID, kubo fetches from bacnode over bitswap, and bacnode fetches from kubo through
-``--ipfs-peer``, for ``bacnode ipfs get`` and for a job's ``-i ipfs://CID`` input.
+``--ipfs-peer``, for ``bacnode ipfs get`` and for a job's ``-i ipfs://CID`` input; large
+directories are HAMT-sharded the same way on both sides and read by both.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 
 from scripts.services import Kubo
 from tests.daemons import Daemon, DaemonPool
+from tests.protocol.ipfs_vectors import deep_sharded_tree, nested_sharded_tree, write_tree
 
 pytestmark = pytest.mark.integration
 
@@ -178,3 +180,31 @@ def test_bacnode_fetches_from_kubo_through_ipfs_peer(
         (execution,) = described["State"]["Executions"]
         stdout = execution["RunOutput"]["stdout"].strip()
         assert stdout == hashlib.sha256(job_input.read_bytes()).hexdigest(), described
+
+
+def test_sharded_directories_both_ways(kubo: Kubo, tmp_path: Path) -> None:
+    """kubo adds a HAMT-sharded directory (holding a sharded and plain subdirectories)
+    and bacnode gets it through --ipfs-peer; bacnode adds another (five levels of
+    shards) and kubo gets it from bacnode."""
+    from_kubo = tmp_path / "nested"
+    write_tree(from_kubo, *nested_sharded_tree())
+    from_bacnode = tmp_path / "deep"
+    write_tree(from_bacnode, *deep_sharded_tree())
+    kubo_cid = kubo_ok(kubo, "add", "-r", "-Q", str(from_kubo)).decode().strip()
+    # Only hashed: kubo has to fetch this tree's shards from bacnode (most of its files
+    # have the same bytes as files of the other tree, which keeps the test quick).
+    deep_cid = kubo_ok(kubo, "add", "-r", "-Q", "--only-hash", str(from_bacnode))
+
+    with DaemonPool(tmp_path / "daemons") as pool:
+        node = pool.start("sharded", args=["--ipfs-peer", kubo.multiaddr])
+
+        out = tmp_path / "from-kubo"
+        bacnode_ok(node, "ipfs", "get", kubo_cid, "-o", str(out), "--timeout", str(FETCH_TIMEOUT))
+        assert snapshot(out) == snapshot(from_kubo)
+
+        bacnode_cid = bacnode_ok(node, "ipfs", "add", "-q", str(from_bacnode)).strip()
+        assert bacnode_cid == deep_cid.decode().strip()
+        kubo_ok(kubo, "swarm", "connect", node.multiaddr)
+        out = tmp_path / "from-bacnode"
+        kubo_ok(kubo, f"--timeout={FETCH_TIMEOUT}s", "get", "-o", str(out), bacnode_cid)
+        assert snapshot(out) == snapshot(from_bacnode)

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from protocol.cid import DAG_PB, RAW, Cid, IpfsFormatError, encode_uvarint
 from protocol.unixfs import (
     CHUNK_SIZE,
+    HAMT_FANOUT,
+    HAMT_THRESHOLD,
     MAX_LINKS,
     Block,
     DirectoryBuilder,
@@ -17,23 +19,33 @@ from protocol.unixfs import (
     FileEntry,
     FileImporter,
     Link,
+    _build_shard,
+    _hamt_hash,
     child_cids,
     dag_order,
     decode_node,
     directory_block,
+    directory_blocks,
     import_bytes,
+    sharded_directory,
     walk,
 )
 from tests.protocol.ipfs_vectors import (
     EMPTY_DIRECTORY,
     EMPTY_FILE,
     FILES,
+    PAD_AT_THRESHOLD,
+    PAD_OVER_THRESHOLD,
     TREE,
     TREE_EMPTY_DIRECTORIES,
     TREE_SUB,
+    Tree,
     chacha_bytes,
     chacha_pieces,
     content,
+    deep_sharded_tree,
+    nested_sharded_tree,
+    threshold_tree,
     tree_files,
 )
 
@@ -453,7 +465,7 @@ LEAF = Cid.parse(EMPTY_FILE)
             pb_field(2, pb_field(1, bytes(LEAF)) + pb_field(2, b"\xff")) + pb_field(1, unixfs(1)),
             "not valid UTF-8",
         ),  # fmt: skip
-        (pb_field(1, unixfs(5)), "unsupported UnixFS type HAMTShard"),
+        (pb_field(1, unixfs(5)), "names no hash function; only murmur3-x64-64"),
         (pb_field(1, unixfs(4, b"/etc/passwd")), "unsupported UnixFS type Symlink"),
         (pb_field(1, unixfs(3)), "unsupported UnixFS type Metadata"),
         (pb_field(1, unixfs(9)), "unknown UnixFS type 9"),
@@ -547,3 +559,344 @@ def test_cidv1_dag_pb_root_with_raw_leaves():
     # A raw block as the root is a file by itself.
     entries = list(walk(leaves[2].cid, getter(store)))
     assert [(e.path, e.size) for e in entries if isinstance(e, FileEntry)] == [("", 6)]
+
+
+# --- HAMT-sharded directories -----------------------------------------------------
+
+#: CIDs from kubo v0.42.0 (default config, ``ipfs add -r --only-hash`` of the trees of
+#: ``tests.protocol.ipfs_vectors`` written out by ``write_tree``; see the comment there).
+HAMT_AT_THRESHOLD = "QmZDxtqqxwyFGvSWBsb91Po937ZyehUwzS8791VwPJT6mG"  # plain
+HAMT_OVER_THRESHOLD = "QmY19BttMVrnRs54jRCUh9kapBXrLv9sVszWvWkepk9b8B"  # sharded
+HAMT_NESTED = "QmXy7fMfMJrP5wjrrRb59iaNck3h6FuX4QHUJdTkWWsZ67"
+HAMT_NESTED_SHARDED_SUB = "QmYfgRTbukdhwRM7SyAyTuNAuPEVt8deEQRXNB498v2KWs"
+HAMT_NESTED_PLAIN_SUB = "QmP5PqGJ5KvJhf2VA4Yqctabz3zsvmNn3iw5A6sogUNEfx"
+HAMT_DEEP = "QmeRrdhMifwfvUh3WhHRV5rZtFX7iJCJ3iWsLKpyC4HRkn"
+#: The deep tree again with ``Import.UnixFSHAMTDirectoryMaxFanout`` set in kubo's config
+#: (its ``--max-hamt-fanout`` flag has no effect on ``ipfs add -r`` in v0.42.0).
+HAMT_DEEP_BY_FANOUT = {
+    8: "QmQyaXCTfzYvaaq2NbxL4PxqtUvRpJFrsQbXvNjJAWeYoe",
+    64: "QmY58af7FfVWr7aFFDeCmxwVhX1qMAuhcygA34k74hPE9F",
+    1024: "QmQhBxqa35NsnS88CvkxLWyxkZ3P9d6L1qpPSuDizA8Lxm",
+}
+#: boxo's own vector (ipld/unixfs/hamt/hamt_test.go, TestDirBuilding): 200 empty
+#: directories named DIRNAME0..DIRNAME199 in a fanout-256 shard, inserted shuffled.
+BOXO_DIRNAMES = "QmY89TkSEVHykWMHDmyejSWFj9CYNtvzw4UwnT9xbc4Zjc"
+
+HAMT_TREES: dict[str, Callable[[], Tree]] = {
+    "at threshold": lambda: threshold_tree(PAD_AT_THRESHOLD),
+    "over threshold": lambda: threshold_tree(PAD_OVER_THRESHOLD),
+    "nested": nested_sharded_tree,
+    "deep": deep_sharded_tree,
+}
+
+
+@functools.cache
+def hamt_tree(name: str) -> tuple[dict[Cid, bytes], Link]:
+    files, empty = HAMT_TREES[name]()
+    builder = DirectoryBuilder()
+    blocks: list[Block] = []
+    for path, data in files.items():
+        file_blocks, link = import_bytes(data)
+        blocks += file_blocks
+        builder.add_file(path, link)
+    for path in empty:
+        builder.add_directory(path)
+    directory_blocks, root = builder.finish()
+    return store_of(blocks + directory_blocks), root
+
+
+def expected_contents(name: str) -> dict[str, bytes | None]:
+    files, empty = HAMT_TREES[name]()
+    directories = {"", *empty}
+    for path in [*files, *empty]:
+        parts = path.split("/")
+        directories.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    return {**dict.fromkeys(directories), **files}
+
+
+def shards_under(cid: Cid, store: dict[Cid, bytes]) -> list[int]:
+    """The depth (root shard = 1) of every shard of the sharded directory ``cid``."""
+    depths: list[int] = []
+    pending = [(cid, 1)]
+    while pending:
+        cid, level = pending.pop()
+        node = decode_node(cid, store[cid])
+        assert node.kind == "shard" and node.fanout
+        depths.append(level)
+        width = len(f"{node.fanout - 1:X}")
+        pending += [(link.cid, level + 1) for link in node.links if len(link.name) == width]
+    return depths
+
+
+@pytest.mark.parametrize(
+    ("data", "h1"),
+    [  # spaolacci/murmur3 (what boxo hashes with) murmur_test.go, seed 0: Sum64
+        (b"", 0x0000000000000000),
+        (b"hello", 0xCBD8A7B341BD9B02),
+        (b"hello, world", 0x342FAC623A5EBC8E),
+        (b"19 Jan 2038 at 3:14:07 AM", 0xB89E5988B737AFFC),
+        (b"The quick brown fox jumps over the lazy dog.", 0xCD99481F9EE902C9),
+    ],
+)
+def test_hamt_hash_is_gos_murmur3_sum64(data, h1):
+    assert _hamt_hash(data) == h1
+
+
+def test_boxo_hamt_vector():
+    empty = directory_block([])
+    links = [Link(f"DIRNAME{i}", empty.cid, len(empty.data)) for i in range(200)]
+    random.Random(3).shuffle(links)
+    blocks, root = sharded_directory(links)
+    assert str(root.cid) == BOXO_DIRNAMES
+    assert blocks[-1].cid == root.cid
+    store = store_of(blocks) | {empty.cid: empty.data}
+    got = read_all(root.cid, getter(store))
+    assert sorted(got) == sorted(["", *(f"DIRNAME{i}" for i in range(200))])
+    assert set(got.values()) == {None}
+
+
+def test_directory_exactly_at_the_threshold_stays_plain():
+    store, root = hamt_tree("at threshold")
+    assert str(root.cid) == HAMT_AT_THRESHOLD
+    node = decode_node(root.cid, store[root.cid])
+    assert node.kind == "directory" and len(node.links) == 5461
+    # The estimate counts UTF-8 bytes: 5,460 x (14 + 34) + (30 + 34).
+    assert sum(len(link.name.encode()) + 34 for link in node.links) == HAMT_THRESHOLD
+    assert read_all(root.cid, getter(store)) == expected_contents("at threshold")
+
+
+def test_directory_one_byte_over_the_threshold_is_sharded():
+    store, root = hamt_tree("over threshold")
+    assert str(root.cid) == HAMT_OVER_THRESHOLD
+    node = decode_node(root.cid, store[root.cid])
+    assert node.kind == "shard" and node.fanout == HAMT_FANOUT and len(node.links) == 256
+    assert all(len(link.name) == 2 for link in node.links)  # every slot holds a child shard
+    assert [link.name for link in node.links] == [f"{i:02X}" for i in range(256)]
+    assert max(shards_under(root.cid, store)) >= 3
+    assert root.tsize == sum(map(len, store.values()))
+    calls: list[Cid] = []
+    got = read_all(root.cid, getter(store, calls))
+    assert got == expected_contents("over threshold")
+    assert list(dag_order(root.cid, getter(store))) == calls
+    assert child_cids(root.cid, store[root.cid]) == [link.cid for link in node.links]
+
+
+def test_sharded_directory_with_nested_subdirectories():
+    store, root = hamt_tree("nested")
+    assert str(root.cid) == HAMT_NESTED
+    top = decode_node(root.cid, store[root.cid])
+    assert top.kind == "shard"
+    entries = {link.name: link.cid for link in _top_entries(root.cid, store)}
+    assert str(entries["sharded-sub"]) == HAMT_NESTED_SHARDED_SUB
+    assert str(entries["plain-sub"]) == HAMT_NESTED_PLAIN_SUB
+    assert str(entries["empty"]) == EMPTY_DIRECTORY
+    assert decode_node(entries["sharded-sub"], store[entries["sharded-sub"]]).kind == "shard"
+    assert decode_node(entries["plain-sub"], store[entries["plain-sub"]]).kind == "directory"
+    calls: list[Cid] = []
+    got = read_all(root.cid, getter(store, calls))
+    assert got == expected_contents("nested")
+    # Pre-order: a directory comes before everything in it.
+    seen: set[str] = set()
+    for path in got:
+        if path:
+            assert path.rpartition("/")[0] in seen
+        seen.add(path)
+    assert list(dag_order(root.cid, getter(store))) == calls
+
+
+def _top_entries(root: Cid, store: dict[Cid, bytes]) -> list[Link]:
+    """The entries of a fanout-256 sharded directory, read from its shards directly."""
+    links: list[Link] = []
+    pending = [root]
+    while pending:
+        cid = pending.pop()
+        for link in decode_node(cid, store[cid]).links:
+            if len(link.name) == 2:
+                pending.append(link.cid)
+            else:
+                links.append(Link(link.name[2:], link.cid, link.tsize))
+    return links
+
+
+def test_deep_sharded_directory():
+    store, root = hamt_tree("deep")
+    assert str(root.cid) == HAMT_DEEP
+    # The names sharing 32 hash bits sit in a shard five levels down.
+    assert max(shards_under(root.cid, store)) == 5
+    assert read_all(root.cid, getter(store)) == expected_contents("deep")
+
+
+@pytest.mark.parametrize("fanout", sorted(HAMT_DEEP_BY_FANOUT))
+def test_other_fanouts(fanout):
+    store, deep = hamt_tree("deep")
+    links = _top_entries(deep.cid, store)
+    blocks, root = sharded_directory(reversed(links), fanout)
+    assert str(root.cid) == HAMT_DEEP_BY_FANOUT[fanout]
+    assert read_all(root.cid, getter(store | store_of(blocks))) == expected_contents("deep")
+    assert decode_node(root.cid, blocks[-1].data).fanout == fanout
+
+
+def test_sharding_does_not_depend_on_insertion_order():
+    files, empty = deep_sharded_tree()
+    builder = DirectoryBuilder()
+    for path, data in reversed(list(files.items())):
+        builder.add_file(path, import_bytes(data)[1])
+    assert builder.finish()[1] == hamt_tree("deep")[1]
+
+
+def test_directory_blocks_shards_only_above_the_threshold():
+    leaf = import_bytes(b"x")[1]
+    # 4,000 entries of 32 + 34 bytes: 264,000 > 262,144.
+    links = [Link(f"{i:032d}", leaf.cid, leaf.tsize) for i in range(4000)]
+    blocks, root = directory_blocks(links)
+    assert decode_node(root.cid, blocks[-1].data).kind == "shard"
+    blocks, root = directory_blocks(links[:3971])  # 262,086: still plain
+    assert len(blocks) == 1 and root.cid == directory_block(links[:3971]).cid
+    with pytest.raises(IpfsFormatError, match="two entries"):
+        directory_blocks([*links, links[0]])
+    with pytest.raises(ValueError, match="fanout 12"):
+        sharded_directory(links, 12)
+
+
+names_for_shards = st.text(st.characters(codec="utf-8", exclude_characters="/\0"), min_size=1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(names=st.sets(names_for_shards.filter(lambda n: n not in (".", "..")), max_size=80))
+def test_sharded_round_trip_at_fanout_8(names):
+    # Fanout 8 takes three bits a level, so a few dozen names already nest deeply.
+    leaf_blocks, leaf = import_bytes(b"leaf")
+    blocks, root = sharded_directory([Link(name, leaf.cid, leaf.tsize) for name in names], 8)
+    store = store_of(blocks + leaf_blocks)
+    assert read_all(root.cid, getter(store)) == {"": None, **dict.fromkeys(names, b"leaf")}
+    assert root.tsize == sum(len(block.data) for block in blocks) + leaf.tsize * len(names)
+
+
+# --- malformed shards -------------------------------------------------------------
+
+LEAF_BLOCK = import_bytes(b"leaf\n")
+
+
+def shard_block(links: list[tuple[str, Cid]], bitfield: bytes, fanout=256, hash_type=0x22):
+    data = pb_field(1, 5) + pb_field(2, bitfield) + pb_field(5, hash_type) + pb_field(6, fanout)
+    return b"".join(pb_link(cid, name, 9) for name, cid in links) + pb_field(1, data)
+
+
+def bitfield_of(*slots: int, fanout: int = 256) -> bytes:
+    return sum(1 << slot for slot in slots).to_bytes(fanout // 8, "big").lstrip(b"\0")
+
+
+def slot_of(name: str, depth: int = 0) -> int:
+    return (_hamt_hash(name.encode()) >> (56 - 8 * depth)) & 0xFF
+
+
+LEAF = LEAF_BLOCK[1].cid
+A = slot_of("a")
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        (shard_block([], b"", hash_type=0x11), "hash function 0x11; only murmur3-x64-64"),
+        (pb_field(1, pb_field(1, 5) + pb_field(5, 0x22)), "has no fanout"),
+        (shard_block([], b"", fanout=100), "fanout 100, not a power of two"),
+        (shard_block([], b"", fanout=4), "fanout 4"),
+        (shard_block([], b"", fanout=2048), "fanout 2048"),
+        (shard_block([], bytes(33)), "33-byte bitfield for 256 slots"),
+        (shard_block([(f"{A:02X}a", LEAF)], b""), "1 links but 0 slots marked used"),
+        (shard_block([], bitfield_of(3)), "0 links but 1 slots marked used"),
+        (shard_block([("03a", LEAF)], bitfield_of(4)), "should start with '04'"),
+        (shard_block([("0aa", LEAF)], bitfield_of(10)), "should start with '0A'"),
+        (shard_block([("3", LEAF)], bitfield_of(3)), "should start with '03'"),
+        (shard_block([("03../x", LEAF)], bitfield_of(3)), "unsafe name '../x'"),
+        (
+            shard_block([("02b", LEAF), ("01a", LEAF)], bitfield_of(1, 2)),
+            "'02b' should start with '01'",
+        ),
+        (
+            shard_block([("FFa", LEAF)], bitfield_of(255, fanout=1024), fanout=1024),
+            "should start with '0FF'",
+        ),
+    ],
+)
+def test_decode_node_rejects_malformed_shards(block, message):
+    cid = Cid.for_block(block)
+    with pytest.raises(IpfsFormatError, match=message) as info:
+        decode_node(cid, block)
+    assert str(cid) in str(info.value)
+
+
+def test_decode_node_reads_a_shard():
+    block = shard_block([(f"{A:02X}a", LEAF), ("FF", LEAF)], bitfield_of(A, 255))
+    node = decode_node(Cid.for_block(block), block)
+    assert (node.kind, node.fanout, node.filesize) == ("shard", 256, None)
+    assert [link.name for link in node.links] == [f"{A:02X}a", "FF"]
+    assert child_cids(Cid.for_block(block), block) == [LEAF, LEAF]
+
+
+def walk_shards(*blocks: bytes) -> dict[str, bytes | None]:
+    store = {Cid.for_block(block): block for block in blocks}
+    store[LEAF] = LEAF_BLOCK[0][0].data
+    return read_all(Cid.for_block(blocks[-1]), getter(store))
+
+
+def test_an_entry_in_the_wrong_slot_is_rejected():
+    wrong = (A + 1) % 256
+    root = shard_block([(f"{wrong:02X}a", LEAF)], bitfield_of(wrong))
+    with pytest.raises(IpfsFormatError, match="entry 'a' of shard .* is not in the slot") as info:
+        walk_shards(root)
+    assert str(Cid.for_block(root)) in str(info.value)
+    assert walk_shards(shard_block([(f"{A:02X}a", LEAF)], bitfield_of(A))) == {
+        "": None,
+        "a": b"leaf\n",
+    }
+
+
+def test_an_entry_in_the_wrong_child_shard_is_rejected():
+    # "a" belongs in the child shard of its own first slot, not of another one.
+    child = shard_block([(f"{slot_of('a', 1):02X}a", LEAF)], bitfield_of(slot_of("a", 1)))
+    good = shard_block([(f"{A:02X}", Cid.for_block(child))], bitfield_of(A))
+    assert walk_shards(child, good) == {"": None, "a": b"leaf\n"}
+    other = (A + 7) % 256
+    bad = shard_block([(f"{other:02X}", Cid.for_block(child))], bitfield_of(other))
+    with pytest.raises(IpfsFormatError, match="not in the slot its hash gives it"):
+        walk_shards(child, bad)
+
+
+@pytest.mark.parametrize(
+    ("child", "message"),
+    [
+        (directory_block([]).data, "is not a HAMT shard of fanout 256"),
+        (LEAF_BLOCK[0][0].data, "is not a HAMT shard"),
+        (shard_block([], b"", fanout=64), "is not a HAMT shard of fanout 256"),
+    ],
+)
+def test_a_child_shard_must_be_a_shard_of_the_same_fanout(child, message):
+    root = shard_block([("00", Cid.for_block(child))], bitfield_of(0))
+    with pytest.raises(IpfsFormatError, match=message):
+        walk_shards(child, root)
+
+
+def test_shards_cannot_nest_deeper_than_the_hash():
+    # Eight levels use all 64 bits; a shard linking to a ninth is refused before it is
+    # fetched.
+    chain = [shard_block([], b"")]
+    for _ in range(8):
+        chain.append(shard_block([("00", Cid.for_block(chain[-1]))], bitfield_of(0)))
+    assert walk_shards(*chain[:8]) == {"": None}
+    with pytest.raises(IpfsFormatError, match="deeper than its 64-bit hashes reach"):
+        walk_shards(*chain)
+
+
+def test_a_file_linking_to_a_shard_is_rejected():
+    shard = shard_block([], b"")
+    root = file_node([(Cid.for_block(shard), len(shard))], [0])
+    store = {Cid.for_block(shard): shard, Cid.for_block(root): root}
+    with pytest.raises(IpfsFormatError, match="links to a directory"):
+        read_all(Cid.for_block(root), getter(store))
+
+
+def test_names_with_the_same_hash_cannot_be_sharded():
+    leaf = import_bytes(b"x")[1]
+    with pytest.raises(IpfsFormatError, match="same 64-bit HAMT hash"):
+        _build_shard([(7, Link("a", leaf.cid, 1)), (7, Link("b", leaf.cid, 1))], 0, 256, [])
