@@ -42,8 +42,9 @@ class NodeConfig:
     max_jobs: int = 0
     mdns: bool = True
     swarm_key: Path | None = None
-    #: Bacalhau heartbeats every 15 s; 5 s keeps node lists fresh at a small gossip cost.
-    heartbeat_seconds: float = 5.0
+    #: Bacalhau heartbeats every 15 s. Changes in load are announced within a second
+    #: anyway, so this is mostly liveness; every idle heartbeat is relayed to every node.
+    heartbeat_seconds: float = 10.0
     #: A node is DISCONNECTED after this many heartbeats in a row are missed.
     missed_heartbeats: int = 3
     #: Jobs asking for network access (Network.Type Full) are declined unless this is on.

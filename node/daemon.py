@@ -8,12 +8,15 @@ mesh, close the store.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
+import math
 import os
 import shutil
 import signal
 import sys
 import tarfile
+import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +53,8 @@ from .store import Store, open_store
 log = logging.getLogger("bacnode.daemon")
 
 SHUTDOWN_GRACE_SECONDS = 10
+#: How often a node looks whether its load changed, to announce it before the next heartbeat.
+LOAD_CHECK_SECONDS = 1.0
 #: Node records are written to disk on first sight and then at most this often.
 NODE_PERSIST_INTERVAL_MS = 60_000
 ENGINES = ("docker",)
@@ -238,13 +243,25 @@ class Daemon:
             await self.store.upsert_node(info, now)
 
     async def _heartbeat(self) -> None:
+        """Node info every ``heartbeat_seconds``, and within a second of a change in load.
+
+        An idle node's heartbeats are what a star's hub relays all day, so they stay
+        sparse; what schedulers and ``node list`` care about (free capacity, running
+        executions) still shows promptly.
+        """
         assert self.mesh is not None
+        last_sent = -math.inf
+        last_load: tuple[Any, ...] = ()
         while True:
-            try:
-                await self.mesh.publish(TOPIC_NODES, self.local_node_info())
-            except Exception as exc:
-                log.debug("heartbeat not sent: %r", exc)
-            await trio.sleep(self.config.heartbeat_seconds)
+            load = (self.compute.free, self.compute.running) if self.compute else ()
+            due = trio.current_time() - last_sent >= self.config.heartbeat_seconds
+            if due or load != last_load:
+                try:
+                    await self.mesh.publish(TOPIC_NODES, self.local_node_info())
+                except Exception as exc:
+                    log.debug("heartbeat not sent: %r", exc)
+                last_sent, last_load = trio.current_time(), load
+            await trio.sleep(min(LOAD_CHECK_SECONDS, self.config.heartbeat_seconds))
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -476,6 +493,12 @@ async def run_daemon(config: NodeConfig) -> None:
                 async def start() -> None:
                     await nursery.start(daemon.run)
                     started.set()
+                    # Everything made during start-up (modules, libp2p, the API app) lives
+                    # as long as the daemon: out of the collector's sight, a full
+                    # collection scans only what came later (was ~0.7 s, now ms).
+                    gc.collect()
+                    gc.freeze()
+                    _watch_gc_pauses()
 
                 nursery.start_soon(start)
                 async for signum in signals:
@@ -486,6 +509,24 @@ async def run_daemon(config: NodeConfig) -> None:
                     else:
                         nursery.cancel_scope.cancel()
                     break
+
+
+def _watch_gc_pauses() -> None:
+    """With BACNODE_DEBUG_GC set, log garbage collections that pause the loop > 10 ms."""
+    if not os.environ.get("BACNODE_DEBUG_GC"):
+        return
+    begun = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            begun[0] = time.perf_counter()
+        else:
+            ms = (time.perf_counter() - begun[0]) * 1000
+            if ms > 10:
+                print(f"GC gen{info['generation']} {ms:.0f} ms collected {info['collected']}",
+                      file=sys.stderr, flush=True)
+
+    gc.callbacks.append(callback)
 
 
 class DataDirError(Exception):

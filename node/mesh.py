@@ -88,7 +88,7 @@ MAX_PENDING_DELIVERIES = 10_000
 MAX_QUEUED_MESSAGES = 10_000
 STOP_GRACE_SECONDS = 5
 ADDRESS_TTL_SECONDS = 600
-HEALTH_CHECK_SECONDS = 10.0
+HEALTH_CHECK_SECONDS = 30.0
 
 MessageHandler = Callable[[str, Envelope, Message], Awaitable[None]]
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
@@ -202,14 +202,16 @@ class Mesh:
             psk=psk,
             # One connection per peer: below the per-peer limit every dial waits out a
             # 250 ms "happy eyeballs" delay. Health pings find half-open peers (a
-            # frozen process keeps its TCP connection) in seconds, not never; each is a
-            # new stream, so on a hub with many peers they are not free: every 10 s.
+            # frozen process keeps its TCP connection) in under a minute, not never; each
+            # is a new stream, so on a hub with many peers they are not free: every 30 s
+            # (yamux's own keepalive in go-libp2p is also 30 s). A killed peer's TCP
+            # connection closes at once and needs no ping.
             connection_config=ConnectionConfig(
                 max_connections_per_peer=1,
                 enable_health_monitoring=True,
                 abort_connection_on_ping_failure=True,
                 health_check_interval=HEALTH_CHECK_SECONDS,
-                ping_timeout=5.0,
+                ping_timeout=10.0,
             ),
         )
         self.gossipsub = GossipSub(

@@ -756,6 +756,7 @@ class S3Storage(Storage):
 
         def work() -> None:
             while not stop.is_set():
+                trio.from_thread.check_cancelled()  # the stage may be cancelled already
                 try:
                     obj, dest = queue.popleft()
                 except IndexError:
@@ -794,6 +795,9 @@ class S3Storage(Storage):
         tmp = self.cache_dir / "tmp" / f"{uuid.uuid4().hex}.part"
         try:
             digest = self._get_whole(client, bucket, obj, tmp, stop)
+            # A cancelled stage keeps nothing, not even in the cache: cancellation reaches
+            # this thread at once, before ``stop`` is set on the way out of the stage.
+            trio.from_thread.check_cancelled()
             self._cache_put(entry, obj, bucket, client, tmp, digest, dest)
         finally:
             _unlink(tmp)
