@@ -11,32 +11,18 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from protocol.unixfs import import_bytes
-from tests.daemons import Daemon, DaemonPool, child_env, wait_until
+from tests.daemons import Daemon, child_env
 from tests.protocol.ipfs_vectors import chacha_bytes
 
 pytestmark = pytest.mark.integration
 
 TREE_CID = "Qmbhf4Gx8FCco9mmfjdygmqDw5dHkDeZqwBBTW5TempLSu"
-
-
-@pytest.fixture(scope="module")
-def devnet(tmp_path_factory: pytest.TempPathFactory, busybox_image: str) -> Iterator[list[Daemon]]:
-    with DaemonPool(tmp_path_factory.mktemp("ipfsnet")) as pool:
-        first = pool.new("a", args=["--labels", "zone=a"])
-        others = [pool.new(z, peers=[first], args=["--labels", f"zone={z}"]) for z in "bc"]
-        nodes = pool.start_all([first, *others])
-        ids = {node.peer_id for node in nodes}
-        for node in nodes:
-            wait_until(lambda node=node: node.connected() >= ids, timeout=30,
-                       what=f"{node.name} to see the 3-node mesh")
-        yield nodes
 
 
 def run(node: Daemon, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

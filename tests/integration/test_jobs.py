@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +13,6 @@ import pytest
 from tests.daemons import Daemon, DaemonPool, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def devnet(tmp_path_factory: pytest.TempPathFactory, busybox_image: str) -> Iterator[list[Daemon]]:
-    """Three daemons labelled zone=a/b/c, all seeing each other."""
-    with DaemonPool(tmp_path_factory.mktemp("devnet")) as pool:
-        first = pool.new("a", args=["--labels", "zone=a"])
-        others = [pool.new(z, peers=[first], args=["--labels", f"zone={z}"]) for z in "bc"]
-        nodes = pool.start_all([first, *others])
-        ids = {node.peer_id for node in nodes}
-        for node in nodes:
-            wait_until(lambda node=node: node.connected() >= ids, timeout=30,
-                       what=f"{node.name} to see the 3-node mesh")
-        yield nodes
 
 
 def run(node: Daemon, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
