@@ -36,7 +36,7 @@ def main() -> None:
 @click.option("--mdns/--no-mdns", default=None, help="find peers on the LAN by mDNS [default: on]")
 @click.option("--swarm-key", type=click.Path(dir_okay=False),
               help="pre-shared key file of a private network")
-@click.option("--heartbeat-seconds", type=float, help="node info interval, seconds [default: 10]")
+@click.option("--heartbeat-seconds", type=float, help="node info interval, seconds [default: 15]")
 @click.option("--allow-networked-jobs/--deny-networked-jobs", default=None,
               help="run jobs that ask for network access [default: deny]")
 @click.option("--allowed-images", help="only run these images, glob patterns, comma-separated")

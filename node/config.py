@@ -42,11 +42,11 @@ class NodeConfig:
     max_jobs: int = 0
     mdns: bool = True
     swarm_key: Path | None = None
-    #: Bacalhau heartbeats every 15 s. Changes in load are announced within a second
-    #: anyway, so this is mostly liveness; every idle heartbeat is relayed to every node.
-    heartbeat_seconds: float = 10.0
-    #: A node is DISCONNECTED after this many heartbeats in a row are missed.
-    missed_heartbeats: int = 3
+    #: As Bacalhau's. Changes in load are announced within a second anyway, so this is
+    #: liveness; every idle heartbeat is relayed to every node.
+    heartbeat_seconds: float = 15.0
+    #: A node is DISCONNECTED after this many heartbeats in a row are missed (30 s).
+    missed_heartbeats: int = 2
     #: Jobs asking for network access (Network.Type Full) are declined unless this is on.
     allow_networked_jobs: bool = False
     #: Glob patterns of images this node runs (``busybox*,ghcr.io/org/*``); empty: any.

@@ -90,6 +90,7 @@ class Daemon:
         self._nodes: dict[str, NodeStatus] = {}
         self._persisted_ms: dict[str, int] = {}
         self._seq = 0
+        self._newcomer_seen = False
         self._shutdown = trio.Event()
         # (received_ms, delay_ms) of recent heartbeats: gossip latency, observable via the API.
         self._gossip_delays: deque[tuple[int, int]] = deque(maxlen=GOSSIP_DELAY_SAMPLES)
@@ -228,26 +229,31 @@ class Daemon:
         previous = self._nodes.get(info.node_id)
         if previous is not None and info.seq <= previous.info.seq:
             return
+        if previous is None and info.node_id != self.peer_id:
+            self._newcomer_seen = True
         if previous is not None:
             first_seen = previous.first_seen_ms
         else:  # first heartbeat since start: keep the FirstSeen stored before a restart
             stored = await self.store.get_node(info.node_id)
             first_seen = stored.first_seen_ms if stored is not None else now
         self._nodes[info.node_id] = NodeStatus(info, True, now, first_seen)
-        if self.mesh is not None and info.node_id != self.peer_id:
-            self.mesh.remember_addresses(info.node_id, info.addresses)
         changed = previous is None or (
             previous.info.addresses, previous.info.labels) != (info.addresses, info.labels)
         if changed or now - self._persisted_ms.get(info.node_id, 0) >= NODE_PERSIST_INTERVAL_MS:
+            # Parsing multiaddrs on every heartbeat showed in a hub's profile; the
+            # peerstore keeps them ten times longer than this interval.
+            if self.mesh is not None and info.node_id != self.peer_id:
+                self.mesh.remember_addresses(info.node_id, info.addresses)
             self._persisted_ms[info.node_id] = now
             await self.store.upsert_node(info, now)
 
     async def _heartbeat(self) -> None:
-        """Node info every ``heartbeat_seconds``, and within a second of a change in load.
+        """Node info every ``heartbeat_seconds``, and within a second of a change in load
+        or of hearing from a node for the first time (so that a newcomer learns of us).
 
         An idle node's heartbeats are what a star's hub relays all day, so they stay
         sparse; what schedulers and ``node list`` care about (free capacity, running
-        executions) still shows promptly.
+        executions, who is there) still shows promptly.
         """
         assert self.mesh is not None
         last_sent = -math.inf
@@ -255,7 +261,8 @@ class Daemon:
         while True:
             load = (self.compute.free, self.compute.running) if self.compute else ()
             due = trio.current_time() - last_sent >= self.config.heartbeat_seconds
-            if due or load != last_load:
+            if due or load != last_load or self._newcomer_seen:
+                self._newcomer_seen = False
                 try:
                     await self.mesh.publish(TOPIC_NODES, self.local_node_info())
                 except Exception as exc:

@@ -65,7 +65,7 @@ Environment (defaults in brackets):
   BACNODE_DEVNET_P2P_BASE   libp2p port of node i is BASE+i [4200]
   BACNODE_DEVNET_API_BASE   API port of node i is BASE+i [21300]
   BACNODE_DEVNET_TIMEOUT    seconds 'up' waits for the network [60]
-  BACNODE_DEVNET_HEARTBEAT  --heartbeat-seconds for every node [daemon default, 1]
+  BACNODE_DEVNET_HEARTBEAT  --heartbeat-seconds for every node [the daemon's default, 15]
   BACNODE_DEVNET_LOG_LEVEL  --log-level for every node [INFO]
   BACNODE_DEVNET_PYTHON     interpreter that runs 'python3 -m node serve' [python3]
 Other BACNODE_* variables reach the daemons as usual (see node/config.py); the flags the

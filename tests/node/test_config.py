@@ -26,7 +26,8 @@ def test_defaults(tmp_path):
     assert config.peers == ()
     assert config.roles == ("requester", "compute")
     assert config.mdns is True
-    assert config.heartbeat_seconds == 10.0
+    assert config.heartbeat_seconds == 15.0
+    assert config.missed_heartbeats == 2
     assert config.key_path == tmp_path / "node.key"
 
 
