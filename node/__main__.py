@@ -37,6 +37,8 @@ def main() -> None:
 @click.option("--swarm-key", type=click.Path(dir_okay=False),
               help="pre-shared key file of a private network")
 @click.option("--heartbeat-seconds", type=float, help="node info interval, seconds [default: 15]")
+@click.option("--missed-heartbeats", type=int,
+              help="a node is DISCONNECTED after this many missed heartbeats [default: 2]")
 @click.option("--allow-networked-jobs/--deny-networked-jobs", default=None,
               help="run jobs that ask for network access [default: deny]")
 @click.option("--allowed-images", help="only run these images, glob patterns, comma-separated")

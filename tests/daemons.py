@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
 HEARTBEAT_SECONDS = 0.5
+#: With half-second heartbeats a loaded machine can delay one; three keep peers steady.
+MISSED_HEARTBEATS = 3
 #: Generous bounds for a loaded 2-core CI machine; tests wait on predicates, so
 #: these only matter when something is wrong.
 START_TIMEOUT = 30.0
@@ -271,6 +273,7 @@ class Daemon:
             "--api-port", str(self.api_port),
             "--no-mdns",
             "--heartbeat-seconds", str(self.heartbeat),
+            "--missed-heartbeats", str(MISSED_HEARTBEATS),
         ]
         for peer in self.peers:
             command += ["--peer", peer.multiaddr if isinstance(peer, Daemon) else peer]
