@@ -60,9 +60,18 @@ class ApiClient:
             return self._send(request)
 
     def _send(self, request: urllib.request.Request) -> Any:
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+        with self.open(request) as response:
+            try:
                 return json.loads(response.read() or b"null")
+            except (TimeoutError, ConnectionError) as exc:
+                raise ApiError(f"the daemon at {self.base_url} stopped answering: {exc}") from None
+
+    def open(self, target: str | urllib.request.Request, timeout: float | None = None) -> Any:
+        """The response to ``target`` (a path, or a request); the caller closes it."""
+        if isinstance(target, str):
+            target = self.base_url + target
+        try:
+            return urllib.request.urlopen(target, timeout=timeout or self.timeout)
         except urllib.error.HTTPError as exc:
             raise ApiError(_error_detail(exc)) from None
         except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
@@ -73,28 +82,14 @@ class ApiClient:
                 "BACNODE_API_HOST/BACNODE_API_PORT"
             ) from None
 
-    def open(self, path: str, timeout: float | None = None) -> Any:
-        """A streaming response for ``path``; the caller closes it."""
-        try:
-            return urllib.request.urlopen(self.base_url + path, timeout=timeout or self.timeout)
-        except urllib.error.HTTPError as exc:
-            raise ApiError(_error_detail(exc)) from None
-        except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ApiError(f"requesting {self.base_url}{path}: {reason}") from None
-
     def download(self, path: str, destination: Any) -> None:
         """Stream ``path`` into the file ``destination``."""
-        try:
-            with urllib.request.urlopen(self.base_url + path, timeout=self.timeout) as response:
-                with open(destination, "wb") as handle:
-                    while chunk := response.read(1 << 20):
-                        handle.write(chunk)
-        except urllib.error.HTTPError as exc:
-            raise ApiError(_error_detail(exc)) from None
-        except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ApiError(f"downloading from {self.base_url}: {reason}") from None
+        with self.open(path) as response, open(destination, "wb") as handle:
+            try:
+                while chunk := response.read(1 << 20):
+                    handle.write(chunk)
+            except (TimeoutError, ConnectionError) as exc:
+                raise ApiError(f"downloading from {self.base_url}: {exc}") from None
 
 
 def _error_detail(exc: urllib.error.HTTPError) -> str:

@@ -18,6 +18,7 @@ import click
 
 from protocol.car import CarReader
 from protocol.cid import Cid, IpfsFormatError
+from protocol.jobspec import check_cid
 from protocol.unixfs import DirectoryEntry, walk
 
 from .client import ApiClient, ApiError
@@ -119,10 +120,10 @@ def register(cli: click.Group) -> None:
     @click.pass_context
     def ipfs_get(ctx: click.Context, cid: str, output: Path | None, timeout: float) -> None:
         """Fetch a file or directory by CID, verifying every block."""
-        try:
-            root = Cid.parse(cid)
-        except IpfsFormatError as exc:
-            raise click.ClickException(str(exc)) from None
+        problem = check_cid(cid)
+        if problem:
+            raise click.ClickException(problem)
+        root = Cid.parse(cid)
         destination = output or Path(str(root))
         if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
             raise click.ClickException(f"{destination} already exists and is not empty")

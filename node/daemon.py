@@ -16,7 +16,6 @@ import shutil
 import signal
 import sys
 import tarfile
-import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -505,7 +504,6 @@ async def run_daemon(config: NodeConfig) -> None:
                     # collection scans only what came later (was ~0.7 s, now ms).
                     gc.collect()
                     gc.freeze()
-                    _watch_gc_pauses()
 
                 nursery.start_soon(start)
                 async for signum in signals:
@@ -516,24 +514,6 @@ async def run_daemon(config: NodeConfig) -> None:
                     else:
                         nursery.cancel_scope.cancel()
                     break
-
-
-def _watch_gc_pauses() -> None:
-    """With BACNODE_DEBUG_GC set, log garbage collections that pause the loop > 10 ms."""
-    if not os.environ.get("BACNODE_DEBUG_GC"):
-        return
-    begun = [0.0]
-
-    def callback(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            begun[0] = time.perf_counter()
-        else:
-            ms = (time.perf_counter() - begun[0]) * 1000
-            if ms > 10:
-                print(f"GC gen{info['generation']} {ms:.0f} ms collected {info['collected']}",
-                      file=sys.stderr, flush=True)
-
-    gc.callbacks.append(callback)
 
 
 class DataDirError(Exception):

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from .cid import Cid, IpfsFormatError
 from .errors import FieldError, LocalProtocolError, SpecError
 from .placeholders import check_key_template
 from .quantities import format_bytes, format_cpu, parse_bytes, parse_cpu, parse_gpu
@@ -146,23 +147,16 @@ def check_bucket(name: str) -> str | None:
     )
 
 
-_BASE58 = "1-9A-HJ-NP-Za-km-z"
-_CID_RE = re.compile(
-    rf"Qm[{_BASE58}]{{44}}"  # CIDv0: base58btc sha2-256 multihash
-    r"|b[a-z2-7]{40,}"  # CIDv1, base32 (what kubo prints)
-    rf"|z[{_BASE58}]{{40,}}"  # CIDv1, base58btc
-    r"|f[0-9a-f]{60,}"  # CIDv1, base16
-)
-
-
 def check_cid(cid: str) -> str | None:
     """Why ``cid`` is not an IPFS CID (v0, or v1 in base32/base58btc/base16), or None."""
-    if _CID_RE.fullmatch(cid):
-        return None
-    return (
-        f"invalid CID {cid!r}: expected a CIDv0 (Qm and 44 base58 characters) or a CIDv1 "
-        "(e.g. base32, starting with b), e.g. QmYFhG668yJZmtk84SMMdbrz5Uvuh78Q8nLxTgLDWShkhR"
-    )
+    try:
+        Cid.parse(cid)
+    except IpfsFormatError:
+        return (
+            f"invalid CID {cid!r}: expected a CIDv0 (Qm and 44 base58 characters) or a CIDv1 "
+            "(e.g. base32, starting with b), e.g. QmYFhG668yJZmtk84SMMdbrz5Uvuh78Q8nLxTgLDWShkhR"
+        )
+    return None
 
 
 def check_http_url(url: str, *, what: str = "URL") -> str | None:

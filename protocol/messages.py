@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
+from .cid import Cid, IpfsFormatError
 from .envelope import Envelope, EnvelopeVerifier, seal
 from .errors import MalformedMessage, SenderMismatch, SpecError, UnknownMessageType
 from .identity import NodeKey, is_peer_id
@@ -25,7 +26,6 @@ EXECUTION_ID_RE = re.compile(
     r"^e-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 )
 SHA256_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
-CID_V0_RE = re.compile(r"^Qm[1-9A-HJ-NP-Za-km-z]{44}$")
 STORAGE_SOURCES = ("IPFS", "S3", "Local", "Noop")
 #: Characters of stdout/stderr carried in an execution update.
 MAX_OUTPUT_TAIL = 64 * 1024
@@ -292,13 +292,20 @@ def is_safe_relative_path(path: str) -> bool:
     return all(part not in ("", ".", "..") for part in path.split("/"))
 
 
+def _is_cid_v0(text: str) -> bool:
+    try:
+        return Cid.parse(text).version == 0
+    except IpfsFormatError:
+        return False
+
+
 def check_published_location(location: Mapping[str, Any], path: str) -> None:
     """Validate the ``PublishedResults`` map, e.g. ``{"StorageSource": "IPFS", "CID": …}``."""
     source = location.get("StorageSource")
     _require(source in STORAGE_SOURCES, f"{path}.StorageSource must be one of {STORAGE_SOURCES}")
     if source == "IPFS":
         cid = location.get("CID")
-        _require(isinstance(cid, str) and bool(CID_V0_RE.match(cid)), f"{path}.CID is not a CIDv0")
+        _require(isinstance(cid, str) and _is_cid_v0(cid), f"{path}.CID is not a CIDv0")
     elif source == "S3":
         s3 = location.get("S3")
         _require(isinstance(s3, Mapping), f"{path}.S3 must be a map")

@@ -409,7 +409,7 @@ async def test_history_lists_job_and_execution_transitions_in_order(store):
         ExecutionState.COMPLETED,
         message="done",
         now_ms=NOW + 8,
-        published={"StorageSource": "IPFS", "CID": "Qm" + "a" * 44},
+        published={"StorageSource": "IPFS", "CID": "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"},
     )
     await store.update_job_state(job.id, JobState.COMPLETED, message="done", now_ms=NOW + 9)
 
@@ -434,7 +434,7 @@ async def test_history_lists_job_and_execution_transitions_in_order(store):
     # exit_code and run_output were set at Publishing and kept when Completed came.
     assert execution.exit_code == 0
     assert execution.run_output == {"stdout": "hi\n", "stdout_truncated": False}
-    assert execution.published == {"StorageSource": "IPFS", "CID": "Qm" + "a" * 44}
+    assert execution.published == {"StorageSource": "IPFS", "CID": "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"}
     assert execution.revision == 6
 
 

@@ -6,6 +6,7 @@ import uuid
 
 from hypothesis import strategies as st
 
+from protocol.cid import Cid
 from protocol.identity import NodeKey
 from protocol.messages import (
     Bid,
@@ -86,7 +87,7 @@ def node_infos(draw: st.DrawFn) -> NodeInfo:
 locations = st.one_of(
     st.builds(
         lambda cid: {"StorageSource": "IPFS", "CID": cid},
-        st.from_regex(r"Qm[1-9A-HJ-NP-Za-km-z]{44}", fullmatch=True),
+        st.binary(max_size=64).map(lambda block: str(Cid.for_block(block))),
     ),
     st.builds(
         lambda bucket, key, digest, version: {
