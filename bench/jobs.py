@@ -1,6 +1,6 @@
 """Job benchmark: end-to-end latency and throughput of busybox jobs on a 3-node devnet.
 
-Run from anywhere: ``python3 bench/jobs.py [--runs N] [--jobs M]``.
+Run from anywhere: ``.venv/bin/python bench/jobs.py [--runs N] [--jobs M]``.
 
 One run starts a fresh devnet of 3 daemons (``tests/daemons.py``: temp data dirs, free
 127.0.0.1 ports, ``--no-mdns``, the daemon's default 1 s heartbeat, node2 and node3
@@ -75,6 +75,8 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+# The daemons and boto3 never ask the cloud metadata address for credentials.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 from bench._cleanup import Interrupted, signals_deferred  # noqa: E402
 from tests.daemons import Daemon, DaemonPool, wait_until  # noqa: E402

@@ -1,6 +1,6 @@
 """Mesh benchmark: gossip delay, idle CPU and RSS of N bacnode daemons on loopback.
 
-Run from anywhere: ``python3 bench/mesh.py [--sizes 5,10,20] [--seconds 10]``.
+Run from anywhere: ``.venv/bin/python bench/mesh.py [--sizes 5,10,20] [--seconds 10]``.
 
 For each N, N daemons start fresh (new data dirs in a temp dir, free loopback ports,
 ``--no-mdns``), nodes 2..N bootstrapping to node 1 (a star, as ``scripts/devnet.sh``
@@ -54,6 +54,8 @@ from typing import Any
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
+# The daemons and boto3 never ask the cloud metadata address for credentials.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 from bench._cleanup import Interrupted, signals_deferred  # noqa: E402
 from node.config import NodeConfig  # noqa: E402

@@ -1,6 +1,6 @@
 """S3 staging and publishing throughput against a local SeaweedFS, next to plain boto3.
 
-Run: ``python3 bench/s3.py [--big-mib 256] [--small-count 2000] [--runs 3]``.
+Run: ``.venv/bin/python bench/s3.py [--big-mib 256] [--small-count 2000] [--runs 3]``.
 
 Starts one SeaweedFS S3 server on 127.0.0.1 (``scripts.services.SeaweedS3``, temporary data
 dir, stopped and removed at the end) and measures, each against a baseline run on the same
@@ -34,6 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The daemons and boto3 never ask the cloud metadata address for credentials.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 import trio
 from boto3.s3.transfer import TransferConfig

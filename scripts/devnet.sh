@@ -15,7 +15,14 @@ readonly REPO_ROOT
 DEVNET_DIR=${BACNODE_DEVNET_DIR:-/tmp/bacnode-devnet}
 P2P_BASE=${BACNODE_DEVNET_P2P_BASE:-4200}
 API_BASE=${BACNODE_DEVNET_API_BASE:-21300}
-PYTHON=${BACNODE_DEVNET_PYTHON:-python3}
+if [[ -z ${BACNODE_DEVNET_PYTHON:-} && -x $REPO_ROOT/.venv/bin/python ]]; then
+    PYTHON=$REPO_ROOT/.venv/bin/python  # where scripts/setup.sh installed bacnode
+else
+    PYTHON=${BACNODE_DEVNET_PYTHON:-python3}
+fi
+# boto3 asks the cloud metadata address for credentials when none are configured; the
+# daemons of a devnet never send traffic off this machine.
+export AWS_EC2_METADATA_DISABLED=true
 UP_TIMEOUT=${BACNODE_DEVNET_TIMEOUT:-60}
 HEARTBEAT=${BACNODE_DEVNET_HEARTBEAT:-}
 LOG_LEVEL=${BACNODE_DEVNET_LOG_LEVEL:-INFO}
@@ -67,7 +74,8 @@ Environment (defaults in brackets):
   BACNODE_DEVNET_TIMEOUT    seconds 'up' waits for the network [60]
   BACNODE_DEVNET_HEARTBEAT  --heartbeat-seconds for every node [the daemon's default, 15]
   BACNODE_DEVNET_LOG_LEVEL  --log-level for every node [INFO]
-  BACNODE_DEVNET_PYTHON     interpreter that runs 'python3 -m node serve' [python3]
+  BACNODE_DEVNET_PYTHON     interpreter that runs 'python -m node serve' [.venv/bin/python
+                            when scripts/setup.sh made it, else python3]
 Other BACNODE_* variables reach the daemons as usual (see node/config.py); the flags the
 devnet passes (data dir, ports, peers, labels, --no-mdns) take precedence over them.
 EOF

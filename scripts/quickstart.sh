@@ -8,17 +8,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The interpreter scripts/setup.sh installed bacnode into.
+PY=.venv/bin/python
+[[ -x $PY ]] || { echo "quickstart: $PY is missing: run 'bash scripts/setup.sh' first" >&2; exit 1; }
+# boto3 asks the cloud metadata address for credentials when none are configured; nothing
+# here sends traffic off this machine.
+export AWS_EC2_METADATA_DISABLED=true
+
 results=${1:-results}
 state=${BACNODE_QUICKSTART_DIR:-/tmp/bacnode-quickstart}
 mkdir -p "$state"
-bacnode() { python3 -m cli.main "$@"; }
+bacnode() { "$PY" -m cli.main "$@"; }
 
 echo "== starting a local S3 server (SeaweedFS) on 127.0.0.1" >&2
 if [[ -f "$state/s3.pid" ]] && kill -0 "$(cat "$state/s3.pid")" 2>/dev/null; then
     echo "   already running (pid $(cat "$state/s3.pid"))" >&2
 else
     rm -f "$state/s3.env"
-    nohup python3 -m scripts.services s3 --dir "$state/s3" >"$state/s3.env" 2>"$state/s3.log" &
+    nohup "$PY" -m scripts.services s3 --dir "$state/s3" >"$state/s3.env" 2>"$state/s3.log" &
     echo $! >"$state/s3.pid"
     for _ in $(seq 120); do
         grep -q '^export AWS_ENDPOINT_URL_S3=' "$state/s3.env" 2>/dev/null && break
@@ -29,7 +36,7 @@ fi
 eval "$(grep '^export ' "$state/s3.env")"
 
 echo "== filling a stand-in for s3://noaa-goes16 and a results bucket" >&2
-python3 - <<'PY'
+"$PY" - <<'PY'
 import boto3
 
 s3 = boto3.client("s3")

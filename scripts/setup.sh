@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up a fresh Debian 12 machine (as root) for bacnode: apt and pip packages, dockerd without
-# the default bridge, the local busybox image (no registry is reachable here), and kubo, the
+# Set up a fresh Debian 12 machine (as root) for bacnode: apt packages, the project and its
+# declared dependencies in a virtual environment inside the checkout (.venv, without system
+# site-packages, so that nothing installed by hand can stand in for a missing dependency),
+# dockerd without the default bridge, the local busybox image (no registry is reachable here), and kubo, the
 # reference IPFS node the interoperability tests run against (built from the Go module proxy
 # with the installed Go toolchain, ~2-4 minutes the first time; see scripts/services.py).
 # Safe to re-run: whatever is already installed or running is kept.
@@ -10,7 +12,6 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 export NEEDRESTART_SUSPEND=1 NEEDRESTART_MODE=l  # docker.io recommends needrestart: never restart
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
-export PIP_BREAK_SYSTEM_PACKAGES=1  # Debian's own python3 is "externally managed"
 export PYTHONUNBUFFERED=1
 
 APT_PACKAGES=(docker.io busybox-static build-essential libgmp-dev jq)
@@ -38,8 +39,9 @@ missing_apt_packages() {
 
 install_system_packages() {
     local wanted=("${APT_PACKAGES[@]}")
-    # A bare Debian python3 has neither pip nor the headers that fastecdsa (via libp2p) builds with.
-    python3 -m pip --version >/dev/null 2>&1 || wanted+=(python3-pip)
+    # A bare Debian python3 has neither venv (ensurepip) nor the headers that fastecdsa (via
+    # libp2p) builds with.
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || wanted+=(python3-venv)
     python3 - <<'EOF' || wanted+=(python3-dev)
 import os, sys, sysconfig
 sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)
@@ -56,12 +58,22 @@ EOF
     apt-get install -y -qq $missing
 }
 
+readonly VENV=.venv
+readonly PY=$VENV/bin/python
+
 install_python_package() {
-    python3 -m pip install -q -e '.[test]'
+    if [[ ! -x $PY ]] || ! "$PY" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then
+        rm -rf "$VENV"
+        python3 -m venv "$VENV"
+    fi
+    "$PY" -m pip install -q --upgrade pip
+    "$PY" -m pip install -q -e '.[test]'
+    "$PY" -m pip check
 }
 
 step "apt packages" install_system_packages
-step "pip install -e .[test]" install_python_package
-step "dockerd" python3 -m scripts.services docker
-step "busybox image" python3 -m scripts.services image
-step "kubo (IPFS reference node)" python3 -m scripts.services kubo
+step "$VENV: pip install -e .[test]" install_python_package
+step "dockerd" "$PY" -m scripts.services docker
+step "busybox image" "$PY" -m scripts.services image
+step "kubo (IPFS reference node)" "$PY" -m scripts.services kubo
+echo "=== ready: $PY -m pytest -q runs the tests; $VENV/bin/bacnode is the CLI"

@@ -7,12 +7,16 @@ with the reason; it never skips them (CI counts a skip as a failure).
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
+
+# In-process boto3 clients too: never ask the cloud metadata address for credentials.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 if TYPE_CHECKING:
     from scripts.services import Kubo, SeaweedS3

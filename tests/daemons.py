@@ -170,11 +170,17 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
+#: boto3 asks the cloud metadata address (169.254.169.254) for credentials when none are
+#: configured; nothing here may send traffic off this machine.
+NO_CLOUD_METADATA = {"AWS_EC2_METADATA_DISABLED": "true"}
+
+
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACNODE_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT dumps every thread's stack: see Daemon.stop
+    env.update(NO_CLOUD_METADATA)
     env.update(extra or {})
     return env
 

@@ -36,6 +36,8 @@ from protocol.states import JOB_TRANSITIONS, ExecutionState, JobState
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOW = 1_780_000_000_000
+#: kubo's CID of an empty directory
+EMPTY_DIR_CID = "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"
 KEYS = [NodeKey(bytes([i]) * 32) for i in range(1, 4)]
 REQUESTER = KEYS[0].peer_id
 COMPUTE = KEYS[1].peer_id
@@ -409,7 +411,7 @@ async def test_history_lists_job_and_execution_transitions_in_order(store):
         ExecutionState.COMPLETED,
         message="done",
         now_ms=NOW + 8,
-        published={"StorageSource": "IPFS", "CID": "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"},
+        published={"StorageSource": "IPFS", "CID": EMPTY_DIR_CID},
     )
     await store.update_job_state(job.id, JobState.COMPLETED, message="done", now_ms=NOW + 9)
 
@@ -434,7 +436,7 @@ async def test_history_lists_job_and_execution_transitions_in_order(store):
     # exit_code and run_output were set at Publishing and kept when Completed came.
     assert execution.exit_code == 0
     assert execution.run_output == {"stdout": "hi\n", "stdout_truncated": False}
-    assert execution.published == {"StorageSource": "IPFS", "CID": "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"}
+    assert execution.published == {"StorageSource": "IPFS", "CID": EMPTY_DIR_CID}
     assert execution.revision == 6
 
 

@@ -1,0 +1,5 @@
+"""``python -m cli``: the ``bacnode`` command."""
+
+from . import main
+
+main()

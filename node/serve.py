@@ -1,0 +1,110 @@
+"""The ``serve`` command: flags and config in, a running daemon out (see node/__main__.py)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from .config import ConfigError, load_config
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """bacnode daemon."""
+
+
+@main.command()
+@click.option("--config", type=click.Path(dir_okay=False), help="YAML config file "
+              "[default: DATA_DIR/config.yaml]")
+@click.option("--data-dir", help="where the key, state and results live [default: ~/.bacnode]")
+@click.option("--listen", multiple=True, help="libp2p multiaddr to listen on, repeatable "
+              "[default: /ip4/0.0.0.0/tcp/1235]")
+@click.option("--peer", "peers", multiple=True, help="bootstrap peer multiaddr with /p2p/<id>, "
+              "repeatable; 'none' for a first node")
+@click.option("--api-host", help="local API host [default: 127.0.0.1]")
+@click.option("--api-port", type=int, help="local API port [default: 1234]")
+@click.option("--labels", help="node labels, k=v,k2=v2")
+@click.option("--orchestrator", is_flag=True, default=None, help="accept jobs from users")
+@click.option("--compute", is_flag=True, default=None, help="run jobs")
+@click.option("--limit-cpu", help="CPU this node offers, e.g. 2 or 1500m")
+@click.option("--limit-memory", help="memory this node offers, e.g. 4Gi")
+@click.option("--limit-disk", help="disk this node offers, e.g. 100Gi")
+@click.option("--max-jobs", type=int, help="executions at once (0: no limit)")
+@click.option("--mdns/--no-mdns", default=None, help="find peers on the LAN by mDNS [default: on]")
+@click.option("--swarm-key", type=click.Path(dir_okay=False),
+              help="pre-shared key file of a private network")
+@click.option("--heartbeat-seconds", type=float, help="node info interval, seconds [default: 15]")
+@click.option("--missed-heartbeats", type=int,
+              help="a node is DISCONNECTED after this many missed heartbeats [default: 2]")
+@click.option("--allow-networked-jobs/--deny-networked-jobs", default=None,
+              help="run jobs that ask for network access [default: deny]")
+@click.option("--allowed-images", help="only run these images, glob patterns, comma-separated")
+@click.option("--ipfs-peer", "ipfs_peers", multiple=True,
+              help="IPFS peer multiaddr with /p2p/<id> to fetch blocks from, repeatable")
+@click.option("--ipfs-retention-hours", type=float,
+              help="keep published IPFS results this long, hours [default: 168]")
+@click.option("--log-level", default="WARNING", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def serve(log_level: str, orchestrator: bool | None, compute: bool | None,
+          **flags: Any) -> None:
+    """Run a bacnode daemon: join the mesh and serve the local API."""
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("libp2p", "multiaddr", "hypercorn"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    given = {name: value for name, value in flags.items() if value not in (None, ())}
+    # Naming one role means "only this"; naming neither keeps the default (both).
+    if orchestrator or compute:
+        given["orchestrator"] = bool(orchestrator)
+        given["compute"] = bool(compute)
+    try:
+        config = load_config(given)
+        _run(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _run(config: Any) -> None:
+    import trio
+
+    from .api import ApiBindError
+    from .daemon import DataDirError, run_daemon
+    from .keys import KeyFileError
+    from .mesh import MeshError
+    from .store import StoreError
+
+    try:
+        trio.run(run_daemon, config)
+    except (KeyFileError, MeshError, StoreError, ApiBindError, DataDirError) as exc:
+        _fail(str(exc))
+    except BaseExceptionGroup as group:
+        known = group.subgroup(
+            (KeyFileError, MeshError, StoreError, ApiBindError, DataDirError, OSError)
+        )
+        if known is None:
+            raise
+        first = _leaf(known)
+        if isinstance(first, OSError) and "address already in use" in str(first).lower():
+            _fail(f"{first}; is another bacnode running? choose a free --api-port / --listen")
+        _fail(str(first))
+    except OSError as exc:
+        if "address already in use" in str(exc).lower():
+            _fail(f"{exc}; is another bacnode running? choose a free --api-port / --listen")
+        _fail(f"{exc}")
+
+
+def _leaf(group: BaseException) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
+
+
+def _fail(message: str) -> None:
+    click.echo(f"bacnode serve: error: {message}", err=True)
+    sys.exit(1)
+
