@@ -32,7 +32,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, NoReturn
@@ -864,26 +864,25 @@ def _find_go() -> str | None:
     return None
 
 
-def install_kubo(path: Path | str | None = None) -> bool:
-    """Build kubo :data:`KUBO_VERSION` from source into ``path`` unless it is already there.
+def _go_build_module(module: str, version: str, package: str, target: Path, *,
+                     env: dict[str, str], ldflags: str = "") -> None:
+    """``go build`` ``package`` of Go module ``module@version`` into ``target``.
 
     The source comes from the Go module proxy (``go mod download``); ``go install
-    module@version`` is not used since later kubo releases have replace directives that it
-    refuses. Returns whether it built. The binary is written beside ``path`` and renamed into
-    place, so an interrupted build never leaves a broken one.
+    module@version`` is not used since such releases have replace directives that it refuses.
+    Workspaces are off: Bacalhau's go.work names directories its module zip lacks. The binary
+    is written beside ``target`` and renamed into place by the caller once checked, so an
+    interrupted build never leaves a broken one (see :func:`_partial`).
     """
-    target = Path(path) if path is not None else kubo_path()
-    if target.is_file() and kubo_version(target) == KUBO_VERSION:
-        return False
     go = _find_go()
     if go is None:
         raise ServiceError(
-            f"go not found: kubo {KUBO_VERSION} is built from source and needs Go >= 1.26 "
+            f"go not found: {module} {version} is built from source and needs Go >= 1.26 "
             "(install the go.dev tarball into /usr/local/go)"
         )
-    env = _kubo_env({"GOTOOLCHAIN": "local", "GOFLAGS": "-buildvcs=false"})
+    env = {**env, "GOTOOLCHAIN": "local", "GOFLAGS": "-buildvcs=false", "GOWORK": "off"}
     download = subprocess.run(
-        [go, "mod", "download", "-json", f"{KUBO_MODULE}@v{KUBO_VERSION}"],
+        [go, "mod", "download", "-json", f"{module}@v{version}"],
         capture_output=True,
         text=True,
         env=env,
@@ -897,13 +896,12 @@ def install_kubo(path: Path | str | None = None) -> bool:
         source = None
     if download.returncode != 0 or not source:
         raise ServiceError(
-            f"go mod download {KUBO_MODULE}@v{KUBO_VERSION} failed "
+            f"go mod download {module}@v{version} failed "
             f"(exit {download.returncode}):\n{download.stdout[-2000:]}{download.stderr[-2000:]}"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
     build = subprocess.run(
-        [go, "build", "-o", str(partial), "./cmd/ipfs"],
+        [go, "build", "-trimpath", "-ldflags", ldflags, "-o", str(_partial(target)), package],
         capture_output=True,
         text=True,
         env=env,
@@ -912,16 +910,112 @@ def install_kubo(path: Path | str | None = None) -> bool:
         timeout=3600,
     )
     if build.returncode != 0:
-        partial.unlink(missing_ok=True)
+        _partial(target).unlink(missing_ok=True)
         raise ServiceError(
-            f"building kubo in {source} failed (exit {build.returncode}):\n"
+            f"building {module} in {source} failed (exit {build.returncode}):\n"
             f"{build.stdout[-2000:]}{build.stderr[-4000:]}"
         )
-    version = kubo_version(partial)
-    if version != KUBO_VERSION:
+
+
+def _partial(target: Path) -> Path:
+    return target.with_name(f".{target.name}.partial")
+
+
+def _install_checked(target: Path, name: str, expected: str,
+                     version_of: Callable[[Path], str | None]) -> None:
+    """Move a just-built binary into place if it reports ``expected``; ServiceError if not."""
+    partial = _partial(target)
+    version = version_of(partial)
+    if version != expected:
         partial.unlink(missing_ok=True)
-        raise ServiceError(f"the kubo just built reports version {version!r}, not {KUBO_VERSION}")
+        raise ServiceError(f"the {name} just built reports version {version!r}, not {expected}")
     partial.replace(target)
+
+
+def install_kubo(path: Path | str | None = None) -> bool:
+    """Build kubo :data:`KUBO_VERSION` into ``path`` unless it is already there; returns
+    whether it built."""
+    target = Path(path) if path is not None else kubo_path()
+    if target.is_file() and kubo_version(target) == KUBO_VERSION:
+        return False
+    _go_build_module(KUBO_MODULE, KUBO_VERSION, "./cmd/ipfs", target, env=_kubo_env())
+    _install_checked(target, "kubo", KUBO_VERSION, kubo_version)
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Bacalhau's own CLI, the reference client the compatibility tests drive bacnode with
+
+BACALHAU_VERSION = "1.9.3"
+BACALHAU_MODULE = "github.com/bacalhau-project/bacalhau"
+#: Where ``scripts/setup.sh`` installs the ``bacalhau`` binary; ``$BACNODE_BACALHAU`` overrides.
+BACALHAU_PATH = f"/usr/local/lib/bacnode/bacalhau-v{BACALHAU_VERSION}/bacalhau"
+BACALHAU_ENV = "BACNODE_BACALHAU"
+#: Without these the CLI checks for updates and sends analytics over the internet.
+BACALHAU_OFFLINE_ENV = {
+    "BACALHAU_UPDATE_CHECKER_ENDPOINT": "http://127.0.0.1:9/",
+    "BACALHAU_UPDATECONFIG_INTERVAL": "0",
+    "BACALHAU_DISABLEANALYTICS": "true",
+}
+
+
+def bacalhau_path() -> Path:
+    """Where the ``bacalhau`` binary is expected: ``$BACNODE_BACALHAU``, else the default."""
+    return Path(os.environ.get(BACALHAU_ENV) or BACALHAU_PATH)
+
+
+def bacalhau_env(home: Path | str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for any ``bacalhau`` command: offline, its repo and config in ``home``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACALHAU_")}
+    env.update(BACALHAU_OFFLINE_ENV)
+    env["HOME"] = str(home)
+    env["BACALHAU_DIR"] = str(Path(home) / ".bacalhau")
+    env.update(extra or {})
+    return env
+
+
+def bacalhau_version(binary: Path | str) -> str | None:
+    """The client version ``binary`` reports (without the leading v), or None."""
+    with tempfile.TemporaryDirectory(prefix="bacalhau-home-") as home:
+        try:
+            done = subprocess.run(
+                [str(binary), "version", "--client", "--output", "json"],
+                capture_output=True, text=True, timeout=60, env=bacalhau_env(home),
+                stdin=subprocess.DEVNULL,
+            )
+            # The first run of a new repo prints migration notes before the JSON.
+            last_line = done.stdout.strip().splitlines()[-1]
+            reported = json.loads(last_line)["clientVersion"]["GitVersion"]
+        except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError,
+                IndexError):
+            return None
+    return str(reported).removeprefix("v")
+
+
+def find_bacalhau() -> Path:
+    """The Bacalhau CLI, checked to be :data:`BACALHAU_VERSION`; ServiceError if not."""
+    path = bacalhau_path()
+    hint = "run `bash scripts/setup.sh` (its bacalhau step builds it from the Go module proxy)"
+    if not path.is_file():
+        raise ServiceError(f"bacalhau not found at {path}: {hint}")
+    version = bacalhau_version(path)
+    if version != BACALHAU_VERSION:
+        found = "does not run" if version is None else f"is version {version}"
+        raise ServiceError(f"bacalhau at {path} {found}, not {BACALHAU_VERSION}: {hint}")
+    return path
+
+
+def install_bacalhau(path: Path | str | None = None) -> bool:
+    """Build Bacalhau :data:`BACALHAU_VERSION` into ``path`` unless it is already there
+    (about 7 minutes on 2 cores); returns whether it built."""
+    target = Path(path) if path is not None else bacalhau_path()
+    if target.is_file() and bacalhau_version(target) == BACALHAU_VERSION:
+        return False
+    # As Bacalhau's Makefile stamps its releases: without it the binary says v0.0.0-xxxxxxx.
+    ldflags = f"-X {BACALHAU_MODULE}/pkg/version.GITVERSION=v{BACALHAU_VERSION}"
+    _go_build_module(BACALHAU_MODULE, BACALHAU_VERSION, ".", target,
+                     env=dict(os.environ), ldflags=ldflags)
+    _install_checked(target, "bacalhau", BACALHAU_VERSION, bacalhau_version)
     return True
 
 
@@ -1255,6 +1349,18 @@ def _cmd_kubo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bacalhau(args: argparse.Namespace) -> int:
+    """``bacalhau``: build and install Bacalhau's CLI unless the right version is there."""
+    began = time.monotonic()
+    target = Path(args.path) if args.path else bacalhau_path()
+    if install_bacalhau(target):
+        print(f"bacalhau {BACALHAU_VERSION} built into {target} "
+              f"({time.monotonic() - began:.1f}s)")
+    else:
+        print(f"bacalhau {BACALHAU_VERSION} already at {target}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m scripts.services``."""
     parser = argparse.ArgumentParser(
@@ -1280,6 +1386,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p_kubo.add_argument("--path", help=f"install here (default: ${KUBO_ENV} or {KUBO_PATH})")
     p_kubo.set_defaults(func=_cmd_kubo)
+    p_bacalhau = sub.add_parser(
+        "bacalhau", help=f"build Bacalhau {BACALHAU_VERSION}'s CLI (the reference client) "
+        "unless installed")
+    p_bacalhau.add_argument("--path", help=f"install here (default: ${BACALHAU_ENV} or "
+                            f"{BACALHAU_PATH})")
+    p_bacalhau.set_defaults(func=_cmd_bacalhau)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -2,9 +2,11 @@
 # Set up a fresh Debian 12 machine (as root) for bacnode: apt packages, the project and its
 # declared dependencies in a virtual environment inside the checkout (.venv, without system
 # site-packages, so that nothing installed by hand can stand in for a missing dependency),
-# dockerd without the default bridge, the local busybox image (no registry is reachable here), and kubo, the
-# reference IPFS node the interoperability tests run against (built from the Go module proxy
-# with the installed Go toolchain, ~2-4 minutes the first time; see scripts/services.py).
+# dockerd without the default bridge, the local busybox image (no registry is reachable
+# here), kubo, the reference IPFS node the interoperability tests run against, and Bacalhau
+# v1.9.3's CLI, the reference client the compatibility tests drive bacnode with (both built
+# from the Go module proxy with the installed Go toolchain, ~4 and ~7 minutes the first time;
+# see scripts/services.py).
 # Safe to re-run: whatever is already installed or running is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,4 +78,5 @@ step "$VENV: pip install -e .[test]" install_python_package
 step "dockerd" "$PY" -m scripts.services docker
 step "busybox image" "$PY" -m scripts.services image
 step "kubo (IPFS reference node)" "$PY" -m scripts.services kubo
+step "bacalhau (Bacalhau's own CLI, the reference client)" "$PY" -m scripts.services bacalhau
 echo "=== ready: $PY -m pytest -q runs the tests; $VENV/bin/bacnode is the CLI"
