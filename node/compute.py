@@ -232,7 +232,7 @@ class Compute:
                     task.input_sources,
                     staging_dir,
                     registry=self.storages,
-                    timeout=task.timeouts.execution_timeout or None,
+                    timeout=task.timeouts.execution_limit or None,
                 )
                 request = ExecutionRequest(
                     execution_id=execution.execution_id,
@@ -240,7 +240,8 @@ class Compute:
                     engine=task.engine,
                     resources=task.resources,
                     network=task.network.type,
-                    timeout_seconds=task.timeouts.execution_timeout,
+                    timeout_seconds=task.timeouts.execution_limit,
+                    task_env=tuple(f"{name}={value}" for name, value in sorted(task.env.items())),
                     inputs=tuple(inputs),
                     results_dir=results_dir,
                 )

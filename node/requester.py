@@ -336,7 +336,7 @@ class Requester:
             job = await self.store.get_job(execution.job_id)
             if job is None:
                 continue
-            timeout = job.job.task.timeouts.execution_timeout
+            timeout = job.job.task.timeouts.execution_limit
             if (
                 timeout
                 and now_ms() - execution.create_time_ms > (timeout + TIMEOUT_GRACE_SECONDS) * 1000

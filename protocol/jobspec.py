@@ -13,15 +13,17 @@ with string keys (no floats, no ``None``), so it encodes canonically with
 
 Decisions where Bacalhau leaves room (see each constant's comment):
 
-- Field names are case-sensitive (``image`` is an unknown field, with a hint);
-  *type names* are not (``S3``, ``Docker``, ``urldownload``) and are normalised.
+- Field names match case-insensitively, as Go's JSON decoder matches them for Bacalhau
+  (``tasks``, ``engine``, ``resultPaths`` are read as ``Tasks``, ``Engine``,
+  ``ResultPaths``); the same field given twice in different cases is an error. *Type names*
+  are case-insensitive too (``S3``, ``Docker``, ``urldownload``) and are normalised.
 - ``null`` means "absent", as Go's decoder treats it.
 - ``inline`` inputs carry their bytes in ``Params.URL`` as a ``data:`` URL (as
   Bacalhau's inline storage does), at most ``MAX_INLINE_URL`` characters.
-- ``Network.Type`` is ``None`` or ``Full``; Bacalhau's ``Host`` is read as ``Full``
-  because how a networked container is wired (Docker host networking, here) is the
-  node's choice, not the job's. ``Domains`` is recorded but not enforced, and is
-  refused with ``None``.
+- ``Network.Type`` is ``None`` or ``Full``; Bacalhau's ``Host`` and ``Bridge`` are read as
+  ``Full`` because how a networked container is wired (Docker host networking, here) is the
+  node's choice, not the job's, and its ``Default`` as ``None``: no network unless asked.
+  ``Domains`` is recorded but not enforced, and is refused with ``None``.
 - Resources left at 0 mean "not requested" and are left out of ``to_dict``.
 """
 
@@ -80,7 +82,7 @@ INPUT_SOURCE_TYPES: tuple[str, ...] = ("s3", "ipfs", "urlDownload", "inline")
 PUBLISHER_TYPES: tuple[str, ...] = ("ipfs", "s3", "local", "noop")
 NETWORK_TYPES: tuple[str, ...] = ("None", "Full")
 # Bacalhau's "Host" asks for host networking; here that wiring is a node setting.
-_NETWORK_ALIASES = {"host": "Full"}
+_NETWORK_ALIASES = {"host": "Full", "bridge": "Full", "default": "None"}
 DEFAULT_NAMESPACE = "default"
 DEFAULT_TASK_NAME = "main"
 #: A job's stored ID: ``j-`` and a lowercase UUID4, Bacalhau's form.
@@ -385,13 +387,25 @@ class NetworkSpec:
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds; 0 leaves the limit to the node."""
+    """Seconds; 0 leaves the limit to the node. ``total_timeout`` is Bacalhau's
+    ``TotalTimeout`` (what ``bacalhau docker run --timeout`` sets)."""
 
     execution_timeout: int = 0
     queue_timeout: int = 0
+    total_timeout: int = 0
+
+    @property
+    def execution_limit(self) -> int:
+        """How long one execution may take, seconds (0: no limit): the shorter of the
+        execution and the total timeout, since an execution cannot outlast its job."""
+        limits = [t for t in (self.execution_timeout, self.total_timeout) if t]
+        return min(limits, default=0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ExecutionTimeout": self.execution_timeout, "QueueTimeout": self.queue_timeout}
+        out = {"ExecutionTimeout": self.execution_timeout, "QueueTimeout": self.queue_timeout}
+        if self.total_timeout:
+            out["TotalTimeout"] = self.total_timeout
+        return out
 
 
 @dataclass(frozen=True)
@@ -406,9 +420,12 @@ class Task:
     resources: Resources = field(default_factory=Resources)
     network: NetworkSpec = field(default_factory=NetworkSpec)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    #: Bacalhau's task ``Env``: variables set in the container, beside the engine's own.
+    env: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "Name": self.name,
             "Engine": self.engine.to_dict(),
             "InputSources": [source.to_dict() for source in self.input_sources],
@@ -418,6 +435,11 @@ class Task:
             "Network": self.network.to_dict(),
             "Timeouts": self.timeouts.to_dict(),
         }
+        if self.env:
+            out["Env"] = dict(self.env)
+        if self.meta:
+            out["Meta"] = dict(self.meta)
+        return out
 
 
 @dataclass(frozen=True)
@@ -534,16 +556,27 @@ def _at(path: str, name: str) -> str:
 
 
 def _mapping(errs: _Errors, value: Any, path: str, allowed: Sequence[str]) -> Mapping[str, Any]:
-    """The mapping at ``path`` (``{}`` if absent or wrong), with unknown fields reported."""
+    """The mapping at ``path`` (``{}`` if absent or wrong), its keys matched to ``allowed``
+    case-insensitively and renamed to them, with unknown and repeated fields reported."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         errs.add(path, f"expected a mapping, got {describe_value(value)}")
         return {}
-    for name in value:
-        if name not in allowed:
+    canonical = {name.lower(): name for name in allowed}
+    out: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    for name, item in value.items():
+        known = canonical.get(str(name).lower())
+        if known is None:
             errs.add(_at(path, str(name)), _unknown_field(str(name), allowed))
-    return value
+            out[name] = item
+        elif known in given_as:
+            errs.add(_at(path, str(name)), f"given twice (also as {given_as[known]!r})")
+        else:
+            given_as[known] = str(name)
+            out[known] = item
+    return out
 
 
 def _unknown_field(name: str, allowed: Sequence[str]) -> str:
@@ -704,6 +737,8 @@ _TASK_FIELDS = (
     "Resources",
     "Network",
     "Timeouts",
+    "Env",
+    "Meta",
 )
 _ENGINE_PARAMS = ("Image", "Entrypoint", "Parameters", "EnvironmentVariables", "WorkingDirectory")
 
@@ -770,6 +805,7 @@ def _task(errs: _Errors, value: Any, path: str) -> Task:
     publisher = _publisher(errs, data.get("Publisher"), _at(path, "Publisher"))
     result_paths = _result_paths(errs, data, path)
     _check_mounts(errs, input_sources, result_paths, path)
+    env = _task_env(errs, data, path, engine)
     return Task(
         engine=engine,
         name=name,
@@ -779,7 +815,24 @@ def _task(errs: _Errors, value: Any, path: str) -> Task:
         resources=_resources(errs, data.get("Resources"), _at(path, "Resources")),
         network=_network(errs, data.get("Network"), _at(path, "Network")),
         timeouts=_timeouts(errs, data.get("Timeouts"), _at(path, "Timeouts")),
+        env=env,
+        meta=_string_map(errs, data, path, "Meta"),
     )
+
+
+def _task_env(errs: _Errors, data: Mapping[str, Any], path: str,
+              engine: EngineSpec) -> dict[str, str]:
+    env = _string_map(errs, data, path, "Env")
+    engine_vars = {item.partition("=")[0] for item in engine.environment_variables}
+    for name in env:
+        if not _ENV_RE.fullmatch(f"{name}="):
+            errs.add(f"{_at(path, 'Env')}.{name}",
+                     f"invalid environment variable name {name!r}: expected letters, digits "
+                     "and '_', not starting with a digit")
+        elif name in engine_vars:
+            errs.add(f"{_at(path, 'Env')}.{name}",
+                     f"{name} is also set by Engine.Params.EnvironmentVariables; set it once")
+    return env
 
 
 def _engine(errs: _Errors, value: Any, path: str) -> EngineSpec:
@@ -1066,8 +1119,9 @@ def _network(errs: _Errors, value: Any, path: str) -> NetworkSpec:
 
 
 def _timeouts(errs: _Errors, value: Any, path: str) -> Timeouts:
-    data = _mapping(errs, value, path, ("ExecutionTimeout", "QueueTimeout"))
+    data = _mapping(errs, value, path, ("ExecutionTimeout", "QueueTimeout", "TotalTimeout"))
     return Timeouts(
         execution_timeout=_integer(errs, data, path, "ExecutionTimeout", 0, 0),
         queue_timeout=_integer(errs, data, path, "QueueTimeout", 0, 0),
+        total_timeout=_integer(errs, data, path, "TotalTimeout", 0, 0),
     )

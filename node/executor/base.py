@@ -78,6 +78,8 @@ class ExecutionRequest:
     network: str = "None"
     timeout_seconds: int = 0
     inputs: tuple[tuple[Path, str], ...] = ()
+    #: The task's ``Env`` as ``NAME=VALUE``, set after the engine's own variables.
+    task_env: tuple[str, ...] = ()
     stdout_tail_bytes: int = DEFAULT_TAIL_BYTES
     stderr_tail_bytes: int = DEFAULT_TAIL_BYTES
 

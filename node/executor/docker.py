@@ -461,7 +461,7 @@ class DockerExecutor(Executor):
             engine.image,
             command=list(engine.parameters) or None,
             entrypoint=list(engine.entrypoint) or None,
-            environment=list(engine.environment_variables),
+            environment=[*engine.environment_variables, *request.task_env],
             working_dir=engine.working_directory or None,
             labels={
                 LABEL_JOB: request.job_id,

@@ -658,3 +658,69 @@ def test_from_dict_raises_only_spec_error(document):
 def test_from_dict_on_arbitrary_values_raises_only_spec_error(value):
     with pytest.raises(SpecError):
         Job.from_dict(value)
+
+
+# --- Bacalhau's own documents: lower-case keys, Env, Meta, TotalTimeout, network types ----
+
+#: testdata/jobs/docker-hello.yaml of Bacalhau v1.9.3, as its YAML decodes.
+BACALHAU_DOCKER_HELLO = {
+    "name": "A Simple Docker Job",
+    "type": "batch",
+    "count": 1,
+    "tasks": [{
+        "name": "My main task",
+        "engine": {"type": "docker", "params": {
+            "Image": "busybox:1.37.0",
+            "Entrypoint": ["/bin/sh"],
+            "Parameters": ["-c", "echo Hello Bacalhau!"],
+        }},
+    }],
+}
+
+
+def test_bacalhau_lower_case_keys_are_read_as_its_go_decoder_reads_them():
+    job = Job.from_dict(BACALHAU_DOCKER_HELLO)
+    assert job.name == "A Simple Docker Job"
+    assert job.task.name == "My main task"
+    assert job.task.engine.image == "busybox:1.37.0"
+    assert job.task.engine.parameters == ("-c", "echo Hello Bacalhau!")
+    assert Job.from_dict(job.to_dict()) == job
+    assert "Tasks" in job.to_dict() and "tasks" not in job.to_dict()
+
+
+def test_task_env_meta_and_total_timeout_round_trip():
+    job = Job.from_dict({"Tasks": [{
+        "Engine": {"Type": "docker", "Params": {"Image": "busybox",
+                                                "EnvironmentVariables": ["A=1"]}},
+        "Env": {"GREETING": "hi"}, "Meta": {"owner": "me"},
+        "Timeouts": {"ExecutionTimeout": 600, "TotalTimeout": 300},
+    }]})
+    assert job.task.env == {"GREETING": "hi"}
+    assert job.task.meta == {"owner": "me"}
+    assert job.task.timeouts.total_timeout == 300
+    assert job.task.timeouts.execution_limit == 300  # an execution cannot outlast its job
+    assert Job.from_dict(job.to_dict()) == job
+
+
+def test_task_env_that_repeats_an_engine_variable_or_has_a_bad_name_is_refused():
+    with pytest.raises(SpecError) as info:
+        Job.from_dict({"Tasks": [{
+            "Engine": {"Type": "docker", "Params": {"Image": "busybox",
+                                                    "EnvironmentVariables": ["A=1"]}},
+            "Env": {"A": "2", "9LIVES": "x"},
+        }]})
+    assert [(e.path, e.message.split(":")[0]) for e in info.value.errors] == [
+        ("Tasks[0].Env.A", "A is also set by Engine.Params.EnvironmentVariables; set it once"),
+        ("Tasks[0].Env.9LIVES", "invalid environment variable name '9LIVES'"),
+    ]
+
+
+@pytest.mark.parametrize(("given", "read_as"), [
+    ("Default", "None"), ("Bridge", "Full"), ("Host", "Full"), ("None", "None"),
+])
+def test_bacalhau_network_types_map_to_what_nodes_can_do(given: str, read_as: str):
+    job = Job.from_dict({"Tasks": [{
+        "Engine": {"Type": "docker", "Params": {"Image": "busybox"}},
+        "Network": {"Type": given},
+    }]})
+    assert job.task.network.type == read_as

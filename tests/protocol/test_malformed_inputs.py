@@ -312,11 +312,12 @@ CASES = [
     (
         Job.from_dict,
         job(params={"image": "busybox", "Parameters": "echo hi"}),
-        [
-            (f"{P}.image", "unknown field (did you mean 'Image'?)"),
-            (f"{P}.Image", "required field is missing"),
-            (f"{P}.Parameters", "expected a list, got string 'echo hi'"),
-        ],
+        [(f"{P}.Parameters", "expected a list, got string 'echo hi'")],
+    ),
+    (
+        Job.from_dict,
+        job(params={"image": "busybox", "IMAGE": "alpine"}),
+        [(f"{P}.IMAGE", "given twice (also as 'image')")],
     ),
     (
         Job.from_dict,
@@ -531,11 +532,11 @@ CASES = [
     ),
     (
         Job.from_dict,
-        job(Network={"Type": "Bridge", "Domains": ["exa mple.com"]}),
+        job(Network={"Type": "Overlay", "Domains": ["exa mple.com"]}),
         [
             (
                 f"{T}.Network.Type",
-                "unknown network type 'Bridge'; expected one of: None, Full",
+                "unknown network type 'Overlay'; expected one of: None, Full",
             ),
             (
                 f"{T}.Network.Domains[0]",
@@ -546,13 +547,17 @@ CASES = [
     ),
     (
         Job.from_dict,
-        job(Timeouts={"ExecutionTimeout": "10m", "TotalTimeout": 5}),
+        job(Timeouts={"ExecutionTimeout": "10m", "TotalTimeout": -5, "Total": 5}),
         [
             (
-                f"{T}.Timeouts.TotalTimeout",
-                "unknown field; allowed fields: ExecutionTimeout, QueueTimeout",
+                f"{T}.Timeouts.Total",
+                "unknown field; allowed fields: ExecutionTimeout, QueueTimeout, TotalTimeout",
             ),
             (f"{T}.Timeouts.ExecutionTimeout", "expected an integer, got string '10m'"),
+            (
+                f"{T}.Timeouts.TotalTimeout",
+                "must be between 0 and 9223372036854775807, got -5",
+            ),
         ],
     ),
 ]
