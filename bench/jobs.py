@@ -70,6 +70,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 # The daemons and boto3 never ask the cloud metadata address for credentials.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+from protocol.states import execution_state_name  # noqa: E402
+
+
+def compute_state(execution: dict[str, Any]) -> str:
+    """An API execution's state by name (Bacalhau sends the number)."""
+    return execution_state_name(execution["ComputeState"]["StateType"])
 
 from bench._cleanup import Interrupted, signals_deferred  # noqa: E402
 from tests.daemons import Daemon, DaemonPool, wait_until  # noqa: E402
@@ -360,7 +368,7 @@ class Timeline:
         nodes: dict[str, str] = {}
         retries = 0
         for item in history:
-            ms = item["Time"] / 1e6
+            ms = datetime.fromisoformat(item["Time"].replace("Z", "+00:00")).timestamp() * 1e3
             message = item["Event"]["Message"]
             if item["Type"] == "JobLevel":
                 key = {"Pending": "created", "Completed": "job_done",
@@ -371,7 +379,8 @@ class Timeline:
             execution = item["ExecutionID"]
             key = {"BidAccepted": "accepted", "Running": "running",
                    "Publishing": "container_done",
-                   "Completed": "exec_done"}.get(item["ExecutionState"]["New"])
+                   "Completed": "exec_done"}.get(
+                execution_state_name(item["ExecutionState"]["New"]))
             if key:
                 by_execution.setdefault(execution, {}).setdefault(key, ms)
             if message.startswith("bid accepted from "):
@@ -669,12 +678,12 @@ def report_throughput(result: dict[str, Any], baselines: list[dict[str, Any]],
             per_job["unreadable"] += 1
             continue
         per_job[f"{len(items)} exec"] += 1
-        completed = [e for e in items if e["ComputeState"]["StateType"] == "Completed"]
+        completed = [e for e in items if compute_state(e) == "Completed"]
         if len(completed) == 1:
             exactly_one += 1
             ran_on.append(names.get(completed[0]["NodeID"], "?"))
         elif len(problems) < 5:
-            detail = [(e["ComputeState"]["StateType"], e["ComputeState"]["Message"][:80])
+            detail = [(compute_state(e), e["ComputeState"]["Message"][:80])
                       for e in items]
             problems.append(f"{job_id}: job {states.get(job_id, ('?',))[0]}, executions "
                             f"{detail}")

@@ -274,7 +274,7 @@ class Fleet:
                 if daemon.proc.poll() is not None:
                     raise BenchError(daemon.describe_exit())
                 try:
-                    info = get_json(daemon.api_port, "/api/v1/agent/node", timeout=1.0)["Info"]
+                    info = get_json(daemon.api_port, "/api/v1/agent/node", timeout=1.0)
                 except OSError:
                     continue
                 daemon.peer_id = info["NodeID"]

@@ -95,7 +95,8 @@ class ApiClient:
 def _error_detail(exc: urllib.error.HTTPError) -> str:
     try:
         payload = json.loads(exc.read())
-        detail = payload.get("detail") or payload.get("message") or payload
+        # Bacalhau's APIError ({Status, Message, Code}); FastAPI's own {detail} as a fallback.
+        detail = payload.get("Message") or payload.get("detail") or payload
     except (ValueError, AttributeError):
         detail = exc.reason
     return f"the daemon answered {exc.code}: {detail}"

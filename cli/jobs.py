@@ -20,10 +20,31 @@ import click
 
 from protocol.errors import LocalProtocolError, ProtocolError, SpecError
 from protocol.jobspec import Job
+from protocol.messages import published_location
+from protocol.states import execution_state_name
 
 from .client import ApiClient, ApiError
 
 TERMINAL_STATES = {"Completed", "Failed", "Stopped"}
+
+
+def event_new_state(event: dict[str, Any]) -> str:
+    """The state a history event moved to: a job state name, or an execution state's."""
+    if event["Type"] == "ExecutionLevel":
+        code = (event.get("ExecutionState") or {}).get("New")
+        return execution_state_name(code) if isinstance(code, int) and code else ""
+    return (event.get("JobState") or {}).get("New") or ""
+
+
+def event_time(event: dict[str, Any]) -> str:
+    """An event's RFC 3339 time as local HH:MM:SS."""
+    from datetime import datetime
+
+    try:
+        moment = datetime.fromisoformat(str(event.get("Time")).replace("Z", "+00:00"))
+    except ValueError:
+        return "-"
+    return moment.astimezone().strftime("%H:%M:%S")
 
 
 def api(ctx: click.Context) -> ApiClient:
@@ -134,10 +155,9 @@ def wait_for_job(ctx: click.Context, job_id: str, *, timeout: float, quiet: bool
         if not quiet:
             events = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}/history")["Items"]
             for event in events[shown:]:
-                states = event.get("ExecutionState") or event.get("JobState") or {}
                 who = "execution" if event["Type"] == "ExecutionLevel" else "job"
-                click.echo(f"  {who:<9} {states.get('New') or '':<12} {event['Event']['Message']}",
-                           err=True)
+                click.echo(f"  {who:<9} {event_new_state(event):<12} "
+                           f"{event['Event']['Message']}", err=True)
             shown = len(events)
         if job["State"]["StateType"] in TERMINAL_STATES:
             return job["State"]
@@ -165,14 +185,15 @@ def describe_document(ctx: click.Context, job_id: str) -> dict[str, Any]:
                 {
                     "NodeID": e["NodeID"],
                     "ExecutionID": e["ID"],
-                    "State": e["ComputeState"]["StateType"],
-                    "Message": e["ComputeState"]["Message"],
+                    "State": execution_state_name(e["ComputeState"]["StateType"]),
+                    "Message": e["ComputeState"].get("Message", ""),
                     "RunOutput": {
-                        "stdout": e["RunOutput"]["Stdout"],
-                        "stderr": e["RunOutput"]["Stderr"],
-                        "exitCode": e["RunOutput"]["ExitCode"],
+                        "stdout": (e["RunOutput"] or {}).get("Stdout", ""),
+                        "stderr": (e["RunOutput"] or {}).get("stderr", ""),
+                        "exitCode": (e["RunOutput"] or {}).get("ExitCode"),
                     },
-                    "PublishedResults": e["PublishedResult"],
+                    "PublishedResults": published_location(e["PublishedResult"])
+                    if e["PublishedResult"] else {},
                 }
                 for e in executions
             ],
@@ -446,8 +467,8 @@ def register(cli: click.Group) -> None:
         if output == "json":
             click.echo(render(items, "json"))
             return
-        rows = [[e["ID"], e["NodeID"], e["ComputeState"]["StateType"],
-                 e["ComputeState"]["Message"][:60]] for e in items]
+        rows = [[e["ID"], e["NodeID"], execution_state_name(e["ComputeState"]["StateType"]),
+                 e["ComputeState"].get("Message", "")[:60]] for e in items]
         click.echo(table(["EXECUTION", "NODE", "STATE", "MESSAGE"], rows))
 
     @job.command("results")
@@ -459,7 +480,7 @@ def register(cli: click.Group) -> None:
         shown = {
             "NextToken": answer.get("NextToken", ""),
             "Results": [
-                {"Type": item["Type"], "Params": item["Params"]} for item in answer["Results"]
+                {"Type": item["Type"], "Params": item["Params"]} for item in answer["Items"]
             ],
         }
         click.echo(render(shown, "json"))
@@ -476,10 +497,8 @@ def register(cli: click.Group) -> None:
             return
         rows = []
         for event in items:
-            states = event.get("ExecutionState") or event.get("JobState") or {}
-            rows.append([time.strftime("%H:%M:%S", time.localtime(event["Time"] / 1e9)),
-                         event["Type"], event["ExecutionID"][:12], states.get("New") or "",
-                         event["Event"]["Message"][:70]])
+            rows.append([event_time(event), event["Type"], event.get("ExecutionID", "")[:12],
+                         event_new_state(event), event["Event"]["Message"][:70]])
         click.echo(table(["TIME", "LEVEL", "EXECUTION", "STATE", "MESSAGE"], rows))
 
     @cli.command("list")

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 import protocol
+from protocol.quantities import format_bytes
 
 from .client import ApiClient, ApiError
 
@@ -61,7 +62,7 @@ def serve(args: tuple[str, ...]) -> None:
 @click.pass_context
 def id_(ctx: click.Context) -> None:
     """Print the daemon's peer ID and the addresses it listens on."""
-    info = call_api(ctx, "/api/v1/agent/node")["Info"]
+    info = call_api(ctx, "/api/v1/agent/node")
     click.echo(info["NodeID"])
     for address in info["Addresses"]:
         click.echo(f"  {address}")
@@ -89,13 +90,14 @@ def node_list(ctx: click.Context, output: str) -> None:
         free = compute.get("AvailableCapacity") or {}
         rows.append([
             info["NodeID"],
-            info["NodeType"],
+            "/".join(info.get("Roles") or [info["NodeType"]]),
             state["Connection"],
             ",".join(f"{k}={v}" for k, v in sorted(info["Labels"].items())),
-            f"{free.get('CPU', '-')} CPU / {free.get('Memory', '-')}" if free else "-",
+            f"{free.get('CPU', 0):g} CPU / {format_bytes(int(free.get('Memory', 0)))}"
+            if free else "-",
             ",".join(compute.get("ExecutionEngines", [])) or "-",
         ])
-    click.echo(table(["ID", "TYPE", "STATUS", "LABELS", "FREE", "ENGINES"], rows))
+    click.echo(table(["ID", "ROLES", "STATUS", "LABELS", "FREE", "ENGINES"], rows))
 
 
 @cli.group("swarm-key")

@@ -7,20 +7,28 @@ Handlers only read state the daemon keeps; they never block the event loop.
 
 from __future__ import annotations
 
+import base64
 import platform
-from collections.abc import Awaitable, Callable
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Protocol
 
 import trio
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import protocol
+from protocol.errors import LocalProtocolError
 from protocol.messages import Capacity, NodeInfo
-from protocol.quantities import format_bytes, format_cpu
+from protocol.selectors import Constraint, parse_selector
 
 API_PREFIX = "/api/v1"
 
@@ -49,67 +57,141 @@ class NodeStatus:
     first_seen_ms: int
 
 
-def _capacity_json(capacity: Capacity) -> dict[str, Any]:
+def resources_json(capacity: Capacity) -> dict[str, Any]:
+    """Bacalhau's ``Resources``: CPU in cores (float64), memory and disk in bytes, GPUs."""
     return {
-        "CPU": format_cpu(capacity.cpu_milli),
-        "Memory": format_bytes(capacity.memory),
-        "Disk": format_bytes(capacity.disk),
+        "CPU": capacity.cpu_milli / 1000,
+        "Memory": capacity.memory,
+        "Disk": capacity.disk,
         "GPU": capacity.gpu,
     }
 
 
-def _node_type(roles: tuple[str, ...]) -> str:
-    if set(roles) == {"requester", "compute"}:
-        return "Hybrid"
-    return "Requester" if "requester" in roles else "Compute"
+def rfc3339(ms: int) -> str | None:
+    """A Unix time in milliseconds as Bacalhau's JSON times (RFC 3339, UTC); None for 0."""
+    if not ms:
+        return None
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def node_info_json(info: NodeInfo) -> dict[str, Any]:
+    """A node as Bacalhau's ``NodeInfo``.
+
+    Bacalhau knows two node types, ``Requester`` and ``Compute``; a node with both roles is
+    a ``Compute`` node that also accepts jobs (``Roles`` says which roles it has).
+    """
+    compute = "compute" in info.roles
+    out: dict[str, Any] = {
+        "NodeID": info.node_id,
+        "NodeType": "Compute" if compute else "Requester",
+        "Labels": dict(info.labels),
+        "SupportedProtocols": [protocol.PROTOCOL_NAME],
+        "BacalhauVersion": {"GitVersion": f"v{info.version}"},
+        "Addresses": list(info.addresses),
+        "Roles": list(info.roles),
+    }
+    if compute:
+        out["ComputeNodeInfo"] = {
+            "ExecutionEngines": list(info.engines),
+            "StorageSources": list(info.storages),
+            "Publishers": list(info.publishers),
+            "MaxCapacity": resources_json(info.total),
+            "QueueCapacity": {},
+            "AvailableCapacity": resources_json(info.free),
+            "MaxJobRequirements": resources_json(info.total),
+            "RunningExecutions": info.running_executions,
+            "EnqueuedExecutions": 0,
+        }
+    return out
 
 
 def node_state_json(status: NodeStatus) -> dict[str, Any]:
-    """A node as Bacalhau's ``NodeState``: ``Info``, ``Membership``, ``Connection``."""
-    info = status.info
+    """A node as Bacalhau's ``NodeState``: ``Info``, ``Membership``, ``ConnectionState``."""
+    connection = "CONNECTED" if status.connected else "DISCONNECTED"
+    connection_state: dict[str, Any] = {
+        "Status": connection,
+        "LastHeartbeat": rfc3339(status.last_seen_ms),
+        "ConnectedSince": rfc3339(status.first_seen_ms) if status.connected else None,
+    }
+    if not status.connected:
+        connection_state["DisconnectedSince"] = rfc3339(status.last_seen_ms)
     return {
-        "Info": {
-            "NodeID": info.node_id,
-            "NodeType": _node_type(info.roles),
-            "Labels": dict(info.labels),
-            "Addresses": list(info.addresses),
-            "BacalhauVersion": {"GitVersion": f"v{info.version}"},
-            "ComputeNodeInfo": {
-                "ExecutionEngines": list(info.engines),
-                "StorageSources": list(info.storages),
-                "Publishers": list(info.publishers),
-                "MaxCapacity": _capacity_json(info.total),
-                "AvailableCapacity": _capacity_json(info.free),
-                "RunningExecutions": info.running_executions,
-            }
-            if "compute" in info.roles
-            else None,
-        },
+        "Info": node_info_json(status.info),
         "Membership": "APPROVED",
-        "Connection": "CONNECTED" if status.connected else "DISCONNECTED",
-        "LastSeen": status.last_seen_ms,
-        "FirstSeen": status.first_seen_ms,
+        "Connection": connection,
+        "ConnectionState": connection_state,
+        # bacnode's own: when this node first and last heard from it
+        "FirstSeen": rfc3339(status.first_seen_ms),
+        "LastSeen": rfc3339(status.last_seen_ms),
     }
 
 
 def _version_json() -> dict[str, Any]:
+    """Bacalhau's flat ``BuildVersionInfo``, plus bacnode's protocol, Python and libp2p."""
     major, minor, *_ = protocol.__version__.split(".")
     try:
         libp2p_version = metadata.version("libp2p")
     except metadata.PackageNotFoundError:
         libp2p_version = "unknown"
     return {
-        "BuildVersionInfo": {
-            "Major": major,
-            "Minor": minor,
-            "GitVersion": f"v{protocol.__version__}",
-            "Protocol": protocol.PROTOCOL_NAME,
-            "Python": platform.python_version(),
-            "Libp2p": libp2p_version,
-            "GOOS": platform.system().lower(),
-            "GOARCH": platform.machine(),
-        }
+        "Major": major,
+        "Minor": minor,
+        "GitVersion": f"v{protocol.__version__}",
+        "GitCommit": "",
+        "BuildDate": None,
+        "GOOS": platform.system().lower(),
+        "GOARCH": _GOARCH.get(platform.machine(), platform.machine()),
+        "Protocol": protocol.PROTOCOL_NAME,
+        "Python": platform.python_version(),
+        "Libp2p": libp2p_version,
     }
+
+
+#: platform.machine() -> Go's GOARCH names, which Bacalhau reports.
+_GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}
+
+#: Bacalhau's error codes (bacerrors) by HTTP status.
+_ERROR_CODES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+                405: "BadRequest", 409: "ResourceInUse", 413: "BadRequest", 422: "ValidationError",
+                429: "TooManyRequests", 500: "InternalError", 502: "NetworkFailure",
+                503: "ServiceUnavailable", 504: "TimeOut", 507: "ResourceExhausted"}
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    """An error as Bacalhau's ``APIError``, which its CLI prints as ``Error: <Message>``."""
+    return JSONResponse(status_code=status, content={
+        "Status": status,
+        "Message": message,
+        "Code": _ERROR_CODES.get(status, "UnknownError"),
+        "Component": "bacnode",
+        "RequestID": "",
+    })
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else error["msg"])
+    return "invalid request: " + "; ".join(problems)
+
+
+def _config_json(config: Any) -> dict[str, Any]:
+    """The node's settings for ``agent config``: paths as text; nothing secret is there
+    (the swarm key is a path, credentials come from the AWS chain and never from config)."""
+    if config is None:
+        return {}
+    out: dict[str, Any] = {}
+    for name, value in vars(config).items():
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        out[name] = value
+    return out
 
 
 def create_app(node: NodeView) -> FastAPI:
@@ -122,6 +204,33 @@ def create_app(node: NodeView) -> FastAPI:
         redoc_url=None,
     )
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        return error_response(exc.status_code, message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(400, _validation_message(exc))
+
+    @app.get(f"{API_PREFIX}/auth", tags=["auth"])
+    async def auth_methods() -> dict[str, Any]:
+        """How to authenticate: one ``challenge`` method, as a Bacalhau node without users
+        offers. The local API has no users; it listens on loopback unless told otherwise."""
+        phrase = base64.b64encode(secrets.token_bytes(32)).decode()
+        return {"Methods": {"ClientKey": {"type": "challenge",
+                                          "params": {"InputPhrase": phrase}}},
+                "NextToken": ""}
+
+    @app.post(f"{API_PREFIX}/auth/{{method}}", tags=["auth"])
+    async def authenticate(method: str) -> dict[str, Any]:
+        """Answers a client's challenge; every client is accepted, as no request needs one."""
+        if method != "ClientKey":
+            raise HTTPException(404, f"unknown authentication method {method!r}; use ClientKey")
+        return {"Authentication": {"success": True, "token": secrets.token_urlsafe(24)}}
+
     @app.get(f"{API_PREFIX}/agent/alive", tags=["agent"])
     async def alive() -> dict[str, str]:
         """Liveness: answers as long as the daemon's event loop runs."""
@@ -129,14 +238,19 @@ def create_app(node: NodeView) -> FastAPI:
 
     @app.get(f"{API_PREFIX}/agent/version", tags=["agent"])
     async def version() -> dict[str, Any]:
-        """bacnode, protocol, Python and libp2p versions."""
+        """bacnode's version as Bacalhau's ``BuildVersionInfo``, with protocol, Python and
+        libp2p versions."""
         return _version_json()
 
     @app.get(f"{API_PREFIX}/agent/node", tags=["agent"])
     async def this_node() -> dict[str, Any]:
-        """This node, as other nodes see it."""
-        info = node.local_node_info()
-        return node_state_json(NodeStatus(info, True, 0, 0))
+        """This node, as other nodes see it (Bacalhau's ``NodeInfo``)."""
+        return node_info_json(node.local_node_info())
+
+    @app.get(f"{API_PREFIX}/agent/config", tags=["agent"])
+    async def config() -> dict[str, Any]:
+        """The node's effective settings (flags, config file and environment merged)."""
+        return {"config": _config_json(getattr(node, "config", None))}
 
     @app.get(f"{API_PREFIX}/agent/mesh", tags=["agent"])
     async def mesh(since_ms: int = 0) -> dict[str, Any]:
@@ -147,10 +261,40 @@ def create_app(node: NodeView) -> FastAPI:
         return node.mesh_stats(since_ms)
 
     @app.get(f"{API_PREFIX}/orchestrator/nodes", tags=["orchestrator"])
-    async def list_nodes() -> dict[str, Any]:
-        """Every node this node has heard from, this one included."""
-        statuses = await node.list_nodes()
-        return {"Nodes": [node_state_json(s) for s in statuses], "NextToken": ""}
+    async def list_nodes(
+        labels: list[str] = Query([]),
+        filter_status: str = Query("", alias="filter-status"),
+        filter_approval: str = Query("", alias="filter-approval"),
+        limit: int = Query(0, ge=0),
+        order_by: str = "",
+        reverse: bool = False,
+    ) -> dict[str, Any]:
+        """Every node this node has heard from, this one included.
+
+        ``labels`` (repeatable) are Kubernetes-style selectors, as ``bacalhau node list
+        --labels``; ``filter-status`` is connected or disconnected; every node is approved.
+        """
+        selectors = _selectors(labels)
+        if order_by and order_by not in _NODE_ORDER:
+            raise HTTPException(400, f"order_by {order_by!r}: use one of "
+                                     f"{', '.join(sorted(_NODE_ORDER))}")
+        status_wanted = filter_status.strip().upper()
+        if status_wanted not in ("", "CONNECTED", "DISCONNECTED"):
+            raise HTTPException(400, f"filter-status {filter_status!r}: use connected or "
+                                     "disconnected")
+        if filter_approval.strip().upper() not in ("", "APPROVED", "PENDING", "REJECTED"):
+            raise HTTPException(400, f"filter-approval {filter_approval!r}: use approved, "
+                                     "pending or rejected")
+        approved_only = filter_approval.strip().upper() in ("", "APPROVED")
+        states = [
+            node_state_json(s) for s in await node.list_nodes()
+            if approved_only
+            and all(c.matches(s.info.labels) for c in selectors)
+            and (not status_wanted or ("CONNECTED" if s.connected else "DISCONNECTED")
+                 == status_wanted)
+        ]
+        states.sort(key=_NODE_ORDER[order_by or "id"], reverse=reverse)
+        return {"Nodes": states[:limit] if limit else states, "NextToken": ""}
 
     @app.get(f"{API_PREFIX}/orchestrator/nodes/{{node_id}}", tags=["orchestrator"])
     async def get_node(node_id: str) -> dict[str, Any]:
@@ -170,7 +314,36 @@ def create_app(node: NodeView) -> FastAPI:
         from .api_ipfs import add_ipfs_routes
 
         add_ipfs_routes(app, lambda: node.ipfs, node.ipfs_candidates)  # type: ignore[attr-defined]
+        from .api_kubo import add_kubo_rpc_routes
+
+        add_kubo_rpc_routes(app, node.peer_id, lambda: node.ipfs,  # type: ignore[attr-defined]
+                            node.ipfs_candidates)  # type: ignore[attr-defined]
     return app
+
+
+def _selectors(texts: list[str]) -> list[Constraint]:
+    """``labels`` query values (one selector each, as Bacalhau's CLI sends them)."""
+    try:
+        return [c for text in texts for c in parse_selector(text)]
+    except LocalProtocolError as exc:
+        raise HTTPException(400, f"labels: {exc}") from None
+
+
+def _free(state: dict[str, Any], name: str) -> float:
+    compute = state["Info"].get("ComputeNodeInfo") or {}
+    return float((compute.get("AvailableCapacity") or {}).get(name, 0))
+
+
+#: ``bacalhau node list --order-by`` keys.
+_NODE_ORDER: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "id": lambda state: state["Info"]["NodeID"],
+    "type": lambda state: state["Info"]["NodeType"],
+    "status": lambda state: state["Connection"],
+    "available_cpu": lambda state: _free(state, "CPU"),
+    "available_memory": lambda state: _free(state, "Memory"),
+    "available_disk": lambda state: _free(state, "Disk"),
+    "available_gpu": lambda state: _free(state, "GPU"),
+}
 
 
 async def serve_api(

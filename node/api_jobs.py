@@ -1,27 +1,40 @@
 """Job endpoints of the local API, after Bacalhau's ``/api/v1/orchestrator/jobs``.
 
-Shapes follow Bacalhau's v1 REST API (``Job``, ``Items``/``NextToken``,
-``ComputeState``…) so that Bacalhau clients work unchanged; times are Unix
-nanoseconds as Bacalhau's are.
+Shapes follow Bacalhau v1.9's REST API (``Job``, ``Items``/``NextToken``, integer
+execution states, RFC 3339 history times, ``{Type, Params}`` results) so that its CLI and
+Python client work unchanged; job and execution create/modify times are Unix nanoseconds,
+as Bacalhau's are.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+import json
+import zlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
-from fastapi import Body, FastAPI, HTTPException, Query
-from fastapi.responses import FileResponse
+import trio
+from fastapi import Body, FastAPI, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, StreamingResponse
 
 from protocol.errors import SpecError
 from protocol.jobspec import Job
-from protocol.messages import ManifestEntry
-from protocol.states import ExecutionState
+from protocol.messages import ManifestEntry, published_spec_config
+from protocol.states import DESIRED_STATE_CODES, EXECUTION_STATE_CODES, ExecutionState
 
+from .api import _selectors, rfc3339
 from .mesh import MeshError
 from .requester import Requester
-from .store import Event, ExecutionRecord, JobRecord, Store
+from .store import (
+    EXECUTION_STATE_UPDATE,
+    JOB_STATE_UPDATE,
+    Event,
+    ExecutionRecord,
+    JobRecord,
+    Store,
+)
 
 API = "/api/v1/orchestrator"
 
@@ -46,36 +59,122 @@ def job_json(record: JobRecord) -> dict[str, Any]:
     return job
 
 
-def execution_json(execution: ExecutionRecord) -> dict[str, Any]:
-    run_output = execution.run_output or {}
+def execution_json(execution: ExecutionRecord, namespace: str = "default") -> dict[str, Any]:
+    """An execution as Bacalhau's ``models.Execution``: states are its integer enums."""
+    run_output = execution.run_output
     return {
         "ID": execution.execution_id,
+        "Namespace": namespace,
         "JobID": execution.job_id,
+        "JobVersion": 1,
         "NodeID": execution.node_id,
-        "ComputeState": {"StateType": execution.state.value, "Message": execution.message},
-        "DesiredState": {"StateType": execution.desired_state.value, "Message": ""},
-        "PublishedResult": execution.published or {},
+        "ComputeState": {"StateType": EXECUTION_STATE_CODES[execution.state],
+                         "Message": execution.message},
+        # As Bacalhau's: an execution that has ended is no longer wanted running.
+        "DesiredState": {"StateType": DESIRED_STATE_CODES[
+            "Stopped" if execution.state.is_terminal else execution.desired_state.value],
+                         "Message": ""},
+        "PublishedResult": published_spec_config(execution.published)
+        if execution.published else None,
         "RunOutput": {
             "Stdout": run_output.get("stdout", ""),
-            "Stderr": run_output.get("stderr", ""),
-            "ExitCode": run_output.get("exitCode", execution.exit_code),
-        },
+            "StdoutTruncated": bool(run_output.get("stdout_truncated", False)),
+            "stderr": run_output.get("stderr", ""),
+            "StderrTruncated": bool(run_output.get("stderr_truncated", False)),
+            "ExitCode": execution.exit_code if execution.exit_code is not None else 0,
+            "ErrorMsg": execution.message if execution.state == ExecutionState.FAILED else "",
+        } if run_output is not None or execution.exit_code is not None else None,
+        "Revision": execution.revision,
         "CreateTime": _ns(execution.create_time_ms),
         "ModifyTime": _ns(execution.modify_time_ms),
     }
 
 
+def _topic(event: Event) -> str:
+    """Bacalhau's event topic for one of our history entries."""
+    if event.kind == JOB_STATE_UPDATE:
+        return "Submission" if event.previous_state is None else "State Update"
+    if event.kind == EXECUTION_STATE_UPDATE:
+        return "Execution"
+    return event.kind
+
+
 def event_json(event: Event) -> dict[str, Any]:
+    """A history entry as Bacalhau's ``JobHistory``; execution states are its integers."""
     execution_level = event.execution_id is not None
-    states = {"Previous": event.previous_state, "New": event.new_state}
-    return {
+    details = {str(k): v if isinstance(v, str) else json.dumps(v)
+               for k, v in (event.details or {}).items()}
+    if event.new_state in ("Failed", "Stopped") and not execution_level:
+        details.setdefault("IsError", "true")
+    if event.new_state and not execution_level:
+        details.setdefault("NewState", event.new_state)
+    out: dict[str, Any] = {
+        "SeqNum": event.seq,
         "Type": "ExecutionLevel" if execution_level else "JobLevel",
         "JobID": event.job_id,
-        "ExecutionID": event.execution_id or "",
-        "Time": _ns(event.time_ms),
-        "Event": {"Message": event.message, "Type": event.kind, "Details": event.details or {}},
-        "ExecutionState" if execution_level else "JobState": states,
+        "JobVersion": 1,
+        "Time": rfc3339(event.time_ms),
+        "Event": {"Message": event.message, "Topic": _topic(event),
+                  "Timestamp": rfc3339(event.time_ms), "Details": details},
     }
+    if execution_level:
+        out["ExecutionID"] = event.execution_id
+        out["ExecutionState"] = {
+            "Previous": _execution_code(event.previous_state),
+            "New": _execution_code(event.new_state),
+        }
+    else:
+        out["JobState"] = {"Previous": event.previous_state or "Undefined",
+                           "New": event.new_state or "Undefined"}
+    return out
+
+
+def _execution_code(state: str | None) -> int:
+    try:
+        return EXECUTION_STATE_CODES[ExecutionState(state)] if state else 0
+    except ValueError:
+        return 0
+
+
+def _page_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode().rstrip("=")
+
+
+def _page_offset(token: str | None) -> int:
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        kind, _, number = text.partition(":")
+        if kind == "offset" and number.isdigit():
+            return int(number)
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise HTTPException(400, f"invalid next_token {token!r}: pass back a NextToken as given")
+
+
+def history_page(events: list[Event], *, job_terminal: bool, event_type: str = "all",
+                 execution_id: str = "", limit: int = 0, next_token: str | None = None,
+                 ) -> dict[str, Any]:
+    """One page of a job's history, as Bacalhau pages it.
+
+    ``NextToken`` stays non-empty while more events may come: until the job is in a final
+    state and every event has been sent. Bacalhau's ``--wait`` polls with it and stops at the
+    first empty one, so an empty token before the end would end the wait early.
+    """
+    if event_type not in ("all", "job", "execution"):
+        raise HTTPException(400, f"event_type {event_type!r}: use all, job or execution")
+    selected = [
+        e for e in events
+        if (event_type == "all" or (e.execution_id is None) == (event_type == "job"))
+        and (not execution_id or e.execution_id == execution_id)
+    ]
+    offset = _page_offset(next_token)
+    page = selected[offset:offset + limit] if limit else selected[offset:]
+    end = offset + len(page)
+    more = end < len(selected) or not job_terminal
+    return {"Items": [event_json(e) for e in page],
+            "NextToken": _page_token(end) if more else ""}
 
 
 async def resolve_job_id(store: Store, id_or_prefix: str) -> JobRecord:
@@ -93,6 +192,9 @@ async def resolve_job_id(store: Store, id_or_prefix: str) -> JobRecord:
     assert record is not None
     return record
 
+
+#: How often a followed log stream looks for the end of the job.
+LOG_FOLLOW_POLL_SECONDS = 0.5
 
 #: How long a presigned S3 URL handed out by ``/results`` stays valid.
 PRESIGN_EXPIRY_SECONDS = 1800
@@ -164,14 +266,21 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
                                      "--compute alone to accept jobs)")
         return requester
 
-    @app.put(f"{API}/jobs", tags=["orchestrator"])
     async def submit(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        """Submit ``{"Job": {...}}``; answers ``{"JobID", "EvaluationID", "Warnings"}``."""
+        """Submit ``{"Job": {...}}``; answers ``{"JobID", "EvaluationID", "Warnings"}``.
+
+        The rest of Bacalhau's ``PutJobRequest`` (``Credential``, ``Namespace``,
+        ``IdempotencyToken``, ``Force``) is accepted and dropped: the credential is never
+        stored or sent anywhere.
+        """
         document = body.get("Job")
         if not isinstance(document, dict):
             raise HTTPException(400, 'the body must be {"Job": {...job spec...}}')
-        document = {k: v for k, v in document.items() if k not in ("ID", "State", "Version",
-                    "Revision", "CreateTime", "ModifyTime")}
+        # What Bacalhau's CLI sends for a job it has not submitted yet (ID "", State
+        # Undefined, zero times) describes nothing: the node sets all of these.
+        document = {k: v for k, v in document.items() if k.lower() not in (
+            "state", "version", "revision", "createtime", "modifytime")
+            and not (k.lower() == "id" and not v)}
         try:
             job = Job.from_dict(document)
         except SpecError as exc:
@@ -179,52 +288,93 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
         job_id = await need_requester().submit(job)
         return {"JobID": job_id, "EvaluationID": f"ev-{job_id[2:]}", "Warnings": []}
 
+    app.put(f"{API}/jobs", tags=["orchestrator"])(submit)
+    app.post(f"{API}/jobs", tags=["orchestrator"], include_in_schema=False)(submit)
+
     @app.get(f"{API}/jobs", tags=["orchestrator"])
     async def list_jobs(
-        limit: int = Query(100, ge=1, le=1000), next_token: str | None = None
+        limit: int = Query(100, ge=1, le=1000),
+        next_token: str | None = None,
+        labels: list[str] = Query([]),
     ) -> dict[str, Any]:
-        """Jobs newest first, ``limit`` per page; pass ``NextToken`` back as ``next_token``."""
+        """Jobs newest first, ``limit`` per page; pass ``NextToken`` back as ``next_token``.
+        ``labels`` (repeatable) are selectors on the jobs' labels, as ``bacalhau job list``
+        sends them."""
+        selectors = _selectors(labels)
+        items: list[dict[str, Any]] = []
+        token = next_token or None
         try:
-            records, token = await store.list_jobs(limit, after=next_token or None)
+            while True:  # a page is ``limit`` matching jobs, however many are filtered out
+                records, token = await store.list_jobs(limit - len(items), after=token)
+                items += [job_json(r) for r in records
+                          if all(c.matches(r.job.labels) for c in selectors)]
+                if len(items) >= limit or not token:
+                    break
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
-        return {"Items": [job_json(r) for r in records], "NextToken": token or ""}
+        return {"Items": items, "NextToken": token or ""}
 
     @app.get(f"{API}/jobs/{{job_id}}", tags=["orchestrator"])
-    async def get_job(job_id: str) -> dict[str, Any]:
-        """One job (by ID or unique prefix)."""
-        return {"Job": job_json(await resolve_job_id(store, job_id))}
+    async def get_job(job_id: str, include: str = "") -> dict[str, Any]:
+        """One job (by ID or unique prefix); ``include=executions,history`` adds them."""
+        record = await resolve_job_id(store, job_id)
+        wanted = {part.strip() for part in include.split(",") if part.strip()}
+        unknown = wanted - {"executions", "history"}
+        if unknown:
+            raise HTTPException(400, f"include: unknown {', '.join(sorted(unknown))}; "
+                                     "use executions and/or history")
+        answer: dict[str, Any] = {"Job": job_json(record)}
+        if "history" in wanted:
+            events = await store.history(record.job.id or "")
+            answer["History"] = {"Items": [event_json(e) for e in events], "NextToken": ""}
+        if "executions" in wanted:
+            items = await store.list_executions(record.job.id or "")
+            answer["Executions"] = {"Items": [execution_json(e, record.job.namespace)
+                                              for e in items], "NextToken": ""}
+        return answer
 
     @app.get(f"{API}/jobs/{{job_id}}/executions", tags=["orchestrator"])
     async def executions(job_id: str) -> dict[str, Any]:
         """The job's executions with their state, run output and published results."""
         record = await resolve_job_id(store, job_id)
         items = await store.list_executions(record.job.id or "")
-        return {"Items": [execution_json(e) for e in items], "NextToken": ""}
+        return {"Items": [execution_json(e, record.job.namespace) for e in items],
+                "NextToken": ""}
 
     @app.get(f"{API}/jobs/{{job_id}}/history", tags=["orchestrator"])
-    async def history(job_id: str) -> dict[str, Any]:
-        """Every state change of the job and its executions, in order."""
+    async def history(
+        job_id: str,
+        event_type: str = "all",
+        execution_id: str = "",
+        limit: int = Query(0, ge=0),
+        next_token: str | None = None,
+    ) -> dict[str, Any]:
+        """State changes of the job and its executions, in order, ``limit`` at a time."""
         record = await resolve_job_id(store, job_id)
         events = await store.history(record.job.id or "")
-        return {"Items": [event_json(e) for e in events], "NextToken": ""}
+        return history_page(events, job_terminal=record.state.is_terminal,
+                            event_type=event_type, execution_id=execution_id, limit=limit,
+                            next_token=next_token)
 
     @app.get(f"{API}/jobs/{{job_id}}/results", tags=["orchestrator"])
-    async def results(job_id: str) -> dict[str, Any]:
-        """Each execution's signed result record (base64 envelope) and where it was published."""
+    async def results(job_id: str, request: Request) -> dict[str, Any]:
+        """Where each execution's results are, as Bacalhau's downloaders take them, with
+        the signed result record (base64 envelope) that ``bacnode get`` verifies them by."""
         record = await resolve_job_id(store, job_id)
         items = []
         for result, envelope in await store.list_results(record.job.id or ""):
             published = dict(result.published)
-            item: dict[str, Any] = {
-                "Type": published.get("StorageSource", "").lower(),
-                "Params": published,
-            }
-            if published.get("StorageSource") == "S3":
-                item = {
-                    "Type": "s3PreSigned",
-                    "Params": await _presigned(published, result.outputs),
-                }
+            source = published.get("StorageSource")
+            item = published_spec_config(published)
+            if source == "S3":
+                item = {"Type": "s3PreSigned",
+                        "Params": await _presigned(published, result.outputs)}
+            elif source == "IPFS":
+                item = {"Type": "ipfs", "Params": {"CID": published.get("CID", "")}}
+            elif source == "Local":
+                base = str(request.base_url).rstrip("/")
+                url = f"{base}{API}/executions/{result.execution_id}/results.tar.gz"
+                item = {"Type": "urlDownload", "Params": {"URL": url}}
             item.update(
                 {
                     "ExecutionID": result.execution_id,
@@ -234,11 +384,12 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
                 }
             )
             items.append(item)
-        return {"NextToken": "", "Results": items, "Items": items}
+        return {"Items": items, "NextToken": ""}
 
     @app.get(f"{API}/jobs/{{job_id}}/logs", tags=["orchestrator"])
     async def logs(job_id: str) -> dict[str, Any]:
-        """The stdout and stderr tails of the job's executions."""
+        """The stdout and stderr tails of the job's executions (Bacalhau's CLI asks for
+        the same path as a WebSocket: see ``logs_stream``)."""
         record = await resolve_job_id(store, job_id)
         items = []
         for execution in await store.list_executions(record.job.id or ""):
@@ -250,22 +401,82 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
                           "Stdout": output.get("stdout", ""), "Stderr": output.get("stderr", "")})
         return {"Items": items, "JobState": record.state.value}
 
+    @app.websocket(f"{API}/jobs/{{job_id}}/logs")
+    async def logs_stream(websocket: WebSocket, job_id: str) -> None:
+        """Bacalhau's log stream: one ``{"value": {"Type": 1|2, "Line": ...}}`` message per
+        line of stdout (1) and stderr (2), then a normal close. With ``follow=true`` it waits
+        for the executions to end first; ``execution_id`` picks one execution."""
+        await websocket.accept()
+        follow = websocket.query_params.get("follow", "").lower() == "true"
+        only = websocket.query_params.get("execution_id", "")
+        try:
+            record = await resolve_job_id(store, job_id)
+            while follow and not record.state.is_terminal:
+                await trio.sleep(LOG_FOLLOW_POLL_SECONDS)
+                record = await resolve_job_id(store, job_id)
+            for execution in await store.list_executions(record.job.id or ""):
+                if execution.state == ExecutionState.BID_REJECTED:
+                    continue
+                if only and not execution.execution_id.startswith(only):
+                    continue
+                output = execution.run_output or {}
+                for stream, text in ((1, output.get("stdout", "")), (2, output.get("stderr", ""))):
+                    for line in str(text).splitlines(keepends=True):
+                        await websocket.send_json({"value": {"Type": stream, "Line": line}})
+        except HTTPException as exc:
+            await websocket.send_json({"error": str(exc.detail)})
+        except WebSocketDisconnect:
+            return
+        await websocket.close(code=1000)
+
     @app.delete(f"{API}/jobs/{{job_id}}", tags=["orchestrator"])
-    async def stop(job_id: str, reason: str = "stopped by user") -> dict[str, Any]:
-        """Stop the job: its running containers are killed; it ends Stopped."""
+    async def stop(job_id: str, request: Request, reason: str = "") -> dict[str, Any]:
+        """Stop the job: its running containers are killed; it ends Stopped. The reason
+        comes from the query or, as Bacalhau's CLI sends it, the JSON body's ``reason``."""
         record = await resolve_job_id(store, job_id)
+        if not reason:
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and isinstance(body.get("reason"), str):
+                reason = body["reason"]
         if record.state.is_terminal:
             raise HTTPException(400, f"job {record.job.id} is already {record.state.value}")
-        await need_requester().stop_job(record.job.id or "", reason)
-        return {"JobID": record.job.id, "EvaluationID": "", "Warnings": []}
+        await need_requester().stop_job(record.job.id or "", reason or "stopped by user")
+        return {"JobID": record.job.id, "EvaluationID": f"ev-{(record.job.id or '')[2:]}",
+                "Warnings": []}
 
-    @app.get(f"{API}/executions/{{execution_id}}/results.tar", tags=["orchestrator"])
-    async def download(execution_id: str) -> FileResponse:
-        """The results of an execution that ran on this node, as a tar archive."""
+    async def results_tar(execution_id: str) -> Path:
         try:
             tar_path = await results_dir(execution_id)
         except MeshError as exc:
             raise HTTPException(502, f"fetching results of {execution_id}: {exc}") from None
         if tar_path is None:
             raise HTTPException(404, f"no results for {execution_id} known to this node")
-        return FileResponse(tar_path, media_type="application/x-tar")
+        return tar_path
+
+    @app.get(f"{API}/executions/{{execution_id}}/results.tar", tags=["orchestrator"])
+    async def download(execution_id: str) -> FileResponse:
+        """The results of an execution that ran on this node, as a tar archive."""
+        return FileResponse(await results_tar(execution_id), media_type="application/x-tar")
+
+    @app.get(f"{API}/executions/{{execution_id}}/results.tar.gz", tags=["orchestrator"])
+    async def download_gzip(execution_id: str) -> StreamingResponse:
+        """The same tar, gzipped as it is sent: what Bacalhau's URL downloader fetches for
+        ``local`` results (it unpacks ``.tar.gz`` files only)."""
+        return StreamingResponse(_gzip_chunks(await results_tar(execution_id)),
+                                 media_type="application/gzip")
+
+
+async def _gzip_chunks(path: Path) -> AsyncIterator[bytes]:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: a gzip member
+    with open(path, "rb") as handle:
+        while True:
+            chunk = await trio.to_thread.run_sync(handle.read, 1 << 20)
+            if not chunk:
+                break
+            packed = await trio.to_thread.run_sync(compressor.compress, chunk)
+            if packed:
+                yield packed
+    yield compressor.flush()

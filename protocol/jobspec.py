@@ -757,9 +757,8 @@ def _job(errs: _Errors, value: Any) -> Job:
                 "ID", f"invalid job ID {job_id!r}: expected j- and a lowercase UUID4, or no ID"
             )
     name = _string(errs, data, "", "Name")
-    namespace = _string(errs, data, "", "Namespace", DEFAULT_NAMESPACE)
-    if not namespace:
-        errs.add("Namespace", f"must not be empty; leave it out for {DEFAULT_NAMESPACE!r}")
+    # Empty means the default, as Bacalhau's orchestrator reads it (its CLI sends "").
+    namespace = _string(errs, data, "", "Namespace", DEFAULT_NAMESPACE) or DEFAULT_NAMESPACE
     job_type = _choice(errs, data, "", "Type", JOB_TYPES, "job type", "batch") or "batch"
     priority = _integer(errs, data, "", "Priority", 0, 0)
     count = _integer(errs, data, "", "Count", 1, 1)

@@ -322,6 +322,35 @@ def check_published_location(location: Mapping[str, Any], path: str) -> None:
     _require(isinstance(location.get("Name", ""), str), f"{path}.Name must be a string")
 
 
+def published_spec_config(location: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``PublishedResults`` map as Bacalhau v1's ``PublishedResult`` (a ``SpecConfig``):
+    ``{"Type": "ipfs", "Params": {"CID": …, "Name": …}}``; S3 details become the params,
+    with the checksum under Bacalhau's name, ``ChecksumSHA256``."""
+    source = str(location.get("StorageSource", ""))
+    params = {k: v for k, v in location.items() if k not in ("StorageSource", "S3")}
+    s3 = location.get("S3")
+    if isinstance(s3, Mapping):
+        params.update({("ChecksumSHA256" if k == "Checksum" else k): v for k, v in s3.items()})
+    return {"Type": source.lower(), "Params": params}
+
+
+def published_location(spec_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`published_spec_config`."""
+    names = {name.lower(): name for name in STORAGE_SOURCES}
+    source = names.get(str(spec_config.get("Type", "")).lower(), str(spec_config.get("Type")))
+    params = dict(spec_config.get("Params") or {})
+    location: dict[str, Any] = {"StorageSource": source}
+    if source == "S3":
+        name = params.pop("Name", None)
+        location["S3"] = {("Checksum" if k == "ChecksumSHA256" else k): v
+                          for k, v in params.items()}
+        if name is not None:
+            location["Name"] = name
+    else:
+        location.update(params)
+    return location
+
+
 @dataclass(frozen=True)
 class ResultRecord(Message):
     """What a compute node published for an execution, signed by that node."""

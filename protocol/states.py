@@ -106,3 +106,30 @@ def _explain(what: str, current: Enum, new: Enum, allowed: frozenset) -> str:
         return f"{what} is {current.value}, a final state; it cannot become {new.value}"
     options = ", ".join(sorted(state.value for state in allowed))
     return f"{what} cannot go from {current.value} to {new.value} (allowed: {options})"
+
+
+# Bacalhau's wire numbers for execution states (models.ExecutionStateType, sent as JSON
+# integers); its AskForBidAccepted (3) and AskForBidRejected (4) have no counterpart here.
+EXECUTION_STATE_CODES: dict[ExecutionState, int] = {
+    ExecutionState.NEW: 1,
+    ExecutionState.ASK_FOR_BID: 2,
+    ExecutionState.BID_ACCEPTED: 5,
+    ExecutionState.RUNNING: 6,
+    ExecutionState.PUBLISHING: 7,
+    ExecutionState.BID_REJECTED: 8,
+    ExecutionState.COMPLETED: 9,
+    ExecutionState.FAILED: 10,
+    ExecutionState.CANCELLED: 11,
+}
+#: Bacalhau's models.ExecutionDesiredStateType, by name.
+DESIRED_STATE_CODES: dict[str, int] = {"Pending": 0, "Running": 1, "Stopped": 2}
+_EXECUTION_STATES_BY_CODE = {code: state for state, code in EXECUTION_STATE_CODES.items()}
+_EXTRA_EXECUTION_STATE_NAMES = {0: "Undefined", 3: "AskForBidAccepted", 4: "AskForBidRejected"}
+
+
+def execution_state_name(code: int) -> str:
+    """The name of Bacalhau's execution state number ``code`` (``"Unknown(N)"`` if none)."""
+    state = _EXECUTION_STATES_BY_CODE.get(code)
+    if state is not None:
+        return state.value
+    return _EXTRA_EXECUTION_STATE_NAMES.get(code, f"Unknown({code})")

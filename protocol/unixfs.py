@@ -721,6 +721,17 @@ def walk(root: Cid, get_block: GetBlock) -> Iterator[DirectoryEntry | FileEntry]
             yield from _yield_file(child_path, link.cid, child, get_block)
 
 
+def directory_links(cid: Cid, get_block: GetBlock) -> Iterator[Link]:
+    """The entries of directory ``cid`` (plain or HAMT-sharded), named as in the directory,
+    each link to the entry itself; raises ``IpfsFormatError`` when ``cid`` is no directory."""
+    node = decode_node(cid, get_block(cid))
+    if node.kind not in _DIRECTORY_KINDS:
+        raise IpfsFormatError(f"{cid} is not a directory")
+    for link in _entries(cid, node, get_block):
+        _check_name(link.name, f"directory {cid}")
+        yield link
+
+
 def _entries(cid: Cid, node: Node, get_block: GetBlock) -> Iterator[Link]:
     """A directory's entries, named as in the directory."""
     return _shard_entries(cid, node, get_block) if node.kind == "shard" else iter(node.links)

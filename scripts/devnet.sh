@@ -257,7 +257,7 @@ def wait_api(deadline, specs):
     while pending:
         for i, n in list(pending.items()):
             try:
-                found[i] = get(n["port"], "/api/v1/agent/node", timeout=1.0)["Info"]["NodeID"]
+                found[i] = get(n["port"], "/api/v1/agent/node", timeout=1.0)["NodeID"]
                 del pending[i]
             except Exception:
                 if not alive(n["pid"]):
@@ -317,7 +317,7 @@ def status(specs):
     info = {}
     for n in ns:
         try:
-            info[n["i"]] = get(n["port"], "/api/v1/agent/node")["Info"]
+            info[n["i"]] = get(n["port"], "/api/v1/agent/node")
         except Exception:
             info[n["i"]] = None
     expected = {(info[n["i"]] or {}).get("NodeID") or n["peer"] for n in ns} - {"-"}

@@ -86,7 +86,7 @@ class IpfsNode:
 
     def dag_size(self, root: Cid) -> int:
         """Bytes of every block under ``root`` (held here); blocking."""
-        return sum(self.blockstore.size(cid) or 0 for cid in dag_order(root, self._must_get))
+        return sum(self.blockstore.size(cid) or 0 for cid in dag_order(root, self.read_block))
 
     async def fetch(
         self,
@@ -103,9 +103,10 @@ class IpfsNode:
 
     async def export(self, root: Cid, destination: Path) -> int:
         """Write a DAG already held here to ``destination`` (verified block by block)."""
-        return await trio.to_thread.run_sync(export_to, root, self._must_get, destination)
+        return await trio.to_thread.run_sync(export_to, root, self.read_block, destination)
 
-    def _must_get(self, cid: Cid) -> bytes:
+    def read_block(self, cid: Cid) -> bytes:
+        """A block held here (verified by whoever decodes it); FetchError if missing."""
         data = self.blockstore.get(cid)
         if data is None:
             raise FetchError(f"block {cid} is missing from the blockstore")
@@ -115,8 +116,8 @@ class IpfsNode:
         """A CARv1 of the DAG in the order ``protocol.unixfs.walk`` reads it; blocking."""
         batch = [encode_header([root])]
         size = 0
-        for cid in dag_order(root, self._must_get):
-            frame = encode_block(cid, self._must_get(cid))
+        for cid in dag_order(root, self.read_block):
+            frame = encode_block(cid, self.read_block(cid))
             batch.append(frame)
             size += len(frame)
             if size >= CAR_BATCH_BYTES:

@@ -28,7 +28,7 @@ def test_compressed_results_with_placeholders_to_a_versioned_bucket(
 
     answer = client.api(f"/api/v1/orchestrator/jobs/{job_id}/results")
     assert answer["NextToken"] == ""
-    (item,) = answer["Results"]
+    (item,) = answer["Items"]
     assert item["Type"] == "s3PreSigned"
     spec = item["Params"]["SourceSpec"]
     today = datetime.now(UTC).strftime("%Y%m%d")
@@ -101,7 +101,7 @@ def test_uncompressed_results_are_one_object_per_file_and_get_verifies_each(
     assert sorted(o["Key"].split("/", 2)[2] for o in listed["Contents"]) == [
         "exitCode", "outputs/2.txt", "outputs/d/1.txt", "stderr", "stdout"]
 
-    (item,) = client.api(f"/api/v1/orchestrator/jobs/{job_id}/results")["Results"]
+    (item,) = client.api(f"/api/v1/orchestrator/jobs/{job_id}/results")["Items"]
     assert item["Type"] == "s3PreSigned" and item["Params"]["PreSignedURL"] == ""
     assert {f["Path"] for f in item["Params"]["Files"]} >= {"outputs/2.txt", "outputs/d/1.txt"}
 
@@ -143,6 +143,6 @@ def test_unreachable_endpoint_fails_the_upload_and_publishes_nothing(
     assert result.returncode == 1
     assert "cannot reach the S3 endpoint" in result.stderr
     job_id = result.stdout.strip()
-    assert client.api(f"/api/v1/orchestrator/jobs/{job_id}/results")["Results"] == []
+    assert client.api(f"/api/v1/orchestrator/jobs/{job_id}/results")["Items"] == []
     listed = s3_bucket.client.list_objects_v2(Bucket=s3_bucket.name)
     assert listed.get("KeyCount", 0) == 0

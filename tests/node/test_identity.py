@@ -20,7 +20,7 @@ def test_key_is_private_and_peer_id_survives_restart(daemons: DaemonPool):
     node.start()  # the daemon creates its own key on first start
     key_file = node.data_dir / "node.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    first_id = node.api("/api/v1/agent/node")["Info"]["NodeID"]
+    first_id = node.api("/api/v1/agent/node")["NodeID"]
     assert first_id.startswith("12D3KooW")
     # The start-up banner (printed once the mesh is up) names the node.
     wait_until(lambda: f"node {first_id}" in node.stdout, what="the start-up banner")
@@ -28,7 +28,7 @@ def test_key_is_private_and_peer_id_survives_restart(daemons: DaemonPool):
 
     assert node.stop() == 0
     node.start()
-    assert node.api("/api/v1/agent/node")["Info"]["NodeID"] == first_id
+    assert node.api("/api/v1/agent/node")["NodeID"] == first_id
     assert key_file.read_bytes() == key_bytes
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
 

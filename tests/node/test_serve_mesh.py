@@ -31,7 +31,9 @@ def test_three_nodes_list_each_other_as_connected(mesh3):
         # Every node lists itself as the node it is, at the address it listens on.
         me = listed[node.peer_id]
         assert me["Info"]["Addresses"] == [node.multiaddr]
-        assert me["Info"]["NodeType"] == "Hybrid"
+        # Bacalhau's node types are Requester and Compute: a node with both is Compute.
+        assert me["Info"]["NodeType"] == "Compute"
+        assert me["Info"]["Roles"] == ["requester", "compute"]
         # ... and the others as they announced themselves.
         for other in mesh3:
             assert listed[other.peer_id]["Info"]["Addresses"] == [other.multiaddr]
@@ -85,7 +87,7 @@ def test_sigkilled_node_turns_disconnected_and_comes_back_after_restart(
     # DISCONNECTED, with the FirstSeen it had before.
     doomed.peers = []
     doomed.start()
-    assert doomed.api("/api/v1/agent/node")["Info"]["NodeID"] == peer_id
+    assert doomed.api("/api/v1/agent/node")["NodeID"] == peer_id
     alone = doomed.node_list()
     assert set(alone) == set(before)
     assert alone[peer_id]["Connection"] == "CONNECTED"  # itself
@@ -99,7 +101,7 @@ def test_sigkilled_node_turns_disconnected_and_comes_back_after_restart(
     # rewrite what it stored before.
     doomed.peers = [mesh3[0]]
     doomed.start()
-    assert doomed.api("/api/v1/agent/node")["Info"]["NodeID"] == peer_id
+    assert doomed.api("/api/v1/agent/node")["NodeID"] == peer_id
     doomed.wait_connected(everyone, timeout=CONVERGE_TIMEOUT)
     for node in mesh3:
         node.wait_connected([peer_id], timeout=CONVERGE_TIMEOUT)
@@ -152,7 +154,7 @@ def test_restarted_bootstrap_node_is_rejoined(mesh3):
     first_id = first.peer_id
     assert first.stop() == 0
     first.start()  # it dials nobody: it has no --peer
-    assert first.api("/api/v1/agent/node")["Info"]["NodeID"] == first_id
+    assert first.api("/api/v1/agent/node")["NodeID"] == first_id
     # Fresh connections, and heartbeats heard since the restart: both were redialled.
     wait_until(lambda: set(first.mesh_stats()["Peers"]) >= ids(others),
                timeout=CONVERGE_TIMEOUT, what="n2 and n3 to dial the restarted n1")

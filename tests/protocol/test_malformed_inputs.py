@@ -370,9 +370,9 @@ CASES = [
     ),
     (
         Job.from_dict,
-        job(top={"Count": "3", "Priority": -1, "Namespace": ""}),
+        job(top={"Count": "3", "Priority": -1, "Namespace": 7}),
         [
-            ("Namespace", "must not be empty; leave it out for 'default'"),
+            ("Namespace", "expected a string, got integer 7"),
             ("Priority", "must be between 0 and 9223372036854775807, got -1"),
             ("Count", "expected an integer, got string '3'"),
         ],

@@ -138,3 +138,20 @@ def test_unknown_type_in_verified_envelope():
     envelope = Envelope("gossip.spam", KEYS[0].peer_id, NOW, b"n" * 16, {})
     with pytest.raises(UnknownMessageType):
         decode_message(envelope)
+
+
+def test_published_locations_round_trip_through_bacalhau_spec_configs():
+    from protocol.messages import published_location, published_spec_config
+
+    ipfs = {"StorageSource": "IPFS", "Name": "ipfs://QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn",
+            "CID": "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"}
+    s3 = {"StorageSource": "S3", "Name": "s3://b/k.tar.gz",
+          "S3": {"Bucket": "b", "Key": "k.tar.gz", "Checksum": "x", "VersionID": "v1",
+                 "Region": "us-east-1", "Endpoint": "", "Compress": True}}
+    local = {"StorageSource": "Local", "Name": "local://peer/e-1"}
+    assert published_spec_config(ipfs) == {
+        "Type": "ipfs", "Params": {"Name": ipfs["Name"], "CID": ipfs["CID"]}}
+    assert published_spec_config(s3)["Params"]["ChecksumSHA256"] == "x"
+    assert published_spec_config(s3)["Params"]["Bucket"] == "b"
+    for location in (ipfs, s3, local, {"StorageSource": "Noop", "Name": ""}):
+        assert published_location(published_spec_config(location)) == location

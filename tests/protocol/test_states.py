@@ -77,3 +77,16 @@ def test_every_non_terminal_state_can_fail():
     for state, allowed in JOB_TRANSITIONS.items():
         if not state.is_terminal:
             assert JobState.FAILED in allowed and JobState.STOPPED in allowed
+
+
+def test_bacalhau_execution_state_numbers_are_its_models_values():
+    from protocol.states import EXECUTION_STATE_CODES, execution_state_name
+
+    # models.ExecutionStateType of Bacalhau v1.9.3 (iota order, Undefined = 0)
+    bacalhau = ["Undefined", "New", "AskForBid", "AskForBidAccepted", "AskForBidRejected",
+                "BidAccepted", "Running", "Publishing", "BidRejected", "Completed", "Failed",
+                "Cancelled"]
+    for state, code in EXECUTION_STATE_CODES.items():
+        assert bacalhau[code] == state.value
+    assert [execution_state_name(code) for code in range(len(bacalhau))] == bacalhau
+    assert set(EXECUTION_STATE_CODES) == set(ExecutionState)
