@@ -90,14 +90,14 @@ def node_list(ctx: click.Context, output: str) -> None:
         free = compute.get("AvailableCapacity") or {}
         rows.append([
             info["NodeID"],
-            "/".join(info.get("Roles") or [info["NodeType"]]),
+            info["NodeType"],
             state["Connection"],
             ",".join(f"{k}={v}" for k, v in sorted(info["Labels"].items())),
             f"{free.get('CPU', 0):g} CPU / {format_bytes(int(free.get('Memory', 0)))}"
             if free else "-",
             ",".join(compute.get("ExecutionEngines", [])) or "-",
         ])
-    click.echo(table(["ID", "ROLES", "STATUS", "LABELS", "FREE", "ENGINES"], rows))
+    click.echo(table(["ID", "TYPE", "STATUS", "LABELS", "FREE", "ENGINES"], rows))
 
 
 @cli.group("swarm-key")

@@ -178,11 +178,13 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def _config_json(config: Any) -> dict[str, Any]:
-    """The node's settings for ``agent config``: paths as text; nothing secret is there
-    (the swarm key is a path, credentials come from the AWS chain and never from config)."""
+    """The node's settings for ``agent config``: where Bacalhau has the same setting, under
+    its name (``API``, ``DataDir``, ``Labels``, ``Orchestrator``, ``Compute``), everything
+    as bacnode names it under ``Bacnode``. Nothing secret is there: the swarm key is a path,
+    and credentials come from the AWS chain, never from the config."""
     if config is None:
         return {}
-    out: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
     for name, value in vars(config).items():
         if isinstance(value, Path):
             value = str(value)
@@ -190,8 +192,16 @@ def _config_json(config: Any) -> dict[str, Any]:
             value = list(value)
         elif isinstance(value, Mapping):
             value = dict(value)
-        out[name] = value
-    return out
+        settings[name] = value
+    return {
+        "API": {"Host": config.api_host, "Port": config.api_port},
+        "DataDir": str(config.data_dir),
+        "Labels": dict(config.labels),
+        "Orchestrator": {"Enabled": bool(config.orchestrator)},
+        "Compute": {"Enabled": bool(config.compute),
+                    "Heartbeat": {"Interval": f"{config.heartbeat_seconds:g}s"}},
+        "Bacnode": settings,
+    }
 
 
 def create_app(node: NodeView) -> FastAPI:

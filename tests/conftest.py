@@ -8,9 +8,11 @@ with the reason; it never skips them (CI counts a skip as a failure).
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
@@ -148,3 +150,40 @@ def kubo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubo]:
         _unavailable("kubo", problem)
     yield node
     node.stop(grace=5)
+
+
+@dataclass
+class BacalhauCli:
+    """Bacalhau v1.9.3's own CLI (the binary ``scripts/setup.sh`` builds), offline, with its
+    repo in a directory of its own."""
+
+    binary: Path
+    home: Path
+
+    def run(self, *args: str, api_port: int, timeout: float = 120,
+            env: dict[str, str] | None = None, cwd: Path | None = None,
+            ) -> subprocess.CompletedProcess:
+        from scripts.services import bacalhau_env
+
+        environment = bacalhau_env(self.home, {
+            "BACALHAU_API_HOST": "127.0.0.1", "BACALHAU_API_PORT": str(api_port),
+            "NO_COLOR": "1", **(env or {})})
+        return subprocess.run([str(self.binary), *args], env=environment, cwd=cwd,
+                              capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def bacalhau_cli(tmp_path_factory: pytest.TempPathFactory) -> BacalhauCli:
+    from scripts.services import ServiceError, find_bacalhau
+
+    try:
+        binary = find_bacalhau()
+    except ServiceError as exc:
+        _unavailable("the Bacalhau CLI", str(exc))
+    cli = BacalhauCli(binary, tmp_path_factory.mktemp("bacalhau-home"))
+    # Its first run creates its repo, the second migrates it, and both say so on stdout:
+    # get that done before the tests read what it prints.
+    for _ in range(2):
+        cli.run("version", "--client", api_port=9)
+    return cli

@@ -715,6 +715,10 @@ class S3Storage(Storage):
             await busy.wait()  # the same object is being fetched for another input
         done = self._inflight[entry] = trio.Event()
         try:
+            # Another input's fetch may have cached it while we looked (in a thread).
+            cached = await self._run(self._cache_take, entry, obj, dest, abandon=False)
+            if cached is not None:
+                return cached
             assert self.cache_dir is not None
             tmp_dir = self.cache_dir / "tmp"
             tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
@@ -794,6 +798,10 @@ class S3Storage(Storage):
         assert self.cache_dir is not None
         tmp = self.cache_dir / "tmp" / f"{uuid.uuid4().hex}.part"
         try:
+            # Another input's fetch may have cached it between our look and our claim.
+            cached = self._cache_take(entry, obj, dest)
+            if cached is not None:
+                return cached
             digest = self._get_whole(client, bucket, obj, tmp, stop)
             # A cancelled stage keeps nothing, not even in the cache: cancellation reaches
             # this thread at once, before ``stop`` is set on the way out of the stage.

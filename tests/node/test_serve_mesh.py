@@ -46,7 +46,7 @@ def test_node_list_table_shows_every_node(mesh3):
         header, *rows = result.stdout.splitlines()
         assert header.split()[:3] == ["ID", "TYPE", "STATUS"]
         by_id = {row.split()[0]: row.split() for row in rows}
-        ok = all(by_id.get(n.peer_id, [])[1:3] == ["Hybrid", "CONNECTED"] for n in mesh3)
+        ok = all(by_id.get(n.peer_id, [])[1:3] == ["Compute", "CONNECTED"] for n in mesh3)
         return by_id if ok else {}
 
     wait_until(table_rows, timeout=CONVERGE_TIMEOUT, what="a table row per node, CONNECTED")
