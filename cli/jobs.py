@@ -13,6 +13,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,9 @@ def build_docker_job(
     count: int,
     inputs: tuple[str, ...],
     publisher: str | None,
+    name: str | None = None,
+    constraints: str | None = None,
+    output_volumes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The job document for ``docker run``'s flags; raises ``click.UsageError`` on bad ones."""
     from protocol.selectors import parse_labels, parse_selector
@@ -84,10 +88,17 @@ def build_docker_job(
     try:
         input_sources = [parse_input(text).to_dict() for text in inputs]
         publisher_spec = parse_publisher(publisher).to_dict() if publisher else None
-        constraints = [c.to_dict() for c in parse_selector(selector)] if selector else []
+        node_constraints = [c.to_dict() for text in (selector, constraints) if text
+                            for c in parse_selector(text)]
         job_labels = parse_labels(labels) if labels else {}
     except (LocalProtocolError, SpecError) as exc:
         raise click.UsageError(str(exc)) from None
+    result_paths = []
+    for volume in output_volumes:
+        volume_name, colon, path = volume.partition(":")
+        if not colon or not volume_name or not path:
+            raise click.UsageError(f"-o {volume!r}: expected NAME:PATH, e.g. outputs:/outputs")
+        result_paths.append({"Name": volume_name, "Path": path})
     resources = {
         key: value
         for key, value in (("CPU", cpu), ("Memory", memory), ("Disk", disk), ("GPU", gpu))
@@ -104,18 +115,42 @@ def build_docker_job(
         "Engine": {"Type": "docker", "Params": params},
         "InputSources": input_sources,
         "Resources": resources,
-        "Network": {"Type": "Full" if network == "full" else "None"},
+        # Bacalhau's host and bridge both ask for the network; the node decides the wiring.
+        "Network": {"Type": "None" if network == "none" else "Full"},
         "Timeouts": {"ExecutionTimeout": timeout or 0},
     }
     if publisher_spec:
         task["Publisher"] = publisher_spec
-    return {
+    if result_paths:
+        task["ResultPaths"] = result_paths
+    document: dict[str, Any] = {
         "Type": "batch",
         "Count": count,
         "Labels": job_labels,
-        "Constraints": constraints,
+        "Constraints": node_constraints,
         "Tasks": [task],
     }
+    if name:
+        document["Name"] = name
+    return document
+
+
+def wait_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--wait`` as Bacalhau takes it (``--wait``, ``--wait=false``), and ``--no-wait``."""
+    command = click.option("--no-wait", is_flag=True, hidden=True)(command)
+    command = click.option("--wait", type=click.BOOL, default=True, is_flag=False,
+                           flag_value=True, show_default=True,
+                           help="wait for the job to end; --wait=false returns at once")(command)
+    return click.option("--wait-timeout-secs", default=600, show_default=True,
+                        type=float)(command)
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML parser error in one line: what is wrong, and where."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def check_spec(document: dict[str, Any]) -> Job:
@@ -230,7 +265,33 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download_results(ctx: click.Context, job_id: str, output_dir: Path) -> list[str]:
+#: What a job's results hold at the top of their directory (Bacalhau's layout).
+RESULT_NAMES = ("outputs", "stdout", "stderr", "exitCode")
+
+
+def default_output_dir(job_id: str) -> Path:
+    """Where ``get`` writes when not told: a new ``job-<short id>`` directory, as Bacalhau."""
+    return Path(f"job-{job_id[:10]}")
+
+
+def refuse_to_overwrite(target: Path, names: Any) -> None:
+    """Stop before writing if any of ``names`` already exists in ``target``: a user's files
+    are never replaced or merged into. An empty directory of that name is fine."""
+    taken = []
+    for name in names:
+        path = target / name
+        if path.is_symlink() or path.is_file() or (path.is_dir() and any(path.iterdir())):
+            taken.append(name)
+        elif path.exists():
+            taken.append(name)
+    if taken:
+        raise click.ClickException(
+            f"{target} already holds {', '.join(sorted(taken))}; get never overwrites files: "
+            "choose another --output-dir (or leave it out for a new job-<id> directory)"
+        )
+
+
+def download_results(ctx: click.Context, job_id: str, output_dir: Path | None) -> list[str]:
     job = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}")["Job"]
     full_id = job["ID"]
     items = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{full_id}/results")["Items"]
@@ -238,6 +299,11 @@ def download_results(ctx: click.Context, job_id: str, output_dir: Path) -> list[
         raise click.ClickException(
             f"job {full_id} has no published results (it is {job['State']['StateType']})"
         )
+    output_dir = output_dir or default_output_dir(full_id)
+    targets = [output_dir] if len(items) == 1 else [
+        output_dir / item["ExecutionID"] for item in items]
+    for target in targets:  # before anything is downloaded
+        refuse_to_overwrite(target, RESULT_NAMES)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for item in items:
@@ -268,13 +334,13 @@ def download_results(ctx: click.Context, job_id: str, output_dir: Path) -> list[
                 with tarfile.open(archive) as tar:
                     tar.extractall(unpacked, filter="data")
             _verify_tree(unpacked, record)
-            for entry in sorted(unpacked.iterdir()):
+            entries = sorted(unpacked.iterdir())
+            refuse_to_overwrite(target, [entry.name for entry in entries])
+            target.mkdir(parents=True, exist_ok=True)
+            for entry in entries:
                 destination = target / entry.name
                 if destination.is_dir():
-                    shutil.rmtree(destination)
-                elif destination.exists():
-                    destination.unlink()
-                destination.parent.mkdir(parents=True, exist_ok=True)
+                    destination.rmdir()  # empty: refuse_to_overwrite saw to that
                 shutil.move(str(entry), destination)
         written.append(str(target))
     return written
@@ -386,8 +452,7 @@ def register(cli: click.Group) -> None:
     @click.argument("image")
     @click.argument("command", nargs=-1, type=click.UNPROCESSED)
     @click.option("--id-only", is_flag=True, help="print only the job ID")
-    @click.option("--wait/--no-wait", default=True, show_default=True, help="wait for the end")
-    @click.option("--wait-timeout-secs", default=600, show_default=True, type=float)
+    @wait_options
     @click.option("-e", "--env", multiple=True, help="NAME=VALUE, repeatable")
     @click.option("--entrypoint", help="override the image's entrypoint")
     @click.option("-w", "--workdir", help="working directory in the container")
@@ -395,11 +460,18 @@ def register(cli: click.Group) -> None:
     @click.option("--memory", help="e.g. 512Mi or 1Gb")
     @click.option("--disk", help="e.g. 10Gi")
     @click.option("--gpu", help="number of GPUs")
-    @click.option("--network", type=click.Choice(["none", "full"]), default="none",
-                  show_default=True)
+    @click.option("--network", type=click.Choice(["none", "full", "host", "bridge", "default"],
+                                                  case_sensitive=False),
+                  default="none", show_default=True,
+                  help="full, host and bridge ask for network access (nodes grant it only "
+                       "with --allow-networked-jobs); default and none: no network")
     @click.option("--timeout", type=int, help="execution timeout, seconds")
     @click.option("-l", "--labels", help="job labels k=v,…")
     @click.option("-s", "--selector", help="node label selector, e.g. zone=b")
+    @click.option("--constraints", help="node label selector, as --selector")
+    @click.option("--name", help="the job's name")
+    @click.option("-o", "--output", "output_volumes", multiple=True,
+                  help="NAME:PATH, a result path, repeatable [default: outputs:/outputs]")
     @click.option("--count", default=1, show_default=True, type=click.IntRange(1, 100))
     @click.option("-i", "--input", "inputs", multiple=True,
                   help="s3://b/k*:/inputs,opt=region=… | ipfs://CID:/t | https://…:/t")
@@ -407,10 +479,13 @@ def register(cli: click.Group) -> None:
     @click.option("--dry-run", is_flag=True, help="print the job spec as YAML, submit nothing")
     @click.pass_context
     def docker_run(ctx: click.Context, image: str, command: tuple[str, ...], id_only: bool,
-                   wait: bool, wait_timeout_secs: float, dry_run: bool, **flags: Any) -> None:
+                   wait: bool, no_wait: bool, wait_timeout_secs: float, dry_run: bool,
+                   **flags: Any) -> None:
         """Run IMAGE [-- COMMAND ARGS…] somewhere on the network."""
         if command[:1] == ("--",):
             command = command[1:]
+        wait = wait and not no_wait
+        flags["network"] = flags["network"].lower()
         document = build_docker_job(image, command, **flags)
         job = check_spec(document)
         if dry_run:
@@ -425,20 +500,27 @@ def register(cli: click.Group) -> None:
 
     @job.command("run")
     @click.argument("spec", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
-    @click.option("--wait/--no-wait", default=True, show_default=True)
+    @wait_options
     @click.option("--id-only", is_flag=True)
-    @click.option("--wait-timeout-secs", default=600, show_default=True, type=float)
     @click.pass_context
-    def job_run(ctx: click.Context, spec: str, wait: bool, id_only: bool,
+    def job_run(ctx: click.Context, spec: str, wait: bool, no_wait: bool, id_only: bool,
                 wait_timeout_secs: float) -> None:
         """Submit a job spec file (YAML or JSON)."""
+        wait = wait and not no_wait
         import yaml
 
-        text = sys.stdin.read() if spec == "-" else Path(spec).read_text()
+        raw = sys.stdin.buffer.read() if spec == "-" else Path(spec).read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise click.UsageError(
+                f"{spec} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                "save the spec as UTF-8") from None
         try:
             document = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise click.UsageError(f"{spec} is not valid YAML or JSON: {exc}") from None
+            raise click.UsageError(f"{spec} is not valid YAML or JSON: {_yaml_problem(exc)}"
+                                   ) from None
         if not isinstance(document, dict):
             raise click.UsageError(f"{spec} must hold a job spec mapping")
         document = document.get("Job", document) if "Job" in document else document
@@ -555,12 +637,14 @@ def register(cli: click.Group) -> None:
 
     @cli.command()
     @click.argument("job_id")
-    @click.option("--output-dir", default=".", show_default=True, type=click.Path(file_okay=False))
+    @click.option("--output-dir", type=click.Path(file_okay=False),
+                  help="where to write them [default: a new job-<short id> directory]; "
+                       "files already there are never overwritten")
     @click.pass_context
-    def get(ctx: click.Context, job_id: str, output_dir: str) -> None:
+    def get(ctx: click.Context, job_id: str, output_dir: str | None) -> None:
         """Download a job's results, verified against its signed records."""
         try:
-            written = download_results(ctx, job_id, Path(output_dir))
+            written = download_results(ctx, job_id, Path(output_dir) if output_dir else None)
         except (ProtocolError, OSError, tarfile.TarError) as exc:
             raise click.ClickException(f"getting results of {job_id}: {exc}") from None
         for path in written:

@@ -67,7 +67,7 @@ def parse_input(text: str) -> InputSource:
     def fail(reason: str) -> LocalProtocolError:
         return LocalProtocolError(f"invalid input {text!r}: {reason}")
 
-    location, options = _split_options(text, fail)
+    location, options = _split_options(_from_src_dst(text, fail), fail)
     if not location:
         raise fail(f"no source; {_INPUT_FORMS}")
     source, target = _split_target(location)
@@ -128,6 +128,24 @@ def parse_publisher(text: str) -> PublisherSpec:
         return PublisherSpec.from_dict({"Type": "s3", "Params": params})
     except SpecError as exc:
         raise fail("; ".join(error.message for error in exc.errors)) from None
+
+
+def _from_src_dst(text: str, fail: _Fail) -> str:
+    """Bacalhau's long form ``src=URI,dst=/path[,opt=…]`` as ``URI:/path[,opt=…]``."""
+    if not isinstance(text, str) or not text.strip().startswith("src="):
+        return text
+    source, target, rest = "", "", []
+    for part in text.strip().split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "src":
+            source = value
+        elif name == "dst":
+            target = value
+        else:
+            rest.append(part)
+    if not source:
+        raise fail("src= names no source")
+    return ",".join([f"{source}:{target}" if target else source, *rest])
 
 
 def _split_options(text: str, fail: _Fail) -> tuple[str, list[tuple[str, str]]]:

@@ -201,14 +201,16 @@ def popen(args: list[str], *, stdout: Any, stderr: Any, env: dict[str, str] | No
 
 
 def run_cli(*args: str, api_port: int | None = None, timeout: float = CLI_TIMEOUT,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``bacnode [--api-port P] ARGS`` as a user types it; never raises on a non-zero exit."""
+            env: dict[str, str] | None = None, cwd: Path | None = None,
+            ) -> subprocess.CompletedProcess:
+    """``bacnode [--api-port P] ARGS`` as a user types it (in ``cwd``, else the checkout);
+    never raises on a non-zero exit."""
     command = [sys.executable, "-m", "cli.main"]
     if api_port is not None:
         command += ["--api-port", str(api_port)]
     return subprocess.run(
-        [*command, *args], cwd=REPO_ROOT, env=child_env(env), capture_output=True, text=True,
-        timeout=timeout, stdin=subprocess.DEVNULL,
+        [*command, *args], cwd=cwd or REPO_ROOT, env=child_env(env), capture_output=True,
+        text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )
 
 
@@ -386,9 +388,10 @@ class Daemon:
         """GET ``path`` (e.g. ``/api/v1/agent/mesh``) from the daemon's API, as JSON."""
         return http_get_json(self.api_url + path, timeout)
 
-    def cli(self, *args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, timeout: float = CLI_TIMEOUT, cwd: Path | None = None,
+            ) -> subprocess.CompletedProcess:
         """``bacnode --api-port <this daemon> ARGS``."""
-        return run_cli(*args, api_port=self.api_port, timeout=timeout)
+        return run_cli(*args, api_port=self.api_port, timeout=timeout, cwd=cwd)
 
     def node_list(self) -> dict[str, dict[str, Any]]:
         """``bacnode node list --output json`` through the real CLI, keyed by node ID."""

@@ -13,12 +13,12 @@ import pytest
 from protocol.states import execution_state_name
 from tests.daemons import Daemon, DaemonPool, wait_until
 
+pytestmark = pytest.mark.integration
+
 
 def compute_state(execution: dict[str, Any]) -> str:
     """An API execution's state by name (Bacalhau sends the number)."""
     return execution_state_name(execution["ComputeState"]["StateType"])
-
-pytestmark = pytest.mark.integration
 
 
 def run(node: Daemon, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
@@ -251,3 +251,74 @@ def test_networked_jobs_are_declined_unless_a_node_opts_in(devnet: list[Daemon])
     _, result = submit(devnet[0], "--network", "full", "busybox", "--", "true")
     assert result.returncode == 1
     assert "3 node(s): networked jobs are not allowed on this node" in result.stderr
+
+
+def test_get_never_overwrites_a_users_files(devnet: list[Daemon], tmp_path: Path) -> None:
+    client = devnet[0]
+    job_id, result = submit(client, "busybox", "--", "sh", "-c",
+                            "echo new; echo result > /outputs/mine.txt")
+    assert result.returncode == 0, result.stderr
+    mine = tmp_path / "mine"
+    (mine / "outputs").mkdir(parents=True)
+    (mine / "outputs" / "mine.txt").write_text("the user's own notes\n")
+    (mine / "stdout").write_text("an earlier run\n")
+
+    refused = run(client, "get", job_id, "--output-dir", str(mine))
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        f"Error: {mine} already holds outputs, stdout; get never overwrites files: choose "
+        "another --output-dir (or leave it out for a new job-<id> directory)"]
+    assert (mine / "outputs" / "mine.txt").read_text() == "the user's own notes\n"
+    assert (mine / "stdout").read_text() == "an earlier run\n"
+    assert sorted(p.name for p in mine.rglob("*")) == ["mine.txt", "outputs", "stdout"]
+
+    # Without --output-dir: a new job-<short id> directory where the user stands, as Bacalhau.
+    got = client.cli("get", job_id, cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+    fresh = tmp_path / f"job-{job_id[:10]}"
+    assert (fresh / "outputs" / "mine.txt").read_text() == "result\n"
+    assert (fresh / "stdout").read_text() == "new\n"
+    # ... and a second get there is refused the same way, leaving the first intact.
+    again = client.cli("get", job_id, cwd=tmp_path)
+    assert again.returncode == 1 and "get never overwrites files" in again.stderr
+    assert (fresh / "stdout").read_text() == "new\n"
+
+
+def _one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def test_user_errors_are_one_line(devnet: list[Daemon], tmp_path: Path) -> None:
+    client = devnet[0]
+    for _ in range(2):  # two jobs at least, so that "j-" is ambiguous
+        assert submit(client, "busybox", "--", "true")[1].returncode == 0
+    not_utf8 = tmp_path / "latin1.yaml"
+    not_utf8.write_bytes("Name: caf\xe9\n".encode("latin-1"))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"Tasks": [')
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("Tasks:\n  - Engine: {Type: docker, Params: {Imag: busybox}}\n")
+    cases = {
+        ("job", "run", str(not_utf8)): "is not UTF-8 text (byte 0xe9 at offset 9)",
+        ("job", "run", str(broken)): "is not valid YAML or JSON: expected the node content",
+        ("job", "run", str(wrong)): "invalid job spec",
+        ("describe", "j-0000dead"): "job 'j-0000dead' not found",
+        ("describe", "j-"): "'j-' matches several jobs",
+        ("get", "j-0000dead"): "job 'j-0000dead' not found",
+    }
+    for args, expected in cases.items():
+        line = _one_error_line(run(client, *args))
+        assert expected in line, (args, line)
+    no_daemon = run_cli_without_daemon("list")
+    assert "no bacnode daemon answers" in _one_error_line(no_daemon)
+
+
+def run_cli_without_daemon(*args: str) -> subprocess.CompletedProcess:
+    from tests.daemons import free_ports, run_cli
+
+    (port,) = free_ports(1)
+    return run_cli(*args, api_port=port)

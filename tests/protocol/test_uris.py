@@ -195,3 +195,18 @@ def test_parsers_raise_only_local_protocol_error(text):
             parse(text)
         except LocalProtocolError:
             pass
+
+
+@pytest.mark.parametrize(("long_form", "short_form"), [
+    ("src=s3://bkt/k*,dst=/data,opt=region=eu-west-1", "s3://bkt/k*:/data,opt=region=eu-west-1"),
+    ("src=ipfs://QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn,dst=/in",
+     "ipfs://QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn:/in"),
+    ("src=https://example.com/a.txt", "https://example.com/a.txt"),
+])
+def test_bacalhau_src_dst_input_form_reads_as_the_short_form(long_form, short_form):
+    assert parse_input(long_form) == parse_input(short_form)
+
+
+def test_src_dst_form_without_a_source_is_refused():
+    with pytest.raises(LocalProtocolError, match="src= names no source"):
+        parse_input("src=,dst=/in")
