@@ -304,7 +304,11 @@ def create_app(node: NodeView) -> FastAPI:
                  == status_wanted)
         ]
         states.sort(key=_NODE_ORDER[order_by or "id"], reverse=reverse)
-        return {"Nodes": states[:limit] if limit else states, "NextToken": ""}
+        listed = states[:limit] if limit else states
+        # "Nodes" is what Bacalhau sends and its Go CLI reads; its Python client
+        # (bacalhau-apiclient) reads "nodes". Go matches keys case-insensitively, so both
+        # clients get the same list.
+        return {"Nodes": listed, "nodes": listed, "NextToken": ""}
 
     @app.get(f"{API_PREFIX}/orchestrator/nodes/{{node_id}}", tags=["orchestrator"])
     async def get_node(node_id: str) -> dict[str, Any]:
@@ -314,7 +318,8 @@ def create_app(node: NodeView) -> FastAPI:
         if len(matches) != 1:
             detail = "no node" if not matches else f"{len(matches)} nodes"
             raise HTTPException(404 if not matches else 400, f"{detail} match {node_id!r}")
-        return {"Node": node_state_json(matches[0])}
+        state = node_state_json(matches[0])
+        return {"Node": state, "node": state}  # both spellings: see list_nodes
 
     if getattr(node, "store", None) is not None:
         from .api_jobs import add_job_routes
