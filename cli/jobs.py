@@ -135,11 +135,28 @@ def build_docker_job(
     return document
 
 
+class WaitFlagCommand(click.Command):
+    """A command whose ``--wait`` flag also takes Bacalhau's ``--wait=false`` and
+    ``--wait=true`` (a plain ``--wait`` never swallows the next argument, e.g. the image)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        rewritten = []
+        for position, arg in enumerate(args):
+            name, equals, value = arg.partition("=")
+            if position < end and name == "--wait" and equals:
+                try:
+                    arg = "--wait" if click.BOOL.convert(value, None, ctx) else "--no-wait"
+                except click.BadParameter:
+                    raise click.BadParameter(f"{value!r} is not true or false",
+                                             param_hint="'--wait'") from None
+            rewritten.append(arg)
+        return super().parse_args(ctx, rewritten)
+
+
 def wait_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--wait`` as Bacalhau takes it (``--wait``, ``--wait=false``), and ``--no-wait``."""
-    command = click.option("--no-wait", is_flag=True, hidden=True)(command)
-    command = click.option("--wait", type=click.BOOL, default=True, is_flag=False,
-                           flag_value=True, show_default=True,
+    """``--wait`` (the default) / ``--no-wait`` = ``--wait=false``, and the wait's limit."""
+    command = click.option("--wait/--no-wait", default=True, show_default=True,
                            help="wait for the job to end; --wait=false returns at once")(command)
     return click.option("--wait-timeout-secs", default=600, show_default=True,
                         type=float)(command)
@@ -448,7 +465,8 @@ def register(cli: click.Group) -> None:
     def docker() -> None:
         """Run Docker jobs."""
 
-    @docker.command("run", context_settings={"allow_interspersed_args": False})
+    @docker.command("run", cls=WaitFlagCommand,
+                    context_settings={"allow_interspersed_args": False})
     @click.argument("image")
     @click.argument("command", nargs=-1, type=click.UNPROCESSED)
     @click.option("--id-only", is_flag=True, help="print only the job ID")
@@ -479,12 +497,10 @@ def register(cli: click.Group) -> None:
     @click.option("--dry-run", is_flag=True, help="print the job spec as YAML, submit nothing")
     @click.pass_context
     def docker_run(ctx: click.Context, image: str, command: tuple[str, ...], id_only: bool,
-                   wait: bool, no_wait: bool, wait_timeout_secs: float, dry_run: bool,
-                   **flags: Any) -> None:
+                   wait: bool, wait_timeout_secs: float, dry_run: bool, **flags: Any) -> None:
         """Run IMAGE [-- COMMAND ARGS…] somewhere on the network."""
         if command[:1] == ("--",):
             command = command[1:]
-        wait = wait and not no_wait
         flags["network"] = flags["network"].lower()
         document = build_docker_job(image, command, **flags)
         job = check_spec(document)
@@ -498,15 +514,14 @@ def register(cli: click.Group) -> None:
     def job() -> None:
         """Jobs: run a spec file, stop, executions, history."""
 
-    @job.command("run")
+    @job.command("run", cls=WaitFlagCommand)
     @click.argument("spec", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
     @wait_options
     @click.option("--id-only", is_flag=True)
     @click.pass_context
-    def job_run(ctx: click.Context, spec: str, wait: bool, no_wait: bool, id_only: bool,
+    def job_run(ctx: click.Context, spec: str, wait: bool, id_only: bool,
                 wait_timeout_secs: float) -> None:
         """Submit a job spec file (YAML or JSON)."""
-        wait = wait and not no_wait
         import yaml
 
         raw = sys.stdin.buffer.read() if spec == "-" else Path(spec).read_bytes()

@@ -30,6 +30,8 @@ from protocol.errors import LocalProtocolError
 from protocol.messages import Capacity, NodeInfo
 from protocol.selectors import Constraint, parse_selector
 
+from . import api_models as models
+
 API_PREFIX = "/api/v1"
 
 
@@ -212,6 +214,7 @@ def create_app(node: NodeView) -> FastAPI:
         openapi_url=f"{API_PREFIX}/openapi.json",
         docs_url=None,
         redoc_url=None,
+        responses={code: {"model": models.ApiError} for code in (400, 404, 500, 502, 503, 504)},
     )
 
     @app.exception_handler(StarletteHTTPException)
@@ -225,7 +228,7 @@ def create_app(node: NodeView) -> FastAPI:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(400, _validation_message(exc))
 
-    @app.get(f"{API_PREFIX}/auth", tags=["auth"])
+    @app.get(f"{API_PREFIX}/auth", tags=["auth"], response_model=models.ListAuthMethodsResponse)
     async def auth_methods() -> dict[str, Any]:
         """How to authenticate: one ``challenge`` method, as a Bacalhau node without users
         offers. The local API has no users; it listens on loopback unless told otherwise."""
@@ -234,30 +237,33 @@ def create_app(node: NodeView) -> FastAPI:
                                           "params": {"InputPhrase": phrase}}},
                 "NextToken": ""}
 
-    @app.post(f"{API_PREFIX}/auth/{{method}}", tags=["auth"])
+    @app.post(f"{API_PREFIX}/auth/{{method}}", tags=["auth"],
+               response_model=models.AuthnResponse)
     async def authenticate(method: str) -> dict[str, Any]:
         """Answers a client's challenge; every client is accepted, as no request needs one."""
         if method != "ClientKey":
             raise HTTPException(404, f"unknown authentication method {method!r}; use ClientKey")
         return {"Authentication": {"success": True, "token": secrets.token_urlsafe(24)}}
 
-    @app.get(f"{API_PREFIX}/agent/alive", tags=["agent"])
+    @app.get(f"{API_PREFIX}/agent/alive", tags=["agent"], response_model=models.AliveResponse)
     async def alive() -> dict[str, str]:
         """Liveness: answers as long as the daemon's event loop runs."""
         return {"Status": "OK"}
 
-    @app.get(f"{API_PREFIX}/agent/version", tags=["agent"])
+    @app.get(f"{API_PREFIX}/agent/version", tags=["agent"],
+             response_model=models.BuildVersionInfoModel)
     async def version() -> dict[str, Any]:
         """bacnode's version as Bacalhau's ``BuildVersionInfo``, with protocol, Python and
         libp2p versions."""
         return _version_json()
 
-    @app.get(f"{API_PREFIX}/agent/node", tags=["agent"])
+    @app.get(f"{API_PREFIX}/agent/node", tags=["agent"], response_model=models.NodeInfoModel)
     async def this_node() -> dict[str, Any]:
         """This node, as other nodes see it (Bacalhau's ``NodeInfo``)."""
         return node_info_json(node.local_node_info())
 
-    @app.get(f"{API_PREFIX}/agent/config", tags=["agent"])
+    @app.get(f"{API_PREFIX}/agent/config", tags=["agent"],
+             response_model=models.AgentConfigResponse)
     async def config() -> dict[str, Any]:
         """The node's effective settings (flags, config file and environment merged)."""
         return {"config": _config_json(getattr(node, "config", None))}
@@ -270,7 +276,8 @@ def create_app(node: NodeView) -> FastAPI:
         """
         return node.mesh_stats(since_ms)
 
-    @app.get(f"{API_PREFIX}/orchestrator/nodes", tags=["orchestrator"])
+    @app.get(f"{API_PREFIX}/orchestrator/nodes", tags=["orchestrator"],
+             response_model=models.ListNodesResponse)
     async def list_nodes(
         labels: list[str] = Query([]),
         filter_status: str = Query("", alias="filter-status"),
@@ -310,7 +317,8 @@ def create_app(node: NodeView) -> FastAPI:
         # clients get the same list.
         return {"Nodes": listed, "nodes": listed, "NextToken": ""}
 
-    @app.get(f"{API_PREFIX}/orchestrator/nodes/{{node_id}}", tags=["orchestrator"])
+    @app.get(f"{API_PREFIX}/orchestrator/nodes/{{node_id}}", tags=["orchestrator"],
+             response_model=models.GetNodeResponse)
     async def get_node(node_id: str) -> dict[str, Any]:
         """One node by ID or unique ID prefix."""
         statuses = await node.list_nodes()

@@ -24,6 +24,7 @@ from protocol.jobspec import Job
 from protocol.messages import ManifestEntry, published_spec_config
 from protocol.states import DESIRED_STATE_CODES, EXECUTION_STATE_CODES, ExecutionState
 
+from . import api_models as models
 from .api import _selectors, rfc3339
 from .mesh import MeshError
 from .requester import Requester
@@ -288,10 +289,11 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
         job_id = await need_requester().submit(job)
         return {"JobID": job_id, "EvaluationID": f"ev-{job_id[2:]}", "Warnings": []}
 
-    app.put(f"{API}/jobs", tags=["orchestrator"])(submit)
-    app.post(f"{API}/jobs", tags=["orchestrator"], include_in_schema=False)(submit)
+    app.put(f"{API}/jobs", tags=["orchestrator"], response_model=models.PutJobResponse)(submit)
+    app.post(f"{API}/jobs", tags=["orchestrator"], include_in_schema=False,
+             response_model=models.PutJobResponse)(submit)
 
-    @app.get(f"{API}/jobs", tags=["orchestrator"])
+    @app.get(f"{API}/jobs", tags=["orchestrator"], response_model=models.ListJobsResponse)
     async def list_jobs(
         limit: int = Query(100, ge=1, le=1000),
         next_token: str | None = None,
@@ -314,7 +316,8 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
             raise HTTPException(400, str(exc)) from None
         return {"Items": items, "NextToken": token or ""}
 
-    @app.get(f"{API}/jobs/{{job_id}}", tags=["orchestrator"])
+    @app.get(f"{API}/jobs/{{job_id}}", tags=["orchestrator"],
+             response_model=models.GetJobResponse, response_model_exclude_unset=True)
     async def get_job(job_id: str, include: str = "") -> dict[str, Any]:
         """One job (by ID or unique prefix); ``include=executions,history`` adds them."""
         record = await resolve_job_id(store, job_id)
@@ -333,7 +336,8 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
                                               for e in items], "NextToken": ""}
         return answer
 
-    @app.get(f"{API}/jobs/{{job_id}}/executions", tags=["orchestrator"])
+    @app.get(f"{API}/jobs/{{job_id}}/executions", tags=["orchestrator"],
+             response_model=models.ListJobExecutionsResponse)
     async def executions(job_id: str) -> dict[str, Any]:
         """The job's executions with their state, run output and published results."""
         record = await resolve_job_id(store, job_id)
@@ -341,7 +345,8 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
         return {"Items": [execution_json(e, record.job.namespace) for e in items],
                 "NextToken": ""}
 
-    @app.get(f"{API}/jobs/{{job_id}}/history", tags=["orchestrator"])
+    @app.get(f"{API}/jobs/{{job_id}}/history", tags=["orchestrator"],
+             response_model=models.ListJobHistoryResponse)
     async def history(
         job_id: str,
         event_type: str = "all",
@@ -356,7 +361,8 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
                             event_type=event_type, execution_id=execution_id, limit=limit,
                             next_token=next_token)
 
-    @app.get(f"{API}/jobs/{{job_id}}/results", tags=["orchestrator"])
+    @app.get(f"{API}/jobs/{{job_id}}/results", tags=["orchestrator"],
+             response_model=models.ListJobResultsResponse)
     async def results(job_id: str, request: Request) -> dict[str, Any]:
         """Where each execution's results are, as Bacalhau's downloaders take them, with
         the signed result record (base64 envelope) that ``bacnode get`` verifies them by."""
@@ -386,7 +392,8 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
             items.append(item)
         return {"Items": items, "NextToken": ""}
 
-    @app.get(f"{API}/jobs/{{job_id}}/logs", tags=["orchestrator"])
+    @app.get(f"{API}/jobs/{{job_id}}/logs", tags=["orchestrator"],
+             response_model=models.JobLogsResponse)
     async def logs(job_id: str) -> dict[str, Any]:
         """The stdout and stderr tails of the job's executions (Bacalhau's CLI asks for
         the same path as a WebSocket: see ``logs_stream``)."""
@@ -429,7 +436,8 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
             return
         await websocket.close(code=1000)
 
-    @app.delete(f"{API}/jobs/{{job_id}}", tags=["orchestrator"])
+    @app.delete(f"{API}/jobs/{{job_id}}", tags=["orchestrator"],
+                response_model=models.StopJobResponse)
     async def stop(job_id: str, request: Request, reason: str = "") -> dict[str, Any]:
         """Stop the job: its running containers are killed; it ends Stopped. The reason
         comes from the query or, as Bacalhau's CLI sends it, the JSON body's ``reason``."""

@@ -32,3 +32,16 @@ def test_unknown_command_is_a_usage_error_not_a_traceback():
     assert result.returncode == 2
     assert "No such command 'frobnicate'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_wait_is_a_flag_that_also_takes_bacalhaus_equals_form():
+    # A bare --wait must not take the image as its value (the tutorial writes it so).
+    for wait in ("--wait", "--wait=false", "--wait=true", "--no-wait"):
+        result = run_cli("docker", "run", "--dry-run", wait, "busybox", "--", "echo", "--wait=x")
+        assert result.returncode == 0, (wait, result.stderr)
+        assert "Image: busybox" in result.stdout
+        assert "--wait=x" in result.stdout  # after --, it belongs to the container
+    bad = run_cli("docker", "run", "--dry-run", "--wait=maybe", "busybox")
+    assert bad.returncode == 2
+    assert "'maybe' is not true or false" in bad.stderr
+    assert "Traceback" not in bad.stderr

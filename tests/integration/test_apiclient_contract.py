@@ -168,3 +168,33 @@ def test_every_response_deserializes_with_nothing_lost(client: Any,
     assert stopped.evaluation_id
     wait_until(lambda: orchestrator.orchestratorget_job(running.job_id).job.state.state_type
                == "Stopped", timeout=30, what="the job to stop")
+
+
+def test_openapi_document_describes_every_bacalhau_endpoint(devnet: list[Daemon]) -> None:
+    url = f"http://127.0.0.1:{devnet[0].api_port}/api/v1/openapi.json"
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        document = json.loads(answer.read())
+    schemas = document["components"]["schemas"]
+    expected = {
+        ("get", "/api/v1/agent/version"): "BuildVersionInfoModel",
+        ("get", "/api/v1/agent/node"): "NodeInfoModel",
+        ("get", "/api/v1/orchestrator/nodes"): "ListNodesResponse",
+        ("get", "/api/v1/orchestrator/jobs"): "ListJobsResponse",
+        ("put", "/api/v1/orchestrator/jobs"): "PutJobResponse",
+        ("get", "/api/v1/orchestrator/jobs/{job_id}"): "GetJobResponse",
+        ("get", "/api/v1/orchestrator/jobs/{job_id}/executions"): "ListJobExecutionsResponse",
+        ("get", "/api/v1/orchestrator/jobs/{job_id}/history"): "ListJobHistoryResponse",
+        ("get", "/api/v1/orchestrator/jobs/{job_id}/results"): "ListJobResultsResponse",
+        ("delete", "/api/v1/orchestrator/jobs/{job_id}"): "StopJobResponse",
+    }
+    for (method, path), schema in expected.items():
+        responses = document["paths"][path][method]["responses"]
+        ok = responses["200"]["content"]["application/json"]["schema"]["$ref"]
+        assert ok == f"#/components/schemas/{schema}", (method, path, ok)
+        assert responses["404"]["content"]["application/json"]["schema"]["$ref"].endswith(
+            "/ApiError")
+    # The shapes Bacalhau's CLI depends on are in the document, with their types.
+    execution = schemas["ExecutionStateValue"]["properties"]["StateType"]
+    assert execution["type"] == "integer"
+    assert schemas["ResourcesModel"]["properties"]["CPU"]["type"] == "number"
+    assert schemas["JobHistory"]["properties"]["Time"]["anyOf"][0]["type"] == "string"
