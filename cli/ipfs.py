@@ -114,7 +114,8 @@ def register(cli: click.Group) -> None:
     @ipfs.command("get")
     @click.argument("cid")
     @click.option("-o", "--output", "output", type=click.Path(path_type=Path),
-                  help="where to write it [default: ./CID]")
+                  help="where to write it; an existing directory gets it as DIR/CID "
+                       "[default: ./CID]")
     @click.option("--timeout", default=120.0, show_default=True,
                   help="seconds to look for it on the network")
     @click.pass_context
@@ -125,8 +126,11 @@ def register(cli: click.Group) -> None:
             raise click.ClickException(problem)
         root = Cid.parse(cid)
         destination = output or Path(str(root))
-        if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-            raise click.ClickException(f"{destination} already exists and is not empty")
+        if destination.is_dir():  # ".", or a directory (or a link to one): put it inside
+            destination = destination / str(root)
+        if destination.is_symlink() or destination.exists():
+            raise click.ClickException(
+                f"{destination} already exists; nothing was written (choose another -o)")
         partial = destination.with_name(f".{destination.name}.partial")
         _remove(partial)
         try:
@@ -134,8 +138,6 @@ def register(cli: click.Group) -> None:
         except (ApiError, IpfsFormatError) as exc:
             _remove(partial)
             raise click.ClickException(f"getting {cid}: {exc}") from None
-        if destination.is_dir():
-            destination.rmdir()
         partial.replace(destination)
         click.echo(f"Saved {cid} to {destination} ({size} bytes, verified)")
 

@@ -6,7 +6,10 @@ re-verifies every block of the CAR it streams back against the CID it asked for.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import tarfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,10 +22,21 @@ from protocol.cid import Cid, IpfsFormatError
 
 from .ipfs import FetchError, IpfsNode
 
+logger = logging.getLogger(__name__)
+
 API = "/api/v1"
 #: Largest upload ``bacnode ipfs add`` may send, bytes.
 MAX_UPLOAD_BYTES = 64 * 1024**3
 DEFAULT_FETCH_SECONDS = 120.0
+
+
+def _storage_error(exc: OSError, doing: str) -> HTTPException:
+    """A 507 for a full disk, a 500 otherwise; logged either way, as nothing else tells the
+    node's operator."""
+    logger.error("ipfs add: %s: %s", doing, exc)
+    if exc.errno == errno.ENOSPC:
+        return HTTPException(507, f"{doing}: the node's disk is full; nothing was added")
+    return HTTPException(500, f"{doing}: {exc.strerror or exc}; nothing was added")
 
 
 def add_ipfs_routes(
@@ -40,7 +54,10 @@ def add_ipfs_routes(
     async def add(request: Request) -> dict[str, Any]:
         """Import an uncompressed tar of one file or directory; pin it; return its CID."""
         ipfs = need_ipfs()
-        spool = ipfs.temporary_file()
+        try:
+            spool = ipfs.temporary_file()
+        except OSError as exc:
+            raise _storage_error(exc, "cannot take the upload") from None
         path = Path(spool.name)
         try:
             received = 0
@@ -52,10 +69,14 @@ def add_ipfs_routes(
             await trio.to_thread.run_sync(spool.close)
             try:
                 link = await ipfs.add_tar(path, reason="bacnode ipfs add")
-            except (ValueError, IpfsFormatError, OSError) as exc:
-                raise HTTPException(400, f"cannot import the upload: {exc}") from None
+            except (tarfile.TarError, ValueError, IpfsFormatError) as exc:
+                logger.warning("ipfs add: refused an upload of %d bytes: %s", received, exc)
+                raise HTTPException(400, f"the upload is not a readable tar ({exc}); "
+                                         "nothing was added") from None
             size = await trio.to_thread.run_sync(ipfs.dag_size, link.cid)
             return {"CID": str(link.cid), "Size": size}
+        except OSError as exc:
+            raise _storage_error(exc, "cannot import the upload") from None
         finally:
             spool.close()
             os.unlink(path)

@@ -299,6 +299,14 @@ class Compute:
         self, execution: _Execution, results_dir: Path, exit_code: int
     ) -> ResultRecord:
         publisher = execution.job.task.publisher.type
+        links = await trio.to_thread.run_sync(_symbolic_links, results_dir)
+        if links:
+            # Refused the same way for every publisher: a link is no content to verify, and
+            # one pointing out of the results could leak the node's files.
+            shown = ", ".join(links[:5]) + (f" and {len(links) - 5} more" if len(links) > 5 else "")
+            raise ValueError(f"the outputs hold symbolic links ({shown}); results are regular "
+                             "files and directories only: copy what a link points to instead "
+                             "(cp -L)")
         location: dict[str, Any]
         if publisher == "ipfs":
             if self.ipfs is None:
@@ -407,6 +415,11 @@ def _sha256_file(path: Path) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _symbolic_links(results_dir: Path) -> list[str]:
+    return [path.relative_to(results_dir).as_posix()
+            for path in sorted(results_dir.rglob("*")) if path.is_symlink()]
 
 
 def _manifest(results_dir: Path) -> list[ManifestEntry]:

@@ -148,3 +148,46 @@ def test_api_reports_bitswap_counters(devnet: list[Daemon]) -> None:
     stats: dict[str, Any] = devnet[0].api("/api/v1/agent/ipfs")
     assert {"BlocksServed", "BlocksReceived", "BlocksRejected"} <= set(stats["Bitswap"])
     assert stats["Blockstore"]["Blocks"] > 0
+
+
+def test_get_into_a_directory_a_link_or_an_existing_file(devnet: list[Daemon],
+                                                         tmp_path: Path) -> None:
+    a = devnet[0]
+    single = tmp_path / "hello.txt"
+    single.write_bytes(b"hello world")
+    cid = run(a, "ipfs", "add", "-q", str(single)).stdout.strip()
+    here = tmp_path / "here"
+    here.mkdir()
+    # "-o ." (run where the user stands) and "-o <link to a directory>": DIR/CID.
+    got = subprocess.run(
+        [sys.executable, "-m", "cli.main", "--api-port", str(a.api_port), "ipfs", "get", cid,
+         "-o", "."], cwd=here, env=child_env(), capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    assert (here / cid).read_bytes() == b"hello world"
+    link = tmp_path / "link"
+    link.symlink_to(here)
+    again = run(a, "ipfs", "get", cid, "-o", str(link))
+    assert again.returncode == 1
+    assert again.stderr.strip() == (
+        f"Error: {link / cid} already exists; nothing was written (choose another -o)")
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    refused = run(a, "ipfs", "get", cid, "-o", str(dangling))
+    assert refused.returncode == 1 and "already exists" in refused.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_bad_upload_is_refused_with_a_reason(devnet: list[Daemon]) -> None:
+    import urllib.error
+    import urllib.request
+
+    for body in (b"not a tar at all" * 100, b"\0" * 100):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{devnet[0].api_port}/api/v1/ipfs/add", data=body,
+            method="POST", headers={"Content-Type": "application/x-tar"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=30)
+        assert info.value.code == 400
+        error = json.loads(info.value.read())
+        assert error["Message"].startswith("the upload is not a readable tar"), error
+        assert error["Code"] == "BadRequest"

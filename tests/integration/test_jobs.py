@@ -322,3 +322,13 @@ def run_cli_without_daemon(*args: str) -> subprocess.CompletedProcess:
 
     (port,) = free_ports(1)
     return run_cli(*args, api_port=port)
+
+
+@pytest.mark.parametrize("publisher", ["local", "ipfs"])
+def test_symbolic_links_in_outputs_fail_the_job_with_the_reason(
+        devnet: list[Daemon], publisher: str) -> None:
+    job_id, result = submit(devnet[0], "-p", publisher, "busybox", "--", "sh", "-c",
+                            "echo x > /outputs/real; ln -s real /outputs/rel_link")
+    assert result.returncode == 1
+    assert "the outputs hold symbolic links (outputs/rel_link)" in result.stderr
+    assert "cp -L" in result.stderr
