@@ -346,7 +346,7 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
                 "NextToken": ""}
 
     @app.get(f"{API}/jobs/{{job_id}}/history", tags=["orchestrator"],
-             response_model=models.ListJobHistoryResponse)
+             response_model=models.ListJobHistoryResponse, response_model_exclude_unset=True)
     async def history(
         job_id: str,
         event_type: str = "all",
