@@ -6,10 +6,43 @@ import json
 import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1234
+
+
+def config_file_path() -> Path:
+    """The daemon's config file, found as ``bacnode serve`` finds it: ``$BACNODE_CONFIG``,
+    else ``$BACNODE_DATA_DIR/config.yaml``, else ``~/.bacnode/config.yaml``."""
+    explicit = os.environ.get("BACNODE_CONFIG")
+    if explicit:
+        return Path(explicit).expanduser()
+    data_dir = os.environ.get("BACNODE_DATA_DIR") or "~/.bacnode"
+    return Path(data_dir).expanduser() / "config.yaml"
+
+
+def _config_file_api() -> dict[str, Any]:
+    """``api_host``/``api_port`` from the daemon's config file, if there is one: the CLI
+    then reaches the daemon configured on this machine without flags. Flags and
+    ``BACNODE_API_*`` come first."""
+    path = config_file_path()
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except OSError as exc:
+        raise ApiError(f"cannot read {path}: {exc.strerror}") from None
+    import yaml
+
+    try:
+        settings = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ApiError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(settings, dict):
+        raise ApiError(f"{path} must hold a mapping of settings")
+    return {k: v for k, v in settings.items() if k in ("api_host", "api_port")}
 
 
 class ApiError(Exception):
@@ -20,13 +53,14 @@ class ApiClient:
     def __init__(
         self, host: str | None = None, port: int | None = None, timeout: float = 30
     ) -> None:
-        self.host = host or os.environ.get("BACNODE_API_HOST") or DEFAULT_HOST
+        configured = _config_file_api()
+        self.host = (host or os.environ.get("BACNODE_API_HOST") or configured.get("api_host")
+                     or DEFAULT_HOST)
+        given_port = port or os.environ.get("BACNODE_API_PORT") or configured.get("api_port")
         try:
-            self.port = int(port or os.environ.get("BACNODE_API_PORT") or DEFAULT_PORT)
+            self.port = int(given_port or DEFAULT_PORT)
         except ValueError:
-            raise ApiError(
-                f"BACNODE_API_PORT={os.environ.get('BACNODE_API_PORT')!r} is not a port number"
-            ) from None
+            raise ApiError(f"API port {given_port!r} is not a port number") from None
         self.timeout = timeout
 
     @property

@@ -177,10 +177,18 @@ def check_spec(document: dict[str, Any]) -> Job:
         raise click.UsageError(str(exc)) from None
 
 
+def print_logs(ctx: click.Context, job_id: str) -> None:
+    """A job's stdout and stderr, each to its own stream."""
+    answer = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}/logs")
+    for item in answer["Items"]:
+        sys.stdout.write(item["Stdout"])
+        sys.stderr.write(item["Stderr"])
+
+
 def submit_and_follow(
     ctx: click.Context, document: dict[str, Any], *, wait: bool, id_only: bool,
     wait_timeout: float,
-) -> None:
+) -> str:
     answer = call(ctx, "PUT", "/api/v1/orchestrator/jobs", {"Job": document})
     job_id = answer["JobID"]
     if id_only:
@@ -188,13 +196,14 @@ def submit_and_follow(
     else:
         click.echo(f"Job successfully submitted. Job ID: {job_id}")
     if not wait:
-        return
+        return job_id
     state = wait_for_job(ctx, job_id, timeout=wait_timeout, quiet=id_only)
     if state["StateType"] != "Completed":
         raise click.ClickException(f"job {job_id} {state['StateType'].lower()}: {state['Message']}")
     if not id_only:
         click.echo(f"\nTo get the results, run:\n  bacnode get {job_id}\n"
                    f"To see details, run:\n  bacnode describe {job_id}")
+    return job_id
 
 
 def wait_for_job(ctx: click.Context, job_id: str, *, timeout: float, quiet: bool) -> dict:
@@ -459,7 +468,7 @@ def _verify_tree(root: Path, record: Any) -> None:
 
 
 def register(cli: click.Group) -> None:
-    from .main import render, table
+    from .render import output_options, render, show
 
     @cli.group(cls=click.Group)
     def docker() -> None:
@@ -495,9 +504,11 @@ def register(cli: click.Group) -> None:
                   help="s3://b/k*:/inputs,opt=region=… | ipfs://CID:/t | https://…:/t")
     @click.option("-p", "--publisher", help="ipfs | local | noop | s3://bucket/key,opt=…")
     @click.option("--dry-run", is_flag=True, help="print the job spec as YAML, submit nothing")
+    @click.option("-f", "--follow", is_flag=True, help="print the job's output once it ends")
     @click.pass_context
     def docker_run(ctx: click.Context, image: str, command: tuple[str, ...], id_only: bool,
-                   wait: bool, wait_timeout_secs: float, dry_run: bool, **flags: Any) -> None:
+                   wait: bool, wait_timeout_secs: float, dry_run: bool, follow: bool,
+                   **flags: Any) -> None:
         """Run IMAGE [-- COMMAND ARGS…] somewhere on the network."""
         if command[:1] == ("--",):
             command = command[1:]
@@ -507,8 +518,10 @@ def register(cli: click.Group) -> None:
         if dry_run:
             click.echo(render(job.to_dict(), "yaml"))
             return
-        submit_and_follow(ctx, job.to_dict(), wait=wait, id_only=id_only,
-                          wait_timeout=wait_timeout_secs)
+        job_id = submit_and_follow(ctx, job.to_dict(), wait=wait or follow, id_only=id_only,
+                                   wait_timeout=wait_timeout_secs)
+        if follow:
+            print_logs(ctx, job_id)
 
     @cli.group()
     def job() -> None:
@@ -556,17 +569,16 @@ def register(cli: click.Group) -> None:
 
     @job.command("executions")
     @click.argument("job_id")
-    @click.option("--output", type=click.Choice(["table", "json"]), default="table")
+    @output_options
     @click.pass_context
-    def job_executions(ctx: click.Context, job_id: str, output: str) -> None:
+    def job_executions(ctx: click.Context, job_id: str, output: str, hide_header: bool,
+                       no_style: bool) -> None:
         """A job's executions."""
         items = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}/executions")["Items"]
-        if output == "json":
-            click.echo(render(items, "json"))
-            return
         rows = [[e["ID"], e["NodeID"], execution_state_name(e["ComputeState"]["StateType"]),
                  e["ComputeState"].get("Message", "")[:60]] for e in items]
-        click.echo(table(["EXECUTION", "NODE", "STATE", "MESSAGE"], rows))
+        show(items, output, ["EXECUTION", "NODE", "STATE", "MESSAGE"], rows,
+             hide_header=hide_header)
 
     @job.command("results")
     @click.argument("job_id")
@@ -584,36 +596,34 @@ def register(cli: click.Group) -> None:
 
     @job.command("history")
     @click.argument("job_id")
-    @click.option("--output", type=click.Choice(["table", "json"]), default="table")
+    @output_options
     @click.pass_context
-    def job_history(ctx: click.Context, job_id: str, output: str) -> None:
+    def job_history(ctx: click.Context, job_id: str, output: str, hide_header: bool,
+                    no_style: bool) -> None:
         """Every state change of a job and its executions."""
         items = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}/history")["Items"]
-        if output == "json":
-            click.echo(render(items, "json"))
-            return
-        rows = []
-        for event in items:
-            rows.append([event_time(event), event["Type"], event.get("ExecutionID", "")[:12],
-                         event_new_state(event), event["Event"]["Message"][:70]])
-        click.echo(table(["TIME", "LEVEL", "EXECUTION", "STATE", "MESSAGE"], rows))
+        rows = [[event_time(event), event["Type"], event.get("ExecutionID", "")[:12],
+                 event_new_state(event), event["Event"]["Message"][:70]] for event in items]
+        show(items, output, ["TIME", "LEVEL", "EXECUTION", "STATE", "MESSAGE"], rows,
+             hide_header=hide_header)
 
     @cli.command("list")
     @click.option("--id-filter", help="only this job (ID or prefix)")
     @click.option("--wide", is_flag=True, help="full IDs and more columns")
     @click.option("--limit", default=10, show_default=True, type=click.IntRange(1, 1000))
-    @click.option("--output", type=click.Choice(["table", "json"]), default="table")
+    @click.option("--labels", "selector", help="only jobs whose labels match, e.g. team=a")
+    @output_options
     @click.pass_context
     def list_jobs(ctx: click.Context, id_filter: str | None, wide: bool, limit: int,
-                  output: str) -> None:
+                  selector: str | None, output: str, hide_header: bool, no_style: bool) -> None:
         """Jobs, newest first."""
+        from urllib.parse import urlencode
+
         if id_filter:
             items = [call(ctx, "GET", f"/api/v1/orchestrator/jobs/{id_filter}")["Job"]]
         else:
-            items = call(ctx, "GET", f"/api/v1/orchestrator/jobs?limit={limit}")["Items"]
-        if output == "json":
-            click.echo(render(items, "json"))
-            return
+            query = urlencode({"limit": limit, **({"labels": selector} if selector else {})})
+            items = call(ctx, "GET", f"/api/v1/orchestrator/jobs?{query}")["Items"]
         rows = []
         for job in items:
             created = time.strftime("%H:%M:%S", time.localtime(job["CreateTime"] / 1e9))
@@ -626,16 +636,18 @@ def register(cli: click.Group) -> None:
                 row.append(job["State"]["Message"][:60])
             rows.append(row)
         headers = ["CREATED", "ID", "TYPE", "STATE", "COMMAND"] + (["MESSAGE"] if wide else [])
-        click.echo(table(headers, rows))
+        show(items, output, headers, rows, hide_header=hide_header)
 
     @cli.command()
     @click.argument("job_id")
     @click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML")
+    @click.option("--output", type=click.Choice(["yaml", "json"]), default="yaml",
+                  show_default=True)
     @click.pass_context
-    def describe(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    def describe(ctx: click.Context, job_id: str, as_json: bool, output: str) -> None:
         """A job with its state, executions, outputs and history."""
         document = describe_document(ctx, job_id)
-        click.echo(render(document, "json" if as_json else "yaml"))
+        click.echo(render(document, "json" if as_json else output))
 
     @cli.command()
     @click.argument("job_id")
@@ -645,10 +657,7 @@ def register(cli: click.Group) -> None:
         """A job's stdout and stderr."""
         if follow:
             wait_for_job(ctx, job_id, timeout=24 * 3600, quiet=True)
-        answer = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}/logs")
-        for item in answer["Items"]:
-            sys.stdout.write(item["Stdout"])
-            sys.stderr.write(item["Stderr"])
+        print_logs(ctx, job_id)
 
     @cli.command()
     @click.argument("job_id")
@@ -665,3 +674,7 @@ def register(cli: click.Group) -> None:
         for path in written:
             click.echo(f"Results for job {job_id} written to {path} (verified)")
 
+
+    # Bacalhau v1's spelling of the same commands: bacnode job list|describe|logs|get.
+    for command in (list_jobs, describe, logs, get):
+        job.add_command(command)

@@ -18,6 +18,7 @@ import protocol
 from protocol.quantities import format_bytes
 
 from .client import ApiClient, ApiError
+from .render import output_options, render, show
 
 
 def _package_version(name: str) -> str:
@@ -74,15 +75,16 @@ def node() -> None:
 
 
 @node.command("list")
-@click.option("--output", type=click.Choice(["table", "json", "yaml"]), default="table",
-              show_default=True)
+@output_options
+@click.option("--labels", "selector", help="only nodes whose labels match, e.g. zone=b")
 @click.pass_context
-def node_list(ctx: click.Context, output: str) -> None:
+def node_list(ctx: click.Context, output: str, hide_header: bool, no_style: bool,
+              selector: str | None) -> None:
     """Every node this daemon has heard from, CONNECTED or DISCONNECTED."""
-    nodes = call_api(ctx, "/api/v1/orchestrator/nodes")["Nodes"]
-    if output != "table":
-        click.echo(render(nodes, output))
-        return
+    from urllib.parse import urlencode
+
+    query = f"?{urlencode({'labels': selector})}" if selector else ""
+    nodes = call_api(ctx, f"/api/v1/orchestrator/nodes{query}")["Nodes"]
     rows = []
     for state in nodes:
         info = state["Info"]
@@ -97,7 +99,57 @@ def node_list(ctx: click.Context, output: str) -> None:
             if free else "-",
             ",".join(compute.get("ExecutionEngines", [])) or "-",
         ])
-    click.echo(table(["ID", "TYPE", "STATUS", "LABELS", "FREE", "ENGINES"], rows))
+    show(nodes, output, ["ID", "TYPE", "STATUS", "LABELS", "FREE", "ENGINES"], rows,
+         hide_header=hide_header)
+
+
+@node.command("describe")
+@click.argument("node_id")
+@click.option("--output", type=click.Choice(["yaml", "json"]), default="yaml",
+              show_default=True)
+@click.pass_context
+def node_describe(ctx: click.Context, node_id: str, output: str) -> None:
+    """One node (by ID or unique prefix): its info, capacity and connection."""
+    click.echo(render(call_api(ctx, f"/api/v1/orchestrator/nodes/{node_id}")["Node"], output))
+
+
+@cli.group()
+def agent() -> None:
+    """The daemon this CLI talks to."""
+
+
+@agent.command("alive")
+@click.pass_context
+def agent_alive(ctx: click.Context) -> None:
+    """Whether the daemon answers."""
+    click.echo(f"Status: {call_api(ctx, '/api/v1/agent/alive')['Status']}")
+
+
+@agent.command("node")
+@click.option("--output", type=click.Choice(["yaml", "json"]), default="yaml",
+              show_default=True)
+@click.pass_context
+def agent_node(ctx: click.Context, output: str) -> None:
+    """The daemon's own node info."""
+    click.echo(render(call_api(ctx, "/api/v1/agent/node"), output))
+
+
+@agent.command("version")
+@click.option("--output", type=click.Choice(["yaml", "json"]), default="yaml",
+              show_default=True)
+@click.pass_context
+def agent_version(ctx: click.Context, output: str) -> None:
+    """The daemon's version."""
+    click.echo(render(call_api(ctx, "/api/v1/agent/version"), output))
+
+
+@agent.command("config")
+@click.option("--output", type=click.Choice(["yaml", "json"]), default="yaml",
+              show_default=True)
+@click.pass_context
+def agent_config(ctx: click.Context, output: str) -> None:
+    """The daemon's effective settings."""
+    click.echo(render(call_api(ctx, "/api/v1/agent/config")["config"], output))
 
 
 @cli.group("swarm-key")
@@ -123,40 +175,28 @@ def swarm_key_generate(path: str) -> None:
     click.echo(f"wrote {path}; start every node of the network with --swarm-key {path}")
 
 
-def render(value: Any, output: str) -> str:
-    if output == "yaml":
-        import yaml
-
-        return yaml.safe_dump(value, sort_keys=False).rstrip()
-    import json
-
-    return json.dumps(value, indent=2)
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
-    lines = [
-        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True))
-        for line in [headers, *rows]
-    ]
-    lines = [line.rstrip() for line in lines]
-    return "\n".join(lines)
-
-
 @cli.command()
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def version(output: str) -> None:
-    """Print bacnode's version, its protocol version, and the Python and libp2p versions."""
+@click.option("--output", type=click.Choice(["text", "json", "yaml"]), default="text",
+              show_default=True)
+@click.option("--client", "client_only", is_flag=True,
+              help="this CLI's version only; do not ask the daemon")
+@click.pass_context
+def version(ctx: click.Context, output: str, client_only: bool) -> None:
+    """bacnode's version, protocol, Python and libp2p, and the daemon's version."""
     info = {
         "Version": protocol.__version__,
         "Protocol": protocol.PROTOCOL_NAME,
         "Python": platform.python_version(),
         "Libp2p": _package_version("libp2p"),
     }
-    if output == "json":
-        import json
-
-        click.echo(json.dumps(info, indent=2))
+    if not client_only:
+        try:
+            server = ApiClient(ctx.obj["api_host"], ctx.obj["api_port"], timeout=3)
+            info["Server"] = server.get("/api/v1/agent/version").get("GitVersion", "?")
+        except ApiError:
+            info["Server"] = "no daemon answers"
+    if output != "text":
+        click.echo(render(info, output))
         return
     width = max(map(len, info))
     for key, value in info.items():

@@ -332,3 +332,50 @@ def test_symbolic_links_in_outputs_fail_the_job_with_the_reason(
     assert result.returncode == 1
     assert "the outputs hold symbolic links (outputs/rel_link)" in result.stderr
     assert "cp -L" in result.stderr
+
+
+def test_bacalhau_v1_spellings_and_output_flags(devnet: list[Daemon], tmp_path: Path) -> None:
+    import yaml
+
+    node = devnet[0]
+    followed = run(node, "docker", "run", "-f", "-l", "spelling=v1", "busybox", "--",
+                   "echo", "followed")
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout.splitlines()[-1] == "followed"
+    listed = yaml.safe_load(run(node, "job", "list", "--labels", "spelling=v1",
+                                "--output", "yaml").stdout)
+    (job,) = listed
+    job_id = job["ID"]
+    assert job["State"]["StateType"] == "Completed"
+    table = run(node, "job", "list", "--labels", "spelling=v1", "--hide-header", "--no-style")
+    assert table.stdout.split()[1:4] == [job_id[:10], "batch", "Completed"]
+    assert json.loads(run(node, "job", "describe", job_id, "--output", "json").stdout)[
+        "Job"]["ID"] == job_id
+    assert run(node, "job", "logs", job_id).stdout == "followed\n"
+    assert yaml.safe_load(run(node, "job", "executions", job_id, "--output", "yaml").stdout)
+    got = run(node, "job", "get", job_id, "--output-dir", str(tmp_path / "got"))
+    assert got.returncode == 0 and (tmp_path / "got" / "stdout").read_text() == "followed\n"
+
+    assert run(node, "agent", "alive").stdout.strip() == "Status: OK"
+    assert yaml.safe_load(run(node, "agent", "node").stdout)["NodeID"] == node.peer_id
+    assert yaml.safe_load(run(node, "agent", "config").stdout)["API"]["Port"] == node.api_port
+    assert yaml.safe_load(run(node, "agent", "version").stdout)["GitVersion"] == "v0.1.0"
+    assert yaml.safe_load(run(node, "node", "describe", devnet[1].peer_id[:20]).stdout)[
+        "Info"]["NodeID"] == devnet[1].peer_id
+    version = json.loads(run(node, "version", "--output", "json").stdout)
+    assert version["Server"] == "v0.1.0"
+
+
+def test_cli_finds_the_daemon_through_its_config_file(devnet: list[Daemon],
+                                                      tmp_path: Path) -> None:
+    from tests.daemons import run_cli
+
+    (tmp_path / "config.yaml").write_text(f"api_port: {devnet[1].api_port}\n")
+    found = run_cli("agent", "node", "--output", "json",
+                    env={"BACNODE_DATA_DIR": str(tmp_path)})
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["NodeID"] == devnet[1].peer_id
+    (tmp_path / "config.yaml").write_text("api_port: [not a port\n")
+    broken = run_cli("agent", "alive", env={"BACNODE_DATA_DIR": str(tmp_path)})
+    assert broken.returncode == 1
+    assert broken.stderr.startswith(f"Error: {tmp_path / 'config.yaml'} is not valid YAML")
