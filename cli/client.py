@@ -6,6 +6,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,17 +82,12 @@ class ApiClient:
     def get(self, path: str) -> Any:
         return self.request("GET", path)
 
-    def upload(self, path: str, source: Any, content_type: str) -> Any:
-        """POST the file ``source`` as the request body; return the JSON reply."""
-        size = os.path.getsize(source)
-        with open(source, "rb") as handle:
-            request = urllib.request.Request(
-                self.base_url + path,
-                data=handle,
-                method="POST",
-                headers={"Content-Type": content_type, "Content-Length": str(size)},
-            )
-            return self._send(request)
+    def upload_stream(self, path: str, chunks: Iterator[bytes], content_type: str) -> Any:
+        """POST ``chunks`` as a chunked request body; return the JSON reply."""
+        request = urllib.request.Request(
+            self.base_url + path, data=chunks, method="POST",
+            headers={"Content-Type": content_type, "Transfer-Encoding": "chunked"})
+        return self._send(request)
 
     def _send(self, request: urllib.request.Request) -> Any:
         with self.open(request) as response:
@@ -116,12 +112,17 @@ class ApiClient:
                 "BACNODE_API_HOST/BACNODE_API_PORT"
             ) from None
 
-    def download(self, path: str, destination: Any) -> None:
-        """Stream ``path`` into the file ``destination``."""
+    def download(self, path: str, destination: Any, label: str = "downloading") -> None:
+        """Stream ``path`` into the file ``destination``, with progress on a terminal."""
+        from .progress import Progress
+
         with self.open(path) as response, open(destination, "wb") as handle:
+            total = int(response.headers.get("Content-Length") or 0)
             try:
-                while chunk := response.read(1 << 20):
-                    handle.write(chunk)
+                with Progress(label, total) as progress:
+                    while chunk := response.read(1 << 20):
+                        handle.write(chunk)
+                        progress.advance(len(chunk))
             except (TimeoutError, ConnectionError) as exc:
                 raise ApiError(f"downloading from {self.base_url}: {exc}") from None
 

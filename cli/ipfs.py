@@ -7,10 +7,10 @@ peer behind it) cannot hand us different bytes.
 
 from __future__ import annotations
 
-import sys
+import os
 import tarfile
-import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,6 +22,7 @@ from protocol.jobspec import check_cid
 from protocol.unixfs import DirectoryEntry, walk
 
 from .client import ApiClient, ApiError
+from .progress import Progress
 
 READ_SIZE = 1 << 20
 
@@ -44,28 +45,23 @@ def download_dag(
     with response:
         total = int(response.headers.get("X-Dag-Size") or 0)
         reader = CarReader()
-        bar = click.progressbar(
-            length=total or None, label=f"fetching {root}", file=sys.stderr
-        ) if progress and total and sys.stderr.isatty() else None
+        with Progress(f"fetching {root}", total if progress else 0) as bar:
 
-        def next_block(wanted: Cid) -> bytes:
-            while (block := reader.next_block()) is None:
-                chunk = response.read(READ_SIZE)
-                if not chunk:
-                    reader.finished()
-                    raise IpfsFormatError(f"the daemon's stream ended before block {wanted}")
-                reader.feed(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-            if block.cid.multihash != wanted.multihash:
-                raise IpfsFormatError(f"expected block {wanted}, the stream sent {block.cid}")
-            return block.data
+            def next_block(wanted: Cid) -> bytes:
+                while (block := reader.next_block()) is None:
+                    chunk = response.read(READ_SIZE)
+                    if not chunk:
+                        reader.finished()
+                        raise IpfsFormatError(
+                            f"the daemon's stream ended before block {wanted}")
+                    reader.feed(chunk)
+                    bar.advance(len(chunk))
+                if block.cid.multihash != wanted.multihash:
+                    raise IpfsFormatError(
+                        f"expected block {wanted}, the stream sent {block.cid}")
+                return block.data
 
-        try:
             return _write_tree(root, next_block, destination)
-        finally:
-            if bar is not None:
-                bar.render_finish()
 
 
 def _write_tree(root: Cid, get_block: Callable[[Cid], bytes], destination: Path) -> int:
@@ -98,17 +94,15 @@ def register(cli: click.Group) -> None:
     @click.pass_context
     def ipfs_add(ctx: click.Context, path: Path, quiet: bool) -> None:
         """Add a file or directory (recursively); prints its CID, as 'ipfs add -r' does."""
-        with tempfile.TemporaryDirectory(prefix="bacnode-add-") as scratch:
-            archive = Path(scratch) / "upload.tar"
+        size = _tree_size(path)
+        with Progress(f"adding {path.name}", size) as bar, TarStream(path) as stream:
             try:
-                with tarfile.open(archive, "w") as tar:
-                    tar.add(path, arcname=path.resolve().name or "root", filter=_regular_only)
-            except OSError as exc:
-                raise click.ClickException(f"reading {path}: {exc.strerror or exc}") from None
-            try:
-                reply = _client(ctx).upload("/api/v1/ipfs/add", archive, "application/x-tar")
+                reply = _client(ctx).upload_stream("/api/v1/ipfs/add", stream.chunks(bar),
+                                                   "application/x-tar")
             except ApiError as exc:
+                stream.raise_read_error()
                 raise click.ClickException(str(exc)) from None
+            stream.raise_read_error()
         click.echo(reply["CID"] if quiet else f"added {reply['CID']} {path.name}")
 
     @ipfs.command("get")
@@ -140,6 +134,53 @@ def register(cli: click.Group) -> None:
             raise click.ClickException(f"getting {cid}: {exc}") from None
         partial.replace(destination)
         click.echo(f"Saved {cid} to {destination} ({size} bytes, verified)")
+
+
+class TarStream:
+    """A tar of ``path`` made in a thread as it is sent, never written to disk first."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.error: OSError | None = None
+        self._read_fd, write_fd = os.pipe()
+        self._writer = threading.Thread(target=self._write, args=(write_fd,), daemon=True)
+
+    def __enter__(self) -> TarStream:
+        self._writer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._read_fd)  # a writer still at work gets EPIPE and stops
+        self._writer.join()
+
+    def _write(self, write_fd: int) -> None:
+        try:
+            with os.fdopen(write_fd, "wb") as pipe, \
+                    tarfile.open(fileobj=pipe, mode="w|") as tar:
+                tar.add(self.path, arcname=self.path.resolve().name or "root",
+                        filter=_regular_only)
+        except BrokenPipeError:
+            pass  # the upload stopped (refused, or the daemon went away)
+        except OSError as exc:
+            self.error = exc
+
+    def chunks(self, progress: Progress) -> Iterator[bytes]:
+        while chunk := os.read(self._read_fd, READ_SIZE):
+            progress.advance(len(chunk))
+            yield chunk
+
+    def raise_read_error(self) -> None:
+        """A file that could not be read ends the add with this, whatever the daemon said."""
+        self._writer.join()
+        if self.error is not None:
+            raise click.ClickException(
+                f"reading {self.path}: {self.error.strerror or self.error}; nothing was added")
+
+
+def _tree_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def _regular_only(info: tarfile.TarInfo) -> tarfile.TarInfo | None:

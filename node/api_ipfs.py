@@ -61,11 +61,20 @@ def add_ipfs_routes(
         path = Path(spool.name)
         try:
             received = 0
+            failed: OSError | None = None
             async for chunk in request.stream():
                 received += len(chunk)
                 if received > MAX_UPLOAD_BYTES:
                     raise HTTPException(413, f"upload over {MAX_UPLOAD_BYTES} bytes")
-                await trio.to_thread.run_sync(spool.write, chunk)
+                if failed is not None:
+                    continue  # read the rest: a client still sending would wait forever
+                try:
+                    await trio.to_thread.run_sync(spool.write, chunk)
+                except OSError as exc:  # e.g. the disk is full
+                    failed = exc
+                    await trio.to_thread.run_sync(spool.truncate, 0)
+            if failed is not None:
+                raise failed
             await trio.to_thread.run_sync(spool.close)
             try:
                 link = await ipfs.add_tar(path, reason="bacnode ipfs add")

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +192,34 @@ def test_a_bad_upload_is_refused_with_a_reason(devnet: list[Daemon]) -> None:
         error = json.loads(info.value.read())
         assert error["Message"].startswith("the upload is not a readable tar"), error
         assert error["Code"] == "BadRequest"
+
+
+def test_ipfs_add_to_a_node_whose_disk_fills_fails_at_once(
+        tmp_path: Path, busybox_image: str) -> None:
+    """A real full disk: the node's data dir is a 16 MiB tmpfs (the test runs as root, as CI
+    does), and 30 MB are added to it."""
+    from tests.daemons import DaemonPool
+
+    with DaemonPool(tmp_path / "pool") as pool:
+        node = pool.new("full")
+        node.data_dir.mkdir(parents=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(node.data_dir)],
+                       check=True)
+        try:
+            node.start()
+            big = tmp_path / "big.bin"
+            big.write_bytes(os.urandom(30_000_000))
+            started = time.monotonic()
+            added = run(node, "ipfs", "add", str(big), timeout=60)
+            assert time.monotonic() - started < 20
+            assert added.returncode == 1
+            assert added.stderr.strip() == (
+                "Error: the daemon answered 507: cannot import the upload: the node's disk is "
+                "full; nothing was added")
+            # Nothing of the upload is left behind, and the node still takes what fits.
+            small = tmp_path / "small.txt"
+            small.write_text("fits\n")
+            assert run(node, "ipfs", "add", "-q", str(small)).returncode == 0
+        finally:
+            node.stop()
+            subprocess.run(["umount", str(node.data_dir)], check=False)
