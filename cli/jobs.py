@@ -177,12 +177,29 @@ def check_spec(document: dict[str, Any]) -> Job:
         raise click.UsageError(str(exc)) from None
 
 
-def print_logs(ctx: click.Context, job_id: str) -> None:
-    """A job's stdout and stderr, each to its own stream."""
-    answer = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}/logs")
-    for item in answer["Items"]:
-        sys.stdout.write(item["Stdout"])
-        sys.stderr.write(item["Stderr"])
+def print_logs(ctx: click.Context, job_id: str, *, follow: bool = False) -> None:
+    """A job's stdout and stderr, each to its own stream; with ``follow``, as the
+    containers write them, until the job ends."""
+    if not follow:
+        answer = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}/logs")
+        for item in answer["Items"]:
+            sys.stdout.write(item["Stdout"])
+            sys.stderr.write(item["Stderr"])
+        return
+    import json
+
+    client = ApiClient(ctx.obj["api_host"], ctx.obj["api_port"], timeout=24 * 3600)
+    try:
+        with client.open(f"/api/v1/orchestrator/jobs/{job_id}/logs?follow=true") as response:
+            while line := response.readline():
+                frame = json.loads(line)
+                stream = sys.stdout if frame["Type"] == 1 else sys.stderr
+                stream.write(frame["Line"])
+                stream.flush()
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (TimeoutError, ConnectionError, ValueError) as exc:
+        raise click.ClickException(f"the log stream of {job_id} broke off: {exc}") from None
 
 
 def submit_and_follow(
@@ -504,7 +521,8 @@ def register(cli: click.Group) -> None:
                   help="s3://b/k*:/inputs,opt=region=… | ipfs://CID:/t | https://…:/t")
     @click.option("-p", "--publisher", help="ipfs | local | noop | s3://bucket/key,opt=…")
     @click.option("--dry-run", is_flag=True, help="print the job spec as YAML, submit nothing")
-    @click.option("-f", "--follow", is_flag=True, help="print the job's output once it ends")
+    @click.option("-f", "--follow", is_flag=True,
+                  help="print the job's output as it is written, until it ends")
     @click.pass_context
     def docker_run(ctx: click.Context, image: str, command: tuple[str, ...], id_only: bool,
                    wait: bool, wait_timeout_secs: float, dry_run: bool, follow: bool,
@@ -518,10 +536,13 @@ def register(cli: click.Group) -> None:
         if dry_run:
             click.echo(render(job.to_dict(), "yaml"))
             return
-        job_id = submit_and_follow(ctx, job.to_dict(), wait=wait or follow, id_only=id_only,
-                                   wait_timeout=wait_timeout_secs)
         if follow:
-            print_logs(ctx, job_id)
+            job_id = submit_and_follow(ctx, job.to_dict(), wait=False, id_only=True,
+                                       wait_timeout=wait_timeout_secs)
+            print_logs(ctx, job_id, follow=True)
+            return
+        submit_and_follow(ctx, job.to_dict(), wait=wait, id_only=id_only,
+                          wait_timeout=wait_timeout_secs)
 
     @cli.group()
     def job() -> None:
@@ -651,13 +672,12 @@ def register(cli: click.Group) -> None:
 
     @cli.command()
     @click.argument("job_id")
-    @click.option("-f", "--follow", is_flag=True, help="wait for the job to end, then print")
+    @click.option("-f", "--follow", is_flag=True,
+                  help="print output as it is written, until the job ends")
     @click.pass_context
     def logs(ctx: click.Context, job_id: str, follow: bool) -> None:
         """A job's stdout and stderr."""
-        if follow:
-            wait_for_job(ctx, job_id, timeout=24 * 3600, quiet=True)
-        print_logs(ctx, job_id)
+        print_logs(ctx, job_id, follow=follow)
 
     @cli.command()
     @click.argument("job_id")

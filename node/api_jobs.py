@@ -9,7 +9,9 @@ as Bacalhau's are.
 from __future__ import annotations
 
 import base64
+import codecs
 import json
+import logging
 import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -36,6 +38,8 @@ from .store import (
     JobRecord,
     Store,
 )
+
+log = logging.getLogger(__name__)
 
 API = "/api/v1/orchestrator"
 
@@ -258,8 +262,60 @@ async def _presigned(
     return answer
 
 
+FollowLogs = Callable[[str, str], AsyncIterator[tuple[int, bytes]]]
+
+
+async def log_frames(store: Store, job_id: str, follow_logs: FollowLogs, *, follow: bool,
+                     only: str = "") -> AsyncIterator[tuple[str, int, str]]:
+    """A job's output as ``(execution ID, 1 or 2, text)``: stdout is 1, stderr 2.
+
+    Without ``follow``: what the executions that ended printed (the tails they reported).
+    With it: each execution's output live from its node while it runs (or what it printed,
+    once it has ended), until the job ends; an execution is shown once.
+    """
+    shown: set[str] = set()
+    while True:
+        record = await resolve_job_id(store, job_id)
+        for execution in await store.list_executions(record.job.id or ""):
+            if (execution.execution_id in shown or execution.state == ExecutionState.BID_REJECTED
+                    or (only and not execution.execution_id.startswith(only))):
+                continue
+            live = follow and execution.state in (ExecutionState.RUNNING,
+                                                  ExecutionState.PUBLISHING)
+            if not (live or execution.state.is_terminal or not follow):
+                continue  # not started yet: look again
+            shown.add(execution.execution_id)
+            if live:
+                decoders = {kind: codecs.getincrementaldecoder("utf-8")("replace")
+                            for kind in (1, 2)}
+                try:
+                    async for kind, data in follow_logs(execution.node_id,
+                                                        execution.execution_id):
+                        yield execution.execution_id, kind, decoders[kind].decode(data)
+                    continue
+                except MeshError as exc:
+                    log.info("live logs of %s: %s; showing what it reported",
+                             execution.execution_id, exc)
+                    execution = await _when_ended(store, execution)
+            output = execution.run_output or {}
+            for kind, key in ((1, "stdout"), (2, "stderr")):
+                if output.get(key):
+                    yield execution.execution_id, kind, str(output[key])
+        if not follow or record.state.is_terminal:
+            return
+        await trio.sleep(LOG_FOLLOW_POLL_SECONDS)
+
+
+async def _when_ended(store: Store, execution: ExecutionRecord) -> ExecutionRecord:
+    """``execution`` once it has ended (its reported output is then complete)."""
+    while not execution.state.is_terminal:
+        await trio.sleep(LOG_FOLLOW_POLL_SECONDS)
+        execution = await store.get_execution(execution.execution_id) or execution
+    return execution
+
+
 def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Requester | None],
-                   results_dir: Any) -> None:
+                   results_dir: Any, follow_logs: FollowLogs) -> None:
     def need_requester() -> Requester:
         requester = get_requester()
         if requester is None:
@@ -394,10 +450,20 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
 
     @app.get(f"{API}/jobs/{{job_id}}/logs", tags=["orchestrator"],
              response_model=models.JobLogsResponse)
-    async def logs(job_id: str) -> dict[str, Any]:
+    async def logs(job_id: str, follow: bool = False) -> Any:
         """The stdout and stderr tails of the job's executions (Bacalhau's CLI asks for
-        the same path as a WebSocket: see ``logs_stream``)."""
+        the same path as a WebSocket: see ``logs_stream``). With ``follow=true``: one JSON
+        object per line, ``{"ExecutionID", "Type": 1|2, "Line"}``, as output is written,
+        until the job ends."""
         record = await resolve_job_id(store, job_id)
+        if follow:
+            async def lines() -> AsyncIterator[bytes]:
+                async for execution_id, kind, text in log_frames(
+                        store, job_id, follow_logs, follow=True):
+                    yield json.dumps({"ExecutionID": execution_id, "Type": kind,
+                                      "Line": text}).encode() + b"\n"
+
+            return StreamingResponse(lines(), media_type="application/x-ndjson")
         items = []
         for execution in await store.list_executions(record.job.id or ""):
             if execution.state == ExecutionState.BID_REJECTED:
@@ -410,26 +476,16 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
 
     @app.websocket(f"{API}/jobs/{{job_id}}/logs")
     async def logs_stream(websocket: WebSocket, job_id: str) -> None:
-        """Bacalhau's log stream: one ``{"value": {"Type": 1|2, "Line": ...}}`` message per
-        line of stdout (1) and stderr (2), then a normal close. With ``follow=true`` it waits
-        for the executions to end first; ``execution_id`` picks one execution."""
+        """Bacalhau's log stream: ``{"value": {"Type": 1|2, "Line": ...}}`` messages of
+        stdout (1) and stderr (2), then a normal close. With ``follow=true`` output comes as
+        it is written, until the job ends; ``execution_id`` picks one execution."""
         await websocket.accept()
         follow = websocket.query_params.get("follow", "").lower() == "true"
         only = websocket.query_params.get("execution_id", "")
         try:
-            record = await resolve_job_id(store, job_id)
-            while follow and not record.state.is_terminal:
-                await trio.sleep(LOG_FOLLOW_POLL_SECONDS)
-                record = await resolve_job_id(store, job_id)
-            for execution in await store.list_executions(record.job.id or ""):
-                if execution.state == ExecutionState.BID_REJECTED:
-                    continue
-                if only and not execution.execution_id.startswith(only):
-                    continue
-                output = execution.run_output or {}
-                for stream, text in ((1, output.get("stdout", "")), (2, output.get("stderr", ""))):
-                    for line in str(text).splitlines(keepends=True):
-                        await websocket.send_json({"value": {"Type": stream, "Line": line}})
+            async for _, kind, text in log_frames(store, job_id, follow_logs, follow=follow,
+                                                  only=only):
+                await websocket.send_json({"value": {"Type": kind, "Line": text}})
         except HTTPException as exc:
             await websocket.send_json({"error": str(exc.detail)})
         except WebSocketDisconnect:

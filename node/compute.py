@@ -11,7 +11,7 @@ import hashlib
 import logging
 import shutil
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,10 @@ OUTPUT_TAIL_CHARS = 16 * 1024
 RESERVATION_TTL_SECONDS = 60
 #: How long a bid may wait to learn its inputs' size (the requester waits 3 s for bids).
 INPUT_SIZE_TIMEOUT_SECONDS = 1.5
+#: How often a followed execution's output files are read for what is new, and how much
+#: at most goes in one chunk.
+LOG_POLL_SECONDS = 0.25
+LOG_READ_BYTES = 64 * 1024
 
 
 @dataclass
@@ -395,12 +399,44 @@ class Compute:
         else:
             await self.mesh.request(peer, data)
 
+    def follow_output(self, execution_id: str, asker: str,
+                      ) -> AsyncIterator[tuple[int, bytes]] | None:
+        """The output of an execution here as the container writes it, for the requester
+        that owns it: ``(1, stdout bytes)`` and ``(2, stderr bytes)``, until it ends."""
+        execution = self._executions.get(execution_id)
+        if execution is None or execution.requester != asker:
+            return None
+        return self._tail_output(execution_id)
+
+    async def _tail_output(self, execution_id: str) -> AsyncIterator[tuple[int, bytes]]:
+        results_dir = self.results_root / execution_id
+        offsets = {1: 0, 2: 0}
+        while True:
+            running = execution_id in self._executions  # released once published
+            for kind, name in ((1, "stdout"), (2, "stderr")):
+                while chunk := await trio.to_thread.run_sync(
+                        _read_from, results_dir / name, offsets[kind], LOG_READ_BYTES):
+                    offsets[kind] += len(chunk)
+                    yield kind, chunk
+            if not running:
+                return
+            await trio.sleep(LOG_POLL_SECONDS)
+
     def results_dir(self, execution_id: str) -> Path | None:
         """Where a finished execution's results live on this node, if they do."""
         if not execution_id.startswith("e-") or not is_safe_relative_path(execution_id):
             return None
         path = self.results_root / execution_id
         return path if path.is_dir() else None
+
+
+def _read_from(path: Path, offset: int, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(limit)
+    except FileNotFoundError:  # not started yet
+        return b""
 
 
 def _fresh_dirs(*paths: Path) -> None:

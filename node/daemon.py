@@ -17,7 +17,7 @@ import signal
 import sys
 import tarfile
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +285,7 @@ class Daemon:
                 on_message=self.on_message,
                 on_request=self.on_request,
                 results_lookup=self.results_tar,
+                logs_source=self._logs_source,
             )
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -364,6 +365,19 @@ class Daemon:
         if directory is None:
             return None
         return await trio.to_thread.run_sync(_tar_results, directory)
+
+    def _logs_source(self, execution_id: str, asker: str,
+                     ) -> AsyncIterator[tuple[int, bytes]] | None:
+        return self.compute.follow_output(execution_id, asker) if self.compute else None
+
+    def follow_logs(self, node_id: str, execution_id: str) -> AsyncIterator[tuple[int, bytes]]:
+        """A running execution's output as it is written, from the node that runs it."""
+        if node_id == self.peer_id and self.compute is not None:
+            local = self.compute.follow_output(execution_id, self.peer_id)
+            if local is not None:
+                return local
+        assert self.mesh is not None
+        return self.mesh.follow_logs(node_id, execution_id)
 
     async def fetch_results_tar(self, execution_id: str) -> Path | None:
         """The results tar of one of our jobs' executions, fetched from its node if needed."""

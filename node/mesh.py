@@ -22,7 +22,7 @@ import math
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,10 @@ TOPIC_MESSAGE_TYPES: dict[str, type[Message]] = {
 }
 BID_PROTOCOL = TProtocol("/bacnode/bid/1")
 RESULTS_PROTOCOL = TProtocol("/bacnode/results/1")
+#: A running execution's output, pushed as it is written (asked for by the job's requester).
+LOGS_PROTOCOL = TProtocol("/bacnode/logs/1")
+#: Largest output chunk in one logs frame.
+LOG_CHUNK = 64 * 1024
 RESULT_CHUNK = 256 * 1024
 MAX_STREAM_MESSAGE = 256 * 1024
 RECONNECT_SECONDS = 2.0
@@ -94,6 +98,8 @@ MessageHandler = Callable[[str, Envelope, Message], Awaitable[None]]
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
 #: Returns the file holding an execution's results, or None when it is not here.
 ResultsLookup = Callable[[str], Awaitable[Path | None]]
+#: (execution ID, asking peer) -> its output as it is written, or None when not for them.
+LogsSource = Callable[[str, str], AsyncIterator[tuple[int, bytes]] | None]
 
 
 class MeshError(Exception):
@@ -169,6 +175,7 @@ class Mesh:
         on_message: MessageHandler,
         on_request: RequestHandler | None = None,
         results_lookup: ResultsLookup | None = None,
+        logs_source: LogsSource | None = None,
     ) -> None:
         self.key = key
         self.peer_id = key.peer_id
@@ -177,6 +184,7 @@ class Mesh:
         self._on_message = on_message
         self._on_request = on_request
         self._results_lookup = results_lookup
+        self._logs_source = logs_source
         self.stats = MeshStats()
         self._verifier = EnvelopeVerifier()
         self._verified: dict[tuple[bytes, bytes], tuple[Envelope, Message]] = {}
@@ -316,6 +324,7 @@ class Mesh:
                 subscriptions.append((topic, await self.pubsub.subscribe(topic)))
             self.host.set_stream_handler(BID_PROTOCOL, self._handle_stream)
             self.host.set_stream_handler(RESULTS_PROTOCOL, self._serve_results)
+            self.host.set_stream_handler(LOGS_PROTOCOL, self._serve_logs)
             try:
                 async with self.host.run(listen_addrs=self._listen):
                     # We dial our bootstrap peers ourselves; the auto-connector would
@@ -475,6 +484,53 @@ class Mesh:
         except Exception as exc:
             log.debug("results stream failed: %r", exc)
             await stream.reset()
+
+    async def _serve_logs(self, stream: Any) -> None:
+        """Stream an execution's output as it is written: ``1``/``2`` + bytes (stdout,
+        stderr), then ``.``; ``E`` + reason when there is nothing to follow."""
+        try:
+            with trio.fail_after(30):
+                execution_id = (await read_varint_prefixed_bytes_limited(stream, 256)).decode()
+            asker = stream.muxed_conn.peer_id.to_base58()
+            chunks = self._logs_source(execution_id, asker) if self._logs_source else None
+            if chunks is None:
+                await stream.write(encode_varint_prefixed(
+                    b"E" + f"{execution_id} is not running here for you".encode()))
+            else:
+                async for kind, data in chunks:
+                    await stream.write(encode_varint_prefixed(str(kind).encode() + data))
+                await stream.write(encode_varint_prefixed(b"."))
+            await stream.close()
+        except Exception as exc:
+            log.debug("logs stream failed: %r", exc)
+            await stream.reset()
+
+    async def follow_logs(self, peer_id: str, execution_id: str,
+                          ) -> AsyncIterator[tuple[int, bytes]]:
+        """The output of ``execution_id`` on ``peer_id`` as it is written, until it ends:
+        ``(1, stdout bytes)`` / ``(2, stderr bytes)``. Raises ``MeshError``."""
+        try:
+            self._prepare_dial(ID.from_base58(peer_id))
+            stream = await self.host.new_stream(ID.from_base58(peer_id), [LOGS_PROTOCOL])
+        except Exception as exc:
+            raise MeshError(f"cannot reach {peer_id} for logs: {exc}") from None
+        try:
+            await stream.write(encode_varint_prefixed(execution_id.encode()))
+            while True:
+                try:
+                    frame = await read_varint_prefixed_bytes_limited(stream, LOG_CHUNK + 1)
+                except Exception as exc:
+                    raise MeshError(f"{peer_id} stopped sending logs: {exc}") from None
+                kind, body = frame[:1], frame[1:]
+                if kind in (b"1", b"2"):
+                    yield int(kind), body
+                elif kind == b".":
+                    return
+                else:
+                    raise MeshError(f"{peer_id}: {body.decode(errors='replace')}")
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.close()
 
     async def fetch_results(self, peer_id: str, execution_id: str, destination: Path) -> None:
         """Download an execution's results file from ``peer_id`` into ``destination``."""

@@ -203,10 +203,13 @@ class StreamCapture:
         self.size = 0
         self._sha256 = hashlib.sha256()
         self._tail = bytearray()
-        self._file: BinaryIO = open(path, "wb")  # closed in close()
+        # Unbuffered: a followed execution's output is read from this file as it comes.
+        self._file: BinaryIO = open(path, "wb", buffering=0)  # closed in close()
 
     def write(self, chunk: bytes) -> None:
-        self._file.write(chunk)
+        view = memoryview(chunk)
+        while view:  # an unbuffered write may take only part of it
+            view = view[self._file.write(view) or 0:]
         self._sha256.update(chunk)
         self.size += len(chunk)
         if self.tail_bytes:

@@ -147,9 +147,23 @@ def test_logs_follow_a_running_job(bacalhau_cli: BacalhauCli, node: Daemon) -> N
     started = bacalhau(bacalhau_cli, node, "docker", "run", "--wait=false", "--id-only",
                        "busybox", "--", "sh", "-c", ticks)
     job_id = started.stdout.strip()
-    assert job_state(node, job_id) != "Completed"
-    followed = bacalhau(bacalhau_cli, node, "job", "logs", "-f", job_id)
-    assert followed.stdout == "tick 1\ntick 2\ntick 3\n"
+    from scripts.services import bacalhau_env
+
+    follower = subprocess.Popen(
+        [str(bacalhau_cli.binary), "job", "logs", "-f", job_id], text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        env=bacalhau_env(bacalhau_cli.home, {"BACALHAU_API_HOST": "127.0.0.1",
+                                              "BACALHAU_API_PORT": str(node.api_port)}))
+    try:
+        assert follower.stdout is not None
+        first = follower.stdout.readline()
+        state_then = job_state(node, job_id)  # the first line came while the job ran
+        rest, errors = follower.communicate(timeout=60)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, errors
+    assert first == "tick 1\n" and state_then == "Running"
+    assert first + rest == "tick 1\ntick 2\ntick 3\n"
     assert job_state(node, job_id) == "Completed"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -379,3 +380,32 @@ def test_cli_finds_the_daemon_through_its_config_file(devnet: list[Daemon],
     broken = run_cli("agent", "alive", env={"BACNODE_DATA_DIR": str(tmp_path)})
     assert broken.returncode == 1
     assert broken.stderr.startswith(f"Error: {tmp_path / 'config.yaml'} is not valid YAML")
+
+
+def test_logs_follow_prints_lines_as_a_remote_container_writes_them(
+        devnet: list[Daemon]) -> None:
+    from tests.daemons import child_env
+
+    client = devnet[0]
+    started = run(client, "docker", "run", "--wait=false", "--id-only", "-s", "zone=b",
+                  "busybox", "--", "sh", "-c",
+                  "for i in 1 2 3; do echo tick $i; echo tock $i >&2; sleep 1; done")
+    job_id = started.stdout.strip()
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "--api-port", str(client.api_port), "logs", "-f",
+         job_id], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    try:
+        assert follower.stdout is not None
+        first = follower.stdout.readline()
+        # The first line is there while the container (on another node) still runs.
+        state_then = client.api(f"/api/v1/orchestrator/jobs/{job_id}")["Job"]["State"]
+        rest, errors = follower.communicate(timeout=60)
+    finally:
+        follower.kill()
+    assert first == "tick 1\n"
+    assert state_then["StateType"] == "Running"
+    assert first + rest == "tick 1\ntick 2\ntick 3\n"
+    assert errors == "tock 1\ntock 2\ntock 3\n"
+    assert follower.returncode == 0
+    executions = client.api(f"/api/v1/orchestrator/jobs/{job_id}/executions")["Items"]
+    assert {e["NodeID"] for e in executions} == {devnet[1].peer_id}
