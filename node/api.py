@@ -156,8 +156,9 @@ _GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}
 #: Bacalhau's error codes (bacerrors) by HTTP status.
 _ERROR_CODES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
                 405: "BadRequest", 409: "ResourceInUse", 413: "BadRequest", 422: "ValidationError",
-                429: "TooManyRequests", 500: "InternalError", 502: "NetworkFailure",
-                503: "ServiceUnavailable", 504: "TimeOut", 507: "ResourceExhausted"}
+                429: "TooManyRequests", 500: "InternalError", 501: "NotImplemented",
+                502: "NetworkFailure", 503: "ServiceUnavailable", 504: "TimeOut",
+                507: "ResourceExhausted"}
 
 
 def error_response(status: int, message: str) -> JSONResponse:
@@ -222,6 +223,8 @@ def create_app(node: NodeView) -> FastAPI:
         message = str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path}"
+        elif exc.status_code == 405 and message == "Method Not Allowed":
+            message = f"bacnode does not serve {request.method} {request.url.path}"
         return error_response(exc.status_code, message)
 
     @app.exception_handler(RequestValidationError)
@@ -316,6 +319,17 @@ def create_app(node: NodeView) -> FastAPI:
         # (bacalhau-apiclient) reads "nodes". Go matches keys case-insensitively, so both
         # clients get the same list.
         return {"Nodes": listed, "nodes": listed, "NextToken": ""}
+
+    @app.put(f"{API_PREFIX}/orchestrator/nodes/{{node_id}}", tags=["orchestrator"],
+             responses={501: {"model": models.ApiError}})
+    @app.post(f"{API_PREFIX}/orchestrator/nodes", tags=["orchestrator"],
+              responses={501: {"model": models.ApiError}})
+    async def update_node() -> None:
+        """Bacalhau's approve, reject and delete: not offered, deliberately."""
+        raise HTTPException(501, "bacnode nodes need no approval and cannot be rejected or "
+                                 "deleted: every node that joins the mesh with a valid identity "
+                                 "is APPROVED, and one that leaves turns DISCONNECTED; keep "
+                                 "strangers out with a private network (--swarm-key)")
 
     @app.get(f"{API_PREFIX}/orchestrator/nodes/{{node_id}}", tags=["orchestrator"],
              response_model=models.GetNodeResponse)

@@ -392,6 +392,21 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
                                               for e in items], "NextToken": ""}
         return answer
 
+    @app.get(f"{API}/jobs/{{job_id}}/versions", tags=["orchestrator"],
+             response_model=models.ListJobsResponse)
+    async def versions(job_id: str) -> dict[str, Any]:
+        """A job's versions: bacnode jobs have one, as submitted."""
+        return {"Items": [job_json(await resolve_job_id(store, job_id))], "NextToken": ""}
+
+    @app.put(f"{API}/jobs/{{job_id}}/rerun", tags=["orchestrator"],
+             responses={501: {"model": models.ApiError}})
+    async def rerun(job_id: str) -> None:
+        """Not offered: a bacnode job runs its one version once."""
+        record = await resolve_job_id(store, job_id)
+        raise HTTPException(501, f"bacnode does not rerun jobs: a job has one version and runs "
+                                 f"once; submit its spec again as a new job (bacnode describe "
+                                 f"{record.job.id} shows it)")
+
     @app.get(f"{API}/jobs/{{job_id}}/executions", tags=["orchestrator"],
              response_model=models.ListJobExecutionsResponse)
     async def executions(job_id: str) -> dict[str, Any]:

@@ -219,3 +219,16 @@ def test_errors_are_bacalhau_style_one_liners(bacalhau_cli: BacalhauCli, node: D
     refused = bacalhau(bacalhau_cli, node, "job", "run", str(bad), ok=False)
     assert refused.returncode == 1
     assert "Image: required field is missing" in refused.stderr
+
+
+def test_commands_bacnode_does_not_offer_say_so(bacalhau_cli: BacalhauCli, node: Daemon) -> None:
+    job_id = run_job(bacalhau_cli, node, "busybox", "--", "true")
+    versions = bacalhau(bacalhau_cli, node, "job", "versions", job_id)
+    assert versions.stdout.split()[-1] == "1"  # one version, as submitted
+    rerun = bacalhau(bacalhau_cli, node, "job", "rerun", job_id, ok=False)
+    assert rerun.returncode == 1
+    assert "Error: bacnode does not rerun jobs" in rerun.stderr
+    for action in ("approve", "reject", "delete"):
+        refused = bacalhau(bacalhau_cli, node, "node", action, node.peer_id, ok=False)
+        assert refused.returncode == 1, action
+        assert "Error: bacnode nodes need no approval" in refused.stderr, action
