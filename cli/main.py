@@ -125,31 +125,21 @@ def agent_alive(ctx: click.Context) -> None:
     click.echo(f"Status: {call_api(ctx, '/api/v1/agent/alive')['Status']}")
 
 
-@agent.command("node")
-@click.option("--output", type=click.Choice(["yaml", "json"]), default="yaml",
-              show_default=True)
-@click.pass_context
-def agent_node(ctx: click.Context, output: str) -> None:
-    """The daemon's own node info."""
-    click.echo(render(call_api(ctx, "/api/v1/agent/node"), output))
+def _agent_document(name: str, path: str, key: str | None, summary: str) -> None:
+    """``bacnode agent NAME``: the daemon's document at ``path`` (its ``key``), as YAML/JSON."""
+
+    @agent.command(name, help=summary)
+    @click.option("--output", type=click.Choice(["yaml", "json"]), default="yaml",
+                  show_default=True)
+    @click.pass_context
+    def show_document(ctx: click.Context, output: str) -> None:
+        document = call_api(ctx, path)
+        click.echo(render(document[key] if key else document, output))
 
 
-@agent.command("version")
-@click.option("--output", type=click.Choice(["yaml", "json"]), default="yaml",
-              show_default=True)
-@click.pass_context
-def agent_version(ctx: click.Context, output: str) -> None:
-    """The daemon's version."""
-    click.echo(render(call_api(ctx, "/api/v1/agent/version"), output))
-
-
-@agent.command("config")
-@click.option("--output", type=click.Choice(["yaml", "json"]), default="yaml",
-              show_default=True)
-@click.pass_context
-def agent_config(ctx: click.Context, output: str) -> None:
-    """The daemon's effective settings."""
-    click.echo(render(call_api(ctx, "/api/v1/agent/config")["config"], output))
+_agent_document("node", "/api/v1/agent/node", None, "The daemon's own node info.")
+_agent_document("version", "/api/v1/agent/version", None, "The daemon's version.")
+_agent_document("config", "/api/v1/agent/config", "config", "The daemon's effective settings.")
 
 
 @cli.group("swarm-key")

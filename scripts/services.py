@@ -842,13 +842,18 @@ def kubo_version(binary: Path | str) -> str | None:
 
 def find_kubo() -> Path:
     """The kubo binary, checked to be version :data:`KUBO_VERSION`; ServiceError if not."""
-    path = kubo_path()
+    return _find_checked(kubo_path(), "kubo (ipfs)", KUBO_VERSION, kubo_version, _SETUP_HINT)
+
+
+def _find_checked(path: Path, name: str, expected: str,
+                  version_of: Callable[[Path], str | None], hint: str) -> Path:
+    """``path`` if it runs and reports version ``expected``; ServiceError saying why not."""
     if not path.is_file():
-        raise ServiceError(f"kubo (ipfs) not found at {path}: {_SETUP_HINT}")
-    version = kubo_version(path)
-    if version != KUBO_VERSION:
+        raise ServiceError(f"{name} not found at {path}: {hint}")
+    version = version_of(path)
+    if version != expected:
         found = "does not run" if version is None else f"is version {version}"
-        raise ServiceError(f"kubo at {path} {found}, not {KUBO_VERSION}: {_SETUP_HINT}")
+        raise ServiceError(f"{name} at {path} {found}, not {expected}: {hint}")
     return path
 
 
@@ -994,15 +999,8 @@ def bacalhau_version(binary: Path | str) -> str | None:
 
 def find_bacalhau() -> Path:
     """The Bacalhau CLI, checked to be :data:`BACALHAU_VERSION`; ServiceError if not."""
-    path = bacalhau_path()
     hint = "run `bash scripts/setup.sh` (its bacalhau step builds it from the Go module proxy)"
-    if not path.is_file():
-        raise ServiceError(f"bacalhau not found at {path}: {hint}")
-    version = bacalhau_version(path)
-    if version != BACALHAU_VERSION:
-        found = "does not run" if version is None else f"is version {version}"
-        raise ServiceError(f"bacalhau at {path} {found}, not {BACALHAU_VERSION}: {hint}")
-    return path
+    return _find_checked(bacalhau_path(), "bacalhau", BACALHAU_VERSION, bacalhau_version, hint)
 
 
 def install_bacalhau(path: Path | str | None = None) -> bool:
