@@ -370,7 +370,7 @@ def download_results(ctx: click.Context, job_id: str, output_dir: Path | None) -
                     try:
                         api(ctx).download(
                             f"/api/v1/orchestrator/executions/{record.execution_id}/results.tar",
-                            archive,
+                            archive, label=f"downloading results of {record.execution_id}",
                         )
                     except ApiError as exc:
                         raise click.ClickException(str(exc)) from None
@@ -412,12 +412,17 @@ def _fetch_url(url: str, destination: Path, name: str) -> bytes:
     import urllib.error
     import urllib.request
 
+    from .progress import Progress
+
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=60) as response, destination.open("wb") as out:
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
+            total = int(response.headers.get("Content-Length") or 0)
+            with Progress(f"downloading {name}", total) as progress:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    progress.advance(len(chunk))
     except (urllib.error.URLError, OSError) as exc:
         raise click.ClickException(f"downloading {name}: {exc}") from None
     return digest.digest()
