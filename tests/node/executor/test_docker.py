@@ -24,8 +24,9 @@ pytestmark = pytest.mark.integration
 
 
 def _labelled(docker_client: Any, execution_id: str) -> list[Any]:
+    # sparse: the listing alone, no inspect per container that may be gone by then
     return docker_client.containers.list(
-        all=True, filters={"label": f"{LABEL_EXECUTION}={execution_id}"}
+        all=True, sparse=True, filters={"label": f"{LABEL_EXECUTION}={execution_id}"}
     )
 
 
@@ -35,6 +36,7 @@ async def _wait_for_container(docker_client: Any, execution_id: str) -> Any:
         while True:
             found = await trio.to_thread.run_sync(_labelled, docker_client, execution_id)
             if found and found[0].status == "running":
+                await trio.to_thread.run_sync(found[0].reload)  # its full inspect
                 return found[0]
             await trio.sleep(0.05)
 
