@@ -93,6 +93,14 @@ MAX_INLINE_URL = 64 * 1024
 _MAX_INT = 2**63 - 1
 
 # Parameters per type, in the order they are documented; the first are required.
+#: Where a task's results are collected unless its ResultPaths say otherwise.
+OUTPUTS_PATH = "/outputs"
+#: Docker refuses a memory limit below this.
+MIN_MEMORY_BYTES = 6 * 1024 * 1024
+#: Input targets that would hide or clash with what the container's system needs.
+_SYSTEM_PATHS = frozenset({"/", "/etc", "/proc", "/sys", "/dev", "/bin", "/sbin", "/lib",
+                           "/usr"})
+_SYSTEM_TREES = ("/proc/", "/sys/", "/dev/")
 _S3_SOURCE_PARAMS = ("Bucket", "Key", "Region", "Endpoint", "VersionID", "ChecksumSHA256", "Filter")
 _SOURCE_PARAMS: dict[str, tuple[str, ...]] = {
     "s3": _S3_SOURCE_PARAMS,
@@ -955,14 +963,20 @@ def _check_mounts(
     path: str,
 ) -> None:
     # An input mounted where results are collected would be published as a result.
-    outputs = {result.path: i for i, result in enumerate(result_paths) if result.path}
+    outputs = {result.path: f"ResultPaths[{i}]" for i, result in enumerate(result_paths)
+               if result.path}
+    outputs.setdefault(OUTPUTS_PATH, "the results directory")
     for i, source in enumerate(input_sources):
-        if source.target in outputs:
-            errs.add(
-                f"{_at(path, 'InputSources')}[{i}].Target",
-                f"{source.target!r} is also the path of ResultPaths[{outputs[source.target]}]; "
-                "inputs and results need separate directories, e.g. /inputs and /outputs",
-            )
+        where = f"{_at(path, 'InputSources')}[{i}].Target"
+        target = source.target
+        inside = next((name for out, name in outputs.items()
+                       if target == out or target.startswith(out.rstrip("/") + "/")), None)
+        if inside is not None:
+            errs.add(where, f"{target!r} is inside {inside}; inputs and results need separate "
+                            "directories, e.g. /inputs and /outputs")
+        elif target in _SYSTEM_PATHS or target.startswith(_SYSTEM_TREES):
+            errs.add(where, f"{target!r} belongs to the container's system; mount inputs "
+                            "elsewhere, e.g. /inputs")
 
 
 def _input_source(errs: _Errors, value: Any, path: str) -> InputSource:
@@ -1018,6 +1032,12 @@ def _s3_source_params(errs: _Errors, data: Mapping[str, Any], path: str) -> dict
         _check(errs, _at(path, "Endpoint"), problem)
     if "ChecksumSHA256" in params:
         _check(errs, _at(path, "ChecksumSHA256"), check_checksum_sha256(params["ChecksumSHA256"]))
+    if "Filter" in params:
+        try:
+            re.compile(params["Filter"])
+        except re.error as exc:
+            errs.add(_at(path, "Filter"), f"invalid regular expression {params['Filter']!r}: "
+                                          f"{exc}")
     return params
 
 
@@ -1088,9 +1108,15 @@ def _resources(errs: _Errors, value: Any, path: str) -> Resources:
             errs.add(_at(path, name), str(exc))
             return 0
 
+    cpu_milli = quantity("CPU", parse_cpu, (int, float))
+    memory = quantity("Memory", lambda text: parse_bytes(text, what="memory"), (int,))
+    if 0 < memory < MIN_MEMORY_BYTES:
+        errs.add(_at(path, "Memory"),
+                 f"{data.get('Memory')!r} is {memory} bytes; a container needs at least 6Mi "
+                 "(Docker's minimum), e.g. 64Mi")
     return Resources(
-        cpu_milli=quantity("CPU", parse_cpu, (int, float)),
-        memory=quantity("Memory", lambda text: parse_bytes(text, what="memory"), (int,)),
+        cpu_milli=cpu_milli,
+        memory=memory,
         disk=quantity("Disk", lambda text: parse_bytes(text, what="disk"), (int,)),
         gpu=quantity("GPU", parse_gpu, (int,)),
     )

@@ -326,7 +326,7 @@ def test_inputs_need_distinct_targets_apart_from_results():
         ("Tasks[0].InputSources[1].Target", "'/data' is already the target of InputSources[0]"),
         (
             "Tasks[0].InputSources[2].Target",
-            "'/outputs' is also the path of ResultPaths[0]; inputs and results need separate "
+            "'/outputs' is inside ResultPaths[0]; inputs and results need separate "
             "directories, e.g. /inputs and /outputs",
         ),
     ]
@@ -534,7 +534,8 @@ def job_documents(draw):
                             st.sampled_from([0.5, 1.25, "0.125"]),
                         ),
                         "Memory": st.one_of(
-                            st.integers(0, 2**40), st.sampled_from(["512Mi", "1Gb", "1.5Gi"])
+                            st.just(0), st.integers(6 * 2**20, 2**40),
+                            st.sampled_from(["512Mi", "1Gb", "1.5Gi"]),
                         ),
                         "Disk": st.integers(0, 2**45).map(str),
                         "GPU": st.one_of(st.integers(0, 8), st.integers(0, 8).map(str)),
@@ -724,3 +725,25 @@ def test_bacalhau_network_types_map_to_what_nodes_can_do(given: str, read_as: st
         "Network": {"Type": given},
     }]})
     assert job.task.network.type == read_as
+
+
+@pytest.mark.parametrize(("change", "where", "says"), [
+    ({"InputSources": [{"Source": {"Type": "ipfs", "Params": {"CID": "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"}}, "Target": "/outputs"}]},  # noqa: E501
+     "Tasks[0].InputSources[0].Target", "'/outputs' is inside the results directory"),
+    ({"InputSources": [{"Source": {"Type": "ipfs", "Params": {"CID": "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"}}, "Target": "/outputs/in"}]},  # noqa: E501
+     "Tasks[0].InputSources[0].Target", "'/outputs/in' is inside the results directory"),
+    ({"InputSources": [{"Source": {"Type": "ipfs", "Params": {"CID": "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"}}, "Target": "/proc/x"}]},  # noqa: E501
+     "Tasks[0].InputSources[0].Target", "'/proc/x' belongs to the container's system"),
+    ({"InputSources": [{"Source": {"Type": "ipfs", "Params": {"CID": "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"}}, "Target": "/etc"}]},  # noqa: E501
+     "Tasks[0].InputSources[0].Target", "'/etc' belongs to the container's system"),
+    ({"Resources": {"Memory": "1"}}, "Tasks[0].Resources.Memory",
+     "'1' is 1 bytes; a container needs at least 6Mi"),
+    ({"InputSources": [{"Source": {"Type": "s3", "Params": {"Bucket": "data", "Filter": "(.*"}},
+                        "Target": "/inputs"}]},
+     "Tasks[0].InputSources[0].Source.Params.Filter", "invalid regular expression '(.*'"),
+])
+def test_specs_that_could_only_fail_at_run_time_are_refused_at_submit(change, where, says):
+    task = {"Engine": {"Type": "docker", "Params": {"Image": "busybox"}}, **change}
+    with pytest.raises(SpecError) as info:
+        Job.from_dict({"Tasks": [task]})
+    assert [(e.path, e.message[:len(says)]) for e in info.value.errors] == [(where, says)]

@@ -470,7 +470,7 @@ CASES = [
             (f"{T}.InputSources[1].Target", "'/inputs' is already the target of InputSources[0]"),
             (
                 f"{T}.InputSources[2].Target",
-                "'/out' is also the path of ResultPaths[0]; inputs and results need separate "
+                "'/out' is inside ResultPaths[0]; inputs and results need separate "
                 "directories, e.g. /inputs and /outputs",
             ),
         ],
