@@ -40,6 +40,9 @@ class NodeConfig:
     limit_memory: str = ""
     limit_disk: str = ""
     max_jobs: int = 0
+    #: Seconds an execution may run when its job sets no timeout (Bacalhau's JobDefaults);
+    #: applied by the orchestrator when the job is submitted. 0: no limit.
+    default_execution_timeout: int = 1800
     mdns: bool = True
     swarm_key: Path | None = None
     #: As Bacalhau's. Changes in load are announced within a second anyway, so this is
@@ -76,7 +79,7 @@ class NodeConfig:
 _FIELDS = {f.name: f for f in fields(NodeConfig)}
 _TUPLE_FIELDS = {"listen", "peers", "allowed_images", "ipfs_peers"}
 _BOOL_FIELDS = {"orchestrator", "compute", "mdns", "allow_networked_jobs"}
-_INT_FIELDS = {"api_port", "max_jobs", "missed_heartbeats"}
+_INT_FIELDS = {"api_port", "max_jobs", "missed_heartbeats", "default_execution_timeout"}
 
 
 def _as_bool(value: Any, name: str, origin: str) -> bool:

@@ -319,6 +319,7 @@ class Daemon:
                         compute_peers=self.compute_peers,
                         is_alive=self.is_alive,
                         local_compute=self._decide_locally if self.compute else None,
+                        default_execution_timeout=config.default_execution_timeout,
                     )
                     await nursery.start(self.requester.run)
                 nursery.start_soon(self._heartbeat)

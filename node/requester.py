@@ -69,6 +69,7 @@ class Requester:
         compute_peers: Callable[[], set[str]],
         is_alive: Callable[[str], bool],
         local_compute: Callable[[BidDecision], Awaitable[None]] | None = None,
+        default_execution_timeout: int = 0,
     ) -> None:
         self.store = store
         self.mesh = mesh
@@ -76,6 +77,7 @@ class Requester:
         self._compute_peers = compute_peers
         self._is_alive = is_alive
         self._local_compute = local_compute
+        self._default_execution_timeout = default_execution_timeout
         self._rounds: dict[str, _BidRound] = {}
         self._attempts: dict[str, set[str]] = {}
         self._nursery: trio.Nursery | None = None
@@ -94,7 +96,7 @@ class Requester:
         from dataclasses import replace
 
         job_id = f"j-{uuid.uuid4()}"
-        job = replace(job, id=job_id)
+        job = replace(job.with_default_timeout(self._default_execution_timeout), id=job_id)
         await self.store.create_job(job, requester=self.peer_id, now_ms=now_ms())
         assert self._nursery is not None
         self._nursery.start_soon(self._schedule, job, set())

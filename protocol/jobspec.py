@@ -35,7 +35,7 @@ import json
 import posixpath
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -469,6 +469,15 @@ class Job:
     def task(self) -> Task:
         """The job's only task."""
         return self.tasks[0]
+
+    def with_default_timeout(self, seconds: int) -> Job:
+        """This job, its execution limited to ``seconds`` if it sets no timeout of its own
+        (neither ``ExecutionTimeout`` nor ``TotalTimeout``)."""
+        timeouts = self.task.timeouts
+        if not seconds or timeouts.execution_timeout or timeouts.total_timeout:
+            return self
+        task = replace(self.task, timeouts=replace(timeouts, execution_timeout=seconds))
+        return replace(self, tasks=(task, *self.tasks[1:]))
 
     def to_dict(self) -> dict[str, Any]:
         """The normalised Bacalhau-shaped document; ``ID`` only when set."""

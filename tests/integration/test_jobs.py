@@ -61,6 +61,8 @@ def test_job_runs_and_results_come_back_verified(devnet: list[Daemon], tmp_path:
     assert execution["ExecutionID"].startswith("e-")
     assert execution["RunOutput"] == {"stdout": "hi\n", "stderr": "", "exitCode": 0}
     assert execution["PublishedResults"]["StorageSource"] == "Local"
+    # No timeout given: the orchestrator's default applies (--default-execution-timeout).
+    assert document["Job"]["Tasks"][0]["Timeouts"]["ExecutionTimeout"] == 1800
     states = [e.get("JobState", {}).get("New") for e in document["History"]]
     assert states[-1] == "Completed" and "Running" in states
 

@@ -156,3 +156,11 @@ def test_unusable_data_dir_is_a_config_error_not_a_crash(tmp_path):
     # ENAMETOOLONG, which must become a message, not a traceback.
     with pytest.raises(ConfigError, match="data dir"):
         load({"data_dir": str(tmp_path / ("d" * 300))})
+
+
+def test_default_execution_timeout_is_a_setting(tmp_path):
+    assert load({"data_dir": str(tmp_path)}).default_execution_timeout == 1800
+    env = {"BACNODE_DEFAULT_EXECUTION_TIMEOUT": "60"}
+    assert load({"data_dir": str(tmp_path)}, env).default_execution_timeout == 60
+    with pytest.raises(ConfigError, match="--default-execution-timeout: -1 is out of range"):
+        load({"data_dir": str(tmp_path), "default_execution_timeout": -1})

@@ -747,3 +747,13 @@ def test_specs_that_could_only_fail_at_run_time_are_refused_at_submit(change, wh
     with pytest.raises(SpecError) as info:
         Job.from_dict({"Tasks": [task]})
     assert [(e.path, e.message[:len(says)]) for e in info.value.errors] == [(where, says)]
+
+
+def test_default_timeout_applies_only_to_a_job_that_sets_none():
+    bare = Job.from_dict({"Tasks": [{"Engine": {"Type": "docker", "Params": {"Image": "x"}}}]})
+    assert bare.with_default_timeout(1800).task.timeouts.execution_timeout == 1800
+    assert bare.with_default_timeout(0) == bare
+    for own in ({"ExecutionTimeout": 5}, {"TotalTimeout": 7}):
+        timed = Job.from_dict({"Tasks": [{"Engine": {"Type": "docker", "Params": {"Image": "x"}},
+                                          "Timeouts": own}]})
+        assert timed.with_default_timeout(1800) == timed
