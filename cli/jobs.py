@@ -78,6 +78,7 @@ def build_docker_job(
     inputs: tuple[str, ...],
     publisher: str | None,
     name: str | None = None,
+    queue_timeout: int | None = None,
     constraints: str | None = None,
     output_volumes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
@@ -117,7 +118,7 @@ def build_docker_job(
         "Resources": resources,
         # Bacalhau's host and bridge both ask for the network; the node decides the wiring.
         "Network": {"Type": "None" if network == "none" else "Full"},
-        "Timeouts": {"ExecutionTimeout": timeout or 0},
+        "Timeouts": {"ExecutionTimeout": timeout or 0, "QueueTimeout": queue_timeout or 0},
     }
     if publisher_spec:
         task["Publisher"] = publisher_spec
@@ -515,6 +516,8 @@ def register(cli: click.Group) -> None:
                   help="full, host and bridge ask for network access (nodes grant it only "
                        "with --allow-networked-jobs); default and none: no network")
     @click.option("--timeout", type=int, help="execution timeout, seconds")
+    @click.option("--queue-timeout", type=int,
+                  help="how long the job may wait for compute nodes, seconds")
     @click.option("-l", "--labels", help="job labels k=v,…")
     @click.option("-s", "--selector", help="node label selector, e.g. zone=b")
     @click.option("--constraints", help="node label selector, as --selector")

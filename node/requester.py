@@ -123,6 +123,15 @@ class Requester:
             if not chosen:
                 await self._fail_job(job_id, no_bid_reason(declines, asked))
                 return
+            if len(chosen) < needed:
+                # Placing part of a job would leave it Running for ever: fail it whole.
+                for bid in chosen:
+                    self._spawn(self._send_decision, bid, False, "the job's count cannot be met")
+                await self._fail_job(
+                    job_id, f"Count {job.count}: {needed} more execution(s) need as many "
+                            f"distinct compute nodes, and only {len(chosen)} can take the job "
+                            f"(queued {job.task.timeouts.queue_timeout}s)")
+                return
             await self._decide(job, chosen, needed)
         except (StoreError, MeshError) as exc:
             log.warning("scheduling %s: %s", job_id, exc)
@@ -182,8 +191,6 @@ class Requester:
                 await self._send_decision(bid, True, "bid accepted")
             except MeshError as exc:
                 await self._execution_lost(bid.execution_id, f"could not reach the node: {exc}")
-        if len(chosen) < needed:
-            log.info("%s: only %d of %d executions placed", job.id, len(chosen), needed)
 
     async def _send_decision(self, bid: Bid, accepted: bool, reason: str) -> None:
         decision = BidDecision(bid.job_id, bid.execution_id, bid.node_id, accepted, reason)

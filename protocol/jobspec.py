@@ -93,6 +93,8 @@ MAX_INLINE_URL = 64 * 1024
 _MAX_INT = 2**63 - 1
 
 # Parameters per type, in the order they are documented; the first are required.
+#: Most executions one job may ask for: each needs its own compute node.
+MAX_COUNT = 100
 #: Where a task's results are collected unless its ResultPaths say otherwise.
 OUTPUTS_PATH = "/outputs"
 #: Docker refuses a memory limit below this.
@@ -627,7 +629,8 @@ def _string(
 
 
 def _integer(
-    errs: _Errors, data: Mapping[str, Any], path: str, name: str, default: int, minimum: int
+    errs: _Errors, data: Mapping[str, Any], path: str, name: str, default: int, minimum: int,
+    maximum: int = _MAX_INT,
 ) -> int:
     value = data.get(name)
     if value is None:
@@ -636,8 +639,8 @@ def _integer(
     if not isinstance(value, int) or isinstance(value, bool):
         errs.add(_at(path, name), f"expected an integer, got {describe_value(value)}")
         return default
-    if not minimum <= value <= _MAX_INT:
-        errs.add(_at(path, name), f"must be between {minimum} and {_MAX_INT}, got {value}")
+    if not minimum <= value <= maximum:
+        errs.add(_at(path, name), f"must be between {minimum} and {maximum}, got {value}")
         return default
     return value
 
@@ -778,7 +781,7 @@ def _job(errs: _Errors, value: Any) -> Job:
     namespace = _string(errs, data, "", "Namespace", DEFAULT_NAMESPACE) or DEFAULT_NAMESPACE
     job_type = _choice(errs, data, "", "Type", JOB_TYPES, "job type", "batch") or "batch"
     priority = _integer(errs, data, "", "Priority", 0, 0)
-    count = _integer(errs, data, "", "Count", 1, 1)
+    count = _integer(errs, data, "", "Count", 1, 1, MAX_COUNT)
     meta = _string_map(errs, data, "", "Meta")
     labels = _string_map(errs, data, "", "Labels")
     for key, label in labels.items():

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -411,3 +412,18 @@ def test_logs_follow_prints_lines_as_a_remote_container_writes_them(
     assert follower.returncode == 0
     executions = client.api(f"/api/v1/orchestrator/jobs/{job_id}/executions")["Items"]
     assert {e["NodeID"] for e in executions} == {devnet[1].peer_id}
+
+
+def test_count_more_than_the_nodes_fails_whole_after_its_queue_timeout(
+        devnet: list[Daemon]) -> None:
+    started = time.monotonic()
+    job_id, result = submit(devnet[0], "--count", "4", "--queue-timeout", "3", "busybox", "--",
+                            "true")
+    assert result.returncode == 1
+    assert "Count 4: 4 more execution(s) need as many distinct compute nodes, and only 3" \
+        in result.stderr
+    assert time.monotonic() - started < 30
+    document = describe(devnet[0], job_id)
+    assert document["State"]["State"] == "Failed"
+    # Nothing was started: no execution holds a node.
+    assert document["State"]["Executions"] == []

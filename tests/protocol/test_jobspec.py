@@ -1,5 +1,6 @@
 import base64
 import json
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -246,7 +247,7 @@ def test_several_errors_are_all_reported():
         ("Name", "expected a string, got integer 5"),
         ("Type", "unknown job type 'service'; expected one of: batch"),
         ("Priority", "expected an integer, got boolean True"),
-        ("Count", "must be between 1 and 9223372036854775807, got 0"),
+        ("Count", "must be between 1 and 100, got 0"),
         (
             "Labels.bad key",
             "invalid label key 'bad key': expected a name of at most 63 letters, digits, '-', "
@@ -434,7 +435,7 @@ def input_sources(draw, target):
         optional = {
             "Region": names,
             "VersionID": names,
-            "Filter": st.text(min_size=1, max_size=5),
+            "Filter": st.text(min_size=1, max_size=5).map(re.escape),
             "Endpoint": st.just("http://127.0.0.1:8333"),
             "ChecksumSHA256": st.binary(min_size=32, max_size=32).map(
                 lambda b: base64.b64encode(b).decode()
@@ -757,3 +758,12 @@ def test_default_timeout_applies_only_to_a_job_that_sets_none():
         timed = Job.from_dict({"Tasks": [{"Engine": {"Type": "docker", "Params": {"Image": "x"}},
                                           "Timeouts": own}]})
         assert timed.with_default_timeout(1800) == timed
+
+
+def test_count_is_at_most_max_count():
+    from protocol.jobspec import MAX_COUNT
+
+    base = {"Tasks": [{"Engine": {"Type": "docker", "Params": {"Image": "x"}}}]}
+    assert Job.from_dict({**base, "Count": MAX_COUNT}).count == MAX_COUNT
+    with pytest.raises(SpecError, match=f"Count: must be between 1 and {MAX_COUNT}, got 46"):
+        Job.from_dict({**base, "Count": 2**62})
