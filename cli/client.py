@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import urllib.error
+    import urllib.request
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1234
@@ -71,6 +73,8 @@ class ApiClient:
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
+        import urllib.request  # here, not at start-up: ~15 ms that --help never needs
+
         request = urllib.request.Request(
             self.base_url + path,
             data=data,
@@ -84,6 +88,8 @@ class ApiClient:
 
     def upload_stream(self, path: str, chunks: Iterator[bytes], content_type: str) -> Any:
         """POST ``chunks`` as a chunked request body; return the JSON reply."""
+        import urllib.request
+
         request = urllib.request.Request(
             self.base_url + path, data=chunks, method="POST",
             headers={"Content-Type": content_type, "Transfer-Encoding": "chunked"})
@@ -98,6 +104,9 @@ class ApiClient:
 
     def open(self, target: str | urllib.request.Request, timeout: float | None = None) -> Any:
         """The response to ``target`` (a path, or a request); the caller closes it."""
+        import urllib.error
+        import urllib.request
+
         if isinstance(target, str):
             target = self.base_url + target
         try:

@@ -12,17 +12,16 @@ import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import click
 
-from protocol.car import CarReader
-from protocol.cid import Cid, IpfsFormatError
-from protocol.jobspec import check_cid
-from protocol.unixfs import DirectoryEntry, walk
-
 from .client import ApiClient, ApiError
 from .progress import Progress
+
+if TYPE_CHECKING:
+    from protocol.cid import Cid
 
 READ_SIZE = 1 << 20
 
@@ -40,6 +39,9 @@ def download_dag(
 
     Raises ``ApiError`` (daemon) or ``IpfsFormatError`` (a block that does not verify).
     """
+    from protocol.car import CarReader
+    from protocol.cid import IpfsFormatError
+
     query = f"?timeout={timeout:g}" + (f"&peer={quote(peer)}" if peer else "")
     response = client.open(f"/api/v1/ipfs/car/{root}{query}", timeout=timeout + 30)
     with response:
@@ -65,6 +67,8 @@ def download_dag(
 
 
 def _write_tree(root: Cid, get_block: Callable[[Cid], bytes], destination: Path) -> int:
+    from protocol.unixfs import DirectoryEntry, walk
+
     written = 0
     for entry in walk(root, get_block):
         target = destination / entry.path if entry.path else destination
@@ -115,6 +119,9 @@ def register(cli: click.Group) -> None:
     @click.pass_context
     def ipfs_get(ctx: click.Context, cid: str, output: Path | None, timeout: float) -> None:
         """Fetch a file or directory by CID, verifying every block."""
+        from protocol.cid import Cid, IpfsFormatError
+        from protocol.jobspec import check_cid
+
         problem = check_cid(cid)
         if problem:
             raise click.ClickException(problem)

@@ -15,18 +15,24 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from protocol.errors import LocalProtocolError, ProtocolError, SpecError
-from protocol.jobspec import Job
-from protocol.messages import published_location
-from protocol.states import execution_state_name
 
 from .client import ApiClient, ApiError
 
+if TYPE_CHECKING:
+    from protocol.jobspec import Job
+
 TERMINAL_STATES = {"Completed", "Failed", "Stopped"}
+
+
+def execution_state_name(code: int) -> str:
+    from protocol.states import execution_state_name as name
+
+    return name(code)
 
 
 def event_new_state(event: dict[str, Any]) -> str:
@@ -172,6 +178,8 @@ def _yaml_problem(exc: Exception) -> str:
 
 
 def check_spec(document: dict[str, Any]) -> Job:
+    from protocol.jobspec import Job
+
     try:
         return Job.from_dict(document)
     except SpecError as exc:
@@ -250,6 +258,12 @@ def wait_for_job(ctx: click.Context, job_id: str, *, timeout: float, quiet: bool
         time.sleep(0.02 if elapsed < 3 else min(0.5, 0.02 * 1.5 ** (elapsed - 3)))
 
 
+def _published_location(spec_config: dict[str, Any]) -> dict[str, Any]:
+    from protocol.messages import published_location
+
+    return published_location(spec_config)
+
+
 def describe_document(ctx: click.Context, job_id: str) -> dict[str, Any]:
     job = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}")["Job"]
     full_id = job["ID"]
@@ -271,7 +285,7 @@ def describe_document(ctx: click.Context, job_id: str) -> dict[str, Any]:
                         "stderr": (e["RunOutput"] or {}).get("stderr", ""),
                         "exitCode": (e["RunOutput"] or {}).get("ExitCode"),
                     },
-                    "PublishedResults": published_location(e["PublishedResult"])
+                    "PublishedResults": _published_location(e["PublishedResult"])
                     if e["PublishedResult"] else {},
                 }
                 for e in executions

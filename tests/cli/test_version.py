@@ -45,3 +45,12 @@ def test_wait_is_a_flag_that_also_takes_bacalhaus_equals_form():
     assert bad.returncode == 2
     assert "'maybe' is not true or false" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_cli_start_up_leaves_heavy_modules_to_the_commands_that_need_them():
+    # Each of these cost 10-25 ms at every start; only some commands use them.
+    heavy = ["cryptography", "protocol.jobspec", "protocol.unixfs", "importlib.metadata",
+             "yaml", "urllib.request"]
+    code = f"import sys, cli.main; print([m for m in {heavy!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr
