@@ -39,7 +39,9 @@ class NodeConfig:
     limit_cpu: str = ""
     limit_memory: str = ""
     limit_disk: str = ""
-    max_jobs: int = 0
+    #: Executions that run at once; accepted ones beyond that wait their turn. One per CPU,
+    #: as Bacalhau runs them (more only make each slower); 0: no limit.
+    max_jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     #: Seconds an execution may run when its job sets no timeout (Bacalhau's JobDefaults);
     #: applied by the orchestrator when the job is submitted. 0: no limit.
     default_execution_timeout: int = 1800

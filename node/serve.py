@@ -32,7 +32,8 @@ def main() -> None:
 @click.option("--limit-cpu", help="CPU this node offers, e.g. 2 or 1500m")
 @click.option("--limit-memory", help="memory this node offers, e.g. 4Gi")
 @click.option("--limit-disk", help="disk this node offers, e.g. 100Gi")
-@click.option("--max-jobs", type=int, help="executions at once (0: no limit)")
+@click.option("--max-jobs", type=int,
+              help="executions at once, the rest wait (0: no limit) [default: one per CPU]")
 @click.option("--default-execution-timeout", type=int,
               help="seconds a job that sets no timeout may run, 0 for no limit [default: 1800]")
 @click.option("--mdns/--no-mdns", default=None, help="find peers on the LAN by mDNS [default: on]")

@@ -164,3 +164,10 @@ def test_default_execution_timeout_is_a_setting(tmp_path):
     assert load({"data_dir": str(tmp_path)}, env).default_execution_timeout == 60
     with pytest.raises(ConfigError, match="--default-execution-timeout: -1 is out of range"):
         load({"data_dir": str(tmp_path), "default_execution_timeout": -1})
+
+
+def test_executions_at_once_default_to_one_per_cpu(tmp_path):
+    import os
+
+    assert load({"data_dir": str(tmp_path)}).max_jobs == (os.cpu_count() or 1)
+    assert load({"data_dir": str(tmp_path), "max_jobs": 0}).max_jobs == 0  # no limit
