@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 import protocol
-from protocol.envelope import Envelope, EnvelopeVerifier, encode_envelope
+from protocol.envelope import MAX_SKEW_MS, Envelope, EnvelopeVerifier, encode_envelope
 from protocol.errors import RemoteProtocolError
 from protocol.messages import (
     Bid,
@@ -89,6 +89,10 @@ class Daemon:
         self._nodes: dict[str, NodeStatus] = {}
         self._persisted_ms: dict[str, int] = {}
         self._seq = 0
+        #: When this run started: in every heartbeat, so peers can tell a restart.
+        self.started_ms = now_ms()
+        #: Local time a new run of a node was first heard of (it restarted then).
+        self._restart_seen_ms: dict[str, int] = {}
         self._newcomer_seen = False
         self._shutdown = trio.Event()
         # (received_ms, delay_ms) of recent heartbeats: gossip latency, observable via the API.
@@ -117,6 +121,7 @@ class Daemon:
             free=self.compute.free if self.compute else self.total,
             running_executions=self.compute.running if self.compute else 0,
             seq=self._seq,
+            started_ms=self.started_ms,
         )
 
     def _is_connected(self, last_seen_ms: int, now: int) -> bool:
@@ -218,7 +223,24 @@ class Daemon:
         if node_id == self.peer_id:
             return True
         status = self._nodes.get(node_id)
-        return status is not None and self._is_connected(status.last_seen_ms, now_ms())
+        if status is None:
+            # Not heard from since this node started: unknown, not dead, until a whole
+            # detection window has passed (a restarted requester must not fail healthy nodes'
+            # executions before their first heartbeat reaches it).
+            return self._is_connected(self.started_ms, now_ms())
+        return self._is_connected(status.last_seen_ms, now_ms())
+
+    def node_restarted_after(self, node_id: str, local_ms: int) -> bool:
+        """Whether ``node_id`` has restarted since ``local_ms`` (this node's clock): seen
+        here as a new run in its heartbeats, or a run that began after it by more than any
+        clock skew between the two nodes could explain."""
+        if node_id == self.peer_id:
+            return self.started_ms > local_ms
+        seen = self._restart_seen_ms.get(node_id)
+        if seen is not None and seen > local_ms:
+            return True
+        status = self._nodes.get(node_id)
+        return status is not None and status.info.started_ms > local_ms + MAX_SKEW_MS
 
     async def _saw_node(self, info: NodeInfo) -> None:
         assert self.store is not None
@@ -230,6 +252,8 @@ class Daemon:
             return
         if previous is None and info.node_id != self.peer_id:
             self._newcomer_seen = True
+        if previous is not None and info.started_ms != previous.info.started_ms:
+            self._restart_seen_ms[info.node_id] = now
         if previous is not None:
             first_seen = previous.first_seen_ms
         else:  # first heartbeat since start: keep the FirstSeen stored before a restart
@@ -318,6 +342,7 @@ class Daemon:
                         mesh=self.mesh,
                         compute_peers=self.compute_peers,
                         is_alive=self.is_alive,
+                        node_restarted_after=self.node_restarted_after,
                         local_compute=self._decide_locally if self.compute else None,
                         default_execution_timeout=config.default_execution_timeout,
                     )

@@ -68,6 +68,7 @@ class Requester:
         mesh: Mesh,
         compute_peers: Callable[[], set[str]],
         is_alive: Callable[[str], bool],
+        node_restarted_after: Callable[[str, int], bool] = lambda node_id, ms: False,
         local_compute: Callable[[BidDecision], Awaitable[None]] | None = None,
         default_execution_timeout: int = 0,
     ) -> None:
@@ -76,6 +77,7 @@ class Requester:
         self.peer_id = mesh.peer_id
         self._compute_peers = compute_peers
         self._is_alive = is_alive
+        self._node_restarted_after = node_restarted_after
         self._local_compute = local_compute
         self._default_execution_timeout = default_execution_timeout
         self._rounds: dict[str, _BidRound] = {}
@@ -337,6 +339,12 @@ class Requester:
     async def _check_executions(self) -> None:
         active = {ExecutionState.BID_ACCEPTED, ExecutionState.RUNNING, ExecutionState.PUBLISHING}
         for execution in await self.store.list_active_executions(active):
+            if self._node_restarted_after(execution.node_id, execution.create_time_ms):
+                # Compute nodes never resume executions across a restart (this one included).
+                await self._execution_lost(
+                    execution.execution_id, f"node {execution.node_id} restarted during it"
+                )
+                continue
             if not self._is_alive(execution.node_id):
                 await self._execution_lost(
                     execution.execution_id, f"node {execution.node_id} stopped responding"

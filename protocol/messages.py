@@ -260,6 +260,9 @@ class NodeInfo(Message):
     free: Capacity
     running_executions: int
     seq: int
+    #: When this run of the node started (Unix ms). A compute node never resumes executions
+    #: after a restart, so one placed before this is lost.
+    started_ms: int
 
     def _validate(self, path: str) -> None:
         _check_peer(self.node_id, f"{path}.node_id")
@@ -268,7 +271,8 @@ class NodeInfo(Message):
         for address in self.addresses:
             _require(address.startswith("/"), f"{path}.addresses: {address!r:.80} is no multiaddr")
         _require(self.free.fits_in(self.total), f"{path}.free exceeds {path}.total")
-        _require(self.seq >= 0 and self.running_executions >= 0, f"{path}: negative counter")
+        _require(self.seq >= 0 and self.running_executions >= 0 and self.started_ms >= 0,
+                 f"{path}: negative counter")
 
 
 @dataclass(frozen=True)

@@ -427,3 +427,68 @@ def test_count_more_than_the_nodes_fails_whole_after_its_queue_timeout(
     assert document["State"]["State"] == "Failed"
     # Nothing was started: no execution holds a node.
     assert document["State"]["Executions"] == []
+
+
+def test_an_execution_lost_to_a_quick_restart_is_retried_not_left_running(
+    tmp_path_factory: pytest.TempPathFactory, busybox_image: str
+) -> None:
+    """The compute node is killed and back well inside the detection window (heartbeats
+    every 4 s, two missed: 8 s), so it never looks dead; its new run gives it away."""
+    with DaemonPool(tmp_path_factory.mktemp("restart")) as pool:
+        requester = pool.new("req", args=["--orchestrator", "--labels", "role=req",
+                                          "--missed-heartbeats", "2"], heartbeat=4)
+        workers = [pool.new(f"w{i}", peers=[requester], heartbeat=4,
+                            args=["--labels", "role=worker", "--missed-heartbeats", "2"])
+                   for i in (1, 2)]
+        nodes = pool.start_all([requester, *workers])
+        ids = {node.peer_id for node in nodes}
+        wait_until(lambda: requester.connected() >= ids, timeout=30, what="the mesh")
+        result = run(requester, "docker", "run", "--id-only", "--no-wait", "-p", "local",
+                     "busybox", "--", "sh", "-c", "sleep 3; echo done > /outputs/ok")
+        job_id = result.stdout.strip()
+
+        def executions() -> list[dict]:
+            return requester.api(f"/api/v1/orchestrator/jobs/{job_id}/executions")["Items"]
+
+        wait_until(lambda: any(compute_state(e) == "Running" for e in executions()),
+                   timeout=30, what="the job to run")
+        (first,) = [e for e in executions() if compute_state(e) == "Running"]
+        victim = next(w for w in workers if w.peer_id == first["NodeID"])
+        victim.restart()
+        wait_until(lambda: describe(requester, job_id)["State"]["State"] in
+                   {"Completed", "Failed"}, timeout=60, what="the job to end")
+        document = describe(requester, job_id)
+        assert document["State"]["State"] == "Completed"
+        finished = [e for e in document["State"]["Executions"] if e["State"] == "Completed"]
+        assert len(finished) == 1
+        lost = next(e for e in document["State"]["Executions"]
+                    if e["ExecutionID"] == first["ID"])
+        assert lost["State"] == "Failed", lost
+        assert "restarted during it" in lost["Message"], lost
+
+
+def test_a_restarted_requester_waits_for_heartbeats_before_calling_nodes_dead(
+    tmp_path_factory: pytest.TempPathFactory, busybox_image: str
+) -> None:
+    """Restarted, the requester has heard from nobody yet; a healthy node's execution must
+    not be failed (and run twice) before that node's first heartbeat can arrive."""
+    with DaemonPool(tmp_path_factory.mktemp("requester-restart")) as pool:
+        requester = pool.new("req", args=["--orchestrator", "--missed-heartbeats", "2"],
+                             heartbeat=4)
+        worker = pool.new("w", peers=[requester], heartbeat=4,
+                          args=["--missed-heartbeats", "2"])
+        pool.start_all([requester, worker])
+        wait_until(lambda: requester.connected() >= {worker.peer_id}, timeout=30,
+                   what="the mesh")
+        result = run(requester, "docker", "run", "--id-only", "--no-wait", "-p", "local",
+                     "busybox", "--", "sh", "-c", "sleep 8; echo done > /outputs/ok")
+        job_id = result.stdout.strip()
+        wait_until(lambda: describe(requester, job_id)["State"]["State"] == "Running",
+                   timeout=30, what="the job to run")
+        requester.restart()
+        wait_until(lambda: describe(requester, job_id)["State"]["State"] in
+                   {"Completed", "Failed"}, timeout=60, what="the job to end")
+        document = describe(requester, job_id)
+        assert document["State"]["State"] == "Completed"
+        (only,) = document["State"]["Executions"]  # it ran once, where it was placed
+        assert only["State"] == "Completed" and only["NodeID"] == worker.peer_id

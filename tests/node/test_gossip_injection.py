@@ -40,7 +40,7 @@ def node_info(key: NodeKey, *, label: str, seq: int, node_id: str | None = None)
         addresses=("/ip4/127.0.0.1/tcp/9/p2p/" + key.peer_id,), labels={"injected": label},
         roles=("compute",), engines=("docker",), storages=(), publishers=(),
         total=Capacity(1000, 1 << 30, 1 << 30), free=Capacity(1000, 1 << 30, 1 << 30),
-        running_executions=0, seq=seq,
+        running_executions=0, seq=seq, started_ms=1_780_000_000_000,
     )
 
 

@@ -79,6 +79,7 @@ def node_info(key: NodeKey, seq: int, version: str = "0.1.0") -> NodeInfo:
         free=capacity,
         running_executions=0,
         seq=seq,
+        started_ms=1_780_000_000_000,
     )
 
 

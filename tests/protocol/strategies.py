@@ -81,6 +81,7 @@ def node_infos(draw: st.DrawFn) -> NodeInfo:
         free=draw(capacities(total)),
         running_executions=draw(small_ints),
         seq=draw(small_ints),
+        started_ms=draw(small_ints),
     )
 
 
@@ -204,6 +205,7 @@ def example_messages() -> list:
             free=Capacity(1000, 1 << 30, 50 << 30, 0),
             running_executions=1,
             seq=7,
+            started_ms=1_780_000_000_000,
         ),
         ResultRecord(
             job_id=job_id,
