@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from protocol.errors import ProtocolError
 from protocol.jobspec import Job
 from protocol.messages import (
     Bid,
@@ -26,9 +27,12 @@ from protocol.messages import (
     ExecutionUpdate,
     JobAnnouncement,
     ManifestEntry,
+    Message,
     ResultRecord,
     is_safe_relative_path,
+    pack_message,
     seal_message,
+    unpack_message,
 )
 from protocol.quantities import format_bytes
 from protocol.scheduling import NodePolicy, decline_reason, job_requirements
@@ -46,6 +50,9 @@ INPUT_SIZE_TIMEOUT_SECONDS = 1.5
 #: How often a followed execution's output files are read for what is new, and how much
 #: at most goes in one chunk.
 LOG_POLL_SECONDS = 0.25
+#: How often what requesters have not acknowledged is sent again, and for how long.
+OUTBOX_RETRY_SECONDS = 2.0
+OUTBOX_MAX_AGE_MS = 24 * 3600 * 1000
 LOG_READ_BYTES = 64 * 1024
 
 
@@ -80,6 +87,7 @@ class Compute:
         max_jobs: int = 0,
         ipfs: Any = None,
         send_local: Callable[[bytes], Awaitable[None]] | None = None,
+        outbox: Any = None,
     ) -> None:
         self.mesh = mesh
         self.peer_id = mesh.peer_id
@@ -92,6 +100,8 @@ class Compute:
         self._executions: dict[str, _Execution] = {}
         self._slots = trio.Semaphore(max_jobs) if max_jobs > 0 else None
         self._send_local = send_local
+        #: The store's outbox: updates and results wait there until their requester acks.
+        self._outbox = outbox
         self._nursery: trio.Nursery | None = None
         self._capacity_changed = trio.Event()
 
@@ -112,6 +122,8 @@ class Compute:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self._outbox is not None:
+                nursery.start_soon(self._resend_owed)
             task_status.started()
             await trio.sleep_forever()
 
@@ -272,10 +284,7 @@ class Compute:
                 await self._update(execution, ExecutionState.FAILED, f"publishing failed: {exc}")
                 return
             envelope = seal_message(self.mesh.key, record, now_ms=now_ms())
-            try:
-                await self._send(execution.requester, envelope)
-            except MeshError as exc:  # the gossiped copy below may still reach it
-                log.warning("result of %s not delivered: %s", execution.execution_id, exc)
+            await self._deliver(execution.requester, record, envelope)
             try:
                 await self.mesh.pubsub.publish(TOPIC_RESULTS, envelope)
             except Exception as exc:
@@ -386,12 +395,65 @@ class Compute:
             stdout=stdout[-OUTPUT_TAIL_CHARS:],
             stderr=stderr[-OUTPUT_TAIL_CHARS:],
         )
-        data = seal_message(self.mesh.key, update, now_ms=now_ms())
         with trio.CancelScope(shield=True):
+            await self._deliver(execution.requester, update)
+
+    async def _deliver(self, peer: str, message: Message, sealed: bytes | None = None) -> None:
+        """Send ``message`` to ``peer``; what it does not acknowledge is kept in the outbox
+        and sent again (sealed afresh) until it does, across restarts too."""
+        if sealed is None:
+            sealed = seal_message(self.mesh.key, message, now_ms=now_ms())
+        if peer == self.peer_id or self._outbox is None:
             try:
-                await self._send(execution.requester, data)
+                await self._send(peer, sealed)
             except MeshError as exc:
-                log.info("update %s for %s not delivered: %s", state, execution.execution_id, exc)
+                log.info("%s for %s not delivered: %s", message.TYPE, peer, exc)
+            return
+        seq = await self._outbox.outbox_add(peer, pack_message(message), now_ms())
+        if await self._try_send(peer, sealed):
+            await self._outbox.outbox_remove(seq)
+
+    async def _try_send(self, peer: str, sealed: bytes) -> bool:
+        """Whether ``peer`` answered (an ack, or a refusal that sending again won't change)."""
+        try:
+            reply = await self.mesh.request(peer, sealed)
+        except MeshError as exc:
+            log.info("message to %s not delivered (kept to send again): %s", peer, exc)
+            return False
+        if reply != b"ok":
+            log.warning("%s refused a message: %s", peer, reply[:200].decode(errors="replace"))
+        return True
+
+    async def _resend_owed(self) -> None:
+        """Every few seconds, send again what requesters have not acknowledged, oldest
+        first; a requester that does not answer is skipped until the next round, so its
+        messages stay in order."""
+        while True:
+            await trio.sleep(OUTBOX_RETRY_SECONDS)
+            try:
+                owed = await self._outbox.outbox_pending()
+            except Exception as exc:  # the store is unreadable: try again next round
+                log.warning("reading the outbox: %s", exc)
+                continue
+            unreachable: set[str] = set()
+            for seq, peer, packed, created_ms in owed:
+                if peer in unreachable:
+                    continue
+                if now_ms() - created_ms > OUTBOX_MAX_AGE_MS:
+                    log.warning("giving up on a message owed to %s since %d", peer, created_ms)
+                    await self._outbox.outbox_remove(seq)
+                    continue
+                try:
+                    message = unpack_message(packed)
+                except ProtocolError as exc:
+                    log.warning("dropping an unreadable outbox entry %d: %s", seq, exc)
+                    await self._outbox.outbox_remove(seq)
+                    continue
+                sealed = seal_message(self.mesh.key, message, now_ms=now_ms())
+                if await self._try_send(peer, sealed):
+                    await self._outbox.outbox_remove(seq)
+                else:
+                    unreachable.add(peer)
 
     async def _send(self, peer: str, data: bytes) -> None:
         if peer == self.peer_id and self._send_local is not None:

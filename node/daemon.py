@@ -379,6 +379,7 @@ class Daemon:
             ipfs=self.ipfs,
             max_jobs=self.config.max_jobs,
             send_local=self._send_local,
+            outbox=self.store,
         )
         await nursery.start(compute.run)
         return compute

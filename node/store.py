@@ -145,6 +145,16 @@ MIGRATIONS: list[str] = [
         expires_ms INTEGER            -- NULL: kept until unpinned
     ) WITHOUT ROWID;
     """,
+    # 3: messages a compute node owes a requester (updates, results) until it acknowledges
+    # them; kept across restarts, sent again in order.
+    """
+    CREATE TABLE outbox (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        peer       TEXT NOT NULL,
+        message    BLOB NOT NULL,     -- protocol.messages.pack_message, sealed anew per try
+        created_ms INTEGER NOT NULL
+    );
+    """,
 ]
 
 
@@ -986,6 +996,35 @@ class Store:
             return [row[0] for row in conn.execute("SELECT cid FROM pins ORDER BY cid")]
 
         return await self._write("listing pins", run)
+
+    # --- outbox -----------------------------------------------------------------------
+
+    async def outbox_add(self, peer: str, message: bytes, now_ms: int) -> int:
+        """Owe ``message`` to ``peer`` until it acknowledges it; returns its place."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "INSERT INTO outbox (peer, message, created_ms) VALUES (?, ?, ?)",
+                (peer, message, now_ms))
+            return int(cursor.lastrowid or 0)
+
+        return await self._write("queueing a message", run)
+
+    async def outbox_pending(self, limit: int = 1000) -> list[tuple[int, str, bytes, int]]:
+        """What is still owed, oldest first: ``(seq, peer, message, created_ms)``."""
+
+        def run(conn: sqlite3.Connection) -> list[tuple[int, str, bytes, int]]:
+            rows = conn.execute(
+                "SELECT seq, peer, message, created_ms FROM outbox ORDER BY seq LIMIT ?",
+                (limit,)).fetchall()
+            return [(row["seq"], row["peer"], bytes(row["message"]), row["created_ms"])
+                    for row in rows]
+
+        return await self._read("reading the outbox", run)
+
+    async def outbox_remove(self, seq: int) -> None:
+        await self._write("clearing a delivered message",
+                          lambda conn: conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,)))
 
 
 # --- row helpers (run in the worker thread) -----------------------------------------

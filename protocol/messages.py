@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
+from . import codec
 from .cid import Cid, IpfsFormatError
 from .envelope import Envelope, EnvelopeVerifier, seal
 from .errors import MalformedMessage, SenderMismatch, SpecError, UnknownMessageType
@@ -416,6 +417,20 @@ def decode_message(envelope: Envelope) -> Message:
             f"{cls.TYPE} for {getattr(message, author_field)} was signed by {envelope.sender}"
         )
     return message
+
+
+def pack_message(message: Message) -> bytes:
+    """``message`` without an envelope, to keep (e.g. until a peer acknowledges it) and
+    seal afresh later: a sealed envelope goes stale after the timestamp window."""
+    return codec.encode({"type": message.TYPE, "body": message.to_body()})
+
+
+def unpack_message(data: bytes) -> Message:
+    """The inverse of :func:`pack_message`; raises ``MalformedMessage``."""
+    packed = codec.decode(data)
+    if not isinstance(packed, Mapping) or packed.get("type") not in MESSAGE_TYPES:
+        raise MalformedMessage("not a packed message")
+    return MESSAGE_TYPES[packed["type"]].from_body(packed["body"])
 
 
 def seal_message(key: NodeKey, message: Message, *, now_ms: int) -> bytes:

@@ -492,3 +492,34 @@ def test_a_restarted_requester_waits_for_heartbeats_before_calling_nodes_dead(
         assert document["State"]["State"] == "Completed"
         (only,) = document["State"]["Executions"]  # it ran once, where it was placed
         assert only["State"] == "Completed" and only["NodeID"] == worker.peer_id
+
+
+def test_what_a_down_requester_missed_is_sent_again_once_it_is_back(
+    tmp_path_factory: pytest.TempPathFactory, busybox_image: str
+) -> None:
+    """The job ends on its node while its requester is down: the node keeps the update and
+    the result in its outbox and sends them again until the restarted requester has them."""
+    with DaemonPool(tmp_path_factory.mktemp("outbox")) as pool:
+        requester = pool.new("req", args=["--orchestrator", "--missed-heartbeats", "2"],
+                             heartbeat=4)
+        worker = pool.new("w", peers=[requester], heartbeat=4,
+                          args=["--missed-heartbeats", "2"])
+        pool.start_all([requester, worker])
+        wait_until(lambda: requester.connected() >= {worker.peer_id}, timeout=30,
+                   what="the mesh")
+        result = run(requester, "docker", "run", "--id-only", "--no-wait", "-p", "local",
+                     "busybox", "--", "sh", "-c", "sleep 2; echo done > /outputs/ok")
+        job_id = result.stdout.strip()
+        wait_until(lambda: describe(requester, job_id)["State"]["State"] == "Running",
+                   timeout=30, what="the job to run")
+        requester.stop()
+        time.sleep(5)  # the container ends meanwhile; its update and result find nobody
+        requester.start()
+        wait_until(lambda: describe(requester, job_id)["State"]["State"] in
+                   {"Completed", "Failed"}, timeout=60, what="the job to end")
+        document = describe(requester, job_id)
+        assert document["State"]["State"] == "Completed"
+        (only,) = document["State"]["Executions"]  # delivered late, not run again
+        assert only["State"] == "Completed" and only["NodeID"] == worker.peer_id
+        results = requester.api(f"/api/v1/orchestrator/jobs/{job_id}/results")["Items"]
+        assert [item["ExecutionID"] for item in results] == [only["ExecutionID"]]

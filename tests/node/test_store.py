@@ -708,3 +708,17 @@ async def test_a_write_waiting_on_the_database_does_not_block_the_event_loop(tmp
         blocker.close()
         assert during >= 20
         assert len(await store.find_job_ids("j-")) == 21
+
+
+async def test_the_outbox_keeps_owed_messages_in_order_across_a_reopen(tmp_path):
+    path = tmp_path / "state.db"
+    async with open_store(path) as store:
+        first = await store.outbox_add(REQUESTER, b"one", NOW)
+        second = await store.outbox_add(COMPUTE, b"two", NOW + 1)
+        third = await store.outbox_add(REQUESTER, b"three", NOW + 2)
+        await store.outbox_remove(second)
+    async with open_store(path) as store:
+        assert await store.outbox_pending() == [
+            (first, REQUESTER, b"one", NOW), (third, REQUESTER, b"three", NOW + 2)]
+        await store.outbox_remove(first)
+        assert [seq for seq, *_ in await store.outbox_pending()] == [third]

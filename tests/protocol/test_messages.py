@@ -155,3 +155,19 @@ def test_published_locations_round_trip_through_bacalhau_spec_configs():
     assert published_spec_config(s3)["Params"]["Bucket"] == "b"
     for location in (ipfs, s3, local, {"StorageSource": "Noop", "Name": ""}):
         assert published_location(published_spec_config(location)) == location
+
+
+@given(messages)
+def test_packed_messages_come_back_as_they_were(message):
+    from protocol.messages import pack_message, unpack_message
+
+    assert unpack_message(pack_message(message)) == message
+
+
+def test_unpacking_garbage_is_a_malformed_message():
+    from protocol.errors import MalformedMessage
+    from protocol.messages import unpack_message
+
+    for data in (b"", b"\x81\xa4type\xa3nah", b"\xc1"):
+        with pytest.raises(MalformedMessage):
+            unpack_message(data)
