@@ -88,8 +88,23 @@ class Requester:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._watch)
+            await self._resume_waiting_jobs()
             task_status.started()
             await trio.sleep_forever()
+
+    async def _resume_waiting_jobs(self) -> None:
+        """After a restart: jobs still Pending or Queued go on looking for nodes (their
+        scheduling lived in the process that stopped), for what is left of their count."""
+        assert self._nursery is not None
+        for record in await self.store.jobs_in_states({JobState.PENDING, JobState.QUEUED}):
+            executions = await self.store.list_executions(record.job.id or "")
+            placed = [e for e in executions if e.state in _PLACED_STATES]
+            tried = {e.node_id for e in executions if e.state == ExecutionState.FAILED}
+            needed = record.job.count - len(placed)
+            if needed > 0:
+                log.info("resuming %s: %d execution(s) to place", record.job.id, needed)
+                self._attempts.setdefault(record.job.id or "", set()).update(tried)
+                self._nursery.start_soon(self._schedule, record.job, tried, needed)
 
     # -- submission --------------------------------------------------------
 
@@ -393,6 +408,11 @@ class Requester:
                 pass
         assert self._nursery is not None
         self._nursery.start_soon(self._schedule, job_record.job, set(tried), 1)
+
+
+#: Executions that hold (or held) a slot of the job's count.
+_PLACED_STATES = frozenset({ExecutionState.BID_ACCEPTED, ExecutionState.RUNNING,
+                            ExecutionState.PUBLISHING, ExecutionState.COMPLETED})
 
 
 def _retryable(message: str) -> bool:

@@ -701,6 +701,16 @@ class Store:
 
         return await self._read(f"listing executions on node {node_id}", run)
 
+    async def jobs_in_states(self, states: set[JobState]) -> list[JobRecord]:
+        """Jobs in any of ``states``, oldest first (e.g. those to resume after a restart)."""
+
+        def run(conn: sqlite3.Connection) -> list[JobRecord]:
+            sql = (f"SELECT {_JOB_COLUMNS} WHERE state IN ({', '.join('?' * len(states))})"
+                   " ORDER BY create_time_ms, job_id")
+            return [_job_record(row) for row in conn.execute(sql, [s.value for s in states])]
+
+        return await self._read("listing jobs by state", run)
+
     async def list_active_executions(self, states: set[ExecutionState]) -> list[ExecutionRecord]:
         """Executions in any of ``states``, on any node, oldest first."""
 
@@ -1042,7 +1052,10 @@ _EXECUTION_COLUMNS = (
 
 def _node_record(row: sqlite3.Row) -> NodeRecord:
     try:
-        info = NodeInfo.from_body(codec.decode(bytes(row["info"])))
+        body = codec.decode(bytes(row["info"]))
+        if isinstance(body, dict):
+            body.setdefault("started_ms", 0)  # heartbeats stored before nodes sent it
+        info = NodeInfo.from_body(body)
     except ProtocolError as exc:
         raise StoreError(f"reading a stored node: it no longer decodes: {exc}") from None
     return NodeRecord(info, row["first_seen_ms"], row["last_seen_ms"])

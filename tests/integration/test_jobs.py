@@ -523,3 +523,25 @@ def test_what_a_down_requester_missed_is_sent_again_once_it_is_back(
         assert only["State"] == "Completed" and only["NodeID"] == worker.peer_id
         results = requester.api(f"/api/v1/orchestrator/jobs/{job_id}/results")["Items"]
         assert [item["ExecutionID"] for item in results] == [only["ExecutionID"]]
+
+
+def test_a_restarted_requester_resumes_a_job_still_waiting_for_a_node(
+    tmp_path_factory: pytest.TempPathFactory, busybox_image: str
+) -> None:
+    with DaemonPool(tmp_path_factory.mktemp("resume")) as pool:
+        requester = pool.start("req", args=["--orchestrator"])
+        result = run(requester, "docker", "run", "--id-only", "--no-wait", "-p", "local",
+                     "-s", "zone=later", "--queue-timeout", "120", "busybox", "--", "true")
+        job_id = result.stdout.strip()
+        wait_until(lambda: describe(requester, job_id)["State"]["State"] == "Queued",
+                   timeout=30, what="the job to wait for a node")
+        requester.kill()  # its scheduling of the job dies with it
+        requester.start()
+        # The node it waits for comes only now, after the restart.
+        late = pool.start("late", peers=[requester], args=["--labels", "zone=later"])
+        wait_until(lambda: describe(requester, job_id)["State"]["State"] in
+                   {"Completed", "Failed"}, timeout=60, what="the job to end")
+        document = describe(requester, job_id)
+        assert document["State"]["State"] == "Completed", document["State"]
+        (only,) = document["State"]["Executions"]
+        assert only["NodeID"] == late.peer_id

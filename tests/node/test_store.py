@@ -28,6 +28,7 @@ from node.store import (
     StoreError,
     open_store,
 )
+from protocol import codec
 from protocol.errors import IllegalTransition
 from protocol.identity import NodeKey
 from protocol.jobspec import Job
@@ -722,3 +723,27 @@ async def test_the_outbox_keeps_owed_messages_in_order_across_a_reopen(tmp_path)
             (first, REQUESTER, b"one", NOW), (third, REQUESTER, b"three", NOW + 2)]
         await store.outbox_remove(first)
         assert [seq for seq, *_ in await store.outbox_pending()] == [third]
+
+
+async def test_heartbeats_stored_before_started_ms_existed_still_read(tmp_path):
+    path = tmp_path / "state.db"
+    key = KEYS[1]
+    async with open_store(path) as store:
+        await store.upsert_node(node_info(key, seq=3), NOW)
+    old_body = node_info(key, seq=3).to_body()
+    del old_body["started_ms"]
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE nodes SET info = ?", (codec.encode(old_body),))
+    async with open_store(path) as store:
+        record = await store.get_node(key.peer_id)
+    assert record is not None and record.info.started_ms == 0 and record.info.seq == 3
+
+
+async def test_jobs_are_found_by_state_oldest_first(store):
+    jobs = [new_job() for _ in range(3)]
+    for offset, job in enumerate(jobs):
+        await store.create_job(job, requester=REQUESTER, now_ms=NOW + offset)
+    await store.update_job_state(jobs[1].id, JobState.QUEUED, message="waiting", now_ms=NOW + 5)
+    found = await store.jobs_in_states({JobState.PENDING, JobState.QUEUED})
+    assert [r.job.id for r in found] == [j.id for j in jobs]
+    assert [r.job.id for r in await store.jobs_in_states({JobState.QUEUED})] == [jobs[1].id]
