@@ -6,6 +6,7 @@ re-verifies every block of the CAR it streams back against the CID it asked for.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -72,7 +73,10 @@ def add_ipfs_routes(
                     await trio.to_thread.run_sync(spool.write, chunk)
                 except OSError as exc:  # e.g. the disk is full
                     failed = exc
-                    await trio.to_thread.run_sync(spool.truncate, 0)
+                    # Give the space back now. Not spool.truncate(): it flushes first, which
+                    # fails the same way and would end the request before the body is read.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(spool.fileno(), 0)
             if failed is not None:
                 raise failed
             await trio.to_thread.run_sync(spool.close)
@@ -87,7 +91,8 @@ def add_ipfs_routes(
         except OSError as exc:
             raise _storage_error(exc, "cannot import the upload") from None
         finally:
-            spool.close()
+            with contextlib.suppress(OSError):  # its unflushed bytes may not fit either
+                spool.close()
             os.unlink(path)
 
     @app.get(f"{API}/ipfs/car/{{cid}}", tags=["ipfs"])
