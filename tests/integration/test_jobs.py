@@ -211,31 +211,47 @@ def test_fifty_jobs_at_once_all_complete_exactly_once(devnet: list[Daemon]) -> N
         assert len(ran) == 1, (job_id, executions)
 
 
+def _when_ended(requester: Daemon, job_id: str) -> dict[str, Any]:
+    """``describe`` of the job once it has ended (at most a minute from now)."""
+    wait_until(lambda: describe(requester, job_id)["State"]["State"] in {"Completed", "Failed"},
+               timeout=60, what=f"{job_id} to end")
+    return describe(requester, job_id)
+
+
+def _job_on_one_of_two_workers(
+    pool: DaemonPool, *, seconds: int, heartbeat: float | None = None, missed: int | None = None,
+) -> tuple[Daemon, list[Daemon], str, dict[str, Any]]:
+    """A requester, two workers, and a job of ``seconds`` running on one of them:
+    (requester, workers, job ID, the running execution)."""
+    timing: dict[str, Any] = {"heartbeat": heartbeat} if heartbeat else {}
+    flags = ["--missed-heartbeats", str(missed)] if missed else []
+    requester = pool.new("req", args=["--orchestrator", "--labels", "role=req", *flags],
+                         **timing)
+    workers = [pool.new(f"w{i}", peers=[requester], args=["--labels", "role=worker", *flags],
+                        **timing) for i in (1, 2)]
+    ids = {node.peer_id for node in pool.start_all([requester, *workers])}
+    wait_until(lambda: requester.connected() >= ids, timeout=30, what="the mesh")
+    result = run(requester, "docker", "run", "--id-only", "--no-wait", "-p", "local",
+                 "busybox", "--", "sh", "-c", f"sleep {seconds}; echo done > /outputs/ok")
+    job_id = result.stdout.strip()
+
+    def running() -> list[dict[str, Any]]:
+        items = requester.api(f"/api/v1/orchestrator/jobs/{job_id}/executions")["Items"]
+        return [e for e in items if compute_state(e) == "Running"]
+
+    wait_until(running, timeout=30, what="the job to run")
+    (first,) = running()
+    return requester, workers, job_id, first
+
+
 def test_job_moves_to_another_node_when_its_node_dies(
     tmp_path_factory: pytest.TempPathFactory, busybox_image: str
 ) -> None:
     with DaemonPool(tmp_path_factory.mktemp("failover")) as pool:
-        requester = pool.new("req", args=["--orchestrator", "--labels", "role=req"])
-        workers = [pool.new(f"w{i}", peers=[requester], args=["--labels", "role=worker"])
-                   for i in (1, 2)]
-        nodes = pool.start_all([requester, *workers])
-        ids = {node.peer_id for node in nodes}
-        wait_until(lambda: requester.connected() >= ids, timeout=30, what="the mesh")
-        result = run(requester, "docker", "run", "--id-only", "--no-wait", "-p", "local",
-                     "busybox", "--", "sh", "-c", "sleep 4; echo done > /outputs/ok")
-        job_id = result.stdout.strip()
-
-        def executions() -> list[dict]:
-            return requester.api(f"/api/v1/orchestrator/jobs/{job_id}/executions")["Items"]
-
-        wait_until(lambda: any(compute_state(e) == "Running"
-                               for e in executions()), timeout=30, what="the job to run")
-        (first,) = [e for e in executions() if compute_state(e) == "Running"]
+        requester, workers, job_id, first = _job_on_one_of_two_workers(pool, seconds=4)
         victim = next(w for w in workers if w.peer_id == first["NodeID"])
         victim.kill()
-        wait_until(lambda: describe(requester, job_id)["State"]["State"] in
-                   {"Completed", "Failed"}, timeout=60, what="the job to finish elsewhere")
-        document = describe(requester, job_id)
+        document = _when_ended(requester, job_id)
         assert document["State"]["State"] == "Completed"
         finished = [e for e in document["State"]["Executions"] if e["State"] == "Completed"]
         assert [e["NodeID"] for e in finished] != [victim.peer_id]
@@ -435,29 +451,11 @@ def test_an_execution_lost_to_a_quick_restart_is_retried_not_left_running(
     """The compute node is killed and back well inside the detection window (heartbeats
     every 4 s, two missed: 8 s), so it never looks dead; its new run gives it away."""
     with DaemonPool(tmp_path_factory.mktemp("restart")) as pool:
-        requester = pool.new("req", args=["--orchestrator", "--labels", "role=req",
-                                          "--missed-heartbeats", "2"], heartbeat=4)
-        workers = [pool.new(f"w{i}", peers=[requester], heartbeat=4,
-                            args=["--labels", "role=worker", "--missed-heartbeats", "2"])
-                   for i in (1, 2)]
-        nodes = pool.start_all([requester, *workers])
-        ids = {node.peer_id for node in nodes}
-        wait_until(lambda: requester.connected() >= ids, timeout=30, what="the mesh")
-        result = run(requester, "docker", "run", "--id-only", "--no-wait", "-p", "local",
-                     "busybox", "--", "sh", "-c", "sleep 3; echo done > /outputs/ok")
-        job_id = result.stdout.strip()
-
-        def executions() -> list[dict]:
-            return requester.api(f"/api/v1/orchestrator/jobs/{job_id}/executions")["Items"]
-
-        wait_until(lambda: any(compute_state(e) == "Running" for e in executions()),
-                   timeout=30, what="the job to run")
-        (first,) = [e for e in executions() if compute_state(e) == "Running"]
+        requester, workers, job_id, first = _job_on_one_of_two_workers(
+            pool, seconds=3, heartbeat=4, missed=2)
         victim = next(w for w in workers if w.peer_id == first["NodeID"])
         victim.restart()
-        wait_until(lambda: describe(requester, job_id)["State"]["State"] in
-                   {"Completed", "Failed"}, timeout=60, what="the job to end")
-        document = describe(requester, job_id)
+        document = _when_ended(requester, job_id)
         assert document["State"]["State"] == "Completed"
         finished = [e for e in document["State"]["Executions"] if e["State"] == "Completed"]
         assert len(finished) == 1
@@ -467,28 +465,31 @@ def test_an_execution_lost_to_a_quick_restart_is_retried_not_left_running(
         assert "restarted during it" in lost["Message"], lost
 
 
+def _running_on_a_worker(pool: DaemonPool, *, seconds: int) -> tuple[Daemon, Daemon, str]:
+    """A requester and one worker (heartbeats every 4 s, 2 missed: an 8 s window), and a
+    job of ``seconds`` running on the worker: (requester, worker, job ID)."""
+    requester = pool.new("req", args=["--orchestrator", "--missed-heartbeats", "2"],
+                         heartbeat=4)
+    worker = pool.new("w", peers=[requester], heartbeat=4, args=["--missed-heartbeats", "2"])
+    pool.start_all([requester, worker])
+    wait_until(lambda: requester.connected() >= {worker.peer_id}, timeout=30, what="the mesh")
+    result = run(requester, "docker", "run", "--id-only", "--no-wait", "-p", "local",
+                 "busybox", "--", "sh", "-c", f"sleep {seconds}; echo done > /outputs/ok")
+    job_id = result.stdout.strip()
+    wait_until(lambda: describe(requester, job_id)["State"]["State"] == "Running",
+               timeout=30, what="the job to run")
+    return requester, worker, job_id
+
+
 def test_a_restarted_requester_waits_for_heartbeats_before_calling_nodes_dead(
     tmp_path_factory: pytest.TempPathFactory, busybox_image: str
 ) -> None:
     """Restarted, the requester has heard from nobody yet; a healthy node's execution must
     not be failed (and run twice) before that node's first heartbeat can arrive."""
     with DaemonPool(tmp_path_factory.mktemp("requester-restart")) as pool:
-        requester = pool.new("req", args=["--orchestrator", "--missed-heartbeats", "2"],
-                             heartbeat=4)
-        worker = pool.new("w", peers=[requester], heartbeat=4,
-                          args=["--missed-heartbeats", "2"])
-        pool.start_all([requester, worker])
-        wait_until(lambda: requester.connected() >= {worker.peer_id}, timeout=30,
-                   what="the mesh")
-        result = run(requester, "docker", "run", "--id-only", "--no-wait", "-p", "local",
-                     "busybox", "--", "sh", "-c", "sleep 8; echo done > /outputs/ok")
-        job_id = result.stdout.strip()
-        wait_until(lambda: describe(requester, job_id)["State"]["State"] == "Running",
-                   timeout=30, what="the job to run")
+        requester, worker, job_id = _running_on_a_worker(pool, seconds=8)
         requester.restart()
-        wait_until(lambda: describe(requester, job_id)["State"]["State"] in
-                   {"Completed", "Failed"}, timeout=60, what="the job to end")
-        document = describe(requester, job_id)
+        document = _when_ended(requester, job_id)
         assert document["State"]["State"] == "Completed"
         (only,) = document["State"]["Executions"]  # it ran once, where it was placed
         assert only["State"] == "Completed" and only["NodeID"] == worker.peer_id
@@ -500,24 +501,11 @@ def test_what_a_down_requester_missed_is_sent_again_once_it_is_back(
     """The job ends on its node while its requester is down: the node keeps the update and
     the result in its outbox and sends them again until the restarted requester has them."""
     with DaemonPool(tmp_path_factory.mktemp("outbox")) as pool:
-        requester = pool.new("req", args=["--orchestrator", "--missed-heartbeats", "2"],
-                             heartbeat=4)
-        worker = pool.new("w", peers=[requester], heartbeat=4,
-                          args=["--missed-heartbeats", "2"])
-        pool.start_all([requester, worker])
-        wait_until(lambda: requester.connected() >= {worker.peer_id}, timeout=30,
-                   what="the mesh")
-        result = run(requester, "docker", "run", "--id-only", "--no-wait", "-p", "local",
-                     "busybox", "--", "sh", "-c", "sleep 2; echo done > /outputs/ok")
-        job_id = result.stdout.strip()
-        wait_until(lambda: describe(requester, job_id)["State"]["State"] == "Running",
-                   timeout=30, what="the job to run")
+        requester, worker, job_id = _running_on_a_worker(pool, seconds=2)
         requester.stop()
         time.sleep(5)  # the container ends meanwhile; its update and result find nobody
         requester.start()
-        wait_until(lambda: describe(requester, job_id)["State"]["State"] in
-                   {"Completed", "Failed"}, timeout=60, what="the job to end")
-        document = describe(requester, job_id)
+        document = _when_ended(requester, job_id)
         assert document["State"]["State"] == "Completed"
         (only,) = document["State"]["Executions"]  # delivered late, not run again
         assert only["State"] == "Completed" and only["NodeID"] == worker.peer_id
@@ -539,9 +527,7 @@ def test_a_restarted_requester_resumes_a_job_still_waiting_for_a_node(
         requester.start()
         # The node it waits for comes only now, after the restart.
         late = pool.start("late", peers=[requester], args=["--labels", "zone=later"])
-        wait_until(lambda: describe(requester, job_id)["State"]["State"] in
-                   {"Completed", "Failed"}, timeout=60, what="the job to end")
-        document = describe(requester, job_id)
+        document = _when_ended(requester, job_id)
         assert document["State"]["State"] == "Completed", document["State"]
         (only,) = document["State"]["Executions"]
         assert only["NodeID"] == late.peer_id
