@@ -385,7 +385,7 @@ class Timeline:
                 by_execution.setdefault(execution, {}).setdefault(key, ms)
             if message.startswith("bid accepted from "):
                 nodes[execution] = message.rsplit(" ", 1)[1]
-            if message.endswith("(retrying)"):
+            if message.endswith("; placing it again"):  # see Requester._execution_lost
                 retries += 1
         # The execution that completed (else the last one) stands for the job.
         chosen = next((e for e, m in by_execution.items() if "exec_done" in m),

@@ -81,7 +81,6 @@ class Requester:
         self._local_compute = local_compute
         self._default_execution_timeout = default_execution_timeout
         self._rounds: dict[str, _BidRound] = {}
-        self._attempts: dict[str, set[str]] = {}
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -103,7 +102,6 @@ class Requester:
             needed = record.job.count - len(placed)
             if needed > 0:
                 log.info("resuming %s: %d execution(s) to place", record.job.id, needed)
-                self._attempts.setdefault(record.job.id or "", set()).update(tried)
                 self._nursery.start_soon(self._schedule, record.job, tried, needed)
 
     # -- submission --------------------------------------------------------
@@ -203,7 +201,6 @@ class Requester:
                 message=f"bid accepted from {bid.node_id}",
                 now_ms=now,
             )
-            self._attempts.setdefault(job.id, set()).add(bid.node_id)
             try:
                 await self._send_decision(bid, True, "bid accepted")
             except MeshError as exc:
@@ -282,7 +279,7 @@ class Requester:
         busy = (ExecutionState.RUNNING, ExecutionState.PUBLISHING)
         running = [e for e in live if e.state in busy]
         try:
-            if failed and not _retryable(failed[-1].message):
+            if failed and not failed[-1].retryable:
                 await self._fail_job(
                     job_id, f"execution {failed[-1].execution_id} failed: {failed[-1].message}"
                 )
@@ -382,16 +379,18 @@ class Requester:
             execution = await self.store.update_execution(
                 execution_id,
                 ExecutionState.FAILED,
-                message=f"{reason} (retrying)",
+                message=f"{reason}; placing it again",
                 now_ms=now_ms(),
+                retryable=True,
             )
         except (StateConflict, StoreError):
             return
         job_record = await self.store.get_job(execution.job_id)
         if job_record is None or job_record.state.is_terminal:
             return
-        tried = self._attempts.setdefault(execution.job_id, set())
-        tried.add(execution.node_id)
+        # The retry budget is read from the store, so a restart neither resets nor loses it.
+        tried = {e.node_id for e in await self.store.list_executions(execution.job_id)
+                 if e.state != ExecutionState.BID_REJECTED}
         if len(tried) > MAX_RETRIES + job_record.job.count:
             await self._fail_job(execution.job_id, f"{reason}; gave up after {MAX_RETRIES} retries")
             return
@@ -415,5 +414,3 @@ _PLACED_STATES = frozenset({ExecutionState.BID_ACCEPTED, ExecutionState.RUNNING,
                             ExecutionState.PUBLISHING, ExecutionState.COMPLETED})
 
 
-def _retryable(message: str) -> bool:
-    return message.endswith("(retrying)")

@@ -155,6 +155,10 @@ MIGRATIONS: list[str] = [
         created_ms INTEGER NOT NULL
     );
     """,
+    # 4: whether a failed execution is to be placed again: a field, not a phrase in the message.
+    """
+    ALTER TABLE executions ADD COLUMN retryable INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 
@@ -232,6 +236,8 @@ class ExecutionRecord:
     modify_time_ms: int
     #: 1 when created, incremented on every change.
     revision: int
+    #: Failed through no fault of the job (its node died or restarted): placed again.
+    retryable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -750,11 +756,12 @@ class Store:
         exit_code: int | None = None,
         run_output: Mapping[str, Any] | None = None,
         published: Mapping[str, Any] | None = None,
+        retryable: bool | None = None,
     ) -> ExecutionRecord:
         """Move an execution to ``new_state`` and append the event, atomically.
 
-        ``exit_code``, ``run_output`` and ``published`` are set when given and kept
-        otherwise. Raises ``NotFound``, ``StateConflict`` (not in ``expected``) or
+        ``exit_code``, ``run_output``, ``published`` and ``retryable`` are set when given
+        and kept otherwise. Raises ``NotFound``, ``StateConflict`` (not in ``expected``) or
         ``IllegalTransition``, as ``update_job_state`` does.
         """
         new_state = ExecutionState(new_state)
@@ -779,8 +786,8 @@ class Store:
             conn.execute(
                 "UPDATE executions SET state = ?, message = ?, modify_time_ms = ?,"
                 " exit_code = coalesce(?, exit_code), run_output = coalesce(?, run_output),"
-                " published = coalesce(?, published), revision = revision + 1"
-                " WHERE execution_id = ?",
+                " published = coalesce(?, published), retryable = coalesce(?, retryable),"
+                " revision = revision + 1 WHERE execution_id = ?",
                 (
                     new_state.value,
                     message,
@@ -788,6 +795,7 @@ class Store:
                     exit_code,
                     output_json,
                     published_json,
+                    None if retryable is None else int(retryable),
                     execution_id,
                 ),
             )
@@ -1046,7 +1054,7 @@ _JOB_COLUMNS = (
 )
 _EXECUTION_COLUMNS = (
     "execution_id, job_id, node_id, state, desired_state, message, exit_code, run_output,"
-    " published, create_time_ms, modify_time_ms, revision FROM executions"
+    " published, create_time_ms, modify_time_ms, revision, retryable FROM executions"
 )
 
 
@@ -1105,6 +1113,7 @@ def _execution_record(row: sqlite3.Row) -> ExecutionRecord:
         create_time_ms=row["create_time_ms"],
         modify_time_ms=row["modify_time_ms"],
         revision=row["revision"],
+        retryable=bool(row["retryable"]),
     )
 
 

@@ -747,3 +747,17 @@ async def test_jobs_are_found_by_state_oldest_first(store):
     found = await store.jobs_in_states({JobState.PENDING, JobState.QUEUED})
     assert [r.job.id for r in found] == [j.id for j in jobs]
     assert [r.job.id for r in await store.jobs_in_states({JobState.QUEUED})] == [jobs[1].id]
+
+
+async def test_retryable_is_a_field_kept_with_the_execution(store):
+    job = new_job()
+    await store.create_job(job, requester=REQUESTER, now_ms=NOW)
+    execution_id = new_execution_id()
+    await store.create_execution(execution_id, job.id, COMPUTE, now_ms=NOW,
+                                 state=ExecutionState.ASK_FOR_BID)
+    await store.update_execution(execution_id, ExecutionState.BID_ACCEPTED, message="ok",
+                                 now_ms=NOW + 1)
+    assert (await store.get_execution(execution_id)).retryable is False
+    await store.update_execution(execution_id, ExecutionState.FAILED, message="node lost",
+                                 now_ms=NOW + 2, retryable=True)
+    assert (await store.get_execution(execution_id)).retryable is True
