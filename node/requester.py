@@ -102,7 +102,9 @@ class Requester:
             needed = record.job.count - len(placed)
             if needed > 0:
                 log.info("resuming %s: %d execution(s) to place", record.job.id, needed)
-                self._nursery.start_soon(self._schedule, record.job, tried, needed)
+                # Its queue timeout counts from when it started waiting, not from now.
+                self._nursery.start_soon(self._schedule, record.job, tried, needed,
+                                         record.modify_time_ms)
 
     # -- submission --------------------------------------------------------
 
@@ -117,7 +119,10 @@ class Requester:
         self._nursery.start_soon(self._schedule, job, set())
         return job_id
 
-    async def _schedule(self, job: Job, exclude: set[str], needed: int | None = None) -> None:
+    async def _schedule(self, job: Job, exclude: set[str], needed: int | None = None,
+                        waiting_since_ms: int | None = None) -> None:
+        """Place ``needed`` executions of ``job`` on nodes not in ``exclude``, looking again
+        until its queue timeout, counted from ``waiting_since_ms`` (default: now), passes."""
         job_id = job.id
         assert job_id is not None
         needed = job.count if needed is None else needed
@@ -129,7 +134,8 @@ class Requester:
                 await self.store.update_job_state(
                     job_id, JobState.QUEUED, message="looking for compute nodes", now_ms=now_ms()
                 )
-            deadline = trio.current_time() + max(job.task.timeouts.queue_timeout, 0)
+            waited = (now_ms() - waiting_since_ms) / 1000 if waiting_since_ms else 0.0
+            deadline = trio.current_time() + max(job.task.timeouts.queue_timeout - waited, 0)
             while True:
                 chosen, declines, asked = await self._collect_bids(job, exclude, needed)
                 if len(chosen) >= needed or trio.current_time() >= deadline:

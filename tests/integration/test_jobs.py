@@ -531,3 +531,24 @@ def test_a_restarted_requester_resumes_a_job_still_waiting_for_a_node(
         assert document["State"]["State"] == "Completed", document["State"]
         (only,) = document["State"]["Executions"]
         assert only["NodeID"] == late.peer_id
+
+
+def test_a_resumed_job_keeps_the_queue_timeout_it_started_with(
+    tmp_path_factory: pytest.TempPathFactory, busybox_image: str
+) -> None:
+    with DaemonPool(tmp_path_factory.mktemp("resume-timeout")) as pool:
+        requester = pool.start("req", args=["--orchestrator"])
+        started = time.monotonic()
+        result = run(requester, "docker", "run", "--id-only", "--no-wait", "-s", "zone=never",
+                     "--queue-timeout", "8", "busybox", "--", "true")
+        job_id = result.stdout.strip()
+        wait_until(lambda: describe(requester, job_id)["State"]["State"] == "Queued",
+                   timeout=30, what="the job to wait for a node")
+        requester.kill()
+        time.sleep(5)
+        requester.start()  # about 7 s after submission
+        document = _when_ended(requester, job_id)
+        ended = time.monotonic() - started
+        assert document["State"]["State"] == "Failed"
+        # About 8 s after submission, not 8 s after the restart (15 s or more).
+        assert ended < 12.5, ended
