@@ -294,7 +294,7 @@ def create_app(node: NodeView) -> FastAPI:
         ``labels`` (repeatable) are Kubernetes-style selectors, as ``bacalhau node list
         --labels``; ``filter-status`` is connected or disconnected; every node is approved.
         """
-        selectors = _selectors(labels)
+        selectors = label_selectors(labels)
         if order_by and order_by not in _NODE_ORDER:
             raise HTTPException(400, f"order_by {order_by!r}: use one of "
                                      f"{', '.join(sorted(_NODE_ORDER))}")
@@ -359,7 +359,7 @@ def create_app(node: NodeView) -> FastAPI:
     return app
 
 
-def _selectors(texts: list[str]) -> list[Constraint]:
+def label_selectors(texts: list[str]) -> list[Constraint]:
     """``labels`` query values (one selector each, as Bacalhau's CLI sends them)."""
     try:
         return [c for text in texts for c in parse_selector(text)]

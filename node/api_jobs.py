@@ -27,7 +27,7 @@ from protocol.messages import ManifestEntry, published_spec_config
 from protocol.states import DESIRED_STATE_CODES, EXECUTION_STATE_CODES, ExecutionState
 
 from . import api_models as models
-from .api import _selectors, rfc3339
+from .api import label_selectors, rfc3339
 from .mesh import MeshError
 from .requester import Requester
 from .store import (
@@ -358,7 +358,7 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
         """Jobs newest first, ``limit`` per page; pass ``NextToken`` back as ``next_token``.
         ``labels`` (repeatable) are selectors on the jobs' labels, as ``bacalhau job list``
         sends them."""
-        selectors = _selectors(labels)
+        selectors = label_selectors(labels)
         items: list[dict[str, Any]] = []
         token = next_token or None
         try:

@@ -92,7 +92,6 @@ MAX_INLINE_URL = 64 * 1024
 # msgpack integers are at most 64-bit.
 _MAX_INT = 2**63 - 1
 
-# Parameters per type, in the order they are documented; the first are required.
 #: Most executions one job may ask for: each needs its own compute node.
 MAX_COUNT = 100
 #: Where a task's results are collected unless its ResultPaths say otherwise.
@@ -103,6 +102,7 @@ MIN_MEMORY_BYTES = 6 * 1024 * 1024
 _SYSTEM_PATHS = frozenset({"/", "/etc", "/proc", "/sys", "/dev", "/bin", "/sbin", "/lib",
                            "/usr"})
 _SYSTEM_TREES = ("/proc/", "/sys/", "/dev/")
+# Parameters per type, in the order they are documented; the first are required.
 _S3_SOURCE_PARAMS = ("Bucket", "Key", "Region", "Endpoint", "VersionID", "ChecksumSHA256", "Filter")
 _SOURCE_PARAMS: dict[str, tuple[str, ...]] = {
     "s3": _S3_SOURCE_PARAMS,

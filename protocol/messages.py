@@ -430,7 +430,7 @@ def unpack_message(data: bytes) -> Message:
     packed = codec.decode(data)
     if not isinstance(packed, Mapping) or packed.get("type") not in MESSAGE_TYPES:
         raise MalformedMessage("not a packed message")
-    return MESSAGE_TYPES[packed["type"]].from_body(packed["body"])
+    return MESSAGE_TYPES[packed["type"]].from_body(packed.get("body"))
 
 
 def seal_message(key: NodeKey, message: Message, *, now_ms: int) -> bytes:

@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, ClassVar
 
-from protocol.jobspec import NETWORK_TYPES, EngineSpec, Resources, check_absolute_path
+from protocol.jobspec import (
+    NETWORK_TYPES,
+    OUTPUTS_PATH,
+    EngineSpec,
+    Resources,
+    check_absolute_path,
+)
 
 __all__ = [
     "DEFAULT_TAIL_BYTES",
@@ -49,7 +55,7 @@ __all__ = [
 #: How much of stdout/stderr a result carries inline (the files keep everything).
 DEFAULT_TAIL_BYTES = 64 * 1024
 OUTPUTS_DIR = "outputs"
-OUTPUTS_TARGET = "/outputs"
+OUTPUTS_TARGET = OUTPUTS_PATH  # the spec's, which refuses inputs there at submit
 STDOUT_FILE = "stdout"
 STDERR_FILE = "stderr"
 EXIT_CODE_FILE = "exitCode"

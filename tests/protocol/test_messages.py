@@ -171,3 +171,11 @@ def test_unpacking_garbage_is_a_malformed_message():
     for data in (b"", b"\x81\xa4type\xa3nah", b"\xc1"):
         with pytest.raises(MalformedMessage):
             unpack_message(data)
+
+
+def test_a_packed_message_without_a_body_is_malformed():
+    from protocol.errors import MalformedMessage
+    from protocol.messages import unpack_message
+
+    with pytest.raises(MalformedMessage):
+        unpack_message(codec.encode({"type": "node.info"}))
