@@ -1,18 +1,24 @@
-"""The compute side: bid on announced jobs, run accepted executions, publish, sign.
+"""The compute side's interpreter: carries out what ``node.core.ComputeCore`` decides.
 
-Capacity is reserved when a node bids and released when the bid is rejected or
-the execution ends, so concurrent announcements cannot overcommit the node.
-At most ``max_jobs`` executions run at once; accepted ones beyond that wait.
+The core decides whether to bid (a slot and the job's resources are reserved
+when it does), starts an accepted execution, and cancels one when its
+requester says so or its deadline has long passed. Here is the I/O: measuring
+inputs, sending bids, and for each execution staging its inputs, running the
+container, publishing, signing the result record and reporting, all within the
+one deadline the requester fixed at acceptance. What the requester does not
+acknowledge waits in the store's outbox and is sent again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +40,27 @@ from protocol.messages import (
     seal_message,
     unpack_message,
 )
-from protocol.quantities import format_bytes
-from protocol.scheduling import NodePolicy, decline_reason, job_requirements
+from protocol.scheduling import NodePolicy
 from protocol.states import ExecutionState
 
+from .core import ComputeCore
+from .core.events import (
+    Announced,
+    CancelExecution,
+    ComputeEvent,
+    DecisionReceived,
+    ExecutionEnded,
+    InputsMeasured,
+    MeasureInputs,
+    SendBid,
+    StartExecution,
+    Tick,
+)
 from .mesh import TOPIC_RESULTS, Mesh, MeshError, now_ms
 
 log = logging.getLogger("bacnode.compute")
 
 OUTPUT_TAIL_CHARS = 16 * 1024
-#: An accepted bid whose decision never came is released after this long.
-RESERVATION_TTL_SECONDS = 60
 #: How long a bid may wait to learn its inputs' size (the requester waits 3 s for bids).
 INPUT_SIZE_TIMEOUT_SECONDS = 1.5
 #: How often a followed execution's output files are read for what is new, and how much
@@ -54,25 +70,20 @@ LOG_POLL_SECONDS = 0.25
 OUTBOX_RETRY_SECONDS = 2.0
 OUTBOX_MAX_AGE_MS = 24 * 3600 * 1000
 LOG_READ_BYTES = 64 * 1024
+#: How long past an execution's deadline its staging or a hung executor is cut off.
+DEADLINE_BACKSTOP_SECONDS = 2.0
 
 
 @dataclass
-class _Execution:
+class _Running:
+    """What the interpreter holds for an execution it runs (the core holds the slot)."""
+
     execution_id: str
     job: Job
     requester: str
-    needs: Capacity
-    accepted: trio.Event
-    cancel_scope: trio.CancelScope | None = None
+    deadline_ms: int
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     cancelled_reason: str | None = None
-
-
-def _subtract(a: Capacity, b: Capacity) -> Capacity:
-    return Capacity(a.cpu_milli - b.cpu_milli, a.memory - b.memory, a.disk - b.disk, a.gpu - b.gpu)
-
-
-def _add(a: Capacity, b: Capacity) -> Capacity:
-    return Capacity(a.cpu_milli + b.cpu_milli, a.memory + b.memory, a.disk + b.disk, a.gpu + b.gpu)
 
 
 class Compute:
@@ -96,28 +107,27 @@ class Compute:
         self.storages = storages
         self.results_root = results_root
         self.ipfs = ipfs
-        self._reserved = Capacity()
-        self._executions: dict[str, _Execution] = {}
-        self._slots = trio.Semaphore(max_jobs) if max_jobs > 0 else None
+        self.core = ComputeCore(mesh.peer_id, policy, max_jobs=max_jobs or (os.cpu_count() or 1),
+                                measure_inputs=storages is not None)
+        self._running: dict[str, _Running] = {}
         self._send_local = send_local
         #: The store's outbox: updates and results wait there until their requester acks.
         self._outbox = outbox
         self._nursery: trio.Nursery | None = None
-        self._capacity_changed = trio.Event()
+        self._wake = trio.Event()
 
     @property
     def free(self) -> Capacity:
-        free = _subtract(self.policy.total, self._reserved)
-        return Capacity(*(max(0, v) for v in (free.cpu_milli, free.memory, free.disk, free.gpu)))
+        return self.core.free
 
     @property
     def running(self) -> int:
-        """Executions holding resources here: running, queued, or bid on and not yet decided.
+        """Executions holding a slot here: running, or bid on and not yet decided.
 
         Open bids count too, so that a burst of jobs spreads over the nodes instead of
         every node bidding the same and the lowest peer ID winning them all.
         """
-        return len(self._executions)
+        return self.core.running
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -125,91 +135,71 @@ class Compute:
             if self._outbox is not None:
                 nursery.start_soon(self._resend_owed)
             task_status.started()
-            await trio.sleep_forever()
+            while True:
+                wake_at = self.core.wake_at()
+                delay = 60.0 if wake_at is None else max(0.0, (wake_at - now_ms()) / 1000)
+                with trio.move_on_after(delay):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                await self._handle(Tick())
+
+    async def _handle(self, event: ComputeEvent) -> None:
+        for instruction in self.core.handle(event, now_ms()):
+            match instruction:
+                case MeasureInputs(announcement, job, execution_id):
+                    self._spawn(self._measure_inputs, announcement, job, execution_id)
+                case SendBid(requester, bid):
+                    self._spawn(self._send_bid, requester, bid)
+                case StartExecution(execution_id, job, requester, deadline_ms):
+                    running = _Running(execution_id, job, requester, deadline_ms)
+                    self._running[execution_id] = running
+                    self._spawn(self._run_execution, running)
+                case CancelExecution(execution_id, reason):
+                    await self._cancel(execution_id, reason)
+        if not isinstance(event, Tick):
+            self._wake.set()
+
+    def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
 
     # -- bidding -----------------------------------------------------------
 
     async def on_announcement(self, announcement: JobAnnouncement) -> None:
-        job = Job.from_dict(announcement.job)
-        reason = decline_reason(job, self.policy)
-        if reason is None and job.task.input_sources:
-            reason = await self._inputs_too_big(job)
-        execution_id = f"e-{uuid.uuid4()}"
-        if reason is None:
-            needs = job_requirements(job)
-            self._reserved = _add(self._reserved, needs)
-            self._executions[execution_id] = _Execution(
-                execution_id, job, announcement.requester, needs, trio.Event()
-            )
-            assert self._nursery is not None
-            self._nursery.start_soon(self._expire_reservation, execution_id)
-        bid = Bid(
-            job_id=announcement.job_id,
-            execution_id=execution_id,
-            node_id=self.peer_id,
-            accept=reason is None,
-            reason=reason or "",
-            free=self.free,
-            running_executions=self.running,
-        )
-        try:
-            await self._send(
-                announcement.requester, seal_message(self.mesh.key, bid, now_ms=now_ms())
-            )
-        except MeshError as exc:
-            log.info("bid for %s not delivered: %s", announcement.job_id, exc)
-            self._release(execution_id)
+        await self._handle(Announced(announcement, Job.from_dict(announcement.job),
+                                     f"e-{uuid.uuid4()}"))
 
-    async def _inputs_too_big(self, job: Job) -> str | None:
-        """Decline when the inputs' known size does not fit this node's free disk."""
-        if self.storages is None:
-            return None
-        total = 0
+    async def _measure_inputs(self, announcement: JobAnnouncement, job: Job,
+                              execution_id: str) -> None:
+        """The inputs' known total size, within ``INPUT_SIZE_TIMEOUT_SECONDS`` (the
+        requester waits a few seconds for bids)."""
+        total: int | None = 0
         with trio.move_on_after(INPUT_SIZE_TIMEOUT_SECONDS):
             for source in job.task.input_sources:
                 try:
                     size = await self.storages.get(source.source_type).size_hint(source)
                 except Exception:
                     size = None
-                total += size or 0
-        free_disk = self.free.disk - job_requirements(job).disk
-        if total > free_disk:
-            have = format_bytes(free_disk)
-            return f"inputs need {format_bytes(total)}; node has {have} free disk"
-        return None
+                total = (total or 0) + (size or 0)
+        await self._handle(InputsMeasured(announcement, job, execution_id, total))
 
-    async def _expire_reservation(self, execution_id: str) -> None:
-        await trio.sleep(RESERVATION_TTL_SECONDS)
-        execution = self._executions.get(execution_id)
-        if execution is not None and not execution.accepted.is_set():
-            self._release(execution_id)
-
-    def _release(self, execution_id: str) -> None:
-        execution = self._executions.pop(execution_id, None)
-        if execution is not None:
-            self._reserved = _subtract(self._reserved, execution.needs)
-            self._capacity_changed.set()
-            self._capacity_changed = trio.Event()
+    async def _send_bid(self, requester: str, bid: Bid) -> None:
+        try:
+            await self._send(requester, seal_message(self.mesh.key, bid, now_ms=now_ms()))
+        except MeshError as exc:
+            log.info("bid for %s not delivered: %s", bid.job_id, exc)
+            if bid.accept:  # nobody will decide on it: free the slot now
+                await self._handle(ExecutionEnded(bid.execution_id))
 
     async def on_decision(self, decision: BidDecision, sender: str) -> None:
-        execution = self._executions.get(decision.execution_id)
-        if execution is None or execution.requester != sender:
-            return  # unknown, or not from the node that asked us
-        if decision.accepted:
-            if not execution.accepted.is_set():
-                execution.accepted.set()
-                assert self._nursery is not None
-                self._nursery.start_soon(self._run_execution, execution)
-            return
-        if execution.accepted.is_set():
-            execution.cancelled_reason = decision.reason
-            if execution.cancel_scope is not None:
-                execution.cancel_scope.cancel()
-            await self._cancel_container(execution.execution_id)
-        else:
-            self._release(decision.execution_id)
+        await self._handle(DecisionReceived(decision, sender))
 
-    async def _cancel_container(self, execution_id: str) -> None:
+    async def _cancel(self, execution_id: str, reason: str) -> None:
+        running = self._running.get(execution_id)
+        if running is None:
+            return
+        running.cancelled_reason = reason
+        running.cancel_scope.cancel()
         cancel = getattr(self.executor, "cancel", None)
         if cancel is not None:
             try:
@@ -219,63 +209,49 @@ class Compute:
 
     # -- running -----------------------------------------------------------
 
-    async def _run_execution(self, execution: _Execution) -> None:
+    async def _run_execution(self, execution: _Running) -> None:
         try:
-            if self._slots is not None:
-                async with self._slots:
-                    await self._execute(execution)
-            else:
-                await self._execute(execution)
+            await self._execute(execution)
         except Exception:  # one execution's failure must never take the node down
             log.exception("execution %s failed unexpectedly", execution.execution_id)
         finally:
-            self._release(execution.execution_id)
+            self._running.pop(execution.execution_id, None)
+            await self._handle(ExecutionEnded(execution.execution_id))
 
-    async def _execute(self, execution: _Execution) -> None:
-        from .executor.base import ExecutionRequest
-        from .storage import stage_inputs
+    def _seconds_left(self, execution: _Running) -> int:
+        """Whole seconds to the execution's deadline (0: none; at least 1 while any is left)."""
+        if not execution.deadline_ms:
+            return 0
+        return max(1, -(-(execution.deadline_ms - now_ms()) // 1000))
 
-        job = execution.job
-        task = job.task
+    async def _execute(self, execution: _Running) -> None:
         results_dir = self.results_root / execution.execution_id
         staging_dir = self.results_root / f"{execution.execution_id}.inputs"
-        with trio.CancelScope() as scope:
-            execution.cancel_scope = scope
+        # The executor kills the container at the deadline itself and says so; this scope
+        # is for what it does not bound (staging, a hung Docker call), a moment later.
+        deadline = (trio.current_time() + (execution.deadline_ms - now_ms()) / 1000
+                    + DEADLINE_BACKSTOP_SECONDS if execution.deadline_ms else math.inf)
+        with execution.cancel_scope:
             await self._update(execution, ExecutionState.RUNNING, "staging inputs and starting")
+            timed_out = False
             try:
-                await trio.to_thread.run_sync(_fresh_dirs, results_dir, staging_dir)
-                inputs = await stage_inputs(
-                    task.input_sources,
-                    staging_dir,
-                    registry=self.storages,
-                    timeout=task.timeouts.execution_limit or None,
-                )
-                request = ExecutionRequest(
-                    execution_id=execution.execution_id,
-                    job_id=job.id or "",
-                    engine=task.engine,
-                    resources=task.resources,
-                    network=task.network.type,
-                    timeout_seconds=task.timeouts.execution_limit,
-                    task_env=tuple(f"{name}={value}" for name, value in sorted(task.env.items())),
-                    inputs=tuple(inputs),
-                    results_dir=results_dir,
-                )
-                result = await self.executor.run(request)  # type: ignore[attr-defined]
+                with trio.move_on_at(deadline) as in_time:
+                    result = await self._stage_and_run(execution, staging_dir, results_dir)
+                timed_out = in_time.cancelled_caught
             except Exception as exc:
                 await self._update(execution, ExecutionState.FAILED, f"{exc}")
                 return
             finally:
                 await trio.to_thread.run_sync(shutil.rmtree, staging_dir, True)
+            if timed_out:
+                limit = execution.job.task.timeouts.execution_limit
+                await self._update(execution, ExecutionState.FAILED,
+                                   f"execution timed out after {limit}s and was stopped")
+                return
             if result.error:
-                await self._update(
-                    execution,
-                    ExecutionState.FAILED,
-                    result.error,
-                    exit_code=result.exit_code,
-                    stdout=result.stdout_tail,
-                    stderr=result.stderr_tail,
-                )
+                await self._update(execution, ExecutionState.FAILED, result.error,
+                                   exit_code=result.exit_code, stdout=result.stdout_tail,
+                                   stderr=result.stderr_tail)
                 return
             await self._update(execution, ExecutionState.PUBLISHING, "publishing results")
             try:
@@ -283,33 +259,53 @@ class Compute:
             except Exception as exc:
                 await self._update(execution, ExecutionState.FAILED, f"publishing failed: {exc}")
                 return
-            envelope = seal_message(self.mesh.key, record, now_ms=now_ms())
-            await self._deliver(execution.requester, record, envelope)
-            try:
-                await self.mesh.pubsub.publish(TOPIC_RESULTS, envelope)
-            except Exception as exc:
-                log.debug("result gossip failed: %r", exc)
-            if result.exit_code == 0:
-                state, message = ExecutionState.COMPLETED, "completed"
-            else:
-                tail = result.stderr_tail.strip().splitlines()[-1:] or [""]
-                state = ExecutionState.FAILED
-                message = f"exit code {result.exit_code}: {tail[0][:300]}".rstrip(": ")
+            await self._report(execution, record, result)
+        if execution.cancel_scope.cancelled_caught:
             await self._update(
-                execution,
-                state,
-                message,
-                exit_code=result.exit_code,
-                stdout=result.stdout_tail,
-                stderr=result.stderr_tail,
-            )
-        if scope.cancelled_caught:
-            await self._update(
-                execution, ExecutionState.CANCELLED, execution.cancelled_reason or "cancelled"
-            )
+                execution, ExecutionState.CANCELLED, execution.cancelled_reason or "cancelled")
+
+    async def _stage_and_run(self, execution: _Running, staging_dir: Path,
+                             results_dir: Path) -> Any:
+        from .executor.base import ExecutionRequest
+        from .storage import stage_inputs
+
+        job, task = execution.job, execution.job.task
+        await trio.to_thread.run_sync(_fresh_dirs, results_dir, staging_dir)
+        inputs = await stage_inputs(task.input_sources, staging_dir, registry=self.storages,
+                                    timeout=self._seconds_left(execution) or None)
+        request = ExecutionRequest(
+            execution_id=execution.execution_id,
+            job_id=job.id or "",
+            engine=task.engine,
+            resources=task.resources,
+            network=task.network.type,
+            # What is left of the one deadline, after staging (and the executor's pull).
+            timeout_seconds=self._seconds_left(execution),
+            task_env=tuple(f"{name}={value}" for name, value in sorted(task.env.items())),
+            inputs=tuple(inputs),
+            results_dir=results_dir,
+        )
+        return await self.executor.run(request)  # type: ignore[attr-defined]
+
+    async def _report(self, execution: _Running, record: ResultRecord, result: Any) -> None:
+        """Deliver the signed result to the requester, gossip it, and send the final state."""
+        envelope = seal_message(self.mesh.key, record, now_ms=now_ms())
+        await self._deliver(execution.requester, record, envelope)
+        try:
+            await self.mesh.pubsub.publish(TOPIC_RESULTS, envelope)
+        except Exception as exc:
+            log.debug("result gossip failed: %r", exc)
+        if result.exit_code == 0:
+            state, message = ExecutionState.COMPLETED, "completed"
+        else:
+            tail = result.stderr_tail.strip().splitlines()[-1:] or [""]
+            state = ExecutionState.FAILED
+            message = f"exit code {result.exit_code}: {tail[0][:300]}".rstrip(": ")
+        await self._update(execution, state, message, exit_code=result.exit_code,
+                           stdout=result.stdout_tail, stderr=result.stderr_tail)
 
     async def _publish(
-        self, execution: _Execution, results_dir: Path, exit_code: int
+        self, execution: _Running, results_dir: Path, exit_code: int
     ) -> ResultRecord:
         publisher = execution.job.task.publisher.type
         links = await trio.to_thread.run_sync(_symbolic_links, results_dir)
@@ -348,7 +344,7 @@ class Compute:
     async def _publish_elsewhere(
         self,
         publisher: str,
-        execution: _Execution,
+        execution: _Running,
         results_dir: Path,
         manifest: list[ManifestEntry],
     ) -> dict[str, Any]:
@@ -377,7 +373,7 @@ class Compute:
 
     async def _update(
         self,
-        execution: _Execution,
+        execution: _Running,
         state: ExecutionState,
         message: str,
         *,
@@ -465,7 +461,7 @@ class Compute:
                       ) -> AsyncIterator[tuple[int, bytes]] | None:
         """The output of an execution here as the container writes it, for the requester
         that owns it: ``(1, stdout bytes)`` and ``(2, stderr bytes)``, until it ends."""
-        execution = self._executions.get(execution_id)
+        execution = self._running.get(execution_id)
         if execution is None or execution.requester != asker:
             return None
         return self._tail_output(execution_id)
@@ -474,7 +470,7 @@ class Compute:
         results_dir = self.results_root / execution_id
         offsets = {1: 0, 2: 0}
         while True:
-            running = execution_id in self._executions  # released once published
+            running = execution_id in self._running  # forgotten once reported
             for kind, name in ((1, "stdout"), (2, "stderr")):
                 while chunk := await trio.to_thread.run_sync(
                         _read_from, results_dir / name, offsets[kind], LOG_READ_BYTES):

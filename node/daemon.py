@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 import protocol
-from protocol.envelope import MAX_SKEW_MS, Envelope, EnvelopeVerifier, encode_envelope
+from protocol.envelope import Envelope, EnvelopeVerifier, encode_envelope
 from protocol.errors import RemoteProtocolError
 from protocol.messages import (
     Bid,
@@ -92,7 +92,6 @@ class Daemon:
         #: When this run started: in every heartbeat, so peers can tell a restart.
         self.started_ms = now_ms()
         #: Local time a new run of a node was first heard of (it restarted then).
-        self._restart_seen_ms: dict[str, int] = {}
         self._newcomer_seen = False
         self._shutdown = trio.Event()
         # (received_ms, delay_ms) of recent heartbeats: gossip latency, observable via the API.
@@ -208,40 +207,6 @@ class Daemon:
         except Exception:
             log.exception("%s failed", getattr(fn, "__name__", fn))
 
-    def compute_peers(self) -> set[str]:
-        now = now_ms()
-        peers = {
-            node_id
-            for node_id, status in self._nodes.items()
-            if "compute" in status.info.roles and self._is_connected(status.last_seen_ms, now)
-        }
-        if self.config.compute:
-            peers.add(self.peer_id)
-        return peers
-
-    def is_alive(self, node_id: str) -> bool:
-        if node_id == self.peer_id:
-            return True
-        status = self._nodes.get(node_id)
-        if status is None:
-            # Not heard from since this node started: unknown, not dead, until a whole
-            # detection window has passed (a restarted requester must not fail healthy nodes'
-            # executions before their first heartbeat reaches it).
-            return self._is_connected(self.started_ms, now_ms())
-        return self._is_connected(status.last_seen_ms, now_ms())
-
-    def node_restarted_after(self, node_id: str, local_ms: int) -> bool:
-        """Whether ``node_id`` has restarted since ``local_ms`` (this node's clock): seen
-        here as a new run in its heartbeats, or a run that began after it by more than any
-        clock skew between the two nodes could explain."""
-        if node_id == self.peer_id:
-            return self.started_ms > local_ms
-        seen = self._restart_seen_ms.get(node_id)
-        if seen is not None and seen > local_ms:
-            return True
-        status = self._nodes.get(node_id)
-        return status is not None and status.info.started_ms > local_ms + MAX_SKEW_MS
-
     async def _saw_node(self, info: NodeInfo) -> None:
         assert self.store is not None
         now = now_ms()
@@ -252,8 +217,8 @@ class Daemon:
             return
         if previous is None and info.node_id != self.peer_id:
             self._newcomer_seen = True
-        if previous is not None and info.started_ms != previous.info.started_ms:
-            self._restart_seen_ms[info.node_id] = now
+        if self.requester is not None:
+            await self.requester.heard(info)
         if previous is not None:
             first_seen = previous.first_seen_ms
         else:  # first heartbeat since start: keep the FirstSeen stored before a restart
@@ -286,10 +251,13 @@ class Daemon:
             due = trio.current_time() - last_sent >= self.config.heartbeat_seconds
             if due or load != last_load or self._newcomer_seen:
                 self._newcomer_seen = False
+                info = self.local_node_info()
                 try:
-                    await self.mesh.publish(TOPIC_NODES, self.local_node_info())
+                    await self.mesh.publish(TOPIC_NODES, info)
                 except Exception as exc:
                     log.debug("heartbeat not sent: %r", exc)
+                if self.requester is not None:  # gossip does not bring our own back
+                    await self.requester.heard(info)
                 last_sent, last_load = trio.current_time(), load
             await trio.sleep(min(LOAD_CHECK_SECONDS, self.config.heartbeat_seconds))
 
@@ -340,9 +308,9 @@ class Daemon:
                     self.requester = Requester(
                         store=store,
                         mesh=self.mesh,
-                        compute_peers=self.compute_peers,
-                        is_alive=self.is_alive,
-                        node_restarted_after=self.node_restarted_after,
+                        started_ms=self.started_ms,
+                        detection_window_ms=config.heartbeat_seconds * 1000
+                        * config.missed_heartbeats,
                         local_compute=self._decide_locally if self.compute else None,
                         default_execution_timeout=config.default_execution_timeout,
                     )

@@ -13,7 +13,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
 from . import codec
@@ -81,9 +81,13 @@ def _to_wire(value: Any) -> Any:
 
 
 @functools.cache
-def _field_types(cls: type) -> tuple[dict[str, Any], frozenset[str]]:
+def _field_types(cls: type) -> tuple[dict[str, Any], frozenset[str], frozenset[str]]:
+    """A record's field types, its field names, and the names it cannot do without (a
+    field with a default was added later, and older nodes do not send it)."""
     # get_type_hints re-evaluates string annotations on every call; once per class will do.
-    return typing.get_type_hints(cls), frozenset(f.name for f in fields(cls))
+    required = frozenset(f.name for f in fields(cls)
+                         if f.default is MISSING and f.default_factory is MISSING)
+    return typing.get_type_hints(cls), frozenset(f.name for f in fields(cls)), required
 
 
 class Record:
@@ -96,15 +100,16 @@ class Record:
     def _from_map(cls, data: Any, path: str) -> Any:
         if not isinstance(data, Mapping):
             raise MalformedMessage(f"{path} must be a map, got {type(data).__name__}")
-        hints, declared = _field_types(cls)
+        hints, declared, required = _field_types(cls)
         unknown = sorted(set(data) - declared)
         if unknown:
             raise MalformedMessage(f"{path}: unexpected field(s) {', '.join(map(str, unknown))}")
-        missing = sorted(declared - set(data))
+        missing = sorted(required - set(data))
         if missing:
             raise MalformedMessage(f"{path}: missing field(s) {', '.join(missing)}")
         values = {
-            name: _check_value(data[name], hints[name], f"{path}.{name}") for name in declared
+            name: _check_value(data[name], hints[name], f"{path}.{name}")
+            for name in declared & set(data)
         }
         record = cls(**values)
         record._validate(path)
@@ -168,10 +173,15 @@ class JobAnnouncement(Message):
     requester: str
     job: Mapping[str, Any]
     bid_deadline_ms: int
+    #: The nodes asked to bid (the nearest to the job by XOR distance that fit); others
+    #: stay quiet. Empty: every node that fits may bid.
+    candidates: tuple[str, ...] = ()
 
     def _validate(self, path: str) -> None:
         _check_job_id(self.job_id, path)
         _check_peer(self.requester, f"{path}.requester")
+        for i, candidate in enumerate(self.candidates):
+            _check_peer(candidate, f"{path}.candidates[{i}]")
         from .jobspec import Job
 
         try:
@@ -192,6 +202,8 @@ class Bid(Message):
     reason: str
     free: Capacity
     running_executions: int
+    #: A decline for now, not for good: every slot is taken. Ask again later.
+    busy: bool = False
 
     def _validate(self, path: str) -> None:
         _check_job_id(self.job_id, path)
@@ -210,11 +222,16 @@ class BidDecision(Message):
     node_id: str
     accepted: bool
     reason: str
+    #: When the execution must have ended (the requester's Unix ms, fixed when it accepted
+    #: the bid; 0: no limit). Staging, the container and the requester's watchdog all
+    #: count to this one deadline.
+    deadline_ms: int = 0
 
     def _validate(self, path: str) -> None:
         _check_job_id(self.job_id, path)
         _check_execution_id(self.execution_id, path)
         _check_peer(self.node_id, f"{path}.node_id")
+        _require(self.deadline_ms >= 0, f"{path}.deadline_ms must not be negative")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,160 @@
+"""The compute node's decisions: whether to bid, when to start, when to give up.
+
+A node has ``max_jobs`` slots. A bid takes one (and reserves the job's
+resources) until the requester decides; an accepted bid starts at once in its
+slot, so no execution ever waits here and its deadline, fixed by the requester
+at acceptance, is all time for work. A node with no slot free declines as
+*busy*, which tells the requester to ask again later: jobs queue at the
+requester, as Bacalhau's do at its orchestrator, and a node never runs more
+containers than it has slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocol.jobspec import Job
+from protocol.messages import Bid, Capacity, JobAnnouncement
+from protocol.quantities import format_bytes
+from protocol.scheduling import NodePolicy, decline_reason, job_requirements
+
+from .events import (
+    Announced,
+    CancelExecution,
+    ComputeEvent,
+    ComputeInstruction,
+    DecisionReceived,
+    ExecutionEnded,
+    InputsMeasured,
+    MeasureInputs,
+    SendBid,
+    StartExecution,
+    Tick,
+)
+
+#: A bid whose decision never came frees its slot after this long.
+RESERVATION_TTL_MS = 15_000
+#: After its deadline, how long an execution may take to stop before it is cancelled.
+OVERRUN_GRACE_MS = 5_000
+
+
+@dataclass
+class Slot:
+    execution_id: str
+    job: Job
+    requester: str
+    needs: Capacity
+    bid_ms: int
+    started: bool = False
+    deadline_ms: int = 0
+    cancelling: bool = False
+
+
+def _plus(a: Capacity, b: Capacity) -> Capacity:
+    return Capacity(a.cpu_milli + b.cpu_milli, a.memory + b.memory, a.disk + b.disk, a.gpu + b.gpu)
+
+
+def _minus(a: Capacity, b: Capacity) -> Capacity:
+    return Capacity(*(max(0, x - y) for x, y in ((a.cpu_milli, b.cpu_milli), (a.memory, b.memory),
+                                                 (a.disk, b.disk), (a.gpu, b.gpu))))
+
+
+class ComputeCore:
+    def __init__(self, node_id: str, policy: NodePolicy, *, max_jobs: int,
+                 measure_inputs: bool = True) -> None:
+        self.node_id = node_id
+        self.policy = policy
+        self.max_jobs = max(1, max_jobs)
+        self.measure_inputs = measure_inputs
+        self.slots: dict[str, Slot] = {}
+        self.reserved = Capacity()
+
+    @property
+    def free(self) -> Capacity:
+        return _minus(self.policy.total, self.reserved)
+
+    @property
+    def running(self) -> int:
+        """Executions holding a slot: running, or bid on and not yet decided."""
+        return len(self.slots)
+
+    def handle(self, event: ComputeEvent, now: int) -> list[ComputeInstruction]:
+        match event:
+            case Announced(announcement, job, execution_id):
+                return self._announced(announcement, job, execution_id, now)
+            case InputsMeasured(announcement, job, execution_id, total_bytes):
+                return self._bid(announcement, job, execution_id, now, total_bytes)
+            case DecisionReceived(decision, sender):
+                slot = self.slots.get(decision.execution_id)
+                if slot is None or slot.requester != sender or slot.job.id != decision.job_id:
+                    return []  # unknown, or not from the node that asked us
+                if decision.accepted:
+                    if slot.started:
+                        return []
+                    slot.started, slot.deadline_ms = True, decision.deadline_ms
+                    return [StartExecution(slot.execution_id, slot.job, slot.requester,
+                                           decision.deadline_ms)]
+                if slot.started:
+                    slot.cancelling = True
+                    return [CancelExecution(slot.execution_id, decision.reason)]
+                self._release(slot.execution_id)
+                return []
+            case ExecutionEnded(execution_id):
+                self._release(execution_id)
+                return []
+            case Tick():
+                return self._tick(now)
+        return []
+
+    def wake_at(self) -> int | None:
+        times = [slot.deadline_ms + OVERRUN_GRACE_MS if slot.started else
+                 slot.bid_ms + RESERVATION_TTL_MS for slot in self.slots.values()
+                 if not slot.cancelling and (slot.deadline_ms or not slot.started)]
+        return min(times, default=None)
+
+    def _announced(self, announcement: JobAnnouncement, job: Job, execution_id: str,
+                   now: int) -> list[ComputeInstruction]:
+        if announcement.candidates and self.node_id not in announcement.candidates:
+            return []
+        if self.measure_inputs and job.task.input_sources and self._refusal(job) is None:
+            return [MeasureInputs(announcement, job, execution_id)]
+        return self._bid(announcement, job, execution_id, now, None)
+
+    def _refusal(self, job: Job) -> str | None:
+        return decline_reason(job, self.policy)
+
+    def _bid(self, announcement: JobAnnouncement, job: Job, execution_id: str, now: int,
+             inputs_bytes: int | None) -> list[ComputeInstruction]:
+        needs = job_requirements(job)
+        reason = self._refusal(job)
+        busy = False
+        if reason is None and inputs_bytes and inputs_bytes > self.policy.total.disk - needs.disk:
+            reason = (f"inputs need {format_bytes(inputs_bytes)}; node has "
+                      f"{format_bytes(max(0, self.policy.total.disk - needs.disk))} disk")
+        if reason is None and (len(self.slots) >= self.max_jobs or not needs.fits_in(self.free)):
+            busy = True
+            reason = f"busy: {len(self.slots)} of {self.max_jobs} slot(s) in use"
+        if reason is None:
+            self.slots[execution_id] = Slot(execution_id, job, announcement.requester, needs, now)
+            self.reserved = _plus(self.reserved, needs)
+        bid = Bid(job_id=announcement.job_id, execution_id=execution_id, node_id=self.node_id,
+                  accept=reason is None, reason=reason or "", free=self.free,
+                  running_executions=self.running, busy=busy)
+        return [SendBid(announcement.requester, bid)]
+
+    def _release(self, execution_id: str) -> None:
+        slot = self.slots.pop(execution_id, None)
+        if slot is not None:
+            self.reserved = _minus(self.reserved, slot.needs)
+
+    def _tick(self, now: int) -> list[ComputeInstruction]:
+        out: list[ComputeInstruction] = []
+        for slot in list(self.slots.values()):
+            if not slot.started and now - slot.bid_ms >= RESERVATION_TTL_MS:
+                self._release(slot.execution_id)
+            elif (slot.started and slot.deadline_ms and not slot.cancelling
+                  and now >= slot.deadline_ms + OVERRUN_GRACE_MS):
+                # The executor stops at the deadline itself; this catches what it missed.
+                slot.cancelling = True
+                out.append(CancelExecution(slot.execution_id, "the execution's deadline passed"))
+        return out

@@ -1,0 +1,564 @@
+"""The requester's decisions: place a job's executions, follow them, retry the lost ones.
+
+One ``RequesterCore`` per node holds every unfinished job this node requested
+and its view of the compute nodes it has heard from. ``handle(event, now_ms)``
+returns the instructions to carry out, in order; persisting comes before
+sending, so what a node was told is always on disk first.
+
+Placement, per job:
+
+1. **Ask.** Compute nodes that fit the job (engine, storage, publisher, labels,
+   total capacity, as their heartbeats say) are ranked: those with room first,
+   then by XOR distance between the hashes of their ID and the job's. The first
+   ``needed + BID_FANOUT`` are asked. When the requester knows no compute node
+   yet, the announcement is open to all.
+2. **Decide.** As soon as every node asked has answered, or enough accepted and
+   ``DECIDE_AFTER_MS`` passed, or the window (``BID_WINDOW_MS``) closes. The
+   best bids win (``protocol.scheduling``); losers are told so they free their
+   slot.
+3. **Wait.** Too few accepted: nodes that declined as *busy* will have room
+   later, so the job waits (``Queued``) and asks again, with a widening circle
+   of nodes and a growing delay, or at once when an execution somewhere ends.
+   A job whose ``Count`` more nodes than can ever take it need fails when its
+   queue timeout passes, with the reason.
+
+Each accepted execution gets one deadline, fixed here at acceptance and sent in
+the decision: its node stops it there, and the watchdog fails it
+``DEADLINE_GRACE_MS`` later if no final word came. An execution whose node went
+silent, restarted, or could not be told is failed as *retryable* and placed
+again elsewhere, ``MAX_RETRIES`` times at most, counted from the job's stored
+executions, so a restart neither resets nor loses the budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from protocol.envelope import MAX_SKEW_MS
+from protocol.jobspec import Job
+from protocol.messages import (
+    Bid,
+    BidDecision,
+    ExecutionUpdate,
+    JobAnnouncement,
+    NodeInfo,
+)
+from protocol.scheduling import NodePolicy, choose_bids, decline_reason, job_requirements
+from protocol.states import EXECUTION_TRANSITIONS, ExecutionState, JobState
+
+from .events import (
+    Announce,
+    BidReceived,
+    DecisionUndelivered,
+    NodeHeard,
+    NodeLost,
+    PersistExecution,
+    PersistJob,
+    RequesterEvent,
+    RequesterInstruction,
+    Restarted,
+    ResultReceived,
+    SendDecision,
+    StopRequested,
+    StoredJob,
+    StoreResult,
+    Submitted,
+    Tick,
+    UpdateReceived,
+)
+
+#: Longest wait for bids from the nodes asked.
+BID_WINDOW_MS = 3000
+#: With enough accepting bids in hand, how long the others still get to answer.
+DECIDE_AFTER_MS = 50
+#: Nodes asked beyond the number of executions needed.
+BID_FANOUT = 2
+#: Times an execution is placed again after its node was lost.
+MAX_RETRIES = 2
+#: A waiting job asks again after this delay, doubling up to the maximum.
+RETRY_FIRST_MS = 500
+RETRY_MAX_MS = 5000
+#: After an execution's deadline, how long its node's last word may take to arrive.
+DEADLINE_GRACE_MS = 10_000
+
+_PLACED = frozenset({ExecutionState.BID_ACCEPTED, ExecutionState.RUNNING,
+                     ExecutionState.PUBLISHING, ExecutionState.COMPLETED})
+_ACTIVE = frozenset({ExecutionState.BID_ACCEPTED, ExecutionState.RUNNING,
+                     ExecutionState.PUBLISHING})
+
+
+def xor_distance(job_id: str, node_id: str) -> int:
+    """Kademlia's distance between a job and a node, on the SHA-256 of their IDs."""
+    job_key = int.from_bytes(hashlib.sha256(job_id.encode()).digest())
+    node_key = int.from_bytes(hashlib.sha256(node_id.encode()).digest())
+    return job_key ^ node_key
+
+
+@dataclass
+class _Execution:
+    execution_id: str
+    node_id: str
+    state: ExecutionState
+    created_ms: int
+    deadline_ms: int
+    retryable: bool = False
+
+
+@dataclass
+class _Round:
+    number: int
+    asked: frozenset[str]  # empty: open to every node
+    opened_ms: int
+    bids: dict[str, Bid] = field(default_factory=dict)
+
+
+@dataclass
+class _Plan:
+    """One unfinished job."""
+
+    job: Job
+    state: JobState
+    waiting_since_ms: int
+    executions: dict[str, _Execution] = field(default_factory=dict)
+    round: _Round | None = None
+    rounds: int = 0
+    #: When to ask again (None: not waiting).
+    retry_at_ms: int | None = None
+    retry_delay_ms: int = RETRY_FIRST_MS
+    width: int = 0
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id or ""
+
+    def placed(self) -> list[_Execution]:
+        return [e for e in self.executions.values() if e.state in _PLACED]
+
+    def needed(self) -> int:
+        return self.job.count - len(self.placed())
+
+    def tried_nodes(self) -> set[str]:
+        return {e.node_id for e in self.executions.values()}
+
+
+@dataclass
+class _NodeView:
+    info: NodeInfo
+    heard_ms: int
+    restart_seen_ms: int = 0
+
+
+class RequesterCore:
+    def __init__(self, node_id: str, *, detection_window_ms: int,
+                 default_execution_timeout: int = 0) -> None:
+        self.node_id = node_id
+        self.detection_window_ms = detection_window_ms
+        self.default_execution_timeout = default_execution_timeout
+        self.started_ms = 0
+        self.plans: dict[str, _Plan] = {}
+        self.nodes: dict[str, _NodeView] = {}
+        #: The latest message of each execution still followed (for a job's failure reason).
+        self._last_message: dict[str, str] = {}
+        self._out: list[RequesterInstruction] = []
+
+    # -- the interface ---------------------------------------------------------
+
+    def handle(self, event: RequesterEvent, now: int) -> list[RequesterInstruction]:
+        self._out = []
+        match event:
+            case Tick():
+                self._tick(now)
+            case Submitted(job):
+                self._submitted(job, now)
+            case BidReceived(bid):
+                self._bid(bid, now)
+            case UpdateReceived(update):
+                self._update(update, now)
+            case ResultReceived(record, envelope):
+                plan = self.plans.get(record.job_id)
+                execution = plan.executions.get(record.execution_id) if plan else None
+                # Results also arrive for jobs finished here already: the store decides.
+                if execution is None or execution.node_id == record.node_id:
+                    self._out.append(StoreResult(record, envelope))
+            case NodeHeard(info):
+                self._heard(info, now)
+            case NodeLost(node_id):
+                view = self.nodes.get(node_id)
+                if view is not None:
+                    view.heard_ms = -self.detection_window_ms - 1
+                self._watch(now)
+            case DecisionUndelivered(execution_id, reason):
+                self._undelivered(execution_id, reason, now)
+            case StopRequested(job_id, reason):
+                self._stop(job_id, reason)
+            case Restarted(started_ms, jobs):
+                self._restarted(started_ms, jobs, now)
+        out, self._out = self._out, []
+        return out
+
+    def wake_at(self) -> int | None:
+        """When ``Tick`` next has something to do (Unix ms), if ever."""
+        times = []
+        for plan in self.plans.values():
+            if plan.round is not None:
+                times.append(plan.round.opened_ms + BID_WINDOW_MS)
+            if plan.retry_at_ms is not None:
+                times.append(plan.retry_at_ms)
+            times.extend(e.deadline_ms + DEADLINE_GRACE_MS
+                         for e in plan.executions.values() if e.state in _ACTIVE and e.deadline_ms)
+        return min(times, default=None)
+
+    def is_alive(self, node_id: str, now: int) -> bool:
+        view = self.nodes.get(node_id)
+        if view is None:
+            # Not heard from since this node started: unknown, not dead, until a whole
+            # detection window has passed (a restarted requester must not fail healthy
+            # nodes' executions before their first heartbeat reaches it).
+            return now - self.started_ms <= self.detection_window_ms
+        return now - view.heard_ms <= self.detection_window_ms
+
+    def restarted_after(self, node_id: str, local_ms: int) -> bool:
+        """Whether ``node_id`` began a new run after ``local_ms``: seen here as a new run in
+        its heartbeats, or a run that began later than clock skew could explain."""
+        if node_id == self.node_id:
+            return self.started_ms > local_ms
+        view = self.nodes.get(node_id)
+        if view is None:
+            return False
+        return view.restart_seen_ms > local_ms or view.info.started_ms > local_ms + MAX_SKEW_MS
+
+    # -- submission and placement ----------------------------------------------
+
+    def _submitted(self, job: Job, now: int) -> None:
+        plan = _Plan(job=job, state=JobState.PENDING, waiting_since_ms=now)
+        self.plans[plan.job_id] = plan
+        self._set_job(plan, JobState.QUEUED, "looking for compute nodes")
+        self._ask(plan, now)
+
+    def _ask(self, plan: _Plan, now: int) -> None:
+        """Open a bid round for what ``plan`` still needs."""
+        needed = plan.needed()
+        if needed <= 0 or plan.state.is_terminal:
+            plan.retry_at_ms = None
+            return
+        plan.retry_at_ms = None
+        plan.rounds += 1
+        plan.width = max(plan.width * 2, needed + BID_FANOUT)
+        candidates = self._candidates(plan.job, now, exclude=plan.tried_nodes())
+        asked = frozenset(candidates[:plan.width])
+        plan.round = _Round(plan.rounds, asked, now)
+        self._out.append(Announce(JobAnnouncement(
+            job_id=plan.job_id,
+            requester=self.node_id,
+            job=plan.job.to_dict(),
+            bid_deadline_ms=now + BID_WINDOW_MS,
+            candidates=tuple(sorted(asked)),
+        )))
+
+    def _candidates(self, job: Job, now: int, exclude: set[str]) -> list[str]:
+        """Live compute nodes that fit ``job``: those with room first, then by distance."""
+        needs = job_requirements(job)
+        ranked = []
+        for node_id, view in self.nodes.items():
+            info = view.info
+            if (node_id in exclude or "compute" not in info.roles
+                    or not self.is_alive(node_id, now)):
+                continue
+            policy = NodePolicy(engines=info.engines, storages=info.storages,
+                                publishers=info.publishers, labels=info.labels,
+                                total=info.total, allow_networked_jobs=True)
+            if decline_reason(job, policy) is not None:
+                continue
+            room = needs.fits_in(info.free)
+            ranked.append((not room, xor_distance(job.id or "", node_id), node_id))
+        return [node_id for *_, node_id in sorted(ranked)]
+
+    def _bid(self, bid: Bid, now: int) -> None:
+        plan = self.plans.get(bid.job_id)
+        bid_round = plan.round if plan is not None else None
+        if plan is None or bid_round is None or (
+                bid_round.asked and bid.node_id not in bid_round.asked):
+            if bid.accept:  # too late, or unasked: free the node's slot
+                self._decide(bid, False, "bid arrived after the decision", 0)
+            return
+        bid_round.bids[bid.node_id] = bid
+        self._maybe_close(plan, now)
+
+    def _maybe_close(self, plan: _Plan, now: int) -> None:
+        bid_round = plan.round
+        assert bid_round is not None
+        accepting = sum(bid.accept for bid in bid_round.bids.values())
+        everyone = bool(bid_round.asked) and bid_round.asked <= set(bid_round.bids)
+        enough = accepting >= plan.needed() and now - bid_round.opened_ms >= DECIDE_AFTER_MS
+        if everyone or enough or now - bid_round.opened_ms >= BID_WINDOW_MS:
+            self._close(plan, now)
+
+    def _close(self, plan: _Plan, now: int) -> None:
+        bid_round = plan.round
+        assert bid_round is not None
+        plan.round = None
+        bids = list(bid_round.bids.values())
+        needed = plan.needed()
+        chosen = choose_bids(bids, needed, exclude={
+            e.node_id for e in plan.executions.values() if e.state in _PLACED})
+        busy = [bid for bid in bids if not bid.accept and bid.busy]
+        queue_over = now >= plan.waiting_since_ms + plan.job.task.timeouts.queue_timeout * 1000
+        # Nodes that are busy now will have room later; nodes that declined never will.
+        could_ever = len(chosen) + len(busy) >= needed
+        if len(chosen) < needed and not could_ever:
+            for bid in chosen:
+                self._decide(bid, False, "the job's count cannot be met yet", 0)
+            chosen = []
+        for bid in bids:
+            if bid.accept and bid not in chosen:
+                self._decide(bid, False, "another node was chosen", 0)
+        for bid in chosen:
+            self._place(plan, bid, now)
+        if len(chosen) >= needed:
+            plan.retry_at_ms, plan.retry_delay_ms, plan.width = None, RETRY_FIRST_MS, 0
+            return
+        if not could_ever and queue_over:
+            self._fail(plan, self._no_placement_reason(plan, bids, bid_round, needed))
+            return
+        plan.retry_at_ms = now + plan.retry_delay_ms
+        plan.retry_delay_ms = min(plan.retry_delay_ms * 2, RETRY_MAX_MS)
+
+    def _no_placement_reason(self, plan: _Plan, bids: list[Bid], bid_round: _Round,
+                             needed: int) -> str:
+        accepting = sum(bid.accept for bid in bids)
+        if accepting and needed > accepting:
+            return (f"Count {plan.job.count}: {needed} more execution(s) need as many distinct "
+                    f"compute nodes, and only {accepting} can take the job "
+                    f"(queued {plan.job.task.timeouts.queue_timeout}s)")
+        declines = {bid.node_id: bid.reason for bid in bids if not bid.accept}
+        if not declines:
+            asked = len(bid_round.asked)
+            if not asked:
+                return "no compute node answered; is any compute node connected to this one?"
+            return f"none of the {asked} compute node(s) bid in time"
+        counts: dict[str, int] = {}
+        for reason in declines.values():
+            counts[reason] = counts.get(reason, 0) + 1
+        parts = [f"{n} node(s): {reason}"
+                 for reason, n in sorted(counts.items(), key=lambda item: -item[1])]
+        return "no node can run this job — " + "; ".join(parts)
+
+    def _place(self, plan: _Plan, bid: Bid, now: int) -> None:
+        limit = plan.job.task.timeouts.execution_limit
+        execution = _Execution(bid.execution_id, bid.node_id, ExecutionState.BID_ACCEPTED, now,
+                               now + limit * 1000 if limit else 0)
+        plan.executions[execution.execution_id] = execution
+        self._out.append(PersistExecution(
+            execution.execution_id, plan.job_id, bid.node_id, ExecutionState.BID_ACCEPTED,
+            f"bid accepted from {bid.node_id}", created=True))
+        self._decide(bid, True, "bid accepted", execution.deadline_ms)
+
+    def _decide(self, bid: Bid, accepted: bool, reason: str, deadline_ms: int) -> None:
+        self._out.append(SendDecision(BidDecision(
+            bid.job_id, bid.execution_id, bid.node_id, accepted, reason, deadline_ms)))
+
+    # -- following executions ---------------------------------------------------
+
+    def _update(self, update: ExecutionUpdate, now: int) -> None:
+        plan = self.plans.get(update.job_id)
+        execution = plan.executions.get(update.execution_id) if plan else None
+        if plan is None or execution is None or execution.node_id != update.node_id:
+            return  # finished here already, not ours, or not that node's to report
+        if execution.state.is_terminal:
+            return
+        try:
+            target = ExecutionState(update.state)
+        except ValueError:
+            return
+        path = _forward_path(execution.state, target)
+        if not path:
+            return  # a stale or duplicate update
+        run_output = None
+        if target.is_terminal:
+            run_output = {"stdout": update.stdout, "stderr": update.stderr,
+                          "exitCode": update.exit_code}
+        for state in path:
+            last = state == target
+            self._set_execution(plan, execution, state,
+                                update.message if last else f"{state.value} (reported late)",
+                                exit_code=update.exit_code if last else None,
+                                run_output=run_output if last else None)
+        if target.is_terminal:
+            self._wake_one_waiting(now)
+        self._refresh(plan, now)
+
+    def _refresh(self, plan: _Plan, now: int) -> None:
+        """Derive the job's state from its executions."""
+        if plan.state.is_terminal:
+            return
+        executions = list(plan.executions.values())
+        failed = [e for e in executions if e.state == ExecutionState.FAILED and not e.retryable]
+        completed = [e for e in executions if e.state == ExecutionState.COMPLETED]
+        running = [e for e in executions
+                   if e.state in (ExecutionState.RUNNING, ExecutionState.PUBLISHING)]
+        if failed:
+            self._fail(plan, f"execution {failed[-1].execution_id} failed: "
+                             f"{self._last_message.get(failed[-1].execution_id, '')}")
+        elif len(completed) >= plan.job.count:
+            self._set_job(plan, JobState.COMPLETED, "all executions completed")
+            self._forget(plan)
+        elif running and plan.state == JobState.QUEUED:
+            self._set_job(plan, JobState.RUNNING, "running")
+
+    def _set_execution(self, plan: _Plan, execution: _Execution, state: ExecutionState,
+                       message: str, *, retryable: bool = False, exit_code: int | None = None,
+                       run_output: dict | None = None) -> None:
+        execution.state = state
+        execution.retryable = retryable
+        self._last_message[execution.execution_id] = message
+        self._out.append(PersistExecution(
+            execution.execution_id, plan.job_id, execution.node_id, state, message,
+            retryable=retryable, exit_code=exit_code, run_output=run_output))
+
+    def _set_job(self, plan: _Plan, state: JobState, message: str) -> None:
+        if plan.state == state:
+            return
+        plan.state = state
+        self._out.append(PersistJob(plan.job_id, state, message))
+
+    def _fail(self, plan: _Plan, reason: str) -> None:
+        self._cancel_active(plan, f"the job failed: {reason}"[:300])
+        self._set_job(plan, JobState.FAILED, reason)
+        self._forget(plan)
+
+    def _forget(self, plan: _Plan) -> None:
+        for execution_id in plan.executions:
+            self._last_message.pop(execution_id, None)
+        self.plans.pop(plan.job_id, None)
+
+    def _cancel_active(self, plan: _Plan, reason: str) -> None:
+        for execution in plan.executions.values():
+            if execution.state in _ACTIVE:
+                self._out.append(SendDecision(BidDecision(
+                    plan.job_id, execution.execution_id, execution.node_id, False, reason)))
+                self._set_execution(plan, execution, ExecutionState.CANCELLED, reason)
+
+    def _stop(self, job_id: str, reason: str) -> None:
+        plan = self.plans.get(job_id)
+        if plan is None:
+            return
+        plan.round = None
+        self._cancel_active(plan, f"stopped: {reason}")
+        self._set_job(plan, JobState.STOPPED, reason)
+        self._forget(plan)
+
+    def _wake_one_waiting(self, now: int) -> None:
+        """An execution ended somewhere, so a slot is free: the longest-waiting job asks now."""
+        waiting = [plan for plan in self.plans.values()
+                   if plan.retry_at_ms is not None and plan.round is None]
+        if waiting:
+            first = min(waiting, key=lambda plan: (plan.waiting_since_ms, plan.job_id))
+            first.retry_at_ms = now
+
+    # -- nodes, and executions lost --------------------------------------------
+
+    def _heard(self, info: NodeInfo, now: int) -> None:
+        view = self.nodes.get(info.node_id)
+        if view is not None and info.seq <= view.info.seq:
+            return
+        if view is None:
+            self.nodes[info.node_id] = _NodeView(info, now)
+            return
+        if info.started_ms != view.info.started_ms:
+            view.restart_seen_ms = now
+            self._watch(now)
+        view.info, view.heard_ms = info, now
+
+    def _tick(self, now: int) -> None:
+        for plan in list(self.plans.values()):
+            if plan.round is not None:
+                self._maybe_close(plan, now)
+            elif plan.retry_at_ms is not None and now >= plan.retry_at_ms:
+                self._ask(plan, now)
+        self._watch(now)
+
+    def _watch(self, now: int) -> None:
+        for plan in list(self.plans.values()):
+            for execution in list(plan.executions.values()):
+                if execution.state not in _ACTIVE or plan.state.is_terminal:
+                    continue
+                node = execution.node_id
+                if self.restarted_after(node, execution.created_ms):
+                    # Compute nodes never resume executions across a restart (this one too).
+                    self._lost(plan, execution, f"node {node} restarted during it", now)
+                elif not self.is_alive(node, now):
+                    self._lost(plan, execution, f"node {node} stopped responding", now)
+                elif execution.deadline_ms and now > execution.deadline_ms + DEADLINE_GRACE_MS:
+                    limit = plan.job.task.timeouts.execution_limit
+                    self._lost(plan, execution,
+                               f"no result from node {node} by the job's {limit}s deadline", now)
+
+    def _undelivered(self, execution_id: str, reason: str, now: int) -> None:
+        for plan in self.plans.values():
+            execution = plan.executions.get(execution_id)
+            if execution is not None and execution.state == ExecutionState.BID_ACCEPTED:
+                self._lost(plan, execution, f"could not reach the node: {reason}", now)
+                return
+
+    def _lost(self, plan: _Plan, execution: _Execution, reason: str, now: int) -> None:
+        self._set_execution(plan, execution, ExecutionState.FAILED,
+                            f"{reason}; placing it again", retryable=True)
+        if len(plan.tried_nodes()) > MAX_RETRIES + plan.job.count:
+            self._fail(plan, f"{reason}; gave up after {MAX_RETRIES} retries")
+            return
+        if plan.state == JobState.RUNNING:
+            self._set_job(plan, JobState.QUEUED, f"{reason}; retrying elsewhere")
+        if plan.round is None:
+            plan.waiting_since_ms = now
+            self._ask(plan, now)
+
+    # -- restart ------------------------------------------------------------------
+
+    def _restarted(self, started_ms: int, jobs: Iterable[StoredJob], now: int) -> None:
+        self.started_ms = started_ms
+        self.plans.clear()
+        self._last_message.clear()
+        for stored in jobs:
+            if stored.state.is_terminal:
+                continue
+            plan = _Plan(job=stored.job, state=stored.state,
+                         waiting_since_ms=stored.modify_time_ms)
+            limit = stored.job.task.timeouts.execution_limit
+            for e in stored.executions:
+                plan.executions[e.execution_id] = _Execution(
+                    e.execution_id, e.node_id, e.state, e.create_time_ms,
+                    e.create_time_ms + limit * 1000 if limit else 0, e.retryable)
+            self.plans[plan.job_id] = plan
+        for plan in list(self.plans.values()):
+            # A job whose scheduling lived in the process that stopped goes on looking for
+            # nodes, for what is left of its count; its queue timeout counts from when it
+            # started waiting, not from now.
+            self._refresh(plan, now)
+            if plan.job_id in self.plans and plan.needed() > 0:
+                if plan.state == JobState.PENDING:
+                    self._set_job(plan, JobState.QUEUED, "looking for compute nodes")
+                self._ask(plan, now)
+
+
+def _forward_path(current: ExecutionState, target: ExecutionState) -> list[ExecutionState]:
+    """The states from ``current`` to ``target`` (excluded, included) by the shortest legal
+    way forward; empty when there is none. Updates from one node arrive in order, but a
+    restarted requester may have missed some, and the intermediate steps are still its
+    history."""
+    if target == current:
+        return []
+    frontier: list[list[ExecutionState]] = [[current]]
+    seen = {current}
+    while frontier:
+        path = frontier.pop(0)
+        for following in sorted(EXECUTION_TRANSITIONS[path[-1]]):
+            if following in seen:
+                continue
+            if following == target:
+                return path[1:] + [following]
+            if not following.is_terminal:
+                seen.add(following)
+                frontier.append(path + [following])
+    return []
