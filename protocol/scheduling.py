@@ -13,12 +13,14 @@ decline reason the user sees in ``describe``:
    never fit is declined; one that fits later waits in the node's queue).
 
 Ranking (requester side): accepting bids first; then nodes running fewer
-executions, then more free CPU, then more free memory; the peer ID breaks ties
-so that every requester ranks the same bids the same way.
+executions, then more free CPU, then more free memory; the XOR distance between
+the job and the node breaks ties, so that every requester ranks the same bids
+the same way and equal nodes share the work instead of the lowest ID taking it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -89,6 +91,13 @@ def _capacity_shortfall(needed: Capacity, total: Capacity) -> str | None:
     return None
 
 
+def xor_distance(job_id: str, node_id: str) -> int:
+    """Kademlia's distance between a job and a node, on the SHA-256 of their IDs."""
+    job_key = int.from_bytes(hashlib.sha256(job_id.encode()).digest())
+    node_key = int.from_bytes(hashlib.sha256(node_id.encode()).digest())
+    return job_key ^ node_key
+
+
 def rank_bids(bids: Iterable[Bid]) -> list[Bid]:
     """Accepting bids, best first (see the module docstring for the order)."""
     return sorted(
@@ -97,7 +106,7 @@ def rank_bids(bids: Iterable[Bid]) -> list[Bid]:
             bid.running_executions,
             -bid.free.cpu_milli,
             -bid.free.memory,
-            bid.node_id,
+            xor_distance(bid.job_id, bid.node_id),
         ),
     )
 

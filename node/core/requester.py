@@ -32,7 +32,6 @@ executions, so a restart neither resets nor loses the budget.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -45,7 +44,13 @@ from protocol.messages import (
     JobAnnouncement,
     NodeInfo,
 )
-from protocol.scheduling import NodePolicy, choose_bids, decline_reason, job_requirements
+from protocol.scheduling import (
+    NodePolicy,
+    choose_bids,
+    decline_reason,
+    job_requirements,
+    xor_distance,
+)
 from protocol.states import EXECUTION_TRANSITIONS, ExecutionState, JobState
 
 from .events import (
@@ -77,6 +82,9 @@ DECIDE_AFTER_MS = 50
 BID_FANOUT = 2
 #: Times an execution is placed again after its node was lost.
 MAX_RETRIES = 2
+#: Rounds in a row in which some node asked never answered, before its silence no longer
+#: keeps a job waiting.
+MAX_SILENT_ROUNDS = 5
 #: A waiting job asks again after this delay, doubling up to the maximum.
 RETRY_FIRST_MS = 500
 RETRY_MAX_MS = 5000
@@ -87,13 +95,6 @@ _PLACED = frozenset({ExecutionState.BID_ACCEPTED, ExecutionState.RUNNING,
                      ExecutionState.PUBLISHING, ExecutionState.COMPLETED})
 _ACTIVE = frozenset({ExecutionState.BID_ACCEPTED, ExecutionState.RUNNING,
                      ExecutionState.PUBLISHING})
-
-
-def xor_distance(job_id: str, node_id: str) -> int:
-    """Kademlia's distance between a job and a node, on the SHA-256 of their IDs."""
-    job_key = int.from_bytes(hashlib.sha256(job_id.encode()).digest())
-    node_key = int.from_bytes(hashlib.sha256(node_id.encode()).digest())
-    return job_key ^ node_key
 
 
 @dataclass
@@ -128,6 +129,7 @@ class _Plan:
     retry_at_ms: int | None = None
     retry_delay_ms: int = RETRY_FIRST_MS
     width: int = 0
+    silent_rounds: int = 0
 
     @property
     def job_id(self) -> str:
@@ -247,7 +249,8 @@ class RequesterCore:
         plan.rounds += 1
         plan.width = max(plan.width * 2, needed + BID_FANOUT)
         candidates = self._candidates(plan.job, now, exclude=plan.tried_nodes())
-        asked = frozenset(candidates[:plan.width])
+        # Knowing too few nodes (heartbeats take a while after a start), ask everyone.
+        asked = frozenset(candidates[:plan.width]) if len(candidates) >= needed else frozenset()
         plan.round = _Round(plan.rounds, asked, now)
         self._out.append(Announce(JobAnnouncement(
             job_id=plan.job_id,
@@ -278,6 +281,8 @@ class RequesterCore:
     def _bid(self, bid: Bid, now: int) -> None:
         plan = self.plans.get(bid.job_id)
         bid_round = plan.round if plan is not None else None
+        if plan is not None and bid.execution_id in plan.executions:
+            return  # the same bid again (sent twice, or delivered twice)
         if plan is None or bid_round is None or (
                 bid_round.asked and bid.node_id not in bid_round.asked):
             if bid.accept:  # too late, or unasked: free the node's slot
@@ -303,14 +308,20 @@ class RequesterCore:
         needed = plan.needed()
         chosen = choose_bids(bids, needed, exclude={
             e.node_id for e in plan.executions.values() if e.state in _PLACED})
-        busy = [bid for bid in bids if not bid.accept and bid.busy]
         queue_over = now >= plan.waiting_since_ms + plan.job.task.timeouts.queue_timeout * 1000
-        # Nodes that are busy now will have room later; nodes that declined never will.
-        could_ever = len(chosen) + len(busy) >= needed
+        # Nodes that are busy now will have room later, and nodes not asked yet or not heard
+        # from (a lost message) may take it; nodes that declined never will. A node that
+        # stays silent round after round stops counting.
+        busy = sum(not bid.accept and bid.busy for bid in bids)
+        silent = len(bid_round.asked - set(bid_round.bids))
+        plan.silent_rounds = plan.silent_rounds + 1 if silent else 0
+        if plan.silent_rounds > MAX_SILENT_ROUNDS:
+            silent = 0
+        not_asked = len(self._candidates(plan.job, now, exclude=plan.tried_nodes()
+                                         | bid_round.asked | set(bid_round.bids)))
+        could_ever = len(chosen) + busy + silent + not_asked >= needed
         if len(chosen) < needed and not could_ever:
-            for bid in chosen:
-                self._decide(bid, False, "the job's count cannot be met yet", 0)
-            chosen = []
+            chosen = []  # placing part of it would hold nodes for a job that cannot run
         for bid in bids:
             if bid.accept and bid not in chosen:
                 self._decide(bid, False, "another node was chosen", 0)
@@ -402,10 +413,25 @@ class RequesterCore:
             self._fail(plan, f"execution {failed[-1].execution_id} failed: "
                              f"{self._last_message.get(failed[-1].execution_id, '')}")
         elif len(completed) >= plan.job.count:
+            if plan.state == JobState.QUEUED:  # every update of its run came at once
+                self._set_job(plan, JobState.RUNNING, "running")
             self._set_job(plan, JobState.COMPLETED, "all executions completed")
             self._forget(plan)
         elif running and plan.state == JobState.QUEUED:
             self._set_job(plan, JobState.RUNNING, "running")
+        if (not plan.state.is_terminal and plan.needed() > 0 and plan.round is None
+                and plan.retry_at_ms is None):
+            # An execution ended without completing and without being placed again (its
+            # node cancelled it, say): look for another node, within the retry budget.
+            if len(plan.tried_nodes()) >= MAX_RETRIES + plan.job.count:
+                self._fail(plan, f"executions ended without completing on "
+                                 f"{len(plan.tried_nodes())} nodes; gave up after "
+                                 f"{MAX_RETRIES} retries")
+            else:
+                if plan.state == JobState.RUNNING:
+                    self._set_job(plan, JobState.QUEUED, "an execution ended early; "
+                                                         "retrying elsewhere")
+                self._ask(plan, now)
 
     def _set_execution(self, plan: _Plan, execution: _Execution, state: ExecutionState,
                        message: str, *, retryable: bool = False, exit_code: int | None = None,
@@ -505,7 +531,7 @@ class RequesterCore:
     def _lost(self, plan: _Plan, execution: _Execution, reason: str, now: int) -> None:
         self._set_execution(plan, execution, ExecutionState.FAILED,
                             f"{reason}; placing it again", retryable=True)
-        if len(plan.tried_nodes()) > MAX_RETRIES + plan.job.count:
+        if len(plan.tried_nodes()) >= MAX_RETRIES + plan.job.count:
             self._fail(plan, f"{reason}; gave up after {MAX_RETRIES} retries")
             return
         if plan.state == JobState.RUNNING:
@@ -533,13 +559,11 @@ class RequesterCore:
             self.plans[plan.job_id] = plan
         for plan in list(self.plans.values()):
             # A job whose scheduling lived in the process that stopped goes on looking for
-            # nodes, for what is left of its count; its queue timeout counts from when it
-            # started waiting, not from now.
+            # nodes (in _refresh), for what is left of its count; its queue timeout counts
+            # from when it started waiting, not from now.
+            if plan.state == JobState.PENDING:
+                self._set_job(plan, JobState.QUEUED, "looking for compute nodes")
             self._refresh(plan, now)
-            if plan.job_id in self.plans and plan.needed() > 0:
-                if plan.state == JobState.PENDING:
-                    self._set_job(plan, JobState.QUEUED, "looking for compute nodes")
-                self._ask(plan, now)
 
 
 def _forward_path(current: ExecutionState, target: ExecutionState) -> list[ExecutionState]:

@@ -1,0 +1,314 @@
+"""The decision core, one event at a time: each defect the daemon once had, as a rule.
+
+No network, no store, no clock: events in, instructions out, in microseconds.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from node.core import ComputeCore, RequesterCore
+from node.core.compute import RESERVATION_TTL_MS
+from node.core.events import (
+    Announce,
+    Announced,
+    BidReceived,
+    CancelExecution,
+    DecisionReceived,
+    ExecutionEnded,
+    NodeHeard,
+    PersistExecution,
+    PersistJob,
+    Restarted,
+    SendBid,
+    SendDecision,
+    StartExecution,
+    StopRequested,
+    StoredExecution,
+    StoredJob,
+    Submitted,
+    Tick,
+    UpdateReceived,
+)
+from node.core.requester import DEADLINE_GRACE_MS, MAX_RETRIES
+from protocol.jobspec import Job
+from protocol.messages import Bid, BidDecision, Capacity, ExecutionUpdate, NodeInfo
+from protocol.scheduling import NodePolicy
+from protocol.states import ExecutionState, JobState
+
+WINDOW = 30_000
+TOTAL = Capacity(cpu_milli=2000, memory=4 << 30, disk=10 << 30)
+POLICY = NodePolicy(engines=("docker",), storages=("ipfs",), publishers=("ipfs", "local"),
+                    labels={}, total=TOTAL)
+
+
+def job(count: int = 1, queue_timeout: int = 0, timeout: int = 60) -> Job:
+    return Job.from_dict({
+        "ID": f"j-{uuid.uuid4()}", "Type": "batch", "Count": count,
+        "Tasks": [{"Name": "t", "Engine": {"Type": "docker", "Params": {"Image": "busybox"}},
+                   "Timeouts": {"ExecutionTimeout": timeout, "QueueTimeout": queue_timeout}}]})
+
+
+def info(node_id: str, seq: int = 1, started_ms: int = 0, free: Capacity = TOTAL) -> NodeInfo:
+    return NodeInfo(node_id=node_id, version="t", addresses=(), labels={},
+                    roles=("compute",), engines=("docker",), storages=("ipfs",),
+                    publishers=("ipfs", "local"), total=TOTAL, free=free,
+                    running_executions=0, seq=seq, started_ms=started_ms)
+
+
+def bid(job_id: str, node_id: str, accept: bool = True, busy: bool = False) -> Bid:
+    return Bid(job_id, f"e-{uuid.uuid4()}", node_id, accept, "" if accept else "no", TOTAL, 0,
+               busy)
+
+
+def update(execution_id: str, job_id: str, node_id: str, state: ExecutionState) -> ExecutionUpdate:
+    return ExecutionUpdate(job_id=job_id, execution_id=execution_id, node_id=node_id,
+                           state=state.value, message=state.value, exit_code=None,
+                           stdout="", stderr="")
+
+
+def requester_with(*nodes: str, now: int = 0) -> RequesterCore:
+    core = RequesterCore("me", detection_window_ms=WINDOW)
+    core.handle(Restarted(now), now)
+    for node_id in nodes:
+        core.handle(NodeHeard(info(node_id)), now)
+    return core
+
+
+def of(kind: type, instructions: list) -> list:
+    return [i for i in instructions if isinstance(i, kind)]
+
+
+def job_states(instructions: list) -> list[JobState]:
+    return [i.state for i in of(PersistJob, instructions)]
+
+
+def place(core: RequesterCore, the_job: Job, nodes: list[str], now: int = 0) -> list[Bid]:
+    core.handle(Submitted(the_job), now)
+    bids = [bid(the_job.id or "", node) for node in nodes]
+    for one in bids:
+        core.handle(BidReceived(one), now + 1)
+    return bids
+
+
+# -- requester -------------------------------------------------------------------
+
+
+def test_only_the_nearest_nodes_are_asked_and_the_decision_waits_for_no_one_else() -> None:
+    nodes = [f"n{i:03d}" for i in range(100)]
+    core = requester_with(*nodes)
+    the_job = job()
+    (announce,) = of(Announce, core.handle(Submitted(the_job), 0))
+    candidates = announce.announcement.candidates
+    assert len(candidates) == 3  # one needed, two spare
+    out = []
+    for node in candidates:
+        out += core.handle(BidReceived(bid(the_job.id or "", node)), 5)
+    accepted = [d.decision for d in of(SendDecision, out) if d.decision.accepted]
+    assert len(accepted) == 1
+    assert accepted[0].deadline_ms == 5 + 60_000  # fixed at acceptance
+    assert len(of(SendDecision, out)) == 3  # the two others are told, to free their slots
+
+
+def test_count_4_on_3_nodes_queues_until_its_queue_timeout_then_fails_with_the_reason() -> None:
+    core = requester_with("a", "b", "c")
+    the_job = job(count=4, queue_timeout=5)
+    out = core.handle(Submitted(the_job), 0)
+    for node in "abc":
+        out += core.handle(BidReceived(bid(the_job.id or "", node)), 10)
+    assert JobState.FAILED not in job_states(out)
+    assert not of(PersistExecution, out)  # nothing placed for a job that cannot run yet
+    now, out = 10, []
+    while JobState.FAILED not in job_states(out) and now < 20_000:
+        now += 250
+        out = core.handle(Tick(), now)
+        for announce in of(Announce, out):
+            for node in announce.announcement.candidates or ("a", "b", "c"):
+                out += core.handle(BidReceived(bid(the_job.id or "", node)), now)
+    assert 5000 <= now < 7000
+    (failed,) = [i for i in of(PersistJob, out) if i.state == JobState.FAILED]
+    assert "Count 4" in failed.message and "only 3 can take the job" in failed.message
+
+
+def test_busy_nodes_keep_a_job_queued_and_it_is_placed_when_a_slot_frees() -> None:
+    core = requester_with("a")
+    the_job = job()
+    core.handle(Submitted(the_job), 0)
+    out = core.handle(BidReceived(bid(the_job.id or "", "a", accept=False, busy=True)), 5)
+    assert JobState.FAILED not in job_states(out)
+    out = core.handle(Tick(), 5000)
+    (announce,) = of(Announce, out)
+    out = core.handle(BidReceived(bid(the_job.id or "", "a")), 5005)
+    assert [d.decision.accepted for d in of(SendDecision, out)] == [True]
+
+
+def test_a_bid_delivered_twice_does_not_cancel_the_execution_it_won() -> None:
+    core = requester_with("a", "b", "c")
+    the_job = job()
+    bids = place(core, the_job, ["a", "b", "c"])
+    winner = next(b for b in bids if b.execution_id in core.plans[the_job.id or ""].executions)
+    out = core.handle(BidReceived(winner), 50)
+    assert not out
+
+
+def test_an_update_that_skips_states_records_every_one_and_completes_the_job() -> None:
+    core = requester_with("a")
+    the_job = job()
+    (won,) = place(core, the_job, ["a"])
+    out = core.handle(UpdateReceived(update(won.execution_id, the_job.id or "", "a",
+                                            ExecutionState.COMPLETED)), 100)
+    assert [i.state for i in of(PersistExecution, out)] == [
+        ExecutionState.RUNNING, ExecutionState.PUBLISHING, ExecutionState.COMPLETED]
+    assert job_states(out) == [JobState.RUNNING, JobState.COMPLETED]
+
+
+def test_a_silent_node_loses_its_execution_which_is_placed_again_elsewhere() -> None:
+    core = requester_with("a", "b")
+    the_job = job()
+    core.handle(Submitted(the_job), 0)
+    for node in "ab":
+        core.handle(BidReceived(bid(the_job.id or "", node)), 1)
+    (execution,) = core.plans[the_job.id or ""].executions.values()
+    survivor = "b" if execution.node_id == "a" else "a"
+    core.handle(NodeHeard(info(survivor, seq=2)), WINDOW)
+    out = core.handle(Tick(), WINDOW + 1)
+    (lost,) = of(PersistExecution, out)
+    assert lost.state == ExecutionState.FAILED and lost.retryable
+    assert "stopped responding" in lost.message
+    (announce,) = of(Announce, out)
+    assert announce.announcement.candidates == (survivor,)
+
+
+def test_a_node_that_restarted_within_the_detection_window_loses_its_execution() -> None:
+    core = requester_with("a")
+    the_job = job()
+    place(core, the_job, ["a"], now=1000)
+    out = core.handle(NodeHeard(info("a", seq=2, started_ms=5000)), 13_000)
+    (lost,) = of(PersistExecution, out)
+    assert "restarted" in lost.message and lost.retryable
+
+
+def test_executions_on_this_node_before_its_restart_are_lost() -> None:
+    the_job = job()
+    stored = StoredJob(the_job, JobState.RUNNING, 1000, (
+        StoredExecution("e-1", "me", ExecutionState.RUNNING, 1000),))
+    core = RequesterCore("me", detection_window_ms=WINDOW)
+    out = core.handle(Restarted(9000, (stored,)), 9000)
+    out += core.handle(Tick(), 9100)
+    assert any(i.state == ExecutionState.FAILED and "restarted" in i.message
+               for i in of(PersistExecution, out))
+
+
+def test_a_restarted_requester_does_not_fail_healthy_nodes_before_hearing_them() -> None:
+    the_job = job()
+    stored = StoredJob(the_job, JobState.RUNNING, 1000, (
+        StoredExecution("e-1", "a", ExecutionState.RUNNING, 1000),))
+    core = RequesterCore("me", detection_window_ms=WINDOW)
+    core.handle(Restarted(10_000, (stored,)), 10_000)
+    assert not of(PersistExecution, core.handle(Tick(), 15_000))
+    # The node's own word still counts once it comes.
+    out = core.handle(UpdateReceived(update("e-1", the_job.id or "", "a",
+                                            ExecutionState.COMPLETED)), 16_000)
+    assert job_states(out) == [JobState.COMPLETED]
+
+
+def test_a_restarted_requester_resumes_its_waiting_jobs() -> None:
+    the_job = job()
+    core = RequesterCore("me", detection_window_ms=WINDOW)
+    core.handle(NodeHeard(info("a")), 0)
+    out = core.handle(Restarted(5000, (StoredJob(the_job, JobState.PENDING, 4000),)), 5000)
+    assert job_states(out) == [JobState.QUEUED]
+    assert len(of(Announce, out)) == 1
+
+
+def test_an_execution_past_its_deadline_is_failed_and_placed_again() -> None:
+    core = requester_with("a", "b")
+    the_job = job(timeout=10)
+    place(core, the_job, ["a", "b"])
+    for now in (5_000, 15_000, 20_000, 25_000):
+        core.handle(NodeHeard(info("a", seq=now)), now)
+        core.handle(NodeHeard(info("b", seq=now)), now)
+    quiet = core.handle(Tick(), 1 + 10_000 + DEADLINE_GRACE_MS)
+    assert not of(PersistExecution, quiet)
+    out = core.handle(Tick(), 2 + 10_000 + DEADLINE_GRACE_MS)
+    (lost,) = of(PersistExecution, out)
+    assert "by the job's 10s deadline" in lost.message and lost.retryable
+
+
+def test_the_retry_budget_runs_out_and_the_job_fails() -> None:
+    nodes = [f"n{i}" for i in range(MAX_RETRIES + 3)]
+    core = requester_with(*nodes)
+    the_job = job()
+    core.handle(Submitted(the_job), 0)
+    failed_job = []
+    for attempt in range(MAX_RETRIES + 1):
+        plan = core.plans[the_job.id or ""]
+        candidates = plan.round.asked
+        out = []
+        for node in sorted(candidates):
+            out += core.handle(BidReceived(bid(the_job.id or "", node)), attempt * 100 + 1)
+        (execution,) = [e for e in plan.executions.values() if e.state.is_active]
+        out = core.handle(NodeHeard(info(execution.node_id, seq=2, started_ms=10**9)),
+                          attempt * 100 + 2)
+        failed_job = job_states(out)
+    assert failed_job == [JobState.FAILED]
+
+
+def test_stop_cancels_running_executions_and_the_job_ends_stopped() -> None:
+    core = requester_with("a")
+    the_job = job()
+    place(core, the_job, ["a"])
+    out = core.handle(StopRequested(the_job.id or "", "by user"), 50)
+    assert [d.decision.accepted for d in of(SendDecision, out)] == [False]
+    assert [i.state for i in of(PersistExecution, out)] == [ExecutionState.CANCELLED]
+    assert job_states(out) == [JobState.STOPPED]
+    assert the_job.id not in core.plans
+
+
+# -- compute ---------------------------------------------------------------------
+
+
+def announce(the_job: Job, candidates: tuple[str, ...] = ()) -> Announced:
+    from protocol.messages import JobAnnouncement
+
+    return Announced(JobAnnouncement(the_job.id or "", "req", the_job.to_dict(), 0, candidates),
+                     the_job, f"e-{uuid.uuid4()}")
+
+
+def test_a_node_with_every_slot_taken_declines_as_busy() -> None:
+    core = ComputeCore("me", POLICY, max_jobs=2)
+    bids = [of(SendBid, core.handle(announce(job()), 0))[0].bid for _ in range(3)]
+    assert [b.accept for b in bids] == [True, True, False]
+    assert bids[2].busy and "2 of 2 slot(s)" in bids[2].reason
+    assert core.running == 2
+
+
+def test_a_node_not_named_in_the_announcement_stays_quiet() -> None:
+    core = ComputeCore("me", POLICY, max_jobs=2)
+    assert core.handle(announce(job(), candidates=("someone-else",)), 0) == []
+    assert of(SendBid, core.handle(announce(job(), candidates=("me",)), 0))
+
+
+def test_an_accepted_bid_starts_with_the_requesters_deadline_and_a_rejected_one_frees_its_slot(
+) -> None:
+    core = ComputeCore("me", POLICY, max_jobs=1)
+    the_job = job()
+    sent = of(SendBid, core.handle(announce(the_job), 0))[0].bid
+    decision = BidDecision(the_job.id or "", sent.execution_id, "me", True, "ok", 99_000)
+    assert core.handle(DecisionReceived(decision, "someone-else"), 1) == []  # not its requester
+    (start,) = core.handle(DecisionReceived(decision, "req"), 1)
+    assert isinstance(start, StartExecution) and start.deadline_ms == 99_000
+    reject = BidDecision(the_job.id or "", sent.execution_id, "me", False, "stopped")
+    (cancel,) = core.handle(DecisionReceived(reject, "req"), 2)
+    assert isinstance(cancel, CancelExecution)
+    core.handle(ExecutionEnded(sent.execution_id), 3)
+    assert core.running == 0
+
+
+def test_a_bid_never_decided_frees_its_slot_after_the_reservation_ttl() -> None:
+    core = ComputeCore("me", POLICY, max_jobs=1)
+    core.handle(announce(job()), 0)
+    core.handle(Tick(), RESERVATION_TTL_MS - 1)
+    assert core.running == 1
+    core.handle(Tick(), RESERVATION_TTL_MS)
+    assert core.running == 0 and core.free == TOTAL
