@@ -1,0 +1,97 @@
+"""An acknowledged job is never lost and never completed twice, whoever is killed -9.
+
+Real daemons on loopback, real dockerd: 20 jobs of a few seconds each, then the
+requester (or a compute node) is SIGKILLed five times at random points (seeded,
+so a failure can be replayed) and started again each time.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from typing import Any
+
+import pytest
+
+from tests.daemons import Daemon, DaemonPool, wait_until
+
+pytestmark = pytest.mark.integration
+
+JOBS = 20
+KILLS = 5
+
+
+def _network(pool: DaemonPool) -> tuple[Daemon, list[Daemon]]:
+    """A requester and two compute nodes; heartbeats every 2 s, two missed: a 4 s window."""
+    timing = {"heartbeat": 2}
+    flags = ["--missed-heartbeats", "2"]
+    requester = pool.new("req", args=["--orchestrator", *flags], **timing)
+    workers = [pool.new(f"w{i}", peers=[requester], args=flags, **timing) for i in (1, 2)]
+    ids = {node.peer_id for node in pool.start_all([requester, *workers])}
+    wait_until(lambda: requester.connected() >= ids, timeout=30, what="the mesh")
+    return requester, workers
+
+
+def _submit_jobs(requester: Daemon) -> list[str]:
+    job_ids = []
+    for i in range(JOBS):
+        result = requester.cli("docker", "run", "--id-only", "--no-wait", "-p", "local",
+                               "busybox", "--", "sh", "-c",
+                               f"sleep {1 + i % 3}; echo {i} > /outputs/n", timeout=60)
+        assert result.returncode == 0, result.stderr
+        job_ids.append(result.stdout.strip())
+    return job_ids
+
+
+def _jobs(requester: Daemon) -> dict[str, dict[str, Any]]:
+    result = requester.cli("list", "--output", "json", "--limit", "100", timeout=60)
+    assert result.returncode == 0, result.stderr
+    return {job["ID"]: job for job in json.loads(result.stdout)}
+
+
+def _kill_and_restart(victim: Daemon, rng: random.Random) -> None:
+    for _ in range(KILLS):
+        time.sleep(rng.uniform(0.2, 3.0))
+        victim.kill()
+        time.sleep(rng.uniform(0.0, 2.0))
+        victim.start()
+
+
+def _assert_each_completed_exactly_once(requester: Daemon, job_ids: list[str]) -> None:
+    def ended() -> bool:
+        states = {job_id: job["State"]["StateType"] for job_id, job in _jobs(requester).items()}
+        return all(states.get(job_id) in {"Completed", "Failed", "Stopped"}
+                   for job_id in job_ids)
+
+    wait_until(ended, timeout=180, interval=1.0, what="every job to end")
+    for job_id in job_ids:
+        result = requester.cli("describe", job_id, "--json", timeout=60)
+        document = json.loads(result.stdout)
+        executions = document["State"]["Executions"]
+        completed = [e for e in executions if e["State"] == "Completed"]
+        assert document["State"]["State"] == "Completed", (job_id, executions)
+        assert len(completed) == 1, (job_id, executions)
+        active = [e for e in executions if e["State"] in {"BidAccepted", "Running",
+                                                          "Publishing"}]
+        assert not active, (job_id, executions)
+
+
+def test_jobs_survive_five_kill_9s_of_their_requester(
+    tmp_path_factory: pytest.TempPathFactory, busybox_image: str
+) -> None:
+    with DaemonPool(tmp_path_factory.mktemp("kill-requester")) as pool:
+        requester, _ = _network(pool)
+        job_ids = _submit_jobs(requester)
+        _kill_and_restart(requester, random.Random(11))
+        _assert_each_completed_exactly_once(requester, job_ids)
+
+
+def test_jobs_survive_five_kill_9s_of_a_compute_node(
+    tmp_path_factory: pytest.TempPathFactory, busybox_image: str
+) -> None:
+    with DaemonPool(tmp_path_factory.mktemp("kill-compute")) as pool:
+        requester, workers = _network(pool)
+        job_ids = _submit_jobs(requester)
+        _kill_and_restart(workers[0], random.Random(12))
+        _assert_each_completed_exactly_once(requester, job_ids)
