@@ -56,7 +56,9 @@ from .core.events import (
     StartExecution,
     Tick,
 )
+from .executor import ExecutorRegistry
 from .mesh import TOPIC_RESULTS, Mesh, MeshError, now_ms
+from .publisher import PublisherRegistry, PublishRequest
 
 log = logging.getLogger("bacnode.compute")
 
@@ -92,21 +94,21 @@ class Compute:
         *,
         mesh: Mesh,
         policy: NodePolicy,
-        executor: object,
+        executors: ExecutorRegistry,
+        publishers: PublisherRegistry,
         results_root: Path,
         storages: Any = None,
         max_jobs: int = 0,
-        ipfs: Any = None,
         send_local: Callable[[bytes], Awaitable[None]] | None = None,
         outbox: Any = None,
     ) -> None:
         self.mesh = mesh
         self.peer_id = mesh.peer_id
         self.policy = policy
-        self.executor = executor
+        self.executors = executors
+        self.publishers = publishers
         self.storages = storages
         self.results_root = results_root
-        self.ipfs = ipfs
         self.core = ComputeCore(mesh.peer_id, policy, max_jobs=max_jobs or (os.cpu_count() or 1),
                                 measure_inputs=storages is not None)
         self._running: dict[str, _Running] = {}
@@ -200,12 +202,10 @@ class Compute:
             return
         running.cancelled_reason = reason
         running.cancel_scope.cancel()
-        cancel = getattr(self.executor, "cancel", None)
-        if cancel is not None:
-            try:
-                await cancel(execution_id)
-            except Exception as exc:
-                log.debug("cancel %s: %r", execution_id, exc)
+        try:
+            await self.executors.cancel(execution_id)
+        except Exception as exc:
+            log.debug("cancel %s: %r", execution_id, exc)
 
     # -- running -----------------------------------------------------------
 
@@ -285,7 +285,7 @@ class Compute:
             inputs=tuple(inputs),
             results_dir=results_dir,
         )
-        return await self.executor.run(request)  # type: ignore[attr-defined]
+        return await self.executors.get(task.engine.type).run(request)
 
     async def _report(self, execution: _Running, record: ResultRecord, result: Any) -> None:
         """Deliver the signed result to the requester, gossip it, and send the final state."""
@@ -316,18 +316,9 @@ class Compute:
             raise ValueError(f"the outputs hold symbolic links ({shown}); results are regular "
                              "files and directories only: copy what a link points to instead "
                              "(cp -L)")
-        location: dict[str, Any]
-        if publisher == "ipfs":
-            if self.ipfs is None:
-                raise RuntimeError("IPFS is not running on this node")
-            # One read of each file gives both the CID and the manifest's SHA-256s.
-            root, manifest = await self.ipfs.add_path(
-                results_dir, reason=f"results of {execution.execution_id}"
-            )
-            location = {"StorageSource": "IPFS", "Name": f"ipfs://{root.cid}", "CID": str(root.cid)}
-        else:
-            manifest = await trio.to_thread.run_sync(_manifest, results_dir)
-            location = await self._publish_elsewhere(publisher, execution, results_dir, manifest)
+        request = PublishRequest(execution.job, execution.execution_id, self.peer_id,
+                                 results_dir)
+        location, manifest = await self.publishers.get(publisher).publish(request)
         stdout_sha, stderr_sha = _std_hashes(manifest)
         return ResultRecord(
             job_id=execution.job.id or "",
@@ -340,36 +331,6 @@ class Compute:
             published=location,
             completed_at_ms=now_ms(),
         )
-
-    async def _publish_elsewhere(
-        self,
-        publisher: str,
-        execution: _Running,
-        results_dir: Path,
-        manifest: list[ManifestEntry],
-    ) -> dict[str, Any]:
-        if publisher == "local":
-            return {
-                "StorageSource": "Local",
-                "Name": f"local://{self.peer_id}/{execution.execution_id}",
-            }
-        if publisher == "noop":
-            return {"StorageSource": "Noop", "Name": ""}
-        if publisher == "s3":
-            from datetime import UTC, datetime
-
-            from .publisher.s3 import publish_s3
-
-            return await publish_s3(
-                execution.job.task.publisher.params,
-                results_dir,
-                job_id=execution.job.id or "",
-                execution_id=execution.execution_id,
-                node_id=self.peer_id,
-                now=datetime.now(UTC),
-                manifest=manifest,
-            )
-        raise RuntimeError(f"publisher {publisher!r} is not available on this node")
 
     async def _update(
         self,
@@ -503,28 +464,9 @@ def _fresh_dirs(*paths: Path) -> None:
         path.mkdir(parents=True)
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _symbolic_links(results_dir: Path) -> list[str]:
     return [path.relative_to(results_dir).as_posix()
             for path in sorted(results_dir.rglob("*")) if path.is_symlink()]
-
-
-def _manifest(results_dir: Path) -> list[ManifestEntry]:
-    """Every regular file under ``results_dir``: path, size, SHA-256."""
-    entries = []
-    for path in sorted(results_dir.rglob("*")):
-        if path.is_symlink() or not path.is_file():
-            continue
-        relative = path.relative_to(results_dir).as_posix()
-        entries.append(ManifestEntry(relative, path.stat().st_size, _sha256_file(path)))
-    return entries
 
 
 def _std_hashes(entries: list[ManifestEntry]) -> tuple[str, str]:

@@ -43,9 +43,17 @@ from protocol.scheduling import NodePolicy
 from .api import NodeStatus, create_app, serve_api
 from .compute import Compute
 from .config import NodeConfig
+from .executor import ExecutorRegistry, NoopExecutor
 from .ipfs import IpfsNode
 from .keys import load_or_create_key
 from .mesh import TOPIC_NODES, Mesh, now_ms, read_swarm_key
+from .publisher import (
+    IpfsPublisher,
+    LocalPublisher,
+    NoopPublisher,
+    PublisherRegistry,
+    S3Publisher,
+)
 from .requester import Requester
 from .store import Store, open_store
 
@@ -56,9 +64,6 @@ SHUTDOWN_GRACE_SECONDS = 10
 LOAD_CHECK_SECONDS = 1.0
 #: Node records are written to disk on first sight and then at most this often.
 NODE_PERSIST_INTERVAL_MS = 60_000
-ENGINES = ("docker",)
-STORAGES = ("inline", "urlDownload", "s3", "ipfs")
-PUBLISHERS = ("local", "noop", "s3", "ipfs")
 #: Peers asked for a DAG's root: the mesh is small enough to ask every live node.
 MAX_IPFS_CANDIDATES = 64
 GOSSIP_DELAY_SAMPLES = 20_000
@@ -113,9 +118,10 @@ class Daemon:
             addresses=tuple(self.mesh.addresses()) if self.mesh else (),
             labels=dict(self.config.labels),
             roles=self.config.roles,
-            engines=ENGINES if self.config.compute else (),
-            storages=STORAGES if self.config.compute else (),
-            publishers=PUBLISHERS if self.config.compute else (),
+            # What is really installed here, from the compute side's registries.
+            engines=self.compute.policy.engines if self.compute else (),
+            storages=self.compute.policy.storages if self.compute else (),
+            publishers=self.compute.policy.publishers if self.compute else (),
             total=self.total,
             free=self.compute.free if self.compute else self.total,
             running_executions=self.compute.running if self.compute else 0,
@@ -329,22 +335,25 @@ class Daemon:
 
     async def _start_compute(self, nursery: trio.Nursery) -> Compute:
         assert self.mesh is not None
-        executor = await _open_executor(self.peer_id)
+        executors = await _open_executors(self.peer_id)
+        storages = _storage_registry(self.config.data_dir, self)
+        publishers = PublisherRegistry([LocalPublisher(), NoopPublisher(),
+                                        IpfsPublisher(self.ipfs), S3Publisher()])
         compute = Compute(
             mesh=self.mesh,
             policy=NodePolicy(
-                engines=ENGINES,
-                storages=STORAGES,
-                publishers=PUBLISHERS,
+                engines=executors.types,
+                storages=storages.types,
+                publishers=publishers.types,
                 labels=dict(self.config.labels),
                 total=self.total,
                 allow_networked_jobs=self.config.allow_networked_jobs,
                 image_allowlist=self.config.allowed_images,
             ),
-            executor=executor,
-            storages=_storage_registry(self.config.data_dir, self),
+            executors=executors,
+            publishers=publishers,
+            storages=storages,
             results_root=self.config.data_dir / "results",
-            ipfs=self.ipfs,
             max_jobs=self.config.max_jobs,
             send_local=self._send_local,
             outbox=self.store,
@@ -451,22 +460,19 @@ def _storage_registry(data_dir: Path, daemon: Daemon) -> Any:
     )
 
 
-async def _open_executor(node_id: str) -> Any:
-    """The Docker executor, after removing containers a crashed run left behind."""
+async def _open_executors(node_id: str) -> ExecutorRegistry:
+    """Docker, after removing containers a crashed run left behind, and the no-op engine."""
+    from .executor.docker import DockerExecutor
+
+    docker = DockerExecutor(node_id=node_id)
     try:
-        from .executor.docker import DockerExecutor
-    except ImportError as exc:  # the executor lands separately; keep the mesh usable
-        log.warning("Docker executor unavailable (%s); this node will not run jobs", exc)
-        return None
-    executor = DockerExecutor(node_id=node_id)
-    try:
-        removed = await executor.cleanup_orphans()
+        removed = await docker.cleanup_orphans()
     except Exception as exc:
         log.warning("Docker is not reachable (%s); jobs will fail until it is", exc)
-        return executor
-    if removed:
-        log.warning("removed %d container(s) left behind by an earlier run", removed)
-    return executor
+    else:
+        if removed:
+            log.warning("removed %d container(s) left behind by an earlier run", removed)
+    return ExecutorRegistry([docker, NoopExecutor()])
 
 
 def _tar_results(directory: Path) -> Path:

@@ -77,7 +77,7 @@ __all__ = [
 ]
 
 JOB_TYPES: tuple[str, ...] = ("batch",)
-ENGINE_TYPES: tuple[str, ...] = ("docker",)
+ENGINE_TYPES: tuple[str, ...] = ("docker", "noop")
 INPUT_SOURCE_TYPES: tuple[str, ...] = ("s3", "ipfs", "urlDownload", "inline")
 PUBLISHER_TYPES: tuple[str, ...] = ("ipfs", "s3", "local", "noop")
 NETWORK_TYPES: tuple[str, ...] = ("None", "Full")
@@ -287,6 +287,8 @@ class EngineSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """``{"Type": "docker", "Params": {"Image", "Entrypoint", ...}}``."""
+        if self.type == "noop":
+            return {"Type": "noop", "Params": {}}
         params: dict[str, Any] = {
             "Image": self.image,
             "Entrypoint": list(self.entrypoint),
@@ -866,6 +868,10 @@ def _engine(errs: _Errors, value: Any, path: str) -> EngineSpec:
     if engine_type is None:
         return fallback  # parameters cannot be checked against an unknown engine
     params_path = _at(path, "Params")
+    if engine_type == "noop":  # Bacalhau's no-op engine: runs nothing, takes nothing
+        if data.get("Params"):
+            errs.add(params_path, "the noop engine takes no parameters; leave Params out")
+        return EngineSpec(image="", type="noop")
     if data.get("Params") is None:
         errs.add(params_path, "required field is missing; it gives at least the Image")
         return fallback

@@ -70,7 +70,7 @@ def decline_reason(job: Job, policy: NodePolicy) -> str | None:
             return f"node labels do not match constraint {constraint}"
     if task.network.type != "None" and not policy.allow_networked_jobs:
         return "networked jobs are not allowed on this node"
-    if policy.image_allowlist and not any(
+    if policy.image_allowlist and task.engine.type == "docker" and not any(
         fnmatchcase(task.engine.image, pattern) for pattern in policy.image_allowlist
     ):
         return f"image {task.engine.image!r} is not on this node's allow-list"

@@ -49,6 +49,7 @@ from protocol.scheduling import (
     choose_bids,
     decline_reason,
     job_requirements,
+    no_bid_reason,
     xor_distance,
 )
 from protocol.states import EXECUTION_TRANSITIONS, ExecutionState, JobState
@@ -344,17 +345,7 @@ class RequesterCore:
                     f"compute nodes, and only {accepting} can take the job "
                     f"(queued {plan.job.task.timeouts.queue_timeout}s)")
         declines = {bid.node_id: bid.reason for bid in bids if not bid.accept}
-        if not declines:
-            asked = len(bid_round.asked)
-            if not asked:
-                return "no compute node answered; is any compute node connected to this one?"
-            return f"none of the {asked} compute node(s) bid in time"
-        counts: dict[str, int] = {}
-        for reason in declines.values():
-            counts[reason] = counts.get(reason, 0) + 1
-        parts = [f"{n} node(s): {reason}"
-                 for reason, n in sorted(counts.items(), key=lambda item: -item[1])]
-        return "no node can run this job — " + "; ".join(parts)
+        return no_bid_reason(declines, len(bid_round.asked))
 
     def _place(self, plan: _Plan, bid: Bid, now: int) -> None:
         limit = plan.job.task.timeouts.execution_limit

@@ -1,8 +1,10 @@
 """Executors: run one execution's task and leave Bacalhau's results layout behind.
 
 One interface (``Executor``), one module per backend: ``docker`` (the real one) and
-``noop`` (for benchmarks and orchestration tests). ``docker`` is imported lazily by
-its users, since docker-py is heavy; this package's own import stays light.
+``noop`` (Bacalhau's no-op engine, for benchmarks and orchestration tests), and a
+registry (``ExecutorRegistry``) that finds the one for a job's engine type.
+``docker`` is imported lazily by its users, since docker-py is heavy; this package's
+own import stays light.
 """
 
 from .base import (
@@ -17,6 +19,7 @@ from .base import (
     Executor,
 )
 from .noop import NoopExecutor
+from .registry import ExecutorRegistry, UnsupportedEngine
 
 __all__ = [
     "DEFAULT_TAIL_BYTES",
@@ -28,5 +31,7 @@ __all__ = [
     "ExecutionRequest",
     "ExecutionResult",
     "Executor",
+    "ExecutorRegistry",
     "NoopExecutor",
+    "UnsupportedEngine",
 ]

@@ -24,12 +24,10 @@ import trio
 from protocol.messages import ManifestEntry
 from protocol.placeholders import render_key
 
+from .base import PublishError, PublishRequest, manifest_of
+
 PART_SIZE = 8 * 1024 * 1024
 _limiter = trio.CapacityLimiter(8)
-
-
-class PublishError(Exception):
-    """Results could not be published; the message says where and why."""
 
 
 def s3_client(endpoint: str | None, region: str | None) -> Any:
@@ -209,3 +207,18 @@ async def publish_s3(
         }
 
     return await trio.to_thread.run_sync(upload, limiter=_limiter)
+
+
+class S3Publisher:
+    publisher_type = "s3"
+
+    async def publish(self, request: PublishRequest) -> tuple[dict[str, Any],
+                                                              list[ManifestEntry]]:
+        from datetime import UTC
+
+        manifest = await trio.to_thread.run_sync(manifest_of, request.results_dir)
+        location = await publish_s3(
+            request.job.task.publisher.params, request.results_dir, job_id=request.job.id or "",
+            execution_id=request.execution_id, node_id=request.node_id, now=datetime.now(UTC),
+            manifest=manifest)
+        return location, manifest

@@ -552,3 +552,23 @@ def test_a_resumed_job_keeps_the_queue_timeout_it_started_with(
         assert document["State"]["State"] == "Failed"
         # About 8 s after submission, not 8 s after the restart (15 s or more).
         assert ended < 12.5, ended
+
+
+def test_the_noop_engine_runs_nothing_and_every_node_says_it_has_it(
+    devnet: list[Daemon], tmp_path: Path
+) -> None:
+    """Bacalhau's no-op engine, for measuring orchestration alone: no container starts."""
+    spec = tmp_path / "noop.json"
+    spec.write_text(json.dumps({"Type": "batch", "Count": 2, "Tasks": [{
+        "Name": "nothing", "Engine": {"Type": "noop"}, "Publisher": {"Type": "local"}}]}))
+    before = subprocess.run(["docker", "ps", "-aq"], capture_output=True, text=True).stdout
+    result = run(devnet[0], "job", "run", "--id-only", "--wait", str(spec))
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    document = describe(devnet[0], job_id)
+    assert document["State"]["State"] == "Completed"
+    assert [e["State"] for e in document["State"]["Executions"]] == ["Completed"] * 2
+    assert subprocess.run(["docker", "ps", "-aq"], capture_output=True,
+                          text=True).stdout == before
+    for info in devnet[0].api("/api/v1/orchestrator/nodes")["Nodes"]:
+        assert info["Info"]["ComputeNodeInfo"]["ExecutionEngines"] == ["docker", "noop"]

@@ -351,7 +351,7 @@ CASES = [
     (
         Job.from_dict,
         {"Tasks": [{"Engine": {"Type": "wasm", "Params": {"EntryModule": "x"}}}]},
-        [(f"{T}.Engine.Type", "unknown engine type 'wasm'; expected one of: docker")],
+        [(f"{T}.Engine.Type", "unknown engine type 'wasm'; expected one of: docker, noop")],
     ),
     (
         Job.from_dict,

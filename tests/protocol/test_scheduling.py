@@ -79,7 +79,20 @@ def test_ranking_prefers_idle_then_free_cpu_then_memory():
 def test_choose_skips_declines_and_excluded_nodes_one_per_node():
     bids = [bid(0), bid(1, accept=False), bid(2), bid(3)]
     chosen = choose_bids(bids, 2, exclude=[PEER_IDS[2]])
-    assert [b.node_id for b in chosen] == [PEER_IDS[0], PEER_IDS[3]]
+    assert {b.node_id for b in chosen} == {PEER_IDS[0], PEER_IDS[3]}
+
+
+def test_equal_bids_are_won_by_different_nodes_for_different_jobs():
+    """Ties go by XOR distance to the job, not to the lowest peer ID every time."""
+    winners = set()
+    for _ in range(40):
+        job_id = new_job_id()
+        bids = [Bid(job_id, new_execution_id(), PEER_IDS[n], True, "", Capacity(1000, GIB), 0)
+                for n in range(4)]
+        (winner,) = choose_bids(bids, 1)
+        assert choose_bids(list(reversed(bids)), 1) == [winner]  # the same for every requester
+        winners.add(winner.node_id)
+    assert len(winners) == 4
 
 
 def test_no_bid_reason_summarises_declines():
