@@ -7,7 +7,7 @@ Run: ``.venv/bin/python bench/ipfs.py [--import-mib 256] [--transfer-mib 64] [--
    - ``FileImporter`` in memory, fed 256 KiB pieces (the CID computation alone);
    - ``node.ipfs.files.import_file`` from a file into a ``Blockstore`` on disk
      (what publishing results does, including the manifest's SHA-256 pass).
-2. Bitswap: two daemons on loopback (``tests/daemons.py``: fresh data dirs, free ports);
+2. Bitswap: two daemons on loopback (``scripts/daemons.py``: fresh data dirs, free ports);
    a file is added on the first with ``bacnode ipfs add``, then the second fetches it.
    Measured by the fetching daemon (``X-Fetch-Seconds`` of ``/api/v1/ipfs/car``: blocks
    over bitswap into its blockstore), beside the whole ``bacnode ipfs get`` as a user
@@ -39,7 +39,7 @@ from bench._cleanup import signals_deferred
 from node.ipfs.blockstore import Blockstore
 from node.ipfs.files import import_file
 from protocol.unixfs import CHUNK_SIZE, FileImporter
-from tests.daemons import DaemonPool, run_cli, wait_until
+from scripts.daemons import DaemonPool, run_cli, wait_until
 
 MiB = 1024 * 1024
 TRANSFER_TARGET_MBPS = 50.0

@@ -2,7 +2,7 @@
 
 Run from anywhere: ``.venv/bin/python bench/jobs.py [--runs N] [--jobs M]``.
 
-One run starts a fresh devnet of 3 daemons (``tests/daemons.py``: temp data dirs, free
+One run starts a fresh devnet of 3 daemons (``scripts/daemons.py``: temp data dirs, free
 127.0.0.1 ports, ``--no-mdns``, the daemon's default 1 s heartbeat, node2 and node3
 bootstrapping to node1), waits until every node lists all 3 CONNECTED, then measures,
 submitting everything through node1:
@@ -87,7 +87,7 @@ def compute_state(execution: dict[str, Any]) -> str:
     return execution_state_name(execution["ComputeState"]["StateType"])
 
 from bench._cleanup import Interrupted, signals_deferred  # noqa: E402
-from tests.daemons import Daemon, DaemonPool, wait_until  # noqa: E402
+from scripts.daemons import Daemon, DaemonPool, wait_until  # noqa: E402
 
 API = "/api/v1/orchestrator"
 TARGET_OVERHEAD_P50_MS = 300.0

@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from protocol import codec
 from protocol.envelope import EnvelopeVerifier
+from protocol.examples import author_key, example_messages
 from protocol.messages import open_message, seal_message
-from tests.protocol.strategies import author_key, example_messages
 
 NOW = 1_780_000_000_000
 

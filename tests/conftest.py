@@ -136,8 +136,8 @@ def kubo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubo]:
     is connected to. The binary is the one ``scripts/setup.sh`` builds (``$BACNODE_KUBO``
     overrides its path). Stopped (SIGTERM, then SIGKILL) after the test.
     """
+    from scripts.daemons import free_ports
     from scripts.services import Kubo, ServiceError
-    from tests.daemons import free_ports
 
     swarm_port, api_port = free_ports(2)
     node = Kubo(tmp_path_factory.mktemp("kubo"), swarm_port=swarm_port, api_port=api_port)

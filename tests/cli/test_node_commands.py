@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import DaemonPool, free_port, popen, run_cli, wait_until
+from scripts.daemons import DaemonPool, free_port, popen, run_cli, wait_until
 
 FAILURE_TIMEOUT = 60  # generous: every case starts at once on a 2-core machine
 

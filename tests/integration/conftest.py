@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.daemons import Daemon, DaemonPool, wait_until
+from scripts.daemons import Daemon, DaemonPool, wait_until
 
 
 def _three_node_mesh(pool: DaemonPool, **settings: object) -> list[Daemon]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemons import Daemon, wait_until
+from scripts.daemons import Daemon, wait_until
 
 pytestmark = pytest.mark.integration
 

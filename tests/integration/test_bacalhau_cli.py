@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from protocol.states import execution_state_name
+from scripts.daemons import Daemon, wait_until
 from tests.conftest import BacalhauCli
-from tests.daemons import Daemon, wait_until
 
 pytestmark = pytest.mark.integration
 

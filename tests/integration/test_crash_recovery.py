@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemons import Daemon, DaemonPool, wait_until
+from scripts.daemons import Daemon, DaemonPool, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from protocol.unixfs import import_bytes
-from tests.daemons import Daemon, child_env
+from scripts.daemons import Daemon, child_env
 from tests.protocol.ipfs_vectors import chacha_bytes
 
 pytestmark = pytest.mark.integration
@@ -198,7 +198,7 @@ def test_ipfs_add_to_a_node_whose_disk_fills_fails_at_once(
         tmp_path: Path, busybox_image: str) -> None:
     """A real full disk: the node's data dir is a 16 MiB tmpfs (the test runs as root, as CI
     does), and 30 MB are added to it."""
-    from tests.daemons import DaemonPool
+    from scripts.daemons import DaemonPool
 
     with DaemonPool(tmp_path / "pool") as pool:
         node = pool.new("full")

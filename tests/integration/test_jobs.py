@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from protocol.states import execution_state_name
-from tests.daemons import Daemon, DaemonPool, wait_until
+from scripts.daemons import Daemon, DaemonPool, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -338,7 +338,7 @@ def test_user_errors_are_one_line(devnet: list[Daemon], tmp_path: Path) -> None:
 
 
 def run_cli_without_daemon(*args: str) -> subprocess.CompletedProcess:
-    from tests.daemons import free_ports, run_cli
+    from scripts.daemons import free_ports, run_cli
 
     (port,) = free_ports(1)
     return run_cli(*args, api_port=port)
@@ -388,7 +388,7 @@ def test_bacalhau_v1_spellings_and_output_flags(devnet: list[Daemon], tmp_path: 
 
 def test_cli_finds_the_daemon_through_its_config_file(devnet: list[Daemon],
                                                       tmp_path: Path) -> None:
-    from tests.daemons import run_cli
+    from scripts.daemons import run_cli
 
     (tmp_path / "config.yaml").write_text(f"api_port: {devnet[1].api_port}\n")
     found = run_cli("agent", "node", "--output", "json",
@@ -403,7 +403,7 @@ def test_cli_finds_the_daemon_through_its_config_file(devnet: list[Daemon],
 
 def test_logs_follow_prints_lines_as_a_remote_container_writes_them(
         devnet: list[Daemon]) -> None:
-    from tests.daemons import child_env
+    from scripts.daemons import child_env
 
     client = devnet[0]
     started = run(client, "docker", "run", "--wait=false", "--id-only", "-s", "zone=b",

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from scripts.daemons import Daemon, DaemonPool
 from scripts.services import Kubo
-from tests.daemons import Daemon, DaemonPool
 from tests.protocol.ipfs_vectors import deep_sharded_tree, nested_sharded_tree, write_tree
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import Daemon
+from scripts.daemons import Daemon
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import Daemon, child_env
+from scripts.daemons import Daemon, child_env
 
 pytestmark = pytest.mark.integration
 

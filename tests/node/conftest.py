@@ -1,4 +1,4 @@
-"""Fixtures for tests that run real daemons (see ``tests/daemons.py``)."""
+"""Fixtures for tests that run real daemons (see ``scripts/daemons.py``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemons import Daemon, DaemonPool
+from scripts.daemons import Daemon, DaemonPool
 
 
 @pytest.fixture

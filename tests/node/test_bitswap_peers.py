@@ -23,7 +23,7 @@ from node.mesh import Mesh
 from protocol.cid import Cid
 from protocol.identity import NodeKey
 from protocol.unixfs import Block, import_bytes
-from tests.daemons import Daemon, DaemonPool, free_ports
+from scripts.daemons import Daemon, DaemonPool, free_ports
 
 TEST_TIMEOUT = 90
 
@@ -58,7 +58,7 @@ async def test_tampered_blocks_are_rejected_and_fetched_from_an_honest_peer(
     fetcher = daemons.new("fetcher", peers=[honest])
     for daemon in (honest, fetcher):
         daemon.peer_id  # noqa: B018 - the key exists before the peer is told the address
-        daemon.launch()  # from the main thread: see tests/daemons.py on cleanup
+        daemon.launch()  # from the main thread: see scripts/daemons.py on cleanup
     for daemon in (honest, fetcher):
         await trio.to_thread.run_sync(daemon.wait_ready)
     await trio.to_thread.run_sync(fetcher.wait_connected, {honest.peer_id, fetcher.peer_id})

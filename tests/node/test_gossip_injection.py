@@ -22,7 +22,7 @@ from node.mesh import TOPIC_JOBS, TOPIC_NODES, TOPIC_RESULTS, Mesh
 from protocol import codec
 from protocol.identity import NodeKey
 from protocol.messages import Bid, Capacity, NodeInfo, seal_message
-from tests.daemons import Daemon, DaemonPool, await_until, free_ports
+from scripts.daemons import Daemon, DaemonPool, await_until, free_ports
 
 TOPICS = (TOPIC_JOBS, TOPIC_RESULTS, TOPIC_NODES)
 TEST_TIMEOUT = 60
@@ -125,7 +125,7 @@ async def test_bad_gossip_is_dropped_counted_and_harmless(daemons: DaemonPool):
     peer = daemons.new("peer", peers=[target])
     for daemon in (target, peer):
         daemon.peer_id  # noqa: B018 - the key exists before the peer is told the address
-        daemon.launch()  # from the main thread: see tests/daemons.py on cleanup
+        daemon.launch()  # from the main thread: see scripts/daemons.py on cleanup
     for daemon in (target, peer):
         await trio.to_thread.run_sync(daemon.wait_ready)
     real = {target.peer_id, peer.peer_id}

@@ -6,7 +6,7 @@ import stat
 import subprocess
 
 from node.keys import load_or_create_key
-from tests.daemons import DaemonPool, run_cli, wait_until
+from scripts.daemons import DaemonPool, run_cli, wait_until
 
 
 def serve_and_fail(*args: str) -> subprocess.CompletedProcess:

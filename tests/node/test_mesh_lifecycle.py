@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.daemons import REPO_ROOT, child_env, free_ports
+from scripts.daemons import REPO_ROOT, child_env, free_ports
 
 SCRIPT = textwrap.dedent("""
     import sys, time, trio

@@ -6,7 +6,7 @@ import re
 import stat
 import time
 
-from tests.daemons import DaemonPool, run_cli
+from scripts.daemons import DaemonPool, run_cli
 
 #: How long the outsiders get to try: several bootstrap retries (every 2 s, each dial
 #: given up after 5 s), far more than the insiders need to find each other.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import subprocess
 
-from tests.daemons import Daemon, DaemonPool, wait_until
+from scripts.daemons import Daemon, DaemonPool, wait_until
 
 #: 5 missed half-second heartbeats make 2.5 s; the rest is slack for a loaded machine.
 DISCONNECT_TIMEOUT = 15.0

@@ -7,7 +7,7 @@ import uuid
 from hypothesis import strategies as st
 
 from protocol.cid import Cid
-from protocol.identity import NodeKey
+from protocol.examples import KEYS, PEER_IDS, example_job
 from protocol.messages import (
     Bid,
     BidDecision,
@@ -19,10 +19,6 @@ from protocol.messages import (
     ResultRecord,
 )
 from protocol.states import ExecutionState
-
-# Deriving keys is slow-ish; a small fixed pool keeps hypothesis fast and deterministic.
-KEYS = [NodeKey(bytes([i]) * 32) for i in range(1, 6)]
-PEER_IDS = [key.peer_id for key in KEYS]
 
 keys = st.sampled_from(KEYS)
 peer_ids = st.sampled_from(PEER_IDS)
@@ -42,20 +38,8 @@ def capacities(draw: st.DrawFn, ceiling: Capacity | None = None) -> Capacity:
     return Capacity(field("cpu_milli"), field("memory"), field("disk"), field("gpu"))
 
 
-def _job(name: str, image: str) -> dict:
-    from protocol.jobspec import Job
-
-    return Job.from_dict(
-        {
-            "Name": name,
-            "Type": "batch",
-            "Tasks": [{"Name": "main", "Engine": {"Type": "docker", "Params": {"Image": image}}}],
-        }
-    ).to_dict()
-
-
 job_documents = st.builds(
-    _job,
+    example_job,
     st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True),
     st.sampled_from(["busybox", "busybox:latest", "alpine:3.19", "ghcr.io/org/tool:1.2"]),
 )
@@ -165,66 +149,9 @@ messages = st.one_of(
 )
 
 
-def author_key(message: object) -> NodeKey:
-    """The key that may sign ``message`` (its node_id or requester)."""
-    author = getattr(message, "node_id", None) or message.requester  # type: ignore[attr-defined]
-    if isinstance(message, BidDecision):
-        return KEYS[0]
-    return KEYS[PEER_IDS.index(author)]
-
-
 def new_job_id() -> str:
     return f"j-{uuid.uuid4()}"
 
 
 def new_execution_id() -> str:
     return f"e-{uuid.uuid4()}"
-
-
-def example_messages() -> list:
-    """One concrete, valid message of every type (deterministic, for seeds and vectors)."""
-    job_id = "j-3f1c2a4e-8b9d-4c7e-9a1b-2c3d4e5f6a7b"
-    execution_id = "e-0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d"
-    node = PEER_IDS[1]
-    capacity = Capacity(cpu_milli=2000, memory=4 << 30, disk=100 << 30, gpu=0)
-    return [
-        JobAnnouncement(job_id, PEER_IDS[0], _job("hello", "busybox"), 1_780_000_005_000),
-        Bid(job_id, execution_id, node, True, "", capacity, 1),
-        BidDecision(job_id, execution_id, node, True, "best free capacity"),
-        ExecutionUpdate(job_id, execution_id, node, "Running", "container started"),
-        NodeInfo(
-            node_id=node,
-            version="0.1.0",
-            addresses=("/ip4/127.0.0.1/tcp/4001",),
-            labels={"zone": "b"},
-            roles=("requester", "compute"),
-            engines=("docker",),
-            storages=("inline", "urlDownload"),
-            publishers=("local", "noop"),
-            total=capacity,
-            free=Capacity(1000, 1 << 30, 50 << 30, 0),
-            running_executions=1,
-            seq=7,
-            started_ms=1_780_000_000_000,
-        ),
-        ResultRecord(
-            job_id=job_id,
-            execution_id=execution_id,
-            node_id=node,
-            exit_code=0,
-            stdout_sha256="98ea6e4f216f2fb4b69fff9b3a44842c38686ca685f3f55dc48c5d3fb1107be4",
-            stderr_sha256="e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-            outputs=(ManifestEntry("outputs/a.txt", 5, "5" * 64),),
-            published={
-                "StorageSource": "S3",
-                "Name": "s3://bucket/run3.tar.gz",
-                "S3": {
-                    "Bucket": "bucket",
-                    "Key": "run3.tar.gz",
-                    "Checksum": "e0uDqmflfT9b+rMfoCnO5G+cy+8WVTOPUtAqDMnXWbw=",
-                    "VersionID": "hZoNdqJsZxE_bFm3UGJuJ0RqkITe9dQ1",
-                },
-            },
-            completed_at_ms=1_780_000_009_000,
-        ),
-    ]

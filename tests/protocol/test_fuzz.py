@@ -6,8 +6,8 @@ import msgpack
 
 from protocol.envelope import EnvelopeVerifier, seal
 from protocol.errors import RemoteProtocolError
+from protocol.examples import KEYS, author_key, example_messages
 from protocol.messages import open_message, seal_message
-from tests.protocol.strategies import KEYS, author_key, example_messages
 
 NOW = 1_780_000_000_000
 CASES = 20_000

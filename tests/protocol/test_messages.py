@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from protocol import codec
 from protocol.envelope import EnvelopeVerifier
 from protocol.errors import MalformedMessage, RemoteProtocolError, SenderMismatch
+from protocol.examples import KEYS, author_key
 from protocol.messages import (
     MESSAGE_TYPES,
     Bid,
@@ -20,8 +21,6 @@ from protocol.messages import (
     seal_message,
 )
 from tests.protocol.strategies import (
-    KEYS,
-    author_key,
     messages,
     new_execution_id,
     new_job_id,
