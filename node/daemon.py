@@ -176,7 +176,8 @@ class Daemon:
     async def on_message(self, topic: str, envelope: Envelope, message: Message) -> None:
         if isinstance(message, NodeInfo):
             await self._saw_node(message)
-        elif isinstance(message, JobAnnouncement) and self.compute is not None:
+        elif (isinstance(message, JobAnnouncement) and self.compute is not None
+              and envelope.sender != self.peer_id):  # our own came straight from the requester
             assert self._nursery is not None
             self._nursery.start_soon(self._guarded, self.compute.on_announcement, message)
         elif isinstance(message, ResultRecord) and self.requester is not None:
@@ -318,6 +319,7 @@ class Daemon:
                         detection_window_ms=config.heartbeat_seconds * 1000
                         * config.missed_heartbeats,
                         local_compute=self._decide_locally if self.compute else None,
+                        local_announce=self.compute.on_announcement if self.compute else None,
                         default_execution_timeout=config.default_execution_timeout,
                     )
                     await nursery.start(self.requester.run)

@@ -26,6 +26,7 @@ from protocol.messages import (
     Bid,
     BidDecision,
     ExecutionUpdate,
+    JobAnnouncement,
     NodeInfo,
     ResultRecord,
     seal_message,
@@ -75,6 +76,7 @@ class Requester:
         started_ms: int,
         detection_window_ms: int,
         local_compute: Callable[[BidDecision], Awaitable[None]] | None = None,
+        local_announce: Callable[[JobAnnouncement], Awaitable[None]] | None = None,
         default_execution_timeout: int = 0,
     ) -> None:
         self.store = store
@@ -83,6 +85,7 @@ class Requester:
         self.core = RequesterCore(mesh.peer_id, detection_window_ms=detection_window_ms)
         self._started_ms = started_ms
         self._local_compute = local_compute
+        self._local_announce = local_announce
         self._default_execution_timeout = default_execution_timeout
         self._lock = trio.Lock()
         self._wake = trio.Event()
@@ -160,6 +163,11 @@ class Requester:
                 await self._store_result(record, envelope)
             case Announce(announcement):
                 self._spawn(self.mesh.publish, TOPIC_JOBS, announcement)
+                if self._local_announce is not None and (
+                        not announcement.candidates or self.peer_id in announcement.candidates):
+                    # Straight to our own compute side: gossip's loopback to a local
+                    # subscriber drops what a burst of announcements overflows.
+                    self._spawn(self._local_announce, announcement)
             case SendDecision(decision):
                 self._spawn(self._send_decision, decision)
 

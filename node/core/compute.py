@@ -1,12 +1,12 @@
 """The compute node's decisions: whether to bid, when to start, when to give up.
 
-A node has ``max_jobs`` slots. A bid takes one (and reserves the job's
-resources) until the requester decides; an accepted bid starts at once in its
-slot, so no execution ever waits here and its deadline, fixed by the requester
-at acceptance, is all time for work. A node with no slot free declines as
-*busy*, which tells the requester to ask again later: jobs queue at the
-requester, as Bacalhau's do at its orchestrator, and a node never runs more
-containers than it has slots.
+A node has ``max_jobs`` slots, one per container it may run at once. A bid
+takes one (and reserves the job's resources) until the requester decides; an
+accepted bid starts at once in its slot, so no execution ever waits here and
+its deadline, fixed by the requester at acceptance, is all time for work. A
+node with no slot free declines as *busy*, which tells the requester to ask
+again later: jobs queue at the requester, as Bacalhau's do at its orchestrator,
+and a node never runs more containers than it has slots.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from .events import (
 
 #: A bid whose decision never came frees its slot after this long.
 RESERVATION_TTL_MS = 15_000
+#: Engines that start no container, so take no slot (they still reserve what they ask for).
+CONTAINERLESS_ENGINES = frozenset({"noop"})
 #: After its deadline, how long an execution may take to stop before it is cancelled.
 OVERRUN_GRACE_MS = 5_000
 
@@ -72,6 +74,12 @@ class ComputeCore:
     @property
     def free(self) -> Capacity:
         return _minus(self.policy.total, self.reserved)
+
+    @property
+    def containers(self) -> int:
+        """Slots taken by executions that run a container (or will, once decided)."""
+        return sum(slot.job.task.engine.type not in CONTAINERLESS_ENGINES
+                   for slot in self.slots.values())
 
     @property
     def running(self) -> int:
@@ -131,9 +139,12 @@ class ComputeCore:
         if reason is None and inputs_bytes and inputs_bytes > self.policy.total.disk - needs.disk:
             reason = (f"inputs need {format_bytes(inputs_bytes)}; node has "
                       f"{format_bytes(max(0, self.policy.total.disk - needs.disk))} disk")
-        if reason is None and (len(self.slots) >= self.max_jobs or not needs.fits_in(self.free)):
+        in_use = self.containers
+        needs_slot = job.task.engine.type not in CONTAINERLESS_ENGINES
+        if reason is None and ((needs_slot and in_use >= self.max_jobs)
+                               or not needs.fits_in(self.free)):
             busy = True
-            reason = f"busy: {len(self.slots)} of {self.max_jobs} slot(s) in use"
+            reason = f"busy: {in_use} of {self.max_jobs} slot(s) in use"
         if reason is None:
             self.slots[execution_id] = Slot(execution_id, job, announcement.requester, needs, now)
             self.reserved = _plus(self.reserved, needs)
