@@ -1,52 +1,60 @@
-"""Job benchmark: end-to-end latency and throughput of busybox jobs on a 3-node devnet.
+"""Job benchmark: bacnode beside the real Bacalhau v1.9.3, in the same run on the same machine.
 
-Run from anywhere: ``.venv/bin/python bench/jobs.py [--runs N] [--jobs M]``.
+Run from anywhere: ``.venv/bin/python bench/jobs.py [--runs 20] [--burst 50] [--noop-jobs 300]
+[--json PATH] [--check] [--keep]``. It takes a few minutes with the defaults.
 
-One run starts a fresh devnet of 3 daemons (``scripts/daemons.py``: temp data dirs, free
-127.0.0.1 ports, ``--no-mdns``, the daemon's default 1 s heartbeat, node2 and node3
-bootstrapping to node1), waits until every node lists all 3 CONNECTED, then measures,
-submitting everything through node1:
+It starts, all on 127.0.0.1 and side by side (they share the machine's cores):
 
-(a) latency of one ``busybox true`` job, ``--runs`` times each after ``--warmup`` rounds,
-    the kinds interleaved in a shuffled order every round so that drifting machine load
-    hits them alike:
+- **Bacalhau**: one ``bacalhau serve --orchestrator --compute`` node
+  (``scripts/bacalhau_node.py``), with busybox pushed to a local registry as
+  ``127.0.0.1:PORT/busybox:bench``: Bacalhau bids only on an image with a registry digest;
+- **bacnode 1 node**: one ``python -m node serve`` daemon (``scripts/daemons.py``);
+- **bacnode 3 nodes**: a devnet of three daemons, nodes 2 and 3 bootstrapping to node 1,
+  ``--heartbeat-seconds 1``; everything goes through node 1 once it lists all 3 CONNECTED.
 
-    - ``cli``: ``python3 -m cli.main --api-port A docker run --id-only --wait -p noop
-      busybox -- true`` as a subprocess, wall time (what a user waits);
-    - ``api``: the same job through the HTTP API in-process (urllib): PUT, then GET every
-      20 ms until the job is terminal; no CLI start-up, so cli - api is the CLI's share;
-    - ``cli-start``: ``python3 -m cli.main --api-port A id`` (interpreter + CLI start-up
-      + one GET), the fixed cost inside every CLI figure;
-    - ``docker``: ``docker run --rm --network none busybox true``, the reference.
+bacnode runs ``busybox:latest`` directly (the same image content). Then, in this order, with
+a wait between parts until every job of the previous part is terminal and no container of
+ours runs:
 
-    Printed: p50/p95 of each, overhead (p50 and p95 differences against ``docker``) and
-    ratio, the target (CLI overhead <= 300 ms at p50) and whether it is met, and where
-    the time goes: the phases in the jobs' histories (created -> bid accepted -> running
-    -> container done -> execution completed -> job completed) and the client's share.
+1. **Idle RSS**: ``VmRSS`` (``/proc/PID/status``) of every daemon and of ``bacalhau serve``
+   after 10 s idle, before any job. Target: each bacnode daemon <= Bacalhau.
+2. **CLI start-up**: p50 wall time of ``bacnode version`` and ``bacnode list`` (against the
+   1-node daemon; ``version`` asks the daemon too) and of ``bacalhau version`` and
+   ``bacalhau job list``, ``--runs`` each after 2 warm-up rounds, interleaved in a shuffled
+   order every round. Target: <= 120 ms for bacnode.
+3. **Latency** of one ``busybox true`` job as a user waits for it: the CLI's wall time of
+   ``docker run --wait --id-only IMAGE -- true`` against Bacalhau, bacnode 1 node and node 1
+   of bacnode 3 nodes, beside raw ``docker run --rm --network none busybox true``; ``--runs``
+   samples each after 2 warm-up rounds, the kinds shuffled every round so that drifting
+   machine load hits them alike. p50/p95 and the overhead over raw docker (p50 difference).
+   Target: bacnode's overhead <= Bacalhau's, on 1 and on 3 nodes. Where the time goes: the
+   phases of the job histories (``GET /api/v1/orchestrator/jobs/{id}/history``: created ->
+   bid accepted -> running -> container done -> completed) and the client's share (CLI wall
+   time minus created -> job completed), of which the CLI start-up (part 2's ``version``).
+4. **Burst**: ``--burst`` ``busybox true`` jobs PUT at once (``PUT /api/v1/orchestrator/jobs``,
+   body ``{"Job": {...}}``, the same shape for both systems) from one thread per job; the time
+   from the first PUT to the last job's terminal state (the server's ``ModifyTime``), for
+   Bacalhau, bacnode 1 node and bacnode 3 nodes. Also the peak number of their containers
+   running at once (dockerd polled every 100 ms, by each system's container label) and whether
+   every job ended Completed with exactly one Completed execution. Target: bacnode <= Bacalhau.
+5. **No-op throughput**: ``--noop-jobs`` jobs with the noop engine and publisher PUT from 16
+   threads; jobs/s from the first PUT to the last terminal state, and the rate of the PUTs
+   alone. Target: >= 100 jobs/s through node 1 of bacnode 3 nodes (the 1-node daemon is
+   measured too). Bacalhau is probed with one noop job first and measured only if it runs it
+   (v1.9.3's compute node does not: "does not support noop, only docker, wasm").
 
-(b) throughput: ``--jobs`` jobs PUT at once from a thread pool (``--submitters``
-    threads), each ``busybox true`` with the noop publisher; jobs/second from the first
-    submit to the last job reaching a terminal state (the server's terminal timestamp).
-    Every job must end Completed with exactly one Completed execution
-    (``/jobs/{id}/executions``); refused, lost, failed and unfinished jobs are counted,
-    and so are retries. Also: the phase breakdown, the peak number of containers running
-    at once, and CPU seconds of the daemons, dockerd+containerd and the host.
+A final table puts the figures side by side with the targets, then the load average and how
+much CPU *other* processes used during the run (processes that are neither ours, nor dockerd,
+containerd and their shims; approximate: a process that ends is counted in its parent once
+reaped, with all its CPU time): with a busy host the figures are only comparable within this run;
+compare runs only from a quiet machine.
 
-    Baseline without bacnode: dockerd alone running the same number of containers with
-    the executor's recipe (docker-py create+attach+start+wait+remove, network none,
-    capabilities dropped, log driver none, a bind-mounted /outputs) at each
-    ``--baseline-concurrency`` (default 6 and 24), after the daemons are stopped;
-    bacnode's rate is printed as a ratio of it.
-
-After each part the daemons' health is printed: process alive, API answering, and the
-errors in their stderr (a daemon whose API died while its process lives on is a bug).
-
-Everything is bounded: each subprocess, HTTP call and wait has a timeout, and the whole
-run stops after ``--max-seconds``. The daemons are stopped (SIGTERM, SIGKILL after a
-grace) and every container of this run removed (by label) at the end, on error, on
-Ctrl-C and on SIGTERM; the temp dir is removed unless ``--keep`` or the run failed.
-Exit status: 0 when the run completed, 1 on error, 2 with ``--check`` when a target is
-missed (the latency target, or a throughput job not Completed exactly once).
+Everything is bounded (every subprocess, HTTP call and wait has a timeout; the whole run stops
+after ``--max-seconds``). Daemons, Bacalhau and the registry are stopped and every container
+of this run removed (by label) at the end, on error, on Ctrl-C and on SIGTERM; the temp dir
+(logs, data) is removed unless ``--keep`` or the run failed. Exit status: 0 when the run
+completed, 1 on error, 2 with ``--check`` when a target is missed. Everything started gets
+``AWS_EC2_METADATA_DISABLED=true``, and nothing talks to anything but 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -68,7 +76,7 @@ import traceback
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -76,50 +84,59 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-# The daemons and boto3 never ask the cloud metadata address for credentials.
+# Set before anything starts: the daemons and Bacalhau (boto3, the AWS SDK) would otherwise ask
+# the cloud metadata address for credentials.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
-from protocol.states import execution_state_name  # noqa: E402
-
-
-def compute_state(execution: dict[str, Any]) -> str:
-    """An API execution's state by name (Bacalhau sends the number)."""
-    return execution_state_name(execution["ComputeState"]["StateType"])
-
 from bench._cleanup import Interrupted, signals_deferred  # noqa: E402
+from protocol.states import execution_state_name  # noqa: E402
+from scripts.bacalhau_node import BacalhauNode, bacalhau_node, local_registry  # noqa: E402
 from scripts.daemons import Daemon, DaemonPool, wait_until  # noqa: E402
+from scripts.daemons import child_env as daemon_child_env  # noqa: E402
 
 API = "/api/v1/orchestrator"
-TARGET_OVERHEAD_P50_MS = 300.0
-POLL_S = 0.02
 TERMINAL = {"Completed", "Failed", "Stopped", "Cancelled"}
 BENCH_LABEL = "bacnode.bench"
+#: Docker labels the systems put on their job containers (key; the value names the node).
+BACNODE_LABEL = "bacnode.node"
+BACALHAU_LABEL = "bacalhau-executor"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+TARGET_CLI_MS = 120.0
+TARGET_NOOP_RATE = 100.0
+WARMUP_ROUNDS = 2
+IDLE_SECONDS = 10.0
+HEARTBEAT = 1.0
+NOOP_THREADS = 16
+MAX_BURST_THREADS = 64
+DOCKER_POLL_S = 0.1
 #: Bounds of single steps (seconds); generous for a loaded 2-core machine.
 JOB_TIMEOUT = 120.0
 HTTP_TIMEOUT = 30.0
-MESH_TIMEOUT = 60.0
 START_TIMEOUT = 120.0
+MESH_TIMEOUT = 60.0
+SETTLE_TIMEOUT = 120.0
 STOP_GRACE = 10.0
-#: The throughput part gives up when node1's API has not answered for this long.
-API_LOST_AFTER = 60.0
-#: The latency part gives up after this many failed samples.
-MAX_LATENCY_FAILURES = 10
-PHASES = ["created->bid accepted", "accepted->running", "running->container done",
-          "publish->exec completed", "exec->job completed", "created->job completed"]
+MAX_FAILURES = 10
+#: Other processes using more than this share of one core on average make the host "busy".
+BUSY_CORES = 0.10
 
-JOB_BODY = {
-    "Job": {
-        "Type": "batch",
-        "Tasks": [
-            {
-                "Name": "main",
-                "Engine": {"Type": "docker", "Params": {"Image": "busybox",
-                                                        "Parameters": ["true"]}},
-                "Publisher": {"Type": "noop"},
-            }
-        ],
-    }
+#: Phases of a job's history, (name, from mark, to mark); Timeline.spans gives those known.
+PHASES = [
+    ("created->bid accepted", "created", "accepted"),
+    ("accepted->running", "accepted", "running"),
+    ("running->container done", "running", "container_done"),
+    ("container done->exec completed", "container_done", "exec_done"),
+    ("running->exec completed", "running", "exec_done"),
+    ("exec completed->job completed", "exec_done", "job_done"),
+    ("created->job completed", "created", "job_done"),
+]
+
+KINDS = {  # latency kinds, in the order they are printed
+    "docker": "raw docker run --rm --network none",
+    "bacalhau": "Bacalhau (1 node)",
+    "bacnode1": "bacnode 1 node",
+    "bacnode3": "bacnode 3 nodes (node 1)",
 }
 
 
@@ -127,7 +144,7 @@ class BenchError(Exception):
     """The benchmark could not run (or one sample failed); the message says why."""
 
 
-# -- small helpers -----------------------------------------------------------------------
+# -- small helpers ---------------------------------------------------------------------------
 
 
 def percentile(values: Iterable[float], fraction: float) -> float | None:
@@ -145,79 +162,31 @@ def fmt(value: float | None, spec: str = ".0f", unit: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{unit}"
 
 
+def stats(samples: list[float]) -> dict[str, Any]:
+    """p50/p95/min/max of ``samples`` (ms), and the samples themselves, for the JSON."""
+    return {"p50": percentile(samples, 0.5), "p95": percentile(samples, 0.95),
+            "min": min(samples, default=None), "max": max(samples, default=None),
+            "n": len(samples), "samples": [round(s, 1) for s in samples]}
+
+
 def loadavg() -> str:
     with open("/proc/loadavg") as handle:
         return " ".join(handle.read().split()[:3])
 
 
-def cpu_seconds(pids: Iterable[int]) -> float:
-    """utime+stime of ``pids`` (those still alive), in seconds."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            pass
-    return total / CLK_TCK
+def rss_mib(pid: int) -> float | None:
+    """``VmRSS`` of ``pid`` in MiB (None once it has exited)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
-def host_cpu() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole host since boot, all cores."""
-    with open("/proc/stat") as handle:
-        values = [int(v) for v in handle.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return (sum(values) - idle) / CLK_TCK, sum(values) / CLK_TCK
-
-
-def pids_named(*names: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/comm") as handle:
-                if handle.read().strip() in names:
-                    found.append(int(entry))
-        except OSError:
-            pass
-    return found
-
-
-@dataclass
-class CpuWindow:
-    """CPU seconds used between ``start()`` and ``stop()`` by groups of processes."""
-
-    groups: dict[str, list[int]]
-    begin: dict[str, float] = field(default_factory=dict)
-    used: dict[str, float] = field(default_factory=dict)
-    wall: float = 0.0
-    cores: float = 1.0
-
-    def start(self) -> CpuWindow:
-        self.begin = {name: cpu_seconds(pids) for name, pids in self.groups.items()}
-        self.begin["host"], self.begin["_total"] = host_cpu()
-        self.begin["_wall"] = time.monotonic()
-        return self
-
-    def stop(self) -> CpuWindow:
-        for name, pids in self.groups.items():
-            self.used[name] = cpu_seconds(pids) - self.begin[name]
-        busy, total = host_cpu()
-        self.used["host"] = busy - self.begin["host"]
-        self.wall = time.monotonic() - self.begin["_wall"]
-        self.cores = (total - self.begin["_total"]) / max(self.wall, 1e-9)
-        return self
-
-    def describe(self) -> str:
-        host = self.used["host"]
-        known = sum(self.used[name] for name in self.groups)
-        parts = "".join(f", {name} {self.used[name]:.1f}" for name in self.groups)
-        return (f"CPU s over {self.wall:.1f} s: host {host:.1f} "
-                f"({100 * host / max(self.wall * self.cores, 1e-9):.0f}% of {self.cores:.0f} "
-                f"cores){parts}, rest {host - known:.1f} (shims, runc, this benchmark, CLI "
-                "processes, other work)")
+# Loopback only: a proxy from the environment must never see this traffic.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def http(method: str, url: str, body: Any = None, timeout: float = HTTP_TIMEOUT) -> Any:
@@ -225,7 +194,7 @@ def http(method: str, url: str, body: Any = None, timeout: float = HTTP_TIMEOUT)
     request = urllib.request.Request(url, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _OPENER.open(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")[:300]
@@ -234,122 +203,237 @@ def http(method: str, url: str, body: Any = None, timeout: float = HTTP_TIMEOUT)
         raise BenchError(f"{method} {url}: {exc}") from None
 
 
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BACNODE_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    return env
+def fetch_all(fn: Callable[[str], Any], items: list[str], threads: int = 8) -> list[Any]:
+    """``fn`` over ``items`` in threads; an item whose call fails gives None."""
+    def safe(item: str) -> Any:
+        try:
+            return fn(item)
+        except Exception:  # reported by the caller as "could not read"
+            return None
 
-
-def timed_run(argv: list[str], timeout: float = JOB_TIMEOUT) -> tuple[float, str]:
-    """Run ``argv``; (wall seconds, stdout). Raises BenchError on a non-zero exit."""
-    start = time.perf_counter()
-    try:
-        result = subprocess.run(argv, cwd=REPO_ROOT, env=child_env(), capture_output=True,
-                                text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"`{' '.join(argv[-8:])}` took more than {timeout:.0f}s") from None
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        raise BenchError(f"`{' '.join(argv[-8:])}` exited {result.returncode}: "
-                         f"{(result.stderr or result.stdout).strip()[-300:]}")
-    return elapsed, result.stdout
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(safe, items))
 
 
 def count(items: Iterable[str]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(Counter(items).items())) or "-"
 
 
-# -- the devnet --------------------------------------------------------------------------
+def progress(message: str) -> None:
+    """Progress goes to stderr, so that stdout holds the results alone."""
+    print(f"  [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-@contextlib.contextmanager
-def devnet(root: Path, heartbeat: float) -> Iterator[list[Daemon]]:
-    """Three daemons, node2 and node3 bootstrapping to node1; stopped on the way out."""
-    pool = DaemonPool(root)
+# -- other processes' CPU: is the host quiet? ------------------------------------------------
+
+#: dockerd and its helpers work for every system here (and for anyone's containers).
+DOCKER_INFRA = {"dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2",
+                "containerd-shim-runc-v1", "runc", "docker-init", "docker-proxy"}
+
+
+def process_table() -> dict[int, tuple[int, str, float]]:
+    """{pid: (parent pid, command name, CPU s including reaped children)} of every process."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                text = handle.read()
+        except OSError:
+            continue  # exited meanwhile
+        name = text[text.find("(") + 1:text.rfind(")")]
+        fields = text[text.rfind(")") + 2:].split()
+        # utime, stime, cutime, cstime: the children's share comes in once they are reaped.
+        ticks = sum(int(v) for v in fields[11:15])
+        table[int(entry)] = (int(fields[1]), name, ticks / CLK_TCK)
+    return table
+
+
+def foreign(table: dict[int, tuple[int, str, float]]) -> dict[int, tuple[str, float]]:
+    """The processes that are neither this benchmark's (its descendants), nor docker's (and
+    the containers' processes below it), nor the init process or kernel threads."""
+    mine = os.getpid()
+    result = {}
+    for pid, (_, name, cpu) in table.items():
+        ancestor, excluded = pid, False
+        for _ in range(64):  # walk up to init; bounded in case of a cycle from pid reuse
+            if ancestor == mine or table.get(ancestor, (0, "", 0.0))[1] in DOCKER_INFRA:
+                excluded = True
+                break
+            ancestor = table.get(ancestor, (0, "", 0.0))[0]
+            if ancestor <= 2:
+                break
+        if not excluded and pid > 2 and table[pid][0] != 2:
+            result[pid] = (name, cpu)
+    return result
+
+
+def command_line(pid: int, width: int = 60) -> str:
+    """The start of ``pid``'s command line, to tell the user which work was in the way."""
     try:
-        first = pool.new("node1", heartbeat=heartbeat)
-        nodes = [first, pool.new("node2", peers=[first], heartbeat=heartbeat),
-                 pool.new("node3", peers=[first], heartbeat=heartbeat)]
-        for daemon in nodes:  # as pool.start_all, with room for a loaded machine
-            _ = daemon.peer_id  # the key exists before a peer names it
-        for daemon in nodes:
-            daemon.launch()
-        for daemon in nodes:
-            daemon.wait_ready(START_TIMEOUT)
-        wait_until(lambda: all(len(d.connected()) == 3 for d in nodes), MESH_TIMEOUT,
-                   interval=0.2, what="all 3 nodes CONNECTED on every node")
-        yield nodes
-    finally:
-        with signals_deferred():
-            pool.close(grace=STOP_GRACE)
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "(exited)"
+    text = " ".join(w.decode(errors="replace") for w in words if w)
+    return f"({text[:width]}{'...' if len(text) > width else ''})"
 
 
-def remove_containers(labels: list[str]) -> int:
-    """Force-remove every container carrying one of ``labels`` (``key=value``)."""
-    removed = 0
-    for label in labels:
+@dataclass
+class HostWatch:
+    """CPU seconds used by other processes between ``start()`` and ``stop()``."""
+
+    loadavg_start: str = ""
+    begin: dict[int, tuple[str, float]] = field(default_factory=dict)
+    t0: float = 0.0
+    other_cpu: float = 0.0
+    wall: float = 0.0
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+    def start(self) -> HostWatch:
+        self.loadavg_start = loadavg()
+        self.begin = foreign(process_table())
+        self.t0 = time.monotonic()
+        return self
+
+    def stop(self) -> HostWatch:
+        end = foreign(process_table())
+        self.wall = time.monotonic() - self.t0
+        used = Counter()
+        for pid, (name, cpu) in end.items():
+            # A process that appeared meanwhile counts whole; a pid reused by another
+            # process (cpu went down) too.
+            before = self.begin.get(pid, (name, 0.0))[1]
+            used[f"{name}[{pid}]"] = cpu - before if cpu >= before else cpu
+        self.other_cpu = sum(used.values())
+        self.top = [(f"{k} {command_line(int(k.rsplit('[', 1)[1][:-1]))}", round(v, 1))
+                    for k, v in used.most_common(3) if v >= 0.5]
+        return self
+
+    @property
+    def busy(self) -> bool:
+        start_load = float(self.loadavg_start.split()[0]) if self.loadavg_start else 0.0
+        return self.other_cpu / max(self.wall, 1e-9) > BUSY_CORES or start_load > 1.0
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+@dataclass
+class Command:
+    """A CLI command line with the environment and directory it runs in."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+
+    def run(self, timeout: float = JOB_TIMEOUT) -> tuple[float, str]:
+        """Run it; (wall seconds, stdout). Raises BenchError on a non-zero exit."""
+        start = time.perf_counter()
         try:
-            listed = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"],
-                                    capture_output=True, text=True, timeout=60)
-            ids = listed.stdout.split()
-            if ids:
-                subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True,
-                               timeout=120)
-                removed += len(ids)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            print(f"warning: could not remove containers labelled {label}: {exc}",
-                  file=sys.stderr)
-    return removed
+            result = subprocess.run(self.argv, cwd=self.cwd, env=self.env, capture_output=True,
+                                    text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"`{self}` took more than {timeout:.0f}s") from None
+        elapsed = time.perf_counter() - start
+        if result.returncode != 0:
+            raise BenchError(f"`{self}` exited {result.returncode}: "
+                             f"{(result.stderr or result.stdout).strip()[-300:]}")
+        return elapsed, result.stdout
+
+    def __str__(self) -> str:
+        return " ".join([Path(self.argv[0]).name, *self.argv[1:]])
 
 
-def health(nodes: list[Daemon]) -> str:
-    """One line per daemon: process, API, and the exceptions its stderr reports."""
-    lines = []
-    for daemon in nodes:
-        process = "running" if daemon.running else f"EXITED {daemon.returncode}"
-        try:
-            api = "API ok" if daemon.api("/api/v1/agent/alive", timeout=5) else "API ?"
-        except Exception as exc:  # refused or timed out: that is the finding
-            api = f"API DOWN ({type(exc).__name__})"
-        errors = Counter()
-        text = daemon.stderr.splitlines()
-        for index, line in enumerate(text):
-            if line.startswith("Traceback") or "Exception Group Traceback" in line:
-                for later in text[index + 1:]:
-                    if later and not later[0].isspace() and not later.startswith("Traceback"):
-                        errors[later.strip()[:110]] += 1
-                        break
-        found = "; ".join(f"{n}x {e}" for e, n in errors.most_common(3)) or "no tracebacks"
-        lines.append(f"    {daemon.name}: {process}, {api}; stderr: {found}")
-    return "\n".join(lines)
+def bacnode_env() -> dict[str, str]:
+    env = daemon_child_env()  # without BACNODE_* overrides, AWS metadata off
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
 
 
-# -- jobs through the API ----------------------------------------------------------------
+@dataclass
+class System:
+    """One of the three systems jobs are sent to: its API, CLI, image and container label."""
+
+    key: str
+    title: str
+    api_url: str
+    cli_prefix: list[str]
+    env: dict[str, str]
+    cwd: Path
+    #: The image the system's jobs run: Bacalhau's needs a registry digest.
+    image: str
+    #: What ``docker run --wait --id-only ... -- true`` needs besides the image.
+    run_options: list[str]
+    label_key: str
+    label_values: set[str]
+    pids: list[int]
+
+    def cli(self, *args: str) -> Command:
+        return Command([*self.cli_prefix, *args], self.env, self.cwd)
+
+    def run_command(self) -> Command:
+        return self.cli("docker", "run", "--wait", "--id-only", *self.run_options, self.image,
+                        "--", "true")
+
+    def job_body(self, noop: bool) -> dict[str, Any]:
+        engine = ({"Type": "noop"} if noop else
+                  {"Type": "docker", "Params": {"Image": self.image, "Parameters": ["true"]}})
+        return {"Job": {"Type": "batch", "Count": 1, "Tasks": [
+            {"Name": "main", "Engine": engine, "Publisher": {"Type": "noop"}}]}}
+
+    def submit(self, noop: bool) -> tuple[str, float, float]:
+        """PUT one job; (job ID, wall time before, wall time after)."""
+        before = time.time()
+        answer = http("PUT", f"{self.api_url}{API}/jobs", self.job_body(noop))
+        return answer["JobID"], before, time.time()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return http("GET", f"{self.api_url}{API}/jobs/{job_id}")["Job"]
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        return http("GET", f"{self.api_url}{API}/jobs/{job_id}/history")["Items"]
+
+    def executions(self, job_id: str) -> list[dict[str, Any]]:
+        return http("GET", f"{self.api_url}{API}/jobs/{job_id}/executions")["Items"]
+
+    def job_states(self) -> dict[str, tuple[str, int]]:
+        """{job ID: (state, modify time ns)} of every job the API lists, all pages."""
+        states: dict[str, tuple[str, int]] = {}
+        token = ""
+        for _ in range(1000):  # bounded: 1000 pages of 1000 jobs
+            page = http("GET", f"{self.api_url}{API}/jobs?limit=1000"
+                        + (f"&next_token={token}" if token else ""))
+            for job in page.get("Items") or []:
+                states[job["ID"]] = (job["State"]["StateType"], int(job["ModifyTime"]))
+            token = page.get("NextToken") or ""
+            if not token:
+                break
+        return states
 
 
-def submit(api_url: str) -> tuple[str, float, float]:
-    """PUT one job; (job ID, wall time before, wall time after)."""
-    before = time.time()
-    answer = http("PUT", f"{api_url}{API}/jobs", JOB_BODY)
-    return answer["JobID"], before, time.time()
+def docker_client() -> Any:
+    import docker  # lazy: only the burst and the clean-up need it
+
+    return docker.from_env(timeout=30)
 
 
-def api_job(api_url: str) -> tuple[float, str, float, float]:
-    """PUT, then GET every 20 ms until terminal: (seconds, job ID, t_put, t_seen) (wall)."""
-    start = time.perf_counter()
-    job_id, t_put, _ = submit(api_url)
-    deadline = start + JOB_TIMEOUT
-    while True:
-        state = http("GET", f"{api_url}{API}/jobs/{job_id}")["Job"]["State"]
-        if state["StateType"] in TERMINAL:
-            break
-        if time.perf_counter() > deadline:
-            raise BenchError(f"job {job_id} still {state['StateType']} after {JOB_TIMEOUT}s")
-        time.sleep(POLL_S)
-    elapsed = time.perf_counter() - start
-    if state["StateType"] != "Completed":
-        raise BenchError(f"job {job_id} ended {state['StateType']}: {state.get('Message')}")
-    return elapsed, job_id, t_put, time.time()
+def running_containers(client: Any, systems: Iterable[System]) -> int:
+    """How many containers of ``systems`` are running now (by their label and node)."""
+    total = 0
+    for system in systems:
+        for container in client.api.containers(filters={"label": system.label_key}):
+            if (container.get("Labels") or {}).get(system.label_key) in system.label_values:
+                total += 1
+    return total
+
+
+# -- job histories ---------------------------------------------------------------------------
+
+
+def parse_time(value: str) -> float:
+    """An API time (RFC 3339, up to nanoseconds) in ms since the epoch."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1e3
 
 
 @dataclass
@@ -363,16 +447,20 @@ class Timeline:
 
     @classmethod
     def of(cls, history: list[dict[str, Any]]) -> Timeline:
+        """From a bacnode history (states named in ``JobState``/``ExecutionState``), else
+        from a Bacalhau one (``of_bacalhau``)."""
+        if not any("JobState" in item or "ExecutionState" in item for item in history):
+            return cls.of_bacalhau(history)
         marks: dict[str, float] = {}
         by_execution: dict[str, dict[str, float]] = {}
         nodes: dict[str, str] = {}
         retries = 0
         for item in history:
-            ms = datetime.fromisoformat(item["Time"].replace("Z", "+00:00")).timestamp() * 1e3
+            ms = parse_time(item["Time"])
             message = item["Event"]["Message"]
             if item["Type"] == "JobLevel":
                 key = {"Pending": "created", "Completed": "job_done",
-                       "Failed": "job_done"}.get(item["JobState"]["New"])
+                       "Failed": "job_done"}.get((item.get("JobState") or {}).get("New"))
                 if key:
                     marks.setdefault(key, ms)
                 continue
@@ -394,485 +482,658 @@ class Timeline:
             marks.update(by_execution[chosen])
         return cls(marks, nodes.get(chosen or ""), len(by_execution), retries)
 
+    @classmethod
+    def of_bacalhau(cls, history: list[dict[str, Any]]) -> Timeline:
+        """Bacalhau v1.9.3's history has events only (no states): "Job submitted",
+        "Requested execution on N" (taken as the bid accepted: the node was chosen),
+        the execution's "Running" and "Completed successfully", the job's NewState. It has
+        no event for the container's end, so those two phases stay unknown."""
+        marks: dict[str, float] = {}
+        executions: set[str] = set()
+        node = None
+        for item in history:
+            ms = parse_time(item["Time"])
+            event = item.get("Event") or {}
+            message = event.get("Message", "")
+            new_state = (event.get("Details") or {}).get("NewState")
+            if item["Type"] == "JobLevel":
+                if event.get("Topic") == "Submission":
+                    marks.setdefault("created", ms)
+                elif new_state in ("Completed", "Failed"):
+                    marks.setdefault("job_done", ms)
+                continue
+            executions.add(item.get("ExecutionID", ""))
+            if message.startswith("Requested execution on "):
+                marks.setdefault("accepted", ms)
+                node = message.rsplit(" ", 1)[1]
+            elif message == "Running":
+                marks.setdefault("running", ms)
+            elif message.startswith("Completed"):
+                marks.setdefault("exec_done", ms)
+        return cls(marks, node, len(executions), 0)
+
     def spans(self) -> dict[str, float]:
         """Milliseconds of each phase that both its ends are known for."""
-        pairs = [("created", "accepted"), ("accepted", "running"),
-                 ("running", "container_done"), ("container_done", "exec_done"),
-                 ("exec_done", "job_done"), ("created", "job_done")]
-        return {name: self.marks[b] - self.marks[a]
-                for name, (a, b) in zip(PHASES, pairs, strict=True)
+        return {name: self.marks[b] - self.marks[a] for name, a, b in PHASES
                 if a in self.marks and b in self.marks}
 
 
-def fetch_all(fn: Callable[[str], Any], items: list[str], threads: int = 8) -> list[Any]:
-    """``fn`` over ``items`` in threads; an item whose call fails gives None."""
-    def safe(item: str) -> Any:
-        try:
-            return fn(item)
-        except Exception:  # reported by the caller as "could not read"
-            return None
-
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(safe, items))
+def phase_table(timelines: dict[str, list[Timeline]]) -> dict[str, dict[str, float | None]]:
+    """{phase: {system: p50 ms}} over the timelines of each system."""
+    return {name: {key: percentile([t.spans()[name] for t in found if name in t.spans()], 0.5)
+                   for key, found in timelines.items()}
+            for name, _, _ in PHASES}
 
 
-def print_phases(label: str, timelines: list[Timeline]) -> None:
-    spans = [t.spans() for t in timelines]
-    print(f"  {label}: phases from the job histories, ms (p50 / p95 / max, n={len(spans)})")
-    for name in PHASES:
-        values = [s[name] for s in spans if name in s]
-        print(f"    {name:<26}{fmt(percentile(values, 0.5)):>7}{fmt(percentile(values, 0.95)):>7}"
-              f"{fmt(max(values) if values else None):>7}")
+# -- starting everything ---------------------------------------------------------------------
 
 
-def histories(node: Daemon, ids: list[str]) -> list[list[dict[str, Any]] | None]:
-    return fetch_all(lambda j: node.api(f"{API}/jobs/{j}/history", timeout=HTTP_TIMEOUT)["Items"],
-                     ids)
+def bacnode_system(key: str, title: str, node1: Daemon, nodes: list[Daemon],
+                   bacnode: Path) -> System:
+    return System(
+        key=key, title=title, api_url=node1.api_url,
+        cli_prefix=[str(bacnode), "--api-port", str(node1.api_port)], env=bacnode_env(),
+        cwd=REPO_ROOT, image="busybox", run_options=["-p", "noop"], label_key=BACNODE_LABEL,
+        label_values={d.peer_id for d in nodes},
+        pids=[d.process.pid for d in nodes if d.process])
 
 
-# -- (a) latency -------------------------------------------------------------------------
+def bacalhau_system(node: BacalhauNode, image: str) -> System:
+    env = dict(node.env)
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return System(
+        key="bacalhau", title="Bacalhau", api_url=node.api_url, cli_prefix=[str(node.binary)],
+        env=env, cwd=node.workdir, image=image, run_options=[], label_key=BACALHAU_LABEL,
+        label_values={f"bacalhau-{node.name}"}, pids=[node.pid])
 
 
-def measure_latency(nodes: list[Daemon], args: argparse.Namespace, tag: str) -> dict[str, Any]:
-    node = nodes[0]
-    port = str(node.api_port)
-    py = sys.executable
+def start_all(stack: contextlib.ExitStack, root: Path) -> tuple[dict[str, System],
+                                                                 dict[str, list[Daemon]]]:
+    """Bacalhau (with the registry), bacnode 1 node and the 3-node devnet, all ready."""
+    bacnode = Path(sys.executable).with_name("bacnode")
+    if not bacnode.is_file():
+        raise BenchError(f"{bacnode} is missing: install the package into the venv")
+    check = subprocess.run(["docker", "image", "inspect", "busybox:latest"],
+                           capture_output=True, text=True, timeout=30)
+    if check.returncode != 0:
+        raise BenchError("image busybox:latest is missing; build it with "
+                         "`python3 -m scripts.services image`")
+    pool = DaemonPool(root / "bacnode")
+    # Stopped last-in first-out by the stack; signals held so a Ctrl-C cannot cut it short.
+    stack.callback(_close_pool, pool)
+    solo = pool.new("solo", heartbeat=HEARTBEAT)
+    node1 = pool.new("node1", heartbeat=HEARTBEAT)
+    devnet = [node1, pool.new("node2", peers=[node1], heartbeat=HEARTBEAT),
+              pool.new("node3", peers=[node1], heartbeat=HEARTBEAT)]
+    daemons = [solo, *devnet]
+    for daemon in daemons:
+        _ = daemon.peer_id  # the key exists before a peer names it
+    for daemon in daemons:  # launched now, waited for after Bacalhau: start-up overlaps
+        daemon.launch()
+    t0 = time.monotonic()
+    image = stack.enter_context(local_registry())
+    node = stack.enter_context(bacalhau_node(root / "bacalhau", timeout=START_TIMEOUT))
+    progress(f"Bacalhau up in {node.startup_seconds:.1f} s (image {image})")
+    for daemon in daemons:
+        daemon.wait_ready(START_TIMEOUT)
+    wait_until(lambda: len(node1.connected()) == 3, MESH_TIMEOUT, interval=0.2,
+               what="node 1 listing all 3 nodes CONNECTED")
+    progress(f"bacnode daemons up, the devnet meshed, {time.monotonic() - t0:.1f} s")
+    systems = {
+        "bacalhau": bacalhau_system(node, image),
+        "bacnode1": bacnode_system("bacnode1", "bacnode 1 node", solo, [solo], bacnode),
+        "bacnode3": bacnode_system("bacnode3", "bacnode 3 nodes", node1, devnet, bacnode),
+    }
+    return systems, {"bacnode1": [solo], "bacnode3": devnet}
 
-    def cli() -> tuple[float, str | None, Any]:
-        seconds, out = timed_run([py, "-m", "cli.main", "--api-port", port, "docker", "run",
-                                  "--id-only", "--wait", "-p", "noop", "busybox", "--", "true"])
-        return seconds, (out.split() or [""])[0], None
 
-    def api() -> tuple[float, str | None, Any]:
-        seconds, job_id, t_put, t_seen = api_job(node.api_url)
-        return seconds, job_id, (t_put, t_seen)
+def _close_pool(pool: DaemonPool) -> None:
+    with signals_deferred():
+        pool.close(grace=STOP_GRACE)
 
-    def cli_start() -> tuple[float, str | None, Any]:
-        return timed_run([py, "-m", "cli.main", "--api-port", port, "id"])[0], None, None
 
-    def docker() -> tuple[float, str | None, Any]:
-        argv = ["docker", "run", "--rm", "--network", "none", "--label",
-                f"{BENCH_LABEL}={tag}", "busybox", "true"]
-        return timed_run(argv)[0], None, None
+def settle(systems: Iterable[System], client: Any, what: str) -> None:
+    """Wait (bounded) until every job of ``systems`` is terminal and none of their containers
+    runs, so that one part's leftovers do not load the next."""
+    systems = list(systems)
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while True:
+        busy = []
+        for system in systems:
+            try:
+                states = system.job_states()
+            except BenchError as exc:
+                busy.append(f"{system.title}: {exc}")
+                continue
+            pending = sum(1 for state, _ in states.values() if state not in TERMINAL)
+            if pending:
+                busy.append(f"{system.title}: {pending} jobs not terminal")
+        running = running_containers(client, systems)
+        if running:
+            busy.append(f"{running} containers running")
+        if not busy:
+            return
+        if time.monotonic() > deadline:
+            print(f"  warning: after {what}, still {'; '.join(busy)} after "
+                  f"{SETTLE_TIMEOUT:.0f} s; going on")
+            return
+        time.sleep(0.5)
 
-    kinds = {"cli": cli, "api": api, "cli-start": cli_start, "docker": docker}
+
+# -- 1. idle RSS -----------------------------------------------------------------------------
+
+
+def measure_idle_rss(systems: dict[str, System], daemons: dict[str, list[Daemon]],
+                     ) -> dict[str, Any]:
+    progress(f"idle {IDLE_SECONDS:.0f} s before reading RSS")
+    time.sleep(IDLE_SECONDS)
+    result: dict[str, Any] = {"bacalhau": rss_mib(systems["bacalhau"].pids[0])}
+    for key, nodes in daemons.items():
+        result[key] = {d.name: rss_mib(d.process.pid) for d in nodes if d.process}
+    print(f"\n1. idle RSS after {IDLE_SECONDS:.0f} s idle, no job yet (VmRSS, MiB)")
+    print(f"  bacalhau serve (orchestrator+compute): {fmt(result['bacalhau'], '.1f')}")
+    for key in daemons:
+        each = ", ".join(f"{name} {fmt(v, '.1f')}" for name, v in result[key].items())
+        print(f"  {systems[key].title}: {each}")
+    return result
+
+
+# -- 2. CLI start-up -------------------------------------------------------------------------
+
+
+def interleaved(kinds: dict[str, Callable[[], tuple[float, str | None]]], runs: int, seed: int,
+                what: str) -> tuple[dict[str, list[float]], dict[str, list[tuple[str, float]]],
+                                    dict[str, list[str]]]:
+    """Run every kind once per round in a shuffled order; ``WARMUP_ROUNDS`` rounds first.
+    Returns, by kind: the ms samples, (job ID, ms) of the samples that made a job, failures."""
     samples: dict[str, list[float]] = {k: [] for k in kinds}
+    ids: dict[str, list[tuple[str, float]]] = {k: [] for k in kinds}
     failures: dict[str, list[str]] = {k: [] for k in kinds}
-    job_ids: dict[str, list[str]] = {"cli": [], "api": []}
-    client_times: dict[str, tuple[float, float]] = {}
-    rng = random.Random(args.seed)
-    rounds = args.warmup + args.runs
-    window = CpuWindow({"daemons": [d.process.pid for d in nodes if d.process],
-                        "dockerd+containerd": pids_named("dockerd", "containerd")}).start()
+    rng = random.Random(seed)
+    rounds = WARMUP_ROUNDS + runs
     for round_no in range(rounds):
         order = list(kinds)
         rng.shuffle(order)
         for kind in order:
             try:
-                seconds, job_id, times = kinds[kind]()
+                seconds, job_id = kinds[kind]()
             except BenchError as exc:
                 failures[kind].append(str(exc))
-                print(f"  latency: {kind} failed: {exc}", file=sys.stderr, flush=True)
-                if sum(map(len, failures.values())) > MAX_LATENCY_FAILURES:
-                    raise BenchError(f"more than {MAX_LATENCY_FAILURES} latency samples "
-                                     f"failed; last: {exc}") from None
+                progress(f"{what}: {kind} failed: {exc}")
+                if sum(map(len, failures.values())) > MAX_FAILURES:
+                    raise BenchError(f"more than {MAX_FAILURES} {what} samples failed; "
+                                     f"last: {exc}") from None
                 continue
-            if round_no < args.warmup:
-                continue
-            samples[kind].append(seconds)
-            if job_id:
-                job_ids[kind].append(job_id)
-            if times:
-                client_times[job_id or ""] = times
-        done = round_no + 1
-        if done == args.warmup or done % 5 == 0 or done == rounds:
-            print(f"  latency: {done}/{rounds} rounds ({min(done, args.warmup)} warm-up)",
-                  file=sys.stderr, flush=True)
-    window.stop()
-    return {"samples": samples, "failures": failures, "job_ids": job_ids,
-            "client_times": client_times, "window": window}
+            if round_no >= WARMUP_ROUNDS:
+                samples[kind].append(seconds * 1000)
+                if job_id:
+                    ids[kind].append((job_id, seconds * 1000))
+        if (round_no + 1) % 5 == 0 or round_no + 1 == rounds:
+            progress(f"{what}: {round_no + 1}/{rounds} rounds ({WARMUP_ROUNDS} warm-up)")
+    return samples, ids, failures
 
 
-def report_latency(result: dict[str, Any], nodes: list[Daemon], args: argparse.Namespace,
-                   ) -> bool:
-    ms = {k: [v * 1000 for v in vs] for k, vs in result["samples"].items()}
-    p50 = {k: percentile(v, 0.5) for k, v in ms.items()}
-    p95 = {k: percentile(v, 0.95) for k, v in ms.items()}
-    print(f"\n(a) latency of one `busybox true` job, {args.runs} runs each after "
-          f"{args.warmup} warm-up rounds, interleaved (ms)")
-    print(f"  {'':<44}{'p50':>7}{'p95':>7}{'min':>7}{'max':>7}"
-          f"{'p50-docker':>11}{'p95-docker':>11}{'ratio p50':>10}{'failed':>7}")
-    labels = {
-        "docker": "docker run --rm --network none busybox true",
-        "cli": "bacnode docker run --wait (CLI subprocess)",
-        "api": "API: PUT + GET every 20 ms (in-process)",
-        "cli-start": "CLI start-up alone (bacnode id: 1 GET)",
+def measure_cli(systems: dict[str, System], runs: int, seed: int) -> dict[str, Any]:
+    bacalhau, bacnode = systems["bacalhau"], systems["bacnode1"]
+    commands = {
+        "bacalhau version": bacalhau.cli("version"),
+        "bacalhau job list": bacalhau.cli("job", "list"),
+        "bacnode version": bacnode.cli("version"),
+        "bacnode list": bacnode.cli("list"),
     }
-    for kind in ("docker", "cli", "api", "cli-start"):
-        values = ms[kind]
-        line = (f"  {labels[kind]:<44}{fmt(p50[kind]):>7}{fmt(p95[kind]):>7}"
-                f"{fmt(min(values, default=None)):>7}{fmt(max(values, default=None)):>7}")
-        if kind in ("cli", "api") and values and ms["docker"]:
-            line += (f"{fmt(p50[kind] - p50['docker'], '+.0f'):>11}"
-                     f"{fmt(p95[kind] - p95['docker'], '+.0f'):>11}"
-                     f"{fmt(p50[kind] / p50['docker'], '.2f', 'x'):>10}")
-        else:
-            line += " " * 32
-        print(line + f"{len(result['failures'][kind]):>7}")
-    for kind, messages in result["failures"].items():
+    kinds = {name: (lambda c=command: (c.run(HTTP_TIMEOUT)[0], None))
+             for name, command in commands.items()}
+    samples, _, failures = interleaved(kinds, runs, seed, "CLI start-up")
+    result = {name: {**stats(samples[name]), "failed": len(failures[name]),
+                     "command": str(commands[name])} for name in commands}
+    print(f"\n2. CLI start-up, {runs} runs each after {WARMUP_ROUNDS} warm-up rounds, "
+          "interleaved (wall ms; both ask their server)")
+    print(f"  {'':<20}{'p50':>7}{'p95':>7}{'min':>7}{'failed':>7}")
+    for name, item in result.items():
+        print(f"  {name:<20}{fmt(item['p50']):>7}{fmt(item['p95']):>7}"
+              f"{fmt(item['min']):>7}{item['failed']:>7}")
+    print(f"  ({commands['bacnode list']}: the 1-node daemon; Bacalhau's CLI: its own node)")
+    return result
+
+
+# -- 3. latency ------------------------------------------------------------------------------
+
+
+def measure_latency(systems: dict[str, System], runs: int, seed: int, tag: str,
+                    cli_start: dict[str, float | None]) -> dict[str, Any]:
+    docker = Command(["docker", "run", "--rm", "--network", "none", "--label",
+                      f"{BENCH_LABEL}={tag}", "busybox", "true"], bacnode_env(), REPO_ROOT)
+
+    def job_kind(system: System) -> Callable[[], tuple[float, str | None]]:
+        command = system.run_command()
+
+        def run() -> tuple[float, str | None]:
+            seconds, out = command.run()
+            lines = out.strip().splitlines()
+            return seconds, lines[-1].strip() if lines else None
+        return run
+
+    kinds: dict[str, Callable[[], tuple[float, str | None]]] = {
+        "docker": lambda: (docker.run()[0], None)}
+    kinds.update({key: job_kind(systems[key]) for key in ("bacalhau", "bacnode1", "bacnode3")})
+    samples, ids, failures = interleaved(kinds, runs, seed + 1, "latency")
+
+    # Every measured job must have completed; then its history says where the time went.
+    timelines: dict[str, list[Timeline]] = {}
+    client_share: dict[str, list[float]] = {}
+    not_completed: dict[str, list[str]] = {}
+    for key in ("bacalhau", "bacnode1", "bacnode3"):
+        system = systems[key]
+        job_ids = [job_id for job_id, _ in ids[key]]
+        jobs = fetch_all(system.job, job_ids)
+        not_completed[key] = [f"{j}: {job['State']['StateType'] if job else 'unreadable'}"
+                              for j, job in zip(job_ids, jobs, strict=True)
+                              if not job or job["State"]["StateType"] != "Completed"]
+        found = fetch_all(system.history, job_ids)
+        timelines[key] = []
+        client_share[key] = []
+        for (_, wall_ms), history in zip(ids[key], found, strict=True):
+            if not history:
+                continue
+            timeline = Timeline.of(history)
+            timelines[key].append(timeline)
+            # What the user waits beyond the server's created -> completed, job by job.
+            server_ms = timeline.spans().get("created->job completed")
+            if server_ms is not None:
+                client_share[key].append(wall_ms - server_ms)
+    result: dict[str, Any] = {k: {**stats(samples[k]), "failed": len(failures[k])}
+                              for k in kinds}
+    docker_p50 = result["docker"]["p50"]
+    for key in ("bacalhau", "bacnode1", "bacnode3"):
+        p50 = result[key]["p50"]
+        result[key]["overhead_p50"] = (None if p50 is None or docker_p50 is None
+                                       else p50 - docker_p50)
+        result[key]["not_completed"] = not_completed[key]
+        result[key]["client_share_p50"] = percentile(client_share[key], 0.5)
+    result["phases_p50"] = phase_table(timelines)
+    result["cli_start_p50"] = cli_start
+
+    print(f"\n3. latency of one `busybox true` job: CLI `docker run --wait --id-only IMAGE -- "
+          f"true`, {runs} runs each after {WARMUP_ROUNDS} warm-up rounds, interleaved (wall ms)")
+    print(f"  {'':<38}{'p50':>7}{'p95':>7}{'min':>7}{'max':>7}{'p50-docker':>12}{'failed':>7}")
+    for key, title in KINDS.items():
+        item = result[key]
+        overhead = fmt(item.get("overhead_p50"), "+.0f") if key != "docker" else ""
+        print(f"  {title:<38}{fmt(item['p50']):>7}{fmt(item['p95']):>7}{fmt(item['min']):>7}"
+              f"{fmt(item['max']):>7}{overhead:>12}{item['failed']:>7}")
+    for key, messages in failures.items():
         for message in messages[:2]:
-            print(f"    {kind} failure: {message}")
-    if None in (p50["cli"], p50["docker"], p50["api"], p50["cli-start"]):
-        print("  target: not judged (a kind has no successful sample)")
-        return False
-    overhead = p50["cli"] - p50["docker"]
-    met = overhead <= TARGET_OVERHEAD_P50_MS
-    print(f"  target: CLI overhead over raw docker <= {TARGET_OVERHEAD_P50_MS:.0f} ms at p50: "
-          f"{overhead:+.0f} ms -> {'MET' if met else 'NOT MET'}"
-          f"  (through the API alone: {p50['api'] - p50['docker']:+.0f} ms)")
-    residual = p50["cli"] - p50["api"] - p50["cli-start"]
-    print(f"  CLI share at p50: cli - api = {p50['cli'] - p50['api']:+.0f} ms = start-up "
-          f"(cli-start) {p50['cli-start']:.0f} ms {residual:+.0f} ms rest (mostly --wait "
-          "polling: the CLI backs off from 50 ms x1.5 per GET, the API loop polls every 20 ms)")
-    print(f"  {result['window'].describe()}")
-
-    # Where the time goes, from the histories of the measured jobs.
-    names = {d.peer_id: d.name for d in nodes}
-    for kind in ("api", "cli"):
-        ids = result["job_ids"][kind]
-        found = histories(nodes[0], ids)
-        timelines = [Timeline.of(h) for h in found if h is not None]
-        print_phases(f"{kind} jobs", timelines)
-        print(f"    ran on: {count(names.get(t.node or '', '?') for t in timelines)} (node1 "
-              "is the requester: local there, over libp2p elsewhere); retries "
-              f"{sum(t.retries for t in timelines)}; histories unreadable "
-              f"{sum(h is None for h in found)}")
-        if kind == "api":
-            before, after = [], []
-            for job_id, history in zip(ids, found, strict=True):
-                if history is None:
-                    continue
-                marks = Timeline.of(history).marks
-                t_put, t_seen = result["client_times"][job_id]
-                if "created" in marks and "job_done" in marks:
-                    before.append(marks["created"] - t_put * 1000)
-                    after.append(t_seen * 1000 - marks["job_done"])
-            print(f"    {'client PUT->created':<26}{fmt(percentile(before, 0.5)):>7}"
-                  f"{fmt(percentile(before, 0.95)):>7}{fmt(max(before, default=None)):>7}")
-            print(f"    {'job completed->client saw':<26}{fmt(percentile(after, 0.5)):>7}"
-                  f"{fmt(percentile(after, 0.95)):>7}{fmt(max(after, default=None)):>7}"
-                  "  (polls every 20 ms: ~10 ms of it is waiting for the next GET)")
-    return met
+            print(f"    {key} failure: {message}")
+    for key, bad in not_completed.items():
+        if bad:
+            print(f"    {key}: {len(bad)} jobs not Completed, e.g. {bad[:2]}")
+    print("  where the time goes, p50 ms (phases from the job histories; Bacalhau's history "
+          "has\n  no container-done event, and its 'bid accepted' is \"Requested execution "
+          "on\")")
+    print(f"  {'':<38}{'Bacalhau':>10}{'bacnode 1':>11}{'bacnode 3':>11}")
+    keys = ("bacalhau", "bacnode1", "bacnode3")
+    for name, values in result["phases_p50"].items():
+        print(f"  {name:<38}" + "".join(f"{fmt(values[k]):>{w}}"
+                                        for k, w in zip(keys, (10, 11, 11), strict=True)))
+    print(f"  {'client: CLI wall - created->completed':<38}"
+          + "".join(f"{fmt(result[k]['client_share_p50']):>{w}}"
+                    for k, w in zip(keys, (10, 11, 11), strict=True)))
+    print(f"  {'  of which CLI start-up (version, 2.)':<38}"
+          + "".join(f"{fmt(cli_start.get(k)):>{w}}"
+                    for k, w in zip(keys, (10, 11, 11), strict=True)))
+    return result
 
 
-# -- (b) throughput ----------------------------------------------------------------------
+# -- 4. burst and 5. no-op throughput --------------------------------------------------------
 
 
-def list_states(api_url: str) -> dict[str, tuple[str, int]]:
-    """{job ID: (state, modify time ns)} of every job node1 knows, all pages."""
-    states: dict[str, tuple[str, int]] = {}
-    token = ""
-    while True:
-        page = http("GET", f"{api_url}{API}/jobs?limit=1000"
-                    + (f"&next_token={token}" if token else ""))
-        for job in page["Items"]:
-            states[job["ID"]] = (job["State"]["StateType"], job["ModifyTime"])
-        token = page.get("NextToken") or ""
-        if not token:
-            return states
+class ContainerPeak:
+    """Polls dockerd every 100 ms in a thread: the most containers of ``system`` at once."""
+
+    def __init__(self, system: System) -> None:
+        self.system = system
+        self.peak = 0
+        self.polls = 0
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="container-peak", daemon=True)
+
+    def _run(self) -> None:
+        client = docker_client()  # its own connection: the main thread's is busy elsewhere
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.peak = max(self.peak, running_containers(client, [self.system]))
+                    self.polls += 1
+                except Exception as exc:  # noted in the report; polling goes on
+                    self.error = str(exc)[:200]
+                self._stop.wait(DOCKER_POLL_S)
+        finally:
+            client.close()
+
+    def __enter__(self) -> ContainerPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
-def measure_throughput(nodes: list[Daemon], args: argparse.Namespace) -> dict[str, Any]:
-    node1 = nodes[0]
-    url = node1.api_url
-    window = CpuWindow({"daemons": [d.process.pid for d in nodes if d.process],
-                        "dockerd+containerd": pids_named("dockerd", "containerd")})
+def burst(system: System, n: int, threads: int, noop: bool, timeout: float) -> dict[str, Any]:
+    """PUT ``n`` jobs from ``threads`` threads, wait (bounded) until all are terminal, check
+    each has exactly one Completed execution."""
+    what = f"{'noop' if noop else 'burst'} {system.title}"
     submitted: list[tuple[str, float, float]] = []
     errors: list[str] = []
-    window.start()
-    t_start = time.time()
-    with concurrent.futures.ThreadPoolExecutor(args.submitters) as pool:
-        futures = [pool.submit(submit, url) for _ in range(args.jobs)]
+    # No-op jobs start no container: polling dockerd then would only add load.
+    peak = ContainerPeak(system) if not noop else None
+    with peak or contextlib.nullcontext(), concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        t_start = time.time()
+        futures = [pool.submit(system.submit, noop) for _ in range(n)]
         try:
-            for future in concurrent.futures.as_completed(futures, timeout=args.timeout):
+            for future in concurrent.futures.as_completed(futures, timeout=timeout):
                 try:
                     submitted.append(future.result())
-                except Exception as exc:  # counted and shown: a refused submit is a result
+                except Exception as exc:  # counted and shown: a refused PUT is a result
                     errors.append(str(exc))
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-    t_submitted = time.time()
-    first_put = min((s[1] for s in submitted), default=t_start)
-    ids = {s[0] for s in submitted}
-    print(f"  throughput: {len(submitted)} jobs submitted in {t_submitted - t_start:.1f} s "
-          f"({len(errors)} refused); waiting for them to end", file=sys.stderr, flush=True)
-    deadline = time.monotonic() + args.timeout
-    states: dict[str, tuple[str, int]] = {}
-    last_report = last_answer = time.monotonic()
-    poll_errors: list[str] = []
-    api_lost = False
-    while True:
-        try:
-            states = {k: v for k, v in list_states(url).items() if k in ids}
-            last_answer = time.monotonic()
-        except BenchError as exc:
-            poll_errors.append(str(exc))
-            if time.monotonic() - last_answer > API_LOST_AFTER:
-                api_lost = True
+        first_put = min((s[1] for s in submitted), default=t_start)
+        last_answer = max((s[2] for s in submitted), default=time.time())
+        ids = {s[0] for s in submitted}
+        progress(f"{what}: {len(ids)} jobs PUT in {last_answer - first_put:.2f} s "
+                 f"({len(errors)} refused); waiting for them to end")
+        deadline = time.monotonic() + timeout
+        states: dict[str, tuple[str, int]] = {}
+        poll_errors: list[str] = []
+        last_report = time.monotonic()
+        while True:
+            try:
+                states = {k: v for k, v in system.job_states().items() if k in ids}
+            except BenchError as exc:
+                poll_errors.append(str(exc))
+            done = sum(1 for state, _ in states.values() if state in TERMINAL)
+            if done == len(ids) or time.monotonic() > deadline:
                 break
-        done = sum(1 for state, _ in states.values() if state in TERMINAL)
-        if done == len(ids) or time.monotonic() > deadline:
-            break
-        if time.monotonic() - last_report > 10:
-            last_report = time.monotonic()
-            print(f"  throughput: {done}/{len(ids)} terminal ({loadavg()} load)",
-                  file=sys.stderr, flush=True)
-        time.sleep(0.5)
-    t_seen = time.time()
-    window.stop()
-    ordered = sorted(ids)
-    executions = dict(zip(ordered, fetch_all(
-        lambda j: node1.api(f"{API}/jobs/{j}/executions", timeout=HTTP_TIMEOUT)["Items"],
-        ordered), strict=True))
-    return {"submitted": submitted, "errors": errors, "first_put": first_put,
-            "t_submitted": t_submitted, "t_seen": t_seen, "states": states, "ids": ids,
-            "executions": executions, "histories": dict(zip(ordered, histories(node1, ordered),
-                                                            strict=True)),
-            "window": window, "poll_errors": poll_errors, "api_lost": api_lost,
-            "health": health(nodes)}
-
-
-def peak_running(timelines: Iterable[Timeline]) -> int:
-    """Most executions between Running and the end of their container at one time."""
-    edges = []
-    for timeline in timelines:
-        marks = timeline.marks
-        if "running" in marks and "container_done" in marks:
-            edges += [(marks["running"], 1), (marks["container_done"], -1)]
-    peak = current = 0
-    for _, delta in sorted(edges):
-        current += delta
-        peak = max(peak, current)
-    return peak
-
-
-def report_throughput(result: dict[str, Any], baselines: list[dict[str, Any]],
-                      nodes: list[Daemon], args: argparse.Namespace) -> bool:
-    ids = result["ids"]
-    states = result["states"]
-    job_states = Counter(states.get(j, ("unknown to node1", 0))[0] for j in ids)
+            if time.monotonic() - last_report > 10:
+                last_report = time.monotonic()
+                progress(f"{what}: {done}/{len(ids)} terminal (load {loadavg()})")
+            time.sleep(0.2)
+        t_seen = time.time()
     terminal_ns = [ns for state, ns in states.values() if state in TERMINAL]
-    finished = len(terminal_ns)
-    last_terminal = max(terminal_ns) / 1e9 if terminal_ns else result["t_seen"]
-    elapsed = last_terminal - result["first_put"]
-    rate = finished / elapsed if elapsed > 0 else 0.0
-    names = {d.peer_id: d.name for d in nodes}
-    exactly_one = 0
-    problems: list[str] = []
-    ran_on: list[str] = []
+    job_states = Counter(states.get(j, ("unlisted", 0))[0] for j in ids)
+    all_terminal = len(terminal_ns) == len(ids) == n
+    # The server's time of the last terminal state, not when the 200 ms poll saw it.
+    last_terminal = max(terminal_ns) / 1e9 if all_terminal else t_seen
+    seconds = last_terminal - first_put
+    ordered = sorted(ids)
+    found = fetch_all(system.executions, ordered)
     per_job = Counter()
-    for job_id in sorted(ids):
-        items = result["executions"].get(job_id)
+    exactly_one = 0
+    problems = []
+    for job_id, items in zip(ordered, found, strict=True):
         if items is None:
             per_job["unreadable"] += 1
             continue
-        per_job[f"{len(items)} exec"] += 1
         completed = [e for e in items if compute_state(e) == "Completed"]
-        if len(completed) == 1:
+        per_job[f"{len(items)} exec"] += 1
+        if len(completed) == 1 and states.get(job_id, ("",))[0] == "Completed":
             exactly_one += 1
-            ran_on.append(names.get(completed[0]["NodeID"], "?"))
-        elif len(problems) < 5:
-            detail = [(compute_state(e), e["ComputeState"]["Message"][:80])
+        elif len(problems) < 3:
+            detail = [(compute_state(e), e["ComputeState"].get("Message", "")[:80])
                       for e in items]
             problems.append(f"{job_id}: job {states.get(job_id, ('?',))[0]}, executions "
                             f"{detail}")
-    timelines = [Timeline.of(h) for h in result["histories"].values() if h is not None]
-    submit_ms = [(after - before) * 1000 for _, before, after in result["submitted"]]
-    print(f"\n(b) throughput: {args.jobs} jobs PUT at once to node1 from {args.submitters} "
-          "threads, busybox true, noop publisher")
-    print(f"  submitted {len(result['submitted'])}, refused {len(result['errors'])}; last PUT "
-          f"answered {result['t_submitted'] - result['first_put']:.1f} s after the first "
-          f"(PUT p50 {fmt(percentile(submit_ms, 0.5))} ms, p95 "
-          f"{fmt(percentile(submit_ms, 0.95))} ms)")
-    lost = job_states["unknown to node1"]
-    unfinished = [s for s in job_states.elements() if s not in TERMINAL and s != "unknown to node1"]
-    other = finished - job_states["Completed"] - job_states["Failed"]
-    print(f"  jobs: Completed {job_states['Completed']}, Failed {job_states['Failed']}, other "
-          f"terminal {other}, not terminal {len(unfinished)} ({count(unfinished)}), lost (PUT "
-          f"answered, unknown to node1) {lost}"
-          + ("; node1's API STOPPED ANSWERING" if result["api_lost"] else ""))
-    print(f"  exactly one Completed execution: {exactly_one}/{len(ids)} jobs; executions per "
-          f"job: {count(per_job.elements())}; jobs with retries "
-          f"{sum(1 for t in timelines if t.retries)}; completed on: {count(ran_on)}")
-    for problem in problems:
-        print(f"    problem: {problem}")
-    for error in (result["errors"][:3] + result["poll_errors"][:3]):
-        print(f"    error: {error}")
-    print(f"  {finished} jobs terminal {elapsed:.1f} s after the first submit: "
-          f"{rate:.2f} jobs/s; peak containers running at once {peak_running(timelines)}")
-    print(f"  {result['window'].describe()}")
-    print_phases("throughput jobs", timelines)
-    for baseline in baselines:
-        ratio = rate / baseline["rate"] if baseline["rate"] else 0.0
-        print(f"  baseline, dockerd alone at concurrency {baseline['concurrency']}: "
-              f"{baseline['n']} containers in {baseline['seconds']:.1f} s = "
-              f"{baseline['rate']:.2f}/s (each p50 {baseline['p50']:.0f} ms, p95 "
-              f"{baseline['p95']:.0f} ms; failed {baseline['failed']}); "
-              f"bacnode/dockerd = {ratio:.2f}")
-        print(f"    {baseline['window'].describe()}")
-    print("  daemons after (b):\n" + result["health"])
-    return (job_states.get("Completed", 0) == len(ids) == args.jobs
-            and exactly_one == len(ids))
+    return {
+        "jobs": n, "submitted": len(ids), "refused": len(errors), "errors": errors[:3],
+        "submit_seconds": last_answer - first_put,
+        "submit_rate": len(ids) / max(last_answer - first_put, 1e-9),
+        "seconds": seconds if all_terminal else None,
+        "rate": n / seconds if all_terminal and seconds > 0 else None,
+        "states": dict(job_states), "exactly_once": exactly_one,
+        "all_completed_once": exactly_one == n, "executions_per_job": dict(per_job),
+        "problems": problems, "poll_errors": poll_errors[:3],
+        "peak_containers": peak.peak if peak else None,
+        "peak_error": peak.error if peak else None, "timed_out": not all_terminal,
+    }
 
 
-# -- baseline: dockerd alone --------------------------------------------------------------
+def compute_state(execution: dict[str, Any]) -> str:
+    """An API execution's state by name (both send Bacalhau's number)."""
+    state = execution["ComputeState"]["StateType"]
+    return state if isinstance(state, str) else execution_state_name(state)
 
 
-def docker_baseline(n: int, concurrency: int, workdir: Path, tag: str,
-                    timeout: float) -> dict[str, Any]:
-    """``n`` containers with the executor's recipe, ``concurrency`` at a time (docker-py)."""
-    import docker
-    from docker.types import LogConfig, Mount
+def print_burst(result: dict[str, Any], title: str) -> None:
+    seconds = result["seconds"]
+    timing = (f"all terminal {seconds:.2f} s after the first PUT ({result['rate']:.1f} jobs/s)"
+              if seconds is not None else "NOT ALL TERMINAL within the timeout")
+    peak = ("" if result["peak_containers"] is None
+            else f"; peak containers at once {result['peak_containers']}")
+    print(f"  {title:<18}{timing}; PUTs {result['submit_seconds']:.2f} s "
+          f"({result['submit_rate']:.0f}/s, refused {result['refused']}){peak}")
+    print(f"  {'':<18}jobs: {count(Counter(result['states']).elements())}; exactly one "
+          f"Completed execution: {result['exactly_once']}/{result['jobs']}")
+    for line in result["problems"] + result["errors"] + result["poll_errors"]:
+        print(f"  {'':<18}problem: {line}")
+    if result["peak_error"]:
+        print(f"  {'':<18}container polling: {result['peak_error']}")
 
-    client = docker.from_env(timeout=int(JOB_TIMEOUT), max_pool_size=concurrency * 2 + 4)
-    stop = threading.Event()
 
-    def one(index: int) -> float:
-        if stop.is_set():
-            raise BenchError("stopped")
-        outputs = workdir / f"c{concurrency}-{index}"
-        outputs.mkdir(parents=True, exist_ok=True)
-        began = time.perf_counter()
-        host_config = client.api.create_host_config(
-            mounts=[Mount(target="/outputs", source=str(outputs), type="bind")],
-            network_mode="none", cap_drop=["ALL"], security_opt=["no-new-privileges"],
-            privileged=False, pids_limit=1024, log_config=LogConfig(type="none"),
-        )
-        container = client.api.create_container(
-            "busybox", command=["true"], labels={BENCH_LABEL: tag}, host_config=host_config,
-            stdin_open=False, tty=False,
-        )["Id"]
-        try:
-            stream = client.api.attach(container, stdout=True, stderr=True, stream=True,
-                                       logs=False, demux=True)
-            try:
-                client.api.start(container)
-                for _ in stream:
-                    pass
-            finally:
-                stream.close()
-            code = client.api.wait(container, timeout=JOB_TIMEOUT)["StatusCode"]
-        finally:
-            client.api.remove_container(container, force=True, v=True)
-        if code != 0:
-            raise BenchError(f"container exited {code}")
-        return time.perf_counter() - began
+def measure_bursts(systems: dict[str, System], n: int, timeout: float, client: Any,
+                   ) -> dict[str, Any]:
+    results = {}
+    print(f"\n4. burst: {n} `busybox true` jobs PUT at once ({min(n, MAX_BURST_THREADS)} "
+          "threads), until every job is terminal (the server's ModifyTime)")
+    for key in ("bacalhau", "bacnode1", "bacnode3"):
+        results[key] = burst(systems[key], n, min(n, MAX_BURST_THREADS), False, timeout)
+        print_burst(results[key], systems[key].title)
+        settle(systems.values(), client, f"the {systems[key].title} burst")
+    return results
 
-    window = CpuWindow({"dockerd+containerd": pids_named("dockerd", "containerd")}).start()
-    durations: list[float] = []
-    failed = 0
-    start = time.perf_counter()
-    pool = concurrent.futures.ThreadPoolExecutor(concurrency)
+
+def measure_noop(systems: dict[str, System], n: int, timeout: float, client: Any,
+                 ) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    print(f"\n5. no-op throughput: {n} jobs with the noop engine and publisher, PUT from "
+          f"{NOOP_THREADS} threads")
+    # Bacalhau first gets one noop job: only if it runs it is the burst worth measuring.
+    bacalhau = systems["bacalhau"]
+    def terminal_state(job_id: str) -> dict[str, Any] | None:
+        state = bacalhau.job(job_id)["State"]
+        return state if state["StateType"] in TERMINAL else None
+
     try:
-        futures = [pool.submit(one, i) for i in range(n)]
-        for future in concurrent.futures.as_completed(futures, timeout=timeout):
-            try:
-                durations.append(future.result())
-            except Exception:  # counted: a failed container is a result
-                failed += 1
-    finally:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        client.close()
-    seconds = time.perf_counter() - start
-    window.stop()
-    ms = [d * 1000 for d in durations]
-    return {"n": n, "concurrency": concurrency, "seconds": seconds,
-            "rate": len(durations) / seconds, "p50": percentile(ms, 0.5) or 0.0,
-            "p95": percentile(ms, 0.95) or 0.0, "failed": failed, "window": window}
+        job_id = bacalhau.submit(noop=True)[0]
+        state = wait_until(lambda: terminal_state(job_id), 30.0, interval=0.2,
+                           what="Bacalhau's noop probe job")
+        refused = (None if state["StateType"] == "Completed"
+                   else f"{state['StateType']}: {state.get('Message', '').strip()}")
+    except (BenchError, AssertionError) as exc:
+        refused = f"probe failed: {exc}"
+    if refused:
+        results["bacalhau"] = {"noop_refused": refused}
+        print(f"  {'Bacalhau':<18}does not run noop jobs: {refused.splitlines()[-1].strip()}")
+    keys = ["bacnode1", "bacnode3"] if refused else ["bacalhau", "bacnode1", "bacnode3"]
+    for key in keys:
+        results[key] = burst(systems[key], n, NOOP_THREADS, True, timeout)
+        print_burst(results[key], systems[key].title)
+        settle(systems.values(), client, f"the {systems[key].title} no-op jobs")
+    return results
 
 
-# -- main --------------------------------------------------------------------------------
+# -- the table -------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    measure: str
+    docker: str = ""
+    bacalhau: str = ""
+    bacnode1: str = ""
+    bacnode3: str = ""
+    target: str = ""
+    met: bool | None = None
+
+
+def le(a: float | None, b: float | None) -> bool | None:
+    """a <= b, or None (not judged) when a figure is missing."""
+    return None if a is None or b is None else a <= b
+
+
+def both(*values: bool | None) -> bool | None:
+    """Met when all are; missed when one is; not judged when one is missing and none missed."""
+    if any(v is False for v in values):
+        return False
+    return None if any(v is None for v in values) else True
+
+
+def table_rows(results: dict[str, Any]) -> list[Row]:
+    rows = []
+    rss = results["idle_rss_mib"]
+    worst1 = max((v for v in rss["bacnode1"].values() if v is not None), default=None)
+    worst3 = max((v for v in rss["bacnode3"].values() if v is not None), default=None)
+    rows.append(Row("idle RSS per daemon, MiB (max)", "", fmt(rss["bacalhau"], ".1f"),
+                    fmt(worst1, ".1f"), fmt(worst3, ".1f"), "bacnode <= Bacalhau",
+                    both(le(worst1, rss["bacalhau"]), le(worst3, rss["bacalhau"]))))
+    cli = results["cli_ms"]
+    version, listing = cli["bacnode version"]["p50"], cli["bacnode list"]["p50"]
+    rows.append(Row("CLI `version` p50, ms", "", fmt(cli["bacalhau version"]["p50"]),
+                    fmt(version), "", f"bacnode <= {TARGET_CLI_MS:.0f}",
+                    le(version, TARGET_CLI_MS)))
+    rows.append(Row("CLI `list` / `job list` p50, ms", "", fmt(cli["bacalhau job list"]["p50"]),
+                    fmt(listing), "", f"bacnode <= {TARGET_CLI_MS:.0f}",
+                    le(listing, TARGET_CLI_MS)))
+    lat = results["latency_ms"]
+    rows.append(Row("latency `docker run --wait` p50, ms", fmt(lat["docker"]["p50"]),
+                    fmt(lat["bacalhau"]["p50"]), fmt(lat["bacnode1"]["p50"]),
+                    fmt(lat["bacnode3"]["p50"])))
+    rows.append(Row("latency p95, ms", fmt(lat["docker"]["p95"]), fmt(lat["bacalhau"]["p95"]),
+                    fmt(lat["bacnode1"]["p95"]), fmt(lat["bacnode3"]["p95"])))
+    over = {k: lat[k]["overhead_p50"] for k in ("bacalhau", "bacnode1", "bacnode3")}
+    rows.append(Row("latency overhead over docker p50, ms", "0", fmt(over["bacalhau"], "+.0f"),
+                    fmt(over["bacnode1"], "+.0f"), fmt(over["bacnode3"], "+.0f"),
+                    "bacnode <= Bacalhau",
+                    both(le(over["bacnode1"], over["bacalhau"]),
+                         le(over["bacnode3"], over["bacalhau"]))))
+    b = results["burst"]
+    n = b["bacalhau"]["jobs"]
+    secs = {k: b[k]["seconds"] for k in b}
+    rows.append(Row(f"burst of {n} jobs, s to all terminal", "", fmt(secs["bacalhau"], ".2f"),
+                    fmt(secs["bacnode1"], ".2f"), fmt(secs["bacnode3"], ".2f"),
+                    "bacnode <= Bacalhau",
+                    both(le(secs["bacnode1"], secs["bacalhau"]),
+                         le(secs["bacnode3"], secs["bacalhau"]))))
+    rows.append(Row("burst: peak containers at once", "",
+                    *(str(b[k]["peak_containers"]) for k in ("bacalhau", "bacnode1",
+                                                               "bacnode3"))))
+    once = {k: b[k]["all_completed_once"] for k in b}
+    rows.append(Row("burst: all Completed exactly once", "",
+                    *(f"{'yes' if once[k] else 'NO'} {b[k]['exactly_once']}/{n}"
+                      for k in ("bacalhau", "bacnode1", "bacnode3")),
+                    "bacnode: yes", once["bacnode1"] and once["bacnode3"]))
+    noop = results["noop"]
+    nn = noop["bacnode3"]["jobs"]
+
+    def noop_cell(key: str, field_name: str) -> str:
+        item = noop.get(key) or {}
+        return "refused" if "noop_refused" in item else fmt(item.get(field_name), ".1f")
+
+    rate3 = noop["bacnode3"]["rate"]
+    rows.append(Row(f"no-op: {nn} jobs, jobs/s to all terminal", "", noop_cell("bacalhau", "rate"),
+                    noop_cell("bacnode1", "rate"), noop_cell("bacnode3", "rate"),
+                    f"3 nodes >= {TARGET_NOOP_RATE:.0f}",
+                    both(le(TARGET_NOOP_RATE, rate3), noop["bacnode3"]["all_completed_once"])))
+    rows.append(Row("no-op: PUTs alone, jobs/s", "", noop_cell("bacalhau", "submit_rate"),
+                    noop_cell("bacnode1", "submit_rate"), noop_cell("bacnode3", "submit_rate")))
+    return rows
+
+
+def print_table(rows: list[Row]) -> None:
+    widths = [40, 11, 10, 15, 16]  # the measure left-aligned, figures right-aligned
+
+    def line(cells: list[str]) -> str:
+        figures = "".join(f"{c:>{w}}" for c, w in zip(cells[1:5], widths[1:], strict=True))
+        return f"{cells[0]:<{widths[0]}}{figures}  {cells[5]:<22}{cells[6]}".rstrip()
+
+    print("\n" + line(["measure", "raw docker", "Bacalhau", "bacnode 1 node", "bacnode 3 nodes",
+                       "target", "met?"]))
+    print("-" * 126)
+    for row in rows:
+        met = {True: "MET", False: "NOT MET", None: "not judged" if row.target else ""}
+        print(line([row.measure, row.docker, row.bacalhau, row.bacnode1, row.bacnode3,
+                    row.target, met[row.met]]))
+
+
+# -- main ------------------------------------------------------------------------------------
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20,
-                        help="measured latency runs per kind (default 20)")
-    parser.add_argument("--warmup", type=int, default=3,
-                        help="latency warm-up rounds (default 3)")
-    parser.add_argument("--jobs", type=int, default=200,
-                        help="jobs of the throughput test (default 200)")
-    parser.add_argument("--submitters", type=int, default=16,
-                        help="threads PUTting the throughput jobs (default 16)")
-    parser.add_argument("--baseline-concurrency", default="6,24",
-                        help="comma-separated concurrencies of the dockerd-alone baseline "
-                        "(default 6,24; 0: none)")
-    parser.add_argument("--heartbeat", type=float, default=1.0,
-                        help="the daemons' --heartbeat-seconds (default 1, the daemon's own)")
-    parser.add_argument("--timeout", type=float, default=600.0,
-                        help="seconds the throughput jobs (and each baseline) may take "
-                        "(default 600)")
-    parser.add_argument("--max-seconds", type=float, default=1800.0,
-                        help="bound on the whole run (default 1800)")
+                        help="measured rounds of the latency and CLI parts (default 20)")
+    parser.add_argument("--burst", type=int, default=50,
+                        help="jobs PUT at once in the burst part (default 50)")
+    parser.add_argument("--noop-jobs", type=int, default=300,
+                        help="jobs of the no-op throughput part (default 300)")
+    parser.add_argument("--timeout", type=float, default=300.0,
+                        help="seconds one burst (or no-op batch) may take (default 300)")
+    parser.add_argument("--max-seconds", type=float, default=1200.0,
+                        help="bound on the whole run (default 1200)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the interleaving order")
-    parser.add_argument("--skip", choices=["latency", "throughput"], action="append",
-                        default=[], help="leave out a part (repeatable)")
+    parser.add_argument("--json", metavar="PATH", help="also write every number here as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, state)")
     parser.add_argument("--check", action="store_true", help="exit 2 when a target is missed")
     args = parser.parse_args()
-    if args.runs < 1 or args.jobs < 1 or args.warmup < 0 or args.submitters < 1:
-        parser.error("--runs, --jobs and --submitters must be >= 1, --warmup >= 0")
-    try:
-        args.concurrencies = [int(c) for c in args.baseline_concurrency.split(",") if int(c) > 0]
-    except ValueError:
-        parser.error("--baseline-concurrency takes integers, e.g. 6 or 6,24")
+    if args.runs < 1 or args.burst < 1 or args.noop_jobs < 1:
+        parser.error("--runs, --burst and --noop-jobs must be >= 1")
     return args
 
 
-def preflight() -> None:
-    try:
-        result = subprocess.run(["docker", "image", "inspect", "busybox:latest"],
-                                capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BenchError(f"the docker CLI does not answer: {exc}") from None
-    if result.returncode != 0:
-        raise BenchError("image busybox:latest is missing; build it with "
-                         "`python3 -m scripts.services image`")
+def run(args: argparse.Namespace, root: Path, tag: str, results: dict[str, Any],
+        cleanup_labels: list[str]) -> bool:
+    """Every part, in order; True when every target was met. ``results`` is filled as the
+    parts finish; ``cleanup_labels`` with the container labels of what was started."""
+    with contextlib.ExitStack() as stack:
+        systems, daemons = start_all(stack, root)
+        for system in systems.values():
+            cleanup_labels.extend(f"{system.label_key}={v}" for v in system.label_values)
+        client = docker_client()
+        stack.callback(client.close)
+        results["idle_rss_mib"] = measure_idle_rss(systems, daemons)
+        results["cli_ms"] = measure_cli(systems, args.runs, args.seed)
+        cli_start = {"bacalhau": results["cli_ms"]["bacalhau version"]["p50"],
+                     "bacnode1": results["cli_ms"]["bacnode version"]["p50"],
+                     "bacnode3": results["cli_ms"]["bacnode version"]["p50"]}
+        settle(systems.values(), client, "the CLI part")
+        results["latency_ms"] = measure_latency(systems, args.runs, args.seed, tag, cli_start)
+        settle(systems.values(), client, "the latency part")
+        results["burst"] = measure_bursts(systems, args.burst, args.timeout, client)
+        results["noop"] = measure_noop(systems, args.noop_jobs, args.timeout, client)
+    rows = table_rows(results)
+    results["table"] = [vars(row) for row in rows]
+    print_table(rows)
+    return all(row.met is True for row in rows if row.target)
 
 
-def run(args: argparse.Namespace, root: Path, tag: str, node_ids: list[str]) -> bool:
-    """Both parts; True when every target was met. ``node_ids`` is filled for cleanup."""
-    targets_met = True
-    preflight()
-    t0 = time.monotonic()
-    throughput: dict[str, Any] | None = None
-    with devnet(root, args.heartbeat) as nodes:
-        node_ids.extend(d.peer_id for d in nodes)
-        print(f"devnet: 3 daemons up and meshed in {time.monotonic() - t0:.1f} s (heartbeat "
-              f"{args.heartbeat:g} s; node1 API {nodes[0].api_url}); load average {loadavg()}",
-              flush=True)
-        if "latency" not in args.skip:
-            latency = measure_latency(nodes, args, tag)
-            targets_met &= report_latency(latency, nodes, args)
-            print(f"  daemons after (a):\n{health(nodes)}")
-            print(f"  load average after (a): {loadavg()}", flush=True)
-        if "throughput" not in args.skip:
-            print(f"\nload average before (b): {loadavg()}", flush=True)
-            throughput = measure_throughput(nodes, args)
-            print(f"  load average after the bacnode part of (b): {loadavg()}", flush=True)
-    if throughput is not None:
-        # dockerd alone, once the daemons are gone so that they cannot compete with it.
-        baselines = []
-        for concurrency in args.concurrencies:
-            print(f"  baseline: {args.jobs} containers, concurrency {concurrency}",
-                  file=sys.stderr, flush=True)
-            baselines.append(docker_baseline(args.jobs, concurrency, root / "baseline",
-                                             tag, args.timeout))
-        targets_met &= report_throughput(throughput, baselines, nodes, args)
-        print(f"  load average at the end: {loadavg()}")
-    return targets_met
+def remove_containers(labels: list[str]) -> int:
+    """Force-remove every container carrying one of ``labels`` (``key=value``)."""
+    removed = 0
+    for label in labels:
+        try:
+            listed = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"],
+                                    capture_output=True, text=True, timeout=60)
+            ids = listed.stdout.split()
+            if ids:
+                subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True,
+                               timeout=120)
+                removed += len(ids)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            print(f"warning: could not remove containers labelled {label}: {exc}",
+                  file=sys.stderr)
+    return removed
 
 
 def main() -> int:
@@ -887,24 +1148,26 @@ def main() -> int:
     signal.setitimer(signal.ITIMER_REAL, args.max_seconds)
     tag = f"jobs-{os.getpid()}-{int(time.time())}"
     root = Path(tempfile.mkdtemp(prefix="bacnode-bench-jobs-"))
-    node_ids: list[str] = []
+    labels = [f"{BENCH_LABEL}={tag}"]
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                               "cores": os.cpu_count(), "args": vars(args)}
     ok = targets_met = False
     began = time.monotonic()
-    print(f"bench/jobs.py: {os.cpu_count()} cores, load average {loadavg()} at start; "
-          f"python {sys.version.split()[0]}; temp dir {root}", flush=True)
+    host = HostWatch().start()
+    print(f"bench/jobs.py: {os.cpu_count()} cores, load average {host.loadavg_start} at "
+          f"start; python {sys.version.split()[0]}; temp dir {root}", flush=True)
     try:
-        targets_met = run(args, root, tag, node_ids)
+        targets_met = run(args, root, tag, results, labels)
         ok = True
     except BenchError as exc:
         print(f"bench/jobs.py: error: {exc}", file=sys.stderr)
     except (KeyboardInterrupt, Interrupted) as exc:
         print(f"bench/jobs.py: interrupted ({str(exc) or 'Ctrl-C'}); cleaning up", file=sys.stderr)
-    except Exception:  # a bug here or a surprise from a daemon: show it, then clean up
+    except Exception:  # a bug here or a surprise from a system: show it, then clean up
         traceback.print_exc()
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         with signals_deferred():
-            labels = [f"{BENCH_LABEL}={tag}"] + [f"bacnode.node={n}" for n in node_ids]
             removed = remove_containers(labels)
             if removed:
                 print(f"removed {removed} leftover container(s)", file=sys.stderr)
@@ -912,6 +1175,23 @@ def main() -> int:
                 shutil.rmtree(root, ignore_errors=True)
             else:
                 print(f"logs and data kept in {root}", file=sys.stderr)
+    host.stop()
+    results["host"] = {"loadavg_start": host.loadavg_start, "loadavg_end": loadavg(),
+                       "other_cpu_seconds": round(host.other_cpu, 1),
+                       "wall_seconds": round(host.wall, 1), "busy": host.busy,
+                       "top_other": host.top}
+    results["targets_met"] = targets_met
+    print(f"\nload average {host.loadavg_start} at start, {loadavg()} at the end; other "
+          f"processes used {host.other_cpu:.0f} CPU-s in {host.wall:.0f} s "
+          f"({100 * host.other_cpu / max(host.wall, 1e-9):.0f}% of one core, "
+          f"{os.cpu_count()} cores shared by all three systems)")
+    if host.busy:
+        top = ", ".join(f"{name} {cpu:.0f} s" for name, cpu in host.top)
+        print(f"WARNING: the host was busy (other processes: {top}); compare these figures "
+              "only within this run, and runs only from a quiet machine")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"numbers written to {args.json}")
     print(f"total {time.monotonic() - began:.0f} s")
     if not ok:
         return 1

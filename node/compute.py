@@ -99,7 +99,7 @@ class Compute:
         results_root: Path,
         storages: Any = None,
         max_jobs: int = 0,
-        send_local: Callable[[bytes], Awaitable[None]] | None = None,
+        send_local: Callable[[Message, bytes | None], Awaitable[None]] | None = None,
         outbox: Any = None,
     ) -> None:
         self.mesh = mesh
@@ -187,7 +187,11 @@ class Compute:
 
     async def _send_bid(self, requester: str, bid: Bid) -> None:
         try:
-            await self._send(requester, seal_message(self.mesh.key, bid, now_ms=now_ms()))
+            if requester == self.peer_id and self._send_local is not None:
+                await self._send_local(bid, None)
+            else:
+                await self.mesh.request(requester, seal_message(self.mesh.key, bid,
+                                                                now_ms=now_ms()))
         except MeshError as exc:
             log.info("bid for %s not delivered: %s", bid.job_id, exc)
             if bid.accept:  # nobody will decide on it: free the slot now
@@ -358,11 +362,16 @@ class Compute:
     async def _deliver(self, peer: str, message: Message, sealed: bytes | None = None) -> None:
         """Send ``message`` to ``peer``; what it does not acknowledge is kept in the outbox
         and sent again (sealed afresh) until it does, across restarts too."""
+        if peer == self.peer_id and self._send_local is not None:
+            # Our own requester: no outbox, and no signature to make and check again (a
+            # result record keeps the one it has, which is what gets stored and verified).
+            await self._send_local(message, sealed)
+            return
         if sealed is None:
             sealed = seal_message(self.mesh.key, message, now_ms=now_ms())
-        if peer == self.peer_id or self._outbox is None:
+        if self._outbox is None:
             try:
-                await self._send(peer, sealed)
+                await self.mesh.request(peer, sealed)
             except MeshError as exc:
                 log.info("%s for %s not delivered: %s", message.TYPE, peer, exc)
             return
@@ -411,12 +420,6 @@ class Compute:
                     await self._outbox.outbox_remove(seq)
                 else:
                     unreachable.add(peer)
-
-    async def _send(self, peer: str, data: bytes) -> None:
-        if peer == self.peer_id and self._send_local is not None:
-            await self._send_local(data)
-        else:
-            await self.mesh.request(peer, data)
 
     def follow_output(self, execution_id: str, asker: str,
                       ) -> AsyncIterator[tuple[int, bytes]] | None:

@@ -205,8 +205,16 @@ class Daemon:
             return b"error: not accepted here"
         return b"ok"
 
-    async def _send_local(self, data: bytes) -> None:
-        await self.on_request(self.peer_id, data)
+    async def _send_local(self, message: Message, sealed: bytes | None) -> None:
+        """What our compute side tells our requester: no signature to check, no network."""
+        if self.requester is None:
+            return
+        if isinstance(message, Bid):
+            await self.requester.on_bid(message)
+        elif isinstance(message, ExecutionUpdate):
+            await self.requester.on_update(message)
+        elif isinstance(message, ResultRecord) and sealed is not None:
+            await self.requester.on_result(message, sealed)
 
     async def _guarded(self, fn: Any, *args: Any) -> None:
         try:

@@ -79,6 +79,8 @@ TOPIC_MESSAGE_TYPES: dict[str, type[Message]] = {
     TOPIC_NODES: NodeInfo,
 }
 BID_PROTOCOL = TProtocol("/bacnode/bid/1")
+#: Requests and their acks, many over one long-lived stream per peer (see ``_Channel``).
+REQUESTS_PROTOCOL = TProtocol("/bacnode/requests/1")
 RESULTS_PROTOCOL = TProtocol("/bacnode/results/1")
 #: A running execution's output, pushed as it is written (asked for by the job's requester).
 LOGS_PROTOCOL = TProtocol("/bacnode/logs/1")
@@ -125,6 +127,50 @@ def read_swarm_key(path: Path) -> str:
     if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
         raise MeshError(f"{path}: the key must be 64 hex digits")
     return key
+
+
+_REQUEST_ID_BYTES = 8
+
+
+class _Channel:
+    """The requests this node sends one peer, over one stream: each frame is a request's
+    number (8 bytes) and its bytes; each reply comes back under the same number."""
+
+    def __init__(self, stream: Any, peer_id: str) -> None:
+        self.stream = stream
+        self.peer_id = peer_id
+        self.closed = False
+        self._next = 0
+        self._waiting: dict[int, trio.MemorySendChannel[bytes | None]] = {}
+        self._write_lock = trio.Lock()
+
+    async def request(self, data: bytes) -> bytes:
+        if self.closed:
+            raise MeshError(f"the stream to {self.peer_id} closed")
+        number, self._next = self._next, self._next + 1
+        send, receive = trio.open_memory_channel[bytes | None](1)
+        self._waiting[number] = send
+        try:
+            async with self._write_lock:
+                await self.stream.write(encode_varint_prefixed(
+                    number.to_bytes(_REQUEST_ID_BYTES, "big") + data))
+            reply = await receive.receive()
+        finally:
+            self._waiting.pop(number, None)
+        if reply is None:
+            raise MeshError(f"the stream to {self.peer_id} closed before it answered")
+        return reply
+
+    def deliver(self, frame: bytes) -> None:
+        waiting = self._waiting.pop(int.from_bytes(frame[:_REQUEST_ID_BYTES], "big"), None)
+        if waiting is not None:
+            waiting.send_nowait(frame[_REQUEST_ID_BYTES:])
+
+    def close(self) -> None:
+        self.closed = True
+        for waiting in self._waiting.values():
+            waiting.send_nowait(None)
+        self._waiting.clear()
 
 
 @dataclass
@@ -190,6 +236,9 @@ class Mesh:
         self._verified: dict[tuple[bytes, bytes], tuple[Envelope, Message]] = {}
         self._reconnect_now = trio.Event()
         self._stop = trio.Event()
+        self._channels: dict[str, _Channel] = {}
+        self._channel_locks: dict[str, trio.Lock] = {}
+        self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
         self._body_scope: trio.CancelScope | None = None
 
@@ -323,6 +372,7 @@ class Mesh:
                 self.pubsub.set_topic_validator(topic, self._make_validator(topic), False)
                 subscriptions.append((topic, await self.pubsub.subscribe(topic)))
             self.host.set_stream_handler(BID_PROTOCOL, self._handle_stream)
+            self.host.set_stream_handler(REQUESTS_PROTOCOL, self._serve_channel)
             self.host.set_stream_handler(RESULTS_PROTOCOL, self._serve_results)
             self.host.set_stream_handler(LOGS_PROTOCOL, self._serve_logs)
             try:
@@ -331,6 +381,7 @@ class Mesh:
                     # re-dial every address identify ever taught us.
                     await self.host.get_network().auto_connector.stop()
                     async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
                         for topic, subscription in subscriptions:
                             nursery.start_soon(self._read_topic, topic, subscription)
                         nursery.start_soon(self._keep_bootstrap_connected)
@@ -351,7 +402,13 @@ class Mesh:
     def _make_validator(self, topic: str) -> Callable[[ID, Any], bool]:
         expected_type = TOPIC_MESSAGE_TYPES[topic].TYPE
 
+        own_id = self.host.get_id().to_bytes()
+
         def validate(forwarder: ID, msg: Any) -> bool:
+            if msg.from_id == own_id:
+                # We just signed it; what we publish is handled here directly, not looped
+                # back through our own subscription (so this is not queued for it either).
+                return True
             try:
                 origin = ID(msg.from_id).to_base58()
                 envelope, message = open_message(
@@ -452,20 +509,77 @@ class Mesh:
             self.host.get_network().unblock_peer(peer)
 
     async def request(self, peer_id: str, data: bytes, *, timeout: float = 10.0) -> bytes:
-        """Send one request to ``peer_id`` over ``/bacnode/bid/1`` and return its reply."""
+        """Send one request to ``peer_id`` and return its reply (an ack, or why not).
+
+        Requests to a peer share one stream (``_Channel``): opening a stream costs a
+        yamux round trip and a multistream negotiation, which was most of what a bid,
+        a decision or an update cost on the wire.
+        """
         try:
-            self._prepare_dial(ID.from_base58(peer_id))
             with trio.fail_after(timeout):
-                stream = await self.host.new_stream(ID.from_base58(peer_id), [BID_PROTOCOL])
-                try:
-                    await stream.write(encode_varint_prefixed(data))
-                    return await read_varint_prefixed_bytes_limited(stream, MAX_STREAM_MESSAGE)
-                finally:
-                    await stream.close()
+                channel = await self._channel_to(peer_id)
+                return await channel.request(data)
         except trio.TooSlowError:
+            self._drop_channel(peer_id)  # a stuck stream would hold up every later request
             raise MeshError(f"peer {peer_id} did not answer within {timeout:.0f}s") from None
+        except MeshError:
+            raise
         except Exception as exc:
+            self._drop_channel(peer_id)
             raise MeshError(f"request to {peer_id} failed: {exc!r}") from None
+
+    async def _channel_to(self, peer_id: str) -> _Channel:
+        channel = self._channels.get(peer_id)
+        if channel is not None and not channel.closed:
+            return channel
+        lock = self._channel_locks.setdefault(peer_id, trio.Lock())
+        async with lock:  # one stream per peer, even when many requests start at once
+            channel = self._channels.get(peer_id)
+            if channel is not None and not channel.closed:
+                return channel
+            peer = ID.from_base58(peer_id)
+            self._prepare_dial(peer)
+            stream = await self.host.new_stream(peer, [REQUESTS_PROTOCOL])
+            channel = _Channel(stream, peer_id)
+            self._channels[peer_id] = channel
+            assert self._nursery is not None
+            self._nursery.start_soon(self._read_replies, channel)
+            return channel
+
+    def _drop_channel(self, peer_id: str) -> None:
+        channel = self._channels.pop(peer_id, None)
+        if channel is not None:
+            channel.close()
+
+    async def _read_replies(self, channel: _Channel) -> None:
+        try:
+            while True:
+                frame = await read_varint_prefixed_bytes_limited(channel.stream, MAX_STREAM_MESSAGE)
+                channel.deliver(frame)
+        except Exception as exc:
+            log.debug("request channel to %s closed: %r", channel.peer_id, exc)
+        finally:
+            if self._channels.get(channel.peer_id) is channel:
+                del self._channels[channel.peer_id]
+            channel.close()
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await channel.stream.reset()
+
+    async def _serve_channel(self, stream: Any) -> None:
+        """Answer a peer's requests in the order they come, each reply tagged with its
+        request's number. In order, so that what one node reports arrives in order."""
+        sender = stream.muxed_conn.peer_id.to_base58()
+        try:
+            while True:
+                frame = await read_varint_prefixed_bytes_limited(stream, MAX_STREAM_MESSAGE)
+                if len(frame) < _REQUEST_ID_BYTES or self._on_request is None:
+                    raise MeshError("malformed request frame")
+                reply = await self._on_request(sender, frame[_REQUEST_ID_BYTES:])
+                await stream.write(encode_varint_prefixed(frame[:_REQUEST_ID_BYTES] + reply))
+        except Exception as exc:
+            log.debug("request channel from %s closed: %r", sender, exc)
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.reset()
 
     async def _serve_results(self, stream: Any) -> None:
         """Send the results file of the requested execution as varint-framed chunks."""

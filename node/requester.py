@@ -55,7 +55,7 @@ from .core.events import (
     UpdateReceived,
 )
 from .mesh import TOPIC_JOBS, Mesh, MeshError, now_ms
-from .store import StateConflict, Store, StoreError
+from .store import PendingWrite, StateConflict, Store, StoreError
 
 log = logging.getLogger("bacnode.requester")
 
@@ -123,7 +123,11 @@ class Requester:
         job = replace(job.with_default_timeout(self._default_execution_timeout),
                       id=f"j-{uuid.uuid4()}")
         await self.store.create_job(job, requester=self.peer_id, now_ms=now_ms())
-        await self._handle(Submitted(job))
+        # Stored is acknowledged; the core takes the job now (so a stop that follows finds
+        # it), and its first writes and announcement need not hold up the answer.
+        decided = await self._decide(Submitted(job))
+        self._spawn(self._finish, *decided)
+        self._wake.set()
         return job.id or ""
 
     async def stop_job(self, job_id: str, reason: str) -> None:
@@ -143,22 +147,35 @@ class Requester:
         await self._handle(NodeHeard(info))
 
     async def _handle(self, event: RequesterEvent) -> None:
-        async with self._lock:
-            instructions = self.core.handle(event, now_ms())
-            for instruction in instructions:
-                await self._carry_out(instruction)
+        # The core sees one event at a time, and its writes are queued in that order under
+        # the lock; waiting for them to commit (and sending) happens outside it, so the
+        # next event's writes can share the same commit.
+        await self._finish(*await self._decide(event))
         if not isinstance(event, Tick):
             self._wake.set()  # the core's next timer may have moved
+
+    async def _decide(self, event: RequesterEvent) -> tuple[
+            list[RequesterInstruction], list[tuple[PersistJob | PersistExecution,
+                                                   list[PendingWrite]]]]:
+        async with self._lock:
+            instructions = self.core.handle(event, now_ms())
+            queued = [(instruction, self._queue_write(instruction))
+                      for instruction in instructions
+                      if isinstance(instruction, PersistJob | PersistExecution)]
+        return instructions, queued
+
+    async def _finish(self, instructions: list[RequesterInstruction],
+                      queued: list[tuple[PersistJob | PersistExecution,
+                                         list[PendingWrite]]]) -> None:
+        for instruction, pending in queued:
+            await self._committed(instruction, pending)
+        for instruction in instructions:
+            await self._carry_out(instruction)
 
     # -- instructions out --------------------------------------------------------
 
     async def _carry_out(self, instruction: RequesterInstruction) -> None:
         match instruction:
-            case PersistJob() | PersistExecution():
-                if self._unpersisted:
-                    self._unpersisted.append(instruction)  # keep the order
-                else:
-                    await self._persist(instruction)
             case StoreResult(record, envelope):
                 await self._store_result(record, envelope)
             case Announce(announcement):
@@ -171,29 +188,43 @@ class Requester:
             case SendDecision(decision):
                 self._spawn(self._send_decision, decision)
 
-    async def _persist(self, instruction: PersistJob | PersistExecution) -> None:
-        try:
-            await self._write(instruction)
-        except StateConflict as exc:
-            log.warning("store refused %s: %s", instruction, exc)
-        except StoreError as exc:
-            log.warning("store write failed (kept to try again): %s", exc)
-            self._unpersisted.append(instruction)
+    def _queue_write(self, instruction: PersistJob | PersistExecution) -> list[PendingWrite]:
+        if self._unpersisted:
+            self._unpersisted.append(instruction)  # behind what failed, to keep the order
+            return []
+        return self._queue_now(instruction)
 
-    async def _write(self, instruction: PersistJob | PersistExecution) -> None:
+    def _queue_now(self, instruction: PersistJob | PersistExecution) -> list[PendingWrite]:
         now = now_ms()
         if isinstance(instruction, PersistJob):
-            await self.store.update_job_state(instruction.job_id, instruction.state,
-                                              message=instruction.message, now_ms=now)
-            return
+            return [self.store.queue_job_state(instruction.job_id, instruction.state,
+                                               message=instruction.message, now_ms=now)]
+        queued = []
         if instruction.created:
-            await self.store.create_execution(
+            queued.append(self.store.queue_create_execution(
                 instruction.execution_id, instruction.job_id, instruction.node_id,
-                now_ms=now, state=ExecutionState.ASK_FOR_BID)
-        await self.store.update_execution(
+                now_ms=now, state=ExecutionState.ASK_FOR_BID))
+        queued.append(self.store.queue_execution_state(
             instruction.execution_id, instruction.state, message=instruction.message,
             now_ms=now, exit_code=instruction.exit_code, run_output=instruction.run_output,
-            retryable=instruction.retryable)
+            retryable=instruction.retryable))
+        return queued
+
+    async def _committed(self, instruction: PersistJob | PersistExecution,
+                         pending: list[PendingWrite]) -> None:
+        for write in pending:
+            try:
+                await self.store.committed(write)
+            except StateConflict as exc:
+                log.warning("store refused %s: %s", instruction, exc)
+            except StoreError as exc:
+                log.warning("store write failed (kept to try again): %s", exc)
+                self._unpersisted.append(instruction)
+                return
+
+    async def _write(self, instruction: PersistJob | PersistExecution) -> None:
+        for write in self._queue_now(instruction):
+            await self.store.committed(write)
 
     async def _retry_unpersisted(self) -> None:
         while True:

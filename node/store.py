@@ -388,6 +388,18 @@ def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]
 # --- the store ----------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class PendingWrite:
+    """A write queued for the next group commit."""
+
+    what: str
+    fn: Callable[[sqlite3.Connection], Any]
+    done: trio.Event
+    result: Any = None
+    error: BaseException | None = None
+
+
+
 class Store:
     """The open store. Get one from ``open_store``; every method may raise ``StoreError``."""
 
@@ -395,6 +407,8 @@ class Store:
         self._conn: sqlite3.Connection | None = conn
         self._limiter = trio.CapacityLimiter(1)
         self.path = path
+        self._queue: list[PendingWrite] = []
+        self._flushing = False
 
     async def aclose(self) -> None:
         """Close the connection; later calls raise ``StoreError``. Idempotent."""
@@ -407,22 +421,91 @@ class Store:
         await trio.to_thread.run_sync(run, limiter=self._limiter)
 
     async def _call(self, what: str, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        if write:
+            return await self._write(what, fn)
+
         def run() -> T:
             conn = self._conn
             if conn is None:
                 raise StoreError(f"{what}: the store is closed")
             try:
-                return _transaction(conn, fn) if write else fn(conn)
+                return fn(conn)
             except sqlite3.Error as exc:
                 raise StoreError(f"{what}: {exc}") from exc
 
         return await trio.to_thread.run_sync(run, limiter=self._limiter)
 
+    # Group commit: writes that arrive while a commit is under way wait and go together in
+    # the next transaction, each in its own savepoint, so one fsync (1.3-2.9 ms here) serves
+    # them all and a failing write undoes only itself. The first writer to find no commit
+    # under way does the committing for everyone.
+
+    def _enqueue(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> PendingWrite:
+        pending = PendingWrite(what, fn, trio.Event())
+        self._queue.append(pending)
+        return pending
+
+    async def committed(self, pending: PendingWrite) -> Any:
+        """Wait until a queued write has committed; its result, or what it raised."""
+        return await self._complete(pending)
+
+    async def _complete(self, pending: PendingWrite) -> Any:
+        if not pending.done.is_set():
+            if self._flushing:
+                await pending.done.wait()
+            else:
+                await self._flush()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    async def _flush(self) -> None:
+        self._flushing = True
+        try:
+            # Shielded: the writers waiting on this batch must learn how it went.
+            with trio.CancelScope(shield=True):
+                while self._queue:
+                    batch, self._queue = self._queue, []
+                    await trio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
+                    for pending in batch:
+                        pending.done.set()
+        finally:
+            self._flushing = False
+
+    def _commit(self, batch: list[PendingWrite]) -> None:
+        conn = self._conn
+        if conn is None:
+            for pending in batch:
+                pending.error = StoreError(f"{pending.what}: the store is closed")
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for pending in batch:
+                conn.execute("SAVEPOINT write")
+                try:
+                    pending.result = pending.fn(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO write")
+                    pending.error = (StoreError(f"{pending.what}: {exc}")
+                                     if isinstance(exc, sqlite3.Error) else exc)
+                conn.execute("RELEASE write")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:  # the transaction itself failed (a full disk, say)
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            for pending in batch:
+                if pending.error is None:
+                    pending.result = None
+                    pending.error = StoreError(f"{pending.what}: {exc}")
+
     async def _read(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._call(what, fn, write=False)
 
     async def _write(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._call(what, fn, write=True)
+        return await self._complete(self._enqueue(what, fn))  # type: ignore[no-any-return]
 
     # --- nodes ----------------------------------------------------------------------
 
@@ -574,7 +657,22 @@ class Store:
         now_ms: int,
         expected: set[JobState] | None = None,
     ) -> JobRecord:
-        """Move a job to ``new_state`` and append the event, atomically.
+        """Move a job to ``new_state`` and append the event, atomically (see
+        ``queue_job_state``)."""
+        return await self.committed(self.queue_job_state(
+            job_id, new_state, message=message, now_ms=now_ms, expected=expected))
+
+    def queue_job_state(
+        self,
+        job_id: str,
+        new_state: JobState,
+        *,
+        message: str,
+        now_ms: int,
+        expected: set[JobState] | None = None,
+    ) -> PendingWrite:
+        """Queue moving a job to ``new_state`` and appending the event, atomically; writes
+        queued one after another commit in that order. ``committed`` waits for it.
 
         Raises ``NotFound``; ``StateConflict`` if ``expected`` is given and the job's
         current state is not in it; ``protocol.errors.IllegalTransition`` if the job
@@ -610,7 +708,7 @@ class Store:
                 revision=record.revision + 1,
             )
 
-        return await self._write(what, run)
+        return self._enqueue(what, run)
 
     # --- executions -----------------------------------------------------------------
 
@@ -627,6 +725,19 @@ class Store:
 
         Raises ``NotFound`` if the job is not stored, ``AlreadyExists`` for a known ID.
         """
+        return await self.committed(self.queue_create_execution(
+            execution_id, job_id, node_id, now_ms=now_ms, state=state))
+
+    def queue_create_execution(
+        self,
+        execution_id: str,
+        job_id: str,
+        node_id: str,
+        *,
+        now_ms: int,
+        state: ExecutionState = ExecutionState.NEW,
+    ) -> PendingWrite:
+        """``create_execution``, queued (see ``queue_job_state``)."""
         state = ExecutionState(state)
         what = f"creating execution {execution_id} of job {job_id}"
 
@@ -668,7 +779,7 @@ class Store:
                 1,
             )
 
-        return await self._write(what, run)
+        return self._enqueue(what, run)
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
         """The execution with this ID, or None."""
@@ -758,7 +869,27 @@ class Store:
         published: Mapping[str, Any] | None = None,
         retryable: bool | None = None,
     ) -> ExecutionRecord:
-        """Move an execution to ``new_state`` and append the event, atomically.
+        """Move an execution to ``new_state`` and append the event, atomically (see
+        ``queue_execution_state``)."""
+        return await self.committed(self.queue_execution_state(
+            execution_id, new_state, message=message, now_ms=now_ms, expected=expected,
+            exit_code=exit_code, run_output=run_output, published=published,
+            retryable=retryable))
+
+    def queue_execution_state(
+        self,
+        execution_id: str,
+        new_state: ExecutionState,
+        *,
+        message: str,
+        now_ms: int,
+        expected: set[ExecutionState] | None = None,
+        exit_code: int | None = None,
+        run_output: Mapping[str, Any] | None = None,
+        published: Mapping[str, Any] | None = None,
+        retryable: bool | None = None,
+    ) -> PendingWrite:
+        """Queue moving an execution to ``new_state`` and appending the event.
 
         ``exit_code``, ``run_output``, ``published`` and ``retryable`` are set when given
         and kept otherwise. Raises ``NotFound``, ``StateConflict`` (not in ``expected``) or
@@ -811,7 +942,7 @@ class Store:
             )
             return _get_execution(conn, execution_id)  # type: ignore[return-value]
 
-        return await self._write(what, run)
+        return self._enqueue(what, run)
 
     async def set_execution_desired_state(
         self, execution_id: str, desired: DesiredState, *, now_ms: int

@@ -9,6 +9,7 @@ which then measure bacnode and not Docker. It still leaves a complete results la
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import trio
 
@@ -39,12 +40,12 @@ class NoopExecutor(Executor):
         began = time.monotonic()
         if request.execution_id in self._running:
             raise ValueError(f"execution {request.execution_id} is already running here")
-        prepare_results_dir(request.results_dir)
         timed_out = cancelled = False
         scope = trio.CancelScope()
         self._running[request.execution_id] = scope
         try:
             with scope:
+                await trio.to_thread.run_sync(prepare_results_dir, request.results_dir)
                 with trio.move_on_after(request.timeout_seconds or float("inf")) as deadline:
                     await trio.sleep(self.delay)
                 timed_out = deadline.cancelled_caught
@@ -52,10 +53,10 @@ class NoopExecutor(Executor):
         finally:
             del self._running[request.execution_id]
         self.runs += 1
-        (request.results_dir / STDOUT_FILE).write_bytes(b"")
-        (request.results_dir / STDERR_FILE).write_bytes(b"")
+        exit_code = 137 if timed_out or cancelled else 0
+        # In a worker thread, as every executor's file work: the loop serves the node.
+        await trio.to_thread.run_sync(_write_results, request.results_dir, exit_code)
         if timed_out or cancelled:
-            write_exit_code(request.results_dir, 137)
             error = (
                 f"execution timed out after {request.timeout_seconds}s and was killed"
                 if timed_out
@@ -68,7 +69,6 @@ class NoopExecutor(Executor):
                 cancelled=cancelled,
                 duration=time.monotonic() - began,
             )
-        write_exit_code(request.results_dir, 0)
         return ExecutionResult(exit_code=0, duration=time.monotonic() - began)
 
     async def cancel(self, execution_id: str) -> bool:
@@ -83,3 +83,9 @@ class NoopExecutor(Executor):
 
     async def cleanup_orphans(self) -> int:
         return 0
+
+
+def _write_results(results_dir: Path, exit_code: int) -> None:
+    (results_dir / STDOUT_FILE).write_bytes(b"")
+    (results_dir / STDERR_FILE).write_bytes(b"")
+    write_exit_code(results_dir, exit_code)
