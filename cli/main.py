@@ -7,17 +7,42 @@ never libp2p, docker or boto3, and subcommand modules only when they run.
 from __future__ import annotations
 
 import os
-import platform
 import sys
 from typing import Any
 
 import click
 
 import protocol
-from protocol.quantities import format_bytes
 
 from .client import ApiClient, ApiError
 from .render import output_options, render, show
+
+
+class _Commands(click.Group):
+    """The top-level commands; the job and IPFS ones are defined in their own modules and
+    imported only when one of them runs (or help lists them), so that ``bacnode version``
+    pays for neither."""
+
+    _loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            _Commands._loaded = True
+            from . import ipfs, jobs
+
+            jobs.register(self)
+            ipfs.register(self)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            self._load()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load()
+        return super().list_commands(ctx)
 
 
 def _package_version(name: str) -> str:
@@ -29,7 +54,7 @@ def _package_version(name: str) -> str:
         return "not installed"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--api-host", envvar="BACNODE_API_HOST", help="daemon API host [default: 127.0.0.1]")
 @click.option("--api-port", envvar="BACNODE_API_PORT", type=int,
               help="daemon API port [default: 1234]")
@@ -83,6 +108,8 @@ def node_list(ctx: click.Context, output: str, hide_header: bool, no_style: bool
               selector: str | None) -> None:
     """Every node this daemon has heard from, CONNECTED or DISCONNECTED."""
     from urllib.parse import urlencode
+
+    from protocol.quantities import format_bytes
 
     query = f"?{urlencode({'labels': selector})}" if selector else ""
     nodes = call_api(ctx, f"/api/v1/orchestrator/nodes{query}")["Nodes"]
@@ -177,7 +204,7 @@ def version(ctx: click.Context, output: str, client_only: bool) -> None:
     info = {
         "Version": protocol.__version__,
         "Protocol": protocol.PROTOCOL_NAME,
-        "Python": platform.python_version(),
+        "Python": ".".join(map(str, sys.version_info[:3])),
         "Libp2p": _package_version("libp2p"),
     }
     if not client_only:
@@ -192,16 +219,6 @@ def version(ctx: click.Context, output: str, client_only: bool) -> None:
     width = max(map(len, info))
     for key, value in info.items():
         click.echo(f"{key + ':':<{width + 1}} {value}")
-
-
-def _register_job_commands() -> None:
-    from . import ipfs, jobs
-
-    jobs.register(cli)
-    ipfs.register(cli)
-
-
-_register_job_commands()
 
 
 def main() -> None:

@@ -357,6 +357,10 @@ class Compute:
             stderr=stderr[-OUTPUT_TAIL_CHARS:],
         )
         with trio.CancelScope(shield=True):
+            if state.is_terminal:
+                # The slot is free before the requester hears the execution ended, so the
+                # job it places next on hearing it finds the room.
+                await self._handle(ExecutionEnded(execution.execution_id))
             await self._deliver(execution.requester, update)
 
     async def _deliver(self, peer: str, message: Message, sealed: bytes | None = None) -> None:
