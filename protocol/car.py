@@ -121,7 +121,7 @@ def _decode_header(body: bytes) -> tuple[Cid, ...]:
     roots = header.get("roots")
     if not isinstance(roots, list) or not all(isinstance(root, Cid) for root in roots):
         raise IpfsFormatError("CAR header roots must be a list of CIDs")
-    return tuple(roots)  # type: ignore[arg-type]
+    return tuple(roots)
 
 
 class CarReader:

@@ -78,7 +78,7 @@ def public_key_from_peer_id(peer_id: str) -> Ed25519PublicKey:
 
 def is_peer_id(text: object) -> bool:
     try:
-        public_key_from_peer_id(text)  # type: ignore[arg-type]
+        public_key_from_peer_id(text)
     except MalformedMessage:
         return False
     return True

@@ -1030,7 +1030,8 @@ def _source(errs: _Errors, value: Any, path: str) -> tuple[str, dict[str, Any]]:
     (name,) = _SOURCE_PARAMS[source_type]
     text = _string(errs, params, params_path, name, required=True)
     if isinstance(params.get(name), str):
-        check = {"ipfs": check_cid, "urlDownload": check_http_url, "inline": check_data_url}
+        check: dict[str, Callable[[str], str | None]] = {
+            "ipfs": check_cid, "urlDownload": check_http_url, "inline": check_data_url}
         _check(errs, _at(params_path, name), check[source_type](text))
     return source_type, {name: text}
 

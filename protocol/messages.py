@@ -8,7 +8,6 @@ Each has a wire ``TYPE``, ``to_body()`` (a plain map for the envelope) and
 from __future__ import annotations
 
 import base64
-import functools
 import re
 import types
 import typing
@@ -80,14 +79,20 @@ def _to_wire(value: Any) -> Any:
     return value
 
 
-@functools.cache
+_FIELD_TYPES: dict[type, tuple[dict[str, Any], frozenset[str], frozenset[str]]] = {}
+
+
 def _field_types(cls: type) -> tuple[dict[str, Any], frozenset[str], frozenset[str]]:
     """A record's field types, its field names, and the names it cannot do without (a
     field with a default was added later, and older nodes do not send it)."""
     # get_type_hints re-evaluates string annotations on every call; once per class will do.
-    required = frozenset(f.name for f in fields(cls)
-                         if f.default is MISSING and f.default_factory is MISSING)
-    return typing.get_type_hints(cls), frozenset(f.name for f in fields(cls)), required
+    known = _FIELD_TYPES.get(cls)
+    if known is None:
+        required = frozenset(f.name for f in fields(cls)
+                             if f.default is MISSING and f.default_factory is MISSING)
+        known = typing.get_type_hints(cls), frozenset(f.name for f in fields(cls)), required
+        _FIELD_TYPES[cls] = known
+    return known
 
 
 class Record:
@@ -330,7 +335,8 @@ def check_published_location(location: Mapping[str, Any], path: str) -> None:
         _require(isinstance(cid, str) and _is_cid_v0(cid), f"{path}.CID is not a CIDv0")
     elif source == "S3":
         s3 = location.get("S3")
-        _require(isinstance(s3, Mapping), f"{path}.S3 must be a map")
+        if not isinstance(s3, Mapping):
+            raise MalformedMessage(f"{path}.S3 must be a map")
         for key in ("Bucket", "Key", "Checksum", "VersionID", "Region", "Endpoint"):
             _require(isinstance(s3.get(key, ""), str), f"{path}.S3.{key} must be a string")
         _require(bool(s3.get("Bucket")), f"{path}.S3.Bucket is required")
@@ -447,7 +453,10 @@ def unpack_message(data: bytes) -> Message:
     packed = codec.decode(data)
     if not isinstance(packed, Mapping) or packed.get("type") not in MESSAGE_TYPES:
         raise MalformedMessage("not a packed message")
-    return MESSAGE_TYPES[packed["type"]].from_body(packed.get("body"))
+    body = packed.get("body")
+    if not isinstance(body, Mapping):
+        raise MalformedMessage("a packed message without a body")
+    return MESSAGE_TYPES[packed["type"]].from_body(body)
 
 
 def seal_message(key: NodeKey, message: Message, *, now_ms: int) -> bytes:
