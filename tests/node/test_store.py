@@ -16,7 +16,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import node.store as store_module
+import node.store.schema as store_module
 from node.store import (
     EXECUTION_STATE_UPDATE,
     JOB_STATE_UPDATE,

@@ -1,50 +1,19 @@
-"""The daemon's persistent store: one SQLite database (``state.db``) in WAL mode.
-
-Use it as ``async with open_store(data_dir / "state.db") as store: ...``.
-
-Invariants this module holds:
-
-- **Nothing blocks the event loop.** sqlite3 is blocking, so every call runs in a
-  worker thread (``trio.to_thread.run_sync``) on the store's one connection, under a
-  ``CapacityLimiter(1)``: one thread at a time touches the connection.
-- **Returned means durable.** Every write is its own ``BEGIN IMMEDIATE`` transaction,
-  committed with ``synchronous=FULL`` (the WAL is fsynced on each commit) before the
-  method returns, so an acknowledged write survives ``kill -9`` and power loss. The
-  price is one fsync per write. Measured on the build machine's virtual disk (a bare
-  fsync there takes 0.16 ms): ``create_job`` median 0.34 ms, mean 0.36-0.44 ms, p99
-  1.3-2.9 ms, against a 0.2-0.3 ms mean with ``synchronous=NORMAL``. A disk that
-  honours cache flushes takes longer per fsync, so callers should batch what need
-  not be durable one write at a time. A write that raises has changed nothing.
-- **State changes are compare-and-set.** ``update_job_state`` and ``update_execution``
-  read the current state, check it against ``expected`` and the protocol's state
-  machine, write it and append the event in one transaction, and ``BEGIN IMMEDIATE``
-  takes the write lock before the read. Two tasks (or two processes) racing on one
-  job or execution cannot both win: the loser gets ``StateConflict``.
-- **A call that reached its worker thread is not cancelled half-way.** A cancel is
-  delivered after the thread finishes, so a caller never mistakes a committed write
-  for a cancelled one.
-
-Timestamps are passed in by callers (``now_ms``, Unix milliseconds); the store never
-reads the clock. JSON columns hold JSON text (checked with ``json_valid``), bodies of
-protocol messages are kept as the bytes that were signed or as canonical msgpack.
-"""
+"""The open store: group commit, and every read and write the daemon makes."""
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 
 from protocol import codec
-from protocol.errors import IllegalTransition, ProtocolError
+from protocol.errors import IllegalTransition
 from protocol.jobspec import Job
 from protocol.messages import NodeInfo, ResultRecord
 from protocol.states import (
@@ -54,338 +23,36 @@ from protocol.states import (
     check_job_transition,
 )
 
+from ._rows import (
+    _EXECUTION_COLUMNS,
+    _JOB_COLUMNS,
+    _NODE_COLUMNS,
+    _execution_record,
+    _get_execution,
+    _get_job,
+    _insert_event,
+    _job_record,
+    _json,
+    _load_json,
+    _names,
+    _node_record,
+    _parse_page_token,
+    _prefix_upper_bound,
+    _result,
+)
+from .errors import AlreadyExists, NotFound, ResultConflict, StateConflict, StoreError
+from .records import (
+    EXECUTION_STATE_UPDATE,
+    JOB_STATE_UPDATE,
+    DesiredState,
+    Event,
+    ExecutionRecord,
+    JobRecord,
+    NodeRecord,
+)
+from .schema import DEFAULT_BUSY_TIMEOUT_MS, connect
+
 T = TypeVar("T")
-
-#: How long a write waits for another process holding the write lock.
-DEFAULT_BUSY_TIMEOUT_MS = 5000
-
-JOB_STATE_UPDATE = "JobStateUpdate"
-EXECUTION_STATE_UPDATE = "ExecutionStateUpdate"
-
-# The schema, as an ordered list of migrations: migration i (0-based) takes the database
-# from schema version i to i + 1. Append only; never edit one that has shipped. Each runs
-# in one transaction together with the version bump, so a failed migration leaves the
-# database as it was.
-MIGRATIONS: list[str] = [
-    # 1: the first schema.
-    """
-    CREATE TABLE nodes (
-        node_id       TEXT PRIMARY KEY,
-        seq           INTEGER NOT NULL,
-        info          BLOB NOT NULL,      -- NodeInfo body, canonical msgpack
-        first_seen_ms INTEGER NOT NULL,
-        last_seen_ms  INTEGER NOT NULL
-    ) WITHOUT ROWID;
-
-    CREATE TABLE jobs (
-        job_id         TEXT PRIMARY KEY,
-        spec           TEXT NOT NULL CHECK (json_valid(spec)),  -- Job.to_dict()
-        state          TEXT NOT NULL,
-        state_message  TEXT NOT NULL,
-        requester      TEXT NOT NULL,
-        create_time_ms INTEGER NOT NULL,
-        modify_time_ms INTEGER NOT NULL,
-        revision       INTEGER NOT NULL
-    );
-    -- list_jobs pages newest first by (create_time_ms, job_id).
-    CREATE INDEX jobs_by_create_time ON jobs (create_time_ms, job_id);
-
-    CREATE TABLE executions (
-        execution_id   TEXT PRIMARY KEY,
-        job_id         TEXT NOT NULL REFERENCES jobs (job_id),
-        node_id        TEXT NOT NULL,
-        state          TEXT NOT NULL,
-        desired_state  TEXT NOT NULL CHECK (desired_state IN ('Running', 'Stopped')),
-        message        TEXT NOT NULL,
-        exit_code      INTEGER,
-        run_output     TEXT CHECK (run_output IS NULL OR json_valid(run_output)),
-        published      TEXT CHECK (published IS NULL OR json_valid(published)),
-        create_time_ms INTEGER NOT NULL,
-        modify_time_ms INTEGER NOT NULL,
-        revision       INTEGER NOT NULL
-    );
-    CREATE INDEX executions_by_job ON executions (job_id, create_time_ms);
-    CREATE INDEX executions_by_node ON executions (node_id, state);
-
-    CREATE TABLE events (
-        seq            INTEGER PRIMARY KEY,
-        job_id         TEXT NOT NULL REFERENCES jobs (job_id),
-        execution_id   TEXT REFERENCES executions (execution_id),
-        time_ms        INTEGER NOT NULL,
-        kind           TEXT NOT NULL,
-        previous_state TEXT,
-        new_state      TEXT,
-        message        TEXT NOT NULL,
-        details        TEXT CHECK (details IS NULL OR json_valid(details))
-    );
-    CREATE INDEX events_by_job ON events (job_id, seq);
-
-    -- Results arrive by gossip and are kept whether or not this node holds the job.
-    CREATE TABLE results (
-        execution_id TEXT PRIMARY KEY,
-        job_id       TEXT NOT NULL,
-        node_id      TEXT NOT NULL,
-        record       TEXT NOT NULL CHECK (json_valid(record)),  -- ResultRecord.to_body()
-        envelope     BLOB NOT NULL,                            -- the signed wire bytes
-        received_ms  INTEGER NOT NULL
-    );
-    CREATE INDEX results_by_job ON results (job_id, received_ms);
-
-    CREATE TABLE counters (
-        name  TEXT PRIMARY KEY,
-        value INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    """,
-    # 2: IPFS roots whose blocks garbage collection keeps.
-    """
-    CREATE TABLE pins (
-        cid        TEXT PRIMARY KEY,
-        reason     TEXT NOT NULL,
-        created_ms INTEGER NOT NULL,
-        expires_ms INTEGER            -- NULL: kept until unpinned
-    ) WITHOUT ROWID;
-    """,
-    # 3: messages a compute node owes a requester (updates, results) until it acknowledges
-    # them; kept across restarts, sent again in order.
-    """
-    CREATE TABLE outbox (
-        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-        peer       TEXT NOT NULL,
-        message    BLOB NOT NULL,     -- protocol.messages.pack_message, sealed anew per try
-        created_ms INTEGER NOT NULL
-    );
-    """,
-    # 4: whether a failed execution is to be placed again: a field, not a phrase in the message.
-    """
-    ALTER TABLE executions ADD COLUMN retryable INTEGER NOT NULL DEFAULT 0;
-    """,
-]
-
-
-# --- errors -------------------------------------------------------------------------
-
-
-class StoreError(Exception):
-    """The store could not do what was asked; the message says what was being done."""
-
-
-class StateConflict(StoreError):
-    """A compare-and-set lost: the record was not in an ``expected`` state.
-
-    ``current`` is the state found, so a caller can decide whether it still cares.
-    """
-
-    def __init__(self, message: str, *, current: str) -> None:
-        super().__init__(message)
-        self.current = current
-
-
-class NotFound(StoreError):
-    """The job or execution to update does not exist."""
-
-
-class AlreadyExists(StoreError):
-    """A job or execution with that ID is already stored."""
-
-
-class ResultConflict(StoreError):
-    """A different result envelope is already stored for that execution."""
-
-
-# --- records ------------------------------------------------------------------------
-
-
-class DesiredState(StrEnum):
-    """What the node wants an execution to be, apart from what it observes it is."""
-
-    RUNNING = "Running"
-    STOPPED = "Stopped"
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRecord:
-    info: NodeInfo
-    first_seen_ms: int
-    last_seen_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class JobRecord:
-    job: Job
-    state: JobState
-    state_message: str
-    requester: str
-    create_time_ms: int
-    modify_time_ms: int
-    #: 1 when created, incremented on every change.
-    revision: int
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutionRecord:
-    execution_id: str
-    job_id: str
-    node_id: str
-    state: ExecutionState
-    desired_state: DesiredState
-    message: str
-    exit_code: int | None
-    run_output: dict[str, Any] | None
-    published: dict[str, Any] | None
-    create_time_ms: int
-    modify_time_ms: int
-    #: 1 when created, incremented on every change.
-    revision: int
-    #: Failed through no fault of the job (its node died or restarted): placed again.
-    retryable: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One entry of a job's history; state updates carry the previous and new state."""
-
-    seq: int
-    time_ms: int
-    job_id: str
-    execution_id: str | None
-    kind: str
-    previous_state: str | None
-    new_state: str | None
-    message: str
-    details: dict[str, Any] | None
-
-
-# --- opening ------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def open_store(
-    path: str | os.PathLike[str], *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
-) -> AsyncIterator[Store]:
-    """Open (creating and migrating if needed) the store at ``path``; close it on exit.
-
-    Raises ``StoreError`` if ``path`` is not a bacnode SQLite database, or has a
-    schema newer than this code understands (nothing is written to it then).
-    """
-    store = await trio.to_thread.run_sync(_open, Path(path), busy_timeout_ms)
-    try:
-        yield store
-    finally:
-        # Shielded: a daemon shutting down under cancellation must still close cleanly.
-        with trio.CancelScope(shield=True):
-            await store.aclose()
-
-
-def _open(path: Path, busy_timeout_ms: int) -> Store:
-    try:
-        conn = sqlite3.connect(
-            path,
-            isolation_level=None,  # we issue BEGIN/COMMIT ourselves
-            check_same_thread=False,  # worker threads take turns, under the limiter
-            timeout=busy_timeout_ms / 1000,
-        )
-    except sqlite3.Error as exc:
-        raise StoreError(f"opening {path}: {exc}") from exc
-    try:
-        conn.row_factory = sqlite3.Row
-        # Read-only checks first: a file that is not ours is refused before anything
-        # (even the journal mode, which is stored in the file) is changed in it.
-        try:
-            _schema_version(conn, path)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"opening {path}: not a bacnode state database (not SQLite, or corrupt): {exc}"
-            ) from exc
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StoreError(f"opening {path}: could not switch to WAL mode (got {mode!r})")
-        # FULL: fsync the WAL at every commit, so acknowledged writes survive power loss
-        # (NORMAL survives a crashed process but may lose the last commits on power loss).
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA fullfsync=ON")  # macOS: fsync alone does not flush the disk
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        _transaction(conn, lambda conn: _migrate(conn, path))
-    except sqlite3.Error as exc:
-        conn.close()
-        raise StoreError(f"opening {path}: {exc}") from exc
-    except BaseException:
-        conn.close()
-        raise
-    return Store(conn, path)
-
-
-def _schema_version(conn: sqlite3.Connection, path: Path) -> int:
-    """The database's schema version (0 if empty); raises ``StoreError`` if it is not ours.
-
-    Refuses a database with tables but no ``meta`` table (another program's), and one
-    newer than the migrations this code knows.
-    """
-    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if "meta" not in tables:
-        if tables:
-            raise StoreError(
-                f"opening {path}: an SQLite database, but not a bacnode state database "
-                f"(it has tables {', '.join(sorted(tables))} and no meta table)"
-            )
-        return 0
-    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    try:
-        version = int(row[0])
-    except (TypeError, ValueError):
-        raise StoreError(f"opening {path}: meta table has no valid schema_version") from None
-    if version > len(MIGRATIONS):
-        raise StoreError(
-            f"{path} has schema version {version}; this bacnode understands up to "
-            f"{len(MIGRATIONS)} — upgrade bacnode"
-        )
-    return version
-
-
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    """Apply the migrations the database lacks; run inside one transaction."""
-    # Checked again under the write lock: another process may have migrated meanwhile.
-    version = _schema_version(conn, path)
-    if version == len(MIGRATIONS):
-        return
-    if version == 0:
-        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '0')")
-    for script in MIGRATIONS[version:]:
-        for statement in _statements(script):
-            conn.execute(statement)
-    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(len(MIGRATIONS)),))
-
-
-def _statements(script: str) -> Iterable[str]:
-    """Split a script into statements (``executescript`` would commit our transaction)."""
-    start = 0
-    for end, char in enumerate(script, 1):
-        # A ';' ends a statement unless it is inside a string, comment or trigger body.
-        if char == ";" and sqlite3.complete_statement(script[start:end]):
-            yield script[start:end]
-            start = end
-    if script[start:].strip():
-        yield script[start:]  # an unterminated last statement: let SQLite report it
-
-
-def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; roll back if anything raises."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = fn(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # SQLite may already have rolled back; the original error matters
-        raise
-    return result
-
-
-# --- the store ----------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -452,7 +119,10 @@ class Store:
     async def _complete(self, pending: PendingWrite) -> Any:
         if not pending.done.is_set():
             if self._flushing:
-                await pending.done.wait()
+                # Shielded: a cancel arrives once the write has committed (or failed), so
+                # a caller never takes a committed write for a cancelled one.
+                with trio.CancelScope(shield=True):
+                    await pending.done.wait()
             else:
                 await self._flush()
         if pending.error is not None:
@@ -828,19 +498,6 @@ class Store:
 
         return await self._read("listing jobs by state", run)
 
-    async def list_active_executions(self, states: set[ExecutionState]) -> list[ExecutionRecord]:
-        """Executions in any of ``states``, on any node, oldest first."""
-
-        def run(conn: sqlite3.Connection) -> list[ExecutionRecord]:
-            sql = (
-                f"SELECT {_EXECUTION_COLUMNS} WHERE state IN ({', '.join('?' * len(states))})"
-                " ORDER BY create_time_ms, execution_id"
-            )
-            params = [ExecutionState(state).value for state in states]
-            return [_execution_record(row) for row in conn.execute(sql, params)]
-
-        return await self._read("listing active executions", run)
-
     async def set_published(self, execution_id: str, published: Mapping[str, Any]) -> None:
         """Record where an execution's results were published; its state is unchanged."""
         what = f"recording published results of execution {execution_id}"
@@ -1176,153 +833,20 @@ class Store:
                           lambda conn: conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,)))
 
 
-# --- row helpers (run in the worker thread) -----------------------------------------
+@asynccontextmanager
+async def open_store(
+    path: str | os.PathLike[str], *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
+) -> AsyncIterator[Store]:
+    """Open (creating and migrating if needed) the store at ``path``; close it on exit.
 
-_NODE_COLUMNS = "info, first_seen_ms, last_seen_ms FROM nodes"
-_JOB_COLUMNS = (
-    "job_id, spec, state, state_message, requester, create_time_ms, modify_time_ms, revision"
-    " FROM jobs"
-)
-_EXECUTION_COLUMNS = (
-    "execution_id, job_id, node_id, state, desired_state, message, exit_code, run_output,"
-    " published, create_time_ms, modify_time_ms, revision, retryable FROM executions"
-)
-
-
-def _node_record(row: sqlite3.Row) -> NodeRecord:
-    try:
-        body = codec.decode(bytes(row["info"]))
-        if isinstance(body, dict):
-            body.setdefault("started_ms", 0)  # heartbeats stored before nodes sent it
-        info = NodeInfo.from_body(body)
-    except ProtocolError as exc:
-        raise StoreError(f"reading a stored node: it no longer decodes: {exc}") from None
-    return NodeRecord(info, row["first_seen_ms"], row["last_seen_ms"])
-
-
-def _get_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
-    row = conn.execute(f"SELECT {_JOB_COLUMNS} WHERE job_id = ?", (job_id,)).fetchone()
-    return None if row is None else _job_record(row)
-
-
-def _job_record(row: sqlite3.Row) -> JobRecord:
-    try:
-        job = Job.from_dict(json.loads(row["spec"]))
-    except ProtocolError as exc:
-        raise StoreError(
-            f"reading job {row['job_id']}: its stored spec no longer validates: {exc}"
-        ) from None
-    return JobRecord(
-        job=job,
-        state=JobState(row["state"]),
-        state_message=row["state_message"],
-        requester=row["requester"],
-        create_time_ms=row["create_time_ms"],
-        modify_time_ms=row["modify_time_ms"],
-        revision=row["revision"],
-    )
-
-
-def _get_execution(conn: sqlite3.Connection, execution_id: str) -> ExecutionRecord | None:
-    row = conn.execute(
-        f"SELECT {_EXECUTION_COLUMNS} WHERE execution_id = ?", (execution_id,)
-    ).fetchone()
-    return None if row is None else _execution_record(row)
-
-
-def _execution_record(row: sqlite3.Row) -> ExecutionRecord:
-    return ExecutionRecord(
-        execution_id=row["execution_id"],
-        job_id=row["job_id"],
-        node_id=row["node_id"],
-        state=ExecutionState(row["state"]),
-        desired_state=DesiredState(row["desired_state"]),
-        message=row["message"],
-        exit_code=row["exit_code"],
-        run_output=_load_json(row["run_output"]),
-        published=_load_json(row["published"]),
-        create_time_ms=row["create_time_ms"],
-        modify_time_ms=row["modify_time_ms"],
-        revision=row["revision"],
-        retryable=bool(row["retryable"]),
-    )
-
-
-def _result(row: sqlite3.Row) -> tuple[ResultRecord, bytes]:
-    try:
-        record = ResultRecord.from_body(json.loads(row["record"]))
-    except ProtocolError as exc:
-        raise StoreError(
-            f"reading the result of execution {row['execution_id']}: it no longer validates: {exc}"
-        ) from None
-    return record, bytes(row["envelope"])
-
-
-def _insert_event(
-    conn: sqlite3.Connection,
-    job_id: str,
-    execution_id: str | None,
-    now_ms: int,
-    kind: str,
-    previous_state: str | None,
-    new_state: str | None,
-    message: str,
-    details_json: str | None = None,
-) -> int:
-    cursor = conn.execute(
-        "INSERT INTO events (job_id, execution_id, time_ms, kind, previous_state, new_state,"
-        " message, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            job_id,
-            execution_id,
-            now_ms,
-            kind,
-            None if previous_state is None else str(previous_state),
-            None if new_state is None else str(new_state),
-            message,
-            details_json,
-        ),
-    )
-    return int(cursor.lastrowid or 0)
-
-
-# --- small helpers ------------------------------------------------------------------
-
-
-def _json(value: Mapping[str, Any]) -> str:
-    """JSON text for a column; raises ``ValueError``/``TypeError`` before any I/O."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-def _load_json(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def _names(states: Iterable[StrEnum]) -> str:
-    return " or ".join(sorted(state.value for state in states)) or "(nothing)"
-
-
-def _parse_page_token(token: str) -> tuple[int, str]:
-    create_time, _, job_id = token.partition(".")
-    if create_time.lstrip("-").isdigit() and job_id:
-        return int(create_time), job_id
-    raise ValueError(f"listing jobs: {token!r:.80} is not a page token")
-
-
-def _prefix_upper_bound(prefix: str) -> str | None:
-    """The least string greater than every string starting with ``prefix``, if any.
-
-    SQLite compares TEXT as UTF-8 bytes, which orders like code points, so the bound
-    is ``prefix`` with its last character incremented. A range keeps the index in use,
-    and, unlike LIKE or GLOB, gives ``%``, ``_``, ``*`` in a prefix no special meaning.
+    Raises ``StoreError`` if ``path`` is not a bacnode SQLite database, or has a
+    schema newer than this code understands (nothing is written to it then).
     """
-    chars = list(prefix)
-    while chars:
-        code = ord(chars[-1]) + 1
-        if code == 0xD800:
-            code = 0xE000  # surrogates cannot be stored as UTF-8
-        if code <= 0x10FFFF:
-            chars[-1] = chr(code)
-            return "".join(chars)
-        chars.pop()
-    return None
+    conn = await trio.to_thread.run_sync(connect, Path(path), busy_timeout_ms)
+    store = Store(conn, Path(path))
+    try:
+        yield store
+    finally:
+        # Shielded: a daemon shutting down under cancellation must still close cleanly.
+        with trio.CancelScope(shield=True):
+            await store.aclose()
