@@ -870,14 +870,15 @@ def _find_go() -> str | None:
 
 
 def _go_build_module(module: str, version: str, package: str, target: Path, *,
-                     env: dict[str, str], ldflags: str = "") -> None:
+                     env: dict[str, str], ldflags: str = "", goflags: str = "") -> None:
     """``go build`` ``package`` of Go module ``module@version`` into ``target``.
 
     The source comes from the Go module proxy (``go mod download``); ``go install
     module@version`` is not used since such releases have replace directives that it refuses.
     Workspaces are off: Bacalhau's go.work names directories its module zip lacks. The binary
     is written beside ``target`` and renamed into place by the caller once checked, so an
-    interrupted build never leaves a broken one (see :func:`_partial`).
+    interrupted build never leaves a broken one (see :func:`_partial`). ``goflags`` adds to
+    ``GOFLAGS`` (``-mod=mod`` for a module whose zip keeps only ``vendor/modules.txt``).
     """
     go = _find_go()
     if go is None:
@@ -885,7 +886,8 @@ def _go_build_module(module: str, version: str, package: str, target: Path, *,
             f"go not found: {module} {version} is built from source and needs Go >= 1.26 "
             "(install the go.dev tarball into /usr/local/go)"
         )
-    env = {**env, "GOTOOLCHAIN": "local", "GOFLAGS": "-buildvcs=false", "GOWORK": "off"}
+    env = {**env, "GOTOOLCHAIN": "local", "GOFLAGS": f"-buildvcs=false {goflags}".strip(),
+           "GOWORK": "off"}
     download = subprocess.run(
         [go, "mod", "download", "-json", f"{module}@v{version}"],
         capture_output=True,
