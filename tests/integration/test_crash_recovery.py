@@ -95,3 +95,49 @@ def test_jobs_survive_five_kill_9s_of_a_compute_node(
         job_ids = _submit_jobs(requester)
         _kill_and_restart(workers[0], random.Random(12))
         _assert_each_completed_exactly_once(requester, job_ids)
+
+
+def test_a_job_whose_end_cannot_be_written_on_a_full_disk_ends_once_there_is_room(
+    tmp_path_factory: pytest.TempPathFactory, busybox_image: str
+) -> None:
+    """A real full disk: the requester's data dir is a 16 MiB tmpfs (the test runs as root,
+    as CI does), filled while its job runs. The job's end cannot be stored; it is kept and
+    written once there is room again, so the job does not stay Running for ever."""
+    import subprocess
+
+    with DaemonPool(tmp_path_factory.mktemp("disk-full")) as pool:
+        requester = pool.new("req", args=["--orchestrator"])
+        worker = pool.new("w", peers=[requester])
+        requester.data_dir.mkdir(parents=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs",
+                        str(requester.data_dir)], check=True)
+        filler = requester.data_dir / "filler"
+        try:
+            pool.start_all([requester, worker])
+            wait_until(lambda: requester.connected() >= {worker.peer_id}, timeout=30,
+                       what="the mesh")
+            result = requester.cli("docker", "run", "--id-only", "--no-wait", "-p", "local",
+                                   "busybox", "--", "sh", "-c", "sleep 4; exit 3")
+            job_id = result.stdout.strip()
+            wait_until(lambda: _state(requester, job_id) == "Running", timeout=30,
+                       what="the job to run")
+            subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"],
+                           capture_output=True, check=False)  # until the disk is full
+            wait_until(lambda: "kept to try again" in requester.stderr, timeout=30,
+                       what="the requester to fail writing the job's end")
+            assert _state(requester, job_id) == "Running"  # what the store still says
+            filler.unlink()
+            wait_until(lambda: _state(requester, job_id) == "Failed", timeout=15,
+                       what="the job's end to be written")
+            document = json.loads(requester.cli("describe", job_id, "--json").stdout)
+            (execution,) = document["State"]["Executions"]
+            assert execution["State"] == "Failed" and "exit code 3" in execution["Message"]
+            assert requester.running
+        finally:
+            pool.close()
+            subprocess.run(["umount", str(requester.data_dir)], check=False)
+
+
+def _state(requester: Daemon, job_id: str) -> str:
+    result = requester.cli("describe", job_id, "--json", timeout=30)
+    return json.loads(result.stdout)["State"]["State"]
