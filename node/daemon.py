@@ -16,7 +16,6 @@ import shutil
 import signal
 import sys
 import tarfile
-from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from .config import NodeConfig
 from .executor import ExecutorRegistry, NoopExecutor
 from .ipfs import IpfsNode
 from .keys import load_or_create_key
+from .membership import Membership
 from .mesh import TOPIC_NODES, Mesh, now_ms, read_swarm_key
 from .publisher import (
     IpfsPublisher,
@@ -63,10 +63,8 @@ SHUTDOWN_GRACE_SECONDS = 10
 #: How often a node looks whether its load changed, to announce it before the next heartbeat.
 LOAD_CHECK_SECONDS = 1.0
 #: Node records are written to disk on first sight and then at most this often.
-NODE_PERSIST_INTERVAL_MS = 60_000
 #: Peers asked for a DAG's root: the mesh is small enough to ask every live node.
 MAX_IPFS_CANDIDATES = 64
-GOSSIP_DELAY_SAMPLES = 20_000
 
 
 def machine_capacity(config: NodeConfig) -> Capacity:
@@ -91,16 +89,11 @@ class Daemon:
         self.store: Store | None = None
         self.mesh: Mesh | None = None
         self.total = machine_capacity(config)
-        self._nodes: dict[str, NodeStatus] = {}
-        self._persisted_ms: dict[str, int] = {}
+        self.membership: Membership | None = None
         self._seq = 0
         #: When this run started: in every heartbeat, so peers can tell a restart.
         self.started_ms = now_ms()
-        #: Local time a new run of a node was first heard of (it restarted then).
-        self._newcomer_seen = False
         self._shutdown = trio.Event()
-        # (received_ms, delay_ms) of recent heartbeats: gossip latency, observable via the API.
-        self._gossip_delays: deque[tuple[int, int]] = deque(maxlen=GOSSIP_DELAY_SAMPLES)
         self.requester: Requester | None = None
         self.compute: Compute | None = None
         self.ipfs: IpfsNode | None = None
@@ -129,46 +122,17 @@ class Daemon:
             started_ms=self.started_ms,
         )
 
-    def _is_connected(self, last_seen_ms: int, now: int) -> bool:
-        window = self.config.heartbeat_seconds * 1000 * self.config.missed_heartbeats
-        return now - last_seen_ms <= window
-
     async def list_nodes(self) -> list[NodeStatus]:
-        assert self.store is not None
-        now = now_ms()
-        statuses = {
-            record.info.node_id: NodeStatus(
-                record.info, False, record.last_seen_ms, record.first_seen_ms
-            )
-            for record in await self.store.list_nodes()
-        }
-        for node_id, status in self._nodes.items():
-            statuses[node_id] = NodeStatus(
-                status.info,
-                self._is_connected(status.last_seen_ms, now),
-                status.last_seen_ms,
-                status.first_seen_ms,
-            )
-        me = self.local_node_info()
-        statuses[self.peer_id] = NodeStatus(me, True, now, statuses.get(self.peer_id, NodeStatus(
-            me, True, now, now)).first_seen_ms)
-        return sorted(statuses.values(), key=lambda s: s.info.node_id)
+        assert self.membership is not None
+        return await self.membership.statuses(self.local_node_info(), now_ms())
 
     def mesh_stats(self, since_ms: int = 0) -> dict[str, Any]:
         stats = self.mesh.stats.as_json() if self.mesh else {"Accepted": {}, "Dropped": {}}
-        delays = sorted(delay for received, delay in self._gossip_delays if received >= since_ms)
         return {
             "NodeID": self.peer_id,
             "Peers": self.mesh.connected_peers() if self.mesh else [],
             **stats,
-            # Heartbeat send-to-receive time; meaningful when clocks agree (one host, NTP).
-            "GossipDelayMs": {
-                "Count": len(delays),
-                "P50": _percentile(delays, 0.50),
-                "P99": _percentile(delays, 0.99),
-                "Max": delays[-1] if delays else None,
-                "Samples": delays,
-            },
+            "GossipDelayMs": self.membership.gossip_delays(since_ms) if self.membership else {},
         }
 
     # -- gossip --------------------------------------------------------------
@@ -223,32 +187,9 @@ class Daemon:
             log.exception("%s failed", getattr(fn, "__name__", fn))
 
     async def _saw_node(self, info: NodeInfo) -> None:
-        assert self.store is not None
-        now = now_ms()
-        if info.node_id != self.peer_id:
-            self._gossip_delays.append((now, max(0, now - info.seq)))
-        previous = self._nodes.get(info.node_id)
-        if previous is not None and info.seq <= previous.info.seq:
-            return
-        if previous is None and info.node_id != self.peer_id:
-            self._newcomer_seen = True
-        if self.requester is not None:
+        assert self.membership is not None
+        if await self.membership.saw(info, now_ms()) and self.requester is not None:
             await self.requester.heard(info)
-        if previous is not None:
-            first_seen = previous.first_seen_ms
-        else:  # first heartbeat since start: keep the FirstSeen stored before a restart
-            stored = await self.store.get_node(info.node_id)
-            first_seen = stored.first_seen_ms if stored is not None else now
-        self._nodes[info.node_id] = NodeStatus(info, True, now, first_seen)
-        changed = previous is None or (
-            previous.info.addresses, previous.info.labels) != (info.addresses, info.labels)
-        if changed or now - self._persisted_ms.get(info.node_id, 0) >= NODE_PERSIST_INTERVAL_MS:
-            # Parsing multiaddrs on every heartbeat showed in a hub's profile; the
-            # peerstore keeps them ten times longer than this interval.
-            if self.mesh is not None and info.node_id != self.peer_id:
-                self.mesh.remember_addresses(info.node_id, info.addresses)
-            self._persisted_ms[info.node_id] = now
-            await self.store.upsert_node(info, now)
 
     async def _heartbeat(self) -> None:
         """Node info every ``heartbeat_seconds``, and within a second of a change in load
@@ -264,8 +205,10 @@ class Daemon:
         while True:
             load = (self.compute.free, self.compute.running) if self.compute else ()
             due = trio.current_time() - last_sent >= self.config.heartbeat_seconds
-            if due or load != last_load or self._newcomer_seen:
-                self._newcomer_seen = False
+            newcomer = self.membership is not None and self.membership.newcomer_seen
+            if due or load != last_load or newcomer:
+                if self.membership is not None:
+                    self.membership.newcomer_seen = False
                 info = self.local_node_info()
                 try:
                     await self.mesh.publish(TOPIC_NODES, info)
@@ -294,6 +237,11 @@ class Daemon:
                 results_lookup=self.results_tar,
                 logs_source=self._logs_source,
             )
+            self.membership = Membership(
+                store, self.peer_id,
+                detection_window_ms=int(config.heartbeat_seconds * 1000
+                                        * config.missed_heartbeats),
+                remember_addresses=self.mesh.remember_addresses)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 # The API binds first: a busy port must fail before libp2p is up, since
@@ -324,8 +272,7 @@ class Daemon:
                         store=store,
                         mesh=self.mesh,
                         started_ms=self.started_ms,
-                        detection_window_ms=config.heartbeat_seconds * 1000
-                        * config.missed_heartbeats,
+                        detection_window_ms=self.membership.detection_window_ms,
                         local_compute=self._decide_locally if self.compute else None,
                         local_announce=self.compute.on_announcement if self.compute else None,
                         default_execution_timeout=config.default_execution_timeout,
@@ -424,10 +371,8 @@ class Daemon:
         # Re-added each time: the peerstore forgets addresses after their TTL.
         ordered += [self.mesh.add_peer(text, "--ipfs-peer") for text in self.config.ipfs_peers]
         ordered += list(self.mesh.host.get_connected_peers())
-        now = now_ms()
-        for node_id, status in self._nodes.items():
-            if self._is_connected(status.last_seen_ms, now):
-                ordered.append(ID.from_base58(node_id))
+        if self.membership is not None:
+            ordered += [ID.from_base58(node_id) for node_id in self.membership.connected(now_ms())]
         me = self.mesh.host.get_id()
         unique = list(dict.fromkeys(peer for peer in ordered if peer != me))
         return unique[:MAX_IPFS_CANDIDATES]
@@ -494,12 +439,6 @@ def _tar_results(directory: Path) -> Path:
                 tar.add(path, arcname=path.relative_to(directory).as_posix(), recursive=False)
         partial.replace(archive)
     return archive
-
-
-def _percentile(ordered: list[int], fraction: float) -> int | None:
-    if not ordered:
-        return None
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def _shareable(addresses: list[str]) -> str:

@@ -1,0 +1,109 @@
+"""Who this node has heard from: the live table of heartbeats, and the delays measured on them.
+
+A heartbeat (``NodeInfo``) refreshes its node's row; a node is CONNECTED while its last
+heartbeat is within the detection window (``heartbeat_seconds × missed_heartbeats``).
+Rows are written to the store when a node first appears or changes its addresses or
+labels, and at most once a ``NODE_PERSIST_INTERVAL_MS`` otherwise, so ``node list``
+remembers nodes across restarts without a write per heartbeat.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from protocol.messages import NodeInfo
+
+from .api import NodeStatus
+from .store import Store
+
+NODE_PERSIST_INTERVAL_MS = 60_000
+GOSSIP_DELAY_SAMPLES = 20_000
+
+
+class Membership:
+    def __init__(self, store: Store, own_id: str, *, detection_window_ms: int,
+                 remember_addresses: Callable[[str, tuple[str, ...]], None]) -> None:
+        self.store = store
+        self.own_id = own_id
+        self.detection_window_ms = detection_window_ms
+        self._remember_addresses = remember_addresses
+        self._nodes: dict[str, NodeStatus] = {}
+        self._persisted_ms: dict[str, int] = {}
+        #: A node we had not heard from has appeared (our next heartbeat should not wait).
+        self.newcomer_seen = False
+        # (received_ms, delay_ms) of recent heartbeats: gossip latency, observable via the API.
+        self._gossip_delays: deque[tuple[int, int]] = deque(maxlen=GOSSIP_DELAY_SAMPLES)
+
+    def is_connected(self, last_seen_ms: int, now: int) -> bool:
+        return now - last_seen_ms <= self.detection_window_ms
+
+    async def saw(self, info: NodeInfo, now: int) -> bool:
+        """Record a heartbeat; whether it was news (not older than what we have)."""
+        if info.node_id != self.own_id:
+            self._gossip_delays.append((now, max(0, now - info.seq)))
+        previous = self._nodes.get(info.node_id)
+        if previous is not None and info.seq <= previous.info.seq:
+            return False
+        if previous is None and info.node_id != self.own_id:
+            self.newcomer_seen = True
+        if previous is not None:
+            first_seen = previous.first_seen_ms
+        else:  # first heartbeat since start: keep the FirstSeen stored before a restart
+            stored = await self.store.get_node(info.node_id)
+            first_seen = stored.first_seen_ms if stored is not None else now
+        self._nodes[info.node_id] = NodeStatus(info, True, now, first_seen)
+        changed = previous is None or (
+            previous.info.addresses, previous.info.labels) != (info.addresses, info.labels)
+        if changed or now - self._persisted_ms.get(info.node_id, 0) >= NODE_PERSIST_INTERVAL_MS:
+            # Parsing multiaddrs on every heartbeat showed in a hub's profile; the
+            # peerstore keeps them ten times longer than this interval.
+            if info.node_id != self.own_id:
+                self._remember_addresses(info.node_id, info.addresses)
+            self._persisted_ms[info.node_id] = now
+            await self.store.upsert_node(info, now)
+        return True
+
+    def connected(self, now: int) -> Iterator[str]:
+        """The IDs of the nodes CONNECTED now."""
+        for node_id, status in self._nodes.items():
+            if self.is_connected(status.last_seen_ms, now):
+                yield node_id
+
+    async def statuses(self, me: NodeInfo, now: int) -> list[NodeStatus]:
+        """Every node heard from, stored ones included, this one first as always CONNECTED."""
+        statuses = {
+            record.info.node_id: NodeStatus(
+                record.info, False, record.last_seen_ms, record.first_seen_ms
+            )
+            for record in await self.store.list_nodes()
+        }
+        for node_id, status in self._nodes.items():
+            statuses[node_id] = NodeStatus(
+                status.info,
+                self.is_connected(status.last_seen_ms, now),
+                status.last_seen_ms,
+                status.first_seen_ms,
+            )
+        statuses[self.own_id] = NodeStatus(me, True, now, statuses.get(self.own_id, NodeStatus(
+            me, True, now, now)).first_seen_ms)
+        return sorted(statuses.values(), key=lambda s: s.info.node_id)
+
+    def gossip_delays(self, since_ms: int) -> dict[str, Any]:
+        """Heartbeat send-to-receive times since ``since_ms`` (meaningful when clocks agree:
+        one host, or NTP)."""
+        delays = sorted(delay for received, delay in self._gossip_delays if received >= since_ms)
+        return {
+            "Count": len(delays),
+            "P50": _percentile(delays, 0.50),
+            "P99": _percentile(delays, 0.99),
+            "Max": delays[-1] if delays else None,
+            "Samples": delays,
+        }
+
+
+def _percentile(ordered: list[int], fraction: float) -> int | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
