@@ -60,16 +60,14 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
-import errno
 import hashlib
-import json
 import os
 import re
 import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +78,28 @@ import trio
 from protocol.jobspec import InputSource
 
 from .base import Storage, StorageError, make_readable
+from .s3_cache import ObjectCache, unlink
+from .s3_errors import (
+    S3AccessDenied,
+    S3BucketNotFound,
+    S3ChecksumMismatch,
+    S3EndpointUnreachable,
+    S3Error,
+    S3NoMatchingObjects,
+    S3NotFound,
+    S3ObjectNotFound,
+    S3UnsafeKey,
+    S3VersionNotFound,
+)
+from .s3_layout import (
+    S3Object,
+    S3Plan,
+    is_prefix_key,
+    key_prefix,
+    local_path,
+    matches_filter,
+    plan_layout,
+)
 
 __all__ = [
     "DEFAULT_CACHE_MAX_BYTES",
@@ -132,170 +152,7 @@ _DIRECTORY_CONTENT_TYPE = "application/x-directory"
 
 
 # ---------------------------------------------------------------------------------------
-# Errors
-
-
-class S3Error(StorageError):
-    """An S3 input could not be staged; the message names bucket, key and endpoint."""
-
-
-class S3NotFound(S3Error):
-    """Something the input names does not exist."""
-
-
-class S3BucketNotFound(S3NotFound):
-    """The bucket does not exist at that endpoint."""
-
-
-class S3ObjectNotFound(S3NotFound):
-    """A single-object key does not exist."""
-
-
-class S3VersionNotFound(S3NotFound):
-    """The object exists but not in the requested ``VersionID``."""
-
-
-class S3NoMatchingObjects(S3NotFound):
-    """A prefix (with its filter) matches no object."""
-
-
-class S3AccessDenied(S3Error):
-    """The server refused the request (no, wrong or insufficient credentials)."""
-
-
-class S3EndpointUnreachable(S3Error):
-    """No connection to the endpoint (refused, timed out, name not resolved)."""
-
-
-class S3ChecksumMismatch(S3Error):
-    """The object's SHA-256 is not the ``ChecksumSHA256`` the input asks for."""
-
-    def __init__(self, message: str, *, expected: str, actual: str) -> None:
-        super().__init__(message)
-        self.expected = expected
-        self.actual = actual
-
-
-class S3UnsafeKey(S3Error):
-    """An object key cannot be laid out safely under the staging directory."""
-
-
-# ---------------------------------------------------------------------------------------
-# Pure rules: which keys a source names and where each one goes (no I/O; could live in
-# protocol/).
-
-
-def is_prefix_key(key: str) -> bool:
-    """Whether ``key`` names a prefix (ends in ``/`` or ``*``, or is empty), not one object."""
-    return key == "" or key.endswith(("/", "*"))
-
-
-def key_prefix(key: str) -> str:
-    """The listing prefix of a key: the key without one trailing ``*``."""
-    return key[:-1] if key.endswith("*") else key
-
-
-def matches_filter(pattern: re.Pattern[str] | None, prefix: str, key: str) -> bool:
-    """Whether ``key`` (listed under ``prefix``) passes ``Filter``: ``re.search`` on the rest.
-
-    Go's ``regexp.MatchString`` (what Bacalhau uses) is unanchored; so is ``search``.
-    """
-    if pattern is None:
-        return True
-    rest = key[len(prefix) :] if key.startswith(prefix) else key
-    return pattern.search(rest) is not None
-
-
-def local_path(requested_key: str, object_key: str) -> str:
-    """Where ``object_key`` goes, relative to the staging directory, for ``requested_key``.
-
-    The prefix (``requested_key`` minus a trailing ``*``) is split on ``/``; leading
-    components of the object key equal to the prefix's, except the prefix's last one,
-    are dropped. Raises ``ValueError`` for a key that would escape or is unusable as a
-    path (``..``, ``.``, empty components, NUL, nothing left).
-    """
-    prefix_parts = key_prefix(requested_key).split("/")
-    parts = object_key.split("/")
-    start = 0
-    for index in range(len(prefix_parts) - 1):
-        if index < len(parts) - 1 and prefix_parts[index] == parts[index]:
-            start += 1
-        else:
-            break
-    rest = parts[start:]
-    for part in rest:
-        if part in ("", ".", "..") or "\0" in part:
-            what = "an empty path component" if part == "" else f"the path component {part!r}"
-            raise ValueError(
-                f"object key {object_key!r} has {what}, which cannot be staged safely "
-                "as a file path"
-            )
-    return "/".join(rest)
-
-
-def plan_layout(requested_key: str, object_keys: Iterable[str]) -> list[tuple[str, str]]:
-    """``[(object_key, relative_path)]`` for every key, or ``ValueError`` if any cannot be.
-
-    Besides ``local_path``'s checks, refuses two keys for one path and a key whose path
-    another key needs as a directory (S3 allows both ``a`` and ``a/b``; a disk does not).
-    """
-    plan: list[tuple[str, str]] = []
-    files: dict[str, str] = {}
-    dirs: dict[str, str] = {}
-    for key in object_keys:
-        rel = local_path(requested_key, key)
-        if rel in files:
-            raise ValueError(f"object keys {files[rel]!r} and {key!r} both map to {rel!r}")
-        if rel in dirs:
-            raise ValueError(
-                f"object key {key!r} would be the file {rel!r}, but {dirs[rel]!r} needs "
-                "that path as a directory"
-            )
-        parts = rel.split("/")
-        for depth in range(1, len(parts)):
-            parent = "/".join(parts[:depth])
-            if parent in files:
-                raise ValueError(
-                    f"object key {key!r} needs {parent!r} as a directory, but the key "
-                    f"{files[parent]!r} is a file there"
-                )
-            dirs.setdefault(parent, key)
-        files[rel] = key
-        plan.append((key, rel))
-    return plan
-
-
-# ---------------------------------------------------------------------------------------
-# What a source resolves to
-
-
-@dataclass(frozen=True)
-class S3Object:
-    """One object to fetch, as a HEAD or a listing reported it."""
-
-    key: str
-    size: int
-    etag: str | None = None
-    version_id: str | None = None
-    #: The full-object ``ChecksumSHA256`` the server reported, if any.
-    checksum_sha256: str | None = None
-
-
-@dataclass(frozen=True)
-class S3Plan:
-    """A resolved input: the objects to fetch and where each one goes."""
-
-    bucket: str
-    requested_key: str
-    endpoint: str
-    single: bool
-    objects: tuple[S3Object, ...]
-    paths: tuple[str, ...]
-
-    @property
-    def total_size(self) -> int:
-        """Bytes staging will write."""
-        return sum(obj.size for obj in self.objects)
+# Clients and parameters
 
 
 @dataclass
@@ -381,8 +238,8 @@ class S3Storage(Storage):
         # where there is none; an operator's explicit settings win.
         os.environ.setdefault("AWS_METADATA_SERVICE_TIMEOUT", "1")
         os.environ.setdefault("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "1")
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.cache_max_bytes = cache_max_bytes
+        self.cache = (ObjectCache(Path(cache_dir), cache_max_bytes)
+                      if cache_dir is not None else None)
         self.max_threads = max_threads
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
@@ -394,8 +251,7 @@ class S3Storage(Storage):
         self._limiter = trio.CapacityLimiter(max_threads)
         self._clients: dict[tuple[str, ...], _Client] = {}
         self._client_lock = threading.Lock()
-        self._cache_lock = threading.Lock()
-        self._cache_bytes: int | None = None
+        self._inflight_lock = threading.Lock()
         self._inflight: dict[str, trio.Event] = {}
         self._inflight_sync: dict[str, threading.Event] = {}
 
@@ -701,12 +557,13 @@ class S3Storage(Storage):
 
     async def _fetch(self, client: _Client, bucket: str, obj: S3Object, dest: Path) -> str:
         """Put ``obj`` at ``dest`` (from the cache, or downloaded); return its SHA-256 (b64)."""
-        entry = self._cache_entry(client, bucket, obj)
-        if entry is None:
+        cache = self.cache
+        entry = cache.entry(client.endpoint, bucket, obj) if cache is not None else None
+        if cache is None or entry is None:
             await self._run(_make_parent, dest, abandon=False)
             return await self._download(client, bucket, obj, dest)
         while True:
-            digest = await self._run(self._cache_take, entry, obj, dest, abandon=False)
+            digest = await self._run(cache.take, entry, obj, dest, abandon=False)
             if digest is not None:
                 return digest
             busy = self._inflight.get(entry)
@@ -716,21 +573,20 @@ class S3Storage(Storage):
         done = self._inflight[entry] = trio.Event()
         try:
             # Another input's fetch may have cached it while we looked (in a thread).
-            cached = await self._run(self._cache_take, entry, obj, dest, abandon=False)
+            cached = await self._run(cache.take, entry, obj, dest, abandon=False)
             if cached is not None:
                 return cached
-            assert self.cache_dir is not None
-            tmp_dir = self.cache_dir / "tmp"
+            tmp_dir = cache.directory / "tmp"
             tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
             await self._run(_make_dirs, tmp_dir, dest.parent, abandon=False)
             try:
                 digest = await self._download(client, bucket, obj, tmp)
                 await self._run(
-                    self._cache_put, entry, obj, bucket, client, tmp, digest, dest, abandon=False
-                )
+                    cache.put, entry, obj, bucket, client.endpoint, tmp, digest, dest,
+                    abandon=False)
             finally:
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(_unlink, tmp)
+                    await trio.to_thread.run_sync(unlink, tmp)
             return digest
         finally:
             del self._inflight[entry]
@@ -754,8 +610,8 @@ class S3Storage(Storage):
         # Directories first, waited for: an abandoned worker must never re-create one
         # after a cancelled stage removed its holder (a file open there then just fails).
         parents = {dest.parent for _, dest in items}
-        if self.cache_dir is not None:
-            parents.add(self.cache_dir / "tmp")
+        if self.cache is not None:
+            parents.add(self.cache.directory / "tmp")
         await self._run(_make_dirs, *sorted(parents), abandon=False)
 
         def work() -> None:
@@ -780,14 +636,15 @@ class S3Storage(Storage):
         self, client: _Client, bucket: str, obj: S3Object, dest: Path, stop: threading.Event
     ) -> str:
         """``_fetch`` for one small object, in a worker thread."""
-        entry = self._cache_entry(client, bucket, obj)
-        if entry is None:
+        cache = self.cache
+        entry = cache.entry(client.endpoint, bucket, obj) if cache is not None else None
+        if cache is None or entry is None:
             return self._get_whole(client, bucket, obj, dest, stop)
         while True:
-            digest = self._cache_take(entry, obj, dest)
+            digest = cache.take(entry, obj, dest)
             if digest is not None:
                 return digest
-            with self._cache_lock:
+            with self._inflight_lock:
                 busy = self._inflight_sync.get(entry)
                 if busy is None:
                     done = self._inflight_sync[entry] = threading.Event()
@@ -795,21 +652,20 @@ class S3Storage(Storage):
             while not busy.wait(0.5):  # the same object, fetched for another input
                 if stop.is_set():
                     raise _Stopped()
-        assert self.cache_dir is not None
-        tmp = self.cache_dir / "tmp" / f"{uuid.uuid4().hex}.part"
+        tmp = cache.directory / "tmp" / f"{uuid.uuid4().hex}.part"
         try:
             # Another input's fetch may have cached it between our look and our claim.
-            cached = self._cache_take(entry, obj, dest)
+            cached = cache.take(entry, obj, dest)
             if cached is not None:
                 return cached
             digest = self._get_whole(client, bucket, obj, tmp, stop)
             # A cancelled stage keeps nothing, not even in the cache: cancellation reaches
             # this thread at once, before ``stop`` is set on the way out of the stage.
             trio.from_thread.check_cancelled()
-            self._cache_put(entry, obj, bucket, client, tmp, digest, dest)
+            cache.put(entry, obj, bucket, client.endpoint, tmp, digest, dest)
         finally:
-            _unlink(tmp)
-            with self._cache_lock:
+            unlink(tmp)
+            with self._inflight_lock:
                 del self._inflight_sync[entry]
             done.set()
         return digest
@@ -858,7 +714,7 @@ class S3Storage(Storage):
                             out.write(chunk)
                             received += len(chunk)
             except Exception as exc:
-                _unlink(dest)
+                unlink(dest)
                 if not _is_stream_error(exc) or attempt == _STREAM_ATTEMPTS:
                     raise self._stream_failed(exc, client, bucket, obj, received) from None
                 continue
@@ -980,92 +836,6 @@ class S3Storage(Storage):
             f"{self._where(client, bucket, obj.key)}: the download broke off after {received} "
             f"bytes: {client.scrub(_reason(exc))}"
         )
-
-    # -- the cache (worker threads) ------------------------------------------------------
-
-    def _cache_entry(self, client: _Client, bucket: str, obj: S3Object) -> str | None:
-        if self.cache_dir is None or not obj.etag:
-            return None
-        identity = json.dumps([client.endpoint, bucket, obj.key, obj.version_id or "", obj.etag])
-        return hashlib.sha256(identity.encode()).hexdigest()
-
-    def _cache_paths(self, entry: str) -> tuple[Path, Path]:
-        assert self.cache_dir is not None
-        objects = self.cache_dir / "objects"
-        return objects / entry, objects / f"{entry}.json"
-
-    def _cache_take(self, entry: str, obj: S3Object, dest: Path) -> str | None:
-        """Link (or copy) a cached object to ``dest``; its SHA-256, or None on a miss."""
-        data, meta = self._cache_paths(entry)
-        with self._cache_lock:  # never while a prune removes it
-            try:
-                info = json.loads(meta.read_text())
-                if info.get("size") != obj.size or data.stat().st_size != obj.size:
-                    return None
-                digest = str(info["sha256"])
-            except (OSError, ValueError, KeyError, TypeError):
-                return None
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(data, dest)
-            with contextlib.suppress(OSError):
-                os.utime(data)  # recently used
-        return digest
-
-    def _cache_put(
-        self,
-        entry: str,
-        obj: S3Object,
-        bucket: str,
-        client: _Client,
-        tmp: Path,
-        digest: str,
-        dest: Path,
-    ) -> None:
-        """Move a finished download into the cache, then link it to ``dest``."""
-        data, meta = self._cache_paths(entry)
-        info = {
-            "endpoint": client.endpoint,
-            "bucket": bucket,
-            "key": obj.key,
-            "version_id": obj.version_id or "",
-            "etag": obj.etag,
-            "size": obj.size,
-            "sha256": digest,
-        }
-        with self._cache_lock:
-            data.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, data)
-            meta_tmp = meta.with_name(f"{meta.name}.{uuid.uuid4().hex}.tmp")
-            meta_tmp.write_text(json.dumps(info))
-            os.replace(meta_tmp, meta)
-            _link_or_copy(data, dest)
-            if self._cache_bytes is not None:
-                self._cache_bytes += obj.size
-            self._prune_locked(keep=entry)
-
-    def _prune_locked(self, keep: str) -> None:
-        """Remove least recently used entries until the cache fits ``cache_max_bytes``."""
-        assert self.cache_dir is not None
-        if self._cache_bytes is not None and self._cache_bytes <= self.cache_max_bytes:
-            return
-        entries: list[tuple[float, int, str]] = []
-        for path in (self.cache_dir / "objects").glob("*.json"):
-            name = path.name[: -len(".json")]
-            with contextlib.suppress(OSError):
-                stat = (path.parent / name).stat()
-                entries.append((stat.st_mtime, stat.st_size, name))
-        total = sum(size for _, size, _ in entries)
-        for _, size, name in sorted(entries):
-            if total <= self.cache_max_bytes:
-                break
-            if name == keep:
-                continue
-            data, meta = self._cache_paths(name)
-            _unlink(meta)
-            _unlink(data)
-            total -= size
-        self._cache_bytes = total
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -1208,21 +978,6 @@ def _hash_range(
                 raise _Stopped()
             digest.update(chunk)
             length -= len(chunk)
-
-
-def _link_or_copy(source: Path, dest: Path) -> None:
-    """Hard-link ``source`` at ``dest``; copy where links cannot be made."""
-    try:
-        os.link(source, dest)
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-            raise
-        shutil.copyfile(source, dest)
-
-
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 def _b64(digest: bytes) -> str:
