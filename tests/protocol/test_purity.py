@@ -9,7 +9,8 @@ def test_importing_protocol_pulls_in_no_io_library():
         "import sys\n"
         "import protocol, protocol.codec, protocol.envelope, protocol.messages, "
         "protocol.states, protocol.identity, protocol.jobspec, protocol.uris, "
-        "protocol.selectors, protocol.quantities, protocol.placeholders\n"
+        "protocol.selectors, protocol.quantities, protocol.placeholders, "
+        "protocol.spec_values, protocol.spec_parser, protocol.examples\n"
         f"print(sorted(m for m in {FORBIDDEN!r} if m in sys.modules))\n"
     )
     result = subprocess.run(
