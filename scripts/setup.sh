@@ -6,7 +6,7 @@
 # here), kubo, the reference IPFS node the interoperability tests run against, and Bacalhau
 # v1.9.3's CLI, the reference client the compatibility tests drive bacnode with (both built
 # from the Go module proxy with the installed Go toolchain, ~4 and ~7 minutes the first time;
-# see scripts/services.py).
+# see scripts/services/).
 # Safe to re-run: whatever is already installed or running is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,0 +1,65 @@
+"""What every service helper shares: its error, log tails, free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+class ServiceError(RuntimeError):
+    """A real component is missing, or did not start."""
+
+
+def _log_tail(path: Path | str, lines: int = 40) -> str:
+    """Return the last ``lines`` lines of a log file (or a note that there is none)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return f"(no log at {path}: {exc.strerror})"
+    tail = text.splitlines()[-lines:]
+    return "\n".join(f"    {line}" for line in tail) or "    (log is empty)"
+
+
+# --------------------------------------------------------------------------------------------
+# Ports
+
+
+_reserved_ports: set[int] = set()
+_reserved_lock = threading.Lock()
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """Return a TCP port free on ``host`` now, never the same one twice in this process."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        with _reserved_lock:
+            if port not in _reserved_ports:
+                _reserved_ports.add(port)
+                return port
+    raise ServiceError(f"could not find a free TCP port on {host}")
+
+
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """Return ``count`` distinct free TCP ports on ``host``."""
+    return [free_port(host) for _ in range(count)]
+
+
+def _port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """Whether ``port`` can be bound on ``host`` right now (as a Go server would bind it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
