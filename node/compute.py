@@ -168,7 +168,7 @@ class Compute:
     # -- bidding -----------------------------------------------------------
 
     async def on_announcement(self, announcement: JobAnnouncement) -> None:
-        await self._handle(Announced(announcement, Job.from_dict(announcement.job),
+        await self._handle(Announced(announcement, announcement.spec,
                                      f"e-{uuid.uuid4()}"))
 
     async def _measure_inputs(self, announcement: JobAnnouncement, job: Job,

@@ -13,13 +13,16 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from . import codec
 from .cid import Cid, IpfsFormatError
 from .envelope import Envelope, EnvelopeVerifier, seal
 from .errors import MalformedMessage, SenderMismatch, SpecError, UnknownMessageType
 from .identity import NodeKey, is_peer_id
+
+if TYPE_CHECKING:
+    from .jobspec import Job
 
 JOB_ID_RE = re.compile(r"^j-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 EXECUTION_ID_RE = re.compile(
@@ -190,9 +193,23 @@ class JobAnnouncement(Message):
         from .jobspec import Job
 
         try:
-            Job.from_dict(self.job)
+            job = Job.from_dict(self.job)
         except SpecError as exc:
             raise MalformedMessage(f"{path}.job: {exc}") from None
+        # Parsed once, here, where every received announcement is checked; the compute
+        # side takes the typed job from ``spec``.
+        object.__setattr__(self, "_spec", job)
+
+    @property
+    def spec(self) -> Job:
+        """The announced job, typed (parsed when the message was checked, else now)."""
+        from .jobspec import Job as JobSpec
+
+        spec: JobSpec | None = getattr(self, "_spec", None)
+        if spec is None:
+            spec = JobSpec.from_dict(self.job)
+            object.__setattr__(self, "_spec", spec)
+        return spec
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping
@@ -52,13 +53,25 @@ def _get_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
     return None if row is None else _job_record(row)
 
 
+#: Parsed specs by job ID: a job's spec never changes once stored, and listing jobs would
+#: otherwise validate every spec again on every read.
+_PARSED_SPECS: collections.OrderedDict[str, Job] = collections.OrderedDict()
+_PARSED_SPECS_MAX = 4096
+
+
 def _job_record(row: sqlite3.Row) -> JobRecord:
-    try:
-        job = Job.from_dict(json.loads(row["spec"]))
-    except ProtocolError as exc:
-        raise StoreError(
-            f"reading job {row['job_id']}: its stored spec no longer validates: {exc}"
-        ) from None
+    job_id = row["job_id"]
+    job = _PARSED_SPECS.get(job_id)
+    if job is None:
+        try:
+            job = Job.from_dict(json.loads(row["spec"]))
+        except ProtocolError as exc:
+            raise StoreError(
+                f"reading job {job_id}: its stored spec no longer validates: {exc}"
+            ) from None
+        _PARSED_SPECS[job_id] = job
+        if len(_PARSED_SPECS) > _PARSED_SPECS_MAX:
+            _PARSED_SPECS.popitem(last=False)
     return JobRecord(
         job=job,
         state=JobState(row["state"]),
