@@ -11,6 +11,7 @@ every step of the job concerned, and every crash and partition.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=50)
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--unmeetable", type=float, default=0.04, metavar="SHARE",
+                        help="share of jobs asking for more nodes than there are (they queue, "
+                             "then fail; each asks every node) [default: 0.04]")
     parser.add_argument("--faults", default="all",
                         help=f"a set ({', '.join(FAULT_SETS)}) or kinds joined by commas")
     args = parser.parse_args(argv)
@@ -104,12 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.nodes < 1 or args.jobs < 0:
         parser.error("--nodes must be at least 1 and --jobs not negative")
     started = time.perf_counter()
-    world = World(nodes=args.nodes, jobs=args.jobs, seed=args.seed, faults=faults).run()
+    world = World(nodes=args.nodes, jobs=args.jobs, seed=args.seed, faults=faults,
+                  unmeetable_share=args.unmeetable).run()
     print(summary(world))
     print(f"(took {time.perf_counter() - started:.1f}s of real time)", file=sys.stderr)
     if world.violation is None:
         return 0
-    small = shrink(args.nodes, args.jobs, args.seed, faults)
+    small = shrink(args.nodes, args.jobs, args.seed, faults,
+                   make=functools.partial(World, unmeetable_share=args.unmeetable))
     print(f"\nshortest failing run found: nodes {len(small.nodes)}, jobs {len(small.plans)}, "
           f"faults {','.join(sorted(small.faults)) or 'none'}, seed {args.seed}")
     print("\n".join(trace_lines(small)))
