@@ -154,11 +154,9 @@ class _NodeView:
 
 
 class RequesterCore:
-    def __init__(self, node_id: str, *, detection_window_ms: int,
-                 default_execution_timeout: int = 0) -> None:
+    def __init__(self, node_id: str, *, detection_window_ms: int) -> None:
         self.node_id = node_id
         self.detection_window_ms = detection_window_ms
-        self.default_execution_timeout = default_execution_timeout
         self.started_ms = 0
         self.plans: dict[str, _Plan] = {}
         self.nodes: dict[str, _NodeView] = {}
