@@ -73,12 +73,12 @@ import tempfile
 import threading
 import time
 import traceback
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from http import client as http_client
 from pathlib import Path
 from typing import Any
 
@@ -185,22 +185,50 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-# Loopback only: a proxy from the environment must never see this traffic.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# One kept-alive connection per thread and server, as real API clients (Bacalhau's
+# included) keep theirs: a new TCP connection per call would measure connection set-up.
+# Straight to the address given, so no proxy from the environment ever sees this traffic.
+_CONNECTIONS = threading.local()
+
+
+def _connection(host: str, port: int, timeout: float) -> http_client.HTTPConnection:
+    pool = getattr(_CONNECTIONS, "pool", None)
+    if pool is None:
+        pool = _CONNECTIONS.pool = {}
+    connection = pool.get((host, port))
+    if connection is None:
+        connection = pool[(host, port)] = http_client.HTTPConnection(host, port, timeout=timeout)
+    connection.timeout = timeout
+    return connection
 
 
 def http(method: str, url: str, body: Any = None, timeout: float = HTTP_TIMEOUT) -> Any:
+    parts = urllib.parse.urlsplit(url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with _OPENER.open(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")[:300]
-        raise BenchError(f"{method} {url}: HTTP {exc.code}: {detail}") from None
-    except (OSError, ValueError) as exc:  # refused, timed out, reset, bad JSON
-        raise BenchError(f"{method} {url}: {exc}") from None
+    headers = {"Content-Type": "application/json"} if data is not None else {}
+    for attempt in (1, 2):
+        connection = _connection(parts.hostname or "127.0.0.1", parts.port or 80, timeout)
+        try:
+            connection.request(method, target, body=data, headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+        except (http_client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+            connection.close()  # the server closed a kept-alive connection: one new try
+            if attempt == 2:
+                raise BenchError(f"{method} {url}: {exc}") from None
+            continue
+        except (OSError, http_client.HTTPException) as exc:  # refused, timed out
+            connection.close()
+            raise BenchError(f"{method} {url}: {exc}") from None
+        if response.status >= 400:
+            detail = payload.decode(errors="replace")[:300]
+            raise BenchError(f"{method} {url}: HTTP {response.status}: {detail}")
+        try:
+            return json.loads(payload)
+        except ValueError as exc:
+            raise BenchError(f"{method} {url}: {exc}") from None
+    raise AssertionError("unreachable")
 
 
 def fetch_all(fn: Callable[[str], Any], items: list[str], threads: int = 8) -> list[Any]:
