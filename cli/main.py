@@ -27,7 +27,7 @@ class _Commands(click.Group):
 
     def _load(self) -> None:
         if not self._loaded:
-            _Commands._loaded = True
+            self._loaded = True
             from . import ipfs, jobs
 
             jobs.register(self)

@@ -78,7 +78,6 @@ TOPIC_MESSAGE_TYPES: dict[str, type[Message]] = {
     TOPIC_RESULTS: ResultRecord,
     TOPIC_NODES: NodeInfo,
 }
-BID_PROTOCOL = TProtocol("/bacnode/bid/1")
 #: Requests and their acks, many over one long-lived stream per peer (see ``_Channel``).
 REQUESTS_PROTOCOL = TProtocol("/bacnode/requests/1")
 RESULTS_PROTOCOL = TProtocol("/bacnode/results/1")
@@ -371,7 +370,6 @@ class Mesh:
             for topic in TOPIC_MESSAGE_TYPES:
                 self.pubsub.set_topic_validator(topic, self._make_validator(topic), False)
                 subscriptions.append((topic, await self.pubsub.subscribe(topic)))
-            self.host.set_stream_handler(BID_PROTOCOL, self._handle_stream)
             self.host.set_stream_handler(REQUESTS_PROTOCOL, self._serve_channel)
             self.host.set_stream_handler(RESULTS_PROTOCOL, self._serve_results)
             self.host.set_stream_handler(LOGS_PROTOCOL, self._serve_logs)
@@ -461,20 +459,6 @@ class Mesh:
         await self.pubsub.publish(topic, seal_message(self.key, message, now_ms=now_ms()))
 
     # -- point to point ----------------------------------------------------
-
-    async def _handle_stream(self, stream: Any) -> None:
-        try:
-            with trio.fail_after(30):
-                request = await read_varint_prefixed_bytes_limited(stream, MAX_STREAM_MESSAGE)
-                sender = stream.muxed_conn.peer_id.to_base58()
-                if self._on_request is None:
-                    raise MeshError("this node takes no requests")
-                reply = await self._on_request(sender, request)
-                await stream.write(encode_varint_prefixed(reply))
-                await stream.close()
-        except Exception as exc:
-            log.debug("bid stream failed: %r", exc)
-            await stream.reset()
 
     def remember_addresses(self, peer_id: str, addresses: tuple[str, ...]) -> None:
         """Addresses a peer announced (in its signed node info), for dialling it directly.

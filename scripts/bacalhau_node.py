@@ -52,9 +52,6 @@ from typing import Any
 from scripts.services import (
     BUSYBOX_TAG,
     ServiceError,
-    _go_build_module,
-    _install_checked,
-    _log_tail,
     bacalhau_env,
     build_busybox_image,
     docker_ping,
@@ -62,6 +59,8 @@ from scripts.services import (
     find_bacalhau,
     free_port,
 )
+from scripts.services.common import _log_tail
+from scripts.services.gobuild import _go_build_module, _install_checked
 
 __all__ = [
     "BENCH_IMAGE_NAME",

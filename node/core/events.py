@@ -64,13 +64,6 @@ class NodeHeard:
 
 
 @dataclass(frozen=True)
-class NodeLost:
-    """The transport says a node is gone (say, its connection closed for good)."""
-
-    node_id: str
-
-
-@dataclass(frozen=True)
 class DecisionUndelivered:
     """An accepting decision did not reach its node."""
 
@@ -228,7 +221,7 @@ class CancelExecution:
     reason: str
 
 
-RequesterEvent = (Submitted | BidReceived | UpdateReceived | ResultReceived | NodeHeard | NodeLost
+RequesterEvent = (Submitted | BidReceived | UpdateReceived | ResultReceived | NodeHeard
                   | DecisionUndelivered | StopRequested | Restarted | Tick)
 RequesterInstruction = Announce | SendDecision | PersistJob | PersistExecution | StoreResult
 ComputeEvent = Announced | InputsMeasured | DecisionReceived | ExecutionEnded | Tick

@@ -59,7 +59,6 @@ from .events import (
     BidReceived,
     DecisionUndelivered,
     NodeHeard,
-    NodeLost,
     PersistExecution,
     PersistJob,
     RequesterEvent,
@@ -110,7 +109,6 @@ class _Execution:
 
 @dataclass
 class _Round:
-    number: int
     asked: frozenset[str]  # empty: open to every node
     opened_ms: int
     bids: dict[str, Bid] = field(default_factory=dict)
@@ -125,7 +123,6 @@ class _Plan:
     waiting_since_ms: int
     executions: dict[str, _Execution] = field(default_factory=dict)
     round: _Round | None = None
-    rounds: int = 0
     #: When to ask again (None: not waiting).
     retry_at_ms: int | None = None
     retry_delay_ms: int = RETRY_FIRST_MS
@@ -185,11 +182,6 @@ class RequesterCore:
                     self._out.append(StoreResult(record, envelope))
             case NodeHeard(info):
                 self._heard(info, now)
-            case NodeLost(node_id):
-                view = self.nodes.get(node_id)
-                if view is not None:
-                    view.heard_ms = -self.detection_window_ms - 1
-                self._watch(now)
             case DecisionUndelivered(execution_id, reason):
                 self._undelivered(execution_id, reason, now)
             case StopRequested(job_id, reason):
@@ -245,12 +237,11 @@ class RequesterCore:
             plan.retry_at_ms = None
             return
         plan.retry_at_ms = None
-        plan.rounds += 1
         plan.width = max(plan.width * 2, needed + BID_FANOUT)
         candidates = self._candidates(plan.job, now, exclude=plan.tried_nodes())
         # Knowing too few nodes (heartbeats take a while after a start), ask everyone.
         asked = frozenset(candidates[:plan.width]) if len(candidates) >= needed else frozenset()
-        plan.round = _Round(plan.rounds, asked, now)
+        plan.round = _Round(asked, now)
         self._out.append(Announce(JobAnnouncement(
             job_id=plan.job_id,
             requester=self.node_id,

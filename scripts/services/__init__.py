@@ -30,7 +30,7 @@ from .bacalhau import (
     install_bacalhau,
 )
 from .cli import main
-from .common import LOOPBACK, ServiceError, _log_tail, free_port, free_ports
+from .common import LOOPBACK, ServiceError, free_port, free_ports
 from .dockerd import (
     BUSYBOX_TAG,
     DOCKER_SOCKET,
@@ -40,7 +40,6 @@ from .dockerd import (
     docker_ping,
     ensure_dockerd,
 )
-from .gobuild import _find_go, _go_build_module, _install_checked, _partial
 from .kubo import KUBO_ENV, KUBO_PATH, KUBO_VERSION, Kubo, find_kubo, install_kubo, kubo_path
 from .seaweedfs import SeaweedS3
 
@@ -61,11 +60,6 @@ __all__ = [
     "Kubo",
     "SeaweedS3",
     "ServiceError",
-    "_find_go",
-    "_go_build_module",
-    "_install_checked",
-    "_log_tail",
-    "_partial",
     "bacalhau_env",
     "bacalhau_path",
     "bacalhau_version",

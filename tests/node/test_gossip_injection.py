@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import trio
@@ -219,3 +220,57 @@ async def inject_and_check(mesh: Mesh, target: Daemon, peer: Daemon, injector: N
     assert "Invalid" not in stats["Dropped"], "a bad message escaped the typed checks"
     for node in (target, peer):
         await trio.to_thread.run_sync(node.wait_connected, {target.peer_id, peer.peer_id})
+
+
+async def test_bad_requests_on_the_point_to_point_channel_are_refused_one_by_one(
+        daemons: DaemonPool):
+    """The same injector on ``/bacnode/requests/1``, where bids, decisions, updates and
+    results travel: each bad request gets its own refusal, counted, and the channel
+    goes on answering; a frame too short to carry a request number ends only that stream."""
+    target = daemons.new("target")
+    target.launch()
+    await trio.to_thread.run_sync(target.wait_ready)
+    injector, victim = NodeKey.generate(), NodeKey.generate()
+    (port,) = free_ports(1)
+    mesh = Mesh(injector, listen=(f"/ip4/127.0.0.1/tcp/{port}",),
+                bootstrap=(target.multiaddr,), on_message=noop_handler)
+    me = injector.peer_id
+    bid = Bid(job_id="j-12345678-1234-4123-8123-123456789abc",
+              execution_id="e-12345678-1234-4123-8123-123456789abc", node_id=me, accept=True,
+              reason="", free=Capacity(), running_executions=0)
+    bad = [
+        ("garbage bytes", b"\xc1 not msgpack", "MalformedMessage"),
+        ("forged: from the victim, signed by the injector",
+         envelope_bytes(signer=injector, sender=victim.peer_id, msg_type="bid",
+                        body={**bid.to_body(), "node_id": victim.peer_id}), "BadSignature"),
+        ("validly signed by another node, sent by the injector",
+         seal_message(victim, replace(bid, node_id=victim.peer_id), now_ms=now_ms()),
+         "SenderMismatch"),
+    ]
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mesh.run)
+            try:
+                before = await trio.to_thread.run_sync(dropped, target)
+                for what, data, _ in bad:
+                    reply = await mesh.request(target.peer_id, data)
+                    assert reply.startswith(b"error: "), (what, reply)
+                # A frame shorter than a request number: that stream is reset...
+                channel = await mesh._channel_to(target.peer_id)
+                await channel.stream.write(b"\x03abc")
+                # ...and the next request opens a fresh one and is answered.
+                reply = b""
+                for _ in range(50):
+                    try:
+                        reply = await mesh.request(
+                            target.peer_id, seal_message(injector, bid, now_ms=now_ms()))
+                        break
+                    except Exception:
+                        await trio.sleep(0.1)
+                assert reply == b"ok", reply  # a stranger's bid: taken, and ignored
+                counted = await trio.to_thread.run_sync(dropped, target) - before
+                assert counted == Counter(reason for _, _, reason in bad), counted
+                assert await trio.to_thread.run_sync(
+                    target.api, "/api/v1/agent/alive") == {"Status": "OK"}
+            finally:
+                mesh.stop()
