@@ -346,7 +346,7 @@ def create_app(node: NodeView) -> FastAPI:
     if getattr(node, "store", None) is not None:
         from .api_jobs import add_job_routes
 
-        add_job_routes(app, node.store, lambda: node.requester,  # type: ignore[attr-defined]
+        add_job_routes(app, node.store, node.ready_requester,  # type: ignore[attr-defined]
                        node.fetch_results_tar, node.follow_logs)  # type: ignore[attr-defined]
     if hasattr(node, "ipfs_candidates"):
         from .api_ipfs import add_ipfs_routes

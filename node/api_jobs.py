@@ -13,7 +13,7 @@ import codecs
 import json
 import logging
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -314,10 +314,11 @@ async def _when_ended(store: Store, execution: ExecutionRecord) -> ExecutionReco
     return execution
 
 
-def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Requester | None],
+def add_job_routes(app: FastAPI, store: Store,
+                   ready_requester: Callable[[], Awaitable[Requester | None]],
                    results_dir: Any, follow_logs: FollowLogs) -> None:
-    def need_requester() -> Requester:
-        requester = get_requester()
+    async def need_requester() -> Requester:
+        requester = await ready_requester()
         if requester is None:
             raise HTTPException(400, "this node is not an orchestrator (start it without "
                                      "--compute alone to accept jobs)")
@@ -342,7 +343,7 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
             job = Job.from_dict(document)
         except SpecError as exc:
             raise HTTPException(400, str(exc)) from None
-        job_id = await need_requester().submit(job)
+        job_id = await (await need_requester()).submit(job)
         return {"JobID": job_id, "EvaluationID": f"ev-{job_id[2:]}", "Warnings": []}
 
     app.put(f"{API}/jobs", tags=["orchestrator"], response_model=models.PutJobResponse)(submit)
@@ -522,7 +523,7 @@ def add_job_routes(app: FastAPI, store: Store, get_requester: Callable[[], Reque
                 reason = body["reason"]
         if record.state.is_terminal:
             raise HTTPException(400, f"job {record.job.id} is already {record.state.value}")
-        await need_requester().stop_job(record.job.id or "", reason or "stopped by user")
+        await (await need_requester()).stop_job(record.job.id or "", reason or "stopped by user")
         return {"JobID": record.job.id, "EvaluationID": f"ev-{(record.job.id or '')[2:]}",
                 "Warnings": []}
 

@@ -95,6 +95,7 @@ class Daemon:
         self.started_ms = now_ms()
         self._shutdown = trio.Event()
         self.requester: Requester | None = None
+        self._requester_ready = trio.Event()
         self.compute: Compute | None = None
         self.ipfs: IpfsNode | None = None
         self._p2p_verifier = EnvelopeVerifier()
@@ -168,6 +169,15 @@ class Daemon:
         else:
             return b"error: not accepted here"
         return b"ok"
+
+    async def ready_requester(self) -> Requester | None:
+        """This node's requester once it has taken up its stored jobs; None when the node is
+        not an orchestrator. The API answers before libp2p is up, so a job submitted during
+        start-up waits here rather than racing the requester's restart."""
+        if not self.config.orchestrator:
+            return None
+        await self._requester_ready.wait()
+        return self.requester
 
     async def _send_local(self, message: Message, sealed: bytes | None) -> None:
         """What our compute side tells our requester: no signature to check, no network."""
@@ -278,6 +288,7 @@ class Daemon:
                         default_execution_timeout=config.default_execution_timeout,
                     )
                     await nursery.start(self.requester.run)
+                    self._requester_ready.set()
                 nursery.start_soon(self._heartbeat)
                 self._announce_start(api_urls)
                 task_status.started(self)

@@ -21,6 +21,7 @@ from dataclasses import replace
 
 import trio
 
+from protocol.errors import IllegalTransition
 from protocol.jobspec import Job
 from protocol.messages import (
     Bid,
@@ -88,6 +89,9 @@ class Requester:
         self._local_announce = local_announce
         self._default_execution_timeout = default_execution_timeout
         self._lock = trio.Lock()
+        # Set once the core has taken up the stored jobs: every other event waits for it,
+        # since ``Restarted`` replaces what the core knows with what the store holds.
+        self._ready = trio.Event()
         self._wake = trio.Event()
         self._unpersisted: list[PersistJob | PersistExecution] = []
         self._nursery: trio.Nursery | None = None
@@ -96,6 +100,7 @@ class Requester:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await self._handle(Restarted(self._started_ms, await self._stored_jobs()))
+            self._ready.set()
             nursery.start_soon(self._retry_unpersisted)
             task_status.started()
             while True:
@@ -120,6 +125,7 @@ class Requester:
     async def submit(self, job: Job) -> str:
         """Store ``job`` under a new ID and start placing it; returns the job ID once the
         job is on disk (that is the acknowledgement)."""
+        await self._ready.wait()
         job = replace(job.with_default_timeout(self._default_execution_timeout),
                       id=f"j-{uuid.uuid4()}")
         await self.store.create_job(job, requester=self.peer_id, now_ms=now_ms())
@@ -157,6 +163,8 @@ class Requester:
     async def _decide(self, event: RequesterEvent) -> tuple[
             list[RequesterInstruction], list[tuple[PersistJob | PersistExecution,
                                                    list[PendingWrite]]]]:
+        if not isinstance(event, Restarted):
+            await self._ready.wait()
         async with self._lock:
             instructions = self.core.handle(event, now_ms())
             queued = [(instruction, self._queue_write(instruction))
@@ -217,6 +225,10 @@ class Requester:
                 await self.store.committed(write)
             except StateConflict as exc:
                 log.warning("store refused %s: %s", instruction, exc)
+            except IllegalTransition as exc:
+                # The core asked for a transition the state table forbids: a bug, logged
+                # loudly, but one refused write must not take the whole daemon down.
+                log.error("store refused %s as illegal: %s", instruction, exc)
             except StoreError as exc:
                 log.warning("store write failed (kept to try again): %s", exc)
                 self._unpersisted.append(instruction)
@@ -233,7 +245,7 @@ class Requester:
                 while self._unpersisted:
                     try:
                         await self._write(self._unpersisted[0])
-                    except StateConflict as exc:
+                    except (StateConflict, IllegalTransition) as exc:
                         log.warning("store refused %s: %s", self._unpersisted[0], exc)
                     except StoreError:
                         break

@@ -141,3 +141,52 @@ def test_a_job_whose_end_cannot_be_written_on_a_full_disk_ends_once_there_is_roo
 def _state(requester: Daemon, job_id: str) -> str:
     result = requester.cli("describe", job_id, "--json", timeout=30)
     return json.loads(result.stdout)["State"]["State"]
+
+
+def _put_job(daemon: Daemon, command: str) -> tuple[int, dict[str, Any]]:
+    """PUT one Docker job the way Bacalhau's clients do; (HTTP status, JSON answer)."""
+    import urllib.error
+    import urllib.request
+
+    body = {"Job": {"Type": "batch", "Count": 1, "Tasks": [{
+        "Name": "main", "Publisher": {"Type": "local"},
+        "Engine": {"Type": "docker",
+                   "Params": {"Image": "busybox", "Parameters": ["sh", "-c", command]}}}]}}
+    request = urllib.request.Request(
+        f"{daemon.api_url}/api/v1/orchestrator/jobs", data=json.dumps(body).encode(),
+        method="PUT", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_jobs_put_while_a_restarted_requester_starts_up_are_taken_not_refused(
+    tmp_path_factory: pytest.TempPathFactory, busybox_image: str
+) -> None:
+    """The API answers before libp2p and the requester are up. Jobs PUT in that moment, on
+    a requester that restarts with unfinished jobs in its store, wait for it: none is refused
+    ("not an orchestrator"), the daemon does not fall over taking up its stored jobs beside
+    the new ones (it once died writing Queued -> Queued), and every job completes once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with DaemonPool(tmp_path_factory.mktemp("put-at-start")) as pool:
+        node = pool.start("solo")
+        stored = [_put_job(node, "sleep 2")[1]["JobID"] for _ in range(4)]
+        node.kill()
+        node.launch()
+        wait_until(lambda: _answers(node), timeout=30, interval=0.01, what="the API")
+        with ThreadPoolExecutor(8) as threads:
+            answers = list(threads.map(lambda i: _put_job(node, f"echo {i}"), range(8)))
+        assert all(status == 200 for status, _ in answers), answers
+        fresh = [answer["JobID"] for _, answer in answers]
+        _assert_each_completed_exactly_once(node, stored + fresh)
+        assert node.running, node.stderr
+
+
+def _answers(daemon: Daemon) -> bool:
+    try:
+        return daemon.api("/api/v1/agent/alive", timeout=1) == {"Status": "OK"}
+    except (OSError, ValueError):
+        return False
