@@ -43,6 +43,7 @@ from protocol.messages import (
 from protocol.scheduling import NodePolicy
 from protocol.states import ExecutionState
 
+from .config import default_max_jobs
 from .core import ComputeCore
 from .core.events import (
     Announced,
@@ -98,7 +99,7 @@ class Compute:
         publishers: PublisherRegistry,
         results_root: Path,
         storages: Any = None,
-        max_jobs: int = 0,
+        max_jobs: int | None = None,
         send_local: Callable[[Message, bytes | None], Awaitable[None]] | None = None,
         outbox: Any = None,
     ) -> None:
@@ -109,7 +110,9 @@ class Compute:
         self.publishers = publishers
         self.storages = storages
         self.results_root = results_root
-        self.core = ComputeCore(mesh.peer_id, policy, max_jobs=max_jobs or (os.cpu_count() or 1),
+        if max_jobs is None:
+            max_jobs = default_max_jobs(os.cpu_count() or 1)
+        self.core = ComputeCore(mesh.peer_id, policy, max_jobs=max_jobs,
                                 measure_inputs=storages is not None)
         self._running: dict[str, _Running] = {}
         self._send_local = send_local

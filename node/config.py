@@ -26,6 +26,16 @@ class ConfigError(Exception):
     """A setting is invalid; the message names the setting, where it came from, and the fix."""
 
 
+def default_max_jobs(cpus: int) -> int:
+    """As many executions as Bacalhau runs at once of a job that asks for no CPU: it offers
+    80 % of a node's CPUs and gives such a job 500m, so 3 on 2 CPUs, 12 on 8.
+
+    More than one per CPU pays: a short container spends most of its life being created,
+    started and removed by dockerd, so a third one in flight overlaps two that run.
+    """
+    return max(1, cpus * 8 // 5)
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     data_dir: Path = DEFAULT_DATA_DIR
@@ -39,9 +49,8 @@ class NodeConfig:
     limit_cpu: str = ""
     limit_memory: str = ""
     limit_disk: str = ""
-    #: Executions that run at once; accepted ones beyond that wait their turn. One per CPU,
-    #: as Bacalhau runs them (more only make each slower); 0: no limit.
-    max_jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: Executions that run at once; the rest wait their turn at the requester. 0: no limit.
+    max_jobs: int = field(default_factory=lambda: default_max_jobs(os.cpu_count() or 1))
     #: Seconds an execution may run when its job sets no timeout (Bacalhau's JobDefaults);
     #: applied by the orchestrator when the job is submitted. 0: no limit.
     default_execution_timeout: int = 1800

@@ -33,7 +33,8 @@ def main() -> None:
 @click.option("--limit-memory", help="memory this node offers, e.g. 4Gi")
 @click.option("--limit-disk", help="disk this node offers, e.g. 100Gi")
 @click.option("--max-jobs", type=int,
-              help="executions at once, the rest wait (0: no limit) [default: one per CPU]")
+              help="executions at once, the rest wait (0: no limit) "
+                   "[default: 1.6 per CPU, as Bacalhau]")
 @click.option("--default-execution-timeout", type=int,
               help="seconds a job that sets no timeout may run, 0 for no limit [default: 1800]")
 @click.option("--mdns/--no-mdns", default=None, help="find peers on the LAN by mDNS [default: on]")

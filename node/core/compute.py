@@ -66,7 +66,7 @@ class ComputeCore:
                  measure_inputs: bool = True) -> None:
         self.node_id = node_id
         self.policy = policy
-        self.max_jobs = max(1, max_jobs)
+        self.max_jobs = max(0, max_jobs)  # 0: no limit
         self.measure_inputs = measure_inputs
         self.slots: dict[str, Slot] = {}
         self.reserved = Capacity()
@@ -141,7 +141,7 @@ class ComputeCore:
                       f"{format_bytes(max(0, self.policy.total.disk - needs.disk))} disk")
         in_use = self.containers
         needs_slot = job.task.engine.type not in CONTAINERLESS_ENGINES
-        if reason is None and ((needs_slot and in_use >= self.max_jobs)
+        if reason is None and ((needs_slot and self.max_jobs and in_use >= self.max_jobs)
                                or not needs.fits_in(self.free)):
             busy = True
             reason = f"busy: {in_use} of {self.max_jobs} slot(s) in use"

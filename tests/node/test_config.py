@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from node.config import DEFAULT_API_PORT, DEFAULT_LISTEN, ConfigError, NodeConfig, load_config
+from node.config import (
+    DEFAULT_API_PORT,
+    DEFAULT_LISTEN,
+    ConfigError,
+    NodeConfig,
+    default_max_jobs,
+    load_config,
+)
 
 
 def write(path: Path, text: str) -> Path:
@@ -166,8 +173,10 @@ def test_default_execution_timeout_is_a_setting(tmp_path):
         load({"data_dir": str(tmp_path), "default_execution_timeout": -1})
 
 
-def test_executions_at_once_default_to_one_per_cpu(tmp_path):
+def test_executions_at_once_default_to_as_many_as_bacalhau_runs(tmp_path):
     import os
 
-    assert load({"data_dir": str(tmp_path)}).max_jobs == (os.cpu_count() or 1)
+    # Bacalhau offers 80 % of the CPUs and gives a job that asks for none 500m.
+    assert [default_max_jobs(cpus) for cpus in (1, 2, 4, 8)] == [1, 3, 6, 12]
+    assert load({"data_dir": str(tmp_path)}).max_jobs == default_max_jobs(os.cpu_count() or 1)
     assert load({"data_dir": str(tmp_path), "max_jobs": 0}).max_jobs == 0  # no limit

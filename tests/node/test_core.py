@@ -283,6 +283,12 @@ def test_a_node_with_every_slot_taken_declines_as_busy() -> None:
     assert core.running == 2
 
 
+def test_max_jobs_zero_means_no_limit() -> None:
+    core = ComputeCore("me", POLICY, max_jobs=0)
+    bids = [of(SendBid, core.handle(announce(job()), 0))[0].bid for _ in range(20)]
+    assert all(b.accept for b in bids) and core.running == 20
+
+
 def test_a_node_not_named_in_the_announcement_stays_quiet() -> None:
     core = ComputeCore("me", POLICY, max_jobs=2)
     assert core.handle(announce(job(), candidates=("someone-else",)), 0) == []
