@@ -364,11 +364,16 @@ class Compute:
                 # The slot is free before the requester hears the execution ended, so the
                 # job it places next on hearing it finds the room.
                 await self._handle(ExecutionEnded(execution.execution_id))
-            await self._deliver(execution.requester, update)
+            # A state on the way (Running, Publishing) is news, not a promise: if it is
+            # lost, the final state stands for it (the requester fills in the steps) and a
+            # restarted node never resumes the execution anyway. Only the end is kept.
+            await self._deliver(execution.requester, update, durable=state.is_terminal)
 
-    async def _deliver(self, peer: str, message: Message, sealed: bytes | None = None) -> None:
-        """Send ``message`` to ``peer``; what it does not acknowledge is kept in the outbox
-        and sent again (sealed afresh) until it does, across restarts too."""
+    async def _deliver(self, peer: str, message: Message, sealed: bytes | None = None, *,
+                       durable: bool = True) -> None:
+        """Send ``message`` to ``peer``; when ``durable``, what it does not acknowledge is
+        kept in the outbox and sent again (sealed afresh) until it does, across restarts
+        too."""
         if peer == self.peer_id and self._send_local is not None:
             # Our own requester: no outbox, and no signature to make and check again (a
             # result record keeps the one it has, which is what gets stored and verified).
@@ -376,7 +381,7 @@ class Compute:
             return
         if sealed is None:
             sealed = seal_message(self.mesh.key, message, now_ms=now_ms())
-        if self._outbox is None:
+        if self._outbox is None or not durable:
             try:
                 await self.mesh.request(peer, sealed)
             except MeshError as exc:
