@@ -284,7 +284,7 @@ class Compute:
             execution_id=execution.execution_id,
             job_id=job.id or "",
             engine=task.engine,
-            resources=task.resources,
+            resources=task.resources.or_defaults(self.policy.job_defaults),
             network=task.network.type,
             # What is left of the one deadline, after staging (and the executor's pull).
             timeout_seconds=self._seconds_left(execution),

@@ -54,6 +54,9 @@ class NodeConfig:
     #: Seconds an execution may run when its job sets no timeout (Bacalhau's JobDefaults);
     #: applied by the orchestrator when the job is submitted. 0: no limit.
     default_execution_timeout: int = 1800
+    #: What a job that requests no CPU or memory runs with here (Bacalhau's JobDefaults).
+    default_job_cpu: str = "500m"
+    default_job_memory: str = "512Mb"
     mdns: bool = True
     swarm_key: Path | None = None
     #: As Bacalhau's. Changes in load are announced within a second anyway, so this is
@@ -151,7 +154,8 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
 
 def _validate(config: NodeConfig) -> NodeConfig:
     for name, parser in (("limit_cpu", parse_cpu), ("limit_memory", parse_bytes),
-                         ("limit_disk", lambda text: parse_bytes(text, what="disk"))):
+                         ("limit_disk", lambda text: parse_bytes(text, what="disk")),
+                         ("default_job_cpu", parse_cpu), ("default_job_memory", parse_bytes)):
         text = getattr(config, name)
         if text:
             try:

@@ -25,6 +25,7 @@ import trio
 import protocol
 from protocol.envelope import Envelope, EnvelopeVerifier, encode_envelope
 from protocol.errors import RemoteProtocolError
+from protocol.jobspec import Resources
 from protocol.messages import (
     Bid,
     BidDecision,
@@ -317,6 +318,8 @@ class Daemon:
                 total=self.total,
                 allow_networked_jobs=self.config.allow_networked_jobs,
                 image_allowlist=self.config.allowed_images,
+                job_defaults=Resources(cpu_milli=parse_cpu(self.config.default_job_cpu),
+                                       memory=parse_bytes(self.config.default_job_memory)),
             ),
             executors=executors,
             publishers=publishers,

@@ -35,6 +35,10 @@ def main() -> None:
 @click.option("--max-jobs", type=int,
               help="executions at once, the rest wait (0: no limit) "
                    "[default: 1.6 per CPU, as Bacalhau]")
+@click.option("--default-job-cpu",
+              help="CPU a job that asks for none runs with, e.g. 1 or 500m [default: 500m]")
+@click.option("--default-job-memory",
+              help="memory a job that asks for none runs with, e.g. 1Gi [default: 512Mb]")
 @click.option("--default-execution-timeout", type=int,
               help="seconds a job that sets no timeout may run, 0 for no limit [default: 1800]")
 @click.option("--mdns/--no-mdns", default=None, help="find peers on the LAN by mDNS [default: on]")

@@ -239,6 +239,12 @@ class Resources:
             out["GPU"] = str(self.gpu)
         return out
 
+    def or_defaults(self, defaults: Resources) -> Resources:
+        """These resources, with a node's ``defaults`` for the CPU and memory not requested
+        (Bacalhau's ``JobDefaults``): no container runs without limits."""
+        return replace(self, cpu_milli=self.cpu_milli or defaults.cpu_milli,
+                       memory=self.memory or defaults.memory)
+
 
 @dataclass(frozen=True)
 class NetworkSpec:

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from .jobspec import Job
+from .jobspec import Job, Resources
 from .messages import Bid, Capacity
 from .quantities import format_bytes, format_cpu
 
@@ -42,11 +42,13 @@ class NodePolicy:
     allow_networked_jobs: bool = False
     #: Glob patterns (``busybox*``, ``ghcr.io/org/*``); empty means any image.
     image_allowlist: tuple[str, ...] = ()
+    #: What a job that requests no CPU or memory runs with, and reserves.
+    job_defaults: Resources = Resources()
 
 
-def job_requirements(job: Job) -> Capacity:
-    """The capacity one execution of ``job`` reserves on its node."""
-    resources = job.task.resources
+def job_requirements(job: Job, defaults: Resources = Resources()) -> Capacity:
+    """The capacity one execution of ``job`` reserves on a node with these ``defaults``."""
+    resources = job.task.resources.or_defaults(defaults)
     return Capacity(
         cpu_milli=resources.cpu_milli,
         memory=resources.memory,
@@ -74,7 +76,7 @@ def decline_reason(job: Job, policy: NodePolicy) -> str | None:
         fnmatchcase(task.engine.image, pattern) for pattern in policy.image_allowlist
     ):
         return f"image {task.engine.image!r} is not on this node's allow-list"
-    return _capacity_shortfall(job_requirements(job), policy.total)
+    return _capacity_shortfall(job_requirements(job, policy.job_defaults), policy.total)
 
 
 def _capacity_shortfall(needed: Capacity, total: Capacity) -> str | None:

@@ -133,7 +133,7 @@ class ComputeCore:
 
     def _bid(self, announcement: JobAnnouncement, job: Job, execution_id: str, now: int,
              inputs_bytes: int | None) -> list[ComputeInstruction]:
-        needs = job_requirements(job)
+        needs = job_requirements(job, self.policy.job_defaults)
         reason = self._refusal(job)
         busy = False
         if reason is None and inputs_bytes and inputs_bytes > self.policy.total.disk - needs.disk:

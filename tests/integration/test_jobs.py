@@ -100,6 +100,25 @@ def test_job_too_big_for_every_node_gets_no_bid(devnet: list[Daemon]) -> None:
     assert "no node can run this job — 3 node(s): needs 4Ti memory" in result.stderr
 
 
+def test_a_job_that_asks_for_no_limits_runs_with_the_nodes_defaults(
+        devnet: list[Daemon]) -> None:
+    """Bacalhau's JobDefaults: 500m of CPU and 512Mb of memory, never no limit at all."""
+    script = ("cat /sys/fs/cgroup/memory.max 2>/dev/null "
+              "|| cat /sys/fs/cgroup/memory/memory.limit_in_bytes; "
+              "cat /sys/fs/cgroup/cpu.max 2>/dev/null "
+              "|| echo $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) "
+              "$(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)")
+    job_id, result = submit(devnet[0], "busybox", "--", "sh", "-c", script)
+    assert result.returncode == 0, result.stderr
+    (execution,) = describe(devnet[0], job_id)["State"]["Executions"]
+    assert execution["RunOutput"]["stdout"].split("\n")[:2] == ["512000000", "50000 100000"]
+    job_id, result = submit(devnet[0], "--memory", "64Mi", "--cpu", "250m", "busybox", "--",
+                            "sh", "-c", script)
+    (execution,) = describe(devnet[0], job_id)["State"]["Executions"]
+    assert execution["RunOutput"]["stdout"].split("\n")[:2] == [str(64 * 1024**2),
+                                                                 "25000 100000"]
+
+
 def test_selector_places_the_job_on_the_matching_node(devnet: list[Daemon]) -> None:
     zone_b = devnet[1]
     for _ in range(3):
