@@ -33,6 +33,12 @@ from protocol.selectors import Constraint, parse_selector
 from . import api_models as models
 
 API_PREFIX = "/api/v1"
+#: The largest request body the API reads (a job spec is far smaller: see
+#: ``protocol.messages.MAX_JOB_BYTES``); bigger ones are refused before they are read.
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+#: Routes that take uploads, spooled to disk as they arrive: the disk bounds them
+#: (``api_ipfs.MAX_UPLOAD_BYTES``), not ``MAX_REQUEST_BYTES``.
+UPLOAD_PATHS = frozenset({f"{API_PREFIX}/ipfs/add"})
 
 
 class ApiBindError(Exception):
@@ -172,6 +178,30 @@ def error_response(status: int, message: str) -> JSONResponse:
     })
 
 
+def _too_large_message(method: str, path: str) -> str:
+    return (f"the request body is larger than the {MAX_REQUEST_BYTES // 2**20} MiB {method} "
+            f"{path} takes; put data in a job's inputs (S3, IPFS or a URL), not in the request")
+
+
+class _DeclaredSizeLimit:
+    """Refuse, as an ``APIError``, a request whose Content-Length is over the limit before a
+    byte of its body is read. Bodies without one are counted as they arrive by FastAPI's
+    ``max_body_size``, which answers in plain text; uploads (``ipfs add``) are exempt."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] not in UPLOAD_PATHS:
+            declared = dict(scope["headers"]).get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+                response = error_response(413, _too_large_message(scope["method"],
+                                                                  scope["path"]))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     problems = []
     for error in exc.errors():
@@ -216,6 +246,7 @@ def create_app(node: NodeView) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         responses={code: {"model": models.ApiError} for code in (400, 404, 500, 502, 503, 504)},
+        max_body_size=MAX_REQUEST_BYTES,
     )
 
     @app.exception_handler(StarletteHTTPException)
@@ -225,6 +256,8 @@ def create_app(node: NodeView) -> FastAPI:
             message = f"no such endpoint: {request.method} {request.url.path}"
         elif exc.status_code == 405 and message == "Method Not Allowed":
             message = f"bacnode does not serve {request.method} {request.url.path}"
+        elif exc.status_code == 413:
+            message = _too_large_message(request.method, request.url.path)
         return error_response(exc.status_code, message)
 
     @app.exception_handler(RequestValidationError)
@@ -399,8 +432,10 @@ async def serve_api(
     config.errorlog = None
     config.graceful_timeout = 2.0
     try:
+        # Outermost, so that it answers before FastAPI's own limit (plain text) does.
         await hypercorn_serve(
-            app, config, shutdown_trigger=shutdown_trigger, task_status=task_status
+            _DeclaredSizeLimit(app), config, shutdown_trigger=shutdown_trigger,
+            task_status=task_status,
         )
     except* OSError as group:
         error: BaseException = group

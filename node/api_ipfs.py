@@ -40,6 +40,10 @@ def _storage_error(exc: OSError, doing: str) -> HTTPException:
     return HTTPException(500, f"{doing}: {exc.strerror or exc}; nothing was added")
 
 
+#: What one ``ipfs add`` may upload.
+MAX_UPLOAD_BYTES = 1 << 40
+
+
 def add_ipfs_routes(
     app: FastAPI,
     get_ipfs: Callable[[], IpfsNode | None],
@@ -51,7 +55,8 @@ def add_ipfs_routes(
             raise HTTPException(503, "IPFS is not running on this node yet")
         return ipfs
 
-    @app.post(f"{API}/ipfs/add", tags=["ipfs"])
+    # An upload is spooled to disk as it arrives: the disk bounds it, not the API's limit.
+    @app.post(f"{API}/ipfs/add", tags=["ipfs"], max_body_size=MAX_UPLOAD_BYTES)
     async def add(request: Request) -> dict[str, Any]:
         """Import an uncompressed tar of one file or directory; pin it; return its CID."""
         ipfs = need_ipfs()

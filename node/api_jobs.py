@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from protocol.errors import SpecError
 from protocol.jobspec import Job
-from protocol.messages import ManifestEntry, published_spec_config
+from protocol.messages import ManifestEntry, job_too_big, published_spec_config
 from protocol.states import DESIRED_STATE_CODES, EXECUTION_STATE_CODES, ExecutionState
 
 from . import api_models as models
@@ -343,6 +343,8 @@ def add_job_routes(app: FastAPI, store: Store,
             job = Job.from_dict(document)
         except SpecError as exc:
             raise HTTPException(400, str(exc)) from None
+        if (too_big := job_too_big(job.to_dict())) is not None:
+            raise HTTPException(400, too_big)
         job_id = await (await need_requester()).submit(job)
         return {"JobID": job_id, "EvaluationID": f"ev-{job_id[2:]}", "Warnings": []}
 

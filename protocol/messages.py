@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from . import codec
 from .cid import Cid, IpfsFormatError
-from .envelope import Envelope, EnvelopeVerifier, seal
+from .envelope import MAX_BODY_BYTES, Envelope, EnvelopeVerifier, seal
 from .errors import MalformedMessage, SenderMismatch, SpecError, UnknownMessageType
 from .identity import NodeKey, is_peer_id
 
@@ -172,6 +172,23 @@ class Capacity(Record):
         return all(getattr(self, f.name) <= getattr(other, f.name) for f in fields(self))
 
 
+#: Most nodes an announcement names; a wider circle is an open announcement.
+MAX_CANDIDATES = 256
+#: The largest job spec, encoded, that an announcement carries: a message body's limit less
+#: room for the announcement's other fields and ``MAX_CANDIDATES`` peer IDs.
+MAX_JOB_BYTES = MAX_BODY_BYTES - 32 * 1024
+
+
+def job_too_big(job: Mapping[str, Any]) -> str | None:
+    """Why the job spec ``job`` cannot be announced, or None when it can."""
+    size = len(codec.encode(job))
+    if size <= MAX_JOB_BYTES:
+        return None
+    return (f"the job spec is {size // 1024} KiB encoded and a job announcement carries at "
+            f"most {MAX_JOB_BYTES // 1024} KiB: put data in inputs (S3, IPFS or a URL), not "
+            "in the spec")
+
+
 @dataclass(frozen=True)
 class JobAnnouncement(Message):
     """A requester offers a job to the mesh; ``job`` is the validated spec map."""
@@ -188,6 +205,9 @@ class JobAnnouncement(Message):
     def _validate(self, path: str) -> None:
         _check_job_id(self.job_id, path)
         _check_peer(self.requester, f"{path}.requester")
+        if len(self.candidates) > MAX_CANDIDATES:
+            raise MalformedMessage(f"{path}.candidates: {len(self.candidates)} nodes named, "
+                                   f"at most {MAX_CANDIDATES}")
         for i, candidate in enumerate(self.candidates):
             _check_peer(candidate, f"{path}.candidates[{i}]")
         from .jobspec import Job

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from protocol.envelope import MAX_SKEW_MS
 from protocol.jobspec import Job
 from protocol.messages import (
+    MAX_CANDIDATES,
     Bid,
     BidDecision,
     ExecutionUpdate,
@@ -239,8 +240,11 @@ class RequesterCore:
         plan.retry_at_ms = None
         plan.width = max(plan.width * 2, needed + BID_FANOUT)
         candidates = self._candidates(plan.job, now, exclude=plan.tried_nodes())
-        # Knowing too few nodes (heartbeats take a while after a start), ask everyone.
-        asked = frozenset(candidates[:plan.width]) if len(candidates) >= needed else frozenset()
+        # Knowing too few nodes (heartbeats take a while after a start), or a circle wider
+        # than an announcement can name: ask everyone.
+        asked = frozenset(candidates[:plan.width])
+        if len(candidates) < needed or len(asked) > MAX_CANDIDATES:
+            asked = frozenset()
         plan.round = _Round(asked, now)
         self._out.append(Announce(JobAnnouncement(
             job_id=plan.job_id,

@@ -119,6 +119,49 @@ def test_a_job_that_asks_for_no_limits_runs_with_the_nodes_defaults(
                                                                  "25000 100000"]
 
 
+def _put(node: Daemon, body: bytes) -> tuple[int, dict[str, Any]]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{node.api_url}/api/v1/orchestrator/jobs", data=body,
+                                     method="PUT", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_requests_too_big_for_the_api_or_for_an_announcement_are_refused_up_front(
+        devnet: list[Daemon]) -> None:
+    """A job that cannot be announced once failed as "no node bid in time"; a 300 MB PUT took
+    1.1 GB of memory. Both are refused at once, saying why, and nothing is stored."""
+    node = devnet[0]
+    before = len(json.loads(run(node, "list", "--output", "json").stdout))
+    spec = {"Type": "batch", "Tasks": [{"Name": "t", "Engine": {"Type": "noop"},
+                                        "Env": {"DATA": "x" * (600 * 1024)}}]}
+    status, answer = _put(node, json.dumps({"Job": spec}).encode())
+    assert status == 400, answer
+    assert answer["Message"].startswith("the job spec is 600 KiB encoded and a job "
+                                        "announcement carries at most 480 KiB")
+    # Only the headers are sent: the answer must come without the body being read.
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", node.api_port, timeout=30)
+    connection.putrequest("PUT", "/api/v1/orchestrator/jobs")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(300 * 1024 * 1024))
+    connection.endheaders()
+    response = connection.getresponse()
+    status, answer = response.status, json.loads(response.read())
+    connection.close()
+    assert status == 413, answer
+    assert answer["Message"].startswith("the request body is larger than the 4 MiB PUT "
+                                        "/api/v1/orchestrator/jobs takes")
+    assert len(json.loads(run(node, "list", "--output", "json").stdout)) == before
+    assert node.running
+
+
 def test_selector_places_the_job_on_the_matching_node(devnet: list[Daemon]) -> None:
     zone_b = devnet[1]
     for _ in range(3):

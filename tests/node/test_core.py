@@ -32,7 +32,14 @@ from node.core.events import (
 )
 from node.core.requester import DEADLINE_GRACE_MS, MAX_RETRIES
 from protocol.jobspec import Job
-from protocol.messages import Bid, BidDecision, Capacity, ExecutionUpdate, NodeInfo
+from protocol.messages import (
+    MAX_CANDIDATES,
+    Bid,
+    BidDecision,
+    Capacity,
+    ExecutionUpdate,
+    NodeInfo,
+)
 from protocol.scheduling import NodePolicy
 from protocol.states import ExecutionState, JobState
 
@@ -108,6 +115,26 @@ def test_only_the_nearest_nodes_are_asked_and_the_decision_waits_for_no_one_else
     assert len(accepted) == 1
     assert accepted[0].deadline_ms == 5 + 60_000  # fixed at acceptance
     assert len(of(SendDecision, out)) == 3  # the two others are told, to free their slots
+
+
+def test_a_widening_circle_never_names_more_nodes_than_an_announcement_holds() -> None:
+    """Every node busy, round after round: the circle doubles until it would name more than
+    ``MAX_CANDIDATES``, and then the announcement is open to all instead."""
+    nodes = [f"n{i:04d}" for i in range(1000)]
+    core = requester_with(*nodes)
+    the_job = job(queue_timeout=600)
+    out, now, sizes = core.handle(Submitted(the_job), 0), 0, []
+    while now < 120_000 and (not sizes or sizes[-1]):
+        for announce in of(Announce, out):
+            named = announce.announcement.candidates
+            sizes.append(len(named))
+            for node in named:
+                core.handle(BidReceived(bid(the_job.id or "", node, accept=False, busy=True)),
+                            now)
+        now += 1000
+        out = core.handle(Tick(), now)
+    assert sizes[:4] == [3, 6, 12, 24] and sizes[-1] == 0
+    assert max(sizes) <= MAX_CANDIDATES
 
 
 def test_count_4_on_3_nodes_queues_until_its_queue_timeout_then_fails_with_the_reason() -> None:

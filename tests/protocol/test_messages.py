@@ -130,6 +130,38 @@ def test_announcement_with_invalid_job_is_malformed():
         JobAnnouncement.from_body(body)
 
 
+def test_an_announcement_names_at_most_max_candidates_nodes():
+    from protocol.messages import MAX_CANDIDATES, JobAnnouncement
+
+    body = {
+        "job_id": new_job_id(),
+        "requester": KEYS[0].peer_id,
+        "job": {"Type": "batch", "Tasks": [{"Name": "t", "Engine": {"Type": "noop"}}]},
+        "bid_deadline_ms": 0,
+        "candidates": [KEYS[0].peer_id] * MAX_CANDIDATES,
+    }
+    JobAnnouncement.from_body(body)
+    body["candidates"].append(KEYS[1].peer_id)
+    with pytest.raises(MalformedMessage, match=r"candidates: 257 nodes named, at most 256"):
+        JobAnnouncement.from_body(body)
+
+
+def test_a_job_spec_too_big_for_an_announcement_says_so():
+    from protocol.jobspec import Job
+    from protocol.messages import MAX_JOB_BYTES, job_too_big
+
+    def spec(env_bytes: int) -> dict:
+        return Job.from_dict({"Type": "batch", "Tasks": [{
+            "Name": "t", "Engine": {"Type": "noop"},
+            "Env": {"DATA": "x" * env_bytes}}]}).to_dict()
+
+    assert job_too_big(spec(MAX_JOB_BYTES - 1024)) is None
+    message = job_too_big(spec(600 * 1024))
+    assert message is not None
+    assert message.startswith("the job spec is 600 KiB encoded and a job announcement carries "
+                              "at most 480 KiB")
+
+
 def test_unknown_type_in_verified_envelope():
     from protocol.envelope import Envelope
     from protocol.errors import UnknownMessageType
