@@ -26,6 +26,20 @@ def config_file_path() -> Path:
     return Path(data_dir).expanduser() / "config.yaml"
 
 
+def _api_key() -> str:
+    """The key the daemon's API asks for, when it asks: ``$BACNODE_API_KEY``, else
+    ``$BACALHAU_API_KEY`` (as Bacalhau's CLI), else the key file of the daemon this user
+    runs on this machine (``<data dir>/api-key``); empty when there is none."""
+    given = os.environ.get("BACNODE_API_KEY") or os.environ.get("BACALHAU_API_KEY")
+    if given:
+        return given.strip()
+    data_dir = os.environ.get("BACNODE_DATA_DIR") or "~/.bacnode"
+    try:
+        return (Path(data_dir).expanduser() / "api-key").read_text().strip()
+    except OSError:  # none, or not ours to read
+        return ""
+
+
 def _config_file_api() -> dict[str, Any]:
     """``api_host``/``api_port`` from the daemon's config file, if there is one: the CLI
     then reaches the daemon configured on this machine without flags. Flags and
@@ -65,6 +79,7 @@ class ApiClient:
         except ValueError:
             raise ApiError(f"API port {given_port!r} is not a port number") from None
         self.timeout = timeout
+        self.headers = {"Authorization": f"Bearer {key}"} if (key := _api_key()) else {}
 
     @property
     def base_url(self) -> str:
@@ -79,7 +94,7 @@ class ApiClient:
             self.base_url + path,
             data=data,
             method=method,
-            headers={"Content-Type": "application/json"} if data else {},
+            headers={**self.headers, **({"Content-Type": "application/json"} if data else {})},
         )
         return self._send(request)
 
@@ -92,7 +107,8 @@ class ApiClient:
 
         request = urllib.request.Request(
             self.base_url + path, data=chunks, method="POST",
-            headers={"Content-Type": content_type, "Transfer-Encoding": "chunked"})
+            headers={**self.headers, "Content-Type": content_type,
+                     "Transfer-Encoding": "chunked"})
         return self._send(request)
 
     def _send(self, request: urllib.request.Request) -> Any:
@@ -108,7 +124,7 @@ class ApiClient:
         import urllib.request
 
         if isinstance(target, str):
-            target = self.base_url + target
+            target = urllib.request.Request(self.base_url + target, headers=self.headers)
         try:
             return urllib.request.urlopen(target, timeout=timeout or self.timeout)
         except urllib.error.HTTPError as exc:

@@ -31,6 +31,7 @@ from protocol.messages import Capacity, NodeInfo
 from protocol.selectors import Constraint, parse_selector
 
 from . import api_models as models
+from .api_auth import RequireKey
 
 API_PREFIX = "/api/v1"
 #: The largest request body the API reads (a job spec is far smaller: see
@@ -380,7 +381,8 @@ def create_app(node: NodeView) -> FastAPI:
         from .api_jobs import add_job_routes
 
         add_job_routes(app, node.store, node.ready_requester,  # type: ignore[attr-defined]
-                       node.fetch_results_tar, node.follow_logs)  # type: ignore[attr-defined]
+                       node.fetch_results_tar, node.follow_logs,  # type: ignore[attr-defined]
+                       api_key=getattr(node, "api_key", ""))
     if hasattr(node, "ipfs_candidates"):
         from .api_ipfs import add_ipfs_routes
 
@@ -423,9 +425,11 @@ async def serve_api(
     port: int,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
+    api_key: str = "",
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` until ``shutdown_trigger`` returns; reports the bound URLs once ready."""
+    """Serve ``app`` until ``shutdown_trigger`` returns; reports the bound URLs once ready.
+    With an ``api_key``, every request but a liveness probe must carry it."""
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
@@ -433,8 +437,11 @@ async def serve_api(
     config.graceful_timeout = 2.0
     try:
         # Outermost, so that it answers before FastAPI's own limit (plain text) does.
+        guarded: Any = _DeclaredSizeLimit(app)
+        if api_key:
+            guarded = RequireKey(guarded, api_key, error_response)
         await hypercorn_serve(
-            _DeclaredSizeLimit(app), config, shutdown_trigger=shutdown_trigger,
+            guarded, config, shutdown_trigger=shutdown_trigger,
             task_status=task_status,
         )
     except* OSError as group:

@@ -28,6 +28,7 @@ from protocol.states import DESIRED_STATE_CODES, EXECUTION_STATE_CODES, Executio
 
 from . import api_models as models
 from .api import label_selectors, rfc3339
+from .api_auth import download_signature
 from .mesh import MeshError
 from .requester import Requester
 from .store import (
@@ -316,7 +317,7 @@ async def _when_ended(store: Store, execution: ExecutionRecord) -> ExecutionReco
 
 def add_job_routes(app: FastAPI, store: Store,
                    ready_requester: Callable[[], Awaitable[Requester | None]],
-                   results_dir: Any, follow_logs: FollowLogs) -> None:
+                   results_dir: Any, follow_logs: FollowLogs, api_key: str = "") -> None:
     async def need_requester() -> Requester:
         requester = await ready_requester()
         if requester is None:
@@ -453,7 +454,10 @@ def add_job_routes(app: FastAPI, store: Store,
                 item = {"Type": "ipfs", "Params": {"CID": published.get("CID", "")}}
             elif source == "Local":
                 base = str(request.base_url).rstrip("/")
-                url = f"{base}{API}/executions/{result.execution_id}/results.tar.gz"
+                path = f"{API}/executions/{result.execution_id}/results.tar.gz"
+                url = base + path
+                if api_key:  # a downloader sends no header: the URL carries the permission
+                    url += f"?sig={download_signature(api_key, path)}"
                 item = {"Type": "urlDownload", "Params": {"URL": url}}
             item.update(
                 {

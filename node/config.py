@@ -26,6 +26,17 @@ class ConfigError(Exception):
     """A setting is invalid; the message names the setting, where it came from, and the fix."""
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name that may resolve to anything
+
+
 def default_max_jobs(cpus: int) -> int:
     """As many executions as Bacalhau runs at once of a job that asks for no CPU: it offers
     80 % of a node's CPUs and gives such a job 500m, so 3 on 2 CPUs, 12 on 8.
@@ -43,6 +54,11 @@ class NodeConfig:
     peers: tuple[str, ...] = ()
     api_host: str = DEFAULT_API_HOST
     api_port: int = DEFAULT_API_PORT
+    #: What API requests must carry (``Authorization: Bearer``). Empty: none is needed on
+    #: loopback; one is made and kept in the data dir when the API is reachable by more than
+    #: this machine's user (see ``api_needs_key``). Set it in the config file or
+    #: ``BACNODE_API_KEY``, not on the command line, where ``ps`` shows it.
+    api_key: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     orchestrator: bool = True
     compute: bool = True
@@ -84,6 +100,17 @@ class NodeConfig:
     @property
     def key_path(self) -> Path:
         return self.data_dir / "node.key"
+
+    @property
+    def api_key_path(self) -> Path:
+        return self.data_dir / "api-key"
+
+    @property
+    def api_needs_key(self) -> bool:
+        """Whether the API must ask for a key: it listens beyond loopback, or networked jobs
+        run here, whose containers share the host's network and so reach its loopback."""
+        return bool(self.api_key) or self.allow_networked_jobs or not _is_loopback(
+            self.api_host)
 
     @property
     def store_path(self) -> Path:

@@ -45,7 +45,7 @@ from .compute import Compute
 from .config import NodeConfig
 from .executor import ExecutorRegistry, NoopExecutor
 from .ipfs import IpfsNode
-from .keys import load_or_create_key
+from .keys import load_or_create_api_key, load_or_create_key
 from .membership import Membership
 from .mesh import TOPIC_NODES, Mesh, now_ms, read_swarm_key
 from .publisher import (
@@ -86,6 +86,9 @@ class Daemon:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.key = load_or_create_key(config.key_path)
+        #: What API requests must carry; empty when none is needed.
+        self.api_key = config.api_key or (
+            load_or_create_api_key(config.api_key_path) if config.api_needs_key else "")
         self.peer_id = self.key.peer_id
         self.store: Store | None = None
         self.mesh: Mesh | None = None
@@ -260,7 +263,7 @@ class Daemon:
                 app = create_app(self)
                 api_urls = await nursery.start(
                     lambda task_status: serve_api(
-                        app, config.api_host, config.api_port,
+                        app, config.api_host, config.api_port, api_key=self.api_key,
                         shutdown_trigger=self._shutdown.wait, task_status=task_status,
                     )
                 )
@@ -406,6 +409,9 @@ class Daemon:
             f"  roles:      {', '.join(self.config.roles)}",
             f"  data dir:   {self.config.data_dir}",
             f"  API:        {', '.join(api_urls)}",
+            *([f"  API key:    {self.config.api_key_path} (or your api_key setting): clients "
+               "send it as BACNODE_API_KEY, or BACALHAU_API_KEY"]
+              if self.api_key else []),
             "  listening:  " + "\n              ".join(addresses),
             "To join this network from another machine, run:",
             f"  bacnode serve --peer {_shareable(addresses)}",

@@ -1,8 +1,10 @@
-"""The node's persistent Ed25519 identity: created once, kept 0600 in the data dir."""
+"""The node's secrets in its data dir, created once and kept 0600: its Ed25519 identity, and
+the key its API asks for when it can be reached by more than this machine's user."""
 
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -35,20 +37,48 @@ def load_or_create_key(path: Path) -> NodeKey:
     pem = Ed25519PrivateKey.from_private_bytes(key.seed).private_bytes(
         Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
     )
+    _write_private(path, pem, "node key")
+    return key
+
+
+def load_or_create_api_key(path: Path) -> str:
+    """The API key kept at ``path``, created (mode 0600) if there is none yet."""
+    if path.exists():
+        try:
+            mode = path.stat().st_mode & 0o777
+            key = path.read_text().strip()
+        except OSError as exc:
+            raise KeyFileError(f"cannot read API key {path}: {exc.strerror}") from None
+        if mode & 0o077:
+            raise KeyFileError(
+                f"API key {path} is readable by others (mode {mode:o}); run: chmod 600 {path}")
+        if len(key) < 16:
+            raise KeyFileError(f"API key {path} is shorter than 16 characters; move it away")
+        return key
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KeyFileError(f"cannot create data dir {path.parent}: {exc.strerror}") from None
+    key = secrets.token_urlsafe(32)
+    _write_private(path, key.encode() + b"\n", "API key")
+    return key
+
+
+def _write_private(path: Path, data: bytes, what: str) -> None:
+    """Write ``data`` to ``path``, readable by its owner only, all or nothing."""
     temporary = path.with_name(path.name + ".tmp")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except OSError as exc:
         raise KeyFileError(
-            f"cannot write node key {path}: {exc.strerror}; "
+            f"cannot write {what} {path}: {exc.strerror}; "
             "the data dir must be writable (choose another with --data-dir)"
         ) from None
-    return key
 
 
 def _load(path: Path) -> NodeKey:
