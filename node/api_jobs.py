@@ -24,6 +24,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from protocol.errors import SpecError
 from protocol.jobspec import Job
 from protocol.messages import ManifestEntry, job_too_big, published_spec_config
+from protocol.placeholders import key_fits_template
 from protocol.states import DESIRED_STATE_CODES, EXECUTION_STATE_CODES, ExecutionState
 
 from . import api_models as models
@@ -204,6 +205,28 @@ LOG_FOLLOW_POLL_SECONDS = 0.5
 
 #: How long a presigned S3 URL handed out by ``/results`` stays valid.
 PRESIGN_EXPIRY_SECONDS = 1800
+
+
+def _outside_publisher_spec(published: dict[str, Any], job: Job, execution_id: str,
+                            node_id: str) -> str | None:
+    """Why an S3 location a compute node's record names is not one the job's publisher
+    spec could have produced; None when it is."""
+    spec = job.task.publisher
+    s3 = published.get("S3", {})
+    if spec.type != "s3":
+        return f"the job publishes to {spec.type}, not S3"
+    for field in ("Bucket", "Endpoint", "Region"):
+        given, allowed = s3.get(field) or "", spec.params.get(field) or ""
+        # Endpoint and Region the job leaves to the node are the node's own defaults.
+        if (allowed or field == "Bucket") and given != allowed:
+            return f"{field} {given!r} is not the job's {allowed!r}"
+    compressed = bool(s3.get("Compress", True))
+    if compressed != bool(spec.params.get("Compress", False)):
+        return "its compression is not the job's"
+    if not key_fits_template(s3.get("Key", ""), spec.params.get("Key", ""), job_id=job.id or "",
+                             execution_id=execution_id, node_id=node_id, compressed=compressed):
+        return f"key {s3.get('Key', '')!r} does not fit the job's {spec.params.get('Key', '')!r}"
+    return None
 
 
 async def _presigned(
@@ -448,6 +471,13 @@ def add_job_routes(app: FastAPI, store: Store,
             source = published.get("StorageSource")
             item = published_spec_config(published)
             if source == "S3":
+                problem = _outside_publisher_spec(published, record.job, result.execution_id,
+                                                  result.node_id)
+                if problem is not None:
+                    # This node signs with its own credentials: only what the job allowed.
+                    log.warning("not presigning the result of %s: %s", result.execution_id,
+                                problem)
+                    continue
                 item = {"Type": "s3PreSigned",
                         "Params": await _presigned(published, result.outputs)}
             elif source == "IPFS":

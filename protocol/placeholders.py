@@ -10,6 +10,7 @@ name the user did not mean.
 from __future__ import annotations
 
 import difflib
+import re
 from datetime import UTC, datetime
 
 from .errors import LocalProtocolError
@@ -18,6 +19,7 @@ __all__ = [
     "PLACEHOLDERS",
     "check_key_template",
     "find_unknown_placeholders",
+    "key_fits_template",
     "render_key",
 ]
 
@@ -112,3 +114,29 @@ def render_key(
         "time": f"{utc.hour:02d}{utc.minute:02d}{utc.second:02d}",
     }
     return "".join(values[text] if is_ph else text for _, text, is_ph in _tokens(template))
+
+
+#: Archive suffixes the S3 publisher adds to a compressed result's key when it has none.
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
+
+
+def key_fits_template(
+    key: str, template: str, *, job_id: str, execution_id: str, node_id: str, compressed: bool
+) -> bool:
+    """Whether ``render_key(template, ...)`` could have given ``key`` at some time: what a
+    requester checks before it signs anything for a key a compute node names. ``{date}``
+    and ``{time}`` match any digits of their length; a compressed result may carry the
+    archive suffix the publisher adds."""
+    try:
+        tokens = _tokens(template)
+    except LocalProtocolError:
+        return False
+    exact = {"jobID": job_id, "executionID": execution_id, "nodeID": node_id}
+    digits = {"date": r"\d{8}", "time": r"\d{6}"}
+    pattern = "".join(
+        (re.escape(exact[text]) if text in exact else digits.get(text, "(?!)"))
+        if is_placeholder else re.escape(text)
+        for _, text, is_placeholder in tokens)
+    if compressed and not template.endswith(ARCHIVE_SUFFIXES):
+        pattern += r"(\.tar\.gz)?"
+    return re.fullmatch(pattern, key) is not None

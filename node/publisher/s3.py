@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from protocol.messages import ManifestEntry
-from protocol.placeholders import render_key
+from protocol.placeholders import ARCHIVE_SUFFIXES, render_key
 
 from .base import PublishError, PublishRequest, manifest_of
 
@@ -179,7 +179,7 @@ async def publish_s3(
     compress = bool(params.get("Compress", False))
     endpoint = params.get("Endpoint") or None
     region = params.get("Region") or None
-    if compress and not key.endswith((".tar.gz", ".tgz")):
+    if compress and not key.endswith(ARCHIVE_SUFFIXES):
         key += ".tar.gz"
 
     def upload() -> dict[str, Any]:

@@ -9,6 +9,7 @@ from protocol.placeholders import (
     PLACEHOLDERS,
     check_key_template,
     find_unknown_placeholders,
+    key_fits_template,
     render_key,
 )
 
@@ -108,3 +109,31 @@ def test_render_refuses_unknown_placeholder():
 def test_render_replaces_every_placeholder(parts):
     key = render_key("".join(parts), now=datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC), **IDS)
     assert "{" not in key and "}" not in key
+
+
+@given(st.sampled_from(["results/{jobID}", "r/{date}/{time}/{executionID}-{nodeID}.tgz",
+                        "{jobID}/{date}", "fixed/key"]),
+       st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)))
+def test_every_rendered_key_fits_its_template_and_no_other(template, now):
+    ids = {"job_id": "j-abc", "execution_id": "e-def", "node_id": "12D3KooWnode"}
+    key = render_key(template, now=now, **ids)
+    assert key_fits_template(key, template, compressed=False, **ids)
+    # The publisher adds ".tar.gz" to a compressed result's key unless it has an archive
+    # suffix already.
+    suffixed = key_fits_template(key + ".tar.gz", template, compressed=True, **ids)
+    assert suffixed is not template.endswith(".tgz")
+    assert not key_fits_template("other/" + key, template, compressed=False, **ids)
+    if "{jobID}" in template:
+        assert not key_fits_template(key, template, compressed=False,
+                                     **{**ids, "job_id": "j-other"})
+
+
+def test_a_key_naming_another_job_or_prefix_does_not_fit():
+    ids = {"job_id": "j-1", "execution_id": "e-1", "node_id": "n"}
+    assert key_fits_template("out/j-1-20261202.tar.gz", "out/{jobID}-{date}", compressed=True,
+                             **ids)
+    assert not key_fits_template("out/j-2-20261202", "out/{jobID}-{date}", compressed=False,
+                                 **ids)
+    assert not key_fits_template("secret/payroll.csv", "out/{jobID}", compressed=False, **ids)
+    assert not key_fits_template("out/j-1-2026", "out/{jobID}-{date}", compressed=False, **ids)
+    assert not key_fits_template("x", "out/{bad", compressed=False, **ids)
