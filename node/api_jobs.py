@@ -569,7 +569,9 @@ def add_job_routes(app: FastAPI, store: Store,
         except MeshError as exc:
             raise HTTPException(502, f"fetching results of {execution_id}: {exc}") from None
         if tar_path is None:
-            raise HTTPException(404, f"no results for {execution_id} known to this node")
+            raise HTTPException(404, f"no results for {execution_id} on this node: unknown, or "
+                                     "removed after the results retention "
+                                     "(--results-retention-hours)")
         return tar_path
 
     @app.get(f"{API}/executions/{{execution_id}}/results.tar", tags=["orchestrator"])

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -71,6 +72,9 @@ INPUT_SIZE_TIMEOUT_SECONDS = 1.5
 LOG_POLL_SECONDS = 0.25
 #: How often what requesters have not acknowledged is sent again, and for how long.
 OUTBOX_RETRY_SECONDS = 2.0
+#: Results past their retention are looked for at least this often (more often when the
+#: retention is short).
+RESULTS_GC_MAX_PERIOD_SECONDS = 3600.0
 OUTBOX_MAX_AGE_MS = 24 * 3600 * 1000
 LOG_READ_BYTES = 64 * 1024
 #: How long past an execution's deadline its staging or a hung executor is cut off.
@@ -102,6 +106,7 @@ class Compute:
         max_jobs: int | None = None,
         send_local: Callable[[Message, bytes | None], Awaitable[None]] | None = None,
         outbox: Any = None,
+        results_retention_seconds: float = 168 * 3600,
     ) -> None:
         self.mesh = mesh
         self.peer_id = mesh.peer_id
@@ -118,6 +123,7 @@ class Compute:
         self._send_local = send_local
         #: The store's outbox: updates and results wait there until their requester acks.
         self._outbox = outbox
+        self.results_retention_seconds = results_retention_seconds
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
 
@@ -139,6 +145,7 @@ class Compute:
             self._nursery = nursery
             if self._outbox is not None:
                 nursery.start_soon(self._resend_owed)
+            nursery.start_soon(self._collect_old_results)
             task_status.started()
             while True:
                 wake_at = self.core.wake_at()
@@ -224,6 +231,24 @@ class Compute:
         finally:
             self._running.pop(execution.execution_id, None)
             await self._handle(ExecutionEnded(execution.execution_id))
+            if execution.job.task.publisher.type != "local":
+                # Published elsewhere (or nowhere): nothing here is served any more.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(
+                        shutil.rmtree, self.results_root / execution.execution_id, True)
+
+    async def _collect_old_results(self) -> None:
+        """Remove results kept for the local publisher once older than the retention, and
+        what a crash left behind, now and then; never those of a running execution."""
+        period = min(RESULTS_GC_MAX_PERIOD_SECONDS,
+                     max(1.0, self.results_retention_seconds / 4))
+        while True:
+            keep = set(self._running)
+            removed = await trio.to_thread.run_sync(
+                remove_stale_results, self.results_root, self.results_retention_seconds, keep)
+            if removed:
+                log.info("removed the results of %d execution(s) past their retention", removed)
+            await trio.sleep(period)
 
     def _seconds_left(self, execution: _Running) -> int:
         """Whole seconds to the execution's deadline (0: none; at least 1 while any is left)."""
@@ -462,6 +487,31 @@ class Compute:
             return None
         path = self.results_root / execution_id
         return path if path.is_dir() else None
+
+
+def remove_stale_results(root: Path, older_than_seconds: float, keep: set[str]) -> int:
+    """Remove what ``root`` holds for an execution (its directory, ``.tar``, ``.inputs``)
+    last changed more than ``older_than_seconds`` ago, except executions in ``keep``;
+    return how many executions went."""
+    if not root.is_dir():
+        return 0
+    cutoff = time.time() - older_than_seconds
+    gone: set[str] = set()
+    for entry in root.iterdir():
+        execution_id = entry.name.split(".", 1)[0]
+        if execution_id in keep or not execution_id.startswith("e-"):
+            continue
+        try:
+            if entry.lstat().st_mtime >= cutoff:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        except OSError:
+            continue
+        gone.add(execution_id)
+    return len(gone)
 
 
 def _read_from(path: Path, offset: int, limit: int) -> bytes:

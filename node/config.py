@@ -88,6 +88,9 @@ class NodeConfig:
     ipfs_peers: tuple[str, ...] = ()
     #: How long blocks of published results and ``ipfs add`` stay after their pin, hours.
     ipfs_retention_hours: float = 168.0
+    #: How long results kept on this node for the ``local`` publisher (and downloaded
+    #: copies) stay, hours; results published elsewhere go once they are published.
+    results_retention_hours: float = 168.0
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -159,7 +162,7 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
         if not 0.05 <= seconds <= 600:
             raise ConfigError(f"{name} from {origin}: {seconds} must be within 0.05–600 s")
         return seconds
-    if name == "ipfs_retention_hours":
+    if name in ("ipfs_retention_hours", "results_retention_hours"):
         try:
             hours = float(value)
         except (TypeError, ValueError):

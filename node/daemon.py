@@ -41,7 +41,7 @@ from protocol.quantities import parse_bytes, parse_cpu
 from protocol.scheduling import NodePolicy
 
 from .api import NodeStatus, create_app, serve_api
-from .compute import Compute
+from .compute import RESULTS_GC_MAX_PERIOD_SECONDS, Compute, remove_stale_results
 from .config import NodeConfig
 from .executor import ExecutorRegistry, NoopExecutor
 from .ipfs import IpfsNode
@@ -294,6 +294,7 @@ class Daemon:
                     await nursery.start(self.requester.run)
                     self._requester_ready.set()
                 nursery.start_soon(self._heartbeat)
+                nursery.start_soon(self._collect_old_downloads)
                 self._announce_start(api_urls)
                 task_status.started(self)
                 await self._shutdown.wait()
@@ -331,6 +332,7 @@ class Daemon:
             max_jobs=self.config.max_jobs,
             send_local=self._send_local,
             outbox=self.store,
+            results_retention_seconds=self.config.results_retention_hours * 3600,
         )
         await nursery.start(compute.run)
         return compute
@@ -357,14 +359,23 @@ class Daemon:
         assert self.mesh is not None
         return self.mesh.follow_logs(node_id, execution_id)
 
+    async def _collect_old_downloads(self) -> None:
+        """Results fetched from other nodes for our users are kept as their own results
+        are: for the results retention."""
+        retention = self.config.results_retention_hours * 3600
+        while True:
+            await trio.to_thread.run_sync(
+                remove_stale_results, self.config.data_dir / "downloads", retention, set())
+            await trio.sleep(min(RESULTS_GC_MAX_PERIOD_SECONDS, max(1.0, retention / 4)))
+
     async def fetch_results_tar(self, execution_id: str) -> Path | None:
         """The results tar of one of our jobs' executions, fetched from its node if needed."""
         local = await self.results_tar(execution_id)
         if local is not None or self.store is None or self.mesh is None:
             return local
         execution = await self.store.get_execution(execution_id)
-        if execution is None:
-            return None
+        if execution is None or execution.node_id == self.peer_id:
+            return None  # unknown, or ours and gone (past the results retention)
         downloads = self.config.data_dir / "downloads"
         downloads.mkdir(exist_ok=True)
         destination = downloads / f"{execution_id}.tar"

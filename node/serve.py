@@ -54,6 +54,9 @@ def main() -> None:
               help="IPFS peer multiaddr with /p2p/<id> to fetch blocks from, repeatable")
 @click.option("--ipfs-retention-hours", type=float,
               help="keep published IPFS results this long, hours [default: 168]")
+@click.option("--results-retention-hours", type=float,
+              help="keep results published with the local publisher this long, hours "
+                   "[default: 168]")
 @click.option("--log-level", default="WARNING", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def serve(log_level: str, orchestrator: bool | None, compute: bool | None,
