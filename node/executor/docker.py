@@ -46,13 +46,18 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
+
+from protocol.quantities import format_bytes
 
 from .base import (
     OUTPUTS_TARGET,
@@ -89,6 +94,8 @@ DEFAULT_PULL_TIMEOUT = 600.0
 DEFAULT_API_TIMEOUT = 60.0
 #: How long a killed container may take to die and flush its output, and a removal.
 KILL_WAIT = 30.0
+#: How often a job with a disk limit has what it wrote measured.
+DISK_POLL_SECONDS = 0.5
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
 
 
@@ -107,6 +114,8 @@ class _Run:
         self.stdout: StreamCapture | None = None
         self.stderr: StreamCapture | None = None
         self.failure: BaseException | None = None
+        #: Bytes written when the job went over its disk limit and was killed.
+        self.over_disk: int | None = None
         self.thread_done = trio.Event()
 
     def notify_done(self) -> None:
@@ -264,7 +273,12 @@ class DockerExecutor(Executor):
     ) -> ExecutionResult:
         request = run.request
         error: str | None = None
-        if timed_out:
+        if run.over_disk is not None:
+            error = (f"the job wrote more than its disk limit of "
+                     f"{format_bytes(request.resources.disk)} (at least "
+                     f"{format_bytes(run.over_disk)} in /outputs, stdout and stderr) and was "
+                     "killed; ask for more with --disk")
+        elif timed_out:
             error = f"execution timed out after {request.timeout_seconds}s and was killed"
         elif cancelled:
             error = (
@@ -317,13 +331,40 @@ class DockerExecutor(Executor):
             name=f"bacnode docker {run.request.execution_id}",
         )
         try:
-            await run.thread_done.wait()
+            async with trio.open_nursery() as watchers:
+                if run.request.resources.disk:
+                    watchers.start_soon(self._watch_disk, client, run)
+                await run.thread_done.wait()
+                watchers.cancel_scope.cancel()
+            if run.request.resources.disk and run.over_disk is None:
+                # A job that wrote it all between two looks is over the limit all the same.
+                written = await self._written(run)
+                if written > run.request.resources.disk:
+                    run.over_disk = written
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
                 await self._kill(client, run)
                 with trio.move_on_after(KILL_WAIT):
                     await run.thread_done.wait()
             raise
+
+    async def _watch_disk(self, client: Any, run: _Run) -> None:
+        """Kill the container once what the job wrote (its outputs, stdout and stderr) is
+        over its disk limit. Polled: a fast writer may overshoot by what it writes between
+        two looks."""
+        limit = run.request.resources.disk
+        while True:
+            await trio.sleep(DISK_POLL_SECONDS)
+            written = await self._written(run)
+            if written > limit:
+                run.over_disk = written
+                await self._kill(client, run)
+                return
+
+    @staticmethod
+    async def _written(run: _Run) -> int:
+        written = await trio.to_thread.run_sync(_tree_bytes, run.request.outputs_dir)
+        return written + sum(capture.size for capture in (run.stdout, run.stderr) if capture)
 
     def _attach_start_wait(self, client: Any, run: _Run) -> None:
         """In the output thread: attach, start, stream output to the files, wait for exit."""
@@ -513,6 +554,21 @@ class DockerExecutor(Executor):
                 return False
         log.warning("removing container %s took more than %gs", container_id[:12], KILL_WAIT)
         return False
+
+
+def _tree_bytes(root: Path) -> int:
+    """Bytes in the regular files under ``root`` (links not followed), as they would be
+    published."""
+    total = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            try:
+                status = os.lstat(os.path.join(directory, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(status.st_mode):
+                total += status.st_size  # as published: a sparse file counts in full
+    return total
 
 
 def _explain(exc: BaseException) -> str:

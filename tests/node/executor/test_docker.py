@@ -471,3 +471,32 @@ def test_requests_are_checked():
         make_request(Path("/tmp"), command=["true"], inputs=[(Path("/a"), "/in"), ("/b", "/in")])
     with pytest.raises(ValueError, match="absolute"):
         make_request(Path("/tmp"), command=["true"], inputs=[(Path("/tmp"), "inputs")])
+
+
+async def test_a_job_that_writes_past_its_disk_limit_is_killed_and_fails_saying_so(
+        executor, tmp_path):
+    """--disk 10Mi once let a job write 300 MB. A slow writer is killed within a poll or
+    two; one that writes it all at once still fails, however fast it was."""
+    slow = ("i=0; while [ $i -lt 100 ]; do dd if=/dev/zero of=/outputs/f$i bs=1M count=5 "
+            "2>/dev/null; i=$((i+1)); sleep 0.1; done")
+    request = make_request(tmp_path / "slow", command=[slow],
+                           resources=Resources(disk=10 * 1024**2))
+    began = time.monotonic()
+    with trio.fail_after(60):
+        result = await executor.run(request)
+    assert time.monotonic() - began < 6  # writing it all takes over 10 s
+    assert result.error is not None and result.error.startswith(
+        "the job wrote more than its disk limit of 10Mi (at least ")
+    written = sum(f.stat().st_size for f in request.outputs_dir.iterdir())
+    assert 10 * 1024**2 < written < 100 * 1024**2
+    fast = "dd if=/dev/zero of=/outputs/big bs=1M count=30 2>/dev/null"
+    request = make_request(tmp_path / "fast", command=[fast],
+                           resources=Resources(disk=10 * 1024**2))
+    with trio.fail_after(60):
+        result = await executor.run(request)
+    assert result.error is not None and "disk limit of 10Mi" in result.error
+    within = make_request(tmp_path / "within", command=[fast.replace("30", "5")],
+                          resources=Resources(disk=10 * 1024**2))
+    with trio.fail_after(60):
+        result = await executor.run(within)
+    assert result.error is None and result.exit_code == 0
