@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.errors import LocalProtocolError
+from protocol.identity import is_peer_id
 from protocol.quantities import parse_bytes, parse_cpu
 from protocol.selectors import parse_labels
 
@@ -84,6 +85,12 @@ class NodeConfig:
     allow_networked_jobs: bool = False
     #: Glob patterns of images this node runs (``busybox*,ghcr.io/org/*``); empty: any.
     allowed_images: tuple[str, ...] = ()
+    #: Requesters (peer IDs) whose jobs this node takes; empty: any not rejected.
+    accept_jobs_from: tuple[str, ...] = ()
+    #: Requesters whose jobs this node never takes.
+    reject_jobs_from: tuple[str, ...] = ()
+    #: Executions one requester may hold here at once; 0: no limit beyond --max-jobs.
+    max_jobs_per_requester: int = 0
     #: Multiaddrs (with /p2p/<id>) of IPFS peers outside the mesh to fetch blocks from.
     ipfs_peers: tuple[str, ...] = ()
     #: How long blocks of published results and ``ipfs add`` stay after their pin, hours.
@@ -121,9 +128,11 @@ class NodeConfig:
 
 
 _FIELDS = {f.name: f for f in fields(NodeConfig)}
-_TUPLE_FIELDS = {"listen", "peers", "allowed_images", "ipfs_peers"}
+_TUPLE_FIELDS = {"listen", "peers", "allowed_images", "ipfs_peers", "accept_jobs_from",
+                 "reject_jobs_from"}
 _BOOL_FIELDS = {"orchestrator", "compute", "mdns", "allow_networked_jobs"}
-_INT_FIELDS = {"api_port", "max_jobs", "missed_heartbeats", "default_execution_timeout"}
+_INT_FIELDS = {"api_port", "max_jobs", "missed_heartbeats", "default_execution_timeout",
+               "max_jobs_per_requester"}
 
 
 def _as_bool(value: Any, name: str, origin: str) -> bool:
@@ -192,6 +201,11 @@ def _validate(config: NodeConfig) -> NodeConfig:
                 parser(text)
             except LocalProtocolError as exc:
                 raise ConfigError(f"--{name.replace('_', '-')}: {exc}") from None
+    for name in ("accept_jobs_from", "reject_jobs_from"):
+        for peer in getattr(config, name):
+            if not is_peer_id(peer):
+                raise ConfigError(f"--{name.replace('_', '-')}: {peer!r} is not a peer ID "
+                                  "(12D3KooW… or Qm…, as `bacnode node list` shows them)")
     if not config.roles:
         raise ConfigError("a node must be an orchestrator, a compute node, or both")
     if not config.listen:

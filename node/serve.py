@@ -50,6 +50,12 @@ def main() -> None:
 @click.option("--allow-networked-jobs/--deny-networked-jobs", default=None,
               help="run jobs that ask for network access [default: deny]")
 @click.option("--allowed-images", help="only run these images, glob patterns, comma-separated")
+@click.option("--accept-jobs-from",
+              help="take jobs only from these requesters, peer IDs, comma-separated")
+@click.option("--reject-jobs-from",
+              help="never take jobs from these requesters, peer IDs, comma-separated")
+@click.option("--max-jobs-per-requester", type=int,
+              help="executions one requester may hold here at once (0: no limit) [default: 0]")
 @click.option("--ipfs-peer", "ipfs_peers", multiple=True,
               help="IPFS peer multiaddr with /p2p/<id> to fetch blocks from, repeatable")
 @click.option("--ipfs-retention-hours", type=float,

@@ -10,7 +10,8 @@ decline reason the user sees in ``describe``:
 4. a networked job only on a node that allows networked jobs;
 5. the image is on the node's allow-list, when it has one;
 6. the requested resources fit in the node's *total* capacity (a job that can
-   never fit is declined; one that fits later waits in the node's queue).
+   never fit is declined; one that fits later waits in the node's queue);
+7. the requester is one this node takes jobs from (``requester_refusal``).
 
 Ranking (requester side): accepting bids first; then nodes running fewer
 executions, then more free CPU, then more free memory; the XOR distance between
@@ -44,6 +45,13 @@ class NodePolicy:
     image_allowlist: tuple[str, ...] = ()
     #: What a job that requests no CPU or memory runs with, and reserves.
     job_defaults: Resources = Resources()
+    #: Requesters (peer IDs) whose jobs this node takes; empty: any not rejected.
+    accept_requesters: frozenset[str] = frozenset()
+    #: Requesters whose jobs this node never takes.
+    reject_requesters: frozenset[str] = frozenset()
+    #: Executions one requester may hold here at once (0: no limit beyond the node's), so
+    #: that one requester cannot take every slot of a shared node.
+    max_per_requester: int = 0
 
 
 def job_requirements(job: Job, defaults: Resources = Resources()) -> Capacity:
@@ -77,6 +85,15 @@ def decline_reason(job: Job, policy: NodePolicy) -> str | None:
     ):
         return f"image {task.engine.image!r} is not on this node's allow-list"
     return _capacity_shortfall(job_requirements(job, policy.job_defaults), policy.total)
+
+
+def requester_refusal(requester: str, policy: NodePolicy) -> str | None:
+    """``None`` when this node takes jobs from ``requester``; otherwise why not."""
+    if requester in policy.reject_requesters:
+        return "this node does not take jobs from this requester"
+    if policy.accept_requesters and requester not in policy.accept_requesters:
+        return "this node takes jobs only from the requesters it lists"
+    return None
 
 
 def _capacity_shortfall(needed: Capacity, total: Capacity) -> str | None:

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 from protocol.jobspec import Job
 from protocol.messages import Bid, Capacity, JobAnnouncement
 from protocol.quantities import format_bytes
-from protocol.scheduling import NodePolicy, decline_reason, job_requirements
+from protocol.scheduling import (
+    NodePolicy,
+    decline_reason,
+    job_requirements,
+    requester_refusal,
+)
 
 from .events import (
     Announced,
@@ -124,17 +129,18 @@ class ComputeCore:
                    now: int) -> list[ComputeInstruction]:
         if announcement.candidates and self.node_id not in announcement.candidates:
             return []
-        if self.measure_inputs and job.task.input_sources and self._refusal(job) is None:
+        if (self.measure_inputs and job.task.input_sources
+                and self._refusal(job, announcement.requester) is None):
             return [MeasureInputs(announcement, job, execution_id)]
         return self._bid(announcement, job, execution_id, now, None)
 
-    def _refusal(self, job: Job) -> str | None:
-        return decline_reason(job, self.policy)
+    def _refusal(self, job: Job, requester: str) -> str | None:
+        return decline_reason(job, self.policy) or requester_refusal(requester, self.policy)
 
     def _bid(self, announcement: JobAnnouncement, job: Job, execution_id: str, now: int,
              inputs_bytes: int | None) -> list[ComputeInstruction]:
         needs = job_requirements(job, self.policy.job_defaults)
-        reason = self._refusal(job)
+        reason = self._refusal(job, announcement.requester)
         busy = False
         if reason is None and inputs_bytes and inputs_bytes > self.policy.total.disk - needs.disk:
             reason = (f"inputs need {format_bytes(inputs_bytes)}; node has "
@@ -145,6 +151,12 @@ class ComputeCore:
                                or not needs.fits_in(self.free)):
             busy = True
             reason = f"busy: {in_use} of {self.max_jobs} slot(s) in use"
+        limit = self.policy.max_per_requester
+        if reason is None and limit and sum(
+                slot.requester == announcement.requester for slot in self.slots.values()
+        ) >= limit:
+            busy = True
+            reason = f"busy: this requester holds {limit} execution(s) here, its limit"
         if reason is None:
             self.slots[execution_id] = Slot(execution_id, job, announcement.requester, needs, now)
             self.reserved = _plus(self.reserved, needs)

@@ -180,3 +180,14 @@ def test_executions_at_once_default_to_as_many_as_bacalhau_runs(tmp_path):
     assert [default_max_jobs(cpus) for cpus in (1, 2, 4, 8)] == [1, 3, 6, 12]
     assert load({"data_dir": str(tmp_path)}).max_jobs == default_max_jobs(os.cpu_count() or 1)
     assert load({"data_dir": str(tmp_path), "max_jobs": 0}).max_jobs == 0  # no limit
+
+
+def test_requesters_to_accept_or_reject_are_peer_ids(tmp_path):
+    from protocol.examples import KEYS
+
+    friend = KEYS[0].peer_id
+    config = load({"data_dir": str(tmp_path), "accept_jobs_from": f"{friend}, {friend}",
+                   "max_jobs_per_requester": 2})
+    assert config.accept_jobs_from == (friend, friend) and config.max_jobs_per_requester == 2
+    with pytest.raises(ConfigError, match=r"--reject-jobs-from: 'bob' is not a peer ID"):
+        load({"data_dir": str(tmp_path), "reject_jobs_from": "bob"})

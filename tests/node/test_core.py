@@ -38,6 +38,7 @@ from protocol.messages import (
     BidDecision,
     Capacity,
     ExecutionUpdate,
+    JobAnnouncement,
     NodeInfo,
 )
 from protocol.scheduling import NodePolicy
@@ -314,6 +315,40 @@ def test_max_jobs_zero_means_no_limit() -> None:
     core = ComputeCore("me", POLICY, max_jobs=0)
     bids = [of(SendBid, core.handle(announce(job()), 0))[0].bid for _ in range(20)]
     assert all(b.accept for b in bids) and core.running == 20
+
+
+def test_a_node_takes_jobs_only_from_the_requesters_it_accepts() -> None:
+    from dataclasses import replace
+
+    def first_bid(core: ComputeCore, requester: str) -> Bid:
+        the_job = job()
+        event = Announced(JobAnnouncement(the_job.id or "", requester, the_job.to_dict(), 0),
+                          the_job, f"e-{uuid.uuid4()}")
+        return of(SendBid, core.handle(event, 0))[0].bid
+
+    only_friend = ComputeCore("me", replace(POLICY, accept_requesters=frozenset({"friend"})),
+                              max_jobs=4)
+    assert first_bid(only_friend, "friend").accept
+    stranger = first_bid(only_friend, "stranger")
+    assert not stranger.accept and not stranger.busy
+    assert stranger.reason == "this node takes jobs only from the requesters it lists"
+    no_pest = ComputeCore("me", replace(POLICY, reject_requesters=frozenset({"pest"})),
+                          max_jobs=4)
+    assert first_bid(no_pest, "req").accept
+    assert first_bid(no_pest, "pest").reason == "this node does not take jobs from this requester"
+
+
+def test_one_requester_cannot_hold_more_than_its_share_of_a_node() -> None:
+    from dataclasses import replace
+
+    core = ComputeCore("me", replace(POLICY, max_per_requester=2), max_jobs=4)
+    bids = [of(SendBid, core.handle(announce(job()), 0))[0].bid for _ in range(3)]
+    assert [b.accept for b in bids] == [True, True, False]
+    assert bids[2].busy and "this requester holds 2 execution(s) here" in bids[2].reason
+    the_job = job()
+    other = Announced(JobAnnouncement(the_job.id or "", "other", the_job.to_dict(), 0),
+                      the_job, f"e-{uuid.uuid4()}")
+    assert of(SendBid, core.handle(other, 0))[0].bid.accept  # another requester still fits
 
 
 def test_a_node_not_named_in_the_announcement_stays_quiet() -> None:
