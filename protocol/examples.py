@@ -15,7 +15,12 @@ from .messages import (
     JobAnnouncement,
     ManifestEntry,
     NodeInfo,
+    ResultCommitment,
     ResultRecord,
+    RevealRequest,
+    Verdict,
+    VerdictGroup,
+    message_author,
 )
 
 # Deriving keys is slow-ish; a small fixed pool keeps property tests fast and deterministic.
@@ -36,8 +41,8 @@ def example_job(name: str, image: str) -> dict:
 
 def author_key(message: object) -> NodeKey:
     """The key that may sign ``message`` (its node_id or requester)."""
-    author = getattr(message, "node_id", None) or message.requester  # type: ignore[attr-defined]
-    if isinstance(message, BidDecision):
+    author = message_author(message)  # type: ignore[arg-type]
+    if author is None:  # a decision is about the bidder, signed by the requester
         return KEYS[0]
     return KEYS[PEER_IDS.index(author)]
 
@@ -88,4 +93,9 @@ def example_messages() -> list:
             },
             completed_at_ms=1_780_000_009_000,
         ),
+        ResultCommitment(job_id, execution_id, node, "c" * 64),
+        RevealRequest(job_id, execution_id, node, PEER_IDS[0]),
+        Verdict(job_id, PEER_IDS[0], "Verified", 2,
+                (VerdictGroup("d" * 64, (execution_id,)),), accepted="d" * 64,
+                decided_at_ms=1_780_000_010_000),
     ]

@@ -314,6 +314,21 @@ class Task:
         return out
 
 
+VERIFICATION_MODES = ("Deterministic",)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """``Verification: {Mode: Deterministic, Confidence: K}``: the job's ``Count``
+    executions must agree, K of them at least (a strict majority), on one result."""
+
+    mode: str = "Deterministic"
+    confidence: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"Mode": self.mode, "Confidence": self.confidence}
+
+
 @dataclass(frozen=True)
 class Job:
     """A validated, normalised job spec; ``tasks`` holds exactly one task."""
@@ -328,6 +343,9 @@ class Job:
     labels: dict[str, str] = field(default_factory=dict)
     constraints: tuple[Constraint, ...] = ()
     id: str | None = None
+    #: Run ``count`` times on distinct nodes and accept only a result enough of them agree
+    #: on (``protocol.verification``); None: every execution's result is taken as it is.
+    verification: Verification | None = None
 
     @property
     def task(self) -> Task:
@@ -361,6 +379,8 @@ class Job:
                 "Tasks": [task.to_dict() for task in self.tasks],
             }
         )
+        if self.verification is not None:
+            out["Verification"] = self.verification.to_dict()
         return out
 
     @classmethod

@@ -444,9 +444,87 @@ class ResultRecord(Message):
         check_published_location(self.published, f"{path}.published")
 
 
+@dataclass(frozen=True)
+class ResultCommitment(Message):
+    """A compute node commits to its result of a verified job without showing it:
+    ``seal`` is ``protocol.verification.commitment_seal`` of its node, the execution and
+    the result's digest. Point to point, to the job's requester."""
+
+    TYPE: ClassVar[str] = "result.commit"
+    job_id: str
+    execution_id: str
+    node_id: str
+    seal: str
+
+    def _validate(self, path: str) -> None:
+        _check_job_id(self.job_id, path)
+        _check_execution_id(self.execution_id, path)
+        _check_peer(self.node_id, f"{path}.node_id")
+        _require(bool(SHA256_HEX_RE.match(self.seal)), f"{path}.seal is not 64 hex digits")
+
+
+@dataclass(frozen=True)
+class RevealRequest(Message):
+    """The requester asks a node that committed for its result record: every execution
+    the job needs has committed. Point to point."""
+
+    TYPE: ClassVar[str] = "result.reveal"
+    job_id: str
+    execution_id: str
+    node_id: str
+    requester: str
+
+    def _validate(self, path: str) -> None:
+        _check_job_id(self.job_id, path)
+        _check_execution_id(self.execution_id, path)
+        _check_peer(self.node_id, f"{path}.node_id")
+        _check_peer(self.requester, f"{path}.requester")
+
+
+@dataclass(frozen=True)
+class VerdictGroup(Record):
+    """The executions that revealed one digest."""
+
+    digest: str
+    executions: tuple[str, ...]
+
+    def _validate(self, path: str) -> None:
+        _require(bool(SHA256_HEX_RE.match(self.digest)), f"{path}.digest is not 64 hex digits")
+        for i, execution_id in enumerate(self.executions):
+            _check_execution_id(execution_id, f"{path}.executions[{i}]")
+
+
+@dataclass(frozen=True)
+class Verdict(Message):
+    """A requester's signed verdict on a verified job, gossiped on the results topic:
+    ``Verified`` when a group of at least ``confidence`` executions agreed (``accepted``
+    is its digest), else ``NoConsensus``; every group is listed."""
+
+    TYPE: ClassVar[str] = "verdict"
+    job_id: str
+    requester: str
+    state: str
+    confidence: int
+    groups: tuple[VerdictGroup, ...]
+    accepted: str = ""
+    decided_at_ms: int = 0
+
+    def _validate(self, path: str) -> None:
+        _check_job_id(self.job_id, path)
+        _check_peer(self.requester, f"{path}.requester")
+        _require(self.state in ("Verified", "NoConsensus"),
+                 f"{path}.state {self.state!r:.40} is not Verified or NoConsensus")
+        digests = {group.digest for group in self.groups}
+        _require((self.state == "Verified") == bool(self.accepted) and (
+            not self.accepted or self.accepted in digests),
+            f"{path}: a Verified verdict names its accepted digest among its groups, "
+            "and only it")
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (JobAnnouncement, Bid, BidDecision, ExecutionUpdate, NodeInfo, ResultRecord)
+    for cls in (JobAnnouncement, Bid, BidDecision, ExecutionUpdate, NodeInfo, ResultRecord,
+                ResultCommitment, RevealRequest, Verdict)
 }
 
 
@@ -457,6 +535,9 @@ _AUTHOR_FIELD = {
     ExecutionUpdate: "node_id",
     NodeInfo: "node_id",
     ResultRecord: "node_id",
+    ResultCommitment: "node_id",
+    RevealRequest: "requester",
+    Verdict: "requester",
 }
 
 
@@ -477,6 +558,12 @@ def decode_message(envelope: Envelope) -> Message:
             f"{cls.TYPE} for {getattr(message, author_field)} was signed by {envelope.sender}"
         )
     return message
+
+
+def message_author(message: Message) -> str | None:
+    """The node ``message`` speaks for, which must be its signer (None: anyone may sign)."""
+    author_field = _AUTHOR_FIELD.get(type(message))
+    return getattr(message, author_field) if author_field else None
 
 
 def pack_message(message: Message) -> bytes:

@@ -29,6 +29,7 @@ from .jobspec import (
     NETWORK_TYPES,
     OUTPUTS_PATH,
     PUBLISHER_TYPES,
+    VERIFICATION_MODES,
     EngineSpec,
     InputSource,
     Job,
@@ -38,6 +39,7 @@ from .jobspec import (
     ResultPath,
     Task,
     Timeouts,
+    Verification,
 )
 from .placeholders import check_key_template
 from .quantities import parse_bytes, parse_cpu, parse_gpu
@@ -291,6 +293,7 @@ _JOB_FIELDS = (
     "Labels",
     "Constraints",
     "Tasks",
+    "Verification",
 )
 _TASK_FIELDS = (
     "Name",
@@ -341,6 +344,7 @@ def _job(errs: _Errors, value: Any) -> Job:
     raw_tasks = _list(errs, data, "", "Tasks")
     if isinstance(data.get("Tasks"), (list, tuple)) and len(raw_tasks) != 1:
         errs.add("Tasks", f"expected exactly one task, got {len(raw_tasks)}")
+    verification = _verification(errs, data.get("Verification"), count)
     return Job(
         tasks=tuple(_task(errs, item, f"Tasks[{i}]") for i, item in enumerate(raw_tasks)),
         name=name,
@@ -352,7 +356,30 @@ def _job(errs: _Errors, value: Any) -> Job:
         labels=labels,
         constraints=tuple(constraints),
         id=job_id,
+        verification=verification,
     )
+
+
+def _verification(errs: _Errors, value: Any, count: int) -> Verification | None:
+    """``None`` when absent (or ``Mode: None``); the confidence defaults to a strict
+    majority of ``count``, and a smaller one is refused: two groups could then both win."""
+    if value is None:
+        return None
+    data = _mapping(errs, value, "Verification", ("Mode", "Confidence"))
+    mode = _choice(errs, data, "Verification", "Mode", ("None", *VERIFICATION_MODES),
+                   "verification mode", "Deterministic")
+    if mode in (None, "None"):
+        return None
+    majority = count // 2 + 1
+    confidence = _integer(errs, data, "Verification", "Confidence", majority, 1, MAX_COUNT)
+    if count < 2:
+        errs.add("Verification", "verifying a result needs Count 2 or more: the executions "
+                                 "check each other (e.g. --count 3 --verify)")
+    elif not majority <= confidence <= count:
+        errs.add("Verification.Confidence",
+                 f"{confidence} of Count {count}: must be a strict majority, "
+                 f"{majority} to {count}")
+    return Verification(mode=mode, confidence=confidence)
 
 
 def _task(errs: _Errors, value: Any, path: str) -> Task:

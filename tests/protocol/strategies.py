@@ -16,7 +16,11 @@ from protocol.messages import (
     JobAnnouncement,
     ManifestEntry,
     NodeInfo,
+    ResultCommitment,
     ResultRecord,
+    RevealRequest,
+    Verdict,
+    VerdictGroup,
 )
 from protocol.states import ExecutionState
 
@@ -109,6 +113,19 @@ def result_records(draw: st.DrawFn) -> ResultRecord:
     )
 
 
+@st.composite
+def verdicts(draw: st.DrawFn) -> Verdict:
+    digests = draw(st.lists(sha256_hex, unique=True, min_size=1, max_size=3))
+    groups = tuple(VerdictGroup(digest, tuple(draw(st.lists(execution_ids, min_size=1,
+                                                                max_size=3))))
+                   for digest in digests)
+    verified = draw(st.booleans())
+    return Verdict(job_id=draw(job_ids), requester=draw(peer_ids),
+                   state="Verified" if verified else "NoConsensus",
+                   confidence=draw(st.integers(min_value=1, max_value=100)), groups=groups,
+                   accepted=digests[0] if verified else "", decided_at_ms=draw(small_ints))
+
+
 messages = st.one_of(
     st.builds(
         JobAnnouncement,
@@ -146,6 +163,11 @@ messages = st.one_of(
     ),
     node_infos(),
     result_records(),
+    st.builds(ResultCommitment, job_id=job_ids, execution_id=execution_ids, node_id=peer_ids,
+              seal=sha256_hex),
+    st.builds(RevealRequest, job_id=job_ids, execution_id=execution_ids, node_id=peer_ids,
+              requester=peer_ids),
+    verdicts(),
 )
 
 

@@ -384,7 +384,7 @@ CASES = [
             (
                 "Spec",
                 "unknown field; allowed fields: ID, Name, Namespace, Type, Priority, "
-                "Count, Meta, Labels, Constraints, Tasks",
+                "Count, Meta, Labels, Constraints, Tasks, Verification",
             ),
             ("Meta.owner", "expected a string, got integer 7"),
             ("Labels", "expected a mapping of strings to strings, got list ['gpu']"),
