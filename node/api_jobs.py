@@ -369,6 +369,9 @@ def add_job_routes(app: FastAPI, store: Store,
             raise HTTPException(400, str(exc)) from None
         if (too_big := job_too_big(job.to_dict())) is not None:
             raise HTTPException(400, too_big)
+        if job.verification is not None:
+            raise HTTPException(400, "this node cannot verify results yet (Verification): "
+                                     "submit the job without it")
         job_id = await (await need_requester()).submit(job)
         return {"JobID": job_id, "EvaluationID": f"ev-{job_id[2:]}", "Warnings": []}
 
