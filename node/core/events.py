@@ -17,7 +17,10 @@ from protocol.messages import (
     ExecutionUpdate,
     JobAnnouncement,
     NodeInfo,
+    ResultCommitment,
     ResultRecord,
+    RevealRequest,
+    Verdict,
 )
 from protocol.states import ExecutionState, JobState
 
@@ -57,6 +60,13 @@ class ResultReceived:
 
 
 @dataclass(frozen=True)
+class CommitmentReceived:
+    """A node committed to its result of a verified job (its seal, not the result)."""
+
+    commitment: ResultCommitment
+
+
+@dataclass(frozen=True)
 class NodeHeard:
     """A node's heartbeat (this node's own included)."""
 
@@ -84,6 +94,9 @@ class StoredExecution:
     state: ExecutionState
     create_time_ms: int
     retryable: bool = False
+    #: A verified job's commitment, and the digest its reveal opened it with.
+    seal: str = ""
+    digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -142,6 +155,30 @@ class PersistExecution:
     retryable: bool = False
     exit_code: int | None = None
     run_output: dict[str, Any] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class PersistCommitment:
+    """Keep an execution's seal, and once revealed the digest that opened it."""
+
+    execution_id: str
+    seal: str
+    digest: str = ""
+
+
+@dataclass(frozen=True)
+class SendRevealRequest:
+    """Ask a node that committed for its result record."""
+
+    request: RevealRequest
+
+
+@dataclass(frozen=True)
+class PublishVerdict:
+    """Keep the verdict with the job, gossip it, then gossip the accepted result records
+    (nothing of a verified job's results went out before)."""
+
+    verdict: Verdict
 
 
 @dataclass(frozen=True)
@@ -221,8 +258,10 @@ class CancelExecution:
     reason: str
 
 
-RequesterEvent = (Submitted | BidReceived | UpdateReceived | ResultReceived | NodeHeard
-                  | DecisionUndelivered | StopRequested | Restarted | Tick)
-RequesterInstruction = Announce | SendDecision | PersistJob | PersistExecution | StoreResult
+RequesterEvent = (Submitted | BidReceived | UpdateReceived | ResultReceived
+                  | CommitmentReceived | NodeHeard | DecisionUndelivered | StopRequested
+                  | Restarted | Tick)
+RequesterInstruction = (Announce | SendDecision | PersistJob | PersistExecution
+                        | PersistCommitment | SendRevealRequest | PublishVerdict | StoreResult)
 ComputeEvent = Announced | InputsMeasured | DecisionReceived | ExecutionEnded | Tick
 ComputeInstruction = MeasureInputs | SendBid | StartExecution | CancelExecution

@@ -22,6 +22,14 @@ Placement, per job:
    A job whose ``Count`` more nodes than can ever take it need fails when its
    queue timeout passes, with the reason.
 
+A job with ``Verification`` is decided by commit-reveal (``protocol.verification``):
+an execution that ran commits to its result's digest (a seal) and publishes nothing;
+once ``Count`` executions have committed, each is asked for its record, whose digest
+must open its seal; when ``Count`` have revealed, the group of at least ``Confidence``
+wins, its executions complete and the others fail as outvoted, and the requester signs
+the verdict. A reveal that does not open its seal, or none within ``REVEAL_WINDOW_MS``,
+fails the execution as retryable: it is placed again elsewhere, as a lost one is.
+
 Each accepted execution gets one deadline, fixed here at acceptance and sent in
 the decision: its node stops it there, and the watchdog fails it
 ``DEADLINE_GRACE_MS`` later if no final word came. An execution whose node went
@@ -44,6 +52,11 @@ from protocol.messages import (
     ExecutionUpdate,
     JobAnnouncement,
     NodeInfo,
+    ResultCommitment,
+    ResultRecord,
+    RevealRequest,
+    Verdict,
+    VerdictGroup,
 )
 from protocol.scheduling import (
     NodePolicy,
@@ -54,19 +67,24 @@ from protocol.scheduling import (
     xor_distance,
 )
 from protocol.states import EXECUTION_TRANSITIONS, ExecutionState, JobState
+from protocol.verification import NO_CONSENSUS, VERIFIED, opens_seal, record_digest, tally
 
 from .events import (
     Announce,
     BidReceived,
+    CommitmentReceived,
     DecisionUndelivered,
     NodeHeard,
+    PersistCommitment,
     PersistExecution,
     PersistJob,
+    PublishVerdict,
     RequesterEvent,
     RequesterInstruction,
     Restarted,
     ResultReceived,
     SendDecision,
+    SendRevealRequest,
     StopRequested,
     StoredJob,
     StoreResult,
@@ -91,6 +109,8 @@ RETRY_FIRST_MS = 500
 RETRY_MAX_MS = 5000
 #: After an execution's deadline, how long its node's last word may take to arrive.
 DEADLINE_GRACE_MS = 10_000
+#: How long a node that committed has to reveal once asked.
+REVEAL_WINDOW_MS = 30_000
 
 _PLACED = frozenset({ExecutionState.BID_ACCEPTED, ExecutionState.RUNNING,
                      ExecutionState.PUBLISHING, ExecutionState.COMPLETED})
@@ -106,6 +126,10 @@ class _Execution:
     created_ms: int
     deadline_ms: int
     retryable: bool = False
+    #: Verified jobs: the node's commitment, the digest that opened it, when it was asked.
+    seal: str = ""
+    digest: str = ""
+    reveal_asked_ms: int | None = None
 
 
 @dataclass
@@ -129,6 +153,9 @@ class _Plan:
     retry_delay_ms: int = RETRY_FIRST_MS
     width: int = 0
     silent_rounds: int = 0
+    #: Verified jobs: reveals are asked for once ``count`` executions have committed.
+    revealing: bool = False
+    verdict: str = ""
 
     @property
     def job_id(self) -> str:
@@ -178,9 +205,14 @@ class RequesterCore:
             case ResultReceived(record, envelope):
                 plan = self.plans.get(record.job_id)
                 execution = plan.executions.get(record.execution_id) if plan else None
+                if plan is not None and plan.job.verification is not None:
+                    if execution is not None and execution.node_id == record.node_id:
+                        self._revealed(plan, execution, record, envelope, now)
                 # Results also arrive for jobs finished here already: the store decides.
-                if execution is None or execution.node_id == record.node_id:
+                elif execution is None or execution.node_id == record.node_id:
                     self._out.append(StoreResult(record, envelope))
+            case CommitmentReceived(commitment):
+                self._committed(commitment, now)
             case NodeHeard(info):
                 self._heard(info, now)
             case DecisionUndelivered(execution_id, reason):
@@ -201,7 +233,12 @@ class RequesterCore:
             if plan.retry_at_ms is not None:
                 times.append(plan.retry_at_ms)
             times.extend(e.deadline_ms + DEADLINE_GRACE_MS
-                         for e in plan.executions.values() if e.state in _ACTIVE and e.deadline_ms)
+                         for e in plan.executions.values()
+                         if e.state in _ACTIVE and e.deadline_ms and not e.seal)
+            times.extend(e.reveal_asked_ms + REVEAL_WINDOW_MS
+                         for e in plan.executions.values()
+                         if e.state in _ACTIVE and e.reveal_asked_ms is not None
+                         and not e.digest)
         return min(times, default=None)
 
     def is_alive(self, node_id: str, now: int) -> bool:
@@ -393,13 +430,19 @@ class RequesterCore:
         completed = [e for e in executions if e.state == ExecutionState.COMPLETED]
         running = [e for e in executions
                    if e.state in (ExecutionState.RUNNING, ExecutionState.PUBLISHING)]
-        if failed:
+        verification = plan.job.verification
+        if plan.verdict == NO_CONSENSUS and verification is not None:
+            self._fail(plan, f"no consensus: no {verification.confidence} of the "
+                             f"{plan.job.count} executions revealed the same result")
+        elif failed and plan.verdict != VERIFIED:  # the outvoted fail; the job does not
             self._fail(plan, f"execution {failed[-1].execution_id} failed: "
                              f"{self._last_message.get(failed[-1].execution_id, '')}")
-        elif len(completed) >= plan.job.count:
+        elif plan.verdict == VERIFIED or (
+                verification is None and len(completed) >= plan.job.count):
             if plan.state == JobState.QUEUED:  # every update of its run came at once
                 self._set_job(plan, JobState.RUNNING, "running")
-            self._set_job(plan, JobState.COMPLETED, "all executions completed")
+            self._set_job(plan, JobState.COMPLETED, "verified" if plan.verdict else
+                          "all executions completed")
             self._forget(plan)
         elif running and plan.state == JobState.QUEUED:
             self._set_job(plan, JobState.RUNNING, "running")
@@ -426,6 +469,13 @@ class RequesterCore:
         self._out.append(PersistExecution(
             execution.execution_id, plan.job_id, execution.node_id, state, message,
             retryable=retryable, exit_code=exit_code, run_output=run_output))
+
+    def _advance(self, plan: _Plan, execution: _Execution, target: ExecutionState,
+                 message: str) -> None:
+        """Move ``execution`` to ``target`` through the states it has not been seen in."""
+        for state in _forward_path(execution.state, target):
+            self._set_execution(plan, execution, state, message if state == target
+                                else f"{state.value} (reported late)")
 
     def _set_job(self, plan: _Plan, state: JobState, message: str) -> None:
         if plan.state == state:
@@ -500,7 +550,13 @@ class RequesterCore:
                     self._lost(plan, execution, f"node {node} restarted during it", now)
                 elif not self.is_alive(node, now):
                     self._lost(plan, execution, f"node {node} stopped responding", now)
-                elif execution.deadline_ms and now > execution.deadline_ms + DEADLINE_GRACE_MS:
+                elif (execution.reveal_asked_ms is not None and not execution.digest
+                      and now > execution.reveal_asked_ms + REVEAL_WINDOW_MS):
+                    self._lost(plan, execution,
+                               f"node {node} committed but did not reveal its result within "
+                               f"{REVEAL_WINDOW_MS // 1000}s", now)
+                elif (execution.deadline_ms and not execution.seal
+                      and now > execution.deadline_ms + DEADLINE_GRACE_MS):
                     limit = plan.job.task.timeouts.execution_limit
                     self._lost(plan, execution,
                                f"no result from node {node} by the job's {limit}s deadline", now)
@@ -539,7 +595,8 @@ class RequesterCore:
             for e in stored.executions:
                 plan.executions[e.execution_id] = _Execution(
                     e.execution_id, e.node_id, e.state, e.create_time_ms,
-                    e.create_time_ms + limit * 1000 if limit else 0, e.retryable)
+                    e.create_time_ms + limit * 1000 if limit else 0, e.retryable,
+                    seal=e.seal, digest=e.digest)
             self.plans[plan.job_id] = plan
         for plan in list(self.plans.values()):
             # A job whose scheduling lived in the process that stopped goes on looking for
@@ -548,6 +605,81 @@ class RequesterCore:
             if plan.state == JobState.PENDING:
                 self._set_job(plan, JobState.QUEUED, "looking for compute nodes")
             self._refresh(plan, now)
+            if plan.job.verification is not None and not plan.state.is_terminal:
+                self._reveal_when_committed(plan, now)  # reveals asked before: ask again
+                self._tally_when_revealed(plan, now)
+
+    # -- verified jobs: commit, reveal, verdict ------------------------------------
+
+    def _committed(self, commitment: ResultCommitment, now: int) -> None:
+        plan = self.plans.get(commitment.job_id)
+        execution = plan.executions.get(commitment.execution_id) if plan else None
+        if (plan is None or plan.job.verification is None or execution is None
+                or execution.node_id != commitment.node_id or execution.state not in _ACTIVE
+                or execution.seal):
+            return  # not ours, not that node's, over, or committed already (no second seal)
+        execution.seal = commitment.seal
+        self._out.append(PersistCommitment(execution.execution_id, commitment.seal))
+        self._reveal_when_committed(plan, now)
+
+    def _reveal_when_committed(self, plan: _Plan, now: int) -> None:
+        """Once ``count`` executions have committed, ask each that has not revealed (and
+        any that commits later, at once: nothing was published before, so it had nothing
+        to copy)."""
+        sealed = [e for e in plan.executions.values()
+                  if e.state in _ACTIVE and e.seal and not e.digest]
+        committed = [e for e in plan.executions.values()
+                     if e.seal and e.state in (*_ACTIVE, ExecutionState.COMPLETED)]
+        if not plan.revealing and len(committed) < plan.job.count:
+            return
+        plan.revealing = True
+        for execution in sealed:
+            execution.reveal_asked_ms = now
+            self._out.append(SendRevealRequest(RevealRequest(
+                plan.job_id, execution.execution_id, execution.node_id, self.node_id)))
+
+    def _revealed(self, plan: _Plan, execution: _Execution, record: ResultRecord,
+                  envelope: bytes, now: int) -> None:
+        if not execution.seal or execution.digest or execution.state not in _ACTIVE:
+            return  # a reveal before committing, a second one, or too late: not counted
+        digest = record_digest(record)
+        if not opens_seal(execution.seal, execution.node_id, execution.execution_id, digest):
+            self._lost(plan, execution, f"node {execution.node_id}'s result does not match "
+                                        "what it committed to", now)
+            return
+        execution.digest = digest
+        self._out.append(PersistCommitment(execution.execution_id, execution.seal, digest))
+        self._out.append(StoreResult(record, envelope))
+        self._tally_when_revealed(plan, now)
+
+    def _tally_when_revealed(self, plan: _Plan, now: int) -> None:
+        verification = plan.job.verification
+        revealed = {e.execution_id: e.digest for e in plan.executions.values()
+                    if e.digest and e.state in _ACTIVE}
+        if verification is None or plan.verdict or len(revealed) < plan.job.count:
+            return
+        result = tally(revealed, verification.confidence)
+        plan.verdict = result.state
+        agreeing = set(result.agreeing())
+        for execution_id in revealed:
+            execution = plan.executions[execution_id]
+            if execution_id in agreeing:
+                self._advance(plan, execution, ExecutionState.COMPLETED,
+                              f"verified: {len(agreeing)} of {len(revealed)} executions agree "
+                              "on its result")
+            elif result.accepted is not None:
+                self._advance(plan, execution, ExecutionState.FAILED,
+                              f"outvoted: its result differs from the one {len(agreeing)} of "
+                              f"{len(revealed)} executions agree on")
+            else:
+                self._advance(plan, execution, ExecutionState.FAILED,
+                              "no consensus on the job's result")
+        self._out.append(PublishVerdict(Verdict(
+            job_id=plan.job_id, requester=self.node_id, state=result.state,
+            confidence=verification.confidence,
+            groups=tuple(VerdictGroup(digest, members) for digest, members in result.groups),
+            accepted=result.accepted or "", decided_at_ms=now)))
+        self._refresh(plan, now)
 
 
 def _forward_path(current: ExecutionState, target: ExecutionState) -> list[ExecutionState]:
