@@ -87,6 +87,8 @@ def build_docker_job(
     queue_timeout: int | None = None,
     constraints: str | None = None,
     output_volumes: tuple[str, ...] = (),
+    verify: bool = False,
+    confidence: int | None = None,
 ) -> dict[str, Any]:
     """The job document for ``docker run``'s flags; raises ``click.UsageError`` on bad ones."""
     from protocol.selectors import parse_labels, parse_selector
@@ -139,6 +141,9 @@ def build_docker_job(
     }
     if name:
         document["Name"] = name
+    if verify or confidence:
+        document["Verification"] = {"Mode": "Deterministic",
+                                    **({"Confidence": confidence} if confidence else {})}
     return document
 
 
@@ -274,6 +279,8 @@ def describe_document(ctx: click.Context, job_id: str) -> dict[str, Any]:
         "State": {
             "State": job["State"]["StateType"],
             "Message": job["State"]["Message"],
+            **({"Verification": job["State"]["Verification"]}
+               if "Verification" in job["State"] else {}),
             "Executions": [
                 {
                     "NodeID": e["NodeID"],
@@ -349,10 +356,28 @@ def refuse_to_overwrite(target: Path, names: Any) -> None:
         )
 
 
-def download_results(ctx: click.Context, job_id: str, output_dir: Path | None) -> list[str]:
+def _one_accepted(items: list[dict[str, Any]], accepted: str, job_id: str,
+                  ) -> list[dict[str, Any]]:
+    """Of a verified job's results, one whose signed record has the digest the verdict
+    accepted (the others in its group are the same bytes)."""
+    from protocol.verification import record_digest
+
+    for item in items:
+        if record_digest(verify_signed_record(item["SignedRecord"], job_id)) == accepted:
+            return [item]
+    raise click.ClickException(f"job {job_id} is verified, yet no result served for it has "
+                               "the accepted digest; nothing was written")
+
+
+def download_results(ctx: click.Context, job_id: str, output_dir: Path | None,
+                     unverified: bool = False) -> list[str]:
     job = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}")["Job"]
     full_id = job["ID"]
-    items = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{full_id}/results")["Items"]
+    query = "?unverified=true" if unverified else ""
+    items = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{full_id}/results{query}")["Items"]
+    verification = job["State"].get("Verification")
+    if verification and verification["State"] == "Verified" and not unverified:
+        items = _one_accepted(items, verification["Accepted"], full_id)
     if not items:
         raise click.ClickException(
             f"job {full_id} has no published results (it is {job['State']['StateType']})"
@@ -539,6 +564,11 @@ def register(cli: click.Group) -> None:
     @click.option("-o", "--output", "output_volumes", multiple=True,
                   help="NAME:PATH, a result path, repeatable [default: outputs:/outputs]")
     @click.option("--count", default=1, show_default=True, type=click.IntRange(1, 100))
+    @click.option("--verify", is_flag=True,
+                  help="run --count times on distinct nodes and accept only a result a strict "
+                       "majority of them agree on (commit-reveal)")
+    @click.option("--confidence", type=click.IntRange(1, 100),
+                  help="with --verify: how many must agree [default: a strict majority]")
     @click.option("-i", "--input", "inputs", multiple=True,
                   help="s3://b/k*:/inputs,opt=region=… | ipfs://CID:/t | https://…:/t")
     @click.option("-p", "--publisher", help="ipfs | local | noop | s3://bucket/key,opt=…")
@@ -669,16 +699,19 @@ def register(cli: click.Group) -> None:
             items = call(ctx, "GET", f"/api/v1/orchestrator/jobs?{query}")["Items"]
         rows = []
         for job in items:
+            verification = job["State"].get("Verification")
+            verified = verification["State"] if verification else "-"
             created = time.strftime("%H:%M:%S", time.localtime(job["CreateTime"] / 1e9))
             task = job["Tasks"][0]
             engine = task["Engine"]["Params"]
             command = " ".join([engine["Image"], *engine.get("Parameters", [])])
             row = [created, job["ID"] if wide else job["ID"][:10], job["Type"],
-                   job["State"]["StateType"], command if wide else command[:30]]
+                   job["State"]["StateType"], verified, command if wide else command[:30]]
             if wide:
                 row.append(job["State"]["Message"][:60])
             rows.append(row)
-        headers = ["CREATED", "ID", "TYPE", "STATE", "COMMAND"] + (["MESSAGE"] if wide else [])
+        headers = (["CREATED", "ID", "TYPE", "STATE", "VERIFIED", "COMMAND"]
+                   + (["MESSAGE"] if wide else []))
         show(items, output, headers, rows, hide_header=hide_header)
 
     @cli.command()
@@ -706,11 +739,15 @@ def register(cli: click.Group) -> None:
     @click.option("--output-dir", type=click.Path(file_okay=False),
                   help="where to write them [default: a new job-<short id> directory]; "
                        "files already there are never overwritten")
+    @click.option("--unverified", is_flag=True,
+                  help="a job run with --verify: fetch its results even without a Verified "
+                       "verdict (every result revealed)")
     @click.pass_context
-    def get(ctx: click.Context, job_id: str, output_dir: str | None) -> None:
+    def get(ctx: click.Context, job_id: str, output_dir: str | None, unverified: bool) -> None:
         """Download a job's results, verified against its signed records."""
         try:
-            written = download_results(ctx, job_id, Path(output_dir) if output_dir else None)
+            written = download_results(ctx, job_id, Path(output_dir) if output_dir else None,
+                                       unverified=unverified)
         except (ProtocolError, OSError, tarfile.TarError) as exc:
             raise click.ClickException(f"getting results of {job_id}: {exc}") from None
         for path in written:

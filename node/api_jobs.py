@@ -50,12 +50,30 @@ def _ns(ms: int) -> int:
     return ms * 1_000_000
 
 
+def verification_json(record: JobRecord) -> dict[str, Any] | None:
+    """A verified job's verdict as the API shows it; ``Pending`` until there is one."""
+    verification = record.job.verification
+    if verification is None:
+        return None
+    verdict = record.verdict or {}
+    return {
+        "State": verdict.get("state", "Pending"),
+        "Confidence": verification.confidence,
+        "Accepted": verdict.get("accepted", ""),
+        "Groups": [{"Digest": group["digest"], "Executions": list(group["executions"])}
+                   for group in verdict.get("groups", [])],
+    }
+
+
 def job_json(record: JobRecord) -> dict[str, Any]:
     job = record.job.to_dict()
+    state: dict[str, Any] = {"StateType": record.state.value, "Message": record.state_message}
+    if (verification := verification_json(record)) is not None:
+        state["Verification"] = verification
     job.update(
         {
             "ID": record.job.id,
-            "State": {"StateType": record.state.value, "Message": record.state_message},
+            "State": state,
             "Version": 1,
             "Revision": record.revision,
             "CreateTime": _ns(record.create_time_ms),
@@ -369,9 +387,6 @@ def add_job_routes(app: FastAPI, store: Store,
             raise HTTPException(400, str(exc)) from None
         if (too_big := job_too_big(job.to_dict())) is not None:
             raise HTTPException(400, too_big)
-        if job.verification is not None:
-            raise HTTPException(400, "this node cannot verify results yet (Verification): "
-                                     "submit the job without it")
         job_id = await (await need_requester()).submit(job)
         return {"JobID": job_id, "EvaluationID": f"ev-{job_id[2:]}", "Warnings": []}
 
@@ -464,12 +479,28 @@ def add_job_routes(app: FastAPI, store: Store,
 
     @app.get(f"{API}/jobs/{{job_id}}/results", tags=["orchestrator"],
              response_model=models.ListJobResultsResponse)
-    async def results(job_id: str, request: Request) -> dict[str, Any]:
+    async def results(job_id: str, request: Request, unverified: bool = False,
+                      ) -> dict[str, Any]:
         """Where each execution's results are, as Bacalhau's downloaders take them, with
-        the signed result record (base64 envelope) that ``bacnode get`` verifies them by."""
+        the signed result record (base64 envelope) that ``bacnode get`` verifies them by.
+
+        A verified job's are those of the group its verdict accepted; without a ``Verified``
+        verdict, none, unless ``unverified`` asks for every result revealed."""
         record = await resolve_job_id(store, job_id)
+        accepted: set[str] | None = None
+        verification = verification_json(record)
+        if verification is not None and not unverified:
+            if verification["State"] != "Verified":
+                raise HTTPException(409, f"job {record.job.id} is not verified "
+                                         f"({verification['State']}): its results are "
+                                         "withheld; fetch them with --unverified")
+            accepted = {execution for group in verification["Groups"]
+                        if group["Digest"] == verification["Accepted"]
+                        for execution in group["Executions"]}
         items = []
         for result, envelope in await store.list_results(record.job.id or ""):
+            if accepted is not None and result.execution_id not in accepted:
+                continue
             published = dict(result.published)
             source = published.get("StorageSource")
             item = published_spec_config(published)

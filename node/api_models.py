@@ -128,9 +128,23 @@ class SpecConfig(_Model):
     Params: dict[str, Any] = {}
 
 
+class VerificationGroupModel(_Model):
+    Digest: str = Field(description="SHA-256 of the result (protocol.verification)")
+    Executions: list[str]
+
+
+class VerificationModel(_Model):
+    State: str = Field(description="Pending, Verified or NoConsensus")
+    Confidence: int = Field(description="how many executions must agree")
+    Accepted: str = Field("", description="the digest the verdict accepted, if any")
+    Groups: list[VerificationGroupModel] = []
+
+
 class JobStateModel(_Model):
     StateType: str = Field(description="Pending, Queued, Running, Completed, Failed, Stopped")
     Message: str = ""
+    #: Only for a job run with Verification (bacnode's; Bacalhau's clients ignore it).
+    Verification: VerificationModel | None = None
 
 
 class JobModel(_Model):

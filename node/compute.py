@@ -35,7 +35,10 @@ from protocol.messages import (
     JobAnnouncement,
     ManifestEntry,
     Message,
+    ResultCommitment,
     ResultRecord,
+    RevealRequest,
+    Verdict,
     is_safe_relative_path,
     pack_message,
     seal_message,
@@ -43,6 +46,7 @@ from protocol.messages import (
 )
 from protocol.scheduling import NodePolicy
 from protocol.states import ExecutionState
+from protocol.verification import commitment_seal, record_digest, result_digest
 
 from .config import default_max_jobs
 from .core import ComputeCore
@@ -61,6 +65,7 @@ from .core.events import (
 from .executor import ExecutorRegistry
 from .mesh import TOPIC_RESULTS, Mesh, MeshError, now_ms
 from .publisher import PublisherRegistry, PublishRequest
+from .publisher.base import manifest_of
 
 log = logging.getLogger("bacnode.compute")
 
@@ -75,6 +80,9 @@ OUTBOX_RETRY_SECONDS = 2.0
 #: Results past their retention are looked for at least this often (more often when the
 #: retention is short).
 RESULTS_GC_MAX_PERIOD_SECONDS = 3600.0
+#: How long a verified job's committed result waits to be asked for, and then for the
+#: verdict, before it is forgotten.
+COMMITTED_HOLD_SECONDS = 3600.0
 OUTBOX_MAX_AGE_MS = 24 * 3600 * 1000
 LOG_READ_BYTES = 64 * 1024
 #: How long past an execution's deadline its staging or a hung executor is cut off.
@@ -91,6 +99,19 @@ class _Running:
     deadline_ms: int
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     cancelled_reason: str | None = None
+
+
+@dataclass
+class _Committed:
+    """A verified job's execution that ran and committed: its result waits here, published
+    nowhere, until the requester asks for it (then until its verdict)."""
+
+    execution: _Running
+    digest: str
+    exit_code: int
+    result: Any
+    committed_ms: int
+    envelope: bytes | None = None  # the record, once revealed
 
 
 class Compute:
@@ -120,6 +141,7 @@ class Compute:
         self.core = ComputeCore(mesh.peer_id, policy, max_jobs=max_jobs,
                                 measure_inputs=storages is not None)
         self._running: dict[str, _Running] = {}
+        self._committed: dict[str, _Committed] = {}
         self._send_local = send_local
         #: The store's outbox: updates and results wait there until their requester acks.
         self._outbox = outbox
@@ -146,6 +168,7 @@ class Compute:
             if self._outbox is not None:
                 nursery.start_soon(self._resend_owed)
             nursery.start_soon(self._collect_old_results)
+            nursery.start_soon(self._forget_unrevealed)
             task_status.started()
             while True:
                 wake_at = self.core.wake_at()
@@ -231,7 +254,8 @@ class Compute:
         finally:
             self._running.pop(execution.execution_id, None)
             await self._handle(ExecutionEnded(execution.execution_id))
-            if execution.job.task.publisher.type != "local":
+            if (execution.job.task.publisher.type != "local"
+                    and execution.execution_id not in self._committed):
                 # Published elsewhere (or nowhere): nothing here is served any more.
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(
@@ -285,6 +309,9 @@ class Compute:
                                    exit_code=result.exit_code, stdout=result.stdout_tail,
                                    stderr=result.stderr_tail)
                 return
+            if execution.job.verification is not None and result.exit_code == 0:
+                await self._commit(execution, results_dir, result)
+                return
             await self._update(execution, ExecutionState.PUBLISHING, "publishing results")
             try:
                 record = await self._publish(execution, results_dir, result.exit_code)
@@ -318,6 +345,74 @@ class Compute:
             results_dir=results_dir,
         )
         return await self.executors.get(task.engine.type).run(request)
+
+    # -- verified jobs: commit, reveal when asked, gossip after the verdict ----------
+
+    async def _commit(self, execution: _Running, results_dir: Path, result: Any) -> None:
+        """Hash the result and send only the seal; publish nothing yet."""
+        await self._update(execution, ExecutionState.PUBLISHING, "committing to its result")
+        try:
+            links = await trio.to_thread.run_sync(_symbolic_links, results_dir)
+            if links:
+                raise ValueError(f"the outputs hold symbolic links ({', '.join(links[:5])})")
+            manifest = await trio.to_thread.run_sync(manifest_of, results_dir)
+        except Exception as exc:
+            await self._update(execution, ExecutionState.FAILED, f"hashing the result: {exc}")
+            return
+        stdout_sha, stderr_sha = _std_hashes(manifest)
+        digest = result_digest(result.exit_code, stdout_sha, stderr_sha,
+                               ((e.path, e.size, e.sha256) for e in manifest))
+        self._committed[execution.execution_id] = _Committed(
+            execution, digest, result.exit_code, result, now_ms())
+        commitment = ResultCommitment(execution.job.id or "", execution.execution_id,
+                                      self.peer_id,
+                                      commitment_seal(self.peer_id, execution.execution_id,
+                                                      digest))
+        await self._deliver(execution.requester, commitment)
+
+    async def on_reveal_request(self, request: RevealRequest, sender: str) -> None:
+        """Publish the committed result and send its record to the requester alone."""
+        held = self._committed.get(request.execution_id)
+        if (held is None or sender != held.execution.requester or held.envelope is not None
+                or request.node_id != self.peer_id):
+            return
+        execution = held.execution
+        results_dir = self.results_root / execution.execution_id
+        try:
+            record = await self._publish(execution, results_dir, held.exit_code)
+        except Exception as exc:
+            self._committed.pop(execution.execution_id, None)
+            await self._update(execution, ExecutionState.FAILED, f"publishing failed: {exc}")
+            return
+        if record_digest(record) != held.digest:
+            log.error("the published result of %s is not the one committed to",
+                      execution.execution_id)
+        held.envelope = seal_message(self.mesh.key, record, now_ms=now_ms())
+        await self._deliver(execution.requester, record, held.envelope)
+
+    async def on_verdict(self, verdict: Verdict, sender: str) -> None:
+        """Gossip our records the verdict accepted (now there is nothing left to copy)."""
+        for execution_id, held in list(self._committed.items()):
+            if held.execution.job.id != verdict.job_id or held.execution.requester != sender:
+                continue
+            self._committed.pop(execution_id, None)
+            if held.envelope is not None and held.digest == verdict.accepted:
+                try:
+                    await self.mesh.pubsub.publish(TOPIC_RESULTS, held.envelope)
+                except Exception as exc:
+                    log.debug("result gossip failed: %r", exc)
+            if held.execution.job.task.publisher.type != "local":
+                await trio.to_thread.run_sync(
+                    shutil.rmtree, self.results_root / execution_id, True)
+
+    async def _forget_unrevealed(self) -> None:
+        """A commitment never asked about (the requester went away) is dropped in time."""
+        while True:
+            await trio.sleep(COMMITTED_HOLD_SECONDS / 4)
+            cutoff = now_ms() - COMMITTED_HOLD_SECONDS * 1000
+            for execution_id, held in list(self._committed.items()):
+                if held.committed_ms < cutoff:
+                    self._committed.pop(execution_id, None)
 
     async def _report(self, execution: _Running, record: ResultRecord, result: Any) -> None:
         """Deliver the signed result to the requester, gossip it, and send the final state."""

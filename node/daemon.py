@@ -34,7 +34,10 @@ from protocol.messages import (
     JobAnnouncement,
     Message,
     NodeInfo,
+    ResultCommitment,
     ResultRecord,
+    RevealRequest,
+    Verdict,
     open_message,
 )
 from protocol.quantities import parse_bytes, parse_cpu
@@ -151,6 +154,8 @@ class Daemon:
             self._nursery.start_soon(self._guarded, self.compute.on_announcement, message)
         elif isinstance(message, ResultRecord) and self.requester is not None:
             await self.requester.on_result(message, encode_envelope(envelope))
+        elif isinstance(message, Verdict) and self.compute is not None:
+            await self.compute.on_verdict(message, envelope.sender)
 
     async def on_request(self, sender: str, data: bytes) -> bytes:
         """A point-to-point message (bid, decision, update, result); the reply is an ack."""
@@ -170,6 +175,10 @@ class Daemon:
             await self.requester.on_update(message)
         elif isinstance(message, ResultRecord) and self.requester is not None:
             await self.requester.on_result(message, data)
+        elif isinstance(message, ResultCommitment) and self.requester is not None:
+            await self.requester.on_commitment(message)
+        elif isinstance(message, RevealRequest) and self.compute is not None:
+            await self.compute.on_reveal_request(message, sender)
         else:
             return b"error: not accepted here"
         return b"ok"
@@ -193,6 +202,8 @@ class Daemon:
             await self.requester.on_update(message)
         elif isinstance(message, ResultRecord) and sealed is not None:
             await self.requester.on_result(message, sealed)
+        elif isinstance(message, ResultCommitment):
+            await self.requester.on_commitment(message)
 
     async def _guarded(self, fn: Any, *args: Any) -> None:
         try:
@@ -289,6 +300,8 @@ class Daemon:
                         detection_window_ms=self.membership.detection_window_ms,
                         local_compute=self._decide_locally if self.compute else None,
                         local_announce=self.compute.on_announcement if self.compute else None,
+                        local_reveal=self._reveal_locally if self.compute else None,
+                        local_verdict=self._verdict_locally if self.compute else None,
                         default_execution_timeout=config.default_execution_timeout,
                     )
                     await nursery.start(self.requester.run)
@@ -411,6 +424,14 @@ class Daemon:
     async def _decide_locally(self, decision: BidDecision) -> None:
         assert self.compute is not None
         await self.compute.on_decision(decision, self.peer_id)
+
+    async def _reveal_locally(self, request: RevealRequest) -> None:
+        assert self.compute is not None
+        await self.compute.on_reveal_request(request, self.peer_id)
+
+    async def _verdict_locally(self, verdict: Verdict) -> None:
+        assert self.compute is not None
+        await self.compute.on_verdict(verdict, self.peer_id)
 
     def shutdown(self) -> None:
         self._shutdown.set()

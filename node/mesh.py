@@ -59,6 +59,7 @@ from protocol.messages import (
     Message,
     NodeInfo,
     ResultRecord,
+    Verdict,
     open_message,
     seal_message,
 )
@@ -72,11 +73,11 @@ libp2p_tuning.apply()
 TOPIC_JOBS = f"{PROTOCOL_NAME}/jobs"
 TOPIC_RESULTS = f"{PROTOCOL_NAME}/results"
 TOPIC_NODES = f"{PROTOCOL_NAME}/nodes"
-#: Which message type each topic carries; anything else on a topic is dropped.
-TOPIC_MESSAGE_TYPES: dict[str, type[Message]] = {
-    TOPIC_JOBS: JobAnnouncement,
-    TOPIC_RESULTS: ResultRecord,
-    TOPIC_NODES: NodeInfo,
+#: Which message types each topic carries; anything else on a topic is dropped.
+TOPIC_MESSAGE_TYPES: dict[str, tuple[type[Message], ...]] = {
+    TOPIC_JOBS: (JobAnnouncement,),
+    TOPIC_RESULTS: (ResultRecord, Verdict),
+    TOPIC_NODES: (NodeInfo,),
 }
 #: Requests and their acks, many over one long-lived stream per peer (see ``_Channel``).
 REQUESTS_PROTOCOL = TProtocol("/bacnode/requests/1")
@@ -398,7 +399,7 @@ class Mesh:
     # -- gossip ------------------------------------------------------------
 
     def _make_validator(self, topic: str) -> Callable[[ID, Any], bool]:
-        expected_type = TOPIC_MESSAGE_TYPES[topic].TYPE
+        expected_types = {kind.TYPE for kind in TOPIC_MESSAGE_TYPES[topic]}
 
         own_id = self.host.get_id().to_bytes()
 
@@ -412,7 +413,7 @@ class Mesh:
                 envelope, message = open_message(
                     self._verifier, msg.data, now_ms=now_ms(), expected_sender=origin
                 )
-                if envelope.type != expected_type:
+                if envelope.type not in expected_types:
                     self.stats.dropped["WrongTopic"] += 1
                     return False
             except RemoteProtocolError as exc:
@@ -423,7 +424,7 @@ class Mesh:
                 self.stats.dropped["Invalid"] += 1
                 log.debug("dropped %s message from %s: %r", topic, forwarder, exc)
                 return False
-            self.stats.accepted[expected_type] += 1
+            self.stats.accepted[envelope.type] += 1
             if len(self._verified) >= MAX_PENDING_DELIVERIES:
                 del self._verified[next(iter(self._verified))]
             self._verified[(msg.from_id, msg.seqno)] = (envelope, message)

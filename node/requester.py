@@ -29,7 +29,10 @@ from protocol.messages import (
     ExecutionUpdate,
     JobAnnouncement,
     NodeInfo,
+    ResultCommitment,
     ResultRecord,
+    RevealRequest,
+    Verdict,
     seal_message,
 )
 from protocol.states import ExecutionState, JobState
@@ -38,15 +41,19 @@ from .core import RequesterCore
 from .core.events import (
     Announce,
     BidReceived,
+    CommitmentReceived,
     DecisionUndelivered,
     NodeHeard,
+    PersistCommitment,
     PersistExecution,
     PersistJob,
+    PublishVerdict,
     RequesterEvent,
     RequesterInstruction,
     Restarted,
     ResultReceived,
     SendDecision,
+    SendRevealRequest,
     StopRequested,
     StoredExecution,
     StoredJob,
@@ -55,7 +62,7 @@ from .core.events import (
     Tick,
     UpdateReceived,
 )
-from .mesh import TOPIC_JOBS, Mesh, MeshError, now_ms
+from .mesh import TOPIC_JOBS, TOPIC_RESULTS, Mesh, MeshError, now_ms
 from .store import PendingWrite, StateConflict, Store, StoreError
 
 log = logging.getLogger("bacnode.requester")
@@ -66,6 +73,7 @@ MAX_TICK_SECONDS = 1.0
 PERSIST_RETRY_SECONDS = 1.0
 
 _UNFINISHED = {JobState.PENDING, JobState.QUEUED, JobState.RUNNING}
+_Persist = PersistJob | PersistExecution | PersistCommitment
 
 
 class Requester:
@@ -78,6 +86,8 @@ class Requester:
         detection_window_ms: int,
         local_compute: Callable[[BidDecision], Awaitable[None]] | None = None,
         local_announce: Callable[[JobAnnouncement], Awaitable[None]] | None = None,
+        local_reveal: Callable[[RevealRequest], Awaitable[None]] | None = None,
+        local_verdict: Callable[[Verdict], Awaitable[None]] | None = None,
         default_execution_timeout: int = 0,
     ) -> None:
         self.store = store
@@ -87,13 +97,15 @@ class Requester:
         self._started_ms = started_ms
         self._local_compute = local_compute
         self._local_announce = local_announce
+        self._local_reveal = local_reveal
+        self._local_verdict = local_verdict
         self._default_execution_timeout = default_execution_timeout
         self._lock = trio.Lock()
         # Set once the core has taken up the stored jobs: every other event waits for it,
         # since ``Restarted`` replaces what the core knows with what the store holds.
         self._ready = trio.Event()
         self._wake = trio.Event()
-        self._unpersisted: list[PersistJob | PersistExecution] = []
+        self._unpersisted: list[_Persist] = []
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -116,7 +128,8 @@ class Requester:
         for record in await self.store.jobs_in_states(_UNFINISHED):
             executions = await self.store.list_executions(record.job.id or "")
             jobs.append(StoredJob(record.job, record.state, record.modify_time_ms, tuple(
-                StoredExecution(e.execution_id, e.node_id, e.state, e.create_time_ms, e.retryable)
+                StoredExecution(e.execution_id, e.node_id, e.state, e.create_time_ms, e.retryable,
+                                seal=e.seal, digest=e.digest)
                 for e in executions)))
         return tuple(jobs)
 
@@ -149,6 +162,9 @@ class Requester:
     async def on_result(self, record: ResultRecord, envelope_bytes: bytes) -> None:
         await self._handle(ResultReceived(record, envelope_bytes))
 
+    async def on_commitment(self, commitment: ResultCommitment) -> None:
+        await self._handle(CommitmentReceived(commitment))
+
     async def heard(self, info: NodeInfo) -> None:
         await self._handle(NodeHeard(info))
 
@@ -161,20 +177,19 @@ class Requester:
             self._wake.set()  # the core's next timer may have moved
 
     async def _decide(self, event: RequesterEvent) -> tuple[
-            list[RequesterInstruction], list[tuple[PersistJob | PersistExecution,
-                                                   list[PendingWrite]]]]:
+            list[RequesterInstruction], list[tuple[_Persist, list[PendingWrite]]]]:
         if not isinstance(event, Restarted):
             await self._ready.wait()
         async with self._lock:
             instructions = self.core.handle(event, now_ms())
             queued = [(instruction, self._queue_write(instruction))
                       for instruction in instructions
-                      if isinstance(instruction, PersistJob | PersistExecution)]
+                      if isinstance(instruction, PersistJob | PersistExecution
+                                    | PersistCommitment)]
         return instructions, queued
 
     async def _finish(self, instructions: list[RequesterInstruction],
-                      queued: list[tuple[PersistJob | PersistExecution,
-                                         list[PendingWrite]]]) -> None:
+                      queued: list[tuple[_Persist, list[PendingWrite]]]) -> None:
         for instruction, pending in queued:
             await self._committed(instruction, pending)
         for instruction in instructions:
@@ -195,15 +210,22 @@ class Requester:
                     self._spawn(self._local_announce, announcement)
             case SendDecision(decision):
                 self._spawn(self._send_decision, decision)
+            case SendRevealRequest(request):
+                self._spawn(self._send_reveal_request, request)
+            case PublishVerdict(verdict):
+                await self._publish_verdict(verdict)
 
-    def _queue_write(self, instruction: PersistJob | PersistExecution) -> list[PendingWrite]:
+    def _queue_write(self, instruction: _Persist) -> list[PendingWrite]:
         if self._unpersisted:
             self._unpersisted.append(instruction)  # behind what failed, to keep the order
             return []
         return self._queue_now(instruction)
 
-    def _queue_now(self, instruction: PersistJob | PersistExecution) -> list[PendingWrite]:
+    def _queue_now(self, instruction: _Persist) -> list[PendingWrite]:
         now = now_ms()
+        if isinstance(instruction, PersistCommitment):
+            return [self.store.queue_commitment(instruction.execution_id, instruction.seal,
+                                                instruction.digest)]
         if isinstance(instruction, PersistJob):
             return [self.store.queue_job_state(instruction.job_id, instruction.state,
                                                message=instruction.message, now_ms=now)]
@@ -218,8 +240,7 @@ class Requester:
             retryable=instruction.retryable))
         return queued
 
-    async def _committed(self, instruction: PersistJob | PersistExecution,
-                         pending: list[PendingWrite]) -> None:
+    async def _committed(self, instruction: _Persist, pending: list[PendingWrite]) -> None:
         for write in pending:
             try:
                 await self.store.committed(write)
@@ -234,7 +255,7 @@ class Requester:
                 self._unpersisted.append(instruction)
                 return
 
-    async def _write(self, instruction: PersistJob | PersistExecution) -> None:
+    async def _write(self, instruction: _Persist) -> None:
         for write in self._queue_now(instruction):
             await self.store.committed(write)
 
@@ -275,6 +296,30 @@ class Requester:
                 await self._handle(DecisionUndelivered(decision.execution_id, str(exc)))
             else:
                 log.debug("rejection to %s not delivered", decision.node_id)
+
+    async def _send_reveal_request(self, request: RevealRequest) -> None:
+        """Ask a node for the result it committed to; one that cannot be reached is failed by
+        the core when the reveal window closes."""
+        if request.node_id == self.peer_id and self._local_reveal is not None:
+            await self._local_reveal(request)
+            return
+        try:
+            await self.mesh.request(request.node_id,
+                                    seal_message(self.mesh.key, request, now_ms=now_ms()))
+        except MeshError as exc:
+            log.info("reveal request to %s not delivered: %s", request.node_id, exc)
+
+    async def _publish_verdict(self, verdict: Verdict) -> None:
+        """Keep the verdict with the job, then gossip it: the nodes whose results it accepts
+        gossip their records on seeing it (nothing of them went out before)."""
+        sealed = seal_message(self.mesh.key, verdict, now_ms=now_ms())
+        try:
+            await self.store.set_verdict(verdict.job_id, verdict.to_body(), sealed)
+        except StoreError as exc:
+            log.warning("keeping the verdict on %s: %s", verdict.job_id, exc)
+        self._spawn(self.mesh.pubsub.publish, TOPIC_RESULTS, sealed)
+        if self._local_verdict is not None:  # gossip does not loop back to its sender
+            self._spawn(self._local_verdict, verdict)
 
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
         async def guarded() -> None:

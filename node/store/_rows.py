@@ -28,12 +28,13 @@ from .records import (
 
 _NODE_COLUMNS = "info, first_seen_ms, last_seen_ms FROM nodes"
 _JOB_COLUMNS = (
-    "job_id, spec, state, state_message, requester, create_time_ms, modify_time_ms, revision"
-    " FROM jobs"
+    "job_id, spec, state, state_message, requester, create_time_ms, modify_time_ms, revision,"
+    " verdict FROM jobs"
 )
 _EXECUTION_COLUMNS = (
     "execution_id, job_id, node_id, state, desired_state, message, exit_code, run_output,"
-    " published, create_time_ms, modify_time_ms, revision, retryable FROM executions"
+    " published, create_time_ms, modify_time_ms, revision, retryable, seal, digest"
+    " FROM executions"
 )
 
 
@@ -80,6 +81,7 @@ def _job_record(row: sqlite3.Row) -> JobRecord:
         create_time_ms=row["create_time_ms"],
         modify_time_ms=row["modify_time_ms"],
         revision=row["revision"],
+        verdict=_load_json(row["verdict"]),
     )
 
 
@@ -105,6 +107,8 @@ def _execution_record(row: sqlite3.Row) -> ExecutionRecord:
         modify_time_ms=row["modify_time_ms"],
         revision=row["revision"],
         retryable=bool(row["retryable"]),
+        seal=row["seal"],
+        digest=row["digest"],
     )
 
 

@@ -498,6 +498,35 @@ class Store:
 
         return await self._read("listing jobs by state", run)
 
+    def queue_commitment(self, execution_id: str, seal: str, digest: str = "") -> PendingWrite:
+        """Queue keeping a verified job's execution's seal (and, once revealed, its digest);
+        its state is unchanged. Raises ``NotFound``."""
+        what = f"recording the commitment of execution {execution_id}"
+
+        def run(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(
+                "UPDATE executions SET seal = ?, digest = ?, revision = revision + 1"
+                " WHERE execution_id = ?", (seal, digest, execution_id))
+            if cursor.rowcount != 1:
+                raise NotFound(f"{what}: no such execution")
+
+        return self._enqueue(what, run)
+
+    async def set_verdict(self, job_id: str, verdict: Mapping[str, Any],
+                          envelope: bytes) -> None:
+        """Keep a verified job's signed verdict (its body and wire bytes). Raises
+        ``NotFound``."""
+        what = f"recording the verdict on job {job_id}"
+
+        def run(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(
+                "UPDATE jobs SET verdict = ?, verdict_envelope = ?, revision = revision + 1"
+                " WHERE job_id = ?", (_json(verdict), envelope, job_id))
+            if cursor.rowcount != 1:
+                raise NotFound(f"{what}: no such job")
+
+        await self._write(what, run)
+
     async def set_published(self, execution_id: str, published: Mapping[str, Any]) -> None:
         """Record where an execution's results were published; its state is unchanged."""
         what = f"recording published results of execution {execution_id}"

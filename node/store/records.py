@@ -41,6 +41,8 @@ class JobRecord:
     modify_time_ms: int
     #: 1 when created, incremented on every change.
     revision: int
+    #: Verified jobs: the signed verdict's body (``protocol.messages.Verdict``), once given.
+    verdict: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,9 @@ class ExecutionRecord:
     revision: int
     #: Failed through no fault of the job (its node died or restarted): placed again.
     retryable: bool = False
+    #: Verified jobs: the node's commitment, and the digest its reveal opened it with.
+    seal: str = ""
+    digest: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,6 +112,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE executions ADD COLUMN retryable INTEGER NOT NULL DEFAULT 0;
     """,
+    # 5: verified jobs: an execution's commitment and the digest its reveal opened it
+    # with, and the job's signed verdict (protocol.messages.Verdict body and envelope).
+    """
+    ALTER TABLE executions ADD COLUMN seal TEXT NOT NULL DEFAULT '';
+    ALTER TABLE executions ADD COLUMN digest TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN verdict TEXT CHECK (verdict IS NULL OR json_valid(verdict));
+    ALTER TABLE jobs ADD COLUMN verdict_envelope BLOB;
+    """,
 ]
 
 
