@@ -103,9 +103,12 @@ def node() -> None:
 @node.command("list")
 @output_options
 @click.option("--labels", "selector", help="only nodes whose labels match, e.g. zone=b")
+@click.option("--wide", is_flag=True,
+              help="also this daemon's record of each compute node: agreed, outvoted, "
+                   "withheld, failed, timed out (score)")
 @click.pass_context
 def node_list(ctx: click.Context, output: str, hide_header: bool, no_style: bool,
-              selector: str | None) -> None:
+              selector: str | None, wide: bool) -> None:
     """Every node this daemon has heard from, CONNECTED or DISCONNECTED."""
     from urllib.parse import urlencode
 
@@ -127,8 +130,16 @@ def node_list(ctx: click.Context, output: str, hide_header: bool, no_style: bool
             if free else "-",
             ",".join(compute.get("ExecutionEngines", [])) or "-",
         ])
-    show(nodes, output, ["ID", "TYPE", "STATUS", "LABELS", "FREE", "ENGINES"], rows,
-         hide_header=hide_header)
+        if wide:
+            record = state.get("Reputation")
+            rows[-1].append(
+                f"{record['Agreements']}/{record['Disagreements']}/{record['Withheld']}/"
+                f"{record['Failures']}/{record['Timeouts']} ({record['Score']:+d})"
+                if record else "-")
+    headers = ["ID", "TYPE", "STATUS", "LABELS", "FREE", "ENGINES"]
+    if wide:
+        headers.append("REPUTATION (A/D/W/F/T)")
+    show(nodes, output, headers, rows, hide_header=hide_header)
 
 
 @node.command("describe")

@@ -115,8 +115,9 @@ def node_info_json(info: NodeInfo) -> dict[str, Any]:
     return out
 
 
-def node_state_json(status: NodeStatus) -> dict[str, Any]:
-    """A node as Bacalhau's ``NodeState``: ``Info``, ``Membership``, ``ConnectionState``."""
+def node_state_json(status: NodeStatus, reputation: Any = None) -> dict[str, Any]:
+    """A node as Bacalhau's ``NodeState``: ``Info``, ``Membership``, ``ConnectionState``;
+    with this node's record of it as a requester (``Reputation``), when it has one."""
     connection = "CONNECTED" if status.connected else "DISCONNECTED"
     connection_state: dict[str, Any] = {
         "Status": connection,
@@ -133,6 +134,8 @@ def node_state_json(status: NodeStatus) -> dict[str, Any]:
         # bacnode's own: when this node first and last heard from it
         "FirstSeen": rfc3339(status.first_seen_ms),
         "LastSeen": rfc3339(status.last_seen_ms),
+        **({"Reputation": {**{k.capitalize(): v for k, v in reputation.to_dict().items()},
+                           "Score": reputation.score}} if reputation is not None else {}),
     }
 
 
@@ -340,8 +343,9 @@ def create_app(node: NodeView) -> FastAPI:
             raise HTTPException(400, f"filter-approval {filter_approval!r}: use approved, "
                                      "pending or rejected")
         approved_only = filter_approval.strip().upper() in ("", "APPROVED")
+        reputation = getattr(node, "reputation_of", lambda node_id: None)
         states = [
-            node_state_json(s) for s in await node.list_nodes()
+            node_state_json(s, reputation(s.info.node_id)) for s in await node.list_nodes()
             if approved_only
             and all(c.matches(s.info.labels) for c in selectors)
             and (not status_wanted or ("CONNECTED" if s.connected else "DISCONNECTED")
@@ -374,7 +378,8 @@ def create_app(node: NodeView) -> FastAPI:
         if len(matches) != 1:
             detail = "no node" if not matches else f"{len(matches)} nodes"
             raise HTTPException(404 if not matches else 400, f"{detail} match {node_id!r}")
-        state = node_state_json(matches[0])
+        reputation = getattr(node, "reputation_of", lambda node_id: None)
+        state = node_state_json(matches[0], reputation(matches[0].info.node_id))
         return {"Node": state, "node": state}  # both spellings: see list_nodes
 
     if getattr(node, "store", None) is not None:

@@ -87,6 +87,9 @@ class NodeStateModel(_Model):
     ConnectionState: ConnectionStateModel
     FirstSeen: str | None = Field(None, description="bacnode's own: first heard of")
     LastSeen: str | None = Field(None, description="bacnode's own: last heard of")
+    Reputation: dict[str, int] | None = Field(
+        None, description="bacnode's own: this daemon's record of the node as a requester "
+                          "(Agreements, Disagreements, Withheld, Failures, Timeouts, Score)")
 
 
 class ListNodesResponse(_Model):

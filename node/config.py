@@ -91,6 +91,11 @@ class NodeConfig:
     reject_jobs_from: tuple[str, ...] = ()
     #: Executions one requester may hold here at once; 0: no limit beyond --max-jobs.
     max_jobs_per_requester: int = 0
+    #: As a requester: compute nodes whose score (node.core.reputation) falls below this
+    #: are not asked again.
+    min_reputation: int = -4
+    #: Requesters (peer IDs) whose gossiped verdicts count in this node's tallies too.
+    trusted_requesters: tuple[str, ...] = ()
     #: Multiaddrs (with /p2p/<id>) of IPFS peers outside the mesh to fetch blocks from.
     ipfs_peers: tuple[str, ...] = ()
     #: How long blocks of published results and ``ipfs add`` stay after their pin, hours.
@@ -129,7 +134,7 @@ class NodeConfig:
 
 _FIELDS = {f.name: f for f in fields(NodeConfig)}
 _TUPLE_FIELDS = {"listen", "peers", "allowed_images", "ipfs_peers", "accept_jobs_from",
-                 "reject_jobs_from"}
+                 "reject_jobs_from", "trusted_requesters"}
 _BOOL_FIELDS = {"orchestrator", "compute", "mdns", "allow_networked_jobs"}
 _INT_FIELDS = {"api_port", "max_jobs", "missed_heartbeats", "default_execution_timeout",
                "max_jobs_per_requester"}
@@ -163,6 +168,11 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
         if number < 0 or (name == "api_port" and number > 65535):
             raise ConfigError(f"{name} from {origin}: {number} is out of range")
         return number
+    if name == "min_reputation":
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} from {origin}: {value!r} is not a whole number") from None
     if name == "heartbeat_seconds":
         try:
             seconds = float(value)
@@ -201,7 +211,7 @@ def _validate(config: NodeConfig) -> NodeConfig:
                 parser(text)
             except LocalProtocolError as exc:
                 raise ConfigError(f"--{name.replace('_', '-')}: {exc}") from None
-    for name in ("accept_jobs_from", "reject_jobs_from"):
+    for name in ("accept_jobs_from", "reject_jobs_from", "trusted_requesters"):
         for peer in getattr(config, name):
             if not is_peer_id(peer):
                 raise ConfigError(f"--{name.replace('_', '-')}: {peer!r} is not a peer ID "

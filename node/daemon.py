@@ -154,8 +154,11 @@ class Daemon:
             self._nursery.start_soon(self._guarded, self.compute.on_announcement, message)
         elif isinstance(message, ResultRecord) and self.requester is not None:
             await self.requester.on_result(message, encode_envelope(envelope))
-        elif isinstance(message, Verdict) and self.compute is not None:
-            await self.compute.on_verdict(message, envelope.sender)
+        elif isinstance(message, Verdict):
+            if self.compute is not None:
+                await self.compute.on_verdict(message, envelope.sender)
+            if self.requester is not None and envelope.sender in self.config.trusted_requesters:
+                await self.requester.on_trusted_verdict(message)
 
     async def on_request(self, sender: str, data: bytes) -> bytes:
         """A point-to-point message (bid, decision, update, result); the reply is an ack."""
@@ -182,6 +185,10 @@ class Daemon:
         else:
             return b"error: not accepted here"
         return b"ok"
+
+    def reputation_of(self, node_id: str) -> Any:
+        """What this node's requester remembers of ``node_id`` (None: nothing yet)."""
+        return self.requester.core.reputation.get(node_id) if self.requester else None
 
     async def ready_requester(self) -> Requester | None:
         """This node's requester once it has taken up its stored jobs; None when the node is
@@ -303,6 +310,7 @@ class Daemon:
                         local_reveal=self._reveal_locally if self.compute else None,
                         local_verdict=self._verdict_locally if self.compute else None,
                         default_execution_timeout=config.default_execution_timeout,
+                        min_reputation=config.min_reputation,
                     )
                     await nursery.start(self.requester.run)
                     self._requester_ready.set()

@@ -47,6 +47,7 @@ from .core.events import (
     PersistCommitment,
     PersistExecution,
     PersistJob,
+    PersistReputation,
     PublishVerdict,
     RequesterEvent,
     RequesterInstruction,
@@ -61,7 +62,9 @@ from .core.events import (
     Submitted,
     Tick,
     UpdateReceived,
+    VerdictHeard,
 )
+from .core.reputation import DEFAULT_MIN_SCORE, Reputation
 from .mesh import TOPIC_JOBS, TOPIC_RESULTS, Mesh, MeshError, now_ms
 from .store import PendingWrite, StateConflict, Store, StoreError
 
@@ -73,7 +76,7 @@ MAX_TICK_SECONDS = 1.0
 PERSIST_RETRY_SECONDS = 1.0
 
 _UNFINISHED = {JobState.PENDING, JobState.QUEUED, JobState.RUNNING}
-_Persist = PersistJob | PersistExecution | PersistCommitment
+_Persist = PersistJob | PersistExecution | PersistCommitment | PersistReputation
 
 
 class Requester:
@@ -89,11 +92,13 @@ class Requester:
         local_reveal: Callable[[RevealRequest], Awaitable[None]] | None = None,
         local_verdict: Callable[[Verdict], Awaitable[None]] | None = None,
         default_execution_timeout: int = 0,
+        min_reputation: int = DEFAULT_MIN_SCORE,
     ) -> None:
         self.store = store
         self.mesh = mesh
         self.peer_id = mesh.peer_id
-        self.core = RequesterCore(mesh.peer_id, detection_window_ms=detection_window_ms)
+        self.core = RequesterCore(mesh.peer_id, detection_window_ms=detection_window_ms,
+                                  min_reputation=min_reputation)
         self._started_ms = started_ms
         self._local_compute = local_compute
         self._local_announce = local_announce
@@ -111,7 +116,10 @@ class Requester:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await self._handle(Restarted(self._started_ms, await self._stored_jobs()))
+            reputations = tuple((node_id, Reputation(**tallies)) for node_id, tallies in
+                                (await self.store.list_reputations()).items())
+            await self._handle(Restarted(self._started_ms, await self._stored_jobs(),
+                                         reputations))
             self._ready.set()
             nursery.start_soon(self._retry_unpersisted)
             task_status.started()
@@ -165,6 +173,10 @@ class Requester:
     async def on_commitment(self, commitment: ResultCommitment) -> None:
         await self._handle(CommitmentReceived(commitment))
 
+    async def on_trusted_verdict(self, verdict: Verdict) -> None:
+        """Another requester's verdict, from one this node's operator trusts."""
+        await self._handle(VerdictHeard(verdict))
+
     async def heard(self, info: NodeInfo) -> None:
         await self._handle(NodeHeard(info))
 
@@ -185,7 +197,7 @@ class Requester:
             queued = [(instruction, self._queue_write(instruction))
                       for instruction in instructions
                       if isinstance(instruction, PersistJob | PersistExecution
-                                    | PersistCommitment)]
+                                    | PersistCommitment | PersistReputation)]
         return instructions, queued
 
     async def _finish(self, instructions: list[RequesterInstruction],
@@ -226,6 +238,9 @@ class Requester:
         if isinstance(instruction, PersistCommitment):
             return [self.store.queue_commitment(instruction.execution_id, instruction.seal,
                                                 instruction.digest)]
+        if isinstance(instruction, PersistReputation):
+            return [self.store.queue_reputation(instruction.node_id,
+                                                instruction.reputation.to_dict(), now)]
         if isinstance(instruction, PersistJob):
             return [self.store.queue_job_state(instruction.job_id, instruction.state,
                                                message=instruction.message, now_ms=now)]

@@ -54,6 +54,11 @@ def main() -> None:
               help="take jobs only from these requesters, peer IDs, comma-separated")
 @click.option("--reject-jobs-from",
               help="never take jobs from these requesters, peer IDs, comma-separated")
+@click.option("--min-reputation", type=int,
+              help="do not ask compute nodes scoring below this (a lie costs 5) [default: -4]")
+@click.option("--trusted-requesters",
+              help="requesters whose verdicts count in this node's tallies, peer IDs, "
+                   "comma-separated")
 @click.option("--max-jobs-per-requester", type=int,
               help="executions one requester may hold here at once (0: no limit) [default: 0]")
 @click.option("--ipfs-peer", "ipfs_peers", multiple=True,

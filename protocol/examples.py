@@ -96,6 +96,6 @@ def example_messages() -> list:
         ResultCommitment(job_id, execution_id, node, "c" * 64),
         RevealRequest(job_id, execution_id, node, PEER_IDS[0]),
         Verdict(job_id, PEER_IDS[0], "Verified", 2,
-                (VerdictGroup("d" * 64, (execution_id,)),), accepted="d" * 64,
+                (VerdictGroup("d" * 64, (execution_id,), (node,)),), accepted="d" * 64,
                 decided_at_ms=1_780_000_010_000),
     ]

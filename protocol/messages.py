@@ -483,15 +483,21 @@ class RevealRequest(Message):
 
 @dataclass(frozen=True)
 class VerdictGroup(Record):
-    """The executions that revealed one digest."""
+    """The executions that revealed one digest, and their nodes (in the same order), so
+    that whoever trusts the verdict can tell who agreed."""
 
     digest: str
     executions: tuple[str, ...]
+    nodes: tuple[str, ...] = ()
 
     def _validate(self, path: str) -> None:
         _require(bool(SHA256_HEX_RE.match(self.digest)), f"{path}.digest is not 64 hex digits")
         for i, execution_id in enumerate(self.executions):
             _check_execution_id(execution_id, f"{path}.executions[{i}]")
+        _require(not self.nodes or len(self.nodes) == len(self.executions),
+                 f"{path}.nodes must name one node per execution")
+        for i, node in enumerate(self.nodes):
+            _check_peer(node, f"{path}.nodes[{i}]")
 
 
 @dataclass(frozen=True)

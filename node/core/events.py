@@ -24,6 +24,8 @@ from protocol.messages import (
 )
 from protocol.states import ExecutionState, JobState
 
+from .reputation import Reputation
+
 # -- events, both cores ------------------------------------------------------
 
 
@@ -64,6 +66,13 @@ class CommitmentReceived:
     """A node committed to its result of a verified job (its seal, not the result)."""
 
     commitment: ResultCommitment
+
+
+@dataclass(frozen=True)
+class VerdictHeard:
+    """A verdict another requester this node trusts gossiped: its tallies count here too."""
+
+    verdict: Verdict
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,8 @@ class Restarted:
 
     started_ms: int
     jobs: tuple[StoredJob, ...] = ()
+    #: What this node remembers of each compute node (``node.core.reputation``).
+    reputations: tuple[tuple[str, Reputation], ...] = ()
 
 
 # -- instructions, requester --------------------------------------------------
@@ -179,6 +190,14 @@ class PublishVerdict:
     (nothing of a verified job's results went out before)."""
 
     verdict: Verdict
+
+
+@dataclass(frozen=True)
+class PersistReputation:
+    """Keep a compute node's new tallies."""
+
+    node_id: str
+    reputation: Reputation
 
 
 @dataclass(frozen=True)
@@ -259,9 +278,10 @@ class CancelExecution:
 
 
 RequesterEvent = (Submitted | BidReceived | UpdateReceived | ResultReceived
-                  | CommitmentReceived | NodeHeard | DecisionUndelivered | StopRequested
-                  | Restarted | Tick)
+                  | CommitmentReceived | VerdictHeard | NodeHeard | DecisionUndelivered
+                  | StopRequested | Restarted | Tick)
 RequesterInstruction = (Announce | SendDecision | PersistJob | PersistExecution
-                        | PersistCommitment | SendRevealRequest | PublishVerdict | StoreResult)
+                        | PersistCommitment | PersistReputation | SendRevealRequest
+                        | PublishVerdict | StoreResult)
 ComputeEvent = Announced | InputsMeasured | DecisionReceived | ExecutionEnded | Tick
 ComputeInstruction = MeasureInputs | SendBid | StartExecution | CancelExecution

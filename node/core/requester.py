@@ -78,6 +78,7 @@ from .events import (
     PersistCommitment,
     PersistExecution,
     PersistJob,
+    PersistReputation,
     PublishVerdict,
     RequesterEvent,
     RequesterInstruction,
@@ -91,6 +92,16 @@ from .events import (
     Submitted,
     Tick,
     UpdateReceived,
+    VerdictHeard,
+)
+from .reputation import (
+    AGREEMENTS,
+    DEFAULT_MIN_SCORE,
+    DISAGREEMENTS,
+    FAILURES,
+    TIMEOUTS,
+    WITHHELD,
+    Reputation,
 )
 
 #: Longest wait for bids from the nodes asked.
@@ -179,9 +190,13 @@ class _NodeView:
 
 
 class RequesterCore:
-    def __init__(self, node_id: str, *, detection_window_ms: int) -> None:
+    def __init__(self, node_id: str, *, detection_window_ms: int,
+                 min_reputation: int = DEFAULT_MIN_SCORE) -> None:
         self.node_id = node_id
         self.detection_window_ms = detection_window_ms
+        #: Compute nodes scoring below this are not asked to bid.
+        self.min_reputation = min_reputation
+        self.reputation: dict[str, Reputation] = {}
         self.started_ms = 0
         self.plans: dict[str, _Plan] = {}
         self.nodes: dict[str, _NodeView] = {}
@@ -213,13 +228,16 @@ class RequesterCore:
                     self._out.append(StoreResult(record, envelope))
             case CommitmentReceived(commitment):
                 self._committed(commitment, now)
+            case VerdictHeard(verdict):
+                self._tally_verdict(verdict)
             case NodeHeard(info):
                 self._heard(info, now)
             case DecisionUndelivered(execution_id, reason):
                 self._undelivered(execution_id, reason, now)
             case StopRequested(job_id, reason):
                 self._stop(job_id, reason)
-            case Restarted(started_ms, jobs):
+            case Restarted(started_ms, jobs, reputations):
+                self.reputation = dict(reputations)
                 self._restarted(started_ms, jobs, now)
         out, self._out = self._out, []
         return out
@@ -298,7 +316,7 @@ class RequesterCore:
         for node_id, view in self.nodes.items():
             info = view.info
             if (node_id in exclude or "compute" not in info.roles
-                    or not self.is_alive(node_id, now)):
+                    or not self.is_alive(node_id, now) or self.distrusted(node_id)):
                 continue
             policy = NodePolicy(engines=info.engines, storages=info.storages,
                                 publishers=info.publishers, labels=info.labels,
@@ -306,7 +324,8 @@ class RequesterCore:
             if decline_reason(job, policy) is not None:
                 continue
             room = needs.fits_in(info.free)
-            ranked.append((not room, xor_distance(job.id or "", node_id), node_id))
+            ranked.append((not room, self._blemished(node_id), xor_distance(job.id or "", node_id),
+                           node_id))
         return [node_id for *_, node_id in sorted(ranked)]
 
     def _bid(self, bid: Bid, now: int) -> None:
@@ -337,8 +356,11 @@ class RequesterCore:
         plan.round = None
         bids = list(bid_round.bids.values())
         needed = plan.needed()
-        chosen = choose_bids(bids, needed, exclude={
-            e.node_id for e in plan.executions.values() if e.state in _PLACED})
+        excluded = {e.node_id for e in plan.executions.values() if e.state in _PLACED}
+        excluded |= {bid.node_id for bid in bids if self.distrusted(bid.node_id)}
+        # A clean record first; among equals the usual ranking spreads the load.
+        chosen = choose_bids(sorted(bids, key=lambda bid: self._blemished(bid.node_id)),
+                             needed, exclude=excluded)
         queue_over = now >= plan.waiting_since_ms + plan.job.task.timeouts.queue_timeout * 1000
         # Nodes that are busy now will have room later, and nodes not asked yet or not heard
         # from (a lost message) may take it; nodes that declined never will. A node that
@@ -547,19 +569,22 @@ class RequesterCore:
                 node = execution.node_id
                 if self.restarted_after(node, execution.created_ms):
                     # Compute nodes never resume executions across a restart (this one too).
-                    self._lost(plan, execution, f"node {node} restarted during it", now)
+                    self._lost(plan, execution, f"node {node} restarted during it", now,
+                               fault=FAILURES)
                 elif not self.is_alive(node, now):
-                    self._lost(plan, execution, f"node {node} stopped responding", now)
+                    self._lost(plan, execution, f"node {node} stopped responding", now,
+                               fault=FAILURES)
                 elif (execution.reveal_asked_ms is not None and not execution.digest
                       and now > execution.reveal_asked_ms + REVEAL_WINDOW_MS):
                     self._lost(plan, execution,
                                f"node {node} committed but did not reveal its result within "
-                               f"{REVEAL_WINDOW_MS // 1000}s", now)
+                               f"{REVEAL_WINDOW_MS // 1000}s", now, fault=WITHHELD)
                 elif (execution.deadline_ms and not execution.seal
                       and now > execution.deadline_ms + DEADLINE_GRACE_MS):
                     limit = plan.job.task.timeouts.execution_limit
                     self._lost(plan, execution,
-                               f"no result from node {node} by the job's {limit}s deadline", now)
+                               f"no result from node {node} by the job's {limit}s deadline", now,
+                               fault=TIMEOUTS)
 
     def _undelivered(self, execution_id: str, reason: str, now: int) -> None:
         for plan in self.plans.values():
@@ -568,7 +593,12 @@ class RequesterCore:
                 self._lost(plan, execution, f"could not reach the node: {reason}", now)
                 return
 
-    def _lost(self, plan: _Plan, execution: _Execution, reason: str, now: int) -> None:
+    def _lost(self, plan: _Plan, execution: _Execution, reason: str, now: int, *,
+              fault: str | None = None) -> None:
+        """Fail ``execution`` as retryable and place it again; ``fault``: the node's tally
+        this counts against (None: nobody's fault, e.g. a decision that could not be sent)."""
+        if fault is not None:
+            self._count(execution.node_id, fault)
         self._set_execution(plan, execution, ExecutionState.FAILED,
                             f"{reason}; placing it again", retryable=True)
         if len(plan.tried_nodes()) >= MAX_RETRIES + plan.job.count:
@@ -609,6 +639,32 @@ class RequesterCore:
                 self._reveal_when_committed(plan, now)  # reveals asked before: ask again
                 self._tally_when_revealed(plan, now)
 
+    # -- reputation ------------------------------------------------------------------
+
+    def distrusted(self, node_id: str) -> bool:
+        """Whether ``node_id``'s record has fallen below this requester's threshold."""
+        record = self.reputation.get(node_id)
+        return record is not None and record.score < self.min_reputation
+
+    def _blemished(self, node_id: str) -> bool:
+        record = self.reputation.get(node_id)
+        return record is not None and record.blemished
+
+    def _count(self, node_id: str, tally_name: str) -> None:
+        record = self.reputation.get(node_id, Reputation()).counted(tally_name)
+        self.reputation[node_id] = record
+        self._out.append(PersistReputation(node_id, record))
+
+    def _tally_verdict(self, verdict: Verdict) -> None:
+        """Another requester's verdict, trusted by this node's operator: who agreed, who
+        was outvoted (a verdict without consensus tells nothing about anyone)."""
+        if verdict.requester == self.node_id or not verdict.accepted:
+            return
+        for group in verdict.groups:
+            for node_id in group.nodes:
+                self._count(node_id, AGREEMENTS if group.digest == verdict.accepted
+                            else DISAGREEMENTS)
+
     # -- verified jobs: commit, reveal, verdict ------------------------------------
 
     def _committed(self, commitment: ResultCommitment, now: int) -> None:
@@ -645,7 +701,7 @@ class RequesterCore:
         digest = record_digest(record)
         if not opens_seal(execution.seal, execution.node_id, execution.execution_id, digest):
             self._lost(plan, execution, f"node {execution.node_id}'s result does not match "
-                                        "what it committed to", now)
+                                        "what it committed to", now, fault=DISAGREEMENTS)
             return
         execution.digest = digest
         self._out.append(PersistCommitment(execution.execution_id, execution.seal, digest))
@@ -663,6 +719,9 @@ class RequesterCore:
         agreeing = set(result.agreeing())
         for execution_id in revealed:
             execution = plan.executions[execution_id]
+            if result.accepted is not None:
+                self._count(execution.node_id,
+                            AGREEMENTS if execution_id in agreeing else DISAGREEMENTS)
             if execution_id in agreeing:
                 self._advance(plan, execution, ExecutionState.COMPLETED,
                               f"verified: {len(agreeing)} of {len(revealed)} executions agree "
@@ -677,7 +736,9 @@ class RequesterCore:
         self._out.append(PublishVerdict(Verdict(
             job_id=plan.job_id, requester=self.node_id, state=result.state,
             confidence=verification.confidence,
-            groups=tuple(VerdictGroup(digest, members) for digest, members in result.groups),
+            groups=tuple(VerdictGroup(digest, members,
+                                      tuple(plan.executions[e].node_id for e in members))
+                         for digest, members in result.groups),
             accepted=result.accepted or "", decided_at_ms=now)))
         self._refresh(plan, now)
 

@@ -512,6 +512,34 @@ class Store:
 
         return self._enqueue(what, run)
 
+    _REPUTATION_FIELDS = ("agreements", "disagreements", "withheld", "failures", "timeouts")
+
+    def queue_reputation(self, node_id: str, tallies: Mapping[str, int],
+                         now_ms: int) -> PendingWrite:
+        """Queue keeping a compute node's tallies (``node.core.reputation.Reputation``)."""
+        values = [int(tallies.get(name, 0)) for name in self._REPUTATION_FIELDS]
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO reputation (node_id, agreements, disagreements, withheld, failures,"
+                " timeouts, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO"
+                " UPDATE SET agreements = excluded.agreements, disagreements ="
+                " excluded.disagreements, withheld = excluded.withheld, failures ="
+                " excluded.failures, timeouts = excluded.timeouts, updated_ms ="
+                " excluded.updated_ms", (node_id, *values, now_ms))
+
+        return self._enqueue(f"recording the reputation of {node_id}", run)
+
+    async def list_reputations(self) -> dict[str, dict[str, int]]:
+        """Every compute node's tallies, by node ID."""
+        def run(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            rows = conn.execute(
+                f"SELECT node_id, {', '.join(self._REPUTATION_FIELDS)} FROM reputation")
+            return {row["node_id"]: {name: row[name] for name in self._REPUTATION_FIELDS}
+                    for row in rows}
+
+        return await self._read("reading reputations", run)
+
     async def set_verdict(self, job_id: str, verdict: Mapping[str, Any],
                           envelope: bytes) -> None:
         """Keep a verified job's signed verdict (its body and wire bytes). Raises

@@ -120,6 +120,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN verdict TEXT CHECK (verdict IS NULL OR json_valid(verdict));
     ALTER TABLE jobs ADD COLUMN verdict_envelope BLOB;
     """,
+    # 6: what this node, as a requester, remembers of each compute node (node.core.reputation).
+    """
+    CREATE TABLE reputation (
+        node_id       TEXT PRIMARY KEY,
+        agreements    INTEGER NOT NULL,
+        disagreements INTEGER NOT NULL,
+        withheld      INTEGER NOT NULL,
+        failures      INTEGER NOT NULL,
+        timeouts      INTEGER NOT NULL,
+        updated_ms    INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 

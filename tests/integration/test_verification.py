@@ -36,6 +36,9 @@ def test_three_honest_nodes_agree_and_the_job_is_verified(devnet: list[Daemon],
     assert {e["State"] for e in executions} == {"Completed"}
     listed = node.cli("list", "--wide").stdout
     assert job_id in listed and "Verified" in listed
+    # Each node's record, as the requester keeps it: one agreement (A/D/W/F/T).
+    nodes = node.cli("node", "list", "--wide").stdout
+    assert nodes.count("1/0/0/0/0 (+1)") == 3, nodes
     got = node.cli("get", job_id, "--output-dir", str(tmp_path / "out"))
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "out" / "outputs" / "a.txt").read_text() == "same\n"

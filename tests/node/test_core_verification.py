@@ -254,3 +254,53 @@ def test_a_restarted_requester_asks_again_for_reveals_it_was_owed() -> None:
         out += core.handle(ResultReceived(records[execution_id], b"sealed"), 2000)
     (verdict,) = [p.verdict for p in of(PublishVerdict, out)]
     assert verdict.state == "Verified" and len(verdict.groups[0].executions) == 3
+
+
+def test_a_liar_is_flagged_and_never_chosen_again_once_below_the_threshold() -> None:
+    from node.core.events import Announce, PersistReputation
+
+    net = Network(verified_job(3), NODES[:5])
+    executions = list(net.placed)
+    liar = executions[1]
+    liar_node = net.placed[liar]
+    records = honest_run(net, executions, {liar: "6" * 64})
+    for execution_id in executions:
+        net.commit(execution_id, records[execution_id])
+    for execution_id in executions:
+        net.reveal(records[execution_id])
+    tallies = {p.node_id: p.reputation for p in of(PersistReputation, net.out)}
+    assert tallies[liar_node].disagreements == 1 and tallies[liar_node].score < -4 + 1
+    assert {tallies[net.placed[e]].agreements for e in executions if e != liar} == {1}
+    assert net.core.distrusted(liar_node)
+    # The next job: the liar is neither asked nor, if it bids anyway, chosen.
+    for _ in range(5):
+        again = verified_job(3)
+        announce = of(Announce, net.handle(Submitted(again)))[0].announcement
+        assert liar_node not in announce.candidates
+        out = net.handle(BidReceived(bid(again.id or "", liar_node)))
+        assert not [d for d in out if getattr(d, "decision", None) and d.decision.accepted
+                    and d.decision.node_id == liar_node]
+
+
+def test_failures_rank_a_node_later_but_never_exclude_it() -> None:
+    from node.core.reputation import Reputation
+
+    core = requester_with("clean", "flaky")
+    core.reputation["flaky"] = Reputation(failures=9, timeouts=9)
+    assert not core.distrusted("flaky")
+    ranked = core._candidates(verified_job(2), 0, exclude=set())
+    assert ranked == ["clean", "flaky"]
+
+
+def test_verdicts_of_trusted_requesters_count_too() -> None:
+    from node.core.events import VerdictHeard
+    from protocol.messages import Verdict, VerdictGroup
+
+    core = requester_with("n1", "n2", "n3")
+    e = [f"e-{uuid.uuid4()}" for _ in range(3)]
+    verdict = Verdict(f"j-{uuid.uuid4()}", "12D3KooWOther", "Verified", 2, (
+        VerdictGroup("a" * 64, (e[0], e[1]), ("n1", "n2")),
+        VerdictGroup("b" * 64, (e[2],), ("n3",))), accepted="a" * 64)
+    core.handle(VerdictHeard(verdict), 0)
+    assert core.reputation["n1"].agreements == core.reputation["n2"].agreements == 1
+    assert core.reputation["n3"].disagreements == 1 and core.distrusted("n3")

@@ -116,13 +116,16 @@ def result_records(draw: st.DrawFn) -> ResultRecord:
 @st.composite
 def verdicts(draw: st.DrawFn) -> Verdict:
     digests = draw(st.lists(sha256_hex, unique=True, min_size=1, max_size=3))
-    groups = tuple(VerdictGroup(digest, tuple(draw(st.lists(execution_ids, min_size=1,
-                                                                max_size=3))))
-                   for digest in digests)
+    groups = []
+    for digest in digests:
+        executions = tuple(draw(st.lists(execution_ids, min_size=1, max_size=3)))
+        nodes = tuple(draw(peer_ids) for _ in executions)
+        groups.append(VerdictGroup(digest, executions, nodes))
     verified = draw(st.booleans())
     return Verdict(job_id=draw(job_ids), requester=draw(peer_ids),
                    state="Verified" if verified else "NoConsensus",
-                   confidence=draw(st.integers(min_value=1, max_value=100)), groups=groups,
+                   confidence=draw(st.integers(min_value=1, max_value=100)),
+                   groups=tuple(groups),
                    accepted=digests[0] if verified else "", decided_at_ms=draw(small_ints))
 
 

@@ -45,6 +45,7 @@ from node.core.events import (
     NodeHeard,
     PersistExecution,
     PersistJob,
+    PersistReputation,
     Restarted,
     ResultReceived,
     SendBid,
@@ -115,6 +116,9 @@ class _Store:
         self.jobs: dict[str, list[Any]] = {}  # job_id: [job, state, modify_ms]
         self.executions: dict[str, dict[str, Any]] = {}
         self.by_job: dict[str, list[str]] = {}
+        #: Why each job is in its state (the last PersistJob's message).
+        self.messages: dict[str, str] = {}
+        self.reputations: dict[str, Any] = {}
 
     def create_job(self, job: Job, now: int) -> None:
         self.jobs[job.id or ""] = [job, JobState.PENDING, now]
@@ -126,6 +130,7 @@ class _Store:
             if entry[1] != instruction.state:
                 check_job_transition(entry[1], instruction.state)
             entry[1], entry[2] = instruction.state, now
+            self.messages[instruction.job_id] = instruction.message
             return
         if instruction.created:
             self.executions[instruction.execution_id] = {
@@ -335,6 +340,8 @@ class World:
                     self._persist(node, instruction)
                 case StoreResult():
                     pass
+                case PersistReputation(node_id, reputation):
+                    node.store.reputations[node_id] = reputation
                 case Announce(announcement):
                     self._announce(node, announcement)
                 case SendDecision(decision):
@@ -654,7 +661,8 @@ class World:
         node.compute_tick_at = None
         node.requester = self._requester_core(node.node_id,
                                               detection_window_ms=DETECTION_WINDOW_MS)
-        self._requester(node, Restarted(self.now, node.store.stored_jobs()))
+        self._requester(node, Restarted(self.now, node.store.stored_jobs(),
+                                        tuple(node.store.reputations.items())))
 
     # -- the end ------------------------------------------------------------------------
 
