@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -229,7 +229,8 @@ class Daemon:
 
     def __init__(self, root: Path, name: str, *, peers: Iterable[str | Daemon] = (),
                  args: Iterable[str] = (), heartbeat: float = HEARTBEAT_SECONDS,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None,
+                 module: Sequence[str] = ("node",)) -> None:
         self.name = name
         self.env = env
         self.data_dir = root / name
@@ -239,6 +240,8 @@ class Daemon:
         self.peers = list(peers)
         self.args = list(args)
         self.heartbeat = heartbeat
+        #: What runs ``serve``: ``python -m node``, or e.g. an adversary wrapping it.
+        self.module = list(module)
         self.process: subprocess.Popen | None = None
         self.runs = 0
         self._peer_id: str | None = None
@@ -275,7 +278,7 @@ class Daemon:
 
     def command(self) -> list[str]:
         command = [
-            sys.executable, "-m", "node", "serve",
+            sys.executable, "-m", *self.module, "serve",
             "--data-dir", str(self.data_dir),
             "--listen", self.listen,
             "--api-port", str(self.api_port),

@@ -1,8 +1,10 @@
 """Verified execution on real daemons: --count 3 --verify runs on three nodes, which commit,
 reveal when asked, and are tallied; get fetches the accepted result only.
 
-Real daemons on loopback, real dockerd, real libp2p; the dishonest nodes of issue 12 are
-checked one event at a time in tests/node/test_core_verification.py.
+Real daemons on loopback, real dockerd, real libp2p. The liar here is a real peer (the
+daemon with one behaviour changed, tests/adversaries); copier, withholder, colluding
+minority and equivocator are checked one event at a time in
+tests/node/test_core_verification.py.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.daemons import Daemon
+from scripts.daemons import Daemon, DaemonPool, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -64,3 +66,46 @@ def test_a_result_nobody_agrees_on_is_no_consensus_and_get_refuses_it(
     anyway = node.cli("get", job_id, "--unverified", "--output-dir", str(tmp_path / "all"))
     assert anyway.returncode == 0, anyway.stderr
     assert len(list((tmp_path / "all").iterdir())) == 3
+
+
+def test_a_liar_is_outvoted_flagged_and_never_chosen_again(
+        tmp_path_factory: pytest.TempPathFactory, busybox_image: str) -> None:
+    """Four compute nodes, one of them a liar (tests/adversaries: the real daemon, which
+    changes one output byte and signs honestly). A --count 4 job puts it to the vote: the
+    three honest nodes win, it is outvoted and flagged. Every later job runs on the honest
+    three only, and is verified."""
+    with DaemonPool(tmp_path_factory.mktemp("liar")) as pool:
+        requester = pool.new("req", args=["--orchestrator"])
+        honest = [pool.new(f"honest{i}", peers=[requester], args=["--compute"])
+                  for i in range(3)]
+        liar = pool.new("liar", peers=[requester], args=["--compute"],
+                        module=("tests.adversaries", "liar"))
+        pool.start_all([requester, *honest, liar])
+        everyone = {d.peer_id for d in (*honest, liar)}
+        wait_until(lambda: requester.connected() >= everyone, timeout=30, what="the mesh")
+
+        def run(count: int) -> dict:
+            result = requester.cli(
+                "docker", "run", "--wait", "--id-only", "--count", str(count), "--verify",
+                "-p", "ipfs", "busybox", "--", "sh", "-c", "echo 42 > /outputs/answer",
+                timeout=120)
+            job_id = result.stdout.strip().splitlines()[0]
+            return json.loads(requester.cli("describe", job_id, "--json").stdout)
+
+        vote = run(4)
+        assert vote["State"]["State"] == "Completed"
+        verification = vote["State"]["Verification"]
+        assert verification["State"] == "Verified"
+        by_node = {e["NodeID"]: e for e in vote["State"]["Executions"]}
+        assert by_node[liar.peer_id]["State"] == "Failed"
+        assert by_node[liar.peer_id]["Message"].startswith("outvoted: its result differs")
+        (lie,) = [g for g in verification["Groups"] if g["Digest"] != verification["Accepted"]]
+        assert lie["Executions"] == [by_node[liar.peer_id]["ExecutionID"]]
+        nodes = {row.split()[0]: row for row in
+                 requester.cli("node", "list", "--wide").stdout.splitlines()[1:]}
+        assert nodes[liar.peer_id].endswith("0/1/0/0/0 (-5)")
+        for _ in range(3):
+            later = run(3)
+            assert later["State"]["Verification"]["State"] == "Verified"
+            used = {e["NodeID"] for e in later["State"]["Executions"]}
+            assert used == {d.peer_id for d in honest}
