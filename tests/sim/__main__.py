@@ -45,6 +45,13 @@ def summary(world: World) -> str:
         f"load: busiest node ran {busiest} executions, {busiest / share if share else 0:.2f}× "
         "an equal share",
     ]
+    if stats.verdicts or any(node.liar for node in world.nodes):
+        verdicts = ", ".join(f"{state} {n}" for state, n in sorted(stats.verdicts.items()))
+        lines.append(
+            f"verification: verdicts {verdicts or 'none'}; liars "
+            f"{sum(node.liar for node in world.nodes)} of {len(world.nodes)} nodes, placed "
+            f"{stats.liar_placements} times, outvoted {stats.liars_outvoted} times, never "
+            "accepted")
     if world.violation is None:
         lines.append("invariants: all held")
     else:
@@ -94,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unmeetable", type=float, default=0.04, metavar="SHARE",
                         help="share of jobs asking for more nodes than there are (they queue, "
                              "then fail; each asks every node) [default: 0.04]")
+    parser.add_argument("--verified", type=float, default=0.0, metavar="SHARE",
+                        help="share of jobs run --count 3 --verify [default: 0]")
+    parser.add_argument("--liars", type=float, default=0.0, metavar="SHARE",
+                        help="share of compute nodes that return a wrong result [default: 0]")
     parser.add_argument("--faults", default="all",
                         help=f"a set ({', '.join(FAULT_SETS)}) or kinds joined by commas")
     args = parser.parse_args(argv)
@@ -108,14 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.nodes < 1 or args.jobs < 0:
         parser.error("--nodes must be at least 1 and --jobs not negative")
     started = time.perf_counter()
-    world = World(nodes=args.nodes, jobs=args.jobs, seed=args.seed, faults=faults,
-                  unmeetable_share=args.unmeetable).run()
+    make = functools.partial(World, unmeetable_share=args.unmeetable,
+                             verified_share=args.verified, liar_share=args.liars)
+    world = make(nodes=args.nodes, jobs=args.jobs, seed=args.seed, faults=faults).run()
     print(summary(world))
     print(f"(took {time.perf_counter() - started:.1f}s of real time)", file=sys.stderr)
     if world.violation is None:
         return 0
-    small = shrink(args.nodes, args.jobs, args.seed, faults,
-                   make=functools.partial(World, unmeetable_share=args.unmeetable))
+    small = shrink(args.nodes, args.jobs, args.seed, faults, make=make)
     print(f"\nshortest failing run found: nodes {len(small.nodes)}, jobs {len(small.plans)}, "
           f"faults {','.join(sorted(small.faults)) or 'none'}, seed {args.seed}")
     print("\n".join(trace_lines(small)))

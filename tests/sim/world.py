@@ -14,7 +14,12 @@ Invariants are checked at every step that could break them:
 - no compute node holds more slots than it has, or reserves more than its capacity;
 - every persisted transition is one ``protocol/states.py`` allows;
 - no job has more completed executions than ``Count`` (no slot completes twice);
-- every acknowledged job is terminal within its time bound once the faults stop.
+- every acknowledged job is terminal within its time bound once the faults stop;
+- a verified job's verdict accepts the honest result (liars lie each in their own way, so
+  they never agree), and a requester never places an execution on a node it distrusts.
+
+With ``verified_share``, that share of jobs runs ``--count 3 --verify``; ``liar_share`` of
+the nodes return a wrong result (one byte off), commit to it and reveal it.
 
 Simplifications, all on the network's side: heartbeats go only to the nodes
 that take submissions (the requesters), and an announcement only to the nodes
@@ -37,19 +42,23 @@ from node.core.events import (
     Announced,
     BidReceived,
     CancelExecution,
+    CommitmentReceived,
     DecisionReceived,
     DecisionUndelivered,
     ExecutionEnded,
     InputsMeasured,
     MeasureInputs,
     NodeHeard,
+    PersistCommitment,
     PersistExecution,
     PersistJob,
     PersistReputation,
+    PublishVerdict,
     Restarted,
     ResultReceived,
     SendBid,
     SendDecision,
+    SendRevealRequest,
     StartExecution,
     StoredExecution,
     StoredJob,
@@ -67,8 +76,12 @@ from protocol.messages import (
     Capacity,
     ExecutionUpdate,
     JobAnnouncement,
+    ManifestEntry,
     NodeInfo,
+    ResultCommitment,
     ResultRecord,
+    RevealRequest,
+    Verdict,
 )
 from protocol.scheduling import NodePolicy
 from protocol.states import (
@@ -77,6 +90,7 @@ from protocol.states import (
     check_execution_transition,
     check_job_transition,
 )
+from protocol.verification import commitment_seal, record_digest
 
 HEARTBEAT_MS = 15_000  # the daemon's defaults: 15 s heartbeats, two missed
 DETECTION_WINDOW_MS = 2 * HEARTBEAT_MS
@@ -148,7 +162,9 @@ class _Store:
                 continue
             out.append(StoredJob(job, state, modify_ms, tuple(
                 StoredExecution(e, self.executions[e]["node"], self.executions[e]["state"],
-                                self.executions[e]["created"], self.executions[e]["retryable"])
+                                self.executions[e]["created"], self.executions[e]["retryable"],
+                                seal=self.executions[e].get("seal", ""),
+                                digest=self.executions[e].get("digest", ""))
                 for e in self.by_job[job_id])))
         return tuple(out)
 
@@ -167,6 +183,9 @@ class _Node:
     heartbeat_seq: int = 0
     outbox: list[tuple[int, str, Any]] = field(default_factory=list)
     compute_tick_at: int | None = None
+    liar: bool = False
+    #: Verified jobs: records committed to and not yet asked for (lost in a crash).
+    committed: dict[str, ResultRecord] = field(default_factory=dict)
 
 
 @dataclass
@@ -178,6 +197,10 @@ class Stats:
     placement_ms: list[int] = field(default_factory=list)
     completions: Counter[str] = field(default_factory=Counter)
     steps: int = 0
+    verdicts: Counter[str] = field(default_factory=Counter)
+    #: Executions of liars placed, and those outvoted or caught.
+    liar_placements: int = 0
+    liars_outvoted: int = 0
 
 
 @dataclass
@@ -193,9 +216,12 @@ class World:
     def __init__(self, *, nodes: int, jobs: int, seed: int, faults: tuple[str, ...],
                  requester_core: type[RequesterCore] = RequesterCore,
                  trace: bool = False, requesters: int = 5,
-                 unmeetable_share: float = 0.04) -> None:
+                 unmeetable_share: float = 0.04, verified_share: float = 0.0,
+                 liar_share: float = 0.0) -> None:
         self.rng = random.Random(seed)
         self.unmeetable_share = unmeetable_share
+        self.verified_share = verified_share
+        self.liar_share = liar_share
         self.now = 0
         self.faults = set(faults)
         self.trace_enabled = trace
@@ -211,6 +237,8 @@ class World:
         self.nodes = [self._new_node(i, requester_core) for i in range(nodes)]
         self.by_id = {node.node_id: node for node in self.nodes}
         self.requester_nodes = self.nodes[:max(1, min(requesters, nodes))]
+        for node in self.nodes[len(self.requester_nodes):]:  # requesters are honest
+            node.liar = self.rng.random() < liar_share
         self._requester_core = requester_core
         self.faults_end_ms = SUBMIT_WINDOW_MS + FAULTS_AFTER_SUBMISSIONS_MS
         self.plans = self._plan_jobs(jobs, nodes)
@@ -237,10 +265,14 @@ class World:
             roll = self.rng.random()
             job_count = 1 if roll < 0.75 else 2 if roll < 0.9 else 3
             queue_timeout = 0
+            verification = {}
             if self.rng.random() < self.unmeetable_share and nodes < MAX_COUNT:
                 # Asks for more nodes than there are: it queues, then fails.
                 job_count, queue_timeout = nodes + 1, UNMEETABLE_QUEUE_TIMEOUT_S
+            elif nodes >= 3 and self.rng.random() < self.verified_share:
+                job_count, verification = 3, {"Verification": {"Mode": "Deterministic"}}
             job = Job.from_dict({
+                **verification,
                 "ID": self._new_id("j"), "Type": "batch", "Count": job_count,
                 "Tasks": [{"Name": "main", "Engine": {"Type": "docker", "Params": {
                     "Image": "busybox:1.36", "Entrypoint": ["true"]}},
@@ -342,6 +374,12 @@ class World:
                     pass
                 case PersistReputation(node_id, reputation):
                     node.store.reputations[node_id] = reputation
+                case PersistCommitment(execution_id, seal, digest):
+                    node.store.executions[execution_id].update(seal=seal, digest=digest)
+                case SendRevealRequest(request):
+                    self._send_reveal_request(node, request)
+                case PublishVerdict(verdict):
+                    self._verdict(node, verdict)
                 case Announce(announcement):
                     self._announce(node, announcement)
                 case SendDecision(decision):
@@ -364,6 +402,12 @@ class World:
                                                    f"executions, more than its Count {count}",
                                          job_id)
             if instruction.created:
+                if node.requester.distrusted(instruction.node_id):
+                    raise InvariantViolation(self.now, f"{node.node_id} placed {job_id} on "
+                                                       f"{instruction.node_id}, which it "
+                                                       "distrusts", job_id)
+                if self.by_id[instruction.node_id].liar:
+                    self.stats.liar_placements += 1
                 plan = next(p for p in self.plans if p.job.id == job_id)
                 if plan.submitted_ms is not None:
                     self.stats.placement_ms.append(self.now - plan.submitted_ms)
@@ -373,7 +417,10 @@ class World:
             job_id = instruction.job_id
             completed = sum(store.executions[e]["state"] == ExecutionState.COMPLETED
                             for e in store.by_job[job_id])
-            if completed != store.jobs[job_id][0].count:
+            job = store.jobs[job_id][0]
+            # A verified job completes with the executions that agreed: K of Count at least.
+            needed = job.verification.confidence if job.verification else job.count
+            if not needed <= completed <= job.count:
                 raise InvariantViolation(self.now, f"job {job_id} Completed with {completed} "
                                                    "completed executions", job_id)
 
@@ -463,13 +510,50 @@ class World:
         if node.incarnation != incarnation or start.execution_id not in node.compute.slots:
             return
         self._report(node, start, ExecutionState.PUBLISHING, "publishing")
+        outputs = ()
+        if start.job.verification is not None:
+            # Honest nodes agree on the job's one result; each liar is off in its own way.
+            truth = honest_content(start.job.id or "")
+            content = _sha256_hex(truth + node.node_id) if node.liar else truth
+            outputs = (ManifestEntry("outputs/result", 1, content),)
         record = ResultRecord(job_id=start.job.id or "", execution_id=start.execution_id,
                               node_id=node.node_id, exit_code=0, stdout_sha256="0" * 64,
-                              stderr_sha256="0" * 64, outputs=(),
+                              stderr_sha256="0" * 64, outputs=outputs,
                               published={"StorageSource": "Noop", "Name": ""},
                               completed_at_ms=self.now)
+        if start.job.verification is not None:
+            node.committed[start.execution_id] = record
+            self._owe(node, start.requester, ResultCommitment(
+                start.job.id or "", start.execution_id, node.node_id,
+                commitment_seal(node.node_id, start.execution_id, record_digest(record))))
+            self._compute(node, ExecutionEnded(start.execution_id))  # the slot is free
+            return
         self._owe(node, start.requester, record)
         self._finish(node, incarnation, start.execution_id, ExecutionState.COMPLETED, "completed")
+
+    def _send_reveal_request(self, requester: _Node, request: RevealRequest) -> None:
+        self.stats.messages += 1
+        target = self.by_id[request.node_id]
+
+        def arrived() -> None:
+            record = target.committed.pop(request.execution_id, None)
+            if target.up and record is not None:
+                self._owe(target, request.requester, record)
+
+        self._request(requester, target, arrived)
+
+    def _verdict(self, requester: _Node, verdict: Verdict) -> None:
+        self.stats.verdicts[verdict.state] += 1
+        truth = honest_content(verdict.job_id)
+        honest_digest = record_digest(ResultRecord(
+            verdict.job_id, "e-x", "n", 0, "0" * 64, "0" * 64,
+            (ManifestEntry("outputs/result", 1, truth),), {}, 0))
+        if verdict.state == "Verified" and verdict.accepted != honest_digest:
+            raise InvariantViolation(self.now, f"{requester.node_id} accepted a lie for "
+                                               f"{verdict.job_id}", verdict.job_id)
+        for group in verdict.groups:
+            if group.digest != verdict.accepted and verdict.accepted:
+                self.stats.liars_outvoted += len(group.executions)
 
     def _finish(self, node: _Node, incarnation: int, execution_id: str, state: ExecutionState,
                 message: str) -> None:
@@ -517,6 +601,8 @@ class World:
             return
         if isinstance(message, ResultRecord):
             self._requester(requester, ResultReceived(message, b""))
+        elif isinstance(message, ResultCommitment):
+            self._requester(requester, CommitmentReceived(message))
         else:
             self._requester(requester, UpdateReceived(message))
 
@@ -650,6 +736,7 @@ class World:
         self.log(f"{node.node_id} crashes")
         node.up = False
         node.incarnation += 1
+        node.committed.clear()  # a compute node never resumes an execution
 
     def _restart(self, node: _Node) -> None:
         self.log(f"{node.node_id} restarts")
@@ -684,6 +771,17 @@ class World:
             store = self._store_of(plan)
             counts[store.jobs[plan.job.id or ""][1].value if store else "unsubmitted"] += 1
         return counts
+
+
+def _sha256_hex(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def honest_content(job_id: str) -> str:
+    """The SHA-256 of a verified job's one correct output, in the simulation."""
+    return _sha256_hex(f"the result of {job_id}")
 
 
 def _short(item: Any) -> str:
