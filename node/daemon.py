@@ -139,6 +139,8 @@ class Daemon:
         return {
             "NodeID": self.peer_id,
             "Peers": self.mesh.connected_peers() if self.mesh else [],
+            "Scores": self.mesh.peer_scores() if self.mesh else {},
+            "MeshPeers": self.mesh.mesh_peers() if self.mesh else {},
             **stats,
             "GossipDelayMs": self.membership.gossip_delays(since_ms) if self.membership else {},
         }

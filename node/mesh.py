@@ -42,7 +42,7 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID as MESHSUB_10
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as MESHSUB_11
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
-from libp2p.pubsub.score import ScoreParams
+from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
@@ -95,6 +95,19 @@ MAX_QUEUED_MESSAGES = 10_000
 STOP_GRACE_SECONDS = 5
 ADDRESS_TTL_SECONDS = 600
 HEALTH_CHECK_SECONDS = 30.0
+#: Gossipsub v1.1 peer scoring: each message a peer forwards that bacnode's validators
+#: refuse costs it a point on that topic (decaying by 0.1 % a heartbeat, so it is forgotten
+#: in about an hour). Below GOSSIP_THRESHOLD it gets no gossip from us. Below
+#: GRAYLIST_THRESHOLD gossipsub refuses its GRAFTs, and bacnode (py-libp2p 0.8 does not do
+#: it by itself) prunes it from every topic's mesh and drops whatever it sends before
+#: decoding it, each drop counting against it again, so it stays there while it keeps on.
+#: py-libp2p's own publish gate is left open (its receive path would stop the counting at
+#: its threshold). An honest peer sends no invalid message; a garbled relay costs one point.
+INVALID_MESSAGE_PENALTY = 1.0
+GOSSIP_THRESHOLD = -40.0
+GRAYLIST_THRESHOLD = -80.0
+#: How often graylisted peers are looked for, to prune them.
+GRAYLIST_CHECK_SECONDS = 1.0
 
 MessageHandler = Callable[[str, Envelope, Message], Awaitable[None]]
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
@@ -287,7 +300,13 @@ class Mesh:
             spam_protection_enabled=True,
             max_messages_per_topic_per_second=1000.0,
             eclipse_protection_enabled=False,
-            score_params=ScoreParams(accept_px_threshold=math.inf),
+            score_params=ScoreParams(
+                p4_invalid_messages=TopicScoreParams(
+                    weight=INVALID_MESSAGE_PENALTY, cap=1000.0, decay=0.999),
+                gossip_threshold=GOSSIP_THRESHOLD,
+                graylist_threshold=GRAYLIST_THRESHOLD,
+                accept_px_threshold=math.inf,
+            ),
         )
         self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
         self.host.get_network().register_notifee(_Disconnects(lambda: self._reconnect_now.set()))
@@ -384,6 +403,7 @@ class Mesh:
                         for topic, subscription in subscriptions:
                             nursery.start_soon(self._read_topic, topic, subscription)
                         nursery.start_soon(self._keep_bootstrap_connected)
+                        nursery.start_soon(self._prune_graylisted)
                         task_status.started()
                         await self._stop.wait()
                         nursery.cancel_scope.cancel()
@@ -408,6 +428,9 @@ class Mesh:
                 # We just signed it; what we publish is handled here directly, not looped
                 # back through our own subscription (so this is not queued for it either).
                 return True
+            if self.is_graylisted(forwarder):
+                self.stats.dropped["Graylisted"] += 1
+                return False
             try:
                 origin = ID(msg.from_id).to_base58()
                 envelope, message = open_message(
@@ -662,6 +685,39 @@ class Mesh:
 
     def connected_peers(self) -> list[str]:
         return sorted(peer.to_base58() for peer in self.host.get_connected_peers())
+
+    def is_graylisted(self, peer: ID) -> bool:
+        scorer = self.gossipsub.scorer
+        return scorer is not None and scorer.score(peer, list(TOPIC_MESSAGE_TYPES)) < (
+            GRAYLIST_THRESHOLD)
+
+    async def _prune_graylisted(self) -> None:
+        """Take graylisted peers out of every topic's mesh (see GRAYLIST_THRESHOLD)."""
+        while True:
+            await trio.sleep(GRAYLIST_CHECK_SECONDS)
+            for topic, members in list(self.gossipsub.mesh.items()):
+                for peer in [p for p in members if self.is_graylisted(p)]:
+                    members.discard(peer)
+                    if self.gossipsub.scorer is not None:
+                        self.gossipsub.scorer.on_leave_mesh(peer, topic)
+                    log.warning("pruned %s from the %s mesh: it keeps sending invalid "
+                                "messages", peer, topic)
+                    try:
+                        await self.gossipsub.emit_prune(topic, peer, False, False)
+                    except Exception as exc:  # it may be gone already
+                        log.debug("prune to %s: %r", peer, exc)
+
+    def peer_scores(self) -> dict[str, float]:
+        """Each connected peer's gossipsub score over our topics (0: nothing against it)."""
+        scorer = self.gossipsub.scorer
+        topics = list(TOPIC_MESSAGE_TYPES)
+        return {peer.to_base58(): round(scorer.score(peer, topics), 2)
+                for peer in self.host.get_connected_peers()} if scorer else {}
+
+    def mesh_peers(self) -> dict[str, list[str]]:
+        """The peers in our gossipsub mesh, by topic."""
+        return {topic: sorted(peer.to_base58() for peer in self.gossipsub.mesh.get(topic, ()))
+                for topic in TOPIC_MESSAGE_TYPES}
 
     def addresses(self) -> list[str]:
         """Where this node listens, with ``/p2p/<id>``: the ``--peer`` value for others."""

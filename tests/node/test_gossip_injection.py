@@ -274,3 +274,70 @@ async def test_bad_requests_on_the_point_to_point_channel_are_refused_one_by_one
                     target.api, "/api/v1/agent/alive") == {"Status": "OK"}
             finally:
                 mesh.stop()
+
+
+async def test_a_garbage_sender_is_graylisted_and_pruned_from_the_mesh(daemons: DaemonPool):
+    """Gossipsub peer scoring: a peer that keeps forwarding invalid messages falls below the
+    graylist threshold; the daemon prunes it from its mesh and takes nothing more from it,
+    not even a valid message, while its honest peer stays in the mesh."""
+    from node.mesh import GRAYLIST_THRESHOLD
+
+    target = daemons.new("target")
+    peer = daemons.new("peer", peers=[target])
+    for daemon in (target, peer):
+        daemon.peer_id  # noqa: B018 - the key exists before the peer is told the address
+        daemon.launch()
+    for daemon in (target, peer):
+        await trio.to_thread.run_sync(daemon.wait_ready)
+    for node in (target, peer):
+        await trio.to_thread.run_sync(node.wait_connected, {target.peer_id, peer.peer_id})
+
+    injector = NodeKey.generate()
+    (port,) = free_ports(1)
+    mesh = Mesh(injector, listen=(f"/ip4/127.0.0.1/tcp/{port}",),
+                bootstrap=(target.multiaddr,), on_message=noop_handler)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mesh.run)
+            try:
+                mesh.pubsub.set_topic_validator(TOPIC_JOBS, lambda forwarder, msg: True, False)
+                target_peer = ID.from_base58(target.peer_id)
+                with trio.fail_after(20):
+                    while target_peer not in mesh.gossipsub.mesh.get(TOPIC_JOBS, ()):
+                        await trio.sleep(0.05)
+
+                def stats() -> dict[str, Any]:
+                    return target.mesh_stats()
+
+                before = await trio.to_thread.run_sync(stats)
+                assert injector.peer_id in before["MeshPeers"][TOPIC_JOBS]
+                for i in range(int(-GRAYLIST_THRESHOLD) + 20):
+                    await mesh.pubsub.publish(TOPIC_JOBS, b"\xc1 garbage %d" % i)
+                    while len(mesh.pubsub.peer_queues.get(target_peer, ())) > 0:
+                        await trio.sleep(0.002)
+
+                def graylisted_and_pruned() -> bool:
+                    now = stats()
+                    return (now["Scores"].get(injector.peer_id, 0) < GRAYLIST_THRESHOLD
+                            and injector.peer_id not in now["MeshPeers"][TOPIC_JOBS])
+
+                await await_until(graylisted_and_pruned, timeout=20,
+                                  what="the garbage sender graylisted and pruned")
+                drops = Counter(stats()["Dropped"]) - Counter(before["Dropped"])
+                # Decoded and refused until graylisted, then dropped unread: every one counted.
+                assert drops["MalformedMessage"] >= -GRAYLIST_THRESHOLD
+                assert drops["MalformedMessage"] + drops["Graylisted"] == int(
+                    -GRAYLIST_THRESHOLD) + 20
+                # Nothing more is taken from it: a valid heartbeat of its own is not seen.
+                await mesh.pubsub.publish(TOPIC_NODES, seal_message(
+                    injector, node_info(injector, label="after", seq=now_ms()),
+                    now_ms=now_ms()))
+                await trio.sleep(3)  # pruned, it may not even reach the target now
+                listed = await trio.to_thread.run_sync(target.api_nodes)
+                assert injector.peer_id not in listed or listed[injector.peer_id][
+                    "Info"]["Labels"] != {"injected": "after"}
+                final = stats()
+                assert final["Scores"][peer.peer_id] == 0
+                assert peer.peer_id in final["MeshPeers"][TOPIC_JOBS]
+            finally:
+                mesh.stop()
