@@ -4,7 +4,9 @@ Roles:
 
 - ``liar``: runs each job honestly, then changes one byte of its first non-empty output
   file before anything is hashed, so it commits to, reveals and signs (honestly, with its
-  own key) a result that is wrong.
+  own key) a result that is wrong. Every liar changes the same byte the same way, so two
+  liars on one job agree with each other: a colluding minority.
+- ``withholder``: runs each job and commits to its result, then never reveals it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,16 @@ def _lie_about_outputs() -> None:
     compute.Compute._stage_and_run = lying  # type: ignore[method-assign]
 
 
-ROLES = {"liar": _lie_about_outputs}
+def _never_reveal() -> None:
+    from node import compute
+
+    async def withhold(self: Any, request: Any, sender: str) -> None:
+        return None
+
+    compute.Compute.on_reveal_request = withhold  # type: ignore[method-assign]
+
+
+ROLES = {"liar": _lie_about_outputs, "withholder": _never_reveal}
 
 
 def main() -> None:

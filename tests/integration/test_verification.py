@@ -1,15 +1,16 @@
 """Verified execution on real daemons: --count 3 --verify runs on three nodes, which commit,
 reveal when asked, and are tallied; get fetches the accepted result only.
 
-Real daemons on loopback, real dockerd, real libp2p. The liar here is a real peer (the
-daemon with one behaviour changed, tests/adversaries); copier, withholder, colluding
-minority and equivocator are checked one event at a time in
-tests/node/test_core_verification.py.
+Real daemons on loopback, real dockerd, real libp2p. The liar, a colluding minority of two
+liars and the withholder here are real peers (the daemon with one behaviour changed,
+tests/adversaries); the copier and the equivocator are checked one event at a time in
+tests/node/test_core_verification.py (they need another node's seal or a second record).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,77 @@ def test_a_liar_is_outvoted_flagged_and_never_chosen_again(
             assert later["State"]["Verification"]["State"] == "Verified"
             used = {e["NodeID"] for e in later["State"]["Executions"]}
             assert used == {d.peer_id for d in honest}
+
+
+def test_a_colluding_minority_of_two_liars_in_five_loses(
+        tmp_path_factory: pytest.TempPathFactory, busybox_image: str) -> None:
+    """Two liars that tell the same lie (they agree with each other) and three honest nodes,
+    --count 5: the honest three are the majority; both liars are outvoted and flagged."""
+    with DaemonPool(tmp_path_factory.mktemp("collusion")) as pool:
+        requester = pool.new("req", args=["--orchestrator"])
+        honest = [pool.new(f"honest{i}", peers=[requester], args=["--compute"])
+                  for i in range(3)]
+        liars = [pool.new(f"liar{i}", peers=[requester], args=["--compute"],
+                          module=("tests.adversaries", "liar")) for i in range(2)]
+        pool.start_all([requester, *honest, *liars])
+        everyone = {d.peer_id for d in (*honest, *liars)}
+        wait_until(lambda: requester.connected() >= everyone, timeout=30, what="the mesh")
+        result = requester.cli(
+            "docker", "run", "--wait", "--id-only", "--count", "5", "--verify", "-p", "ipfs",
+            "busybox", "--", "sh", "-c", "echo 42 > /outputs/answer", timeout=120)
+        job_id = result.stdout.strip().splitlines()[0]
+        document = json.loads(requester.cli("describe", job_id, "--json").stdout)
+        verification = document["State"]["Verification"]
+        assert document["State"]["State"] == "Completed" and verification["Confidence"] == 3
+        by_node = {e["NodeID"]: e for e in document["State"]["Executions"]}
+        winners, losers = verification["Groups"]
+        assert sorted(winners["Executions"]) == sorted(
+            by_node[d.peer_id]["ExecutionID"] for d in honest)
+        assert sorted(losers["Executions"]) == sorted(  # the two liars agreed, and lost
+            by_node[d.peer_id]["ExecutionID"] for d in liars)
+        nodes = requester.cli("node", "list", "--wide").stdout
+        assert nodes.count("0/1/0/0/0 (-5)") == 2 and nodes.count("1/0/0/0/0 (+1)") == 3
+
+
+def test_a_withholder_is_replaced_and_the_job_completes_within_its_deadline(
+        tmp_path_factory: pytest.TempPathFactory, busybox_image: str) -> None:
+    """A node that commits and never reveals: after the reveal window (30 s) its execution
+    fails, is placed on a node that joined meanwhile, and the job is verified well within
+    its 120 s deadline."""
+    with DaemonPool(tmp_path_factory.mktemp("withholder")) as pool:
+        requester = pool.new("req", args=["--orchestrator"])
+        honest = [pool.new(f"honest{i}", peers=[requester], args=["--compute"])
+                  for i in range(3)]
+        withholder = pool.new("withholder", peers=[requester], args=["--compute"],
+                              module=("tests.adversaries", "withholder"))
+        pool.start_all([requester, *honest, withholder])
+        everyone = {d.peer_id for d in (*honest, withholder)}
+        wait_until(lambda: requester.connected() >= everyone, timeout=30, what="the mesh")
+        began = time.monotonic()
+        submitted = requester.cli(
+            "docker", "run", "--id-only", "--no-wait", "--count", "4", "--verify",
+            "--timeout", "120", "-p", "ipfs", "busybox", "--", "sh", "-c",
+            "echo 42 > /outputs/answer")
+        job_id = submitted.stdout.strip()
+
+        def executions() -> list[dict]:
+            document = json.loads(requester.cli("describe", job_id, "--json").stdout)
+            return document["State"]["Executions"]
+
+        wait_until(lambda: len(executions()) == 4, timeout=30, what="four executions placed")
+        late = pool.start("late", peers=[requester], args=["--compute"])
+        wait_until(lambda: late.peer_id in requester.connected(), timeout=30, what="late")
+        wait_until(lambda: json.loads(requester.cli("describe", job_id, "--json").stdout)[
+            "State"]["State"] in ("Completed", "Failed"), timeout=90, interval=1,
+            what="the job to end")
+        took = time.monotonic() - began
+        document = json.loads(requester.cli("describe", job_id, "--json").stdout)
+        assert document["State"]["Verification"]["State"] == "Verified", document["State"]
+        by_node = {e["NodeID"]: e for e in document["State"]["Executions"]}
+        assert by_node[withholder.peer_id]["State"] == "Failed"
+        assert "did not reveal its result within 30s" in by_node[withholder.peer_id]["Message"]
+        assert by_node[late.peer_id]["State"] == "Completed"
+        assert 30 <= took < 120
+        nodes = requester.cli("node", "list", "--wide").stdout
+        assert [row for row in nodes.splitlines() if row.startswith(withholder.peer_id)][
+            0].endswith("0/0/1/0/0 (-2)")
