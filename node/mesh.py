@@ -55,6 +55,8 @@ from protocol.envelope import Envelope, EnvelopeVerifier
 from protocol.errors import RemoteProtocolError
 from protocol.identity import NodeKey
 from protocol.messages import (
+    ANNOUNCEMENT_BURST,
+    ANNOUNCEMENTS_PER_SECOND,
     JobAnnouncement,
     Message,
     NodeInfo,
@@ -108,6 +110,13 @@ GOSSIP_THRESHOLD = -40.0
 GRAYLIST_THRESHOLD = -80.0
 #: How often graylisted peers are looked for, to prune them.
 GRAYLIST_CHECK_SECONDS = 1.0
+#: Job announcements taken from one origin: twice what a requester keeps to
+#: (protocol.messages.ANNOUNCEMENTS_PER_SECOND and _BURST), as gossip bunches them up.
+#: Beyond, they are refused unread, which scores down whoever forwards them.
+ORIGIN_ANNOUNCEMENTS_PER_SECOND = 2 * ANNOUNCEMENTS_PER_SECOND
+ORIGIN_ANNOUNCEMENT_BURST = 2 * ANNOUNCEMENT_BURST
+#: Origins whose announcement rate is followed (the least recently heard are forgotten).
+MAX_TRACKED_ORIGINS = 10_000
 
 MessageHandler = Callable[[str, Envelope, Message], Awaitable[None]]
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
@@ -247,6 +256,8 @@ class Mesh:
         self.stats = MeshStats()
         self._verifier = EnvelopeVerifier()
         self._verified: dict[tuple[bytes, bytes], tuple[Envelope, Message]] = {}
+        #: Per origin: (announcement tokens left, when counted), least recently heard first.
+        self._announce_tokens: dict[bytes, tuple[float, float]] = {}
         self._reconnect_now = trio.Event()
         self._stop = trio.Event()
         self._channels: dict[str, _Channel] = {}
@@ -430,6 +441,9 @@ class Mesh:
                 return True
             if self.is_graylisted(forwarder):
                 self.stats.dropped["Graylisted"] += 1
+                return False
+            if topic == TOPIC_JOBS and not self._origin_may_announce(msg.from_id):
+                self.stats.dropped["RateLimited"] += 1
                 return False
             try:
                 origin = ID(msg.from_id).to_base58()
@@ -685,6 +699,18 @@ class Mesh:
 
     def connected_peers(self) -> list[str]:
         return sorted(peer.to_base58() for peer in self.host.get_connected_peers())
+
+    def _origin_may_announce(self, origin: bytes) -> bool:
+        """Take a token from ``origin``'s announcement bucket, if it has one."""
+        now = time.monotonic()
+        tokens, then = self._announce_tokens.pop(origin, (ORIGIN_ANNOUNCEMENT_BURST, now))
+        tokens = min(ORIGIN_ANNOUNCEMENT_BURST,
+                     tokens + (now - then) * ORIGIN_ANNOUNCEMENTS_PER_SECOND)
+        allowed = tokens >= 1
+        self._announce_tokens[origin] = (tokens - 1 if allowed else tokens, now)
+        if len(self._announce_tokens) > MAX_TRACKED_ORIGINS:
+            del self._announce_tokens[next(iter(self._announce_tokens))]
+        return allowed
 
     def is_graylisted(self, peer: ID) -> bool:
         scorer = self.gossipsub.scorer

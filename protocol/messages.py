@@ -172,6 +172,12 @@ class Capacity(Record):
         return all(getattr(self, f.name) <= getattr(other, f.name) for f in fields(self))
 
 
+#: How many job announcements a requester may gossip: this many a second, after a first
+#: burst of ANNOUNCEMENT_BURST. A requester keeps to it (its core opens no faster); peers
+#: refuse, and score down, an origin that goes well beyond it (node.mesh).
+ANNOUNCEMENTS_PER_SECOND = 20
+ANNOUNCEMENT_BURST = 100
+
 #: Most nodes an announcement names; a wider circle is an open announcement.
 MAX_CANDIDATES = 256
 #: The largest job spec, encoded, that an announcement carries: a message body's limit less

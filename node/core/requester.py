@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from protocol.envelope import MAX_SKEW_MS
 from protocol.jobspec import Job
 from protocol.messages import (
+    ANNOUNCEMENT_BURST,
+    ANNOUNCEMENTS_PER_SECOND,
     MAX_CANDIDATES,
     Bid,
     BidDecision,
@@ -197,6 +199,9 @@ class RequesterCore:
         #: Compute nodes scoring below this are not asked to bid.
         self.min_reputation = min_reputation
         self.reputation: dict[str, Reputation] = {}
+        #: Announcements this requester may still send now (ANNOUNCEMENTS_PER_SECOND).
+        self._tokens = float(ANNOUNCEMENT_BURST)
+        self._tokens_ms = 0
         self.started_ms = 0
         self.plans: dict[str, _Plan] = {}
         self.nodes: dict[str, _NodeView] = {}
@@ -286,13 +291,26 @@ class RequesterCore:
         self._set_job(plan, JobState.QUEUED, "looking for compute nodes")
         self._ask(plan, now)
 
+    def _announcement_allowed(self, now: int) -> int | None:
+        """Take a token for one announcement; None if there was one, else when there is."""
+        refill = (now - self._tokens_ms) * ANNOUNCEMENTS_PER_SECOND / 1000
+        self._tokens = min(float(ANNOUNCEMENT_BURST), self._tokens + refill)
+        self._tokens_ms = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return None
+        return now + int(-(-(1 - self._tokens) * 1000 // ANNOUNCEMENTS_PER_SECOND))
+
     def _ask(self, plan: _Plan, now: int) -> None:
-        """Open a bid round for what ``plan`` still needs."""
+        """Open a bid round for what ``plan`` still needs (no faster than the announcement
+        rate: a burst of jobs waits its turn here, Queued, and loses none)."""
         needed = plan.needed()
         if needed <= 0 or plan.state.is_terminal:
             plan.retry_at_ms = None
             return
-        plan.retry_at_ms = None
+        plan.retry_at_ms = self._announcement_allowed(now)
+        if plan.retry_at_ms is not None:
+            return
         plan.width = max(plan.width * 2, needed + BID_FANOUT)
         candidates = self._candidates(plan.job, now, exclude=plan.tried_nodes())
         # Knowing too few nodes (heartbeats take a while after a start), or a circle wider

@@ -6,6 +6,7 @@ No network, no store, no clock: events in, instructions out, in microseconds.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 
 from node.core import ComputeCore, RequesterCore
 from node.core.compute import RESERVATION_TTL_MS
@@ -380,3 +381,34 @@ def test_a_bid_never_decided_frees_its_slot_after_the_reservation_ttl() -> None:
     assert core.running == 1
     core.handle(Tick(), RESERVATION_TTL_MS)
     assert core.running == 0 and core.free == TOTAL
+
+
+def test_a_burst_of_500_jobs_is_announced_no_faster_than_the_rate_and_loses_none() -> None:
+    from protocol.messages import ANNOUNCEMENT_BURST, ANNOUNCEMENTS_PER_SECOND
+
+    core = requester_with("a", "b", "c")
+    jobs = [job(queue_timeout=600) for _ in range(500)]
+    announced: dict[str, int] = {}
+    now = 0
+
+    def answer(instructions: list) -> None:
+        """Every node asked bids at once; the job is placed and asks no more."""
+        for instruction in of(Announce, instructions):
+            announcement = instruction.announcement
+            announced.setdefault(announcement.job_id, now)
+            for node in announcement.candidates or ("a", "b", "c"):
+                core.handle(BidReceived(bid(announcement.job_id, node)), now)
+
+    for the_job in jobs:
+        answer(core.handle(Submitted(the_job), now))
+    assert len(announced) == ANNOUNCEMENT_BURST
+    while len(announced) < 500 and now < 60_000:
+        now += 100
+        answer(core.handle(Tick(), now))
+    assert len(announced) == 500
+    # 400 after the burst, at 20 a second: 20 s, and never more than 20 in any second after.
+    assert 19_000 <= max(announced.values()) <= 21_000
+    per_second = Counter(t // 1000 for t in announced.values() if t > 0)
+    assert max(per_second.values()) <= ANNOUNCEMENTS_PER_SECOND + 1
+    assert not [i for i in core.handle(Tick(), now) if isinstance(i, PersistJob)
+                and i.state == JobState.FAILED]
