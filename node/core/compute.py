@@ -72,6 +72,8 @@ class ComputeCore:
         self.node_id = node_id
         self.policy = policy
         self.max_jobs = max(0, max_jobs)  # 0: no limit
+        #: Slots one requester's undecided bids may hold: at most half (and 2 at least).
+        self._max_undecided = max(2, self.max_jobs // 2) if self.max_jobs else 1 << 30
         self.measure_inputs = measure_inputs
         self.slots: dict[str, Slot] = {}
         self.reserved = Capacity()
@@ -151,6 +153,13 @@ class ComputeCore:
                                or not needs.fits_in(self.free)):
             busy = True
             reason = f"busy: {in_use} of {self.max_jobs} slot(s) in use"
+        undecided = sum(slot.requester == announcement.requester and not slot.started
+                        for slot in self.slots.values())
+        if reason is None and needs_slot and undecided >= self._max_undecided:
+            # A requester that never decides (a spammer) holds at most this many slots, until
+            # its bids expire; the others stay free for everyone else.
+            busy = True
+            reason = f"busy: {undecided} bid(s) of this requester not decided yet"
         limit = self.policy.max_per_requester
         if reason is None and limit and sum(
                 slot.requester == announcement.requester for slot in self.slots.values()

@@ -342,7 +342,7 @@ def test_a_node_takes_jobs_only_from_the_requesters_it_accepts() -> None:
 def test_one_requester_cannot_hold_more_than_its_share_of_a_node() -> None:
     from dataclasses import replace
 
-    core = ComputeCore("me", replace(POLICY, max_per_requester=2), max_jobs=4)
+    core = ComputeCore("me", replace(POLICY, max_per_requester=2), max_jobs=8)
     bids = [of(SendBid, core.handle(announce(job()), 0))[0].bid for _ in range(3)]
     assert [b.accept for b in bids] == [True, True, False]
     assert bids[2].busy and "this requester holds 2 execution(s) here" in bids[2].reason
@@ -350,6 +350,18 @@ def test_one_requester_cannot_hold_more_than_its_share_of_a_node() -> None:
     other = Announced(JobAnnouncement(the_job.id or "", "other", the_job.to_dict(), 0),
                       the_job, f"e-{uuid.uuid4()}")
     assert of(SendBid, core.handle(other, 0))[0].bid.accept  # another requester still fits
+
+
+def test_a_requester_that_never_decides_holds_at_most_half_the_slots() -> None:
+    """A spammer's announcements each take a slot until its bids expire: at most half."""
+    core = ComputeCore("me", POLICY, max_jobs=6)
+    spam = [of(SendBid, core.handle(announce(job()), 0))[0].bid for _ in range(5)]
+    assert [b.accept for b in spam] == [True, True, True, False, False]
+    assert spam[3].busy and "3 bid(s) of this requester not decided yet" in spam[3].reason
+    the_job = job()
+    other = Announced(JobAnnouncement(the_job.id or "", "other", the_job.to_dict(), 0),
+                      the_job, f"e-{uuid.uuid4()}")
+    assert of(SendBid, core.handle(other, 0))[0].bid.accept
 
 
 def test_a_node_not_named_in_the_announcement_stays_quiet() -> None:
