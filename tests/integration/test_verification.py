@@ -20,6 +20,23 @@ from scripts.daemons import Daemon, DaemonPool, wait_until
 pytestmark = pytest.mark.integration
 
 
+def _network(pool: DaemonPool, honest: int, **adversaries: int
+             ) -> tuple[Daemon, list[Daemon], dict[str, list[Daemon]]]:
+    """An orchestrator, ``honest`` compute nodes and, per adversary role, that many of them
+    (tests/adversaries), all meshed: (requester, honest nodes, adversaries by role)."""
+    requester = pool.new("req", args=["--orchestrator"])
+    good = [pool.new(f"honest{i}", peers=[requester], args=["--compute"])
+            for i in range(honest)]
+    bad = {role: [pool.new(f"{role}{i}", peers=[requester], args=["--compute"],
+                           module=("tests.adversaries", role)) for i in range(count)]
+           for role, count in adversaries.items()}
+    everyone = [*good, *(d for group in bad.values() for d in group)]
+    pool.start_all([requester, *everyone])
+    ids = {d.peer_id for d in everyone}
+    wait_until(lambda: requester.connected() >= ids, timeout=30, what="the mesh")
+    return requester, good, bad
+
+
 def test_three_honest_nodes_agree_and_the_job_is_verified(devnet: list[Daemon],
                                                           tmp_path: Path) -> None:
     node = devnet[0]
@@ -76,14 +93,8 @@ def test_a_liar_is_outvoted_flagged_and_never_chosen_again(
     three honest nodes win, it is outvoted and flagged. Every later job runs on the honest
     three only, and is verified."""
     with DaemonPool(tmp_path_factory.mktemp("liar")) as pool:
-        requester = pool.new("req", args=["--orchestrator"])
-        honest = [pool.new(f"honest{i}", peers=[requester], args=["--compute"])
-                  for i in range(3)]
-        liar = pool.new("liar", peers=[requester], args=["--compute"],
-                        module=("tests.adversaries", "liar"))
-        pool.start_all([requester, *honest, liar])
-        everyone = {d.peer_id for d in (*honest, liar)}
-        wait_until(lambda: requester.connected() >= everyone, timeout=30, what="the mesh")
+        requester, honest, bad = _network(pool, 3, liar=1)
+        (liar,) = bad["liar"]
 
         def run(count: int) -> dict:
             result = requester.cli(
@@ -117,14 +128,8 @@ def test_a_colluding_minority_of_two_liars_in_five_loses(
     """Two liars that tell the same lie (they agree with each other) and three honest nodes,
     --count 5: the honest three are the majority; both liars are outvoted and flagged."""
     with DaemonPool(tmp_path_factory.mktemp("collusion")) as pool:
-        requester = pool.new("req", args=["--orchestrator"])
-        honest = [pool.new(f"honest{i}", peers=[requester], args=["--compute"])
-                  for i in range(3)]
-        liars = [pool.new(f"liar{i}", peers=[requester], args=["--compute"],
-                          module=("tests.adversaries", "liar")) for i in range(2)]
-        pool.start_all([requester, *honest, *liars])
-        everyone = {d.peer_id for d in (*honest, *liars)}
-        wait_until(lambda: requester.connected() >= everyone, timeout=30, what="the mesh")
+        requester, honest, bad = _network(pool, 3, liar=2)
+        liars = bad["liar"]
         result = requester.cli(
             "docker", "run", "--wait", "--id-only", "--count", "5", "--verify", "-p", "ipfs",
             "busybox", "--", "sh", "-c", "echo 42 > /outputs/answer", timeout=120)
@@ -148,14 +153,8 @@ def test_a_withholder_is_replaced_and_the_job_completes_within_its_deadline(
     fails, is placed on a node that joined meanwhile, and the job is verified well within
     its 120 s deadline."""
     with DaemonPool(tmp_path_factory.mktemp("withholder")) as pool:
-        requester = pool.new("req", args=["--orchestrator"])
-        honest = [pool.new(f"honest{i}", peers=[requester], args=["--compute"])
-                  for i in range(3)]
-        withholder = pool.new("withholder", peers=[requester], args=["--compute"],
-                              module=("tests.adversaries", "withholder"))
-        pool.start_all([requester, *honest, withholder])
-        everyone = {d.peer_id for d in (*honest, withholder)}
-        wait_until(lambda: requester.connected() >= everyone, timeout=30, what="the mesh")
+        requester, honest, bad = _network(pool, 3, withholder=1)
+        (withholder,) = bad["withholder"]
         began = time.monotonic()
         submitted = requester.cli(
             "docker", "run", "--id-only", "--no-wait", "--count", "4", "--verify",

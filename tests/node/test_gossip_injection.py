@@ -122,7 +122,15 @@ async def noop_handler(topic: str, envelope: Any, message: Any) -> None:
     pass
 
 
-async def test_bad_gossip_is_dropped_counted_and_harmless(daemons: DaemonPool):
+def hostile_peer(key: NodeKey, target: Daemon) -> Mesh:
+    """A real libp2p peer with ``key`` that will dial ``target`` (start it with ``run``)."""
+    (port,) = free_ports(1)
+    return Mesh(key, listen=(f"/ip4/127.0.0.1/tcp/{port}",), bootstrap=(target.multiaddr,),
+                on_message=noop_handler)
+
+
+async def _target_and_peer(daemons: DaemonPool) -> tuple[Daemon, Daemon]:
+    """Two real daemons connected to each other: the one attacked, and its honest peer."""
     target = daemons.new("target")
     peer = daemons.new("peer", peers=[target])
     for daemon in (target, peer):
@@ -130,14 +138,16 @@ async def test_bad_gossip_is_dropped_counted_and_harmless(daemons: DaemonPool):
         daemon.launch()  # from the main thread: see scripts/daemons.py on cleanup
     for daemon in (target, peer):
         await trio.to_thread.run_sync(daemon.wait_ready)
-    real = {target.peer_id, peer.peer_id}
     for node in (target, peer):
-        await trio.to_thread.run_sync(node.wait_connected, real)
+        await trio.to_thread.run_sync(node.wait_connected, {target.peer_id, peer.peer_id})
+    return target, peer
+
+
+async def test_bad_gossip_is_dropped_counted_and_harmless(daemons: DaemonPool):
+    target, peer = await _target_and_peer(daemons)
 
     injector, victim, other = NodeKey.generate(), NodeKey.generate(), NodeKey.generate()
-    (port,) = free_ports(1)
-    mesh = Mesh(injector, listen=(f"/ip4/127.0.0.1/tcp/{port}",),
-                bootstrap=(target.multiaddr,), on_message=noop_handler)
+    mesh = hostile_peer(injector, target)
 
     with trio.fail_after(TEST_TIMEOUT):
         async with trio.open_nursery() as nursery:
@@ -232,9 +242,7 @@ async def test_bad_requests_on_the_point_to_point_channel_are_refused_one_by_one
     target.launch()
     await trio.to_thread.run_sync(target.wait_ready)
     injector, victim = NodeKey.generate(), NodeKey.generate()
-    (port,) = free_ports(1)
-    mesh = Mesh(injector, listen=(f"/ip4/127.0.0.1/tcp/{port}",),
-                bootstrap=(target.multiaddr,), on_message=noop_handler)
+    mesh = hostile_peer(injector, target)
     me = injector.peer_id
     bid = Bid(job_id="j-12345678-1234-4123-8123-123456789abc",
               execution_id="e-12345678-1234-4123-8123-123456789abc", node_id=me, accept=True,
@@ -283,20 +291,10 @@ async def test_a_garbage_sender_is_graylisted_and_pruned_from_the_mesh(daemons: 
     not even a valid message, while its honest peer stays in the mesh."""
     from node.mesh import GRAYLIST_THRESHOLD
 
-    target = daemons.new("target")
-    peer = daemons.new("peer", peers=[target])
-    for daemon in (target, peer):
-        daemon.peer_id  # noqa: B018 - the key exists before the peer is told the address
-        daemon.launch()
-    for daemon in (target, peer):
-        await trio.to_thread.run_sync(daemon.wait_ready)
-    for node in (target, peer):
-        await trio.to_thread.run_sync(node.wait_connected, {target.peer_id, peer.peer_id})
+    target, peer = await _target_and_peer(daemons)
 
     injector = NodeKey.generate()
-    (port,) = free_ports(1)
-    mesh = Mesh(injector, listen=(f"/ip4/127.0.0.1/tcp/{port}",),
-                bootstrap=(target.multiaddr,), on_message=noop_handler)
+    mesh = hostile_peer(injector, target)
     with trio.fail_after(TEST_TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(mesh.run)
@@ -354,20 +352,10 @@ async def test_a_spammer_flooding_announcements_is_cut_off_and_honest_jobs_compl
     from protocol.examples import example_job
     from protocol.messages import JobAnnouncement
 
-    target = daemons.new("target")
-    peer = daemons.new("peer", peers=[target])
-    for daemon in (target, peer):
-        daemon.peer_id  # noqa: B018
-        daemon.launch()
-    for daemon in (target, peer):
-        await trio.to_thread.run_sync(daemon.wait_ready)
-    for node in (target, peer):
-        await trio.to_thread.run_sync(node.wait_connected, {target.peer_id, peer.peer_id})
+    target, peer = await _target_and_peer(daemons)
 
     spammer = NodeKey.generate()
-    (port,) = free_ports(1)
-    mesh = Mesh(spammer, listen=(f"/ip4/127.0.0.1/tcp/{port}",),
-                bootstrap=(target.multiaddr,), on_message=noop_handler)
+    mesh = hostile_peer(spammer, target)
     spec = example_job("spam", "busybox")
     honest: list[str] = []
 
