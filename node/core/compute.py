@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protocol.jobspec import Job
+from protocol.jobspec import Job, Resources
 from protocol.messages import Bid, Capacity, JobAnnouncement
 from protocol.quantities import format_bytes
 from protocol.scheduling import (
@@ -141,14 +141,15 @@ class ComputeCore:
 
     def _bid(self, announcement: JobAnnouncement, job: Job, execution_id: str, now: int,
              inputs_bytes: int | None) -> list[ComputeInstruction]:
-        needs = job_requirements(job, self.policy.job_defaults)
+        needs_slot = job.task.engine.type not in CONTAINERLESS_ENGINES
+        # The defaults are a container's limits: a job that runs none reserves what it asks.
+        needs = job_requirements(job, self.policy.job_defaults if needs_slot else Resources())
         reason = self._refusal(job, announcement.requester)
         busy = False
         if reason is None and inputs_bytes and inputs_bytes > self.policy.total.disk - needs.disk:
             reason = (f"inputs need {format_bytes(inputs_bytes)}; node has "
                       f"{format_bytes(max(0, self.policy.total.disk - needs.disk))} disk")
         in_use = self.containers
-        needs_slot = job.task.engine.type not in CONTAINERLESS_ENGINES
         if reason is None and ((needs_slot and self.max_jobs and in_use >= self.max_jobs)
                                or not needs.fits_in(self.free)):
             busy = True
