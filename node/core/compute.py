@@ -155,6 +155,7 @@ class ComputeCore:
             busy = True
             reason = f"busy: {in_use} of {self.max_jobs} slot(s) in use"
         undecided = sum(slot.requester == announcement.requester and not slot.started
+                        and slot.job.task.engine.type not in CONTAINERLESS_ENGINES
                         for slot in self.slots.values())
         if reason is None and needs_slot and undecided >= self._max_undecided:
             # A requester that never decides (a spammer) holds at most this many slots, until
