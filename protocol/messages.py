@@ -174,9 +174,10 @@ class Capacity(Record):
 
 #: How many job announcements a requester may gossip: this many a second, after a first
 #: burst of ANNOUNCEMENT_BURST. A requester keeps to it (its core opens no faster); peers
-#: refuse, and score down, an origin that goes well beyond it (node.mesh). Well above the
-#: 100 jobs a second one requester is to place (20 a second halved no-op throughput to 20).
-ANNOUNCEMENTS_PER_SECOND = 200
+#: refuse, and score down, an origin that goes well beyond it (node.mesh). As many jobs a
+#: second as one requester is to place (20 a second cut no-op throughput to 20), and a
+#: burst that covers a batch of 500 submitted at once.
+ANNOUNCEMENTS_PER_SECOND = 100
 ANNOUNCEMENT_BURST = 500
 
 #: Most nodes an announcement names; a wider circle is an open announcement.
