@@ -1,11 +1,15 @@
-"""What every service helper shares: its error, log tails, free loopback ports."""
+"""What every service helper shares: its error, its process handling, log tails, free
+loopback ports."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import threading
 from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
 
 LOOPBACK = "127.0.0.1"
 
@@ -26,6 +30,60 @@ def _log_tail(path: Path | str, lines: int = 40) -> str:
         return f"(no log at {path}: {exc.strerror})"
     tail = text.splitlines()[-lines:]
     return "\n".join(f"    {line}" for line in tail) or "    (log is empty)"
+
+
+class ServiceProcess:
+    """One long-running child process with its log file, used as a context manager.
+
+    Subclasses set ``_proc`` and ``_log`` when they spawn, and define ``start``, ``stop``
+    and ``log_path``."""
+
+    _proc: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+    log_path: Any
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        """The process ID while it runs."""
+        return None if self._proc is None else self._proc.pid
+
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, lines: int = 60) -> str:
+        return _log_tail(self.log_path, lines)
+
+    def __enter__(self) -> Self:
+        """Start (see ``start``)."""
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Stop (see ``stop``)."""
+        self.stop()
+
+    def _terminate(self, grace: float) -> subprocess.Popen[bytes] | None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; close the log. Returns the process
+        that was running, if any."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return proc
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,10 +10,9 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
-from .common import LOOPBACK, ServiceError, _log_tail, free_ports
+from .common import LOOPBACK, ServiceError, ServiceProcess, free_ports
 from .gobuild import _find_checked, _go_build_module, _install_checked
 
 # --------------------------------------------------------------------------------------------
@@ -97,7 +96,7 @@ def _set(config: dict[str, Any], dotted: str, value: Any) -> None:
     node[last] = value
 
 
-class Kubo:
+class Kubo(ServiceProcess):
     """One kubo daemon isolated for tests: its own repo, loopback only, nothing else dialled.
 
     ``ipfs init --profile test``, then: swarm on ``127.0.0.1:swarm_port`` (TCP only), API on
@@ -144,13 +143,6 @@ class Kubo:
         """Where the daemon's stdout and stderr go."""
         return self.repo / self.LOG
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
-
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self) -> Kubo:
         """Init the repo if new, configure it, start ``ipfs daemon``, wait for its API."""
         if self.running():
@@ -175,17 +167,7 @@ class Kubo:
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds; the repo is kept."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._terminate(grace)
 
     def env(self) -> dict[str, str]:
         """The environment for ``ipfs`` commands on this node's repo."""
@@ -221,20 +203,6 @@ class Kubo:
         if resp.status != 200:
             raise ServiceError(f"kubo {command}: HTTP {resp.status}: {body[:500]!r}")
         return json.loads(body)
-
-    def log_tail(self, lines: int = 60) -> str:
-        return _log_tail(self.log_path, lines)
-
-    def __enter__(self) -> Kubo:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"pid {self.pid} api :{self.api_port}" if self.running() else "stopped"

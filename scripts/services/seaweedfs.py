@@ -13,10 +13,17 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, NoReturn
 
-from .common import LOOPBACK, ServiceError, _log_tail, _port_is_free, free_port, free_ports
+from .common import (
+    LOOPBACK,
+    ServiceError,
+    ServiceProcess,
+    _log_tail,
+    _port_is_free,
+    free_port,
+    free_ports,
+)
 
 # --------------------------------------------------------------------------------------------
 # SeaweedFS S3
@@ -48,7 +55,7 @@ def _find_weed() -> str | None:
 _PORT_NAMES = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3.grpc")
 
 
-class SeaweedS3:
+class SeaweedS3(ServiceProcess):
     """One SeaweedFS ``weed server`` (master, volume, filer, S3 gateway) on 127.0.0.1.
 
     Every listener gets an explicit free port, so several instances run side by side. With no
@@ -99,15 +106,6 @@ class SeaweedS3:
     def log_path(self) -> Path | None:
         """Where ``weed`` logs (inside the data dir)."""
         return None if self.data_dir is None else self.data_dir / self.LOG
-
-    @property
-    def pid(self) -> int | None:
-        """The ``weed`` process id while it runs."""
-        return None if self._proc is None else self._proc.pid
-
-    def running(self) -> bool:
-        """Whether the ``weed`` process is alive."""
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> SeaweedS3:
         """Start ``weed server`` and wait until S3 really serves writes; return self."""
@@ -193,19 +191,6 @@ class SeaweedS3:
             # Never let an SDK probe the link-local instance-metadata address for credentials.
             "AWS_EC2_METADATA_DISABLED": "true",
         }
-
-    def __enter__(self) -> SeaweedS3:
-        """Start (see :meth:`start`)."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop (see :meth:`stop`)."""
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"{self.endpoint} pid {self.pid}" if self.running() else "stopped"
@@ -409,17 +394,7 @@ class SeaweedS3:
 
     def _halt(self, grace: float) -> None:
         """Terminate the process (kill after ``grace`` s), close the log, remove its sockets."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        proc = self._terminate(grace)
         if proc is not None:
             for sock in self._sockets():
                 try:
