@@ -4,9 +4,11 @@ loopback ports."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -68,6 +70,24 @@ class ServiceProcess:
                  tb: TracebackType | None) -> None:
         """Stop (see ``stop``)."""
         self.stop()
+
+    def _launch(self, cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path) -> int:
+        """Start ``cmd`` in its own session, output appended to ``log`` under a header line;
+        on the main thread it also dies when this process does (``setpriv --pdeathsig``).
+        Returns where in ``log`` this run's output begins."""
+        setpriv = shutil.which("setpriv")
+        if setpriv and threading.current_thread() is threading.main_thread():
+            cmd = [setpriv, "--pdeathsig", "KILL", "--", *cmd]
+        if self._log is not None:
+            self._log.close()
+        self._log = open(log, "ab")  # closed by _terminate
+        self._log.write(f"\n==== {time.strftime('%F %T')} {' '.join(cmd)}\n".encode())
+        self._log.flush()
+        start = self._log.tell()
+        self._proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+        return start
 
     def _terminate(self, grace: float) -> subprocess.Popen[bytes] | None:
         """SIGTERM, then SIGKILL after ``grace`` seconds; close the log. Returns the process

@@ -5,9 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -261,28 +259,11 @@ class Kubo(ServiceProcess):
     def _spawn(self) -> None:
         """Start ``ipfs daemon`` in its own session, logging to the repo."""
         assert self.binary is not None
-        cmd = [str(self.binary), "daemon", "--migrate=false"]
-        setpriv = shutil.which("setpriv")
-        if setpriv and threading.current_thread() is threading.main_thread():
-            cmd = [setpriv, "--pdeathsig", "KILL", "--", *cmd]  # die with this process
         env = self.env()
         if self.log_level:
             env["GOLOG_LOG_LEVEL"] = self.log_level
-        if self._log is not None:
-            self._log.close()
-        self._log = open(self.log_path, "ab")  # closed in stop()
-        self._log.write(f"\n==== {time.strftime('%F %T')} {' '.join(cmd)}\n".encode())
-        self._log.flush()
-        self._proc = subprocess.Popen(
-            cmd,
-            cwd=self.repo,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
+        self._launch([str(self.binary), "daemon", "--migrate=false"], cwd=self.repo, env=env,
+                     log=self.log_path)
 
     def _wait_ready(self, deadline: float) -> None:
         """Poll ``/api/v0/id`` until it names this node."""

@@ -303,27 +303,8 @@ class SeaweedS3(ServiceProcess):
         env = dict(os.environ)
         # One volume per new collection (bucket) instead of 7: faster first write, less disk.
         env["WEED_MASTER_VOLUME_GROWTH_COPY_1"] = "1"
-        cmd = self._command(weed)
-        setpriv = shutil.which("setpriv")
-        if setpriv and threading.current_thread() is threading.main_thread():
-            # Die with this process even if it is SIGKILLed (the main thread lives as long).
-            cmd = [setpriv, "--pdeathsig", "KILL", "--", *cmd]
-        if self._log is not None:
-            self._log.close()
-        self._log = open(self.data_dir / self.LOG, "ab")  # closed in _halt
-        self._log.write(f"\n==== {time.strftime('%F %T')} {' '.join(cmd)}\n".encode())
-        self._log.flush()
-        self._log_start = self._log.tell()
-        self._proc = subprocess.Popen(
-            cmd,
-            cwd=self.data_dir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
+        self._log_start = self._launch(self._command(weed), cwd=self.data_dir, env=env,
+                                       log=self.data_dir / self.LOG)
 
     def _wait_ready(self, deadline: float) -> None:
         """Poll until a bucket can be created, written, read back and removed."""
