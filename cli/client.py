@@ -26,13 +26,16 @@ def config_file_path() -> Path:
     return Path(data_dir).expanduser() / "config.yaml"
 
 
-def _api_key() -> str:
+def _api_key(host: str) -> str:
     """The key the daemon's API asks for, when it asks: ``$BACNODE_API_KEY``, else
-    ``$BACALHAU_API_KEY`` (as Bacalhau's CLI), else the key file of the daemon this user
-    runs on this machine (``<data dir>/api-key``); empty when there is none."""
+    ``$BACALHAU_API_KEY`` (as Bacalhau's CLI), else, for an API on this machine only, the key
+    file of the daemon this user runs (``<data dir>/api-key``: never sent to another host);
+    empty when there is none."""
     given = os.environ.get("BACNODE_API_KEY") or os.environ.get("BACALHAU_API_KEY")
     if given:
         return given.strip()
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        return ""
     data_dir = os.environ.get("BACNODE_DATA_DIR") or "~/.bacnode"
     try:
         return (Path(data_dir).expanduser() / "api-key").read_text().strip()
@@ -79,7 +82,7 @@ class ApiClient:
         except ValueError:
             raise ApiError(f"API port {given_port!r} is not a port number") from None
         self.timeout = timeout
-        self.headers = {"Authorization": f"Bearer {key}"} if (key := _api_key()) else {}
+        self.headers = {"Authorization": f"Bearer {key}"} if (key := _api_key(self.host)) else {}
 
     @property
     def base_url(self) -> str:
