@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import secrets
 import time
-import uuid
 from collections import Counter
 from dataclasses import replace
 from typing import Any
@@ -341,62 +340,3 @@ async def test_a_garbage_sender_is_graylisted_and_pruned_from_the_mesh(daemons: 
             finally:
                 mesh.stop()
 
-
-async def test_a_spammer_flooding_announcements_is_cut_off_and_honest_jobs_complete(
-        daemons: DaemonPool, busybox_image: str):
-    """A real peer floods 10,000 validly signed job announcements of its own. Each node takes
-    its first ones (and bids on them, holding at most half its slots for a requester that
-    never decides), refuses the rest as RateLimited, and so the spammer ends graylisted; the
-    honest jobs submitted meanwhile all complete."""
-    from node.mesh import GRAYLIST_THRESHOLD
-    from protocol.examples import example_job
-    from protocol.messages import JobAnnouncement
-
-    target, peer = await _target_and_peer(daemons)
-
-    spammer = NodeKey.generate()
-    mesh = hostile_peer(spammer, target)
-    spec = example_job("spam", "busybox")
-    honest: list[str] = []
-
-    async def run_honest_jobs() -> None:
-        for _ in range(3):
-            result = await trio.to_thread.run_sync(lambda: target.cli(
-                "docker", "run", "--wait", "--id-only", "-p", "noop", "busybox", "--", "true",
-                timeout=90))
-            assert result.returncode == 0, result.stderr
-            honest.append(result.stdout.strip())
-
-    with trio.fail_after(120):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(mesh.run)
-            try:
-                target_peer = ID.from_base58(target.peer_id)
-                while target_peer not in mesh.gossipsub.mesh.get(TOPIC_JOBS, ()):
-                    await trio.sleep(0.05)
-                nursery.start_soon(run_honest_jobs)
-                for _ in range(10_000):
-                    announcement = JobAnnouncement(
-                        f"j-{uuid.uuid4()}", spammer.peer_id, spec, now_ms() + 3000)
-                    await mesh.pubsub.publish(
-                        TOPIC_JOBS, seal_message(spammer, announcement, now_ms=now_ms()))
-                    # One at a time (py-libp2p would drop what overflows its queue to the
-                    # target); once the target has pruned us, nothing is sent any more.
-                    while len(mesh.pubsub.peer_queues.get(target_peer, ())) > 0:
-                        await trio.sleep(0.001)
-
-                def cut_off() -> bool:
-                    stats = target.mesh_stats()
-                    return (stats["Scores"].get(spammer.peer_id, 0) < GRAYLIST_THRESHOLD
-                            and stats["Dropped"].get("RateLimited", 0) > 0)
-
-                await await_until(cut_off, timeout=30, what="the spammer graylisted")
-                while len(honest) < 3:
-                    await trio.sleep(0.2)
-            finally:
-                mesh.stop()
-    for job_id in honest:
-        document = await trio.to_thread.run_sync(
-            lambda job_id=job_id: target.cli("describe", job_id, "--json"))
-        assert '"State": "Completed"' in document.stdout
-    assert await trio.to_thread.run_sync(target.api, "/api/v1/agent/alive") == {"Status": "OK"}
