@@ -128,7 +128,7 @@ def node_list(ctx: click.Context, output: str, hide_header: bool, no_style: bool
             ",".join(f"{k}={v}" for k, v in sorted(info["Labels"].items())),
             f"{free.get('CPU', 0):g} CPU / {format_bytes(int(free.get('Memory', 0)))}"
             if free else "-",
-            ",".join(compute.get("ExecutionEngines", [])) or "-",
+            _engines(compute),
         ])
         if wide:
             record = state.get("Reputation")
@@ -140,6 +140,13 @@ def node_list(ctx: click.Context, output: str, hide_header: bool, no_style: bool
     if wide:
         headers.append("REPUTATION (A/D/W/F/T)")
     show(nodes, output, headers, rows, hide_header=hide_header)
+
+
+def _engines(compute: dict) -> str:
+    """The engines, each one that cannot run anything now with why."""
+    unavailable = compute.get("UnavailableEngines") or {}
+    return ",".join(f"{engine} (unavailable: {unavailable[engine]})" if engine in unavailable
+                    else engine for engine in compute.get("ExecutionEngines", [])) or "-"
 
 
 @node.command("describe")

@@ -8,6 +8,7 @@ Handlers only read state the daemon keeps; they never block the event loop.
 from __future__ import annotations
 
 import base64
+import logging
 import platform
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 import trio
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,6 +33,7 @@ from protocol.selectors import Constraint, parse_selector
 
 from . import api_models as models
 from .api_auth import RequireKey
+from .logs import ACCESS_LOGGER
 
 API_PREFIX = "/api/v1"
 #: The largest request body the API reads (a job spec is far smaller: see
@@ -111,6 +113,8 @@ def node_info_json(info: NodeInfo) -> dict[str, Any]:
             "MaxJobRequirements": resources_json(info.total),
             "RunningExecutions": info.running_executions,
             "EnqueuedExecutions": 0,
+            # bacnode's own: installed engines that cannot run anything now, and why
+            "UnavailableEngines": dict(info.unavailable),
         }
     return out
 
@@ -290,6 +294,19 @@ def create_app(node: NodeView) -> FastAPI:
         """Liveness: answers as long as the daemon's event loop runs."""
         return {"Status": "OK"}
 
+    if hasattr(node, "readiness"):
+        @app.get("/readyz", tags=["agent"], response_model=models.ReadyResponse,
+                 responses={503: {"model": models.ReadyResponse}})
+        async def ready() -> JSONResponse:
+            """Readiness, for supervisors and load balancers: the store answers, the mesh
+            is joined (a peer is connected, when the node has bootstrap peers), and dockerd
+            answers on a compute node that runs Docker. 503 with the failing checks
+            otherwise; liveness is ``/api/v1/agent/alive``."""
+            checks = await node.readiness()  # type: ignore[attr-defined]
+            ready = all(state == "ok" for state in checks.values())
+            return JSONResponse(status_code=200 if ready else 503,
+                                content={"Ready": ready, "Checks": checks})
+
     @app.get(f"{API_PREFIX}/agent/version", tags=["agent"],
              response_model=models.BuildVersionInfoModel)
     async def version() -> dict[str, Any]:
@@ -382,6 +399,8 @@ def create_app(node: NodeView) -> FastAPI:
         state = node_state_json(matches[0], reputation(matches[0].info.node_id))
         return {"Node": state, "node": state}  # both spellings: see list_nodes
 
+    if hasattr(node, "metrics_snapshot"):
+        add_metrics_route(app, lambda: getattr(node, "store", None))
     if getattr(node, "store", None) is not None:
         from .api_jobs import add_job_routes
 
@@ -397,6 +416,23 @@ def create_app(node: NodeView) -> FastAPI:
         add_kubo_rpc_routes(app, node.peer_id, lambda: node.ipfs,  # type: ignore[attr-defined]
                             node.ipfs_candidates)  # type: ignore[attr-defined]
     return app
+
+
+def add_metrics_route(app: FastAPI, store: Callable[[], Any]) -> None:
+    from protocol.states import ExecutionState, JobState
+
+    from . import metrics
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics, in its text format (see node/metrics.py)."""
+        current = store()
+        if current is not None:
+            jobs, executions = await current.count_by_state()
+            metrics.set_state_counts(metrics.JOBS, jobs, [state.value for state in JobState])
+            metrics.set_state_counts(metrics.EXECUTIONS, executions,
+                                     [state.value for state in ExecutionState])
+        return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)
 
 
 def label_selectors(texts: list[str]) -> list[Constraint]:
@@ -431,13 +467,15 @@ async def serve_api(
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
     api_key: str = "",
+    access_log: bool = False,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until ``shutdown_trigger`` returns; reports the bound URLs once ready.
-    With an ``api_key``, every request but a liveness probe must carry it."""
+    With an ``api_key``, every request but a liveness probe must carry it; with
+    ``access_log``, each request is logged (see node/logs.py)."""
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.accesslog = None
+    config.accesslog = logging.getLogger(ACCESS_LOGGER) if access_log else None
     config.errorlog = None
     config.graceful_timeout = 2.0
     try:

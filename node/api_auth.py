@@ -15,8 +15,11 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-#: What answers without the key: liveness, for supervisors and load balancers.
-OPEN_PATHS = frozenset({"/api/v1/agent/alive"})
+#: What answers without the key: liveness and readiness, for supervisors and load
+#: balancers, and the dashboard's static page (its data comes from the API, with the key).
+OPEN_PATHS = frozenset({"/api/v1/agent/alive", "/readyz", "/"})
+#: The dashboard's static files.
+OPEN_PREFIXES = ("/ui/",)
 #: What a signed URL may fetch: one execution's results.
 _SIGNABLE = re.compile(r"/api/v1/orchestrator/executions/[^/]+/results\.tar(\.gz)?")
 
@@ -38,7 +41,7 @@ class RequireKey:
 
     def _allowed(self, scope: Any) -> bool:
         path = scope["path"]
-        if path in OPEN_PATHS:
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             return True
         given = dict(scope["headers"]).get(b"authorization", b"")
         if hmac.compare_digest(given, self.expected):

@@ -30,6 +30,12 @@ class AliveResponse(_Model):
     Status: str
 
 
+class ReadyResponse(_Model):
+    Ready: bool
+    Checks: dict[str, str] = Field(
+        description="each check (store, mesh, docker) and its state: ok, or why not")
+
+
 class BuildVersionInfoModel(_Model):
     Major: str = ""
     Minor: str = ""
@@ -60,6 +66,9 @@ class ComputeNodeInfoModel(_Model):
     MaxJobRequirements: ResourcesModel
     RunningExecutions: int
     EnqueuedExecutions: int
+    UnavailableEngines: dict[str, str] = Field(
+        default_factory=dict, description="bacnode's own: installed engines that cannot run "
+        "anything now (dockerd went away, say), and why; the node does not bid for them")
 
 
 class NodeInfoModel(_Model):

@@ -18,8 +18,8 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from protocol.scheduling import NodePolicy
 from protocol.states import ExecutionState
 from protocol.verification import commitment_seal, record_digest, result_digest
 
+from . import metrics
 from .config import default_max_jobs
 from .core import ComputeCore
 from .core.events import (
@@ -63,6 +64,7 @@ from .core.events import (
     Tick,
 )
 from .executor import ExecutorRegistry
+from .logs import set_log_context
 from .mesh import TOPIC_RESULTS, Mesh, MeshError, now_ms
 from .publisher import PublisherRegistry, PublishRequest
 from .publisher.base import manifest_of
@@ -87,6 +89,10 @@ OUTBOX_MAX_AGE_MS = 24 * 3600 * 1000
 LOG_READ_BYTES = 64 * 1024
 #: How long past an execution's deadline its staging or a hung executor is cut off.
 DEADLINE_BACKSTOP_SECONDS = 2.0
+#: How often the engines are asked whether they can run anything (dockerd may go away),
+#: and how long one answer may take before the engine counts as unavailable.
+ENGINE_CHECK_SECONDS = 5.0
+ENGINE_CHECK_TIMEOUT_SECONDS = 15.0
 
 
 @dataclass
@@ -169,6 +175,7 @@ class Compute:
                 nursery.start_soon(self._resend_owed)
             nursery.start_soon(self._collect_old_results)
             nursery.start_soon(self._forget_unrevealed)
+            nursery.start_soon(self._watch_engines)
             task_status.started()
             while True:
                 wake_at = self.core.wake_at()
@@ -183,7 +190,10 @@ class Compute:
             match instruction:
                 case MeasureInputs(announcement, job, execution_id):
                     self._spawn(self._measure_inputs, announcement, job, execution_id)
-                case SendBid(requester, bid):
+                case SendBid(requester, bid, decline):
+                    metrics.BIDS_SENT.labels(answer="accept" if bid.accept else "decline").inc()
+                    if not bid.accept:
+                        metrics.BID_DECLINES.labels(reason=decline or "other").inc()
                     self._spawn(self._send_bid, requester, bid)
                 case StartExecution(execution_id, job, requester, deadline_ms):
                     running = _Running(execution_id, job, requester, deadline_ms)
@@ -197,6 +207,42 @@ class Compute:
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         assert self._nursery is not None
         self._nursery.start_soon(fn, *args)
+
+    @property
+    def unavailable(self) -> Mapping[str, str]:
+        """Installed engines that cannot run anything now, and why."""
+        return self.policy.unavailable
+
+    def set_policy(self, policy: NodePolicy, *, max_jobs: int | None = None) -> None:
+        """New labels and limits (SIGHUP); what is reserved stays reserved."""
+        self.policy = replace(policy, unavailable=self.policy.unavailable)
+        self.core.policy = self.policy
+        if max_jobs is not None:
+            self.core.set_max_jobs(max_jobs)
+        self._wake.set()
+
+    async def _watch_engines(self) -> None:
+        """Stop bidding for an engine while it cannot run anything, and say why (in
+        NodeInfo, hence ``node list``); bid again once it is back."""
+        while True:
+            unavailable: dict[str, str] = {}
+            for engine in self.policy.engines:
+                with trio.move_on_after(ENGINE_CHECK_TIMEOUT_SECONDS) as waited:
+                    reason = await self.executors.get(engine).unavailable_reason()
+                if waited.cancelled_caught:
+                    reason = f"no answer within {ENGINE_CHECK_TIMEOUT_SECONDS:g}s"
+                if reason:
+                    unavailable[engine] = reason
+            if unavailable != dict(self.policy.unavailable):
+                for engine, reason in unavailable.items():
+                    if engine not in self.policy.unavailable:
+                        log.warning("not bidding on %s jobs: %s", engine, reason)
+                for engine in set(self.policy.unavailable) - set(unavailable):
+                    log.warning("bidding on %s jobs again: it answers", engine)
+                self.policy = replace(self.policy, unavailable=unavailable)
+                self.core.policy = self.policy
+                self._wake.set()
+            await trio.sleep(ENGINE_CHECK_SECONDS)
 
     # -- bidding -----------------------------------------------------------
 
@@ -247,6 +293,8 @@ class Compute:
     # -- running -----------------------------------------------------------
 
     async def _run_execution(self, execution: _Running) -> None:
+        set_log_context(job_id=execution.job.id or "", execution_id=execution.execution_id,
+                        peer_id=execution.requester)
         try:
             await self._execute(execution)
         except Exception:  # one execution's failure must never take the node down
@@ -344,7 +392,15 @@ class Compute:
             inputs=tuple(inputs),
             results_dir=results_dir,
         )
-        return await self.executors.get(task.engine.type).run(request)
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            result = await self.executors.get(task.engine.type).run(request)
+            outcome = "error" if result.error else "ok" if result.exit_code == 0 else "exit_code"
+            return result
+        finally:
+            metrics.CONTAINER_RUN_SECONDS.labels(engine=task.engine.type, outcome=outcome
+                                                 ).observe(time.monotonic() - started)
 
     # -- verified jobs: commit, reveal when asked, gossip after the verdict ----------
 
@@ -445,7 +501,10 @@ class Compute:
                              "(cp -L)")
         request = PublishRequest(execution.job, execution.execution_id, self.peer_id,
                                  results_dir)
+        started = time.monotonic()
         location, manifest = await self.publishers.get(publisher).publish(request)
+        metrics.PUBLISHING_SECONDS.labels(backend=publisher).observe(time.monotonic() - started)
+        metrics.PUBLISHED_BYTES.labels(backend=publisher).inc(sum(e.size for e in manifest))
         stdout_sha, stderr_sha = _std_hashes(manifest)
         return ResultRecord(
             job_id=execution.job.id or "",

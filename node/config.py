@@ -103,6 +103,11 @@ class NodeConfig:
     #: How long results kept on this node for the ``local`` publisher (and downloaded
     #: copies) stay, hours; results published elsewhere go once they are published.
     results_retention_hours: float = 168.0
+    #: DEBUG, INFO, WARNING or ERROR.
+    log_level: str = "WARNING"
+    #: ``text`` (one line a record) or ``json`` (one object a line, with the job, execution
+    #: and peer IDs wherever they apply, and the API's access log).
+    log_format: str = "text"
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -136,6 +141,8 @@ _FIELDS = {f.name: f for f in fields(NodeConfig)}
 _TUPLE_FIELDS = {"listen", "peers", "allowed_images", "ipfs_peers", "accept_jobs_from",
                  "reject_jobs_from", "trusted_requesters"}
 _BOOL_FIELDS = {"orchestrator", "compute", "mdns", "allow_networked_jobs"}
+_CHOICES = {"log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+            "log_format": ("text", "json")}
 _INT_FIELDS = {"api_port", "max_jobs", "missed_heartbeats", "default_execution_timeout",
                "max_jobs_per_requester"}
 
@@ -196,6 +203,13 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             return parse_labels(str(value)) if str(value).strip() else {}
         except LocalProtocolError as exc:
             raise ConfigError(f"labels from {origin}: {exc}") from None
+    if name in _CHOICES:
+        text = str(value).strip()
+        chosen = text.upper() if name == "log_level" else text.lower()
+        if chosen not in _CHOICES[name]:
+            raise ConfigError(f"{name} from {origin}: {value!r} is not one of "
+                              f"{', '.join(_CHOICES[name])}")
+        return chosen
     if name in ("data_dir", "swarm_key"):
         return Path(str(value)).expanduser() if value not in (None, "") else None
     return str(value)

@@ -14,9 +14,9 @@ import math
 import os
 import shutil
 import signal
-import sys
 import tarfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,10 @@ from protocol.messages import (
 from protocol.quantities import parse_bytes, parse_cpu
 from protocol.scheduling import NodePolicy
 
+from . import metrics
 from .api import NodeStatus, create_app, serve_api
 from .compute import RESULTS_GC_MAX_PERIOD_SECONDS, Compute, remove_stale_results
-from .config import NodeConfig
+from .config import ConfigError, NodeConfig
 from .executor import ExecutorRegistry, NoopExecutor
 from .ipfs import IpfsNode
 from .keys import load_or_create_api_key, load_or_create_key
@@ -59,13 +60,17 @@ from .publisher import (
     S3Publisher,
 )
 from .requester import Requester
-from .store import Store, open_store
+from .store import Store, StoreError, open_store
 
 log = logging.getLogger("bacnode.daemon")
 
 SHUTDOWN_GRACE_SECONDS = 10
 #: How often a node looks whether its load changed, to announce it before the next heartbeat.
 LOAD_CHECK_SECONDS = 1.0
+#: What SIGHUP reloads from the config file (and the environment): labels and limits.
+RELOADABLE = ("labels", "limit_cpu", "limit_memory", "limit_disk", "max_jobs",
+              "max_jobs_per_requester", "allowed_images", "accept_jobs_from",
+              "reject_jobs_from", "default_job_cpu", "default_job_memory", "log_level")
 #: Node records are written to disk on first sight and then at most this often.
 #: Peers asked for a DAG's root: the mesh is small enough to ask every live node.
 MAX_IPFS_CANDIDATES = 64
@@ -107,6 +112,8 @@ class Daemon:
         self.ipfs: IpfsNode | None = None
         self._p2p_verifier = EnvelopeVerifier()
         self._nursery: trio.Nursery | None = None
+        self._mesh_joined = False
+        self._heartbeat_now = trio.Event()
 
     # -- what the API reads --------------------------------------------------
 
@@ -128,6 +135,7 @@ class Daemon:
             running_executions=self.compute.running if self.compute else 0,
             seq=self._seq,
             started_ms=self.started_ms,
+            unavailable=dict(self.compute.unavailable) if self.compute else {},
         )
 
     async def list_nodes(self) -> list[NodeStatus]:
@@ -143,6 +151,65 @@ class Daemon:
             "MeshPeers": self.mesh.mesh_peers() if self.mesh else {},
             **stats,
             "GossipDelayMs": self.membership.gossip_delays(since_ms) if self.membership else {},
+        }
+
+    async def readiness(self) -> dict[str, str]:
+        """Each readiness check: ``ok``, or why not (see ``/readyz``)."""
+        checks: dict[str, str] = {}
+        try:
+            if self.store is None:
+                raise StoreError("not open yet")
+            await self.store.check()
+            checks["store"] = "ok"
+        except StoreError as exc:
+            checks["store"] = str(exc)
+        if self.mesh is None or not self._mesh_joined:
+            checks["mesh"] = "not joined yet"
+        elif self.config.peers and not self.mesh.connected_peers():
+            checks["mesh"] = (f"no peer connected; trying {len(self.config.peers)} "
+                              "bootstrap peer(s)")
+        else:
+            checks["mesh"] = "ok"
+        if self.compute is not None and "docker" in self.compute.policy.engines:
+            checks["docker"] = self.compute.unavailable.get("docker", "ok")
+        return checks
+
+    def reload(self, new: NodeConfig) -> None:
+        """Take the labels and limits of ``new`` (SIGHUP); say which other changes need a
+        restart. Executions already running keep their resources."""
+        old = self.config
+        self.config = replace(old, **{name: getattr(new, name) for name in RELOADABLE})
+        self.total = machine_capacity(self.config)
+        if self.compute is not None:
+            config = self.config
+            self.compute.set_policy(replace(
+                self.compute.policy,
+                labels=dict(config.labels),
+                total=self.total,
+                image_allowlist=config.allowed_images,
+                job_defaults=Resources(cpu_milli=parse_cpu(config.default_job_cpu),
+                                       memory=parse_bytes(config.default_job_memory)),
+                accept_requesters=frozenset(config.accept_jobs_from),
+                reject_requesters=frozenset(config.reject_jobs_from),
+                max_per_requester=config.max_jobs_per_requester,
+            ), max_jobs=config.max_jobs)
+        changed = sorted(name for name in RELOADABLE if getattr(old, name) != getattr(new, name))
+        fixed = sorted(name for name in vars(new)
+                       if name not in RELOADABLE and getattr(old, name) != getattr(new, name))
+        log.warning("reloaded the config: %s", ", ".join(changed) or "nothing changed")
+        if fixed:
+            log.warning("these settings change only at a restart: %s", ", ".join(fixed))
+        self._heartbeat_now.set()
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """What ``/metrics`` reads from the running parts (see node/metrics.py)."""
+        stats = self.mesh.stats if self.mesh else None
+        return {
+            "accepted": dict(stats.accepted) if stats else {},
+            "dropped": dict(stats.dropped) if stats else {},
+            "peers": self.mesh.peer_counts() if self.mesh else {},
+            "bitswap": self.ipfs.bitswap.stats.as_json()
+            if self.ipfs is not None and self.ipfs.bitswap is not None else {},
         }
 
     # -- gossip --------------------------------------------------------------
@@ -237,7 +304,8 @@ class Daemon:
         last_sent = -math.inf
         last_load: tuple[Any, ...] = ()
         while True:
-            load = (self.compute.free, self.compute.running) if self.compute else ()
+            load = ((self.compute.free, self.compute.running, dict(self.compute.unavailable))
+                    if self.compute else ())
             due = trio.current_time() - last_sent >= self.config.heartbeat_seconds
             newcomer = self.membership is not None and self.membership.newcomer_seen
             if due or load != last_load or newcomer:
@@ -251,11 +319,22 @@ class Daemon:
                 if self.requester is not None:  # gossip does not bring our own back
                     await self.requester.heard(info)
                 last_sent, last_load = trio.current_time(), load
-            await trio.sleep(min(LOAD_CHECK_SECONDS, self.config.heartbeat_seconds))
+            with trio.move_on_after(min(LOAD_CHECK_SECONDS, self.config.heartbeat_seconds)):
+                await self._heartbeat_now.wait()
+            if self._heartbeat_now.is_set():
+                self._heartbeat_now = trio.Event()
+                last_sent = -math.inf
 
     # -- lifecycle -----------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
+        unregister_metrics = metrics.register_daemon(self.metrics_snapshot)
+        try:
+            await self._run(task_status)
+        finally:
+            unregister_metrics()
+
+    async def _run(self, task_status: trio.TaskStatus[Daemon]) -> None:
         config = self.config
         psk = read_swarm_key(config.swarm_key) if config.swarm_key else None
         async with open_store(config.store_path) as store:
@@ -284,12 +363,14 @@ class Daemon:
                 api_urls = await nursery.start(
                     lambda task_status: serve_api(
                         app, config.api_host, config.api_port, api_key=self.api_key,
+                        access_log=config.log_format == "json",
                         shutdown_trigger=self._shutdown.wait, task_status=task_status,
                     )
                 )
                 for text in config.ipfs_peers:  # a bad address fails start-up, clearly
                     self.mesh.add_peer(text, "--ipfs-peer")
                 await nursery.start(self.mesh.run)
+                self._mesh_joined = True
                 self.ipfs = IpfsNode(
                     config.data_dir, store=store, retention_hours=config.ipfs_retention_hours
                 )
@@ -514,14 +595,16 @@ def _shareable(addresses: list[str]) -> str:
     return addresses[0] if addresses else "<no listen address>"
 
 
-async def run_daemon(config: NodeConfig) -> None:
-    """Run until SIGINT/SIGTERM, then shut down gracefully.
+async def run_daemon(config: NodeConfig,
+                     reload_config: Callable[[], NodeConfig] | None = None) -> None:
+    """Run until SIGINT/SIGTERM, then shut down gracefully; on SIGHUP take the labels and
+    limits of ``reload_config()`` (flags still win over the file).
 
     A signal during start-up (which may wait on dockerd) cancels the start-up at once.
     """
     with _lock_data_dir(config.data_dir):
         daemon = Daemon(config)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 started = trio.Event()
 
@@ -536,13 +619,28 @@ async def run_daemon(config: NodeConfig) -> None:
 
                 nursery.start_soon(start)
                 async for signum in signals:
-                    print(f"received {signal.Signals(signum).name}, shutting down",
-                          file=sys.stderr, flush=True)
+                    if signum == signal.SIGHUP:
+                        _reload(daemon, reload_config)
+                        continue
+                    log.warning("received %s, shutting down", signal.Signals(signum).name)
                     if started.is_set():
                         daemon.shutdown()
                     else:
                         nursery.cancel_scope.cancel()
                     break
+
+
+def _reload(daemon: Daemon, reload_config: Callable[[], NodeConfig] | None) -> None:
+    if reload_config is None:
+        log.warning("SIGHUP: nothing to reload from")
+        return
+    try:
+        new = reload_config()
+    except ConfigError as exc:
+        log.error("SIGHUP: config not reloaded, the old one stays: %s", exc)
+        return
+    logging.getLogger().setLevel(new.log_level)
+    daemon.reload(new)
 
 
 class DataDirError(Exception):

@@ -700,6 +700,19 @@ class Mesh:
     def connected_peers(self) -> list[str]:
         return sorted(peer.to_base58() for peer in self.host.get_connected_peers())
 
+    def peer_counts(self) -> dict[str, int]:
+        """Connected peers by kind: ``relayed`` when every connection to the peer goes
+        through a circuit relay, else ``direct``."""
+        counts = {"direct": 0, "relayed": 0}
+        for conns in list(self.host.get_network().connections.values()):
+            conns = conns if isinstance(conns, list) else [conns]
+            if not conns:
+                continue
+            relayed = all(any("/p2p-circuit" in str(address)
+                              for address in conn.get_transport_addresses()) for conn in conns)
+            counts["relayed" if relayed else "direct"] += 1
+        return counts
+
     def _origin_may_announce(self, origin: bytes) -> bool:
         """Take a token from ``origin``'s announcement bucket, if it has one."""
         now = time.monotonic()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import fields, is_dataclass, replace
 
 import trio
 
@@ -37,6 +37,7 @@ from protocol.messages import (
 )
 from protocol.states import ExecutionState, JobState
 
+from . import metrics
 from .core import RequesterCore
 from .core.events import (
     Announce,
@@ -65,6 +66,7 @@ from .core.events import (
     VerdictHeard,
 )
 from .core.reputation import DEFAULT_MIN_SCORE, Reputation
+from .logs import log_context
 from .mesh import TOPIC_JOBS, TOPIC_RESULTS, Mesh, MeshError, now_ms
 from .store import PendingWrite, StateConflict, Store, StoreError
 
@@ -162,6 +164,7 @@ class Requester:
         await self._handle(StopRequested(job_id, reason))
 
     async def on_bid(self, bid: Bid) -> None:
+        metrics.BIDS_RECEIVED.labels(answer="accept" if bid.accept else "decline").inc()
         await self._handle(BidReceived(bid))
 
     async def on_update(self, update: ExecutionUpdate) -> None:
@@ -184,7 +187,8 @@ class Requester:
         # The core sees one event at a time, and its writes are queued in that order under
         # the lock; waiting for them to commit (and sending) happens outside it, so the
         # next event's writes can share the same commit.
-        await self._finish(*await self._decide(event))
+        with log_context(**_event_ids(event)):
+            await self._finish(*await self._decide(event))
         if not isinstance(event, Tick):
             self._wake.set()  # the core's next timer may have moved
 
@@ -225,6 +229,7 @@ class Requester:
             case SendRevealRequest(request):
                 self._spawn(self._send_reveal_request, request)
             case PublishVerdict(verdict):
+                metrics.VERDICTS.labels(outcome=verdict.state).inc()
                 await self._publish_verdict(verdict)
 
     def _queue_write(self, instruction: _Persist) -> list[PendingWrite]:
@@ -345,3 +350,17 @@ class Requester:
 
         assert self._nursery is not None
         self._nursery.start_soon(guarded)
+
+
+def _event_ids(event: RequesterEvent) -> dict[str, str]:
+    """The job, execution and node an event is about, for the log (see node/logs.py)."""
+    ids: dict[str, str] = {}
+    parts = [event, *(getattr(event, f.name) for f in fields(event))] if is_dataclass(
+        event) else [event]
+    for part in parts:
+        for key, attribute in (("job_id", "job_id"), ("execution_id", "execution_id"),
+                               ("peer_id", "node_id")):
+            value = getattr(part, attribute, "")
+            if isinstance(value, str) and value and key not in ids:
+                ids[key] = value
+    return ids

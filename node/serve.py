@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any
 
 import click
 
 from .config import ConfigError, load_config
+from .logs import configure_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,17 +68,16 @@ def main() -> None:
 @click.option("--results-retention-hours", type=float,
               help="keep results published with the local publisher this long, hours "
                    "[default: 168]")
-@click.option("--log-level", default="WARNING", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def serve(log_level: str, orchestrator: bool | None, compute: bool | None,
-          **flags: Any) -> None:
-    """Run a bacnode daemon: join the mesh and serve the local API."""
-    logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("libp2p", "multiaddr", "hypercorn"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+@click.option("--log-level",
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="[default: WARNING]")
+@click.option("--log-format", type=click.Choice(["text", "json"], case_sensitive=False),
+              help="json: one object a line on stderr, with job, execution and peer IDs, "
+                   "and the API's access log [default: text]")
+def serve(orchestrator: bool | None, compute: bool | None, **flags: Any) -> None:
+    """Run a bacnode daemon: join the mesh and serve the local API.
+
+    SIGHUP reloads labels and limits from the config file."""
     given = {name: value for name, value in flags.items() if value not in (None, ())}
     # Naming one role means "only this"; naming neither keeps the default (both).
     if orchestrator or compute:
@@ -86,12 +85,13 @@ def serve(log_level: str, orchestrator: bool | None, compute: bool | None,
         given["compute"] = bool(compute)
     try:
         config = load_config(given)
-        _run(config)
+        configure_logging(config.log_level, config.log_format)
+        _run(config, given)
     except ConfigError as exc:
         _fail(str(exc))
 
 
-def _run(config: Any) -> None:
+def _run(config: Any, flags: dict[str, Any]) -> None:
     import trio
 
     from .api import ApiBindError
@@ -101,7 +101,7 @@ def _run(config: Any) -> None:
     from .store import StoreError
 
     try:
-        trio.run(run_daemon, config)
+        trio.run(run_daemon, config, lambda: load_config(flags))
     except (KeyFileError, MeshError, StoreError, ApiBindError, DataDirError) as exc:
         _fail(str(exc))
     except BaseExceptionGroup as group:

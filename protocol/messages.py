@@ -12,7 +12,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from . import codec
@@ -331,6 +331,8 @@ class NodeInfo(Message):
     #: When this run of the node started (Unix ms). A compute node never resumes executions
     #: after a restart, so one placed before this is lost.
     started_ms: int
+    #: Engines in ``engines`` that cannot run anything now, and why (dockerd went away).
+    unavailable: Mapping[str, str] = field(default_factory=dict)
 
     def _validate(self, path: str) -> None:
         _check_peer(self.node_id, f"{path}.node_id")

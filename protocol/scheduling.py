@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 from .jobspec import Job, Resources
@@ -52,6 +52,8 @@ class NodePolicy:
     #: Executions one requester may hold here at once (0: no limit beyond the node's), so
     #: that one requester cannot take every slot of a shared node.
     max_per_requester: int = 0
+    #: Installed engines that cannot run anything now, and why (dockerd went away, say).
+    unavailable: Mapping[str, str] = field(default_factory=dict)
 
 
 def job_requirements(job: Job, defaults: Resources = Resources()) -> Capacity:
@@ -65,26 +67,43 @@ def job_requirements(job: Job, defaults: Resources = Resources()) -> Capacity:
     )
 
 
-def decline_reason(job: Job, policy: NodePolicy) -> str | None:
-    """``None`` when this node may bid on ``job``; otherwise why not, for users."""
+#: Why a node declines, in few words: what ``bacnode_bid_declines_total`` counts by.
+DECLINE_KINDS = ("unsupported", "unavailable", "constraints", "policy", "capacity",
+                 "requester", "busy")
+
+
+def decline(job: Job, policy: NodePolicy) -> tuple[str, str] | None:
+    """``None`` when this node may bid on ``job``; otherwise ``(kind, why)``, one of
+    ``DECLINE_KINDS`` and a message for users."""
     task = job.task
     if task.engine.type not in policy.engines:
-        return f"engine {task.engine.type!r} is not supported here"
+        return "unsupported", f"engine {task.engine.type!r} is not supported here"
+    if task.engine.type in policy.unavailable:
+        return ("unavailable", f"engine {task.engine.type!r} is unavailable here: "
+                               f"{policy.unavailable[task.engine.type]}")
     for source in task.input_sources:
         if source.source_type not in policy.storages:
-            return f"input source type {source.source_type!r} is not supported here"
+            return ("unsupported",
+                    f"input source type {source.source_type!r} is not supported here")
     if task.publisher.type not in policy.publishers:
-        return f"publisher {task.publisher.type!r} is not supported here"
+        return "unsupported", f"publisher {task.publisher.type!r} is not supported here"
     for constraint in job.constraints:
         if not constraint.matches(policy.labels):
-            return f"node labels do not match constraint {constraint}"
+            return "constraints", f"node labels do not match constraint {constraint}"
     if task.network.type != "None" and not policy.allow_networked_jobs:
-        return "networked jobs are not allowed on this node"
+        return "policy", "networked jobs are not allowed on this node"
     if policy.image_allowlist and task.engine.type == "docker" and not any(
         fnmatchcase(task.engine.image, pattern) for pattern in policy.image_allowlist
     ):
-        return f"image {task.engine.image!r} is not on this node's allow-list"
-    return _capacity_shortfall(job_requirements(job, policy.job_defaults), policy.total)
+        return "policy", f"image {task.engine.image!r} is not on this node's allow-list"
+    shortfall = _capacity_shortfall(job_requirements(job, policy.job_defaults), policy.total)
+    return ("capacity", shortfall) if shortfall else None
+
+
+def decline_reason(job: Job, policy: NodePolicy) -> str | None:
+    """``None`` when this node may bid on ``job``; otherwise why not, for users."""
+    found = decline(job, policy)
+    return found[1] if found else None
 
 
 def requester_refusal(requester: str, policy: NodePolicy) -> str | None:

@@ -18,7 +18,7 @@ from protocol.messages import Bid, Capacity, JobAnnouncement
 from protocol.quantities import format_bytes
 from protocol.scheduling import (
     NodePolicy,
-    decline_reason,
+    decline,
     job_requirements,
     requester_refusal,
 )
@@ -71,12 +71,16 @@ class ComputeCore:
                  measure_inputs: bool = True) -> None:
         self.node_id = node_id
         self.policy = policy
-        self.max_jobs = max(0, max_jobs)  # 0: no limit
-        #: Slots one requester's undecided bids may hold: at most half (and 2 at least).
-        self._max_undecided = max(2, self.max_jobs // 2) if self.max_jobs else 1 << 30
+        self.set_max_jobs(max_jobs)
         self.measure_inputs = measure_inputs
         self.slots: dict[str, Slot] = {}
         self.reserved = Capacity()
+
+    def set_max_jobs(self, max_jobs: int) -> None:
+        """Executions at once (0: no limit); those running over a lowered limit finish."""
+        self.max_jobs = max(0, max_jobs)
+        #: Slots one requester's undecided bids may hold: at most half (and 2 at least).
+        self._max_undecided = max(2, self.max_jobs // 2) if self.max_jobs else 1 << 30
 
     @property
     def free(self) -> Capacity:
@@ -136,17 +140,20 @@ class ComputeCore:
             return [MeasureInputs(announcement, job, execution_id)]
         return self._bid(announcement, job, execution_id, now, None)
 
-    def _refusal(self, job: Job, requester: str) -> str | None:
-        return decline_reason(job, self.policy) or requester_refusal(requester, self.policy)
+    def _refusal(self, job: Job, requester: str) -> tuple[str, str] | None:
+        refused = requester_refusal(requester, self.policy)
+        return decline(job, self.policy) or (("requester", refused) if refused else None)
 
     def _bid(self, announcement: JobAnnouncement, job: Job, execution_id: str, now: int,
              inputs_bytes: int | None) -> list[ComputeInstruction]:
         needs_slot = job.task.engine.type not in CONTAINERLESS_ENGINES
         # The defaults are a container's limits: a job that runs none reserves what it asks.
         needs = job_requirements(job, self.policy.job_defaults if needs_slot else Resources())
-        reason = self._refusal(job, announcement.requester)
+        refusal = self._refusal(job, announcement.requester)
+        kind, reason = refusal if refusal else ("", None)
         busy = False
         if reason is None and inputs_bytes and inputs_bytes > self.policy.total.disk - needs.disk:
+            kind = "capacity"
             reason = (f"inputs need {format_bytes(inputs_bytes)}; node has "
                       f"{format_bytes(max(0, self.policy.total.disk - needs.disk))} disk")
         in_use = self.containers
@@ -168,13 +175,15 @@ class ComputeCore:
         ) >= limit:
             busy = True
             reason = f"busy: this requester holds {limit} execution(s) here, its limit"
+        if busy:
+            kind = "busy"
         if reason is None:
             self.slots[execution_id] = Slot(execution_id, job, announcement.requester, needs, now)
             self.reserved = _plus(self.reserved, needs)
         bid = Bid(job_id=announcement.job_id, execution_id=execution_id, node_id=self.node_id,
                   accept=reason is None, reason=reason or "", free=self.free,
                   running_executions=self.running, busy=busy)
-        return [SendBid(announcement.requester, bid)]
+        return [SendBid(announcement.requester, bid, kind)]
 
     def _release(self, execution_id: str) -> None:
         slot = self.slots.pop(execution_id, None)

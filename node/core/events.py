@@ -259,6 +259,8 @@ class MeasureInputs:
 class SendBid:
     requester: str
     bid: Bid
+    #: For a decline, one of ``protocol.scheduling.DECLINE_KINDS``; not sent.
+    decline: str = ""
 
 
 @dataclass(frozen=True)

@@ -338,7 +338,8 @@ class RequesterCore:
                 continue
             policy = NodePolicy(engines=info.engines, storages=info.storages,
                                 publishers=info.publishers, labels=info.labels,
-                                total=info.total, allow_networked_jobs=True)
+                                total=info.total, allow_networked_jobs=True,
+                                unavailable=info.unavailable)
             if decline_reason(job, policy) is not None:
                 continue
             room = needs.fits_in(info.free)

@@ -169,6 +169,10 @@ class Executor(ABC):
     async def is_installed(self) -> bool:
         """Whether this backend can run tasks on this machine now."""
 
+    async def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run tasks now, for operators and bidders; None if it can."""
+        return None if await self.is_installed() else f"{self.engine_type} is not installed"
+
     @abstractmethod
     async def cleanup_orphans(self) -> int:
         """Remove what a crashed daemon of this node left behind; return how many."""

@@ -189,13 +189,16 @@ class DockerExecutor(Executor):
 
     async def is_installed(self) -> bool:
         """Whether a Docker engine answers."""
+        return await self.unavailable_reason() is None
+
+    async def unavailable_reason(self) -> str | None:
         try:
             client = await self._docker()
             await self._api(client.ping)
         except Exception as exc:  # DockerException, requests' errors, OSError
             log.debug("Docker engine unavailable: %s", exc)
-            return False
-        return True
+            return f"dockerd does not answer ({_first_line(exc)})"
+        return None
 
     async def cleanup_orphans(self) -> int:
         """Remove every container labelled with this node that no ``run`` here owns.
@@ -579,3 +582,8 @@ def _explain(exc: BaseException) -> str:
             explanation = explanation.decode("utf-8", "replace")
         return str(explanation).strip()
     return str(exc) or type(exc).__name__
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]

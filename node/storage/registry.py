@@ -14,6 +14,7 @@ import trio
 
 from protocol.jobspec import INPUT_SOURCE_TYPES, InputSource
 
+from .. import metrics
 from .base import Storage, StorageError, UnsupportedStorage, describe_source, staging_deadline
 from .inline import InlineStorage
 from .s3 import S3Storage
@@ -96,6 +97,7 @@ async def stage_inputs(
 
     async def one(index: int, cancel_scope: trio.CancelScope) -> None:
         source = sources[index]
+        started = trio.current_time()
         try:
             path = await backends[index].stage(source, Path(staging_dir) / str(index))
         except StorageError as exc:
@@ -109,6 +111,10 @@ async def stage_inputs(
             cancel_scope.cancel()
             return
         staged[index] = (path, source.target)
+        metrics.STAGING_SECONDS.labels(backend=source.source_type).observe(
+            trio.current_time() - started)
+        metrics.STAGED_BYTES.labels(backend=source.source_type).inc(
+            await trio.to_thread.run_sync(_tree_bytes, path))
 
     async with trio.open_nursery() as nursery:
         for index in range(len(sources)):
@@ -116,3 +122,11 @@ async def stage_inputs(
     if failure:
         raise failure[0]
     return [pair for pair in staged if pair is not None]
+
+
+def _tree_bytes(path: Path) -> int:
+    """The size of a staged file, or of every file under a staged directory."""
+    if not path.is_dir():
+        return path.stat().st_size if path.exists() else 0
+    return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file()
+               and not entry.is_symlink())

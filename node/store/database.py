@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -23,6 +24,7 @@ from protocol.states import (
     check_job_transition,
 )
 
+from ..metrics import STORE_COMMIT_SECONDS
 from ._rows import (
     _EXECUTION_COLUMNS,
     _JOB_COLUMNS,
@@ -148,6 +150,7 @@ class Store:
             for pending in batch:
                 pending.error = StoreError(f"{pending.what}: the store is closed")
             return
+        started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for pending in batch:
@@ -160,6 +163,7 @@ class Store:
                                      if isinstance(exc, sqlite3.Error) else exc)
                 conn.execute("RELEASE write")
             conn.execute("COMMIT")
+            STORE_COMMIT_SECONDS.observe(time.perf_counter() - started)
         except sqlite3.Error as exc:  # the transaction itself failed (a full disk, say)
             if conn.in_transaction:
                 try:
@@ -497,6 +501,21 @@ class Store:
             return [_job_record(row) for row in conn.execute(sql, [s.value for s in states])]
 
         return await self._read("listing jobs by state", run)
+
+    async def check(self) -> None:
+        """Raise ``StoreError`` unless the database answers a read."""
+        await self._read("checking the store", lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def count_by_state(self) -> tuple[dict[str, int], dict[str, int]]:
+        """How many jobs, and how many executions, are in each state."""
+
+        def run(conn: sqlite3.Connection) -> tuple[dict[str, int], dict[str, int]]:
+            jobs = dict(conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+            executions = dict(conn.execute(
+                "SELECT state, COUNT(*) FROM executions GROUP BY state"))
+            return jobs, executions
+
+        return await self._read("counting jobs and executions", run)
 
     def queue_commitment(self, execution_id: str, seal: str, digest: str = "") -> PendingWrite:
         """Queue keeping a verified job's execution's seal (and, once revealed, its digest);
