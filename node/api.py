@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import trio
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -401,6 +401,7 @@ def create_app(node: NodeView) -> FastAPI:
 
     if hasattr(node, "metrics_snapshot"):
         add_metrics_route(app, lambda: getattr(node, "store", None))
+        add_dashboard_routes(app)
     if getattr(node, "store", None) is not None:
         from .api_jobs import add_job_routes
 
@@ -416,6 +417,34 @@ def create_app(node: NodeView) -> FastAPI:
         add_kubo_rpc_routes(app, node.peer_id, lambda: node.ipfs,  # type: ignore[attr-defined]
                             node.ipfs_candidates)  # type: ignore[attr-defined]
     return app
+
+
+#: The dashboard's files, served as they are: no build step, nothing fetched from elsewhere.
+DASHBOARD_DIR = Path(__file__).with_name("dashboard")
+#: The page may load and call only this node (its API, its own files).
+_DASHBOARD_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+_DASHBOARD_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+
+
+def add_dashboard_routes(app: FastAPI) -> None:
+    """The web dashboard at ``/`` (node/dashboard/): static files that read this API."""
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> Response:
+        return FileResponse(DASHBOARD_DIR / "index.html", media_type="text/html",
+                            headers=_DASHBOARD_HEADERS)
+
+    @app.get("/ui/{name}", include_in_schema=False)
+    async def dashboard_file(name: str) -> Response:
+        if name not in _DASHBOARD_FILES:
+            raise HTTPException(404, f"the dashboard has no file {name!r}")
+        return FileResponse(DASHBOARD_DIR / name, media_type=_DASHBOARD_FILES[name],
+                            headers=_DASHBOARD_HEADERS)
 
 
 def add_metrics_route(app: FastAPI, store: Callable[[], Any]) -> None:

@@ -295,6 +295,8 @@ class Compute:
     async def _run_execution(self, execution: _Running) -> None:
         set_log_context(job_id=execution.job.id or "", execution_id=execution.execution_id,
                         peer_id=execution.requester)
+        log.info("execution %s of job %s starts (%s engine)", execution.execution_id,
+                 execution.job.id, execution.job.task.engine.type)
         try:
             await self._execute(execution)
         except Exception:  # one execution's failure must never take the node down
@@ -538,6 +540,8 @@ class Compute:
             stdout=stdout[-OUTPUT_TAIL_CHARS:],
             stderr=stderr[-OUTPUT_TAIL_CHARS:],
         )
+        if state.is_terminal:
+            log.info("execution %s %s: %s", execution.execution_id, state.value, message[:300])
         with trio.CancelScope(shield=True):
             if state.is_terminal:
                 # The slot is free before the requester hears the execution ended, so the

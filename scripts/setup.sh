@@ -16,7 +16,8 @@ export NEEDRESTART_SUSPEND=1 NEEDRESTART_MODE=l  # docker.io recommends needrest
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 export PYTHONUNBUFFERED=1
 
-APT_PACKAGES=(docker.io busybox-static build-essential libgmp-dev jq)
+# chromium: the dashboard test drives a real headless browser (tests/integration/test_operating.py)
+APT_PACKAGES=(docker.io busybox-static build-essential libgmp-dev jq chromium)
 
 elapsed() { # seconds since $1, one decimal
     awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'
