@@ -505,7 +505,8 @@ async def serve_api(
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = logging.getLogger(ACCESS_LOGGER) if access_log else None
-    config.errorlog = None
+    # Errors (a handler that raised: a 500) go to our log, not nowhere.
+    config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 2.0
     try:
         # Outermost, so that it answers before FastAPI's own limit (plain text) does.

@@ -86,7 +86,7 @@ def job_json(record: JobRecord) -> dict[str, Any]:
 
 def execution_json(execution: ExecutionRecord, namespace: str = "default") -> dict[str, Any]:
     """An execution as Bacalhau's ``models.Execution``: states are its integer enums."""
-    run_output = execution.run_output
+    run_output = execution.run_output or {}
     return {
         "ID": execution.execution_id,
         "Namespace": namespace,
@@ -108,7 +108,7 @@ def execution_json(execution: ExecutionRecord, namespace: str = "default") -> di
             "StderrTruncated": bool(run_output.get("stderr_truncated", False)),
             "ExitCode": execution.exit_code if execution.exit_code is not None else 0,
             "ErrorMsg": execution.message if execution.state == ExecutionState.FAILED else "",
-        } if run_output is not None or execution.exit_code is not None else None,
+        } if execution.run_output is not None or execution.exit_code is not None else None,
         "Revision": execution.revision,
         "CreateTime": _ns(execution.create_time_ms),
         "ModifyTime": _ns(execution.modify_time_ms),

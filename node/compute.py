@@ -408,7 +408,11 @@ class Compute:
 
     async def _commit(self, execution: _Running, results_dir: Path, result: Any) -> None:
         """Hash the result and send only the seal; publish nothing yet."""
-        await self._update(execution, ExecutionState.PUBLISHING, "committing to its result")
+        # The output goes to the requester alone (not gossiped), so that `logs` shows it;
+        # the outputs themselves stay here until the reveal.
+        await self._update(execution, ExecutionState.PUBLISHING, "committing to its result",
+                           exit_code=result.exit_code, stdout=result.stdout_tail,
+                           stderr=result.stderr_tail)
         try:
             links = await trio.to_thread.run_sync(_symbolic_links, results_dir)
             if links:

@@ -449,7 +449,9 @@ class RequesterCore:
         if not path:
             return  # a stale or duplicate update
         run_output = None
-        if target.is_terminal:
+        # A verified execution reports its output on the way (when it commits), since its
+        # end comes from the verdict, not from the node.
+        if target.is_terminal or update.stdout or update.stderr:
             run_output = {"stdout": update.stdout, "stderr": update.stderr,
                           "exitCode": update.exit_code}
         for state in path:

@@ -63,6 +63,8 @@ def test_three_honest_nodes_agree_and_the_job_is_verified(devnet: list[Daemon],
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "out" / "outputs" / "a.txt").read_text() == "same\n"
     assert (tmp_path / "out" / "stdout").read_text() == "hi\n"
+    # Each execution told its requester what it printed when it committed.
+    assert node.cli("logs", job_id).stdout.count("hi") == 3
 
 
 def test_a_result_nobody_agrees_on_is_no_consensus_and_get_refuses_it(
