@@ -81,7 +81,7 @@ def reference() -> str:
         if not flag and field.name not in _NO_FLAG:
             raise AssertionError(f"setting {field.name} has no flag in `bacnode serve`")
         what = _DEFAULT_IN_HELP.sub("", help_text).strip() or comments.get(field.name, "")
-        what = what.replace("|", "\\|")
+        what = what.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
         rows.append(
             f"| `{field.name}` | {f'`{flag}`' if flag else '(file or environment only)'} "
             f"| `BACNODE_{field.name.upper()}` | {_default(field, help_text)} "
