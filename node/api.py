@@ -119,14 +119,17 @@ def node_info_json(info: NodeInfo) -> dict[str, Any]:
     return out
 
 
-def node_state_json(status: NodeStatus, reputation: Any = None) -> dict[str, Any]:
-    """A node as Bacalhau's ``NodeState``: ``Info``, ``Membership``, ``ConnectionState``;
-    with this node's record of it as a requester (``Reputation``), when it has one."""
+def node_state_json(status: NodeStatus, reputation: Any = None,
+                    transport: str | None = None) -> dict[str, Any]:
+    """A node as Bacalhau's ``NodeState``: ``Info``, ``Membership``, ``ConnectionState``
+    (with how we reach it: ``Transport``); with this node's record of it as a requester
+    (``Reputation``), when it has one."""
     connection = "CONNECTED" if status.connected else "DISCONNECTED"
     connection_state: dict[str, Any] = {
         "Status": connection,
         "LastHeartbeat": rfc3339(status.last_seen_ms),
         "ConnectedSince": rfc3339(status.first_seen_ms) if status.connected else None,
+        "Transport": transport,
     }
     if not status.connected:
         connection_state["DisconnectedSince"] = rfc3339(status.last_seen_ms)
@@ -361,8 +364,10 @@ def create_app(node: NodeView) -> FastAPI:
                                      "pending or rejected")
         approved_only = filter_approval.strip().upper() in ("", "APPROVED")
         reputation = getattr(node, "reputation_of", lambda node_id: None)
+        transports = getattr(node, "peer_transports", dict)()
         states = [
-            node_state_json(s, reputation(s.info.node_id)) for s in await node.list_nodes()
+            node_state_json(s, reputation(s.info.node_id), transports.get(s.info.node_id))
+            for s in await node.list_nodes()
             if approved_only
             and all(c.matches(s.info.labels) for c in selectors)
             and (not status_wanted or ("CONNECTED" if s.connected else "DISCONNECTED")
@@ -396,7 +401,9 @@ def create_app(node: NodeView) -> FastAPI:
             detail = "no node" if not matches else f"{len(matches)} nodes"
             raise HTTPException(404 if not matches else 400, f"{detail} match {node_id!r}")
         reputation = getattr(node, "reputation_of", lambda node_id: None)
-        state = node_state_json(matches[0], reputation(matches[0].info.node_id))
+        transports = getattr(node, "peer_transports", dict)()
+        state = node_state_json(matches[0], reputation(matches[0].info.node_id),
+                                transports.get(matches[0].info.node_id))
         return {"Node": state, "node": state}  # both spellings: see list_nodes
 
     if hasattr(node, "metrics_snapshot"):

@@ -87,6 +87,9 @@ class ConnectionStateModel(_Model):
     LastHeartbeat: str | None = None
     ConnectedSince: str | None = None
     DisconnectedSince: str | None = None
+    Transport: str | None = Field(None, description="bacnode's own: how this node reaches it "
+                                  "now, direct or relayed (a circuit relay); none for itself "
+                                  "or a node it has no connection to")
 
 
 class NodeStateModel(_Model):

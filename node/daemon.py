@@ -201,6 +201,10 @@ class Daemon:
             log.warning("these settings change only at a restart: %s", ", ".join(fixed))
         self._heartbeat_now.set()
 
+    def peer_transports(self) -> dict[str, str]:
+        """How each connected peer is reached: direct or relayed."""
+        return self.mesh.peer_transports() if self.mesh else {}
+
     def metrics_snapshot(self) -> dict[str, Any]:
         """What ``/metrics`` reads from the running parts (see node/metrics.py)."""
         stats = self.mesh.stats if self.mesh else None

@@ -700,18 +700,23 @@ class Mesh:
     def connected_peers(self) -> list[str]:
         return sorted(peer.to_base58() for peer in self.host.get_connected_peers())
 
-    def peer_counts(self) -> dict[str, int]:
-        """Connected peers by kind: ``relayed`` when every connection to the peer goes
+    def peer_transports(self) -> dict[str, str]:
+        """Each connected peer's transport: ``relayed`` when every connection to it goes
         through a circuit relay, else ``direct``."""
-        counts = {"direct": 0, "relayed": 0}
-        for conns in list(self.host.get_network().connections.values()):
+        kinds = {}
+        for peer, conns in list(self.host.get_network().connections.items()):
             conns = conns if isinstance(conns, list) else [conns]
-            if not conns:
-                continue
-            relayed = all(any("/p2p-circuit" in str(address)
-                              for address in conn.get_transport_addresses()) for conn in conns)
-            counts["relayed" if relayed else "direct"] += 1
-        return counts
+            if conns:
+                relayed = all(any("/p2p-circuit" in str(address)
+                                  for address in conn.get_transport_addresses())
+                              for conn in conns)
+                kinds[peer.to_base58()] = "relayed" if relayed else "direct"
+        return kinds
+
+    def peer_counts(self) -> dict[str, int]:
+        """Connected peers by transport (see ``peer_transports``)."""
+        kinds = list(self.peer_transports().values())
+        return {"direct": kinds.count("direct"), "relayed": kinds.count("relayed")}
 
     def _origin_may_announce(self, origin: bytes) -> bool:
         """Take a token from ``origin``'s announcement bucket, if it has one."""

@@ -187,7 +187,8 @@ function nodesSection(nodes) {
       el("td", { class: "mono", title: info.NodeID }, shortId(info.NodeID)),
       el("td", {}, info.NodeType),
       el("td", {}, stateSpan(state.Connection),
-        connection.Relayed ? el("span", { class: "muted" }, " relayed") : null),
+        connection.Transport ? el("span", { class: "muted transport" }, ` ${connection.Transport}`)
+          : null),
       el("td", { class: "mono" },
         Object.entries(info.Labels || {}).map(([k, v]) => `${k}=${v}`).join(", ")),
       el("td", {}, compute.MaxCapacity

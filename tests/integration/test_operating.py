@@ -286,6 +286,10 @@ def test_a_node_whose_dockerd_goes_away_stops_bidding_and_says_why(
         listing = main.cli("node", "list")
         (row,) = [line for line in listing.stdout.splitlines() if fragile.peer_id in line]
         assert "docker (unavailable: dockerd does not answer" in row
+        page = _chromium("--virtual-time-budget=10000", "--dump-dom", f"{main.api_url}/#/nodes")
+        (row,) = [r for r in page.stdout.split("<tr") if f'data-node="{fragile.peer_id}"' in r]
+        assert 'class="state-unavailable"' in row and "docker (unavailable: dockerd does not " \
+            "answer" in row, row
         # A job only fragile could take is not placed there, and says why.
         refused = _put_job(main, _job("echo refused", zone="fragile"))
         assert _wait_terminal(main, refused) == "Failed"
@@ -356,8 +360,14 @@ def test_the_dashboard_shows_a_job_completed_with_its_logs_and_cid(
 
     overview = _chromium("--virtual-time-budget=10000", "--dump-dom", f"{main.api_url}/")
     assert overview.returncode == 0, overview.stderr[-2000:]
-    for node in ops.values():
-        assert f'data-node="{node.peer_id}"' in overview.stdout
+    rows = {node.peer_id: [r for r in overview.stdout.split("<tr")
+                           if f'data-node="{node.peer_id}"' in r] for node in ops.values()}
+    assert all(len(found) == 1 for found in rows.values()), rows
+    # How main reaches each peer (itself: no transport).
+    assert "direct" not in rows[main.peer_id][0]
+    for name in ("picky", "fragile"):
+        assert 'class="muted transport"> direct</span>' in rows[ops[name].peer_id][0]
+        assert main.api_nodes()[ops[name].peer_id]["ConnectionState"]["Transport"] == "direct"
     assert f'data-job="{job_id}"' in overview.stdout
     assert 'id="queue-depth"' in overview.stdout
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,9 @@ def test_three_honest_nodes_agree_and_the_job_is_verified(devnet: list[Daemon],
     assert (tmp_path / "out" / "stdout").read_text() == "hi\n"
     # Each execution told its requester what it printed when it committed.
     assert node.cli("logs", job_id).stdout.count("hi") == 3
+    with urllib.request.urlopen(f"{node.api_url}/metrics", timeout=10) as answer:
+        metrics = answer.read().decode()
+    assert 'bacnode_verification_verdicts_total{outcome="Verified"} 1.0' in metrics
 
 
 def test_a_result_nobody_agrees_on_is_no_consensus_and_get_refuses_it(
