@@ -103,6 +103,10 @@ class NodeConfig:
     #: How long results kept on this node for the ``local`` publisher (and downloaded
     #: copies) stay, hours; results published elsewhere go once they are published.
     results_retention_hours: float = 168.0
+    #: Job announcements a second this node takes from one requester (a burst of 5 s worth
+    #: first); beyond, they are dropped and whoever forwards them scores down. An honest
+    #: requester sends at most half the default (protocol.messages.ANNOUNCEMENTS_PER_SECOND).
+    announcements_per_origin: float = 200.0
     #: DEBUG, INFO, WARNING or ERROR.
     log_level: str = "WARNING"
     #: ``text`` (one line a record) or ``json`` (one object a line, with the job, execution
@@ -188,6 +192,14 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
         if not 0.05 <= seconds <= 600:
             raise ConfigError(f"{name} from {origin}: {seconds} must be within 0.05–600 s")
         return seconds
+    if name == "announcements_per_origin":
+        try:
+            rate = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} from {origin}: {value!r} is not a number") from None
+        if not 1 <= rate <= 100_000:
+            raise ConfigError(f"{name} from {origin}: {rate:g} must be within 1–100000 a second")
+        return rate
     if name in ("ipfs_retention_hours", "results_retention_hours"):
         try:
             hours = float(value)

@@ -353,6 +353,7 @@ class Daemon:
                 on_request=self.on_request,
                 results_lookup=self.results_tar,
                 logs_source=self._logs_source,
+                announcements_per_origin=config.announcements_per_origin,
             )
             self.membership = Membership(
                 store, self.peer_id,

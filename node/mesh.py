@@ -110,11 +110,12 @@ GOSSIP_THRESHOLD = -40.0
 GRAYLIST_THRESHOLD = -80.0
 #: How often graylisted peers are looked for, to prune them.
 GRAYLIST_CHECK_SECONDS = 1.0
-#: Job announcements taken from one origin: twice what a requester keeps to
+#: Job announcements taken from one origin, by default: twice what a requester keeps to
 #: (protocol.messages.ANNOUNCEMENTS_PER_SECOND and _BURST), as gossip bunches them up.
-#: Beyond, they are refused unread, which scores down whoever forwards them.
+#: Beyond, they are refused unread, which scores down whoever forwards them. The burst is
+#: this many seconds' worth of the rate (operators set the rate: ``announcements_per_origin``).
 ORIGIN_ANNOUNCEMENTS_PER_SECOND = 2 * ANNOUNCEMENTS_PER_SECOND
-ORIGIN_ANNOUNCEMENT_BURST = 2 * ANNOUNCEMENT_BURST
+ORIGIN_BURST_SECONDS = ANNOUNCEMENT_BURST / ANNOUNCEMENTS_PER_SECOND
 #: Origins whose announcement rate is followed (the least recently heard are forgotten).
 MAX_TRACKED_ORIGINS = 10_000
 
@@ -244,8 +245,11 @@ class Mesh:
         on_request: RequestHandler | None = None,
         results_lookup: ResultsLookup | None = None,
         logs_source: LogsSource | None = None,
+        announcements_per_origin: float = ORIGIN_ANNOUNCEMENTS_PER_SECOND,
     ) -> None:
         self.key = key
+        self.announcement_rate = announcements_per_origin
+        self.announcement_burst = announcements_per_origin * ORIGIN_BURST_SECONDS
         self.peer_id = key.peer_id
         self._listen = [_parse_multiaddr(addr, "--listen") for addr in listen]
         self._bootstrap = [_parse_bootstrap(addr) for addr in bootstrap]
@@ -721,9 +725,8 @@ class Mesh:
     def _origin_may_announce(self, origin: bytes) -> bool:
         """Take a token from ``origin``'s announcement bucket, if it has one."""
         now = time.monotonic()
-        tokens, then = self._announce_tokens.pop(origin, (ORIGIN_ANNOUNCEMENT_BURST, now))
-        tokens = min(ORIGIN_ANNOUNCEMENT_BURST,
-                     tokens + (now - then) * ORIGIN_ANNOUNCEMENTS_PER_SECOND)
+        tokens, then = self._announce_tokens.pop(origin, (self.announcement_burst, now))
+        tokens = min(self.announcement_burst, tokens + (now - then) * self.announcement_rate)
         allowed = tokens >= 1
         self._announce_tokens[origin] = (tokens - 1 if allowed else tokens, now)
         if len(self._announce_tokens) > MAX_TRACKED_ORIGINS:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 import time
+import uuid
 from collections import Counter
 from dataclasses import replace
 from typing import Any
@@ -340,3 +341,88 @@ async def test_a_garbage_sender_is_graylisted_and_pruned_from_the_mesh(daemons: 
             finally:
                 mesh.stop()
 
+
+
+async def test_a_spammer_flooding_announcements_is_cut_off_and_honest_jobs_complete(
+        daemons: DaemonPool, busybox_image: str):
+    """A real peer floods 10,000 validly signed job announcements of its own while the
+    target's user runs jobs. The target takes 20 a second from one requester
+    (``--announcements-per-origin``, well below what it can read even on a loaded machine,
+    so the flood outruns it whatever the machine's pace): it never takes more of the
+    spammer's than that bucket allows since the flood began, drops the rest as RateLimited,
+    scores the spammer down to the graylist (then drops it unread), and the honest jobs
+    all complete."""
+    from node.mesh import GRAYLIST_THRESHOLD, ORIGIN_BURST_SECONDS
+    from protocol.examples import example_job
+    from protocol.messages import JobAnnouncement
+
+    rate = 20.0
+    target = daemons.new("target", args=["--announcements-per-origin", str(rate)])
+    target.start()
+    spammer = NodeKey.generate()
+    mesh = hostile_peer(spammer, target)
+    spec = example_job("spam", "busybox")
+    honest: list[str] = []
+    flood = 10_000
+
+    async def run_honest_jobs() -> None:
+        for _ in range(3):
+            result = await trio.to_thread.run_sync(lambda: target.cli(
+                "docker", "run", "--wait", "--id-only", "-p", "noop", "busybox", "--", "true",
+                timeout=120))
+            assert result.returncode == 0, result.stderr
+            honest.append(result.stdout.strip())
+
+    def handled() -> Counter[str]:
+        stats = target.mesh_stats()
+        return Counter({"accepted": stats["Accepted"].get("job.announce", 0),
+                        **{reason: stats["Dropped"].get(reason, 0)
+                           for reason in ("RateLimited", "Graylisted", "QueueFull")}})
+
+    with trio.fail_after(240):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mesh.run)
+            try:
+                target_peer = ID.from_base58(target.peer_id)
+                while target_peer not in mesh.gossipsub.mesh.get(TOPIC_JOBS, ()):
+                    await trio.sleep(0.05)
+                nursery.start_soon(run_honest_jobs)
+                started = time.monotonic()
+                sending_until = started + 120
+                sent = 0
+                while sent < flood:
+                    sent += 1
+                    announcement = JobAnnouncement(
+                        f"j-{uuid.uuid4()}", spammer.peer_id, spec, now_ms() + 3000)
+                    await mesh.pubsub.publish(
+                        TOPIC_JOBS, seal_message(spammer, announcement, now_ms=now_ms()))
+                    # py-libp2p drops what overflows its 32-message queue to a peer: send
+                    # as fast as the target takes them, no faster.
+                    while len(mesh.pubsub.peer_queues.get(target_peer, ())) > 16:
+                        await trio.sleep(0.001)
+                    if time.monotonic() > sending_until:
+                        break  # however slowly the target reads, the test ends
+                # Everything sent has been read once the counters stop moving.
+                last: Counter[str] = Counter()
+                while (now := await trio.to_thread.run_sync(handled)) != last:
+                    last = now
+                    await trio.sleep(1.0)
+                elapsed = time.monotonic() - started
+                while len(honest) < 3:
+                    await trio.sleep(0.2)
+            finally:
+                mesh.stop()
+    stats = await trio.to_thread.run_sync(target.mesh_stats)
+    # The bucket: a burst, then the rate, over the flood's whole length.
+    assert last["accepted"] <= rate * (ORIGIN_BURST_SECONDS + elapsed), (last, elapsed)
+    assert last["RateLimited"] > 0, last
+    assert sum(last.values()) <= sent
+    print(f"sent {sent} in {elapsed:.1f}s; the target took {last['accepted']}, refused "
+          f"{last['RateLimited']} as RateLimited, {last['Graylisted']} as Graylisted")
+    assert stats["Scores"].get(spammer.peer_id, 0) < GRAYLIST_THRESHOLD or (
+        spammer.peer_id not in stats["Peers"]), stats
+    for job_id in honest:
+        document = await trio.to_thread.run_sync(
+            lambda job_id=job_id: target.cli("describe", job_id, "--json"))
+        assert '"State": "Completed"' in document.stdout
+    assert await trio.to_thread.run_sync(target.api, "/api/v1/agent/alive") == {"Status": "OK"}
