@@ -7,6 +7,13 @@ Roles:
   own key) a result that is wrong. Every liar changes the same byte the same way, so two
   liars on one job agree with each other: a colluding minority.
 - ``withholder``: runs each job and commits to its result, then never reveals it.
+- ``copier``: runs nothing. It waits ``COPIER_WAIT_SECONDS`` for another node's record
+  of the job on the results topic, to copy; as records of a verified job are gossiped only
+  after the verdict, it finds none, and commits to a guess (an empty result). It says on
+  stderr what it saw before and after it committed.
+- ``equivocator``: runs each job and commits to its result after ``EQUIVOCATOR_DELAY_SECONDS``
+  (slow, so that a test can add a node meanwhile); when asked, reveals a different result
+  (one output byte changed), as a node telling different peers different things would.
 """
 
 from __future__ import annotations
@@ -43,7 +50,75 @@ def _never_reveal() -> None:
     compute.Compute.on_reveal_request = withhold  # type: ignore[method-assign]
 
 
-ROLES = {"liar": _lie_about_outputs, "withholder": _never_reveal}
+COPIER_WAIT_SECONDS = 8.0
+EQUIVOCATOR_DELAY_SECONDS = 8.0
+
+
+def _copy_instead_of_running() -> None:
+    import trio
+
+    from node import compute, daemon
+    from node.executor.base import ExecutionResult
+    from protocol.messages import ResultRecord
+
+    seen: dict[str, int] = {}
+    committed: set[str] = set()
+    honest_on_message = daemon.Daemon.on_message
+
+    async def watching(self: Any, topic: str, envelope: Any, message: Any) -> None:
+        if isinstance(message, ResultRecord) and message.node_id != self.peer_id:
+            seen[message.job_id] = seen.get(message.job_id, 0) + 1
+            when = "after" if message.job_id in committed else "before"
+            print(f"copier: saw a record of job {message.job_id} {when} committing",
+                  file=sys.stderr, flush=True)
+        await honest_on_message(self, topic, envelope, message)
+
+    async def copy(self: Any, execution: Any, staging_dir: Path, results_dir: Path) -> Any:
+        job_id = execution.job.id
+        with trio.move_on_after(COPIER_WAIT_SECONDS):
+            while not seen.get(job_id):
+                await trio.sleep(0.1)
+        if not seen.get(job_id):
+            print(f"copier: no record of job {job_id} to copy; guessing", file=sys.stderr,
+                  flush=True)
+        committed.add(job_id)
+        (results_dir / "outputs").mkdir(parents=True, exist_ok=True)
+        (results_dir / "stdout").write_bytes(b"")
+        (results_dir / "stderr").write_bytes(b"")
+        return ExecutionResult(exit_code=0)
+
+    daemon.Daemon.on_message = watching  # type: ignore[method-assign]
+    compute.Compute._stage_and_run = copy  # type: ignore[method-assign]
+
+
+def _equivocate() -> None:
+    import trio
+
+    from node import compute
+
+    honest_run = compute.Compute._stage_and_run
+    honest_reveal = compute.Compute.on_reveal_request
+
+    async def slow(self: Any, execution: Any, staging_dir: Path, results_dir: Path) -> Any:
+        result = await honest_run(self, execution, staging_dir, results_dir)
+        await trio.sleep(EQUIVOCATOR_DELAY_SECONDS)
+        return result
+
+    async def other_story(self: Any, request: Any, sender: str) -> None:
+        for path in sorted((self.results_root / request.execution_id / "outputs").rglob("*")):
+            if path.is_file() and not path.is_symlink() and path.stat().st_size:
+                data = bytearray(path.read_bytes())
+                data[-1] ^= 0x01
+                path.write_bytes(bytes(data))
+                break
+        await honest_reveal(self, request, sender)
+
+    compute.Compute._stage_and_run = slow  # type: ignore[method-assign]
+    compute.Compute.on_reveal_request = other_story  # type: ignore[method-assign]
+
+
+ROLES = {"liar": _lie_about_outputs, "withholder": _never_reveal,
+         "copier": _copy_instead_of_running, "equivocator": _equivocate}
 
 
 def main() -> None:

@@ -3,8 +3,9 @@ reveal when asked, and are tallied; get fetches the accepted result only.
 
 Real daemons on loopback, real dockerd, real libp2p. The liar, a colluding minority of two
 liars and the withholder here are real peers (the daemon with one behaviour changed,
-tests/adversaries); the copier and the equivocator are checked one event at a time in
-tests/node/test_core_verification.py (they need another node's seal or a second record).
+tests/adversaries), and so are the copier and the equivocator. A copied seal (another
+node's bytes) is checked one event at a time in tests/node/test_core_verification.py: no
+real peer ever sees another node's seal, which goes to the requester alone.
 """
 
 from __future__ import annotations
@@ -189,3 +190,64 @@ def test_a_withholder_is_replaced_and_the_job_completes_within_its_deadline(
         nodes = requester.cli("node", "list", "--wide").stdout
         assert [row for row in nodes.splitlines() if row.startswith(withholder.peer_id)][
             0].endswith("0/0/1/0/0 (-2)")
+
+
+def test_a_copier_finds_nothing_to_copy_before_the_verdict_and_is_outvoted(
+        tmp_path_factory: pytest.TempPathFactory, busybox_image: str) -> None:
+    """A node that runs nothing and waits to copy another node's result off the results
+    topic: a verified job's records are gossiped only after its verdict, so there is
+    nothing to copy before it must commit. Its guess is outvoted and flagged; it sees the
+    records only once the verdict is out."""
+    with DaemonPool(tmp_path_factory.mktemp("copier")) as pool:
+        requester, honest, bad = _network(pool, 3, copier=1)
+        (copier,) = bad["copier"]
+        result = requester.cli(
+            "docker", "run", "--wait", "--id-only", "--count", "4", "--verify", "-p", "ipfs",
+            "busybox", "--", "sh", "-c", "echo 42 > /outputs/answer", timeout=120)
+        job_id = result.stdout.strip().splitlines()[0]
+        document = json.loads(requester.cli("describe", job_id, "--json").stdout)
+        assert document["State"]["Verification"]["State"] == "Verified", document["State"]
+        by_node = {e["NodeID"]: e for e in document["State"]["Executions"]}
+        assert by_node[copier.peer_id]["Message"].startswith("outvoted: its result differs")
+        assert all(by_node[d.peer_id]["State"] == "Completed" for d in honest)
+        assert f"copier: no record of job {job_id} to copy" in copier.stderr
+        assert f"of job {job_id} before committing" not in copier.stderr
+        wait_until(lambda: f"copier: saw a record of job {job_id} after committing"
+                   in copier.stderr, timeout=20, what="the records, gossiped after the verdict")
+        nodes = requester.cli("node", "list", "--wide").stdout
+        assert [row for row in nodes.splitlines() if row.startswith(copier.peer_id)][
+            0].endswith("0/1/0/0/0 (-5)")
+
+
+def test_an_equivocator_whose_reveal_does_not_open_its_seal_is_caught_and_replaced(
+        tmp_path_factory: pytest.TempPathFactory, busybox_image: str) -> None:
+    """A node that commits to one result and, asked, reveals another: the reveal does not
+    open its seal, so its execution fails and is placed on a node that joined meanwhile;
+    the job is verified without it."""
+    with DaemonPool(tmp_path_factory.mktemp("equivocator")) as pool:
+        requester, honest, bad = _network(pool, 3, equivocator=1)
+        (equivocator,) = bad["equivocator"]
+        submitted = requester.cli(
+            "docker", "run", "--id-only", "--no-wait", "--count", "4", "--verify",
+            "--timeout", "120", "-p", "ipfs", "busybox", "--", "sh", "-c",
+            "echo 42 > /outputs/answer")
+        job_id = submitted.stdout.strip()
+
+        def document() -> dict:
+            return json.loads(requester.cli("describe", job_id, "--json").stdout)
+
+        wait_until(lambda: len(document()["State"]["Executions"]) == 4, timeout=30,
+                   what="four executions placed")
+        # The equivocator commits 8 s after its container ends: time for a fifth node.
+        late = pool.start("late", peers=[requester], args=["--compute"])
+        wait_until(lambda: late.peer_id in requester.connected(), timeout=30, what="late")
+        wait_until(lambda: document()["State"]["State"] in ("Completed", "Failed"),
+                   timeout=90, interval=1, what="the job to end")
+        final = document()
+        assert final["State"]["Verification"]["State"] == "Verified", final["State"]
+        by_node = {e["NodeID"]: e for e in final["State"]["Executions"]}
+        assert by_node[equivocator.peer_id]["State"] == "Failed"
+        assert "does not match" in by_node[equivocator.peer_id]["Message"], by_node
+        assert by_node[late.peer_id]["State"] == "Completed"
+        assert all(by_node[d.peer_id]["State"] == "Completed" for d in honest)
+

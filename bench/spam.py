@@ -1,0 +1,286 @@
+"""A spammer floods job announcements: do honest jobs still complete, and how much slower?
+
+Run from anywhere: ``.venv/bin/python bench/spam.py [--runs 15] [--flood 10000] [--json PATH]``.
+
+Two fresh daemons on loopback: "target" (requester and compute, the daemon's defaults, so
+its ``--announcements-per-origin`` is the default 200/s) and "peer", bootstrapped to it,
+used once the target lists both CONNECTED. Then, one after another:
+
+- **quiet**: ``--runs`` honest jobs (``docker run --wait --id-only -p noop busybox -- true``
+  through the real CLI against the target), after 2 warm-up runs not counted;
+- **flood**: a real libp2p peer in this process (``node.mesh.Mesh``: Noise, GossipSub,
+  strict signing) joins the target's jobs topic and publishes up to ``--flood`` validly
+  signed ``JobAnnouncement``s of its own, as fast as the target reads them, while the same
+  honest jobs run again in a worker thread. It stops when the honest jobs are done or every
+  announcement is sent (the phase is bounded by ``--phase-seconds``).
+
+Reported: the CLI wall time (what a user waits) p50/p95 of each phase and the ratio of the
+flood p50 to the quiet one (issue 12's target: at most 2x); how many announcements were
+sent, and what the target made of them (``GET /api/v1/agent/mesh``: accepted, dropped as
+RateLimited and Graylisted, the spammer's gossipsub score). Every honest job must exit 0.
+The daemons are stopped at the end, on errors, on Ctrl-C and on SIGTERM. Exit status: 0,
+1 on a failure, 2 with ``--check`` when the target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+# Set before any daemon starts, so that neither they nor boto3 here ever ask the cloud
+# metadata address for credentials.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+import trio  # noqa: E402
+from libp2p.peer.id import ID  # noqa: E402
+
+from bench._cleanup import Interrupted, signals_deferred  # noqa: E402
+from node.mesh import TOPIC_JOBS, Mesh  # noqa: E402
+from protocol.examples import example_job  # noqa: E402
+from protocol.identity import NodeKey  # noqa: E402
+from protocol.messages import JobAnnouncement, seal_message  # noqa: E402
+from scripts.daemons import Daemon, DaemonPool, free_ports, wait_until  # noqa: E402
+
+WARM_UP_RUNS = 2
+TARGET_RATIO = 2.0
+#: py-libp2p drops what overflows its 32-message queue to a peer; staying at half of it
+#: sends as fast as the target reads, and every message sent is one the target sees.
+MAX_QUEUED_TO_TARGET = 16
+#: The spammer's announcements claim a deadline this far ahead, like an honest requester's.
+ANNOUNCEMENT_TTL_MS = 3000
+#: The target's counters are final once they stop moving for this long.
+SETTLE_SECONDS = 1.0
+COUNTERS = ("RateLimited", "Graylisted", "QueueFull")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def run_one(target: Daemon) -> float:
+    """CLI wall seconds of one honest job against ``target``."""
+    began = time.perf_counter()
+    result = target.cli("docker", "run", "--wait", "--id-only", "-p", "noop", "busybox",
+                        "--", "true", timeout=120)
+    wall = time.perf_counter() - began
+    if result.returncode != 0:
+        raise RuntimeError(f"honest job failed ({result.returncode}): {result.stderr.strip()}")
+    return wall
+
+
+def leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    return [exc for sub in group.exceptions
+            for exc in (leaves(sub) if isinstance(sub, BaseExceptionGroup) else [sub])]
+
+
+def progress(label: str, done: int, total: int) -> None:
+    print(f"\r  {label} {done}/{total}", end="", file=sys.stderr, flush=True)
+
+
+async def noop_handler(topic: str, envelope: Any, message: Any) -> None:
+    """The spammer only sends; what the mesh tells it is of no interest."""
+
+
+def spammer_mesh(key: NodeKey, target: Daemon) -> Mesh:
+    (port,) = free_ports(1)
+    return Mesh(key, listen=(f"/ip4/127.0.0.1/tcp/{port}",), bootstrap=(target.multiaddr,),
+                on_message=noop_handler)
+
+
+@dataclass
+class FloodResult:
+    walls: list[float] = field(default_factory=list)
+    #: How many honest jobs were submitted while announcements were still being sent.
+    during_sending: int = 0
+    sent: int = 0
+    sending_seconds: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+    spammer: str = ""
+
+
+async def flood_phase(target: Daemon, runs: int, flood: int, bound: float) -> FloodResult:
+    """Flood the target's jobs topic while ``runs`` honest jobs run; the target's mesh
+    stats are read before the spammer leaves (its score is listed only while connected)."""
+    key = NodeKey.generate()
+    mesh = spammer_mesh(key, target)
+    spec = example_job("spam", "busybox")
+    result = FloodResult(spammer=key.peer_id)
+    sending = True
+    honest_done = trio.Event()
+
+    async def run_honest_jobs() -> None:
+        for i in range(runs):
+            if sending:
+                result.during_sending += 1
+            # Abandoned on cancel (Ctrl-C, the phase bound): the CLI's own timeout ends it.
+            result.walls.append(await trio.to_thread.run_sync(
+                run_one, target, abandon_on_cancel=True))
+            progress("flood", i + 1, runs)
+        honest_done.set()
+
+    def counters() -> tuple[int, ...]:
+        stats = target.mesh_stats()
+        return (stats["Accepted"].get("job.announce", 0),
+                *(stats["Dropped"].get(reason, 0) for reason in COUNTERS))
+
+    async def sigterm_unwinds(task_status: trio.TaskStatus[None]) -> None:
+        # trio owns the signal handlers while it runs; SIGTERM must unwind like Ctrl-C.
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            task_status.started()
+            async for _ in signals:
+                raise Interrupted("SIGTERM")
+
+    with trio.fail_after(bound):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sigterm_unwinds)
+            await nursery.start(mesh.run)
+            try:
+                target_peer = ID.from_base58(target.peer_id)
+                while target_peer not in mesh.gossipsub.mesh.get(TOPIC_JOBS, ()):
+                    await trio.sleep(0.05)
+                nursery.start_soon(run_honest_jobs)
+                started = time.monotonic()
+                while result.sent < flood and not honest_done.is_set():
+                    result.sent += 1
+                    announcement = JobAnnouncement(f"j-{uuid.uuid4()}", key.peer_id, spec,
+                                                   now_ms() + ANNOUNCEMENT_TTL_MS)
+                    await mesh.pubsub.publish(
+                        TOPIC_JOBS, seal_message(key, announcement, now_ms=now_ms()))
+                    while len(mesh.pubsub.peer_queues.get(target_peer, ())) > \
+                            MAX_QUEUED_TO_TARGET:
+                        await trio.sleep(0.001)
+                sending = False
+                result.sending_seconds = time.monotonic() - started
+                await honest_done.wait()
+                last: tuple[int, ...] = ()
+                while (now := await trio.to_thread.run_sync(counters)) != last:
+                    last = now
+                    await trio.sleep(SETTLE_SECONDS)
+                result.stats = await trio.to_thread.run_sync(target.mesh_stats)
+            finally:
+                mesh.stop()
+            nursery.cancel_scope.cancel()  # the SIGTERM watcher
+    print(file=sys.stderr)
+    return result
+
+
+def start_devnet(pool: DaemonPool) -> Daemon:
+    target = pool.new("target")
+    peer = pool.new("peer", peers=[target])
+    pool.start_all([target, peer])
+    wanted = {target.peer_id, peer.peer_id}
+    wait_until(lambda: wanted <= target.connected(), timeout=60, interval=0.2,
+               what="the target listing both nodes CONNECTED")
+    return target
+
+
+def measure(args: argparse.Namespace, pool: DaemonPool) -> tuple[list[float], FloodResult]:
+    target = start_devnet(pool)
+    for _ in range(WARM_UP_RUNS):  # images, connections, caches
+        run_one(target)
+    quiet = []
+    for i in range(args.runs):
+        quiet.append(run_one(target))
+        progress("quiet", i + 1, args.runs)
+    print(file=sys.stderr)
+    return quiet, trio.run(flood_phase, target, args.runs, args.flood, args.phase_seconds)
+
+
+def report(args: argparse.Namespace, quiet: list[float], flood: FloodResult) -> bool:
+    quiet_p50 = percentile(quiet, 0.5)
+    flood_p50 = percentile(flood.walls, 0.5)
+    ratio = flood_p50 / quiet_p50
+    met = ratio <= TARGET_RATIO
+    print(f"{'phase (2 nodes, noop job)':26} {'runs':>5} {'p50 ms':>8} {'p95 ms':>8} "
+          f"{'p50 / quiet':>12}")
+    for name, walls in (("quiet", quiet), ("flood", flood.walls)):
+        print(f"{name:26} {len(walls):5} {percentile(walls, 0.5) * 1000:8.0f} "
+              f"{percentile(walls, 0.95) * 1000:8.0f} "
+              f"{percentile(walls, 0.5) / quiet_p50:11.2f}x")
+    stats = flood.stats
+    dropped = stats.get("Dropped", {})
+    score = stats.get("Scores", {}).get(flood.spammer)
+    print(f"spammer sent {flood.sent} announcements in {flood.sending_seconds:.1f}s "
+          f"({flood.sent / max(flood.sending_seconds, 1e-9):.0f}/s); "
+          f"{flood.during_sending} of {len(flood.walls)} honest jobs submitted meanwhile")
+    print(f"target: accepted {stats.get('Accepted', {}).get('job.announce', 0)} job.announce, "
+          + ", ".join(f"dropped {dropped.get(reason, 0)} {reason}" for reason in COUNTERS)
+          + "; spammer's score "
+          + ("(no longer connected)" if score is None else f"{score:.2f}"))
+    print(f"target: flood p50 ≤ {TARGET_RATIO:g}× quiet: {'met' if met else 'NOT met'} "
+          f"({ratio:.2f}×)")
+    load = os.getloadavg()
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end "
+          f"({os.cpu_count()} cores shared by the daemons, dockerd and this process); "
+          "figures are only comparable from a quiet machine")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "runs": args.runs, "flood": args.flood, "quiet": quiet, "flooded": flood.walls,
+            "quiet_p50": quiet_p50, "flood_p50": flood_p50, "ratio": ratio, "met": met,
+            "sent": flood.sent, "sending_seconds": flood.sending_seconds,
+            "during_sending": flood.during_sending, "spammer": flood.spammer,
+            "spammer_score": score, "target_mesh": stats, "load_average": load,
+        }, indent=2))
+    return met
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15, help="honest jobs per phase")
+    parser.add_argument("--flood", type=int, default=10_000,
+                        help="announcements the spammer sends at most")
+    parser.add_argument("--phase-seconds", type=float, default=180.0,
+                        help="bound on the flood phase")
+    parser.add_argument("--check", action="store_true", help="exit 2 when the target is missed")
+    parser.add_argument("--json", metavar="PATH", help="also write the numbers here")
+    args = parser.parse_args()
+    if args.runs < 1 or args.flood < 1:
+        parser.error("--runs and --flood must be at least 1")
+    if subprocess.run(["docker", "image", "inspect", "busybox:latest"],
+                      capture_output=True).returncode != 0:
+        sys.exit("image busybox:latest is missing: python3 -m scripts.services image")
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise Interrupted("SIGTERM")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    outcome = ""
+    try:
+        with tempfile.TemporaryDirectory(prefix="bacnode-bench-spam-") as root:
+            pool = DaemonPool(Path(root))
+            try:
+                quiet, flood = measure(args, pool)
+            finally:
+                with signals_deferred():
+                    pool.close()
+    # except*: trio's nurseries deliver a task's exception inside an exception group.
+    except* (KeyboardInterrupt, Interrupted):
+        outcome = "interrupted; daemons stopped"
+    except* (RuntimeError, AssertionError, trio.TooSlowError) as group:
+        outcome = "failed: " + "; ".join(str(exc) for exc in leaves(group))
+    if outcome:
+        print(f"\n{outcome}", file=sys.stderr)
+        return 130 if outcome.startswith("interrupted") else 1
+    met = report(args, quiet, flood)
+    return 2 if args.check and not met else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
