@@ -426,3 +426,59 @@ async def test_a_spammer_flooding_announcements_is_cut_off_and_honest_jobs_compl
             lambda job_id=job_id: target.cli("describe", job_id, "--json"))
         assert '"State": "Completed"' in document.stdout
     assert await trio.to_thread.run_sync(target.api, "/api/v1/agent/alive") == {"Status": "OK"}
+
+
+async def test_a_spammer_flooding_bids_changes_nothing_and_honest_jobs_complete(
+        daemons: DaemonPool, busybox_image: str):
+    """A real peer sends 10,000 validly signed bids, for jobs nobody asked it about, straight
+    to a requester (``/bacnode/requests/1``, eight at a time) while the requester's user runs
+    jobs. Each bid is taken and ignored; the honest jobs complete on the requester's own
+    node, the flood places nothing on the spammer, and the node keeps answering."""
+    target = daemons.new("target")
+    target.start()
+    spammer = NodeKey.generate()
+    mesh = hostile_peer(spammer, target)
+    honest: list[str] = []
+    flood, sent = 10_000, 0
+
+    async def run_honest_jobs() -> None:
+        for _ in range(3):
+            result = await trio.to_thread.run_sync(lambda: target.cli(
+                "docker", "run", "--wait", "--id-only", "-p", "noop", "busybox", "--", "true",
+                timeout=120))
+            assert result.returncode == 0, result.stderr
+            honest.append(result.stdout.strip())
+
+    async def send_bids(deadline: float) -> None:
+        nonlocal sent
+        while sent < flood and time.monotonic() < deadline:
+            sent += 1
+            bid = Bid(job_id=f"j-{uuid.uuid4()}", execution_id=f"e-{uuid.uuid4()}",
+                      node_id=spammer.peer_id, accept=True, reason="", free=Capacity(),
+                      running_executions=0)
+            assert await mesh.request(target.peer_id, seal_message(
+                spammer, bid, now_ms=now_ms())) == b"ok"
+
+    with trio.fail_after(180):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mesh.run)
+            try:
+                await mesh.request(target.peer_id, seal_message(spammer, Bid(
+                    job_id=f"j-{uuid.uuid4()}", execution_id=f"e-{uuid.uuid4()}",
+                    node_id=spammer.peer_id, accept=False, reason="", free=Capacity(),
+                    running_executions=0), now_ms=now_ms()))
+                started = time.monotonic()
+                async with trio.open_nursery() as flooders:
+                    flooders.start_soon(run_honest_jobs)
+                    for _ in range(8):
+                        flooders.start_soon(send_bids, started + 60)
+            finally:
+                mesh.stop()
+    print(f"sent {sent} bids in {time.monotonic() - started:.1f}s")
+    assert sent >= min(flood, 1000)
+    for job_id in honest:
+        document = await trio.to_thread.run_sync(
+            lambda job_id=job_id: target.cli("describe", job_id, "--json"))
+        assert '"State": "Completed"' in document.stdout
+        assert spammer.peer_id not in document.stdout
+    assert await trio.to_thread.run_sync(target.api, "/api/v1/agent/alive") == {"Status": "OK"}
