@@ -33,6 +33,8 @@ NOT_IN_CLIENT_MODELS = {
     r"\.(Protocol|Python|Libp2p)": "agent/version: bacnode's protocol, Python and libp2p",
     r"(.*\.Info|)\.(Addresses|Roles)": "NodeInfo: libp2p addresses and bacnode roles",
     r".*\.(FirstSeen|LastSeen)": "NodeState: when this node first and last heard from it",
+    r".*\.Reputation": "NodeState: this requester's record of a compute node",
+    r".*\.ComputeNodeInfo\.UnavailableEngines": "NodeInfo: engines that cannot run now, why",
     r".*\.Requester": "Job: the node that accepted the job",
     r"\.Items\[\]\.(ExecutionID|NodeID|ExitCode|SignedRecord)":
         "results: the signed record bacnode get verifies downloads against",
