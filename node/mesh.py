@@ -89,6 +89,12 @@ LOGS_PROTOCOL = TProtocol("/bacnode/logs/1")
 #: Largest output chunk in one logs frame.
 LOG_CHUNK = 64 * 1024
 RESULT_CHUNK = 256 * 1024
+#: Streams one peer may hold open to us at once, per protocol. An honest peer keeps one
+#: request channel (two across a reconnect), fetches a few results at a time, and follows
+#: the logs of the executions it requested here (at most --max-jobs of them run at once).
+#: A peer that opens more gets the extra ones reset: it cannot tie up our tasks and memory.
+STREAMS_PER_PEER = {"/bacnode/requests/1": 4, "/bacnode/results/1": 8,
+                    "/bacnode/logs/1": 32}
 MAX_STREAM_MESSAGE = 256 * 1024
 RECONNECT_SECONDS = 2.0
 #: Validated messages waiting for their subscription reader; bounded against floods.
@@ -262,6 +268,8 @@ class Mesh:
         self._verified: dict[tuple[bytes, bytes], tuple[Envelope, Message]] = {}
         #: Per origin: (announcement tokens left, when counted), least recently heard first.
         self._announce_tokens: dict[bytes, tuple[float, float]] = {}
+        #: Inbound streams open now, by (protocol, peer): see ``STREAMS_PER_PEER``.
+        self._open_streams: dict[tuple[str, Any], int] = {}
         self._reconnect_now = trio.Event()
         self._stop = trio.Event()
         self._channels: dict[str, _Channel] = {}
@@ -405,9 +413,10 @@ class Mesh:
             for topic in TOPIC_MESSAGE_TYPES:
                 self.pubsub.set_topic_validator(topic, self._make_validator(topic), False)
                 subscriptions.append((topic, await self.pubsub.subscribe(topic)))
-            self.host.set_stream_handler(REQUESTS_PROTOCOL, self._serve_channel)
-            self.host.set_stream_handler(RESULTS_PROTOCOL, self._serve_results)
-            self.host.set_stream_handler(LOGS_PROTOCOL, self._serve_logs)
+            for protocol_id, handler in ((REQUESTS_PROTOCOL, self._serve_channel),
+                                         (RESULTS_PROTOCOL, self._serve_results),
+                                         (LOGS_PROTOCOL, self._serve_logs)):
+                self.host.set_stream_handler(protocol_id, self._limited(protocol_id, handler))
             try:
                 async with self.host.run(listen_addrs=self._listen):
                     # We dial our bootstrap peers ourselves; the auto-connector would
@@ -590,6 +599,29 @@ class Mesh:
             channel.close()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await channel.stream.reset()
+
+    def _limited(self, protocol_id: str, handler: Callable[[Any], Awaitable[None]]
+                 ) -> Callable[[Any], Awaitable[None]]:
+        """``handler``, for at most ``STREAMS_PER_PEER[protocol_id]`` streams of one peer at
+        once; beyond, a stream is reset unread and counted as ``StreamLimit``."""
+        limit = STREAMS_PER_PEER[protocol_id]
+
+        async def serve(stream: Any) -> None:
+            key = (protocol_id, stream.muxed_conn.peer_id)
+            if self._open_streams.get(key, 0) >= limit:
+                self.stats.dropped["StreamLimit"] += 1
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await stream.reset()
+                return
+            self._open_streams[key] = self._open_streams.get(key, 0) + 1
+            try:
+                await handler(stream)
+            finally:
+                self._open_streams[key] -= 1
+                if not self._open_streams[key]:
+                    del self._open_streams[key]
+
+        return serve
 
     async def _serve_channel(self, stream: Any) -> None:
         """Answer a peer's requests in the order they come, each reply tagged with its

@@ -482,3 +482,47 @@ async def test_a_spammer_flooding_bids_changes_nothing_and_honest_jobs_complete(
         assert '"State": "Completed"' in document.stdout
         assert spammer.peer_id not in document.stdout
     assert await trio.to_thread.run_sync(target.api, "/api/v1/agent/alive") == {"Status": "OK"}
+
+
+async def test_a_peer_opening_too_many_streams_gets_the_extra_ones_reset(daemons: DaemonPool):
+    """A real peer opens 40 results streams at once and sends nothing on them (each would
+    hold a task of the target's for 30 s): the target serves 8 of one peer's at a time,
+    resets the rest unread, counts them, and its request channel still answers."""
+    from node.mesh import RESULTS_PROTOCOL, STREAMS_PER_PEER
+
+    target = daemons.new("target")
+    target.start()
+    injector = NodeKey.generate()
+    mesh = hostile_peer(injector, target)
+    opened: list[Any] = []
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mesh.run)
+            try:
+                target_peer = ID.from_base58(target.peer_id)
+                for _ in range(40):
+                    try:
+                        opened.append(await mesh.host.new_stream(target_peer,
+                                                                 [RESULTS_PROTOCOL]))
+                    except Exception:  # reset before our side finished negotiating it
+                        pass
+                limit = STREAMS_PER_PEER[RESULTS_PROTOCOL]
+
+                def refused() -> int:
+                    return target.mesh_stats()["Dropped"].get("StreamLimit", 0)
+
+                await await_until(lambda: refused() >= 40 - limit, timeout=20,
+                                  what="the streams over the limit to be reset")
+                assert refused() == 40 - limit
+                bid = Bid(job_id="j-12345678-1234-4123-8123-123456789abc",
+                          execution_id="e-12345678-1234-4123-8123-123456789abc",
+                          node_id=injector.peer_id, accept=False, reason="",
+                          free=Capacity(), running_executions=0)
+                assert await mesh.request(target.peer_id, seal_message(
+                    injector, bid, now_ms=now_ms())) == b"ok"
+            finally:
+                for stream in opened:
+                    with trio.move_on_after(1):
+                        await stream.reset()
+                mesh.stop()
+    assert await trio.to_thread.run_sync(target.api, "/api/v1/agent/alive") == {"Status": "OK"}
