@@ -211,6 +211,7 @@ class Daemon:
         return {
             "accepted": dict(stats.accepted) if stats else {},
             "dropped": dict(stats.dropped) if stats else {},
+            "refused_streams": dict(stats.refused_streams) if stats else {},
             "peers": self.mesh.peer_counts() if self.mesh else {},
             "bitswap": self.ipfs.bitswap.stats.as_json()
             if self.ipfs is not None and self.ipfs.bitswap is not None else {},

@@ -206,9 +206,12 @@ class _Channel:
 class MeshStats:
     accepted: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
+    #: Inbound streams reset over ``STREAMS_PER_PEER``, by protocol.
+    refused_streams: Counter[str] = field(default_factory=Counter)
 
     def as_json(self) -> dict[str, Any]:
-        return {"Accepted": dict(self.accepted), "Dropped": dict(self.dropped)}
+        return {"Accepted": dict(self.accepted), "Dropped": dict(self.dropped),
+                "RefusedStreams": dict(self.refused_streams)}
 
 
 class _Disconnects(INotifee):
@@ -603,13 +606,13 @@ class Mesh:
     def _limited(self, protocol_id: str, handler: Callable[[Any], Awaitable[None]]
                  ) -> Callable[[Any], Awaitable[None]]:
         """``handler``, for at most ``STREAMS_PER_PEER[protocol_id]`` streams of one peer at
-        once; beyond, a stream is reset unread and counted as ``StreamLimit``."""
+        once; beyond, a stream is reset unread and counted in ``refused_streams``."""
         limit = STREAMS_PER_PEER[protocol_id]
 
         async def serve(stream: Any) -> None:
             key = (protocol_id, stream.muxed_conn.peer_id)
             if self._open_streams.get(key, 0) >= limit:
-                self.stats.dropped["StreamLimit"] += 1
+                self.stats.refused_streams[protocol_id] += 1
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await stream.reset()
                 return

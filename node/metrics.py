@@ -96,6 +96,12 @@ class DaemonCollector(Collector):
         for reason, count in sorted(state["dropped"].items()):
             dropped.add_metric([reason], count)
         yield dropped
+        refused = CounterMetricFamily(
+            "bacnode_streams_refused", "Inbound streams reset unread because their peer held "
+            "as many of that protocol open as it may, by protocol", labels=["protocol"])
+        for protocol_id, count in sorted(state.get("refused_streams", {}).items()):
+            refused.add_metric([protocol_id], count)
+        yield refused
         peers = GaugeMetricFamily(
             "bacnode_peers_connected", "libp2p peers connected now, by connection kind",
             labels=["kind"])

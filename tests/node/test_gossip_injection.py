@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import replace
@@ -487,7 +488,8 @@ async def test_a_spammer_flooding_bids_changes_nothing_and_honest_jobs_complete(
 async def test_a_peer_opening_too_many_streams_gets_the_extra_ones_reset(daemons: DaemonPool):
     """A real peer opens 40 results streams at once and sends nothing on them (each would
     hold a task of the target's for 30 s): the target serves 8 of one peer's at a time,
-    resets the rest unread, counts them, and its request channel still answers."""
+    resets the rest unread, counts them (also in /metrics), and its request channel still
+    answers."""
     from node.mesh import RESULTS_PROTOCOL, STREAMS_PER_PEER
 
     target = daemons.new("target")
@@ -509,11 +511,14 @@ async def test_a_peer_opening_too_many_streams_gets_the_extra_ones_reset(daemons
                 limit = STREAMS_PER_PEER[RESULTS_PROTOCOL]
 
                 def refused() -> int:
-                    return target.mesh_stats()["Dropped"].get("StreamLimit", 0)
+                    return target.mesh_stats()["RefusedStreams"].get(RESULTS_PROTOCOL, 0)
 
                 await await_until(lambda: refused() >= 40 - limit, timeout=20,
                                   what="the streams over the limit to be reset")
                 assert refused() == 40 - limit
+                with urllib.request.urlopen(f"{target.api_url}/metrics", timeout=10) as answer:
+                    assert (f'bacnode_streams_refused_total{{protocol="{RESULTS_PROTOCOL}"}} '
+                            f"{40 - limit}.0") in answer.read().decode()
                 bid = Bid(job_id="j-12345678-1234-4123-8123-123456789abc",
                           execution_id="e-12345678-1234-4123-8123-123456789abc",
                           node_id=injector.peer_id, accept=False, reason="",
