@@ -89,6 +89,9 @@ LOGS_PROTOCOL = TProtocol("/bacnode/logs/1")
 #: Largest output chunk in one logs frame.
 LOG_CHUNK = 64 * 1024
 RESULT_CHUNK = 256 * 1024
+#: How long one bootstrap dial may take (they run at once, so this is also how long the
+#: slowest one can delay a retry round).
+BOOTSTRAP_DIAL_SECONDS = 5.0
 #: Streams one peer may hold open to us at once, per protocol. An honest peer keeps one
 #: request channel (two across a reconnect), fetches a few results at a time, and follows
 #: the logs of the executions it requested here (at most --max-jobs of them run at once).
@@ -806,27 +809,32 @@ class Mesh:
         return [str(addr) for addr in self.host.get_addrs()]
 
     async def _keep_bootstrap_connected(self) -> None:
+        """Dial every bootstrap peer we are not connected to, all at once (one dead or slow
+        peer must not hold up the others), and again every ``RECONNECT_SECONDS`` or as soon
+        as a connection drops."""
         warned: set[str] = set()
+
+        async def dial(info: Any, text: str) -> None:
+            try:
+                # A failed dial blocks the peer for 60 s inside the swarm; we retry on our
+                # own schedule, so lift that block first.
+                self.host.get_network().unblock_peer(info.peer_id)
+                with trio.fail_after(BOOTSTRAP_DIAL_SECONDS):
+                    await self.host.connect(info)
+                warned.discard(text)
+                log.info("connected to bootstrap peer %s", text)
+            except Exception as exc:
+                if text not in warned:
+                    warned.add(text)
+                    log.warning("cannot reach bootstrap peer %s (%s); retrying every %.0fs",
+                                text, _describe(exc), RECONNECT_SECONDS)
+
         while True:
             connected = set(self.host.get_connected_peers())
-            for info, text in self._bootstrap:
-                if info.peer_id in connected or info.peer_id == self.host.get_id():
-                    continue
-                try:
-                    # A failed dial blocks the peer for 60 s inside the swarm; we retry
-                    # on our own schedule, so lift that block first.
-                    self.host.get_network().unblock_peer(info.peer_id)
-                    with trio.fail_after(5):
-                        await self.host.connect(info)
-                    warned.discard(text)
-                    log.info("connected to bootstrap peer %s", text)
-                except Exception as exc:
-                    if text not in warned:
-                        warned.add(text)
-                        log.warning(
-                            "cannot reach bootstrap peer %s (%s); retrying every %.0fs",
-                            text, _describe(exc), RECONNECT_SECONDS,
-                        )
+            async with trio.open_nursery() as nursery:
+                for info, text in self._bootstrap:
+                    if info.peer_id not in connected and info.peer_id != self.host.get_id():
+                        nursery.start_soon(dial, info, text)
             self._reconnect_now = trio.Event()
             with trio.move_on_after(RECONNECT_SECONDS):
                 await self._reconnect_now.wait()

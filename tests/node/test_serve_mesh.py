@@ -160,3 +160,46 @@ def test_restarted_bootstrap_node_is_rejoined(mesh3):
                timeout=CONVERGE_TIMEOUT, what="n2 and n3 to dial the restarted n1")
     for node in mesh3:
         node.wait_connected(ids(mesh3), timeout=CONVERGE_TIMEOUT)
+
+
+def test_a_dead_bootstrap_peer_does_not_hold_up_the_others(mesh3, daemons: DaemonPool):
+    """Four bootstrap peers that accept a TCP connection and then never answer (each dial
+    hangs until its 5 s timeout), listed before a live one: the node dials them all at
+    once, so it joins through the live one without waiting out the dead ones (one after
+    another they would take 20 s)."""
+    import socket
+    import threading
+    import time
+
+    from protocol.identity import NodeKey
+
+    listeners = []
+    for _ in range(4):
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listeners.append(listener)
+    held: list[socket.socket] = []
+
+    def hold(listener: socket.socket) -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])  # and say nothing
+            except OSError:
+                return
+
+    for listener in listeners:
+        threading.Thread(target=hold, args=(listener,), daemon=True).start()
+    dead = [f"/ip4/127.0.0.1/tcp/{listener.getsockname()[1]}/p2p/{NodeKey.generate().peer_id}"
+            for listener in listeners]
+    try:
+        node = daemons.new("patient", peers=[*dead, mesh3[0]])
+        node.start()
+        ready = time.monotonic()
+        node.wait_connected({mesh3[0].peer_id}, timeout=CONVERGE_TIMEOUT)
+        assert time.monotonic() - ready < 10, "the live peer waited behind the dead ones"
+        wait_until(lambda: node.stderr.count("cannot reach bootstrap peer") == 4, timeout=15,
+                   what="the dead peers' dials to time out, each said once")
+    finally:
+        for sock in [*listeners, *held]:
+            sock.close()
