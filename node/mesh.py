@@ -37,7 +37,7 @@ from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID as MESHSUB_10
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as MESHSUB_11
 from libp2p.pubsub.gossipsub import GossipSub
@@ -820,7 +820,7 @@ class Mesh:
                 # own schedule, so lift that block first.
                 self.host.get_network().unblock_peer(info.peer_id)
                 with trio.fail_after(BOOTSTRAP_DIAL_SECONDS):
-                    await self.host.connect(info)
+                    await self.host.connect(await _resolved(info))
                 warned.discard(text)
                 log.info("connected to bootstrap peer %s", text)
             except Exception as exc:
@@ -838,6 +838,33 @@ class Mesh:
             self._reconnect_now = trio.Event()
             with trio.move_on_after(RECONNECT_SECONDS):
                 await self._reconnect_now.wait()
+
+
+_DNS_FAMILIES = {"dns": socket.AF_UNSPEC, "dns4": socket.AF_INET, "dns6": socket.AF_INET6}
+
+
+async def _resolved(info: PeerInfo) -> PeerInfo:
+    """``info`` with each ``/dns``, ``/dns4`` or ``/dns6`` address replaced by the IP
+    addresses its name resolves to now (py-libp2p's TCP transport dials IPs only). Looked
+    up at every dial, so a bootstrap name that moves is followed."""
+    addresses: list[multiaddr.Multiaddr] = []
+    for address in info.addrs:
+        parts = str(address).split("/")
+        if len(parts) < 3 or parts[1] not in _DNS_FAMILIES:
+            addresses.append(address)
+            continue
+        rest = "/" + "/".join(parts[3:]) if len(parts) > 3 else ""
+        try:
+            found = await trio.socket.getaddrinfo(parts[2], None, _DNS_FAMILIES[parts[1]],
+                                                  socket.SOCK_STREAM)
+        except OSError as exc:
+            raise MeshError(f"cannot resolve {parts[2]!r}: {exc.strerror or exc}") from None
+        for family, *_, sockaddr in found:
+            kind = "ip6" if family == socket.AF_INET6 else "ip4"
+            resolved = multiaddr.Multiaddr(f"/{kind}/{sockaddr[0]}{rest}")
+            if resolved not in addresses:
+                addresses.append(resolved)
+    return PeerInfo(info.peer_id, addresses)
 
 
 def _describe(exc: BaseException) -> str:

@@ -22,7 +22,8 @@ def main() -> None:
 @click.option("--data-dir", help="where the key, state and results live [default: ~/.bacnode]")
 @click.option("--listen", multiple=True, help="libp2p multiaddr to listen on, repeatable "
               "[default: /ip4/0.0.0.0/tcp/1235]")
-@click.option("--peer", "peers", multiple=True, help="bootstrap peer multiaddr with /p2p/<id>, "
+@click.option("--peer", "peers", multiple=True, help="bootstrap peer multiaddr with /p2p/<id> "
+              "(/ip4, /ip6, or /dns4, /dns6 names resolved at each dial), "
               "repeatable; 'none' for a first node")
 @click.option("--api-host", help="local API host [default: 127.0.0.1]")
 @click.option("--api-port", type=int, help="local API port [default: 1234]")

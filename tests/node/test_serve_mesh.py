@@ -203,3 +203,12 @@ def test_a_dead_bootstrap_peer_does_not_hold_up_the_others(mesh3, daemons: Daemo
     finally:
         for sock in [*listeners, *held]:
             sock.close()
+
+
+def test_a_bootstrap_peer_can_be_named_by_dns(mesh3, daemons: DaemonPool):
+    """``--peer /dns4/localhost/tcp/PORT/p2p/ID``: the name is resolved at each dial
+    (py-libp2p's TCP transport dials IP addresses only)."""
+    first = mesh3[0]
+    node = daemons.new("by-name", peers=[f"/dns4/localhost/tcp/{first.port}/p2p/{first.peer_id}"])
+    node.start()
+    node.wait_connected(ids(mesh3), timeout=CONVERGE_TIMEOUT)
