@@ -149,6 +149,7 @@ class Daemon:
             "Peers": self.mesh.connected_peers() if self.mesh else [],
             "Scores": self.mesh.peer_scores() if self.mesh else {},
             "MeshPeers": self.mesh.mesh_peers() if self.mesh else {},
+            "Connections": self.mesh.connection_counts() if self.mesh else {},
             **stats,
             "GossipDelayMs": self.membership.gossip_delays(since_ms) if self.membership else {},
         }

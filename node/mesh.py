@@ -89,6 +89,10 @@ LOGS_PROTOCOL = TProtocol("/bacnode/logs/1")
 #: Largest output chunk in one logs frame.
 LOG_CHUNK = 64 * 1024
 RESULT_CHUNK = 256 * 1024
+#: Connections one peer may hold with us at once: one, and a second while two dials cross.
+CONNECTIONS_PER_PEER = 2
+#: Inbound connections still in their handshake at once (a SYN flood of libp2p dials).
+MAX_PENDING_INBOUND = 128
 #: How long one bootstrap dial may take (they run at once, so this is also how long the
 #: slowest one can delay a retry round).
 BOOTSTRAP_DIAL_SECONDS = 5.0
@@ -299,6 +303,7 @@ class Mesh:
             enable_upnp=False,
             bootstrap=None,
             psk=psk,
+            resource_manager=_resource_manager(),
             # One connection per peer: below the per-peer limit every dial waits out a
             # 250 ms "happy eyeballs" delay. Health pings find half-open peers (a
             # frozen process keeps its TCP connection) in under a minute, not never; each
@@ -755,6 +760,11 @@ class Mesh:
                 kinds[peer.to_base58()] = "relayed" if relayed else "direct"
         return kinds
 
+    def connection_counts(self) -> dict[str, int]:
+        """Open connections by peer (at most ``CONNECTIONS_PER_PEER`` each)."""
+        return {peer.to_base58(): len(conns) if isinstance(conns, list) else 1
+                for peer, conns in list(self.host.get_network().connections.items()) if conns}
+
     def peer_counts(self) -> dict[str, int]:
         """Connected peers by transport (see ``peer_transports``)."""
         kinds = list(self.peer_transports().values())
@@ -865,6 +875,17 @@ async def _resolved(info: PeerInfo) -> PeerInfo:
             if resolved not in addresses:
                 addresses.append(resolved)
     return PeerInfo(info.peer_id, addresses)
+
+
+def _resource_manager() -> Any:
+    """py-libp2p's resource manager with per-peer connection limits, which it has none of by
+    default: one peer (one identity) could otherwise hold any number of connections."""
+    from libp2p.rcmgr import new_resource_manager
+    from libp2p.rcmgr.connection_limits import ConnectionLimits
+
+    return new_resource_manager(connection_limits=ConnectionLimits(
+        max_established_per_peer=CONNECTIONS_PER_PEER,
+        max_pending_inbound=MAX_PENDING_INBOUND))
 
 
 def _describe(exc: BaseException) -> str:

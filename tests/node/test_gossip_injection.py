@@ -531,3 +531,30 @@ async def test_a_peer_opening_too_many_streams_gets_the_extra_ones_reset(daemons
                         await stream.reset()
                 mesh.stop()
     assert await trio.to_thread.run_sync(target.api, "/api/v1/agent/alive") == {"Status": "OK"}
+
+
+async def test_one_identity_holds_at_most_two_connections(daemons: DaemonPool):
+    """Six real peers with one key (one identity) dial a daemon, and keep redialling it as
+    their bootstrap peer: it never holds more than two connections from that identity
+    (py-libp2p's resource manager, node.mesh.CONNECTIONS_PER_PEER) and denies the rest."""
+    from node.mesh import CONNECTIONS_PER_PEER
+
+    target = daemons.new("target")
+    target.start()
+    key = NodeKey.generate()
+    clones = [hostile_peer(key, target) for _ in range(6)]
+    held: list[int] = []
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            try:
+                for clone in clones:
+                    await nursery.start(clone.run)
+                for _ in range(20):  # 10 s of redialling, every 2 s by each of the six
+                    stats = await trio.to_thread.run_sync(target.mesh_stats)
+                    held.append(stats["Connections"].get(key.peer_id, 0))
+                    await trio.sleep(0.5)
+            finally:
+                for clone in clones:
+                    clone.stop()
+    assert max(held) == CONNECTIONS_PER_PEER, held
+    assert await trio.to_thread.run_sync(target.api, "/api/v1/agent/alive") == {"Status": "OK"}
