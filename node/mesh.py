@@ -129,6 +129,10 @@ GRAYLIST_CHECK_SECONDS = 1.0
 #: this many seconds' worth of the rate (operators set the rate: ``announcements_per_origin``).
 ORIGIN_ANNOUNCEMENTS_PER_SECOND = 2 * ANNOUNCEMENTS_PER_SECOND
 ORIGIN_BURST_SECONDS = ANNOUNCEMENT_BURST / ANNOUNCEMENTS_PER_SECOND
+#: Job announcements taken from one forwarding peer, whatever their origins, as a multiple
+#: of the per-origin rate: one peer inventing many requesters (each signing its own) cannot
+#: flood us either. Generous, since a hub relays every requester's announcements.
+PEER_ANNOUNCEMENT_FACTOR = 10
 #: Origins whose announcement rate is followed (the least recently heard are forgotten).
 MAX_TRACKED_ORIGINS = 10_000
 
@@ -278,6 +282,8 @@ class Mesh:
         self._verified: dict[tuple[bytes, bytes], tuple[Envelope, Message]] = {}
         #: Per origin: (announcement tokens left, when counted), least recently heard first.
         self._announce_tokens: dict[bytes, tuple[float, float]] = {}
+        #: The same per forwarding peer, whatever the origins (see PEER_ANNOUNCEMENT_FACTOR).
+        self._forwarder_tokens: dict[bytes, tuple[float, float]] = {}
         #: Inbound streams open now, by (protocol, peer): see ``STREAMS_PER_PEER``.
         self._open_streams: dict[tuple[str, Any], int] = {}
         self._reconnect_now = trio.Event()
@@ -466,9 +472,14 @@ class Mesh:
             if self.is_graylisted(forwarder):
                 self.stats.dropped["Graylisted"] += 1
                 return False
-            if topic == TOPIC_JOBS and not self._origin_may_announce(msg.from_id):
-                self.stats.dropped["RateLimited"] += 1
-                return False
+            if topic == TOPIC_JOBS:
+                if not self._may_announce(self._forwarder_tokens, forwarder.to_bytes(),
+                                          PEER_ANNOUNCEMENT_FACTOR):
+                    self.stats.dropped["PeerRateLimited"] += 1
+                    return False
+                if not self._may_announce(self._announce_tokens, msg.from_id, 1):
+                    self.stats.dropped["RateLimited"] += 1
+                    return False
             try:
                 origin = ID(msg.from_id).to_base58()
                 envelope, message = open_message(
@@ -770,15 +781,18 @@ class Mesh:
         kinds = list(self.peer_transports().values())
         return {"direct": kinds.count("direct"), "relayed": kinds.count("relayed")}
 
-    def _origin_may_announce(self, origin: bytes) -> bool:
-        """Take a token from ``origin``'s announcement bucket, if it has one."""
+    def _may_announce(self, buckets: dict[bytes, tuple[float, float]], key: bytes,
+                      factor: float) -> bool:
+        """Take a token from ``key``'s announcement bucket (``factor`` times the
+        per-origin rate and burst), if it has one."""
         now = time.monotonic()
-        tokens, then = self._announce_tokens.pop(origin, (self.announcement_burst, now))
-        tokens = min(self.announcement_burst, tokens + (now - then) * self.announcement_rate)
+        rate, burst = self.announcement_rate * factor, self.announcement_burst * factor
+        tokens, then = buckets.pop(key, (burst, now))
+        tokens = min(burst, tokens + (now - then) * rate)
         allowed = tokens >= 1
-        self._announce_tokens[origin] = (tokens - 1 if allowed else tokens, now)
-        if len(self._announce_tokens) > MAX_TRACKED_ORIGINS:
-            del self._announce_tokens[next(iter(self._announce_tokens))]
+        buckets[key] = (tokens - 1 if allowed else tokens, now)
+        if len(buckets) > MAX_TRACKED_ORIGINS:
+            del buckets[next(iter(buckets))]
         return allowed
 
     def is_graylisted(self, peer: ID) -> bool:

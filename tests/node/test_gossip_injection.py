@@ -558,3 +558,75 @@ async def test_one_identity_holds_at_most_two_connections(daemons: DaemonPool):
                     clone.stop()
     assert max(held) == CONNECTIONS_PER_PEER, held
     assert await trio.to_thread.run_sync(target.api, "/api/v1/agent/alive") == {"Status": "OK"}
+
+
+async def test_a_peer_forwarding_many_invented_requesters_is_rate_limited_as_a_peer(
+        daemons: DaemonPool, busybox_image: str):
+    """A real peer invents 100 requesters (100 keys) and forwards 20 validly signed
+    announcements of each: no one origin goes over its own budget, yet the target takes
+    no more from that one peer than the per-peer bucket allows (PEER_ANNOUNCEMENT_FACTOR
+    times the per-origin one; here 5 a second per origin, so 50 per peer) and drops the
+    rest as PeerRateLimited."""
+    from libp2p.crypto.ed25519 import Ed25519PrivateKey
+    from libp2p.pubsub.pb import rpc_pb2
+    from libp2p.pubsub.pubsub import PUBSUB_SIGNING_PREFIX
+
+    from node.mesh import ORIGIN_BURST_SECONDS, PEER_ANNOUNCEMENT_FACTOR
+    from protocol.examples import example_job
+    from protocol.messages import JobAnnouncement
+
+    rate = 5.0
+    target = daemons.new("target", args=["--announcements-per-origin", str(rate)])
+    target.start()
+    forwarder = NodeKey.generate()
+    mesh = hostile_peer(forwarder, target)
+    invented = [NodeKey.generate() for _ in range(100)]
+    spec = example_job("spam", "busybox")
+
+    def relayed(origin: NodeKey, seqno: int) -> Any:
+        """A pubsub message as ``origin`` would sign it, to be forwarded by ``mesh``."""
+        announcement = JobAnnouncement(f"j-{uuid.uuid4()}", origin.peer_id, spec,
+                                       now_ms() + 3000)
+        secret = Ed25519PrivateKey.from_bytes(origin.seed)
+        msg = rpc_pb2.Message(
+            data=seal_message(origin, announcement, now_ms=now_ms()), topicIDs=[TOPIC_JOBS],
+            from_id=ID.from_base58(origin.peer_id).to_bytes(), seqno=seqno.to_bytes(8, "big"))
+        msg.signature = secret.sign(PUBSUB_SIGNING_PREFIX.encode() + msg.SerializeToString())
+        msg.key = secret.get_public_key().serialize()
+        return msg
+
+    def handled() -> Counter[str]:
+        stats = target.mesh_stats()
+        return Counter({"accepted": stats["Accepted"].get("job.announce", 0),
+                        **{reason: stats["Dropped"].get(reason, 0)
+                           for reason in ("RateLimited", "PeerRateLimited", "Graylisted")}})
+
+    with trio.fail_after(180):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mesh.run)
+            try:
+                mesh.pubsub.set_topic_validator(TOPIC_JOBS, lambda *_: True, False)
+                target_peer = ID.from_base58(target.peer_id)
+                while target_peer not in mesh.gossipsub.mesh.get(TOPIC_JOBS, ()):
+                    await trio.sleep(0.05)
+                started = time.monotonic()
+                for seqno in range(20):
+                    for origin in invented:
+                        await mesh.pubsub.push_msg(mesh.pubsub.my_id, relayed(origin, seqno))
+                        while len(mesh.pubsub.peer_queues.get(target_peer, ())) > 16:
+                            await trio.sleep(0.001)
+                last: Counter[str] = Counter()
+                while (now := await trio.to_thread.run_sync(handled)) != last:
+                    last = now
+                    await trio.sleep(1.0)
+                elapsed = time.monotonic() - started
+            finally:
+                mesh.stop()
+    per_peer = rate * PEER_ANNOUNCEMENT_FACTOR
+    print(f"forwarded 2,000 from 100 origins in {elapsed:.1f}s; the target took "
+          f"{last['accepted']}, refused {last['PeerRateLimited']} as PeerRateLimited, "
+          f"{last['Graylisted']} as Graylisted")
+    assert last["accepted"] <= per_peer * (ORIGIN_BURST_SECONDS + elapsed), (last, elapsed)
+    assert last["PeerRateLimited"] > 0, last
+    assert last["RateLimited"] == 0, last  # no single invented requester went over its own
+    assert await trio.to_thread.run_sync(target.api, "/api/v1/agent/alive") == {"Status": "OK"}
