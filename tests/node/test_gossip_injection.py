@@ -130,6 +130,40 @@ def hostile_peer(key: NodeKey, target: Daemon) -> Mesh:
                 on_message=noop_handler)
 
 
+async def run_honest_jobs(target: Daemon, done: list[str], count: int = 3) -> None:
+    """The target's user runs ``count`` no-op-published jobs, one after another."""
+    for _ in range(count):
+        result = await trio.to_thread.run_sync(lambda: target.cli(
+            "docker", "run", "--wait", "--id-only", "-p", "noop", "busybox", "--", "true",
+            timeout=120))
+        assert result.returncode == 0, result.stderr
+        done.append(result.stdout.strip())
+
+
+async def settled_announcement_counts(target: Daemon, *reasons: str) -> Counter[str]:
+    """The target's accepted announcements and drops by ``reasons``, once they stop moving
+    (everything sent has then been read)."""
+
+    def counts() -> Counter[str]:
+        stats = target.mesh_stats()
+        return Counter({"accepted": stats["Accepted"].get("job.announce", 0),
+                        **{reason: stats["Dropped"].get(reason, 0) for reason in reasons}})
+
+    last: Counter[str] = Counter()
+    while (now := await trio.to_thread.run_sync(counts)) != last:
+        last = now
+        await trio.sleep(1.0)
+    return last
+
+
+async def in_jobs_mesh(mesh: Mesh, target: Daemon) -> ID:
+    """Wait until ``target`` is in ``mesh``'s jobs-topic mesh; its peer ID."""
+    target_peer = ID.from_base58(target.peer_id)
+    while target_peer not in mesh.gossipsub.mesh.get(TOPIC_JOBS, ()):
+        await trio.sleep(0.05)
+    return target_peer
+
+
 async def _target_and_peer(daemons: DaemonPool) -> tuple[Daemon, Daemon]:
     """Two real daemons connected to each other: the one attacked, and its honest peer."""
     target = daemons.new("target")
@@ -366,28 +400,12 @@ async def test_a_spammer_flooding_announcements_is_cut_off_and_honest_jobs_compl
     honest: list[str] = []
     flood = 10_000
 
-    async def run_honest_jobs() -> None:
-        for _ in range(3):
-            result = await trio.to_thread.run_sync(lambda: target.cli(
-                "docker", "run", "--wait", "--id-only", "-p", "noop", "busybox", "--", "true",
-                timeout=120))
-            assert result.returncode == 0, result.stderr
-            honest.append(result.stdout.strip())
-
-    def handled() -> Counter[str]:
-        stats = target.mesh_stats()
-        return Counter({"accepted": stats["Accepted"].get("job.announce", 0),
-                        **{reason: stats["Dropped"].get(reason, 0)
-                           for reason in ("RateLimited", "Graylisted", "QueueFull")}})
-
     with trio.fail_after(240):
         async with trio.open_nursery() as nursery:
             await nursery.start(mesh.run)
             try:
-                target_peer = ID.from_base58(target.peer_id)
-                while target_peer not in mesh.gossipsub.mesh.get(TOPIC_JOBS, ()):
-                    await trio.sleep(0.05)
-                nursery.start_soon(run_honest_jobs)
+                target_peer = await in_jobs_mesh(mesh, target)
+                nursery.start_soon(run_honest_jobs, target, honest)
                 started = time.monotonic()
                 sending_until = started + 120
                 sent = 0
@@ -403,11 +421,8 @@ async def test_a_spammer_flooding_announcements_is_cut_off_and_honest_jobs_compl
                         await trio.sleep(0.001)
                     if time.monotonic() > sending_until:
                         break  # however slowly the target reads, the test ends
-                # Everything sent has been read once the counters stop moving.
-                last: Counter[str] = Counter()
-                while (now := await trio.to_thread.run_sync(handled)) != last:
-                    last = now
-                    await trio.sleep(1.0)
+                last = await settled_announcement_counts(
+                    target, "RateLimited", "Graylisted", "QueueFull")
                 elapsed = time.monotonic() - started
                 while len(honest) < 3:
                     await trio.sleep(0.2)
@@ -442,14 +457,6 @@ async def test_a_spammer_flooding_bids_changes_nothing_and_honest_jobs_complete(
     honest: list[str] = []
     flood, sent = 10_000, 0
 
-    async def run_honest_jobs() -> None:
-        for _ in range(3):
-            result = await trio.to_thread.run_sync(lambda: target.cli(
-                "docker", "run", "--wait", "--id-only", "-p", "noop", "busybox", "--", "true",
-                timeout=120))
-            assert result.returncode == 0, result.stderr
-            honest.append(result.stdout.strip())
-
     async def send_bids(deadline: float) -> None:
         nonlocal sent
         while sent < flood and time.monotonic() < deadline:
@@ -470,7 +477,7 @@ async def test_a_spammer_flooding_bids_changes_nothing_and_honest_jobs_complete(
                     running_executions=0), now_ms=now_ms()))
                 started = time.monotonic()
                 async with trio.open_nursery() as flooders:
-                    flooders.start_soon(run_honest_jobs)
+                    flooders.start_soon(run_honest_jobs, target, honest)
                     for _ in range(8):
                         flooders.start_soon(send_bids, started + 60)
             finally:
@@ -595,30 +602,20 @@ async def test_a_peer_forwarding_many_invented_requesters_is_rate_limited_as_a_p
         msg.key = secret.get_public_key().serialize()
         return msg
 
-    def handled() -> Counter[str]:
-        stats = target.mesh_stats()
-        return Counter({"accepted": stats["Accepted"].get("job.announce", 0),
-                        **{reason: stats["Dropped"].get(reason, 0)
-                           for reason in ("RateLimited", "PeerRateLimited", "Graylisted")}})
-
     with trio.fail_after(180):
         async with trio.open_nursery() as nursery:
             await nursery.start(mesh.run)
             try:
                 mesh.pubsub.set_topic_validator(TOPIC_JOBS, lambda *_: True, False)
-                target_peer = ID.from_base58(target.peer_id)
-                while target_peer not in mesh.gossipsub.mesh.get(TOPIC_JOBS, ()):
-                    await trio.sleep(0.05)
+                target_peer = await in_jobs_mesh(mesh, target)
                 started = time.monotonic()
                 for seqno in range(20):
                     for origin in invented:
                         await mesh.pubsub.push_msg(mesh.pubsub.my_id, relayed(origin, seqno))
                         while len(mesh.pubsub.peer_queues.get(target_peer, ())) > 16:
                             await trio.sleep(0.001)
-                last: Counter[str] = Counter()
-                while (now := await trio.to_thread.run_sync(handled)) != last:
-                    last = now
-                    await trio.sleep(1.0)
+                last = await settled_announcement_counts(
+                    target, "RateLimited", "PeerRateLimited", "Graylisted")
                 elapsed = time.monotonic() - started
             finally:
                 mesh.stop()
