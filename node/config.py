@@ -145,6 +145,11 @@ _FIELDS = {f.name: f for f in fields(NodeConfig)}
 _TUPLE_FIELDS = {"listen", "peers", "allowed_images", "ipfs_peers", "accept_jobs_from",
                  "reject_jobs_from", "trusted_requesters"}
 _BOOL_FIELDS = {"orchestrator", "compute", "mdns", "allow_networked_jobs"}
+#: Settings that are numbers: (lowest, highest, unit).
+_FLOAT_RANGES = {"heartbeat_seconds": (0.05, 600, "s"),
+                 "announcements_per_origin": (1, 100_000, "a second"),
+                 "ipfs_retention_hours": (0, 24 * 365 * 10, "hours"),
+                 "results_retention_hours": (0, 24 * 365 * 10, "hours")}
 _CHOICES = {"log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
             "log_format": ("text", "json")}
 _INT_FIELDS = {"api_port", "max_jobs", "missed_heartbeats", "default_execution_timeout",
@@ -184,30 +189,16 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name} from {origin}: {value!r} is not a whole number") from None
-    if name == "heartbeat_seconds":
+    if name in _FLOAT_RANGES:
+        low, high, unit = _FLOAT_RANGES[name]
         try:
-            seconds = float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name} from {origin}: {value!r} is not a number") from None
-        if not 0.05 <= seconds <= 600:
-            raise ConfigError(f"{name} from {origin}: {seconds} must be within 0.05–600 s")
-        return seconds
-    if name == "announcements_per_origin":
-        try:
-            rate = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} from {origin}: {value!r} is not a number") from None
-        if not 1 <= rate <= 100_000:
-            raise ConfigError(f"{name} from {origin}: {rate:g} must be within 1–100000 a second")
-        return rate
-    if name in ("ipfs_retention_hours", "results_retention_hours"):
-        try:
-            hours = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} from {origin}: {value!r} is not a number") from None
-        if not 0 <= hours <= 24 * 365 * 10:
-            raise ConfigError(f"{name} from {origin}: {hours} must be within 0–87600 hours")
-        return hours
+        if not low <= number <= high:
+            raise ConfigError(f"{name} from {origin}: {number:g} must be within "
+                              f"{low:g}–{high:g} {unit}")
+        return number
     if name == "labels":
         if isinstance(value, Mapping):
             return {str(k): str(v) for k, v in value.items()}
