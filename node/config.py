@@ -53,6 +53,12 @@ class NodeConfig:
     data_dir: Path = DEFAULT_DATA_DIR
     listen: tuple[str, ...] = DEFAULT_LISTEN
     peers: tuple[str, ...] = ()
+    #: The addresses heartbeats advertise, instead of where the node listens: what a port
+    #: forward or a public IP makes reachable. Empty: the listen addresses (see
+    #: node/addresses.py for which of them a public network gets).
+    announce_addrs: tuple[str, ...] = ()
+    #: Advertise loopback and private addresses on a public network too.
+    announce_private: bool = False
     api_host: str = DEFAULT_API_HOST
     api_port: int = DEFAULT_API_PORT
     #: What API requests must carry (``Authorization: Bearer``). Empty: none is needed on
@@ -142,9 +148,9 @@ class NodeConfig:
 
 
 _FIELDS = {f.name: f for f in fields(NodeConfig)}
-_TUPLE_FIELDS = {"listen", "peers", "allowed_images", "ipfs_peers", "accept_jobs_from",
-                 "reject_jobs_from", "trusted_requesters"}
-_BOOL_FIELDS = {"orchestrator", "compute", "mdns", "allow_networked_jobs"}
+_TUPLE_FIELDS = {"listen", "peers", "announce_addrs", "allowed_images", "ipfs_peers",
+                 "accept_jobs_from", "reject_jobs_from", "trusted_requesters"}
+_BOOL_FIELDS = {"orchestrator", "compute", "mdns", "allow_networked_jobs", "announce_private"}
 #: Settings that are numbers: (lowest, highest, unit).
 _FLOAT_RANGES = {"heartbeat_seconds": (0.05, 600, "s"),
                  "announcements_per_origin": (1, 100_000, "a second"),
@@ -237,6 +243,12 @@ def _validate(config: NodeConfig) -> NodeConfig:
         raise ConfigError("a node must be an orchestrator, a compute node, or both")
     if not config.listen:
         raise ConfigError("--listen needs at least one multiaddr")
+    for address in config.announce_addrs:
+        parts = address.split("/")
+        if len(parts) < 5 or parts[1] not in ("ip4", "ip6", "dns", "dns4", "dns6") \
+                or parts[3] != "tcp":
+            raise ConfigError(f"--announce-addr {address!r} is not a TCP multiaddr, e.g. "
+                              "/ip4/203.0.113.7/tcp/1235 or /dns4/node.example.org/tcp/1235")
     return config
 
 

@@ -44,6 +44,7 @@ from protocol.quantities import parse_bytes, parse_cpu
 from protocol.scheduling import NodePolicy
 
 from . import metrics
+from .addresses import advertised
 from .api import NodeStatus, create_app, serve_api
 from .compute import RESULTS_GC_MAX_PERIOD_SECONDS, Compute, remove_stale_results
 from .config import ConfigError, NodeConfig
@@ -113,6 +114,7 @@ class Daemon:
         self._p2p_verifier = EnvelopeVerifier()
         self._nursery: trio.Nursery | None = None
         self._mesh_joined = False
+        self._started = False
         self._heartbeat_now = trio.Event()
 
     # -- what the API reads --------------------------------------------------
@@ -123,7 +125,10 @@ class Daemon:
         return NodeInfo(
             node_id=self.peer_id,
             version=protocol.__version__,
-            addresses=tuple(self.mesh.addresses()) if self.mesh else (),
+            addresses=tuple(advertised(
+                self.mesh.addresses(), peer_id=self.peer_id,
+                announce=self.config.announce_addrs, bootstrap=self.config.peers,
+                announce_private=self.config.announce_private)) if self.mesh else (),
             labels=dict(self.config.labels),
             roles=self.config.roles,
             # What is really installed here, from the compute side's registries.
@@ -156,7 +161,8 @@ class Daemon:
 
     async def readiness(self) -> dict[str, str]:
         """Each readiness check: ``ok``, or why not (see ``/readyz``)."""
-        checks: dict[str, str] = {}
+        checks: dict[str, str] = {
+            "started": "ok" if self._started else "starting: compute and orchestrator not up yet"}
         try:
             if self.store is None:
                 raise StoreError("not open yet")
@@ -407,6 +413,7 @@ class Daemon:
                 nursery.start_soon(self._heartbeat)
                 nursery.start_soon(self._collect_old_downloads)
                 self._announce_start(api_urls)
+                self._started = True
                 task_status.started(self)
                 await self._shutdown.wait()
                 log.info("shutting down")

@@ -558,6 +558,24 @@ class Mesh:
         self.host.get_peerstore().add_addrs(info.peer_id, info.addrs, ADDRESS_TTL_SECONDS)
         return info.peer_id
 
+    async def _resolve_known_names(self, peer: ID) -> None:
+        """Add the IP addresses of the DNS names ``peer`` announced (``--announce-addr``)
+        to the peerstore, which py-libp2p dials: its TCP transport dials IPs only."""
+        if peer in self.host.get_connected_peers():
+            return
+        store = self.host.get_peerstore()
+        known = list(store.addrs(peer)) if peer in store.peer_ids() else []
+        if not any(_host_kind(address) in _DNS_FAMILIES for address in known):
+            return
+        try:
+            resolved = await _resolved(PeerInfo(peer, known))
+        except MeshError as exc:
+            log.debug("%s: %s", peer, exc)
+            return
+        # Only the IPs stay: a name py-libp2p tried to dial would fail the whole dial.
+        store.clear_addrs(peer)
+        store.add_addrs(peer, resolved.addrs, ADDRESS_TTL_SECONDS)
+
     def prepare_dial(self, peer: ID) -> None:
         self._prepare_dial(peer)
 
@@ -596,6 +614,7 @@ class Mesh:
                 return channel
             peer = ID.from_base58(peer_id)
             self._prepare_dial(peer)
+            await self._resolve_known_names(peer)
             stream = await self.host.new_stream(peer, [REQUESTS_PROTOCOL])
             channel = _Channel(stream, peer_id)
             self._channels[peer_id] = channel
@@ -865,6 +884,12 @@ class Mesh:
 
 
 _DNS_FAMILIES = {"dns": socket.AF_UNSPEC, "dns4": socket.AF_INET, "dns6": socket.AF_INET6}
+
+
+def _host_kind(address: multiaddr.Multiaddr) -> str:
+    """A multiaddr's first protocol: ``ip4``, ``dns4``…"""
+    parts = str(address).split("/")
+    return parts[1] if len(parts) > 1 else ""
 
 
 async def _resolved(info: PeerInfo) -> PeerInfo:

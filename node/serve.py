@@ -25,6 +25,12 @@ def main() -> None:
 @click.option("--peer", "peers", multiple=True, help="bootstrap peer multiaddr with /p2p/<id> "
               "(/ip4, /ip6, or /dns4, /dns6 names resolved at each dial), "
               "repeatable; 'none' for a first node")
+@click.option("--announce-addr", "announce_addrs", multiple=True,
+              help="multiaddr to advertise instead of the listen addresses (a public IP, a "
+                   "port forward, a DNS name), repeatable")
+@click.option("--announce-private/--no-announce-private", default=None,
+              help="advertise loopback and private addresses on a public network too "
+                   "[default: no]")
 @click.option("--api-host", help="local API host [default: 127.0.0.1]")
 @click.option("--api-port", type=int, help="local API port [default: 1234]")
 @click.option("--labels", help="node labels, k=v,k2=v2")

@@ -273,7 +273,7 @@ def test_a_node_whose_dockerd_goes_away_stops_bidding_and_says_why(
         ops: dict[str, Daemon], docker_proxy: DockerSocketProxy) -> None:
     main, fragile = ops["main"], ops["fragile"]
     assert _ready(fragile) == (200, {"Ready": True, "Checks": {
-        "store": "ok", "mesh": "ok", "docker": "ok"}})
+        "started": "ok", "store": "ok", "mesh": "ok", "docker": "ok"}})
     docker_proxy.stop()
     try:
         status, answer = wait_until(lambda: (r := _ready(fragile))[0] == 503 and r,

@@ -627,3 +627,32 @@ async def test_a_peer_forwarding_many_invented_requesters_is_rate_limited_as_a_p
     assert last["PeerRateLimited"] > 0, last
     assert last["RateLimited"] == 0, last  # no single invented requester went over its own
     assert await trio.to_thread.run_sync(target.api, "/api/v1/agent/alive") == {"Status": "OK"}
+
+
+async def test_a_peer_known_only_by_an_announced_dns_name_is_dialled(daemons: DaemonPool):
+    """A node that announces ``/dns4/localhost/tcp/PORT`` (``--announce-addr``): its
+    heartbeat carries that address, and a peer that knows it only from there (never
+    connected, no bootstrap to it) resolves the name and reaches it point to point."""
+    target = daemons.new("target")
+    target.args += ["--announce-addr", f"/dns4/localhost/tcp/{target.port}"]
+    target.start()
+    # Ready: the API answers before the requester that takes bids has started.
+    await await_until(lambda: target.api("/readyz")["Ready"], timeout=30, what="ready")
+    announced = f"/dns4/localhost/tcp/{target.port}/p2p/{target.peer_id}"
+    assert target.api("/api/v1/agent/node")["Addresses"] == [announced]
+    caller = NodeKey.generate()
+    (port,) = free_ports(1)
+    mesh = Mesh(caller, listen=(f"/ip4/127.0.0.1/tcp/{port}",), on_message=noop_handler)
+    bid = Bid(job_id="j-12345678-1234-4123-8123-123456789abc",
+              execution_id="e-12345678-1234-4123-8123-123456789abc", node_id=caller.peer_id,
+              accept=False, reason="", free=Capacity(), running_executions=0)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mesh.run)
+            try:
+                mesh.remember_addresses(target.peer_id, (announced,))
+                reply = await mesh.request(target.peer_id,
+                                           seal_message(caller, bid, now_ms=now_ms()))
+                assert reply == b"ok"
+            finally:
+                mesh.stop()
