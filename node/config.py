@@ -53,6 +53,11 @@ class NodeConfig:
     data_dir: Path = DEFAULT_DATA_DIR
     listen: tuple[str, ...] = DEFAULT_LISTEN
     peers: tuple[str, ...] = ()
+    #: A network by name: its bootstrap peers come from ``networks`` (added to ``peers``).
+    network: str = ""
+    #: Named networks and their bootstrap peers, for ``network`` (config file only):
+    #: ``networks: {lab: [/ip4/10.0.0.2/tcp/1235/p2p/12D3KooW…]}``.
+    networks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: The addresses heartbeats advertise, instead of where the node listens: what a port
     #: forward or a public IP makes reachable. Empty: the listen addresses (see
     #: node/addresses.py for which of them a public network gets).
@@ -205,6 +210,12 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             raise ConfigError(f"{name} from {origin}: {number:g} must be within "
                               f"{low:g}–{high:g} {unit}")
         return number
+    if name == "networks":
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"networks from {origin}: give a mapping of network name to its "
+                              "bootstrap peers")
+        return {str(network): _coerce("peers", peers, f"{origin} (networks.{network})")
+                for network, peers in value.items()}
     if name == "labels":
         if isinstance(value, Mapping):
             return {str(k): str(v) for k, v in value.items()}
@@ -290,6 +301,13 @@ def load_config(
             raise ConfigError(f"unknown setting {name!r}")
         values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
     config = replace(NodeConfig(), **values)
+    if config.network:
+        if config.network not in config.networks:
+            known = ", ".join(sorted(config.networks)) or "none"
+            raise ConfigError(f"--network {config.network!r} is not in the config file's "
+                              f"networks (known: {known}); add it under networks:")
+        preset = tuple(p for p in config.networks[config.network] if p not in config.peers)
+        config = replace(config, peers=(*preset, *config.peers))
     return _validate(replace(config, data_dir=Path(config.data_dir).expanduser()))
 
 

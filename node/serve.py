@@ -25,6 +25,8 @@ def main() -> None:
 @click.option("--peer", "peers", multiple=True, help="bootstrap peer multiaddr with /p2p/<id> "
               "(/ip4, /ip6, or /dns4, /dns6 names resolved at each dial), "
               "repeatable; 'none' for a first node")
+@click.option("--network", help="join a network named in the config file's networks: its "
+              "bootstrap peers are added to --peer")
 @click.option("--announce-addr", "announce_addrs", multiple=True,
               help="multiaddr to advertise instead of the listen addresses (a public IP, a "
                    "port forward, a DNS name), repeatable")

@@ -191,3 +191,21 @@ def test_requesters_to_accept_or_reject_are_peer_ids(tmp_path):
     assert config.accept_jobs_from == (friend, friend) and config.max_jobs_per_requester == 2
     with pytest.raises(ConfigError, match=r"--reject-jobs-from: 'bob' is not a peer ID"):
         load({"data_dir": str(tmp_path), "reject_jobs_from": "bob"})
+
+
+def test_a_network_preset_adds_its_bootstrap_peers_from_the_config_file(tmp_path) -> None:
+    first = "/ip4/10.0.0.2/tcp/1235/p2p/12D3KooWGfF445wvpKQq23UZEKYTnAwmAAHB7QCiUhxX6p8cbWvC"
+    second = ("/dns4/boot.example.org/tcp/1235/p2p/"
+              "12D3KooWH4Ttb42AxpBSPhkEMHvRLGFhzxopJtwSECrrw43krVWV")
+    path = tmp_path / "config.yaml"
+    path.write_text(f"networks:\n  lab: [{first}]\n  public:\n    - {second}\n")
+    config = load_config({"network": "public", "config": str(path)}, environ={})
+    assert config.peers == (second,)
+    both = load_config({"network": "lab", "peers": (second,), "config": str(path)}, environ={})
+    assert both.peers == (first, second)  # the preset's, then the flag's
+    with pytest.raises(ConfigError, match=r"--network 'moon' is not in the config file's "
+                                          r"networks \(known: lab, public\)"):
+        load_config({"network": "moon", "config": str(path)}, environ={})
+    path.write_text("networks: [not, a, mapping]\n")
+    with pytest.raises(ConfigError, match="give a mapping of network name"):
+        load_config({"config": str(path)}, environ={})
