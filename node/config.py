@@ -114,10 +114,10 @@ class NodeConfig:
     #: How long results kept on this node for the ``local`` publisher (and downloaded
     #: copies) stay, hours; results published elsewhere go once they are published.
     results_retention_hours: float = 168.0
-    #: Job announcements a second this node takes from one requester (a burst of 5 s worth
-    #: first); beyond, they are dropped and whoever forwards them scores down. An honest
-    #: requester sends at most half the default (protocol.messages.ANNOUNCEMENTS_PER_SECOND).
-    announcements_per_origin: float = 200.0
+    #: Job announcements a second this node takes from one requester (a burst of 10 s worth
+    #: first); beyond, they are dropped and whoever forwards them scores down. The default is
+    #: what an honest requester keeps to (protocol.messages.ANNOUNCEMENTS_PER_SECOND).
+    announcements_per_origin: float = 100.0
     #: DEBUG, INFO, WARNING or ERROR.
     log_level: str = "WARNING"
     #: ``text`` (one line a record) or ``json`` (one object a line, with the job, execution

@@ -155,6 +155,7 @@ class Daemon:
             "Scores": self.mesh.peer_scores() if self.mesh else {},
             "MeshPeers": self.mesh.mesh_peers() if self.mesh else {},
             "Connections": self.mesh.connection_counts() if self.mesh else {},
+            "Banned": self.mesh.banned_peers() if self.mesh else [],
             **stats,
             "GossipDelayMs": self.membership.gossip_delays(since_ms) if self.membership else {},
         }

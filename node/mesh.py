@@ -121,14 +121,20 @@ HEALTH_CHECK_SECONDS = 30.0
 INVALID_MESSAGE_PENALTY = 1.0
 GOSSIP_THRESHOLD = -40.0
 GRAYLIST_THRESHOLD = -80.0
-#: How often graylisted peers are looked for, to prune them.
+#: How often graylisted peers are looked for, to prune and disconnect them.
 GRAYLIST_CHECK_SECONDS = 1.0
-#: Job announcements taken from one origin, by default: twice what a requester keeps to
-#: (protocol.messages.ANNOUNCEMENTS_PER_SECOND and _BURST), as gossip bunches them up.
-#: Beyond, they are refused unread, which scores down whoever forwards them. The burst is
-#: this many seconds' worth of the rate (operators set the rate: ``announcements_per_origin``).
-ORIGIN_ANNOUNCEMENTS_PER_SECOND = 2 * ANNOUNCEMENTS_PER_SECOND
-ORIGIN_BURST_SECONDS = ANNOUNCEMENT_BURST / ANNOUNCEMENTS_PER_SECOND
+#: How long a graylisted peer's connections are refused after we disconnect it. Its score
+#: decays meanwhile; when it comes back it starts from what is left of it.
+BAN_SECONDS = 600.0
+#: Job announcements taken from one origin, by default: the rate a requester keeps to
+#: (protocol.messages.ANNOUNCEMENTS_PER_SECOND), with twice its burst. An honest requester
+#: sends at most BURST + RATE·t in any t seconds; gossip can only delay its announcements,
+#: so they arrive within 2·BURST + RATE·t as long as none is held up more than BURST/RATE
+#: (5 s): the bucket never refuses one. Beyond, they are refused unread, which scores down
+#: whoever forwards them. Operators set the rate (``announcements_per_origin``); the burst
+#: stays this many seconds' worth of it.
+ORIGIN_ANNOUNCEMENTS_PER_SECOND = ANNOUNCEMENTS_PER_SECOND
+ORIGIN_BURST_SECONDS = 2 * ANNOUNCEMENT_BURST / ANNOUNCEMENTS_PER_SECOND
 #: Job announcements taken from one forwarding peer, whatever their origins, as a multiple
 #: of the per-origin rate: one peer inventing many requesters (each signing its own) cannot
 #: flood us either. Generous, since a hub relays every requester's announcements.
@@ -219,17 +225,23 @@ class MeshStats:
     dropped: Counter[str] = field(default_factory=Counter)
     #: Inbound streams reset over ``STREAMS_PER_PEER``, by protocol.
     refused_streams: Counter[str] = field(default_factory=Counter)
+    #: Connections of banned (graylisted, disconnected) peers closed as they opened.
+    refused_connections: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {"Accepted": dict(self.accepted), "Dropped": dict(self.dropped),
-                "RefusedStreams": dict(self.refused_streams)}
+                "RefusedStreams": dict(self.refused_streams),
+                "RefusedConnections": self.refused_connections}
 
 
 class _Disconnects(INotifee):
-    """Wakes the reconnect loop when a connection closes."""
+    """Wakes the reconnect loop when a connection closes; hands new connections to
+    ``opened`` (which closes those of banned peers)."""
 
-    def __init__(self, wake: Callable[[], None]) -> None:
+    def __init__(self, wake: Callable[[], None],
+                 opened: Callable[[Any], Awaitable[None]] | None = None) -> None:
         self._wake = wake
+        self._opened = opened
 
     async def opened_stream(self, network: Any, stream: Any) -> None:
         pass
@@ -238,7 +250,8 @@ class _Disconnects(INotifee):
         pass
 
     async def connected(self, network: Any, conn: Any) -> None:
-        pass
+        if self._opened is not None:
+            await self._opened(conn)
 
     async def disconnected(self, network: Any, conn: Any) -> None:
         self._wake()
@@ -286,6 +299,8 @@ class Mesh:
         self._forwarder_tokens: dict[bytes, tuple[float, float]] = {}
         #: Inbound streams open now, by (protocol, peer): see ``STREAMS_PER_PEER``.
         self._open_streams: dict[tuple[str, Any], int] = {}
+        #: Graylisted peers disconnected, and until when their connections are refused.
+        self._banned: dict[ID, float] = {}
         self._reconnect_now = trio.Event()
         self._stop = trio.Event()
         self._channels: dict[str, _Channel] = {}
@@ -349,7 +364,8 @@ class Mesh:
             ),
         )
         self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
-        self.host.get_network().register_notifee(_Disconnects(lambda: self._reconnect_now.set()))
+        self.host.get_network().register_notifee(
+            _Disconnects(lambda: self._reconnect_now.set(), self._refuse_banned))
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -819,10 +835,39 @@ class Mesh:
         return scorer is not None and scorer.score(peer, list(TOPIC_MESSAGE_TYPES)) < (
             GRAYLIST_THRESHOLD)
 
+    async def _refuse_banned(self, conn: Any) -> None:
+        peer = conn.muxed_conn.peer_id
+        if self._banned.get(peer, -math.inf) > time.monotonic():
+            self.stats.refused_connections += 1
+            assert self._nursery is not None
+            self._nursery.start_soon(self._close_quietly, conn)
+
+    @staticmethod
+    async def _close_quietly(conn: Any) -> None:
+        try:
+            await conn.close()
+        except Exception as exc:
+            log.debug("closing a banned peer's connection: %r", exc)
+
+    def banned_peers(self) -> list[str]:
+        """Peers disconnected as graylisted, whose connections are refused for now."""
+        now = time.monotonic()
+        return sorted(peer.to_base58() for peer, until in self._banned.items() if until > now)
+
     async def _prune_graylisted(self) -> None:
-        """Take graylisted peers out of every topic's mesh (see GRAYLIST_THRESHOLD)."""
+        """Take graylisted peers out of every topic's mesh (see GRAYLIST_THRESHOLD), then
+        disconnect them and refuse their connections for ``BAN_SECONDS``: what they send
+        would be dropped unread anyway, but reading it (and checking its pubsub signature)
+        is what a flood costs."""
         while True:
             await trio.sleep(GRAYLIST_CHECK_SECONDS)
+            for peer in [p for p in self.host.get_connected_peers() if self.is_graylisted(p)]:
+                if self._banned.get(peer, -math.inf) > time.monotonic():
+                    continue
+                self._banned[peer] = time.monotonic() + BAN_SECONDS
+                log.warning("disconnected %s for %.0f s: it keeps sending what we refuse",
+                            peer, BAN_SECONDS)
+                self._nursery.start_soon(self._disconnect_later, peer)  # type: ignore[union-attr]
             for topic, members in list(self.gossipsub.mesh.items()):
                 for peer in [p for p in members if self.is_graylisted(p)]:
                     members.discard(peer)
@@ -834,6 +879,14 @@ class Mesh:
                         await self.gossipsub.emit_prune(topic, peer, False, False)
                     except Exception as exc:  # it may be gone already
                         log.debug("prune to %s: %r", peer, exc)
+
+    async def _disconnect_later(self, peer: ID) -> None:
+        # After the prune below has had a moment to go out.
+        await trio.sleep(GRAYLIST_CHECK_SECONDS / 2)
+        try:
+            await self.host.disconnect(peer)
+        except Exception as exc:
+            log.debug("disconnecting %s: %r", peer, exc)
 
     def peer_scores(self) -> dict[str, float]:
         """Each connected peer's gossipsub score over our topics (0: nothing against it)."""

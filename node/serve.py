@@ -72,7 +72,7 @@ def main() -> None:
               help="executions one requester may hold here at once (0: no limit) [default: 0]")
 @click.option("--announcements-per-origin", type=float,
               help="job announcements a second taken from one requester; beyond, they are "
-                   "dropped and the sender's score falls [default: 200]")
+                   "dropped and the sender's score falls [default: 100]")
 @click.option("--ipfs-peer", "ipfs_peers", multiple=True,
               help="IPFS peer multiaddr with /p2p/<id> to fetch blocks from, repeatable")
 @click.option("--ipfs-retention-hours", type=float,

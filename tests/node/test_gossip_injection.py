@@ -322,8 +322,9 @@ async def test_bad_requests_on_the_point_to_point_channel_are_refused_one_by_one
 
 async def test_a_garbage_sender_is_graylisted_and_pruned_from_the_mesh(daemons: DaemonPool):
     """Gossipsub peer scoring: a peer that keeps forwarding invalid messages falls below the
-    graylist threshold; the daemon prunes it from its mesh and takes nothing more from it,
-    not even a valid message, while its honest peer stays in the mesh."""
+    graylist threshold; the daemon prunes it from its mesh, disconnects it, refuses its
+    connections for a while (BAN_SECONDS) and takes nothing more from it, not even a valid
+    message, while its honest peer stays in the mesh."""
     from node.mesh import GRAYLIST_THRESHOLD
 
     target, peer = await _target_and_peer(daemons)
@@ -350,18 +351,23 @@ async def test_a_garbage_sender_is_graylisted_and_pruned_from_the_mesh(daemons: 
                     while len(mesh.pubsub.peer_queues.get(target_peer, ())) > 0:
                         await trio.sleep(0.002)
 
-                def graylisted_and_pruned() -> bool:
+                def graylisted_and_cut_off() -> bool:
                     now = stats()
-                    return (now["Scores"].get(injector.peer_id, 0) < GRAYLIST_THRESHOLD
+                    return (injector.peer_id in now["Banned"]
+                            and injector.peer_id not in now["Peers"]
                             and injector.peer_id not in now["MeshPeers"][TOPIC_JOBS])
 
-                await await_until(graylisted_and_pruned, timeout=20,
-                                  what="the garbage sender graylisted and pruned")
+                await await_until(graylisted_and_cut_off, timeout=20,
+                                  what="the garbage sender graylisted, pruned and disconnected")
                 drops = Counter(stats()["Dropped"]) - Counter(before["Dropped"])
-                # Decoded and refused until graylisted, then dropped unread: every one counted.
+                # Decoded and refused until graylisted, then dropped unread, until the
+                # connection closed (what was still under way then was never read).
                 assert drops["MalformedMessage"] >= -GRAYLIST_THRESHOLD
-                assert drops["MalformedMessage"] + drops["Graylisted"] == int(
+                assert drops["MalformedMessage"] + drops["Graylisted"] <= int(
                     -GRAYLIST_THRESHOLD) + 20
+                # It redials (we are its bootstrap peer): each connection is closed at once.
+                await await_until(lambda: stats()["RefusedConnections"] > 0, timeout=20,
+                                  what="the banned peer's new connection refused")
                 # Nothing more is taken from it: a valid heartbeat of its own is not seen.
                 await mesh.pubsub.publish(TOPIC_NODES, seal_message(
                     injector, node_info(injector, label="after", seq=now_ms()),
