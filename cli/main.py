@@ -112,7 +112,7 @@ def node_list(ctx: click.Context, output: str, hide_header: bool, no_style: bool
     """Every node this daemon has heard from, CONNECTED or DISCONNECTED."""
     from urllib.parse import urlencode
 
-    from protocol.quantities import format_bytes
+    from .progress import human_size
 
     query = f"?{urlencode({'labels': selector})}" if selector else ""
     nodes = call_api(ctx, f"/api/v1/orchestrator/nodes{query}")["Nodes"]
@@ -126,7 +126,7 @@ def node_list(ctx: click.Context, output: str, hide_header: bool, no_style: bool
             info["NodeType"],
             state["Connection"],
             ",".join(f"{k}={v}" for k, v in sorted(info["Labels"].items())),
-            f"{free.get('CPU', 0):g} CPU / {format_bytes(int(free.get('Memory', 0)))}"
+            f"{free.get('CPU', 0):g} CPU / {human_size(free.get('Memory', 0))}"
             if free else "-",
             _engines(compute),
         ])

@@ -14,7 +14,8 @@ MIN_BYTES = 4 * 1024 * 1024
 _REDRAW_SECONDS = 0.1
 
 
-def _size(n: float) -> str:
+def human_size(n: float) -> str:
+    """A byte count as people read it: ``23.5 GB``, ``812.0 MB``."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
@@ -60,10 +61,10 @@ class Progress:
         rate = self.done / elapsed
         if self.total:
             left = (self.total - self.done) / rate if rate else 0.0
-            return (f"{self.label}: {_size(self.done)} / {_size(self.total)} "
-                    f"({100 * self.done / self.total:.0f}%)  {_size(rate)}/s  "
+            return (f"{self.label}: {human_size(self.done)} / {human_size(self.total)} "
+                    f"({100 * self.done / self.total:.0f}%)  {human_size(rate)}/s  "
                     f"ETA {_duration(max(left, 0))}")
-        return f"{self.label}: {_size(self.done)}  {_size(rate)}/s"
+        return f"{self.label}: {human_size(self.done)}  {human_size(rate)}/s"
 
     def _draw(self, *, final: bool = False) -> None:
         self._drawn = time.monotonic()
