@@ -13,24 +13,28 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-_DNS = ("dns", "dns4", "dns6", "dnsaddr")
+#: The protocols that name a host rather than give its address.
+DNS_PROTOCOLS = ("dns", "dns4", "dns6", "dnsaddr")
 _LOCAL_NAMES = ("localhost",)
 
 
-def _host(address: str) -> tuple[str, str] | None:
-    """``(protocol, value)`` of a multiaddr's first part, e.g. ``("ip4", "10.0.0.1")``."""
+def host_of(address: str) -> tuple[str, str, str] | None:
+    """A multiaddr's host part and the rest: ``("ip4", "10.0.0.1", "/tcp/1235/p2p/…")``;
+    None when it does not start with one."""
     parts = address.split("/")
-    return (parts[1], parts[2]) if len(parts) > 2 and address.startswith("/") else None
+    if len(parts) < 3 or parts[0] or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2], "/" + "/".join(parts[3:]) if len(parts) > 3 else ""
 
 
 def is_public(address: str) -> bool:
     """Whether strangers on the internet could dial ``address``: a globally routable IP,
     or a DNS name other than localhost (and not a ``.local`` mDNS name)."""
-    host = _host(address)
+    host = host_of(address)
     if host is None:
         return False
-    kind, value = host
-    if kind in _DNS:
+    kind, value, _ = host
+    if kind in DNS_PROTOCOLS:
         name = value.lower().rstrip(".")
         return name not in _LOCAL_NAMES and not name.endswith((".localhost", ".local"))
     if kind in ("ip4", "ip6"):

@@ -301,9 +301,10 @@ def create_app(node: NodeView) -> FastAPI:
         @app.get("/readyz", tags=["agent"], response_model=models.ReadyResponse,
                  responses={503: {"model": models.ReadyResponse}})
         async def ready() -> JSONResponse:
-            """Readiness, for supervisors and load balancers: the store answers, the mesh
-            is joined (a peer is connected, when the node has bootstrap peers), and dockerd
-            answers on a compute node that runs Docker. 503 with the failing checks
+            """Readiness, for supervisors and load balancers: the compute and orchestrator
+            sides have started, the store answers, the mesh is joined (a peer is connected,
+            when the node has bootstrap peers), and dockerd answers on a compute node that
+            runs Docker. 503 with the failing checks
             otherwise; liveness is ``/api/v1/agent/alive``."""
             checks = await node.readiness()  # type: ignore[attr-defined]
             ready = all(state == "ok" for state in checks.values())

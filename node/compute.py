@@ -214,11 +214,14 @@ class Compute:
         return self.policy.unavailable
 
     def set_policy(self, policy: NodePolicy, *, max_jobs: int | None = None) -> None:
-        """New labels and limits (SIGHUP); what is reserved stays reserved."""
-        self.policy = replace(policy, unavailable=self.policy.unavailable)
-        self.core.policy = self.policy
+        """New labels and limits (SIGHUP); what is reserved stays reserved, and engines
+        found unavailable stay so until they answer."""
+        self._use_policy(replace(policy, unavailable=self.policy.unavailable))
         if max_jobs is not None:
             self.core.set_max_jobs(max_jobs)
+
+    def _use_policy(self, policy: NodePolicy) -> None:
+        self.policy = self.core.policy = policy
         self._wake.set()
 
     async def _watch_engines(self) -> None:
@@ -239,9 +242,7 @@ class Compute:
                         log.warning("not bidding on %s jobs: %s", engine, reason)
                 for engine in set(self.policy.unavailable) - set(unavailable):
                     log.warning("bidding on %s jobs again: it answers", engine)
-                self.policy = replace(self.policy, unavailable=unavailable)
-                self.core.policy = self.policy
-                self._wake.set()
+                self._use_policy(replace(self.policy, unavailable=unavailable))
             await trio.sleep(ENGINE_CHECK_SECONDS)
 
     # -- bidding -----------------------------------------------------------

@@ -17,6 +17,8 @@ from protocol.identity import is_peer_id
 from protocol.quantities import parse_bytes, parse_cpu
 from protocol.selectors import parse_labels
 
+from .addresses import host_of
+
 DEFAULT_DATA_DIR = Path("~/.bacnode")
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/1235",)
 DEFAULT_API_HOST = "127.0.0.1"
@@ -255,9 +257,9 @@ def _validate(config: NodeConfig) -> NodeConfig:
     if not config.listen:
         raise ConfigError("--listen needs at least one multiaddr")
     for address in config.announce_addrs:
-        parts = address.split("/")
-        if len(parts) < 5 or parts[1] not in ("ip4", "ip6", "dns", "dns4", "dns6") \
-                or parts[3] != "tcp":
+        host = host_of(address)
+        if host is None or host[0] not in ("ip4", "ip6", "dns", "dns4", "dns6") \
+                or not host[2].startswith("/tcp/"):
             raise ConfigError(f"--announce-addr {address!r} is not a TCP multiaddr, e.g. "
                               "/ip4/203.0.113.7/tcp/1235 or /dns4/node.example.org/tcp/1235")
     return config

@@ -189,18 +189,8 @@ class Daemon:
         self.config = replace(old, **{name: getattr(new, name) for name in RELOADABLE})
         self.total = machine_capacity(self.config)
         if self.compute is not None:
-            config = self.config
-            self.compute.set_policy(replace(
-                self.compute.policy,
-                labels=dict(config.labels),
-                total=self.total,
-                image_allowlist=config.allowed_images,
-                job_defaults=Resources(cpu_milli=parse_cpu(config.default_job_cpu),
-                                       memory=parse_bytes(config.default_job_memory)),
-                accept_requesters=frozenset(config.accept_jobs_from),
-                reject_requesters=frozenset(config.reject_jobs_from),
-                max_per_requester=config.max_jobs_per_requester,
-            ), max_jobs=config.max_jobs)
+            self.compute.set_policy(self._policy(self.compute.policy),
+                                    max_jobs=self.config.max_jobs)
         changed = sorted(name for name in RELOADABLE if getattr(old, name) != getattr(new, name))
         fixed = sorted(name for name in vars(new)
                        if name not in RELOADABLE and getattr(old, name) != getattr(new, name))
@@ -208,6 +198,22 @@ class Daemon:
         if fixed:
             log.warning("these settings change only at a restart: %s", ", ".join(fixed))
         self._heartbeat_now.set()
+
+    def _policy(self, base: NodePolicy) -> NodePolicy:
+        """``base`` (what is installed here) with the labels and limits of the config: what
+        start-up and SIGHUP both apply."""
+        config = self.config
+        return replace(
+            base,
+            labels=dict(config.labels),
+            total=self.total,
+            image_allowlist=config.allowed_images,
+            job_defaults=Resources(cpu_milli=parse_cpu(config.default_job_cpu),
+                                   memory=parse_bytes(config.default_job_memory)),
+            accept_requesters=frozenset(config.accept_jobs_from),
+            reject_requesters=frozenset(config.reject_jobs_from),
+            max_per_requester=config.max_jobs_per_requester,
+        )
 
     def peer_transports(self) -> dict[str, str]:
         """How each connected peer is reached: direct or relayed."""
@@ -433,20 +439,10 @@ class Daemon:
                                         IpfsPublisher(self.ipfs), S3Publisher()])
         compute = Compute(
             mesh=self.mesh,
-            policy=NodePolicy(
-                engines=executors.types,
-                storages=storages.types,
-                publishers=publishers.types,
-                labels=dict(self.config.labels),
-                total=self.total,
-                allow_networked_jobs=self.config.allow_networked_jobs,
-                image_allowlist=self.config.allowed_images,
-                job_defaults=Resources(cpu_milli=parse_cpu(self.config.default_job_cpu),
-                                       memory=parse_bytes(self.config.default_job_memory)),
-                accept_requesters=frozenset(self.config.accept_jobs_from),
-                reject_requesters=frozenset(self.config.reject_jobs_from),
-                max_per_requester=self.config.max_jobs_per_requester,
-            ),
+            policy=self._policy(NodePolicy(
+                engines=executors.types, storages=storages.types,
+                publishers=publishers.types, labels={}, total=self.total,
+                allow_networked_jobs=self.config.allow_networked_jobs)),
             executors=executors,
             publishers=publishers,
             storages=storages,

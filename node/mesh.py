@@ -67,6 +67,7 @@ from protocol.messages import (
 )
 
 from . import libp2p_tuning
+from .addresses import host_of
 
 log = logging.getLogger("bacnode.mesh")
 
@@ -581,7 +582,7 @@ class Mesh:
             return
         store = self.host.get_peerstore()
         known = list(store.addrs(peer)) if peer in store.peer_ids() else []
-        if not any(_host_kind(address) in _DNS_FAMILIES for address in known):
+        if not any(_is_name(address) for address in known):
             return
         try:
             resolved = await _resolved(PeerInfo(peer, known))
@@ -861,6 +862,9 @@ class Mesh:
         is what a flood costs."""
         while True:
             await trio.sleep(GRAYLIST_CHECK_SECONDS)
+            now = time.monotonic()
+            for peer in [p for p, until in self._banned.items() if until <= now]:
+                del self._banned[peer]
             for peer in [p for p in self.host.get_connected_peers() if self.is_graylisted(p)]:
                 if self._banned.get(peer, -math.inf) > time.monotonic():
                     continue
@@ -939,10 +943,9 @@ class Mesh:
 _DNS_FAMILIES = {"dns": socket.AF_UNSPEC, "dns4": socket.AF_INET, "dns6": socket.AF_INET6}
 
 
-def _host_kind(address: multiaddr.Multiaddr) -> str:
-    """A multiaddr's first protocol: ``ip4``, ``dns4``…"""
-    parts = str(address).split("/")
-    return parts[1] if len(parts) > 1 else ""
+def _is_name(address: multiaddr.Multiaddr) -> bool:
+    host = host_of(str(address))
+    return host is not None and host[0] in _DNS_FAMILIES
 
 
 async def _resolved(info: PeerInfo) -> PeerInfo:
@@ -951,16 +954,16 @@ async def _resolved(info: PeerInfo) -> PeerInfo:
     up at every dial, so a bootstrap name that moves is followed."""
     addresses: list[multiaddr.Multiaddr] = []
     for address in info.addrs:
-        parts = str(address).split("/")
-        if len(parts) < 3 or parts[1] not in _DNS_FAMILIES:
+        host = host_of(str(address))
+        if host is None or host[0] not in _DNS_FAMILIES:
             addresses.append(address)
             continue
-        rest = "/" + "/".join(parts[3:]) if len(parts) > 3 else ""
+        kind, name, rest = host
         try:
-            found = await trio.socket.getaddrinfo(parts[2], None, _DNS_FAMILIES[parts[1]],
+            found = await trio.socket.getaddrinfo(name, None, _DNS_FAMILIES[kind],
                                                   socket.SOCK_STREAM)
         except OSError as exc:
-            raise MeshError(f"cannot resolve {parts[2]!r}: {exc.strerror or exc}") from None
+            raise MeshError(f"cannot resolve {name!r}: {exc.strerror or exc}") from None
         for family, *_, sockaddr in found:
             kind = "ip6" if family == socket.AF_INET6 else "ip4"
             resolved = multiaddr.Multiaddr(f"/{kind}/{sockaddr[0]}{rest}")
