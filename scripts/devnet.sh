@@ -478,8 +478,16 @@ start_node() { # i [bootstrap multiaddr]
     # fd 9 stays with this script. setsid does not fork here (we are no group leader), so
     # $! is the daemon's pid.
     (cd "$REPO_ROOT" && exec setsid "$PYTHON" "${args[@]}" </dev/null >>"$log" 2>&1 9>&-) &
-    printf '%s\n' "$!" >"$dir/pid"
+    local pid=$!
+    printf '%s\n' "$pid" >"$dir/pid"
     STARTED+=("$i")
+    # Until the subshell has exec'd, its command line is this script's, and node_pid would
+    # call the node not running (which once made 'up' report it dead at birth).
+    local tries
+    for ((tries = 0; tries < 50; tries++)); do
+        is_our_node "$pid" "$dir" || ! pid_alive "$pid" && break
+        sleep 0.02
+    done
 }
 
 spec() { # i:api_port:pid:peer_id for the helper
