@@ -44,7 +44,7 @@ from protocol.quantities import parse_bytes, parse_cpu
 from protocol.scheduling import NodePolicy
 
 from . import metrics
-from .addresses import advertised
+from .addresses import advertised, on_public_network
 from .api import NodeStatus, create_app, serve_api
 from .compute import RESULTS_GC_MAX_PERIOD_SECONDS, Compute, remove_stale_results
 from .config import ConfigError, NodeConfig
@@ -369,6 +369,7 @@ class Daemon:
                 results_lookup=self.results_tar,
                 logs_source=self._logs_source,
                 announcements_per_origin=config.announcements_per_origin,
+                dial_private=config.announce_private or not on_public_network(config.peers),
             )
             self.membership = Membership(
                 store, self.peer_id,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import socket
 import time
 from collections import Counter
@@ -67,7 +68,7 @@ from protocol.messages import (
 )
 
 from . import libp2p_tuning
-from .addresses import host_of
+from .addresses import host_of, is_public
 
 log = logging.getLogger("bacnode.mesh")
 
@@ -105,6 +106,15 @@ STREAMS_PER_PEER = {"/bacnode/requests/1": 4, "/bacnode/results/1": 8,
                     "/bacnode/logs/1": 32}
 MAX_STREAM_MESSAGE = 256 * 1024
 RECONNECT_SECONDS = 2.0
+#: Peer exchange: connections a node keeps, dialling nodes it learned of from their signed
+#: heartbeats when it has fewer. Gossip then has more paths than through the bootstrap
+#: peers, and the mesh stays whole when one of them goes away.
+PEER_TARGET = 8
+#: Peers dialled at once to reach PEER_TARGET, so a node joining a large network does not
+#: dial everyone it hears of at the same moment.
+PEER_DIALS_AT_ONCE = 4
+#: How long a learned peer whose dial failed is left alone.
+PEER_DIAL_BACKOFF_SECONDS = 60.0
 #: Validated messages waiting for their subscription reader; bounded against floods.
 MAX_PENDING_DELIVERIES = 10_000
 MAX_QUEUED_MESSAGES = 10_000
@@ -280,8 +290,13 @@ class Mesh:
         results_lookup: ResultsLookup | None = None,
         logs_source: LogsSource | None = None,
         announcements_per_origin: float = ORIGIN_ANNOUNCEMENTS_PER_SECOND,
+        dial_private: bool = True,
     ) -> None:
         self.key = key
+        #: Whether addresses that strangers cannot reach (loopback, private ranges) are
+        #: dialled when other nodes announce them: not on a public network, where they
+        #: would point our dials at our own LAN.
+        self.dial_private = dial_private
         self.announcement_rate = announcements_per_origin
         self.announcement_burst = announcements_per_origin * ORIGIN_BURST_SECONDS
         self.peer_id = key.peer_id
@@ -302,6 +317,8 @@ class Mesh:
         self._open_streams: dict[tuple[str, Any], int] = {}
         #: Graylisted peers disconnected, and until when their connections are refused.
         self._banned: dict[ID, float] = {}
+        #: Peers learned from heartbeats (peer exchange), and until when not to dial them.
+        self._learned: dict[ID, float] = {}
         self._reconnect_now = trio.Event()
         self._stop = trio.Event()
         self._channels: dict[str, _Channel] = {}
@@ -460,7 +477,7 @@ class Mesh:
                         self._nursery = nursery
                         for topic, subscription in subscriptions:
                             nursery.start_soon(self._read_topic, topic, subscription)
-                        nursery.start_soon(self._keep_bootstrap_connected)
+                        nursery.start_soon(self._keep_connected)
                         nursery.start_soon(self._prune_graylisted)
                         task_status.started()
                         await self._stop.wait()
@@ -560,6 +577,8 @@ class Mesh:
             peer = ID.from_base58(peer_id)
             parsed = []
             for text in addresses:
+                if not self.dial_private and not is_public(text):
+                    continue
                 address = multiaddr.Multiaddr(text)
                 if address.value_for_protocol("p2p") == peer_id:
                     address = address.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer_id}"))
@@ -567,7 +586,10 @@ class Mesh:
         except Exception as exc:
             log.debug("ignoring addresses of %s: %r", peer_id, exc)
             return
+        if not parsed or peer == self.host.get_id():
+            return
         self.host.get_peerstore().add_addrs(peer, parsed, ADDRESS_TTL_SECONDS)
+        self._learned.setdefault(peer, 0.0)
 
     def add_peer(self, text: str, flag: str) -> ID:
         """Remember a ``/…/p2p/<id>`` address to dial later; returns the peer's ID."""
@@ -581,7 +603,7 @@ class Mesh:
         if peer in self.host.get_connected_peers():
             return
         store = self.host.get_peerstore()
-        known = list(store.addrs(peer)) if peer in store.peer_ids() else []
+        known = _known_addrs(store, peer)
         if not any(_is_name(address) for address in known):
             return
         try:
@@ -908,10 +930,10 @@ class Mesh:
         """Where this node listens, with ``/p2p/<id>``: the ``--peer`` value for others."""
         return [str(addr) for addr in self.host.get_addrs()]
 
-    async def _keep_bootstrap_connected(self) -> None:
+    async def _keep_connected(self) -> None:
         """Dial every bootstrap peer we are not connected to, all at once (one dead or slow
-        peer must not hold up the others), and again every ``RECONNECT_SECONDS`` or as soon
-        as a connection drops."""
+        peer must not hold up the others), then learned peers up to ``PEER_TARGET``
+        connections; again every ``RECONNECT_SECONDS`` or as soon as a connection drops."""
         warned: set[str] = set()
 
         async def dial(info: Any, text: str) -> None:
@@ -935,9 +957,46 @@ class Mesh:
                 for info, text in self._bootstrap:
                     if info.peer_id not in connected and info.peer_id != self.host.get_id():
                         nursery.start_soon(dial, info, text)
+            await self._dial_learned_peers()
             self._reconnect_now = trio.Event()
             with trio.move_on_after(RECONNECT_SECONDS):
                 await self._reconnect_now.wait()
+
+
+    async def _dial_learned_peers(self) -> None:
+        connected = set(self.host.get_connected_peers())
+        missing = min(PEER_TARGET - len(connected), PEER_DIALS_AT_ONCE)
+        if missing <= 0:
+            return
+        now = time.monotonic()
+        store = self.host.get_peerstore()
+        for peer in [p for p in self._learned if not _known_addrs(store, p)]:
+            del self._learned[peer]  # its heartbeats stopped long ago: its addresses expired
+        candidates = [peer for peer, not_before in self._learned.items()
+                      if not_before <= now and peer not in connected
+                      and self._banned.get(peer, -math.inf) <= now]
+
+        async def dial(peer: ID) -> None:
+            try:
+                await self._resolve_known_names(peer)
+                self.host.get_network().unblock_peer(peer)
+                with trio.fail_after(BOOTSTRAP_DIAL_SECONDS):
+                    await self.host.connect(PeerInfo(peer, _known_addrs(store, peer)))
+            except Exception as exc:
+                log.debug("peer exchange: cannot reach %s (%s)", peer, _describe(exc))
+                if peer in self._learned:
+                    self._learned[peer] = time.monotonic() + PEER_DIAL_BACKOFF_SECONDS
+
+        async with trio.open_nursery() as nursery:
+            for peer in random.sample(candidates, min(missing, len(candidates))):
+                nursery.start_soon(dial, peer)
+
+
+def _known_addrs(store: Any, peer: ID) -> list[multiaddr.Multiaddr]:
+    try:
+        return list(store.addrs(peer))
+    except Exception:  # py-libp2p raises for an unknown peer and for expired addresses
+        return []
 
 
 _DNS_FAMILIES = {"dns": socket.AF_UNSPEC, "dns4": socket.AF_INET, "dns6": socket.AF_INET6}

@@ -147,8 +147,8 @@ def test_sigterm_during_start_up_exits_promptly(mesh3, daemons: DaemonPool):
 def test_restarted_bootstrap_node_is_rejoined(mesh3):
     """The others dialled n1 at start; when it comes back they dial it again by themselves.
 
-    Last in this module: it takes the shared mesh apart for a moment (n2 and n3 reach
-    each other only through n1) and waits until it is whole again.
+    Last in this module: it takes the shared mesh apart for a moment and waits until it
+    is whole again.
     """
     first, *others = mesh3
     first_id = first.peer_id
@@ -212,3 +212,20 @@ def test_a_bootstrap_peer_can_be_named_by_dns(mesh3, daemons: DaemonPool):
     node = daemons.new("by-name", peers=[f"/dns4/localhost/tcp/{first.port}/p2p/{first.peer_id}"])
     node.start()
     node.wait_connected(ids(mesh3), timeout=CONVERGE_TIMEOUT)
+
+
+def test_nodes_learn_peers_from_heartbeats_and_outlive_their_bootstrap(daemons: DaemonPool):
+    """Peer exchange: two leaves that only know the hub dial each other from the addresses
+    in each other's signed heartbeats, so when the hub goes they still hear each other."""
+    hub = daemons.new("hub")
+    leaves = [daemons.new(f"leaf{i}", peers=[hub]) for i in (1, 2)]
+    daemons.start_all([hub, *leaves])
+    first, second = leaves
+    wait_until(lambda: second.peer_id in first.mesh_stats()["Peers"],
+               timeout=CONVERGE_TIMEOUT, what="leaf1 to dial leaf2, learned from its heartbeats")
+    assert hub.stop() == 0
+    for node, other in ((first, second), (second, first)):
+        wait_until(lambda node=node: node.node_list()[hub.peer_id]["Connection"] == "DISCONNECTED",
+                   timeout=DISCONNECT_TIMEOUT, what=f"{node.name} to notice the hub is gone")
+        listed = node.node_list()
+        assert listed[other.peer_id]["Connection"] == "CONNECTED", listed
