@@ -120,6 +120,9 @@ class NodeConfig:
     #: first); beyond, they are dropped and whoever forwards them scores down. The default is
     #: what an honest requester keeps to (protocol.messages.ANNOUNCEMENTS_PER_SECOND).
     announcements_per_origin: float = 100.0
+    #: Connections a node keeps by dialling nodes it learned of from their heartbeats (peer
+    #: exchange), beyond its bootstrap peers. 0: bootstrap peers only.
+    peer_exchange: int = 8
     #: DEBUG, INFO, WARNING or ERROR.
     log_level: str = "WARNING"
     #: ``text`` (one line a record) or ``json`` (one object a line, with the job, execution
@@ -166,7 +169,7 @@ _FLOAT_RANGES = {"heartbeat_seconds": (0.05, 600, "s"),
 _CHOICES = {"log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
             "log_format": ("text", "json")}
 _INT_FIELDS = {"api_port", "max_jobs", "missed_heartbeats", "default_execution_timeout",
-               "max_jobs_per_requester"}
+               "max_jobs_per_requester", "peer_exchange"}
 
 
 def _as_bool(value: Any, name: str, origin: str) -> bool:

@@ -156,6 +156,7 @@ class Daemon:
             "MeshPeers": self.mesh.mesh_peers() if self.mesh else {},
             "Connections": self.mesh.connection_counts() if self.mesh else {},
             "Banned": self.mesh.banned_peers() if self.mesh else [],
+            "DHT": self.mesh.dht_stats() if self.mesh else {},
             **stats,
             "GossipDelayMs": self.membership.gossip_delays(since_ms) if self.membership else {},
         }
@@ -370,6 +371,7 @@ class Daemon:
                 logs_source=self._logs_source,
                 announcements_per_origin=config.announcements_per_origin,
                 dial_private=config.announce_private or not on_public_network(config.peers),
+                peer_target=config.peer_exchange,
             )
             self.membership = Membership(
                 store, self.peer_id,
@@ -398,8 +400,8 @@ class Daemon:
                 mesh = self.mesh
                 await nursery.start(
                     lambda task_status: self.ipfs.run(  # type: ignore[union-attr]
-                        mesh.host, prepare_dial=mesh.prepare_dial, task_status=task_status
-                    )
+                        mesh.host, route_to=mesh.route_to, find_providers=mesh.find_providers,
+                        provide=mesh.provide, task_status=task_status)
                 )
                 if config.compute:
                     self.compute = await self._start_compute(nursery)
@@ -505,7 +507,8 @@ class Daemon:
         return destination
 
     def ipfs_candidates(self, hints: tuple[str, ...] = ()) -> list[Any]:
-        """Peers to ask for a DAG: hinted nodes, --ipfs-peer, connected, then live nodes."""
+        """Peers to ask for a DAG first: hinted nodes, --ipfs-peer, then connected ones.
+        When none of them has its root, the DHT is asked who does (node.ipfs.bitswap)."""
         from libp2p.peer.id import ID
 
         assert self.mesh is not None
@@ -518,8 +521,6 @@ class Daemon:
         # Re-added each time: the peerstore forgets addresses after their TTL.
         ordered += [self.mesh.add_peer(text, "--ipfs-peer") for text in self.config.ipfs_peers]
         ordered += list(self.mesh.host.get_connected_peers())
-        if self.membership is not None:
-            ordered += [ID.from_base58(node_id) for node_id in self.membership.connected(now_ms())]
         me = self.mesh.host.get_id()
         unique = list(dict.fromkeys(peer for peer in ordered if peer != me))
         return unique[:MAX_IPFS_CANDIDATES]

@@ -67,7 +67,7 @@ from protocol.messages import (
     seal_message,
 )
 
-from . import libp2p_tuning
+from . import dht, libp2p_tuning
 from .addresses import host_of, is_public
 
 log = logging.getLogger("bacnode.mesh")
@@ -291,12 +291,15 @@ class Mesh:
         logs_source: LogsSource | None = None,
         announcements_per_origin: float = ORIGIN_ANNOUNCEMENTS_PER_SECOND,
         dial_private: bool = True,
+        peer_target: int = PEER_TARGET,
+        dht_server: bool = True,
     ) -> None:
         self.key = key
         #: Whether addresses that strangers cannot reach (loopback, private ranges) are
         #: dialled when other nodes announce them: not on a public network, where they
         #: would point our dials at our own LAN.
         self.dial_private = dial_private
+        self.peer_target = peer_target
         self.announcement_rate = announcements_per_origin
         self.announcement_burst = announcements_per_origin * ORIGIN_BURST_SECONDS
         self.peer_id = key.peer_id
@@ -382,6 +385,10 @@ class Mesh:
             ),
         )
         self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
+        # Before host.run, so that identify offers the DHT from the first connection on.
+        self.dht = dht.new_dht(self.host, server=dht_server)
+        self._dht_routing = dht.RoutingNotifee(self.dht)
+        self.host.get_network().register_notifee(self._dht_routing)
         self.host.get_network().register_notifee(
             _Disconnects(lambda: self._reconnect_now.set(), self._refuse_banned))
 
@@ -473,8 +480,9 @@ class Mesh:
                     # We dial our bootstrap peers ourselves; the auto-connector would
                     # re-dial every address identify ever taught us.
                     await self.host.get_network().auto_connector.stop()
-                    async with trio.open_nursery() as nursery:
-                        self._nursery = nursery
+                    async with background_trio_service(self.dht), \
+                            trio.open_nursery() as nursery:
+                        self._nursery = self._dht_routing.nursery = nursery
                         for topic, subscription in subscriptions:
                             nursery.start_soon(self._read_topic, topic, subscription)
                         nursery.start_soon(self._keep_connected)
@@ -591,6 +599,50 @@ class Mesh:
         self.host.get_peerstore().add_addrs(peer, parsed, ADDRESS_TTL_SECONDS)
         self._learned.setdefault(peer, 0.0)
 
+    def provide(self, cid: str) -> None:
+        """Tell the DHT that this node holds ``cid`` (in the background)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._provide, cid)
+
+    async def _provide(self, cid: str) -> None:
+        # A record stored with nobody is only republished a day later: wait for peers.
+        while self.dht.get_routing_table_size() == 0:
+            await trio.sleep(1.0)
+        try:
+            await self.dht.provide(cid)
+        except Exception as exc:
+            log.debug("DHT: cannot provide %s: %r", cid, exc)
+
+    async def find_providers(self, cid: str) -> list[ID]:
+        """Peers the DHT says hold ``cid``, their addresses remembered for dialling."""
+        try:
+            found = await dht.providers(self.dht, cid)
+        except Exception as exc:
+            log.debug("DHT: cannot look up %s: %r", cid, exc)
+            return []
+        peers = []
+        for info in found:
+            if info.peer_id == self.host.get_id():
+                continue
+            self.remember_addresses(info.peer_id.to_base58(),
+                                    tuple(str(address) for address in info.addrs))
+            peers.append(info.peer_id)
+        return peers
+
+    async def find_peer(self, peer: ID) -> bool:
+        """Look ``peer``'s addresses up in the DHT when none are known; whether any are."""
+        if _known_addrs(self.host.get_peerstore(), peer):
+            return True
+        try:
+            info = await self.dht.find_peer(peer)
+        except Exception as exc:
+            log.debug("DHT: cannot find %s: %r", peer, exc)
+            return False
+        if info is None:
+            return False
+        self.remember_addresses(peer.to_base58(), tuple(str(a) for a in info.addrs))
+        return bool(_known_addrs(self.host.get_peerstore(), peer))
+
     def add_peer(self, text: str, flag: str) -> ID:
         """Remember a ``/…/p2p/<id>`` address to dial later; returns the peer's ID."""
         info, _ = _parse_bootstrap(text, flag)
@@ -615,8 +667,14 @@ class Mesh:
         store.clear_addrs(peer)
         store.add_addrs(peer, resolved.addrs, ADDRESS_TTL_SECONDS)
 
-    def prepare_dial(self, peer: ID) -> None:
+    async def route_to(self, peer: ID) -> None:
+        """Get ready to open a stream to ``peer``: its names resolved, and its addresses
+        looked up in the DHT when we have none (a node we never heard a heartbeat from)."""
         self._prepare_dial(peer)
+        if peer in self.host.get_connected_peers():
+            return
+        await self._resolve_known_names(peer)
+        await self.find_peer(peer)
 
     def _prepare_dial(self, peer: ID) -> None:
         if peer not in self.host.get_connected_peers():
@@ -652,8 +710,7 @@ class Mesh:
             if channel is not None and not channel.closed:
                 return channel
             peer = ID.from_base58(peer_id)
-            self._prepare_dial(peer)
-            await self._resolve_known_names(peer)
+            await self.route_to(peer)
             stream = await self.host.new_stream(peer, [REQUESTS_PROTOCOL])
             channel = _Channel(stream, peer_id)
             self._channels[peer_id] = channel
@@ -762,7 +819,7 @@ class Mesh:
         """The output of ``execution_id`` on ``peer_id`` as it is written, until it ends:
         ``(1, stdout bytes)`` / ``(2, stderr bytes)``. Raises ``MeshError``."""
         try:
-            self._prepare_dial(ID.from_base58(peer_id))
+            await self.route_to(ID.from_base58(peer_id))
             stream = await self.host.new_stream(ID.from_base58(peer_id), [LOGS_PROTOCOL])
         except Exception as exc:
             raise MeshError(f"cannot reach {peer_id} for logs: {exc}") from None
@@ -787,7 +844,7 @@ class Mesh:
     async def fetch_results(self, peer_id: str, execution_id: str, destination: Path) -> None:
         """Download an execution's results file from ``peer_id`` into ``destination``."""
         try:
-            self._prepare_dial(ID.from_base58(peer_id))
+            await self.route_to(ID.from_base58(peer_id))
             stream = await self.host.new_stream(ID.from_base58(peer_id), [RESULTS_PROTOCOL])
         except Exception as exc:
             raise MeshError(f"cannot reach {peer_id} for results: {exc}") from None
@@ -926,6 +983,14 @@ class Mesh:
         return {topic: sorted(peer.to_base58() for peer in self.gossipsub.mesh.get(topic, ()))
                 for topic in TOPIC_MESSAGE_TYPES}
 
+    def dht_stats(self) -> dict[str, Any]:
+        """The DHT's mode, how many servers its routing table holds, and how many provider
+        records (CIDs held by other nodes) it keeps for the network."""
+        return {"Mode": str(self.dht.mode.name).lower(),
+                "RoutingTable": self.dht.get_routing_table_size(),
+                "ProviderRecords": self.dht.provider_store.size(),
+                "Providing": len(self.dht.provider_store.providing_keys)}
+
     def addresses(self) -> list[str]:
         """Where this node listens, with ``/p2p/<id>``: the ``--peer`` value for others."""
         return [str(addr) for addr in self.host.get_addrs()]
@@ -965,7 +1030,7 @@ class Mesh:
 
     async def _dial_learned_peers(self) -> None:
         connected = set(self.host.get_connected_peers())
-        missing = min(PEER_TARGET - len(connected), PEER_DIALS_AT_ONCE)
+        missing = min(self.peer_target - len(connected), PEER_DIALS_AT_ONCE)
         if missing <= 0:
             return
         now = time.monotonic()

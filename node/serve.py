@@ -73,6 +73,9 @@ def main() -> None:
 @click.option("--announcements-per-origin", type=float,
               help="job announcements a second taken from one requester; beyond, they are "
                    "dropped and the sender's score falls [default: 100]")
+@click.option("--peer-exchange", type=int,
+              help="connections to keep by dialling nodes learned from their heartbeats "
+                   "(0: bootstrap peers only) [default: 8]")
 @click.option("--ipfs-peer", "ipfs_peers", multiple=True,
               help="IPFS peer multiaddr with /p2p/<id> to fetch blocks from, repeatable")
 @click.option("--ipfs-retention-hours", type=float,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +42,29 @@ class IpfsNode:
         self.retention_ms = int(retention_hours * 3600 * 1000)
         self._tmp = data_dir / "blocks" / "tmp"
         self.bitswap: Bitswap | None = None
+        self._provide: Callable[[str], None] = lambda cid: None
 
     async def run(
         self,
         host: Any,
         *,
-        prepare_dial: Callable[[ID], None],
+        route_to: Callable[[ID], Awaitable[None]] | None = None,
+        find_providers: Callable[[str], Awaitable[list[ID]]] | None = None,
+        provide: Callable[[str], None] | None = None,
         task_status: trio.TaskStatus[IpfsNode] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        self.bitswap = Bitswap(host, self.blockstore, prepare_dial=prepare_dial)
+        """Serve and fetch blocks over bitswap on ``host``. ``provide`` tells the DHT
+        which CIDs are held here (every live pin at start, then each new one), and
+        ``find_providers`` asks it who holds a root no known peer has."""
+        self.bitswap = Bitswap(host, self.blockstore, route_to=route_to,
+                               find_providers=find_providers)
+        if provide is not None:
+            self._provide = provide
         async with trio.open_nursery() as nursery:
             await nursery.start(self.bitswap.run)
             nursery.start_soon(self._collect_garbage_periodically)
+            for cid in await self.store.live_pins(int(time.time() * 1000)):
+                self._provide(cid)
             task_status.started(self)
 
     # -- adding --------------------------------------------------------------
@@ -78,6 +89,7 @@ class IpfsNode:
     async def _pin(self, cid: Cid, reason: str) -> None:
         now = int(time.time() * 1000)
         await self.store.pin(str(cid), reason, now, now + self.retention_ms)
+        self._provide(str(cid))
 
     def temporary_file(self) -> Any:
         return tempfile.NamedTemporaryFile(dir=self._tmp, delete=False, prefix="upload-")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,8 +49,9 @@ WANTS_PER_PEER = 32
 WANTS_PER_FETCH = 96
 #: A want with no answer for this long is also asked of another provider.
 WANT_RETRY_SECONDS = 10.0
-#: A peer with no answer about the root for this long is not waited for.
-DISCOVERY_SECONDS = 5.0
+#: How long the peers we know of have to say they hold a DAG's root before the DHT is
+#: asked who does (at once when we know of none).
+DHT_FALLBACK_SECONDS = 1.0
 STREAM_IDLE_SECONDS = 120.0
 DIAL_SECONDS = 10.0
 #: Streams a peer may have open to us at once (kubo opens one per message it sends).
@@ -106,10 +107,13 @@ class Bitswap:
     """Serves the node's blocks to any peer and fetches DAGs from connected peers."""
 
     def __init__(
-        self, host: Any, store: Blockstore, *, prepare_dial: Callable[[ID], None] = lambda _: None
+        self, host: Any, store: Blockstore, *,
+        route_to: Callable[[ID], Awaitable[None]] | None = None,
+        find_providers: Callable[[str], Awaitable[list[ID]]] | None = None,
     ) -> None:
         self.host = host
-        self._prepare_dial = prepare_dial
+        self._route_to = route_to
+        self._find_providers = find_providers
         self.store = store
         self.stats = BitswapStats()
         self._outboxes: dict[ID, _Outbox] = {}
@@ -312,8 +316,9 @@ class Bitswap:
         data = encode_varint_prefixed(message.SerializeToString())
         for attempt in (1, 2):
             if outbox.stream is None:
-                self._prepare_dial(peer)
                 with trio.fail_after(DIAL_SECONDS):
+                    if self._route_to is not None:
+                        await self._route_to(peer)
                     outbox.stream = await self.host.new_stream(peer, PROTOCOLS)
                 outbox.protocol = str(outbox.stream.get_protocol())
             try:
@@ -348,13 +353,36 @@ class Bitswap:
         self._fetches.add(fetch)
         try:
             with trio.move_on_after(timeout) as scope:
-                await fetch.run()
+                async with trio.open_nursery() as nursery:
+                    if self._find_providers is not None:
+                        nursery.start_soon(self._ask_dht, fetch)
+                    await fetch.run()
+                    nursery.cancel_scope.cancel()
             if scope.cancelled_caught:
                 raise FetchError(fetch.timeout_reason(timeout))
             return fetch.fetched_bytes
         finally:
             self._fetches.discard(fetch)
             fetch.cancel_all()
+
+
+    async def _ask_dht(self, fetch: _Fetch) -> None:
+        """Add the peers the DHT names as holding the root, unless a peer we knew of has
+        said it holds it by then."""
+        assert self._find_providers is not None
+        if fetch.candidates:
+            await trio.sleep(DHT_FALLBACK_SECONDS)
+        if fetch.providers:
+            return
+        found = await self._find_providers(str(fetch.root))
+        fetch.asked_dht = True
+        me = self.host.get_id()
+        new = [peer for peer in found if peer != me and peer not in fetch.candidates]
+        fetch.found_in_dht = len(new)
+        fetch.candidates.extend(new)
+        for peer in new:
+            fetch._send(peer, [fetch.root], have_only=True)
+        fetch.wake.set()
 
 
 class _Fetch:
@@ -376,6 +404,8 @@ class _Fetch:
         self.on_progress: Callable[[int, int], None] | None = None
         self.on_root: Callable[[int], None] | None = None
         self.failure: Exception | None = None
+        self.asked_dht = False
+        self.found_in_dht = 0
 
     # events from the engine (sync: they only record and wake the fetch)
 
@@ -502,12 +532,16 @@ class _Fetch:
 
     def timeout_reason(self, timeout: float) -> str:
         if not self.done:
+            dht = (f" ({self.found_in_dht} of them named by the DHT)" if self.asked_dht
+                   else "")
             if not self.candidates:
-                return f"{self.root} not found: no peers to ask (is this node connected?)"
+                return (f"{self.root} not found: no peers to ask, and the DHT knows of no "
+                        "holder" if self.asked_dht else
+                        f"{self.root} not found: no peers to ask (is this node connected?)")
             if not self.providers:
                 return (
                     f"{self.root} not found within {timeout:.0f}s: none of the "
-                    f"{len(self.candidates)} peers asked has it"
+                    f"{len(self.candidates)} peers asked{dht} has it"
                 )
         return (
             f"fetching {self.root} timed out after {timeout:.0f}s with "
