@@ -123,6 +123,8 @@ class NodeConfig:
     #: Connections a node keeps by dialling nodes it learned of from their heartbeats (peer
     #: exchange), beyond its bootstrap peers. 0: bootstrap peers only.
     peer_exchange: int = 8
+    #: Relay connections (circuit relay v2) for nodes behind NAT: for a public node.
+    relay_service: bool = False
     #: DEBUG, INFO, WARNING or ERROR.
     log_level: str = "WARNING"
     #: ``text`` (one line a record) or ``json`` (one object a line, with the job, execution
@@ -160,7 +162,8 @@ class NodeConfig:
 _FIELDS = {f.name: f for f in fields(NodeConfig)}
 _TUPLE_FIELDS = {"listen", "peers", "announce_addrs", "allowed_images", "ipfs_peers",
                  "accept_jobs_from", "reject_jobs_from", "trusted_requesters"}
-_BOOL_FIELDS = {"orchestrator", "compute", "mdns", "allow_networked_jobs", "announce_private"}
+_BOOL_FIELDS = {"orchestrator", "compute", "mdns", "allow_networked_jobs", "announce_private",
+                "relay_service"}
 #: Settings that are numbers: (lowest, highest, unit).
 _FLOAT_RANGES = {"heartbeat_seconds": (0.05, 600, "s"),
                  "announcements_per_origin": (1, 100_000, "a second"),

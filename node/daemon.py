@@ -157,6 +157,8 @@ class Daemon:
             "Connections": self.mesh.connection_counts() if self.mesh else {},
             "Banned": self.mesh.banned_peers() if self.mesh else [],
             "DHT": self.mesh.dht_stats() if self.mesh else {},
+            **(self.mesh.reach_stats() if self.mesh else {}),
+            "Transports": self.mesh.peer_transports() if self.mesh else {},
             **stats,
             "GossipDelayMs": self.membership.gossip_delays(since_ms) if self.membership else {},
         }
@@ -345,6 +347,14 @@ class Daemon:
                 self._heartbeat_now = trio.Event()
                 last_sent = -math.inf
 
+    async def _heartbeat_when_reach_changes(self) -> None:
+        """A node that finds itself behind NAT, or gets or loses a relay, says at once
+        where it can be reached now."""
+        assert self.mesh is not None
+        while True:
+            await self.mesh.reach.changed()
+            self._heartbeat_now.set()
+
     # -- lifecycle -----------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
@@ -372,6 +382,7 @@ class Daemon:
                 announcements_per_origin=config.announcements_per_origin,
                 dial_private=config.announce_private or not on_public_network(config.peers),
                 peer_target=config.peer_exchange,
+                relay_service=config.relay_service,
             )
             self.membership = Membership(
                 store, self.peer_id,
@@ -421,6 +432,7 @@ class Daemon:
                     await nursery.start(self.requester.run)
                     self._requester_ready.set()
                 nursery.start_soon(self._heartbeat)
+                nursery.start_soon(self._heartbeat_when_reach_changes)
                 nursery.start_soon(self._collect_old_downloads)
                 self._announce_start(api_urls)
                 self._started = True

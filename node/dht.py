@@ -121,7 +121,10 @@ class RoutingNotifee(INotifee):
 
     async def connected(self, network: Any, conn: Any) -> None:
         if self.nursery is not None:
-            self.nursery.start_soon(self._add, conn.muxed_conn.peer_id)
+            try:
+                self.nursery.start_soon(self._add, conn.muxed_conn.peer_id)
+            except RuntimeError:  # the node is stopping: its nursery takes no more tasks
+                pass
 
     async def _add(self, peer: ID) -> None:
         store = self.dht.host.get_peerstore()

@@ -69,6 +69,7 @@ from protocol.messages import (
 
 from . import dht, libp2p_tuning
 from .addresses import host_of, is_public
+from .reach import Reach, is_relayed
 
 log = logging.getLogger("bacnode.mesh")
 
@@ -91,8 +92,9 @@ LOGS_PROTOCOL = TProtocol("/bacnode/logs/1")
 #: Largest output chunk in one logs frame.
 LOG_CHUNK = 64 * 1024
 RESULT_CHUNK = 256 * 1024
-#: Connections one peer may hold with us at once: one, and a second while two dials cross.
-CONNECTIONS_PER_PEER = 2
+#: Connections one peer may hold with us at once: one, a second while two dials cross, and
+#: a third for an AutoNAT dial-back or a hole punch (the relayed connection stays a while).
+CONNECTIONS_PER_PEER = 3
 #: Inbound connections still in their handshake at once (a SYN flood of libp2p dials).
 MAX_PENDING_INBOUND = 128
 #: How long one bootstrap dial may take (they run at once, so this is also how long the
@@ -293,6 +295,7 @@ class Mesh:
         dial_private: bool = True,
         peer_target: int = PEER_TARGET,
         dht_server: bool = True,
+        relay_service: bool = False,
     ) -> None:
         self.key = key
         #: Whether addresses that strangers cannot reach (loopback, private ranges) are
@@ -389,6 +392,7 @@ class Mesh:
         self.dht = dht.new_dht(self.host, server=dht_server)
         self._dht_routing = dht.RoutingNotifee(self.dht)
         self.host.get_network().register_notifee(self._dht_routing)
+        self.reach = Reach(self.host, relay_service=relay_service, listen=self._listen)
         self.host.get_network().register_notifee(
             _Disconnects(lambda: self._reconnect_now.set(), self._refuse_banned))
 
@@ -483,6 +487,9 @@ class Mesh:
                     async with background_trio_service(self.dht), \
                             trio.open_nursery() as nursery:
                         self._nursery = self._dht_routing.nursery = nursery
+                        # Before the first dial: relayed connections are accepted, and
+                        # identify offers the relay service, from the first peer on.
+                        await nursery.start(self.reach.run)
                         for topic, subscription in subscriptions:
                             nursery.start_soon(self._read_topic, topic, subscription)
                         nursery.start_soon(self._keep_connected)
@@ -596,6 +603,9 @@ class Mesh:
             return
         if not parsed or peer == self.host.get_id():
             return
+        # What a node signs now replaces what it said before (a node that finds itself
+        # behind NAT swaps its addresses for relayed ones; the old ones only time out).
+        self.host.get_peerstore().clear_addrs(peer)
         self.host.get_peerstore().add_addrs(peer, parsed, ADDRESS_TTL_SECONDS)
         self._learned.setdefault(peer, 0.0)
 
@@ -880,9 +890,7 @@ class Mesh:
         for peer, conns in list(self.host.get_network().connections.items()):
             conns = conns if isinstance(conns, list) else [conns]
             if conns:
-                relayed = all(any("/p2p-circuit" in str(address)
-                                  for address in conn.get_transport_addresses())
-                              for conn in conns)
+                relayed = all(is_relayed(conn) for conn in conns)
                 kinds[peer.to_base58()] = "relayed" if relayed else "direct"
         return kinds
 
@@ -992,8 +1000,15 @@ class Mesh:
                 "Providing": len(self.dht.provider_store.providing_keys)}
 
     def addresses(self) -> list[str]:
-        """Where this node listens, with ``/p2p/<id>``: the ``--peer`` value for others."""
+        """Where this node listens, with ``/p2p/<id>``: the ``--peer`` value for others.
+        Behind NAT (AutoNAT says nobody can dial us), our addresses through relays."""
+        relayed = self.reach.relayed_addresses()
+        if relayed and self.reach.status_name == "private":
+            return relayed
         return [str(addr) for addr in self.host.get_addrs()]
+
+    def reach_stats(self) -> dict[str, Any]:
+        return self.reach.stats()
 
     async def _keep_connected(self) -> None:
         """Dial every bootstrap peer we are not connected to, all at once (one dead or slow

@@ -73,6 +73,9 @@ def main() -> None:
 @click.option("--announcements-per-origin", type=float,
               help="job announcements a second taken from one requester; beyond, they are "
                    "dropped and the sender's score falls [default: 100]")
+@click.option("--relay-service/--no-relay-service", default=None,
+              help="relay connections for nodes behind NAT (circuit relay v2, limited): "
+                   "for a node others can dial [default: off]")
 @click.option("--peer-exchange", type=int,
               help="connections to keep by dialling nodes learned from their heartbeats "
                    "(0: bootstrap peers only) [default: 8]")

@@ -200,12 +200,17 @@ def popen(args: list[str], *, stdout: Any, stderr: Any, env: dict[str, str] | No
     )
 
 
+def in_netns(netns: str | None, command: list[str]) -> list[str]:
+    """``command`` run inside network namespace ``netns`` (None: this one)."""
+    return ["ip", "netns", "exec", netns, *command] if netns else command
+
+
 def run_cli(*args: str, api_port: int | None = None, timeout: float = CLI_TIMEOUT,
             env: dict[str, str] | None = None, cwd: Path | None = None,
-            ) -> subprocess.CompletedProcess:
-    """``bacnode [--api-port P] ARGS`` as a user types it (in ``cwd``, else the checkout);
-    never raises on a non-zero exit."""
-    command = [sys.executable, "-m", "cli.main"]
+            netns: str | None = None) -> subprocess.CompletedProcess:
+    """``bacnode [--api-port P] ARGS`` as a user types it (in ``cwd``, else the checkout;
+    inside ``netns`` if given); never raises on a non-zero exit."""
+    command = in_netns(netns, [sys.executable, "-m", "cli.main"])
     if api_port is not None:
         command += ["--api-port", str(api_port)]
     return subprocess.run(
@@ -230,8 +235,13 @@ class Daemon:
     def __init__(self, root: Path, name: str, *, peers: Iterable[str | Daemon] = (),
                  args: Iterable[str] = (), heartbeat: float = HEARTBEAT_SECONDS,
                  env: dict[str, str] | None = None,
-                 module: Sequence[str] = ("node",)) -> None:
+                 module: Sequence[str] = ("node",), netns: str | None = None,
+                 host: str = LOOPBACK) -> None:
         self.name = name
+        #: A network namespace to run in (its API is on that namespace's loopback), and
+        #: the address there to listen on.
+        self.netns = netns
+        self.host = host
         self.env = env
         self.data_dir = root / name
         self.log_dir = root / "logs"
@@ -250,7 +260,7 @@ class Daemon:
 
     @property
     def listen(self) -> str:
-        return f"/ip4/{LOOPBACK}/tcp/{self.port}"
+        return f"/ip4/{self.host}/tcp/{self.port}"
 
     @property
     def peer_id(self) -> str:
@@ -303,7 +313,8 @@ class Daemon:
             raise DaemonError(f"{self.name} is already running")
         self.runs += 1
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.process = popen(self.command(), stdout=out, stderr=err, env=self.env)
+            self.process = popen(in_netns(self.netns, self.command()), stdout=out, stderr=err,
+                                 env=self.env)
         return self
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> Daemon:
@@ -389,12 +400,22 @@ class Daemon:
 
     def api(self, path: str, timeout: float = 5.0) -> Any:
         """GET ``path`` (e.g. ``/api/v1/agent/mesh``) from the daemon's API, as JSON."""
-        return http_get_json(self.api_url + path, timeout)
+        if self.netns is None:
+            return http_get_json(self.api_url + path, timeout)
+        fetch = ("import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+                 "sys.argv[1], timeout=float(sys.argv[2])).read().decode())")
+        done = subprocess.run(in_netns(self.netns, [sys.executable, "-c", fetch,
+                                                    self.api_url + path, str(timeout)]),
+                              capture_output=True, text=True, timeout=timeout + 10)
+        if done.returncode != 0:
+            raise OSError(f"GET {path} in {self.netns}: {done.stderr.strip()[-300:]}")
+        return json.loads(done.stdout)
 
     def cli(self, *args: str, timeout: float = CLI_TIMEOUT, cwd: Path | None = None,
             ) -> subprocess.CompletedProcess:
         """``bacnode --api-port <this daemon> ARGS``."""
-        return run_cli(*args, api_port=self.api_port, timeout=timeout, cwd=cwd)
+        return run_cli(*args, api_port=self.api_port, timeout=timeout, cwd=cwd,
+                       netns=self.netns)
 
     def node_list(self) -> dict[str, dict[str, Any]]:
         """``bacnode node list --output json`` through the real CLI, keyed by node ID."""

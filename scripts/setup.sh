@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED=1
 
 # chromium: the dashboard test drives a real headless browser (tests/integration/test_operating.py)
 # systemd: `systemd-analyze verify` checks scripts/bacnode.service (tests/integration/test_service_unit.py)
-APT_PACKAGES=(docker.io busybox-static build-essential libgmp-dev jq chromium systemd)
+APT_PACKAGES=(docker.io busybox-static build-essential libgmp-dev jq chromium systemd iproute2 iptables)
 
 elapsed() { # seconds since $1, one decimal
     awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'
