@@ -120,9 +120,9 @@ class NodeConfig:
     #: first); beyond, they are dropped and whoever forwards them scores down. The default is
     #: what an honest requester keeps to (protocol.messages.ANNOUNCEMENTS_PER_SECOND).
     announcements_per_origin: float = 100.0
-    #: Connections a node keeps by dialling nodes it learned of from their heartbeats (peer
-    #: exchange), beyond its bootstrap peers. 0: bootstrap peers only.
-    peer_exchange: int = 8
+    #: When none of its bootstrap peers answers, the connections a node keeps by dialling
+    #: nodes it learned of from their heartbeats (peer exchange). 0: bootstrap peers only.
+    peer_exchange: int = 3
     #: Relay connections (circuit relay v2) for nodes behind NAT: for a public node.
     relay_service: bool = False
     #: DEBUG, INFO, WARNING or ERROR.

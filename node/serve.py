@@ -77,8 +77,8 @@ def main() -> None:
               help="relay connections for nodes behind NAT (circuit relay v2, limited): "
                    "for a node others can dial [default: off]")
 @click.option("--peer-exchange", type=int,
-              help="connections to keep by dialling nodes learned from their heartbeats "
-                   "(0: bootstrap peers only) [default: 8]")
+              help="while no bootstrap peer answers, connections to keep by dialling nodes "
+                   "learned from their heartbeats (0: bootstrap peers only) [default: 3]")
 @click.option("--ipfs-peer", "ipfs_peers", multiple=True,
               help="IPFS peer multiaddr with /p2p/<id> to fetch blocks from, repeatable")
 @click.option("--ipfs-retention-hours", type=float,

@@ -215,17 +215,23 @@ def test_a_bootstrap_peer_can_be_named_by_dns(mesh3, daemons: DaemonPool):
 
 
 def test_nodes_learn_peers_from_heartbeats_and_outlive_their_bootstrap(daemons: DaemonPool):
-    """Peer exchange: two leaves that only know the hub dial each other from the addresses
-    in each other's signed heartbeats, so when the hub goes they still hear each other."""
+    """Peer exchange: two leaves that only know the hub, once the hub is gone, dial each
+    other from the addresses in each other's signed heartbeats and go on hearing each
+    other. While the hub answers they dial nobody else (each connection costs gossip work)."""
     hub = daemons.new("hub")
     leaves = [daemons.new(f"leaf{i}", peers=[hub]) for i in (1, 2)]
     daemons.start_all([hub, *leaves])
     first, second = leaves
-    wait_until(lambda: second.peer_id in first.mesh_stats()["Peers"],
-               timeout=CONVERGE_TIMEOUT, what="leaf1 to dial leaf2, learned from its heartbeats")
+    for node in leaves:
+        node.wait_connected([n.peer_id for n in (hub, *leaves)], timeout=CONVERGE_TIMEOUT)
+    assert first.mesh_stats()["Peers"] == [hub.peer_id]
     assert hub.stop() == 0
+    wait_until(lambda: second.peer_id in first.mesh_stats()["Peers"]
+               or first.peer_id in second.mesh_stats()["Peers"],
+               timeout=CONVERGE_TIMEOUT, what="the leaves to dial each other")
     for node, other in ((first, second), (second, first)):
         wait_until(lambda node=node: node.node_list()[hub.peer_id]["Connection"] == "DISCONNECTED",
                    timeout=DISCONNECT_TIMEOUT, what=f"{node.name} to notice the hub is gone")
-        listed = node.node_list()
-        assert listed[other.peer_id]["Connection"] == "CONNECTED", listed
+        wait_until(lambda node=node, other=other:
+                   node.node_list()[other.peer_id]["Connection"] == "CONNECTED",
+                   timeout=DISCONNECT_TIMEOUT, what=f"{node.name} to hear {other.name} still")
