@@ -102,7 +102,7 @@ class _DialBackAutoNAT(AutoNATService):  # type: ignore[misc]
                     conn = await self.host.get_network().dial_addr(
                         multiaddr.Multiaddr(raw), peer_id)
                 return bytes(raw)
-            except (trio.TooSlowError, Exception):
+            except Exception:  # trio.TooSlowError included: not dialable from here
                 continue
             finally:
                 if conn is not None:
@@ -220,18 +220,17 @@ class Reach:
                     found.append(candidate)
         return [address.to_bytes() for address in found]
 
-    def _servers(self) -> list[ID]:
+    def _directly_connected(self) -> list[ID]:
+        """Peers with a direct connection: AutoNAT servers refuse requests that come
+        through a relay, and a relay is reached directly."""
         network = self.host.get_network()
-        servers = []
-        for peer, conns in list(network.connections.items()):
-            conns = conns if isinstance(conns, list) else [conns]
-            if any(not is_relayed(conn) for conn in conns):
-                servers.append(peer)
-        return servers[:PEERS_ASKED]
+        return [peer for peer, conns in list(network.connections.items())
+                if any(not is_relayed(c) for c in (conns if isinstance(conns, list)
+                                                  else [conns]))]
 
     async def _check_reachability(self) -> None:
         while True:
-            answers = await self._ask_for_dial_backs(self._servers())
+            answers = await self._ask_for_dial_backs(self._directly_connected()[:PEERS_ASKED])
             status = self.status
             if answers:
                 status = (AutoNATStatus.PUBLIC if 2 * answers.count(True) >= len(answers)
@@ -269,7 +268,7 @@ class Reach:
     def _relays(self) -> list[ID]:
         store = self.host.get_peerstore()
         relays = []
-        for peer in self._servers_all():
+        for peer in self._directly_connected():
             try:
                 protocols = store.get_protocols(peer) or []
             except Exception:
@@ -278,16 +277,10 @@ class Reach:
                 relays.append(peer)
         return relays
 
-    def _servers_all(self) -> list[ID]:
-        network = self.host.get_network()
-        return [peer for peer, conns in list(network.connections.items())
-                if any(not is_relayed(c) for c in (conns if isinstance(conns, list)
-                                                  else [conns]))]
-
     async def _keep_reservations(self, nursery: trio.Nursery) -> None:
         while True:
             if self.status == AutoNATStatus.PRIVATE:
-                connected = set(self._servers_all())
+                connected = set(self._directly_connected())
                 lost = [relay for relay in self.relayed if relay not in connected]
                 for relay in lost:
                     del self.relayed[relay]
