@@ -296,7 +296,6 @@ class Mesh:
         announcements_per_origin: float = ORIGIN_ANNOUNCEMENTS_PER_SECOND,
         dial_private: bool = True,
         peer_target: int = PEER_TARGET,
-        dht_server: bool = True,
         relay_service: bool = False,
     ) -> None:
         self.key = key
@@ -391,7 +390,7 @@ class Mesh:
         )
         self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
         # Before host.run, so that identify offers the DHT from the first connection on.
-        self.dht = dht.new_dht(self.host, server=dht_server)
+        self.dht = dht.new_dht(self.host, server=True)
         self._dht_routing = dht.RoutingNotifee(self.dht)
         self.host.get_network().register_notifee(self._dht_routing)
         self.reach = Reach(self.host, relay_service=relay_service, listen=self._listen)
@@ -1014,18 +1013,14 @@ class Mesh:
 
     async def _keep_connected(self) -> None:
         """Dial every bootstrap peer we are not connected to, all at once (one dead or slow
-        peer must not hold up the others), then learned peers up to ``PEER_TARGET``
-        connections while none of them answers; again every ``RECONNECT_SECONDS`` or as soon as a
+        peer must not hold up the others), then, while none of them answers, learned peers
+        up to ``peer_target`` connections; again every ``RECONNECT_SECONDS`` or as soon as a
         connection drops."""
         warned: set[str] = set()
 
         async def dial(info: Any, text: str) -> None:
             try:
-                # A failed dial blocks the peer for 60 s inside the swarm; we retry on our
-                # own schedule, so lift that block first.
-                self.host.get_network().unblock_peer(info.peer_id)
-                with trio.fail_after(BOOTSTRAP_DIAL_SECONDS):
-                    await self.host.connect(await _resolved(info))
+                await self._dial(info)
                 warned.discard(text)
                 log.info("connected to bootstrap peer %s", text)
             except Exception as exc:
@@ -1045,6 +1040,13 @@ class Mesh:
             with trio.move_on_after(RECONNECT_SECONDS):
                 await self._reconnect_now.wait()
 
+    async def _dial(self, info: PeerInfo) -> None:
+        """Connect to ``info`` (its names resolved now) within BOOTSTRAP_DIAL_SECONDS."""
+        # A failed dial blocks the peer for 60 s inside the swarm; we retry on our own
+        # schedule, so lift that block first.
+        self.host.get_network().unblock_peer(info.peer_id)
+        with trio.fail_after(BOOTSTRAP_DIAL_SECONDS):
+            await self.host.connect(await _resolved(info))
 
     async def _dial_learned_peers(self) -> None:
         connected = set(self.host.get_connected_peers())
@@ -1063,10 +1065,7 @@ class Mesh:
 
         async def dial(peer: ID) -> None:
             try:
-                await self._resolve_known_names(peer)
-                self.host.get_network().unblock_peer(peer)
-                with trio.fail_after(BOOTSTRAP_DIAL_SECONDS):
-                    await self.host.connect(PeerInfo(peer, _known_addrs(store, peer)))
+                await self._dial(PeerInfo(peer, _known_addrs(store, peer)))
             except Exception as exc:
                 log.debug("peer exchange: cannot reach %s (%s)", peer, _describe(exc))
                 if peer in self._learned:

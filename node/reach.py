@@ -311,28 +311,22 @@ class Reach:
         if not reserved:
             log.info("relay %s refused a reservation", relay)
             return
-        direct = [a for a in _known_addrs(self.host, relay) if "/p2p-circuit" not in str(a)]
-        if not direct:
+        direct = _dialled_address(self.host, relay)
+        if direct is None:
             return
         self.relayed[relay] = multiaddr.Multiaddr(
-            f"{direct[0]}/p2p/{relay}/p2p-circuit/p2p/{self.host.get_id()}")
+            f"{direct}/p2p/{relay}/p2p-circuit/p2p/{self.host.get_id()}")
         log.info("reachable through relay %s: %s", relay, self.relayed[relay])
         self._note_change()
 
 
-def _known_addrs(host: Any, peer: ID) -> list[multiaddr.Multiaddr]:
-    """The address we are connected to ``peer`` at first, then what the peerstore has."""
-    found = []
-    conns = host.get_network().connections.get(peer) or []
+def _dialled_address(host: Any, relay: ID) -> multiaddr.Multiaddr | None:
+    """Where our direct connection to ``relay`` goes: the address others reach it at too
+    (relays are public, and we dialled it)."""
+    conns = host.get_network().connections.get(relay) or []
     for conn in conns if isinstance(conns, list) else [conns]:
-        if is_relayed(conn):
-            continue
-        try:
-            found.extend(conn.get_transport_addresses())
-        except Exception:
-            pass
-    try:
-        found.extend(host.get_peerstore().addrs(peer))
-    except Exception:
-        pass
-    return [a for a in found if "/p2p/" not in str(a)]
+        if not is_relayed(conn):
+            for address in conn.get_transport_addresses():
+                if "/p2p/" not in str(address):
+                    return address
+    return None
