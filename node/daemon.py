@@ -39,6 +39,7 @@ from protocol.messages import (
     RevealRequest,
     Verdict,
     open_message,
+    seal_message,
 )
 from protocol.quantities import parse_bytes, parse_cpu
 from protocol.scheduling import NodePolicy
@@ -68,6 +69,9 @@ log = logging.getLogger("bacnode.daemon")
 SHUTDOWN_GRACE_SECONDS = 10
 #: How often a node looks whether its load changed, to announce it before the next heartbeat.
 LOAD_CHECK_SECONDS = 1.0
+#: After copying a peer's membership table, how long our heartbeat waits for a gossip peer
+#: on the nodes topic (published before one is known, it would reach nobody).
+HEARTBEAT_AFTER_JOIN_WAIT_SECONDS = 3.0
 #: What SIGHUP reloads from the config file (and the environment): labels and limits.
 RELOADABLE = ("labels", "limit_cpu", "limit_memory", "limit_disk", "max_jobs",
               "max_jobs_per_requester", "allowed_images", "accept_jobs_from",
@@ -238,7 +242,7 @@ class Daemon:
 
     async def on_message(self, topic: str, envelope: Envelope, message: Message) -> None:
         if isinstance(message, NodeInfo):
-            await self._saw_node(message)
+            await self._saw_node(message, envelope)
         elif (isinstance(message, JobAnnouncement) and self.compute is not None
               and envelope.sender != self.peer_id):  # our own came straight from the requester
             assert self._nursery is not None
@@ -309,18 +313,40 @@ class Daemon:
         except Exception:
             log.exception("%s failed", getattr(fn, "__name__", fn))
 
-    async def _saw_node(self, info: NodeInfo) -> None:
+    async def _saw_node(self, info: NodeInfo, envelope: Envelope,
+                        heard_ms: int | None = None) -> None:
         assert self.membership is not None
-        if await self.membership.saw(info, now_ms()) and self.requester is not None:
+        if (await self.membership.saw(info, now_ms(), envelope=envelope, heard_ms=heard_ms)
+                and self.requester is not None):
             await self.requester.heard(info)
 
-    async def _heartbeat(self) -> None:
-        """Node info every ``heartbeat_seconds``, and within a second of a change in load
-        or of hearing from a node for the first time (so that a newcomer learns of us).
+    def _membership_rows(self) -> list[tuple[int, bytes]]:
+        """What a joining peer copies: our own heartbeat, fresh, then every live row."""
+        assert self.membership is not None and self.mesh is not None
+        now = now_ms()
+        rows = [(0, seal_message(self.key, self.local_node_info(), now_ms=now))]
+        rows += [(age, encode_envelope(envelope))
+                 for age, envelope in self.membership.snapshot(now)]
+        return rows
 
-        An idle node's heartbeats are what a star's hub relays all day, so they stay
-        sparse; what schedulers and ``node list`` care about (free capacity, running
-        executions, who is there) still shows promptly.
+    async def _copied_members(self, rows: list[tuple[int, Envelope, Message]]) -> None:
+        """A peer's table, copied as we (re)joined: list its nodes, then heartbeat once the
+        gossip mesh can carry it, so that they list us as soon as we list them."""
+        assert self.mesh is not None
+        for heard_ms, envelope, info in rows:
+            if isinstance(info, NodeInfo) and info.node_id != self.peer_id:
+                await self._saw_node(info, envelope, heard_ms=heard_ms)
+        await self.mesh.wait_topic_peers(TOPIC_NODES, HEARTBEAT_AFTER_JOIN_WAIT_SECONDS)
+        self._heartbeat_now.set()
+
+    async def _heartbeat(self) -> None:
+        """Node info every ``heartbeat_seconds``, within a second of a change in load, and
+        at once when asked (after joining, when our reachability changes).
+
+        An idle node's heartbeats are what the mesh relays all day, so they stay sparse;
+        what schedulers and ``node list`` care about (free capacity, running executions,
+        who is there) still shows promptly. A newcomer is not greeted with heartbeats: it
+        copies a peer's membership table (``Mesh._copy_members``) instead.
         """
         assert self.mesh is not None
         last_sent = -math.inf
@@ -329,10 +355,7 @@ class Daemon:
             load = ((self.compute.free, self.compute.running, dict(self.compute.unavailable))
                     if self.compute else ())
             due = trio.current_time() - last_sent >= self.config.heartbeat_seconds
-            newcomer = self.membership is not None and self.membership.newcomer_seen
-            if due or load != last_load or newcomer:
-                if self.membership is not None:
-                    self.membership.newcomer_seen = False
+            if due or load != last_load:
                 info = self.local_node_info()
                 try:
                     await self.mesh.publish(TOPIC_NODES, info)
@@ -379,6 +402,8 @@ class Daemon:
                 on_request=self.on_request,
                 results_lookup=self.results_tar,
                 logs_source=self._logs_source,
+                members_source=self._membership_rows,
+                on_members=self._copied_members,
                 announcements_per_origin=config.announcements_per_origin,
                 dial_private=config.announce_private or not on_public_network(config.peers),
                 peer_target=config.peer_exchange,

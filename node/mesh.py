@@ -51,7 +51,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 
-from protocol import PROTOCOL_NAME
+from protocol import PROTOCOL_NAME, codec
 from protocol.envelope import Envelope, EnvelopeVerifier
 from protocol.errors import RemoteProtocolError
 from protocol.identity import NodeKey
@@ -89,6 +89,12 @@ REQUESTS_PROTOCOL = TProtocol("/bacnode/requests/1")
 RESULTS_PROTOCOL = TProtocol("/bacnode/results/1")
 #: A running execution's output, pushed as it is written (asked for by the job's requester).
 LOGS_PROTOCOL = TProtocol("/bacnode/logs/1")
+#: A joining node's copy of a peer's membership table: one frame per row, ``[milliseconds
+#: since heard, signed NodeInfo as its origin sent it]``, the responder's own first.
+MEMBERS_PROTOCOL = TProtocol("/bacnode/members/1")
+#: Rows taken from one peer's table, and how long reading them may take.
+MAX_MEMBER_ROWS = 10_000
+MEMBERS_READ_SECONDS = 10.0
 #: Largest output chunk in one logs frame.
 LOG_CHUNK = 64 * 1024
 RESULT_CHUNK = 256 * 1024
@@ -105,7 +111,7 @@ BOOTSTRAP_DIAL_SECONDS = 5.0
 #: the logs of the executions it requested here (at most --max-jobs of them run at once).
 #: A peer that opens more gets the extra ones reset: it cannot tie up our tasks and memory.
 STREAMS_PER_PEER = {"/bacnode/requests/1": 4, "/bacnode/results/1": 8,
-                    "/bacnode/logs/1": 32}
+                    "/bacnode/logs/1": 32, "/bacnode/members/1": 2}
 MAX_STREAM_MESSAGE = 256 * 1024
 RECONNECT_SECONDS = 2.0
 #: Peer exchange: when none of its bootstrap peers answers, a node keeps this many
@@ -163,6 +169,11 @@ RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
 ResultsLookup = Callable[[str], Awaitable[Path | None]]
 #: (execution ID, asking peer) -> its output as it is written, or None when not for them.
 LogsSource = Callable[[str, str], AsyncIterator[tuple[int, bytes]] | None]
+#: This node's membership table: (milliseconds since heard, signed NodeInfo wire bytes).
+MembersSource = Callable[[], list[tuple[int, bytes]]]
+#: Rows copied from a peer's table, each verified: (when the peer heard it, our clock in
+#: milliseconds; envelope; info).
+MembersHandler = Callable[[list[tuple[int, Envelope, Message]]], Awaitable[None]]
 
 
 class MeshError(Exception):
@@ -293,6 +304,8 @@ class Mesh:
         on_request: RequestHandler | None = None,
         results_lookup: ResultsLookup | None = None,
         logs_source: LogsSource | None = None,
+        members_source: MembersSource | None = None,
+        on_members: MembersHandler | None = None,
         announcements_per_origin: float = ORIGIN_ANNOUNCEMENTS_PER_SECOND,
         dial_private: bool = True,
         peer_target: int = PEER_TARGET,
@@ -313,6 +326,8 @@ class Mesh:
         self._on_request = on_request
         self._results_lookup = results_lookup
         self._logs_source = logs_source
+        self._members_source = members_source
+        self._on_members = on_members
         self.stats = MeshStats()
         self._verifier = EnvelopeVerifier()
         self._verified: dict[tuple[bytes, bytes], tuple[Envelope, Message]] = {}
@@ -478,7 +493,8 @@ class Mesh:
                 subscriptions.append((topic, await self.pubsub.subscribe(topic)))
             for protocol_id, handler in ((REQUESTS_PROTOCOL, self._serve_channel),
                                          (RESULTS_PROTOCOL, self._serve_results),
-                                         (LOGS_PROTOCOL, self._serve_logs)):
+                                         (LOGS_PROTOCOL, self._serve_logs),
+                                         (MEMBERS_PROTOCOL, self._serve_members)):
                 self.host.set_stream_handler(protocol_id, self._limited(protocol_id, handler))
             try:
                 async with self.host.run(listen_addrs=self._listen):
@@ -825,6 +841,69 @@ class Mesh:
             log.debug("logs stream failed: %r", exc)
             await stream.reset()
 
+    async def _serve_members(self, stream: Any) -> None:
+        """Our membership table, a row a frame, then the end of the stream."""
+        try:
+            rows = self._members_source() if self._members_source else []
+            for age_ms, data in rows[:MAX_MEMBER_ROWS]:
+                await stream.write(encode_varint_prefixed(codec.encode([age_ms, data])))
+            await stream.close()
+        except Exception as exc:
+            log.debug("members stream failed: %r", exc)
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.reset()
+
+    async def _copy_members(self, peer: ID) -> None:
+        """Read ``peer``'s membership table and hand its valid rows to ``on_members``.
+
+        Each row is a heartbeat signed by the node it describes, so the peer can leave
+        rows out or send old ones, but not forge one; a bad row is dropped and counted.
+        Rows are checked with their own replay guard: the same heartbeat may be on its
+        way by gossip too, and that copy must still pass (and be forwarded).
+        """
+        if self._on_members is None:
+            return
+        verifier = EnvelopeVerifier(known_types=frozenset({NodeInfo.TYPE}))
+        rows: list[tuple[int, Envelope, Message]] = []
+        try:
+            with trio.fail_after(MEMBERS_READ_SECONDS):
+                stream = await self.host.new_stream(peer, [MEMBERS_PROTOCOL])
+                try:
+                    for _ in range(MAX_MEMBER_ROWS):
+                        try:
+                            frame = await read_varint_prefixed_bytes_limited(
+                                stream, MAX_STREAM_MESSAGE)
+                        except Exception:  # the end of the stream (or a broken one)
+                            break
+                        try:
+                            age_ms, data = codec.decode(frame)
+                            if not isinstance(age_ms, int) or not isinstance(data, bytes):
+                                raise RemoteProtocolError("malformed members row")
+                            envelope, message = open_message(verifier, data, now_ms=now_ms())
+                        except RemoteProtocolError as exc:
+                            self.stats.dropped[f"Members{type(exc).__name__}"] += 1
+                            continue
+                        except Exception:
+                            self.stats.dropped["MembersInvalid"] += 1
+                            continue
+                        rows.append((now_ms() - max(0, age_ms), envelope, message))
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(1):
+                        await stream.reset()
+        except Exception as exc:
+            log.debug("cannot copy the membership table of %s: %s", peer, _describe(exc))
+        if rows:
+            await self._on_members(rows)
+
+    async def wait_topic_peers(self, topic: str, timeout: float) -> bool:
+        """Wait (at most ``timeout``) until a peer subscribed to ``topic`` is known, so
+        that what we publish reaches someone; whether one is."""
+        with trio.move_on_after(timeout):
+            while not self.pubsub.peer_topics.get(topic):
+                await trio.sleep(0.05)
+            return True
+        return False
+
     async def follow_logs(self, peer_id: str, execution_id: str,
                           ) -> AsyncIterator[tuple[int, bytes]]:
         """The output of ``execution_id`` on ``peer_id`` as it is written, until it ends:
@@ -1023,6 +1102,7 @@ class Mesh:
                 await self._dial(info)
                 warned.discard(text)
                 log.info("connected to bootstrap peer %s", text)
+                await self._copy_members(info.peer_id)
             except Exception as exc:
                 if text not in warned:
                     warned.add(text)
@@ -1070,6 +1150,8 @@ class Mesh:
                 log.debug("peer exchange: cannot reach %s (%s)", peer, _describe(exc))
                 if peer in self._learned:
                     self._learned[peer] = time.monotonic() + PEER_DIAL_BACKOFF_SECONDS
+                return
+            await self._copy_members(peer)
 
         async with trio.open_nursery() as nursery:
             for peer in random.sample(candidates, min(missing, len(candidates))):

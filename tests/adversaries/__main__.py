@@ -11,6 +11,11 @@ Roles:
   of the job on the results topic, to copy; as records of a verified job are gossiped only
   after the verdict, it finds none, and commits to a guess (an empty result). It says on
   stderr what it saw before and after it committed.
+- ``member_forger``: hands a joining peer a membership table whose first rows are forged:
+  each other node's heartbeat rewritten to list the forger's own addresses, newer than the
+  real one, and signed with the forger's key (it has no other); then a row of garbage;
+  then the honest rows. Accepted, the forged rows would point the joiner's dials at the
+  forger instead of those nodes.
 - ``equivocator``: runs each job and commits to its result after ``EQUIVOCATOR_DELAY_SECONDS``
   (slow, so that a test can add a node meanwhile); when asked, reveals a different result
   (one output byte changed), as a node telling different peers different things would.
@@ -117,8 +122,31 @@ def _equivocate() -> None:
     compute.Compute.on_reveal_request = other_story  # type: ignore[method-assign]
 
 
+def _forge_member_rows() -> None:
+    import dataclasses
+
+    from node import daemon
+    from protocol.envelope import parse_unverified
+    from protocol.messages import decode_message, seal_message
+
+    honest = daemon.Daemon._membership_rows
+
+    def forged(self: Any) -> list[tuple[int, bytes]]:
+        rows = honest(self)
+        me = self.local_node_info()
+        lies = []
+        for _, data in rows[1:]:
+            real = decode_message(parse_unverified(data))
+            claim = dataclasses.replace(real, addresses=me.addresses, seq=me.seq + 1)
+            lies.append((0, seal_message(self.key, claim, now_ms=me.seq)))
+        return [*lies, (0, b"\x00garbage"), *rows]
+
+    daemon.Daemon._membership_rows = forged  # type: ignore[method-assign]
+
+
 ROLES = {"liar": _lie_about_outputs, "withholder": _never_reveal,
-         "copier": _copy_instead_of_running, "equivocator": _equivocate}
+         "copier": _copy_instead_of_running, "equivocator": _equivocate,
+         "member_forger": _forge_member_rows}
 
 
 def main() -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
+from datetime import UTC, datetime
 
 from scripts.daemons import Daemon, DaemonPool, wait_until
 
@@ -235,3 +237,75 @@ def test_nodes_learn_peers_from_heartbeats_and_outlive_their_bootstrap(daemons: 
         wait_until(lambda node=node, other=other:
                    node.node_list()[other.peer_id]["Connection"] == "CONNECTED",
                    timeout=DISCONNECT_TIMEOUT, what=f"{node.name} to hear {other.name} still")
+
+
+#: Heartbeats so rare that a test which sees a node listed within seconds knows they were
+#: not what listed it.
+RARE_HEARTBEAT = 600.0
+
+
+def test_a_joiner_copies_the_membership_table_and_nobody_heartbeats_for_it(
+        daemons: DaemonPool):
+    """A node that joins lists the whole network at once, from its bootstrap peer's table,
+    and is listed by all after its own one heartbeat. The others do not heartbeat again
+    for it: N heartbeats a join were N² while a network of N started, and starved a
+    100-daemon devnet on 2 cores."""
+    root = daemons.new("root", heartbeat=RARE_HEARTBEAT)
+    left, right = (daemons.new(name, peers=[root], heartbeat=RARE_HEARTBEAT)
+                   for name in ("left", "right"))
+    daemons.start_all([root, left, right])
+    three = [root, left, right]
+    for node in three:
+        node.wait_connected(ids(three), timeout=CONVERGE_TIMEOUT)
+    # Nodes heartbeat once more when AutoNAT tells them they are reachable: wait until
+    # that is over, and what each heard of the others stays put.
+    for node in three:
+        wait_until(lambda node=node: node.mesh_stats()["Reachability"] != "unknown",
+                   timeout=CONVERGE_TIMEOUT, what=f"{node.name} to learn its reachability")
+
+    def last_heard() -> dict[tuple[str, str], str]:
+        return {(node.name, other.peer_id): node.api_nodes()[other.peer_id]["LastSeen"]
+                for node in three for other in three if other is not node}
+
+    def settled() -> dict[tuple[str, str], str] | None:
+        first = last_heard()
+        time.sleep(2)
+        return first if first == last_heard() else None
+
+    heard_before = wait_until(settled, timeout=CONVERGE_TIMEOUT, what="heartbeats to stop")
+
+    joiner_started = datetime.now(UTC)
+    joiner = daemons.start("joiner", peers=[left], heartbeat=RARE_HEARTBEAT)
+    everyone = [*three, joiner]
+    for node in everyone:
+        node.wait_connected(ids(everyone), timeout=CONVERGE_TIMEOUT)
+    # The rows the joiner copied are the very heartbeats the three last sent.
+    assert last_heard() == heard_before, "a node heartbeated again for the joiner"
+    # The joiner lists right as last heard before the joiner even started: a copied row.
+    heard = joiner.api_nodes()[right.peer_id]["LastSeen"]
+    assert datetime.fromisoformat(heard.replace("Z", "+00:00")) < joiner_started, heard
+
+
+def test_forged_rows_of_a_membership_table_are_dropped(daemons: DaemonPool):
+    """A bootstrap peer (a real daemon, tests/adversaries ``member_forger``) that rewrites
+    every row of its table to list its own addresses, signed with its own key, and adds a
+    garbage row: the joiner drops those rows, counts them, and still lists every node at
+    its real addresses (the honest rows that follow are taken)."""
+    root = daemons.new("root")
+    forger = daemons.new("forger", peers=[root], module=("tests.adversaries", "member_forger"))
+    other = daemons.new("other", peers=[root])
+    daemons.start_all([root, forger, other])
+    for node in (root, forger, other):
+        node.wait_connected(ids([root, forger, other]), timeout=CONVERGE_TIMEOUT)
+
+    joiner = daemons.start("joiner", peers=[forger])
+    everyone = [root, forger, other, joiner]
+    joiner.wait_connected(ids(everyone), timeout=CONVERGE_TIMEOUT)
+    listed = joiner.api_nodes()
+    for node in (root, other):
+        assert listed[node.peer_id]["Info"]["Addresses"] == [node.multiaddr]
+    dropped = joiner.mesh_stats()["Dropped"]
+    # Two forged rows (root's and other's) and the garbage one, at least (a reconnect
+    # copies the table again).
+    assert sum(count for reason, count in dropped.items()
+               if reason.startswith("Members")) >= 3, dropped
