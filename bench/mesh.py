@@ -3,11 +3,12 @@
 Run from anywhere: ``.venv/bin/python bench/mesh.py [--sizes 3,20,50,100] [--seconds 30]``.
 
 For each N, N daemons start fresh (new data dirs in a temp dir, free 127.0.0.1 ports,
-``--no-mdns``, ``AWS_EC2_METADATA_DISABLED=true``), nodes 2..N bootstrapping to node 1
-(a star, as ``scripts/devnet.sh`` does; ``--topology spread`` has each bootstrap to two
-random nodes already up): node 1 alone, then the others ``--batch`` at a time, each batch
-once the previous one's APIs answer. N = 3 always runs too (it is added to ``--sizes``
-when missing), as the baseline of the placement ratio. Reported per N:
+``--no-mdns``, ``AWS_EC2_METADATA_DISABLED=true``), node i > 1 bootstrapping to node
+(i-2)//8+1 (a tree of 8 children a node, as ``scripts/devnet.sh`` does; ``--topology star``
+has all bootstrap to node 1, ``spread`` each to two random nodes already up): node 1
+alone, then the others ``--batch`` at a time, each batch once the previous one's APIs
+answer. N = 3 always runs too (it is added to ``--sizes`` when missing), as the baseline
+of the placement ratio. Reported per N:
 
 - membership: seconds until every daemon lists all N nodes CONNECTED (in
   ``/api/v1/orchestrator/nodes``), counted both from the moment the last daemon's API
@@ -21,7 +22,7 @@ when missing), as the baseline of the placement ratio. Reported per N:
     also how many samples arrived out of the N*(N-1)*window/heartbeat expected;
   - idle CPU % per daemon: utime+stime deltas from /proc/<pid>/stat over the window,
     divided by wall time (100 % = one core busy); mean and max (the busiest daemon),
-    and node 1 (the hub of the star, which relays every heartbeat) on its own;
+    and node 1 (the root of the tree, or the hub of a star) on its own;
   - RSS per daemon (VmRSS from /proc/<pid>/status) at the end of the window, in MiB;
 - then placement: ``--jobs`` jobs (after one warm-up job), one after another, each
   through the real CLI against node 1: ``bacnode job run SPEC --wait --id-only`` with a
@@ -93,6 +94,13 @@ TARGET_MEMBERSHIP_S = 10.0
 TARGET_PLACEMENT_RATIO = 1.3
 TARGET_AT_N = 100
 BASELINE_N = 3  # the placement ratio's baseline, always run
+#: Children a node of the bootstrap tree has: scripts/devnet.sh's FANOUT.
+TREE_FANOUT = 8
+TOPOLOGIES = {
+    "tree": f"tree bootstrap ({TREE_FANOUT} children a node, as the devnet)",
+    "star": "star bootstrap to node 1",
+    "spread": "spread bootstrap (2 random peers each)",
+}
 DEFAULT_SIZES = "3,20,50,100"
 MEMBERSHIP_POLL_S = 0.2
 MEMBERSHIP_POLL_THREADS = 8
@@ -321,6 +329,7 @@ class Fleet:
     def start(self, batch: int, timeout: float, topology: str) -> None:
         """Node 1 alone (the others need its peer ID), then the rest in parallel batches.
 
+        tree: node i bootstraps to node (i-2)//TREE_FANOUT+1, always in an earlier batch.
         star: every node bootstraps to node 1. spread: every node bootstraps to two nodes
         picked at random (seeded) among those already up, so no node relays for all.
         """
@@ -333,7 +342,12 @@ class Fleet:
         for k in range(0, len(rest), batch):
             group = rest[k : k + batch]
             for daemon in group:
-                peers = [first] if topology == "star" else chooser.sample(up, min(2, len(up)))
+                if topology == "tree":
+                    peers = [self.daemons[(daemon.index - 2) // TREE_FANOUT]]
+                elif topology == "star":
+                    peers = [first]
+                else:
+                    peers = chooser.sample(up, min(2, len(up)))
                 self.start_one(daemon, peers)
             self.wait_api(group, timeout)
             up.extend(group)
@@ -651,8 +665,7 @@ def report(baselines: list[tuple[str, float | None, str]], everything: list[dict
         libp2p_version = "?"
     print(f"bacnode mesh benchmark: {os.cpu_count()} CPUs, {platform.python_implementation()} "
           f"{platform.python_version()}, libp2p {libp2p_version}; heartbeat {args.heartbeat:g}s, "
-          f"window {args.seconds:g}s, " + ("star bootstrap to node 1" if args.topology == "star"
-                                             else "spread bootstrap (2 random peers each)"))
+          f"window {args.seconds:g}s, " + TOPOLOGIES[args.topology])
     print()
     print("Baseline RSS, idle processes measured in this run:")
     width = max(len(label) for label, _, _ in baselines)
@@ -820,9 +833,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--heartbeat", type=float, default=NodeConfig.heartbeat_seconds,
                         help="--heartbeat-seconds of every daemon "
                         f"[default: the daemon's, {NodeConfig.heartbeat_seconds:g}]")
-    parser.add_argument("--topology", choices=["star", "spread"], default="star",
-                        help="star: nodes 2..N bootstrap to node 1, as the devnet does; "
-                        "spread: each to 2 random nodes already up [default: star]")
+    parser.add_argument("--topology", choices=sorted(TOPOLOGIES), default="tree",
+                        help=f"tree: node i to node (i-2)//{TREE_FANOUT}+1, as the devnet does; "
+                        "star: nodes 2..N to node 1; spread: each to 2 random nodes already "
+                        "up [default: tree]")
     parser.add_argument("--settle", type=float, default=3.0,
                         help="seconds between full membership and the window [default: 3]")
     parser.add_argument("--batch", type=int, default=max(4, 2 * (os.cpu_count() or 1)),

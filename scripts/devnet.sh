@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A local bacnode network: N daemons on 127.0.0.1, star-bootstrapped to node 1.
+# A local bacnode network: N daemons on 127.0.0.1, each bootstrapped to its parent in a tree.
 #
 #   scripts/devnet.sh up [N]          start N nodes (default 3) and wait until all see each other
 #   scripts/devnet.sh status          one line per node; exit 0 only when the devnet is healthy
@@ -23,11 +23,16 @@ fi
 # boto3 asks the cloud metadata address for credentials when none are configured; the
 # daemons of a devnet never send traffic off this machine.
 export AWS_EC2_METADATA_DISABLED=true
-UP_TIMEOUT=${BACNODE_DEVNET_TIMEOUT:-60}
+UP_TIMEOUT=${BACNODE_DEVNET_TIMEOUT:-}
 HEARTBEAT=${BACNODE_DEVNET_HEARTBEAT:-}
 LOG_LEVEL=${BACNODE_DEVNET_LOG_LEVEL:-INFO}
 readonly DOWN_GRACE=10
 readonly MAX_NODES=200
+# Children per node of the bootstrap tree. Every node bootstrapping to node 1 (a star) made
+# node 1 relay every heartbeat to every other node: 50 daemons took 48 s to list each other
+# and 100 never did. With at most 8 children and a parent a node keeps all its peers in its
+# gossip mesh (gossipsub's D_high is 12), so each heartbeat reaches everyone by push.
+readonly FANOUT=8
 
 usage() {
     cat <<EOF
@@ -37,8 +42,9 @@ A devnet of bacnode daemons on ${HOST} (never mDNS, never another address).
 
 Commands:
   up [N]          Start N nodes (default 3, at most ${MAX_NODES}). Node 1 starts with
-                  '--peer none'; nodes 2..N bootstrap to node 1. Waits (at most
-                  \$BACNODE_DEVNET_TIMEOUT s) until every node lists all N nodes
+                  '--peer none'; node i > 1 bootstraps to node (i-2)/${FANOUT}+1 (a tree: nodes
+                  2..$((FANOUT + 1)) to node 1, the next ${FANOUT} to node 2, ...), started a level at a
+                  time. Waits (at most \$BACNODE_DEVNET_TIMEOUT s) until every node lists all N nodes
                   CONNECTED, then prints a summary (stderr) and, on stdout, the lines
                       export BACNODE_API_HOST=${HOST}
                       export BACNODE_API_PORT=<node 1's API port>
@@ -71,7 +77,7 @@ Environment (defaults in brackets):
   BACNODE_DEVNET_DIR        where the node dirs live [/tmp/bacnode-devnet]
   BACNODE_DEVNET_P2P_BASE   libp2p port of node i is BASE+i [4200]
   BACNODE_DEVNET_API_BASE   API port of node i is BASE+i [21300]
-  BACNODE_DEVNET_TIMEOUT    seconds 'up' waits for the network [60]
+  BACNODE_DEVNET_TIMEOUT    seconds 'up' waits for the network [60, or 3 per node past 20]
   BACNODE_DEVNET_HEARTBEAT  --heartbeat-seconds for every node [the daemon's default, 15]
   BACNODE_DEVNET_LOG_LEVEL  --log-level for every node [INFO]
   BACNODE_DEVNET_PYTHON     interpreter that runs 'python -m node serve' [.venv/bin/python
@@ -92,7 +98,7 @@ is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 check_settings() {
     is_uint "$P2P_BASE" || die "BACNODE_DEVNET_P2P_BASE=${P2P_BASE} is not a port number"
     is_uint "$API_BASE" || die "BACNODE_DEVNET_API_BASE=${API_BASE} is not a port number"
-    is_uint "$UP_TIMEOUT" || die "BACNODE_DEVNET_TIMEOUT=${UP_TIMEOUT} is not a whole number of seconds"
+    [[ -z $UP_TIMEOUT ]] || is_uint "$UP_TIMEOUT" || die "BACNODE_DEVNET_TIMEOUT=${UP_TIMEOUT} is not a whole number of seconds"
     if [[ -n $HEARTBEAT && ! $HEARTBEAT =~ ^[0-9]*\.?[0-9]+$ ]]; then
         die "BACNODE_DEVNET_HEARTBEAT=${HEARTBEAT} is not a number of seconds"
     fi
@@ -490,6 +496,11 @@ start_node() { # i [bootstrap multiaddr]
     done
 }
 
+bootstrap_of() { # i: the multiaddr of node i's parent in the tree (its peer ID known by now)
+    local parent=$((($1 - 2) / FANOUT + 1))
+    printf '/ip4/%s/tcp/%s/p2p/%s' "$HOST" "$(p2p_port "$parent")" "$(<"$(node_dir "$parent")/peer-id")"
+}
+
 spec() { # i:api_port:pid:peer_id for the helper
     local i=$1 pid peer=-
     pid=$(node_pid "$i") || pid=-
@@ -574,6 +585,8 @@ cmd_up() {
     done
 
     write_state "$n"
+    # 100 daemons importing at once keep 2 cores busy for a minute or more.
+    [[ -n $UP_TIMEOUT ]] || UP_TIMEOUT=$((n > 20 ? 3 * n : 60))
     trap on_interrupt INT TERM
     local t0=$SECONDS deadline
     deadline=$(($(date +%s) + UP_TIMEOUT))
@@ -581,21 +594,22 @@ cmd_up() {
         say "devnet: starting node(s) ${to_start[*]} of ${n} in ${DEVNET_DIR}"
     fi
 
-    # Node 1 first: the others need its peer ID.
+    # A level of the tree at a time: a node needs its parent's peer ID.
     if ! node_pid 1 >/dev/null; then
         start_node 1 none
     fi
     wait_apis "$deadline" 1
-    local id1 bootstrap
-    id1=$(<"$(node_dir 1)/peer-id")
-    bootstrap=/ip4/${HOST}/tcp/$(p2p_port 1)/p2p/${id1}
-
-    local others=()
-    for ((i = 2; i <= n; i++)); do
-        if ! node_pid "$i" >/dev/null; then start_node "$i" "$bootstrap"; fi
-        others+=("$i")
+    local first=2 last=$((FANOUT + 1)) level
+    while ((first <= n)); do
+        ((last > n)) && last=$n
+        level=()
+        for ((i = first; i <= last; i++)); do
+            if ! node_pid "$i" >/dev/null; then start_node "$i" "$(bootstrap_of "$i")"; fi
+            level+=("$i")
+        done
+        wait_apis "$deadline" "${level[@]}"
+        first=$((last + 1)) last=$((last * FANOUT + 1))
     done
-    if ((${#others[@]})); then wait_apis "$deadline" "${others[@]}"; fi
 
     local specs=() out rc=0
     for ((i = 1; i <= n; i++)); do specs+=("$(spec "$i")"); done
