@@ -52,7 +52,7 @@ from .config import ConfigError, NodeConfig
 from .executor import ExecutorRegistry, NoopExecutor
 from .ipfs import IpfsNode
 from .keys import load_or_create_api_key, load_or_create_key
-from .membership import Membership
+from .membership import Membership, heartbeat_interval_ms
 from .mesh import TOPIC_NODES, Mesh, now_ms, read_swarm_key
 from .publisher import (
     IpfsPublisher,
@@ -340,8 +340,9 @@ class Daemon:
         self._heartbeat_now.set()
 
     async def _heartbeat(self) -> None:
-        """Node info every ``heartbeat_seconds``, within a second of a change in load, and
-        at once when asked (after joining, when our reachability changes).
+        """Node info every ``heartbeat_seconds`` (longer in a large network: see
+        ``heartbeat_interval_ms``), within a second of a change in load, and at once when
+        asked (after joining, when our reachability changes).
 
         An idle node's heartbeats are what the mesh relays all day, so they stay sparse;
         what schedulers and ``node list`` care about (free capacity, running executions,
@@ -352,9 +353,10 @@ class Daemon:
         last_sent = -math.inf
         last_load: tuple[Any, ...] = ()
         while True:
+            interval = self._heartbeat_interval_seconds()
             load = ((self.compute.free, self.compute.running, dict(self.compute.unavailable))
                     if self.compute else ())
-            due = trio.current_time() - last_sent >= self.config.heartbeat_seconds
+            due = trio.current_time() - last_sent >= interval
             if due or load != last_load:
                 info = self.local_node_info()
                 try:
@@ -369,6 +371,19 @@ class Daemon:
             if self._heartbeat_now.is_set():
                 self._heartbeat_now = trio.Event()
                 last_sent = -math.inf
+
+    def _heartbeat_interval_seconds(self) -> float:
+        """This node's heartbeat interval now; the detection windows follow it."""
+        configured_ms = int(self.config.heartbeat_seconds * 1000)
+        if self.membership is None:
+            return self.config.heartbeat_seconds
+        interval_ms = heartbeat_interval_ms(configured_ms,
+                                            self.membership.connected_count(now_ms()))
+        window_ms = interval_ms * self.config.missed_heartbeats
+        self.membership.detection_window_ms = window_ms
+        if self.requester is not None:
+            self.requester.core.detection_window_ms = window_ms
+        return interval_ms / 1000
 
     async def _heartbeat_when_reach_changes(self) -> None:
         """A node that finds itself behind NAT, or gets or loses a relay, says at once

@@ -1,0 +1,57 @@
+"""The membership table: how often nodes heartbeat as a network grows, and the rows a
+joining node copies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from node.membership import NETWORK_HEARTBEATS_PER_SECOND, Membership, heartbeat_interval_ms
+from node.store import open_store
+from protocol.envelope import EnvelopeVerifier
+from protocol.identity import NodeKey
+from protocol.messages import Capacity, NodeInfo, open_message, seal_message
+
+FIFTEEN_SECONDS = 15_000
+
+
+def test_a_small_network_heartbeats_at_the_configured_interval():
+    for nodes in (1, 3, 20, int(15 * NETWORK_HEARTBEATS_PER_SECOND)):
+        assert heartbeat_interval_ms(FIFTEEN_SECONDS, nodes) == FIFTEEN_SECONDS
+
+
+def test_a_large_network_sends_no_more_heartbeats_a_second_than_the_limit():
+    for nodes in (31, 100, 1_000):
+        interval_ms = heartbeat_interval_ms(FIFTEEN_SECONDS, nodes)
+        assert interval_ms > FIFTEEN_SECONDS
+        assert nodes * 1000 / interval_ms <= NETWORK_HEARTBEATS_PER_SECOND + 1e-9
+    assert heartbeat_interval_ms(FIFTEEN_SECONDS, 100) == 50_000
+
+
+def _heartbeat(key: NodeKey, seq: int) -> tuple[NodeInfo, bytes]:
+    capacity = Capacity(cpu_milli=1000, memory=1 << 30)
+    info = NodeInfo(node_id=key.peer_id, version="test", addresses=(), labels={},
+                    roles=("compute",), engines=("noop",), storages=(), publishers=(),
+                    total=capacity, free=capacity, running_executions=0, seq=seq,
+                    started_ms=seq)
+    return info, seal_message(key, info, now_ms=seq)
+
+
+async def test_the_copied_table_holds_live_rows_as_their_origins_signed_them(tmp_path: Path):
+    own, alive, gone = NodeKey.generate(), NodeKey.generate(), NodeKey.generate()
+    now = 1_000_000
+    async with open_store(tmp_path / "state.db") as store:
+        membership = Membership(store, own.peer_id, detection_window_ms=30_000,
+                                remember_addresses=lambda *_: None)
+        verifier = EnvelopeVerifier()
+        for key, heard in ((alive, now - 5_000), (gone, now - 40_000)):
+            info, data = _heartbeat(key, heard)
+            envelope, _ = open_message(verifier, data, now_ms=heard)
+            assert await membership.saw(info, heard, envelope=envelope)
+        rows = list(membership.snapshot(now))
+        assert [(age, envelope.sender) for age, envelope in rows] == [(5_000, alive.peer_id)]
+        # A row copied from a peer counts as heard when that peer heard it, not now.
+        late, data = _heartbeat(NodeKey.generate(), now - 1_000)
+        envelope, _ = open_message(verifier, data, now_ms=now)
+        assert await membership.saw(late, now, envelope=envelope, heard_ms=now - 25_000)
+        assert membership.connected_count(now) == 3  # own, alive, late
+        assert membership.connected_count(now + 6_000) == 2  # late's copied row ran out
