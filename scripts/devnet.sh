@@ -33,6 +33,7 @@ readonly MAX_NODES=200
 # and 100 never did. With at most 8 children and a parent a node keeps all its peers in its
 # gossip mesh (gossipsub's D_high is 12), so each heartbeat reaches everyone by push.
 readonly FANOUT=8
+readonly START_BATCH=8
 
 usage() {
     cat <<EOF
@@ -42,9 +43,10 @@ A devnet of bacnode daemons on ${HOST} (never mDNS, never another address).
 
 Commands:
   up [N]          Start N nodes (default 3, at most ${MAX_NODES}). Node 1 starts with
-                  '--peer none'; node i > 1 bootstraps to node (i-2)/${FANOUT}+1 (a tree: nodes
-                  2..$((FANOUT + 1)) to node 1, the next ${FANOUT} to node 2, ...), started a level at a
-                  time. Waits (at most \$BACNODE_DEVNET_TIMEOUT s) until every node lists all N nodes
+                  '--peer none'; node i > 1 bootstraps to node (i-2)/${FANOUT}+1 (a tree:
+                  nodes 2..$((FANOUT + 1)) to node 1, the next ${FANOUT} to node 2, ...), started
+                  a level at a time, ${START_BATCH} nodes at once. Waits (at most
+                  \$BACNODE_DEVNET_TIMEOUT s) until every node lists all N nodes
                   CONNECTED, then prints a summary (stderr) and, on stdout, the lines
                       export BACNODE_API_HOST=${HOST}
                       export BACNODE_API_PORT=<node 1's API port>
@@ -77,7 +79,7 @@ Environment (defaults in brackets):
   BACNODE_DEVNET_DIR        where the node dirs live [/tmp/bacnode-devnet]
   BACNODE_DEVNET_P2P_BASE   libp2p port of node i is BASE+i [4200]
   BACNODE_DEVNET_API_BASE   API port of node i is BASE+i [21300]
-  BACNODE_DEVNET_TIMEOUT    seconds 'up' waits for the network [60, or 3 per node past 20]
+  BACNODE_DEVNET_TIMEOUT    seconds 'up' waits for the network [60, or 4 per node past 15]
   BACNODE_DEVNET_HEARTBEAT  --heartbeat-seconds for every node [the daemon's default, 15]
   BACNODE_DEVNET_LOG_LEVEL  --log-level for every node [INFO]
   BACNODE_DEVNET_PYTHON     interpreter that runs 'python -m node serve' [.venv/bin/python
@@ -585,8 +587,8 @@ cmd_up() {
     done
 
     write_state "$n"
-    # 100 daemons importing at once keep 2 cores busy for a minute or more.
-    [[ -n $UP_TIMEOUT ]] || UP_TIMEOUT=$((n > 20 ? 3 * n : 60))
+    # 100 daemons starting keep 2 cores busy for minutes.
+    [[ -n $UP_TIMEOUT ]] || UP_TIMEOUT=$((n > 15 ? 4 * n : 60))
     trap on_interrupt INT TERM
     local t0=$SECONDS deadline
     deadline=$(($(date +%s) + UP_TIMEOUT))
@@ -599,15 +601,20 @@ cmd_up() {
         start_node 1 none
     fi
     wait_apis "$deadline" 1
-    local first=2 last=$((FANOUT + 1)) level
+    # At most START_BATCH at once: 64 daemons importing together on 2 cores starve the
+    # ones already up, whose first heartbeats then go missing.
+    local first=2 last=$((FANOUT + 1)) batch
     while ((first <= n)); do
         ((last > n)) && last=$n
-        level=()
+        batch=()
         for ((i = first; i <= last; i++)); do
             if ! node_pid "$i" >/dev/null; then start_node "$i" "$(bootstrap_of "$i")"; fi
-            level+=("$i")
+            batch+=("$i")
+            if ((${#batch[@]} == START_BATCH || i == last)); then
+                wait_apis "$deadline" "${batch[@]}"
+                batch=()
+            fi
         done
-        wait_apis "$deadline" "${level[@]}"
         first=$((last + 1)) last=$((last * FANOUT + 1))
     done
 
