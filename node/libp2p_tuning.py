@@ -1,4 +1,5 @@
-"""Per-message costs of py-libp2p 0.8's pubsub that a busy node cannot afford.
+"""What py-libp2p 0.8 does that a busy node cannot afford: per-message costs of its pubsub,
+and a health monitor that gives up on a connection at the first late ping.
 
 Found by profiling the hub of a 20-node devnet (bench/mesh.py):
 
@@ -13,23 +14,36 @@ Both wrap the functions where the pubsub modules look them up, so the behaviour 
 py-libp2p's own; only repeated work on identical inputs is skipped. (gossipsub 1.2's
 IDONTWANT, sent to every mesh peer for every message however small, is avoided by
 not offering 1.2: see ``node.mesh``.)
+
+And one of its connection health monitor, found on 100 daemons sharing 2 cores: with
+``abort_connection_on_ping_failure`` it closes a connection on the first ping that takes
+over ``ping_timeout``, so a peer whose event loop is busy for a while (a loaded host) loses
+its connections, and the reconnections load it further: a requester's decision to the node
+it chose failed twice that way. A connection is now closed after
+``PING_FAILURES_TO_CLOSE`` failed pings in a row; the ones before count as skipped probes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import libp2p.pubsub.gossipsub as gossipsub_module
 import libp2p.pubsub.pubsub as pubsub_module
+from libp2p.network.health.monitor import ConnectionHealthMonitor
+from libp2p.network.health.ping_probe import ConnectionPingResult
 
 #: Distinct (peer, record) pairs remembered as verified.
 MAX_VERIFIED_RECORDS = 4096
 #: How long the local record is reused without re-checking the listen addresses.
 LOCAL_RECORD_SECONDS = 5.0
+
+#: Failed health pings in a row after which a connection is closed (one a check interval).
+PING_FAILURES_TO_CLOSE = 3
 
 _applied = False
 
@@ -77,6 +91,24 @@ def _cache_local_record(build: Callable[[Any], tuple[bytes, bool]]) -> Callable[
     return local_record
 
 
+def _tolerate_late_pings(ping: Callable[..., Any]) -> Callable[..., Any]:
+    failures: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+    async def ping_connection(self: Any, conn: Any) -> ConnectionPingResult:
+        result = await ping(self, conn)
+        if result.skipped:
+            return result
+        if result.success:
+            failures.pop(conn, None)
+            return result
+        failures[conn] = failures.get(conn, 0) + 1
+        if failures[conn] < PING_FAILURES_TO_CLOSE:
+            return ConnectionPingResult(success=False, skipped=True)
+        return result
+
+    return ping_connection
+
+
 def apply() -> None:
     """Install the wrappers (idempotent)."""
     global _applied
@@ -89,3 +121,5 @@ def apply() -> None:
     local = _cache_local_record(gossipsub_module.env_to_send_in_RPC)
     gossipsub_module.env_to_send_in_RPC = local  # type: ignore[assignment]
     pubsub_module.env_to_send_in_RPC = local  # type: ignore[assignment]
+    ConnectionHealthMonitor._ping_connection = _tolerate_late_pings(  # type: ignore[method-assign]
+        ConnectionHealthMonitor._ping_connection)

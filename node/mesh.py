@@ -95,6 +95,10 @@ MEMBERS_PROTOCOL = TProtocol("/bacnode/members/1")
 #: Rows taken from one peer's table, and how long reading them may take.
 MAX_MEMBER_ROWS = 10_000
 MEMBERS_READ_SECONDS = 10.0
+#: How old a copied row's heartbeat may be. Gossip refuses messages older than the 60 s skew
+#: limit, but a live row in a large network is a heartbeat up to two intervals old (100 s
+#: at 100 nodes); a row is its origin's signed word, so an old one can only be stale.
+MEMBERS_MAX_AGE_MS = 15 * 60_000
 #: Largest output chunk in one logs frame.
 LOG_CHUNK = 64 * 1024
 RESULT_CHUNK = 256 * 1024
@@ -367,7 +371,8 @@ class Mesh:
             resource_manager=_resource_manager(),
             # One connection per peer: below the per-peer limit every dial waits out a
             # 250 ms "happy eyeballs" delay. Health pings find half-open peers (a
-            # frozen process keeps its TCP connection) in under a minute, not never; each
+            # frozen process keeps its TCP connection) in two minutes, not never (three
+            # failed pings in a row: node.libp2p_tuning); each
             # is a new stream, so on a hub with many peers they are not free: every 30 s
             # (yamux's own keepalive in go-libp2p is also 30 s). A killed peer's TCP
             # connection closes at once and needs no ping.
@@ -863,7 +868,8 @@ class Mesh:
         """
         if self._on_members is None:
             return
-        verifier = EnvelopeVerifier(known_types=frozenset({NodeInfo.TYPE}))
+        verifier = EnvelopeVerifier(known_types=frozenset({NodeInfo.TYPE}),
+                                    max_skew_ms=MEMBERS_MAX_AGE_MS)
         rows: list[tuple[int, Envelope, Message]] = []
         try:
             with trio.fail_after(MEMBERS_READ_SECONDS):
@@ -886,7 +892,10 @@ class Mesh:
                         except Exception:
                             self.stats.dropped["MembersInvalid"] += 1
                             continue
-                        rows.append((now_ms() - max(0, age_ms), envelope, message))
+                        # Nobody heard it before it was sent (when clocks agree).
+                        now = now_ms()
+                        heard_ms = max(now - max(0, age_ms), min(envelope.ts, now))
+                        rows.append((heard_ms, envelope, message))
                 finally:
                     with trio.CancelScope(shield=True), trio.move_on_after(1):
                         await stream.reset()
