@@ -54,8 +54,8 @@ def main() -> None:
 @click.option("--swarm-key", type=click.Path(dir_okay=False),
               help="pre-shared key file of a private network")
 @click.option("--heartbeat-seconds", type=float,
-              help="node info interval, seconds (in a network of more than 2 x this many "
-                   "nodes N, N / 2) [default: 15]")
+              help="node info interval, seconds (longer past 30 nodes: N / 30 times this)"
+                   " [default: 15]")
 @click.option("--missed-heartbeats", type=int,
               help="a node is DISCONNECTED after this many missed heartbeats [default: 2]")
 @click.option("--allow-networked-jobs/--deny-networked-jobs", default=None,
