@@ -902,7 +902,10 @@ class Mesh:
         except Exception as exc:
             log.debug("cannot copy the membership table of %s: %s", peer, _describe(exc))
         if rows:
-            await self._on_members(rows)
+            try:
+                await self._on_members(rows)
+            except Exception:  # ours, not the peer's: never "cannot reach bootstrap peer"
+                log.exception("taking the membership table of %s failed", peer)
 
     async def wait_topic_peers(self, topic: str, timeout: float) -> bool:
         """Wait (at most ``timeout``) until a peer subscribed to ``topic`` is known, so
