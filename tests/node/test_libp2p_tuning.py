@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
+
 from libp2p.network.health.ping_probe import ConnectionPingResult
 
-from node.libp2p_tuning import PING_FAILURES_TO_CLOSE, _tolerate_late_pings
+from node.libp2p_tuning import PING_FAILURES_TO_CLOSE, WINDOW_GRANT_BYTES, _tolerate_late_pings
+from scripts.daemons import REPO_ROOT, child_env, free_ports
 
 
 class _Connection:
@@ -37,3 +43,76 @@ async def test_a_connection_is_given_up_only_after_several_late_pings_in_a_row()
     # The last of a row is reported as it was: the monitor closes the connection.
     failed = await probe(busy, False)
     assert not failed.success and not failed.skipped
+
+
+WINDOW_UPDATES_SCRIPT = textwrap.dedent("""
+    import json, sys, trio
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.id import ID
+    from libp2p.stream_muxer.yamux import yamux
+    py_libp2p_own = yamux.YamuxStream._auto_tune_and_send_window_update
+    from node.mesh import Mesh   # applies node.libp2p_tuning
+    from protocol.identity import NodeKey
+
+    PROTOCOL = TProtocol("/bacnode-test/small-messages/1")
+    MESSAGES, SIZE = 400, 1000
+    if sys.argv[1] == "per-read":  # py-libp2p's own behaviour, to compare with
+        yamux.YamuxStream._auto_tune_and_send_window_update = py_libp2p_own
+    updates = []
+    send_update = yamux.YamuxStream.send_window_update
+
+    async def counting(self, increment, skip_lock=False):
+        updates.append(increment)
+        await send_update(self, increment, skip_lock)
+
+    yamux.YamuxStream.send_window_update = counting
+
+    async def ignore(*args):
+        pass
+
+    async def main(port_a, port_b):
+        a = Mesh(NodeKey.generate(), listen=(f"/ip4/127.0.0.1/tcp/{port_a}",), on_message=ignore)
+        received = trio.Event()
+        got = []
+
+        async def reader(stream):
+            while len(got) < MESSAGES * SIZE:
+                got.extend(await stream.read(SIZE))
+            await stream.write(b"done")
+            received.set()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            a.host.set_stream_handler(PROTOCOL, reader)
+            b = Mesh(NodeKey.generate(), listen=(f"/ip4/127.0.0.1/tcp/{port_b}",),
+                     bootstrap=(f"/ip4/127.0.0.1/tcp/{port_a}/p2p/{a.key.peer_id}",),
+                     on_message=ignore)
+            await nursery.start(b.run)
+            stream = await b.host.new_stream(ID.from_base58(a.key.peer_id), [PROTOCOL])
+            before = len(updates)
+            for _ in range(MESSAGES):
+                await stream.write(b"x" * SIZE)
+            with trio.fail_after(30):
+                await received.wait()
+                assert await stream.read(4) == b"done"
+            print(json.dumps({"updates": len(updates) - before}), flush=True)
+            a.stop(); b.stop()
+
+    trio.run(main, *(int(p) for p in sys.argv[2:]))
+""")
+
+
+def _window_updates(mode: str) -> int:
+    done = subprocess.run([sys.executable, "-c", WINDOW_UPDATES_SCRIPT, mode,
+                           *(str(p) for p in free_ports(2))],
+                          capture_output=True, text=True, timeout=90, env=child_env(),
+                          cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])["updates"]
+
+
+def test_a_reader_of_small_messages_grants_window_in_batches_as_go_yamux_does():
+    # 400 KB read in 1 KB messages: py-libp2p sends a window update for every read, each
+    # an encrypted frame and a syscall on both ends; bacnode one per WINDOW_GRANT_BYTES.
+    assert _window_updates("per-read") >= 300
+    assert _window_updates("batched") <= 400_000 // WINDOW_GRANT_BYTES + 2
