@@ -151,6 +151,9 @@ class Compute:
         self._send_local = send_local
         #: The store's outbox: updates and results wait there until their requester acks.
         self._outbox = outbox
+        #: Whether the outbox may hold something not yet delivered: true at start (a
+        #: previous run may have left some) and after a failed send; read only then.
+        self._may_owe = True
         self.results_retention_seconds = results_retention_seconds
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
@@ -585,6 +588,7 @@ class Compute:
             reply = await self.mesh.request(peer, sealed)
         except MeshError as exc:
             log.info("message to %s not delivered (kept to send again): %s", peer, exc)
+            self._may_owe = True
             return False
         if reply != b"ok":
             log.warning("%s refused a message: %s", peer, reply[:200].decode(errors="replace"))
@@ -596,11 +600,15 @@ class Compute:
         messages stay in order."""
         while True:
             await trio.sleep(OUTBOX_RETRY_SECONDS)
+            if not self._may_owe:
+                continue
             try:
                 owed = await self._outbox.outbox_pending()
             except Exception as exc:  # the store is unreadable: try again next round
                 log.warning("reading the outbox: %s", exc)
                 continue
+            # Whatever fails to go from here on sets it again (``_try_send``).
+            self._may_owe = False
             unreachable: set[str] = set()
             for seq, peer, packed, created_ms in owed:
                 if peer in unreachable:

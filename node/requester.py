@@ -127,9 +127,14 @@ class Requester:
             task_status.started()
             while True:
                 wake_at = self.core.wake_at()
-                delay = MAX_TICK_SECONDS if wake_at is None else (wake_at - now_ms()) / 1000
-                with trio.move_on_after(min(max(delay, 0.0), MAX_TICK_SECONDS)):
+                if wake_at is None and not self.core.plans:
+                    # Nothing in flight, so no timer and nothing to watch: only an event
+                    # that gives the core a job can make a tick worth its wake-up.
                     await self._wake.wait()
+                else:
+                    delay = MAX_TICK_SECONDS if wake_at is None else (wake_at - now_ms()) / 1000
+                    with trio.move_on_after(min(max(delay, 0.0), MAX_TICK_SECONDS)):
+                        await self._wake.wait()
                 self._wake = trio.Event()
                 await self._handle(Tick())
 
@@ -189,7 +194,7 @@ class Requester:
         # next event's writes can share the same commit.
         with log_context(**_event_ids(event)):
             await self._finish(*await self._decide(event))
-        if not isinstance(event, Tick):
+        if not isinstance(event, Tick) and self.core.plans:
             self._wake.set()  # the core's next timer may have moved
 
     async def _decide(self, event: RequesterEvent) -> tuple[
@@ -282,6 +287,8 @@ class Requester:
     async def _retry_unpersisted(self) -> None:
         while True:
             await trio.sleep(PERSIST_RETRY_SECONDS)
+            if not self._unpersisted:
+                continue
             async with self._lock:
                 while self._unpersisted:
                     try:
