@@ -14,8 +14,9 @@ used once the target lists both CONNECTED. Then, one after another:
   honest jobs run again in a worker thread. It stops when the honest jobs are done or every
   announcement is sent (the phase is bounded by ``--phase-seconds``).
 
-Reported: the CLI wall time (what a user waits) p50/p95 of each phase and the ratio of the
-flood p50 to the quiet one (issue 12's target: at most 2x); how many announcements were
+Reported: the CLI wall time (what a user waits) p50/p95 of each phase, and of the jobs
+submitted while the spammer was still sending, whose p50 against the quiet one is issue 12's
+target (at most 2x; the flood phase's later jobs run after it); how many announcements were
 sent, and what the target made of them (``GET /api/v1/agent/mesh``: accepted, dropped as
 RateLimited and Graylisted, the spammer's gossipsub score). Every honest job must exit 0.
 The daemons are stopped at the end, on errors, on Ctrl-C and on SIGTERM. Exit status: 0,
@@ -219,11 +220,15 @@ def measure(args: argparse.Namespace, pool: DaemonPool) -> tuple[list[float], Fl
 def report(args: argparse.Namespace, quiet: list[float], flood: FloodResult) -> bool:
     quiet_p50 = percentile(quiet, 0.5)
     flood_p50 = percentile(flood.walls, 0.5)
-    ratio = flood_p50 / quiet_p50
+    # Issue 12's target is for the jobs submitted while the spammer sends (the first ones:
+    # they run one after another); the jobs after it add a quiet tail to the flood phase.
+    meanwhile = flood.walls[:flood.during_sending] or flood.walls
+    ratio = percentile(meanwhile, 0.5) / quiet_p50
     met = ratio <= TARGET_RATIO
     print(f"{'phase (2 nodes, noop job)':26} {'runs':>5} {'p50 ms':>8} {'p95 ms':>8} "
           f"{'p50 / quiet':>12}")
-    for name, walls in (("quiet", quiet), ("flood", flood.walls)):
+    for name, walls in (("quiet", quiet), ("flood", flood.walls),
+                        ("flood, submitted during it", meanwhile)):
         print(f"{name:26} {len(walls):5} {percentile(walls, 0.5) * 1000:8.0f} "
               f"{percentile(walls, 0.95) * 1000:8.0f} "
               f"{percentile(walls, 0.5) / quiet_p50:11.2f}x")
@@ -241,8 +246,8 @@ def report(args: argparse.Namespace, quiet: list[float], flood: FloodResult) -> 
           + ", ".join(f"dropped {dropped.get(reason, 0)} {reason}" for reason in reasons)
           + "; spammer's score "
           + ("(no longer connected)" if score is None else f"{score:.2f}"))
-    print(f"target: flood p50 ≤ {TARGET_RATIO:g}× quiet: {'met' if met else 'NOT met'} "
-          f"({ratio:.2f}×)")
+    print(f"target: p50 of the jobs submitted during the flood ≤ {TARGET_RATIO:g}× quiet: "
+          f"{'met' if met else 'NOT met'} ({ratio:.2f}×)")
     load = os.getloadavg()
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end "
           f"({os.cpu_count()} cores shared by the daemons, dockerd and this process); "
@@ -250,7 +255,8 @@ def report(args: argparse.Namespace, quiet: list[float], flood: FloodResult) -> 
     if args.json:
         Path(args.json).write_text(json.dumps({
             "runs": args.runs, "flood": args.flood, "quiet": quiet, "flooded": flood.walls,
-            "quiet_p50": quiet_p50, "flood_p50": flood_p50, "ratio": ratio, "met": met,
+            "quiet_p50": quiet_p50, "flood_p50": flood_p50,
+            "submitted_during_p50": percentile(meanwhile, 0.5), "ratio": ratio, "met": met,
             "sent": flood.sent, "sending_seconds": flood.sending_seconds,
             "during_sending": flood.during_sending, "drained_seconds": flood.drained_seconds,
             "settled": flood.settled, "spammer": flood.spammer,
