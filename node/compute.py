@@ -152,7 +152,7 @@ class Compute:
         #: The store's outbox: updates and results wait there until their requester acks.
         self._outbox = outbox
         #: Whether the outbox may hold something not yet delivered: true at start (a
-        #: previous run may have left some) and after a failed send; read only then.
+        #: previous run may have left some) and once anything is added; it is read only then.
         self._may_owe = True
         self.results_retention_seconds = results_retention_seconds
         self._nursery: trio.Nursery | None = None
@@ -579,6 +579,8 @@ class Compute:
                 log.info("%s for %s not delivered: %s", message.TYPE, peer, exc)
             return
         seq = await self._outbox.outbox_add(peer, pack_message(message), now_ms())
+        # Before the send: one cancelled half-way (its execution stopped) leaves it owed.
+        self._may_owe = True
         if await self._try_send(peer, sealed):
             await self._outbox.outbox_remove(seq)
 
@@ -588,7 +590,6 @@ class Compute:
             reply = await self.mesh.request(peer, sealed)
         except MeshError as exc:
             log.info("message to %s not delivered (kept to send again): %s", peer, exc)
-            self._may_owe = True
             return False
         if reply != b"ok":
             log.warning("%s refused a message: %s", peer, reply[:200].decode(errors="replace"))
@@ -602,13 +603,16 @@ class Compute:
             await trio.sleep(OUTBOX_RETRY_SECONDS)
             if not self._may_owe:
                 continue
+            # Cleared before the read, so that an entry added meanwhile sets it again.
+            self._may_owe = False
             try:
                 owed = await self._outbox.outbox_pending()
             except Exception as exc:  # the store is unreadable: try again next round
+                self._may_owe = True
                 log.warning("reading the outbox: %s", exc)
                 continue
-            # Whatever fails to go from here on sets it again (``_try_send``).
-            self._may_owe = False
+            # Read again next round until a read finds it empty.
+            self._may_owe = bool(owed)
             unreachable: set[str] = set()
             for seq, peer, packed, created_ms in owed:
                 if peer in unreachable:
