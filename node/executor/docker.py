@@ -9,9 +9,13 @@ How a task runs (Bacalhau's semantics where it has them):
   and ``WorkingDirectory`` are passed as given.
 - Mounts: every input read-only at its target, ``results_dir/outputs`` read-write at
   ``/outputs``. Nothing else of the host is visible.
-- Network: ``network_mode="none"`` (loopback only) unless the job asks for ``Full``,
-  which gets the node's ``full_network_mode`` (host networking by default: this
-  project's dockerd runs without the default bridge, see shared/DESIGN.md).
+- Network: none (loopback only) unless the job asks for ``Full``, which gets the node's
+  ``full_network_mode`` (host networking by default: this project's dockerd runs without
+  the default bridge, see shared/DESIGN.md). A job without network is created with
+  networking disabled as well as ``network_mode="none"``, as Bacalhau does: dockerd then
+  leaves the network namespace to runc (a fresh one with only ``lo``) instead of having
+  libnetwork build a sandbox for the ``none`` network, which doubled a short container's
+  life here (50 ``busybox true``, three at a time: 6.7 s, 3.2 s without the sandbox).
 - Hardening: all capabilities dropped, ``no-new-privileges``, not privileged, a pids
   limit, CPU (``nano_cpus``) and memory limits (swap = memory, so no swap) from the
   job's resources, and the ``none`` log driver (output goes to our files, not dockerd's).
@@ -489,9 +493,10 @@ class DockerExecutor(Executor):
                 read_only=False,
             )
         )
+        networked = request.network == "Full"
         host_config = client.api.create_host_config(
             mounts=mounts,
-            network_mode=self.full_network_mode if request.network == "Full" else "none",
+            network_mode=self.full_network_mode if networked else "none",
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             privileged=False,
@@ -514,6 +519,7 @@ class DockerExecutor(Executor):
             },
             name=f"bacnode-{_NAME_UNSAFE.sub('-', request.execution_id)}",
             host_config=host_config,
+            network_disabled=not networked,
             stdin_open=False,
             tty=False,
         )

@@ -347,6 +347,7 @@ async def test_host_config_while_running(executor, docker_client, tmp_path):
     assert host["SecurityOpt"] == ["no-new-privileges"]
     assert host["Privileged"] is False
     assert host["NetworkMode"] == "none"
+    assert attrs["Config"]["NetworkDisabled"] is True  # no libnetwork sandbox: see docker.py
     assert host["LogConfig"]["Type"] == "none"
     mounts = {m["Destination"]: m for m in attrs["Mounts"]}
     assert set(mounts) == {"/inputs", "/outputs"}
