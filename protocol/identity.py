@@ -100,18 +100,23 @@ class NodeKey:
     def __post_init__(self) -> None:
         if len(self.seed) != 32:
             raise ValueError("an Ed25519 seed is 32 bytes")
-        object.__setattr__(self, "_private", Ed25519PrivateKey.from_private_bytes(self.seed))
+        private = Ed25519PrivateKey.from_private_bytes(self.seed)
+        public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        object.__setattr__(self, "_private", private)
+        # Derived once: every message a node seals names its sender (a base58 encoding).
+        object.__setattr__(self, "_public", public)
+        object.__setattr__(self, "_peer_id", peer_id_from_public_key(public))
 
     def __repr__(self) -> str:  # never print the seed
         return f"NodeKey(peer_id={self.peer_id!r})"
 
     @property
     def public_key(self) -> bytes:
-        return self._private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)  # type: ignore[attr-defined]
+        return self._public  # type: ignore[attr-defined]
 
     @property
     def peer_id(self) -> str:
-        return peer_id_from_public_key(self.public_key)
+        return self._peer_id  # type: ignore[attr-defined]
 
     def sign(self, data: bytes) -> bytes:
         return self._private.sign(data)  # type: ignore[attr-defined]
