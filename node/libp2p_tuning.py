@@ -121,7 +121,7 @@ def _trust_own_messages(
     pushing: dict[int, Any] = {}
 
     async def push_own(self: Any, msg_forwarder: Any, msg: Any) -> Any:
-        if msg_forwarder != self.my_id:
+        if msg_forwarder != self.my_id or msg.from_id != self.my_id.to_bytes():
             return await push_msg(self, msg_forwarder, msg)
         pushing[id(msg)] = msg
         try:

@@ -405,6 +405,10 @@ class Mesh:
                     weight=INVALID_MESSAGE_PENALTY, cap=1000.0, decay=0.999),
                 gossip_threshold=GOSSIP_THRESHOLD,
                 graylist_threshold=GRAYLIST_THRESHOLD,
+                # py-libp2p's gate on what a peer forwards, checked before the message's
+                # signature: a graylisted peer's flood is dropped without an Ed25519
+                # verification each (and we publish nothing to it).
+                publish_threshold=GRAYLIST_THRESHOLD,
                 accept_px_threshold=math.inf,
             ),
         )

@@ -108,7 +108,9 @@ WINDOW_UPDATES_SCRIPT = textwrap.dedent("""
 
 
 class _Message:
-    """Stands for a pubsub message: the wrap only goes by the object's identity."""
+    """Stands for a pubsub message: the wrap goes by the object's identity and its origin."""
+
+    from_id = b"me"
 
 
 async def test_only_a_message_this_node_is_publishing_skips_the_signature_check():
@@ -126,14 +128,22 @@ async def test_only_a_message_this_node_is_publishing_skips_the_signature_check(
 
     push_own, validate = _trust_own_messages(push_msg, validator)
 
+    class _Me(str):
+        def to_bytes(self) -> bytes:
+            return self.encode()
+
     class _Pubsub:
-        my_id = "me"
+        my_id = _Me("me")
 
     await push_own(_Pubsub(), "me", ours)  # publish(): this node signed it just now
     assert seen_inside == [(True, False)] and checked == [forwarded]
     await push_own(_Pubsub(), "a-peer", ours)  # the same object from a peer: checked
     assert seen_inside[-1] == (False, False) and checked[-2:] == [ours, forwarded]
     assert validate(ours) is False  # and once the push is over, checked again
+    relayed = _Message()
+    relayed.from_id = b"someone-else"
+    await push_own(_Pubsub(), "me", relayed)  # pushed as ours, but another node's: checked
+    assert checked[-2:] == [relayed, forwarded]
 
 
 def _window_updates(mode: str) -> int:
