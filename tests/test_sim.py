@@ -124,14 +124,20 @@ def test_liars_among_1000_nodes_are_outvoted_and_never_accepted() -> None:
     """Commit-reveal in the simulation: 10 % of 1,000 nodes lie, 60 % of jobs are verified,
     with network faults. No verdict accepts a lie and no requester places an execution on a
     node it distrusts (both checked at every step); liars are outvoted; a job fails only
-    where two liars met in one vote (no consensus) or it asked for more nodes than exist."""
+    where two liars met in one vote (no consensus), it asked for more nodes than exist, or
+    the network faults took all three of its attempts (none at this seed; seeds 2, 4 and 5
+    have one to three of 300, so the count is bounded rather than pinned to zero)."""
     world = World(nodes=1000, jobs=300, seed=3, faults=FAULT_SETS["net"],
                   verified_share=0.6, liar_share=0.1).run()
     assert world.violation is None, summary(world)
     stats = world.stats
     assert stats.verdicts["Verified"] >= 150 and stats.liars_outvoted >= 20, summary(world)
     unmeetable = sum(plan.job.count > 1000 for plan in world.plans)
-    assert world.outcomes()["Failed"] == unmeetable + stats.verdicts["NoConsensus"]
+    retries_spent = sum("gave up after 2 retries" in message for node in world.nodes
+                        for message in node.store.messages.values())
+    assert retries_spent <= 3, summary(world)
+    assert world.outcomes()["Failed"] == (unmeetable + stats.verdicts["NoConsensus"]
+                                          + retries_spent), summary(world)
     liars = sum(node.liar for node in world.nodes)
     assert 50 <= liars <= 150
     assert f"liars {liars} of 1000 nodes" in summary(world) and "never accepted" in summary(world)
