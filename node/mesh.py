@@ -264,6 +264,21 @@ class MeshStats:
                 "RefusedConnections": self.refused_connections}
 
 
+class _Pubsub(Pubsub):
+    """py-libp2p's pubsub, refusing what a graylisted peer forwards before anything else:
+    py-libp2p checks a message's signature before any validator runs, so a refusal in our
+    validator came after an Ed25519 verification per message of the flood."""
+
+    def __init__(self, *args: Any, refuse: Callable[[ID], bool], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._refuse = refuse
+
+    async def push_msg(self, msg_forwarder: ID, msg: Any) -> None:
+        if msg_forwarder != self.my_id and self._refuse(msg_forwarder):
+            return
+        await super().push_msg(msg_forwarder, msg)
+
+
 class _Disconnects(INotifee):
     """Wakes the reconnect loop when a connection closes; hands new connections to
     ``opened`` (which closes those of banned peers)."""
@@ -405,14 +420,11 @@ class Mesh:
                     weight=INVALID_MESSAGE_PENALTY, cap=1000.0, decay=0.999),
                 gossip_threshold=GOSSIP_THRESHOLD,
                 graylist_threshold=GRAYLIST_THRESHOLD,
-                # py-libp2p's gate on what a peer forwards, checked before the message's
-                # signature: a graylisted peer's flood is dropped without an Ed25519
-                # verification each (and we publish nothing to it).
-                publish_threshold=GRAYLIST_THRESHOLD,
                 accept_px_threshold=math.inf,
             ),
         )
-        self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
+        self.pubsub = _Pubsub(self.host, self.gossipsub, strict_signing=True,
+                              refuse=self._refuse_graylisted)
         # Before host.run, so that identify offers the DHT from the first connection on.
         self.dht = dht.new_dht(self.host, server=True)
         self._dht_routing = dht.RoutingNotifee(self.dht)
@@ -544,9 +556,6 @@ class Mesh:
                 # We just signed it; what we publish is handled here directly, not looped
                 # back through our own subscription (so this is not queued for it either).
                 return True
-            if self.is_graylisted(forwarder):
-                self.stats.dropped["Graylisted"] += 1
-                return False
             if topic == TOPIC_JOBS:
                 if not self._may_announce(self._forwarder_tokens, forwarder.to_bytes(),
                                           PEER_ANNOUNCEMENT_FACTOR):
@@ -1013,6 +1022,12 @@ class Mesh:
         if len(buckets) > MAX_TRACKED_ORIGINS:
             del buckets[next(iter(buckets))]
         return allowed
+
+    def _refuse_graylisted(self, forwarder: ID) -> bool:
+        if self.is_graylisted(forwarder):
+            self.stats.dropped["Graylisted"] += 1
+            return True
+        return False
 
     def is_graylisted(self, peer: ID) -> bool:
         scorer = self.gossipsub.scorer
