@@ -9,6 +9,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -87,13 +88,30 @@ def _dockerd_already_running() -> bool:
         return False
 
 
+def _log_size(path: str) -> int:
+    """The size of ``path`` in bytes, or -1 if it cannot be read."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
 def ensure_dockerd(
-    timeout: float = 60.0, *, socket_path: str = DOCKER_SOCKET, log_path: str = DOCKERD_LOG
+    timeout: float = 60.0,
+    *,
+    socket_path: str = DOCKER_SOCKET,
+    log_path: str = DOCKERD_LOG,
+    longest_startup: float = 900.0,
 ) -> None:
     """Make sure a Docker engine answers on ``socket_path``, starting one if needed.
 
     A started dockerd runs detached (own session, outlives this process) with
     ``--bridge=none --iptables=false`` and logs to ``log_path``.
+
+    ``timeout`` bounds how long a dockerd we started may stay silent: a dockerd that was
+    killed with containers alive removes their stale network sandboxes on its next start,
+    one every ~0.1 s and each logged, before it answers, so a start after a hard stop can
+    take minutes while its log keeps growing. It is given up to ``longest_startup`` then.
     """
     if docker_ping(socket_path):
         return
@@ -123,8 +141,10 @@ def ensure_dockerd(
             )
         _detached.append(started)
         how = f"dockerd (pid {started.pid}, log {log_path})"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    began = time.monotonic()
+    last_progress, log_size = began, _log_size(log_path)
+    said_busy = False
+    while True:
         if docker_ping(socket_path):
             return
         if started is not None and started.poll() is not None:
@@ -132,13 +152,31 @@ def ensure_dockerd(
                 f"dockerd exited with code {started.returncode} before answering on "
                 f"{socket_path}; last lines of {log_path}:\n{_log_tail(log_path)}"
             )
+        now = time.monotonic()
+        if started is not None and (size := _log_size(log_path)) != log_size:
+            log_size, last_progress = size, now
+            if not said_busy and now - began > 10:
+                said_busy = True
+                print(
+                    f"dockerd is still starting after {now - began:.0f}s and still logging "
+                    f"(see {log_path}); waiting",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        if now - last_progress > timeout or now - began > max(timeout, longest_startup):
+            break
         time.sleep(0.1)
-    where = (
-        f"last lines of {log_path}:\n{_log_tail(log_path)}"
-        if started is not None
-        else "it was not started here, so see its own log (journalctl -u docker, or its stderr)"
-    )
-    raise ServiceError(f"{how} did not answer on {socket_path} within {timeout:.0f}s; {where}")
+    if started is not None:
+        waited = (
+            f"was silent for {timeout:.0f}s"
+            if now - last_progress > timeout
+            else (f"kept logging but did not answer within {now - began:.0f}s")
+        )
+        where = f"last lines of {log_path}:\n{_log_tail(log_path)}"
+    else:
+        waited = f"did not answer within {timeout:.0f}s"
+        where = "it was not started here, so see its own log (journalctl -u docker, or its stderr)"
+    raise ServiceError(f"{how} on {socket_path} {waited}; {where}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -55,6 +55,85 @@ def _run(
 
 # ---------------------------------------------------------------------------------- dockerd
 
+# A stand-in for dockerd (the one mock here): a real dockerd restarted after a hard stop spends
+# minutes removing stale network sandboxes before it answers, but how many it finds depends on
+# how it was stopped, so a test cannot make that happen on demand. This one logs a line every
+# 0.2 s for ``FAKE_DOCKERD_BUSY`` seconds, then answers ``GET /_ping`` on ``FAKE_DOCKERD_SOCKET``
+# (or, with ``FAKE_DOCKERD_SILENT``, never logs nor answers).
+_FAKE_DOCKERD = """\
+import os, socket, sys, time
+if os.environ.get("FAKE_DOCKERD_SILENT"):
+    time.sleep(60)
+    sys.exit(0)
+began = time.monotonic()
+while time.monotonic() - began < float(os.environ["FAKE_DOCKERD_BUSY"]):
+    print("msg=Removing stale sandbox", flush=True)
+    time.sleep(0.2)
+server = socket.socket(socket.AF_UNIX)
+server.bind(os.environ["FAKE_DOCKERD_SOCKET"])
+server.listen()
+while True:
+    conn, _ = server.accept()
+    conn.recv(4096)
+    conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nOK")
+    conn.close()
+"""
+
+
+@pytest.fixture
+def fake_dockerd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Make ensure_dockerd start the stand-in; yield (socket path, log path); stop it after."""
+    from scripts.services import dockerd
+
+    script = tmp_path / "dockerd"
+    script.write_text(f"#!{sys.executable}\n{_FAKE_DOCKERD}")
+    script.chmod(0o755)
+    sock, log = tmp_path / "docker.sock", tmp_path / "dockerd.log"
+    monkeypatch.setenv("FAKE_DOCKERD_SOCKET", str(sock))
+    monkeypatch.setattr(dockerd, "_find_dockerd", lambda: str(script))
+    monkeypatch.setattr(dockerd, "_dockerd_already_running", lambda: False)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    before = len(dockerd._detached)
+    yield str(sock), str(log)
+    for process in dockerd._detached[before:]:
+        process.kill()
+        process.wait(timeout=10)
+    del dockerd._detached[before:]
+
+
+def test_dockerd_busy_cleaning_up_is_waited_for(fake_dockerd, monkeypatch, capsys):
+    """A dockerd that keeps logging is given longer than ``timeout`` to answer."""
+    from scripts.services import ensure_dockerd
+
+    sock, log = fake_dockerd
+    monkeypatch.setenv("FAKE_DOCKERD_BUSY", "12")
+    began = time.monotonic()
+    ensure_dockerd(timeout=2.0, socket_path=sock, log_path=log)
+    assert time.monotonic() - began >= 12
+    assert "still starting" in capsys.readouterr().err
+
+
+def test_dockerd_silent_is_given_up_on_with_its_log(fake_dockerd, monkeypatch):
+    """A dockerd that neither answers nor logs fails after ``timeout``, naming its log."""
+    from scripts.services import ServiceError, ensure_dockerd
+
+    sock, log = fake_dockerd
+    monkeypatch.setenv("FAKE_DOCKERD_SILENT", "1")
+    began = time.monotonic()
+    with pytest.raises(ServiceError, match=r"was silent for 2s; last lines of .*dockerd\.log"):
+        ensure_dockerd(timeout=2.0, socket_path=sock, log_path=log)
+    assert time.monotonic() - began < 10
+
+
+def test_dockerd_logging_forever_is_bounded(fake_dockerd, monkeypatch):
+    """A dockerd that logs without end still fails, after ``longest_startup``."""
+    from scripts.services import ServiceError, ensure_dockerd
+
+    sock, log = fake_dockerd
+    monkeypatch.setenv("FAKE_DOCKERD_BUSY", "60")
+    with pytest.raises(ServiceError, match="kept logging but did not answer within 4s"):
+        ensure_dockerd(timeout=1.0, socket_path=sock, log_path=log, longest_startup=4.0)
+
 
 def test_container_output_and_exit_code(docker_client, busybox_image):
     status, out, err = _run(
