@@ -28,6 +28,40 @@ def test_tuples_encode_as_lists():
     assert codec.encode((1, "a")) == codec.encode([1, "a"])
 
 
+def test_subclasses_encode_as_their_base_types():
+    from collections import OrderedDict
+    from enum import IntEnum, StrEnum
+    from types import MappingProxyType
+
+    class Colour(StrEnum):
+        RED = "red"
+
+    class Level(IntEnum):
+        HIGH = 3
+
+    value = {"b": Colour.RED, "a": (Level.HIGH, OrderedDict(z=1, y=b"x")), "c": True}
+    plain = {"a": [3, {"y": b"x", "z": 1}], "b": "red", "c": True}
+    assert codec.encode(value) == codec.encode(plain) == msgpack.packb(
+        {"a": [3, {"y": b"x", "z": 1}], "b": "red", "c": True}, use_bin_type=True
+    )
+    assert codec.encode(MappingProxyType({"b": 1, "a": 2})) == codec.encode({"a": 2, "b": 1})
+
+
+def test_encoder_and_decoder_agree_on_the_depth_limit():
+    def nested(levels: int) -> list:
+        value: list = [0]
+        for _ in range(levels - 1):
+            value = [value]
+        return value
+
+    deepest = nested(codec.MAX_DEPTH)  # the 0 sits at depth MAX_DEPTH
+    assert codec.decode(codec.encode(deepest)) == deepest
+    with pytest.raises(LocalProtocolError, match="nests deeper"):
+        codec.encode(nested(codec.MAX_DEPTH + 1))
+    with pytest.raises(MalformedMessage, match="nests deeper"):
+        codec.decode(b"\x91" * (codec.MAX_DEPTH + 1) + b"\x00")
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
