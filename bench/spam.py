@@ -3,8 +3,8 @@
 Run from anywhere: ``.venv/bin/python bench/spam.py [--runs 15] [--flood 10000] [--json PATH]``.
 
 Two fresh daemons on loopback: "target" (requester and compute, the daemon's defaults, so
-its ``--announcements-per-origin`` is the default 200/s) and "peer", bootstrapped to it,
-used once the target lists both CONNECTED. Then, one after another:
+its ``--announcements-per-origin`` is the default 100/s, after a burst of 200) and "peer",
+bootstrapped to it, used once the target lists both CONNECTED. Then, one after another:
 
 - **quiet**: ``--runs`` honest jobs (``docker run --wait --id-only -p noop busybox -- true``
   through the real CLI against the target), after 2 warm-up runs not counted;

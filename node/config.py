@@ -116,9 +116,10 @@ class NodeConfig:
     #: How long results kept on this node for the ``local`` publisher (and downloaded
     #: copies) stay, hours; results published elsewhere go once they are published.
     results_retention_hours: float = 168.0
-    #: Job announcements a second this node takes from one requester (a burst of 10 s worth
-    #: first); beyond, they are dropped and whoever forwards them scores down. The default is
-    #: what an honest requester keeps to (protocol.messages.ANNOUNCEMENTS_PER_SECOND).
+    #: Job announcements a second this node takes from one requester (a burst of 2 s worth
+    #: first); beyond, they are dropped, and a requester that sends them itself scores down.
+    #: The default is what an honest requester keeps to
+    #: (protocol.messages.ANNOUNCEMENTS_PER_SECOND).
     announcements_per_origin: float = 100.0
     #: When none of its bootstrap peers answers, the connections a node keeps by dialling
     #: nodes it learned of from their heartbeats (peer exchange). 0: bootstrap peers only.

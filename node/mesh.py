@@ -155,8 +155,10 @@ BAN_SECONDS = 600.0
 #: (protocol.messages.ANNOUNCEMENTS_PER_SECOND), with twice its burst. An honest requester
 #: sends at most BURST + RATE·t in any t seconds; gossip can only delay its announcements,
 #: so they arrive within 2·BURST + RATE·t as long as none is held up more than BURST/RATE
-#: (5 s): the bucket never refuses one. Beyond, they are refused unread, which scores down
-#: whoever forwards them. Operators set the rate (``announcements_per_origin``); the burst
+#: (1 s): the bucket never refuses one. Beyond, they are refused unread, each costing the
+#: origin a point if it sent it itself (81 refusals graylist it, so an honest requester
+#: sending at its full rate would need to be held up 1.8 s), and a relay nothing
+#: (Mesh._refuse_unread). Operators set the rate (``announcements_per_origin``); the burst
 #: stays this many seconds' worth of it.
 ORIGIN_ANNOUNCEMENTS_PER_SECOND = ANNOUNCEMENTS_PER_SECOND
 ORIGIN_BURST_SECONDS = 2 * ANNOUNCEMENT_BURST / ANNOUNCEMENTS_PER_SECOND
@@ -265,16 +267,19 @@ class MeshStats:
 
 
 class _Pubsub(Pubsub):
-    """py-libp2p's pubsub, refusing what a graylisted peer forwards before anything else:
-    py-libp2p checks a message's signature before any validator runs, so a refusal in our
-    validator came after an Ed25519 verification per message of the flood."""
+    """py-libp2p's pubsub, asking ``refuse(forwarder, msg)`` about a peer's message before
+    anything else: py-libp2p checks a message's signature before any validator runs, so a
+    refusal in our validator came after an Ed25519 verification per message of a flood.
+    ``refuse`` is told whether the message was seen before (it is then dropped anyway)."""
 
-    def __init__(self, *args: Any, refuse: Callable[[ID], bool], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, refuse: Callable[[ID, Any, bool], bool],
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._refuse = refuse
 
     async def push_msg(self, msg_forwarder: ID, msg: Any) -> None:
-        if msg_forwarder != self.my_id and self._refuse(msg_forwarder):
+        if msg_forwarder != self.my_id and self._refuse(
+                msg_forwarder, msg, self._is_msg_seen(msg)):
             return
         await super().push_msg(msg_forwarder, msg)
 
@@ -424,7 +429,7 @@ class Mesh:
             ),
         )
         self.pubsub = _Pubsub(self.host, self.gossipsub, strict_signing=True,
-                              refuse=self._refuse_graylisted)
+                              refuse=self._refuse_unread)
         # Before host.run, so that identify offers the DHT from the first connection on.
         self.dht = dht.new_dht(self.host, server=True)
         self._dht_routing = dht.RoutingNotifee(self.dht)
@@ -561,7 +566,10 @@ class Mesh:
                                           PEER_ANNOUNCEMENT_FACTOR):
                     self.stats.dropped["PeerRateLimited"] += 1
                     return False
-                if not self._may_announce(self._announce_tokens, msg.from_id, 1):
+                # Its origin's token: one that came from its origin was taken unread
+                # (_refuse_unread); a relayed one only now that its signature is checked.
+                if msg.from_id != forwarder.to_bytes() and not self._may_announce(
+                        self._announce_tokens, msg.from_id, 1):
                     self.stats.dropped["RateLimited"] += 1
                     return False
             try:
@@ -1009,19 +1017,53 @@ class Mesh:
         kinds = list(self.peer_transports().values())
         return {"direct": kinds.count("direct"), "relayed": kinds.count("relayed")}
 
+    def _announcement_tokens(self, buckets: dict[bytes, tuple[float, float]], key: bytes,
+                             factor: float, now: float) -> float:
+        """Tokens in ``key``'s announcement bucket (``factor`` times the per-origin rate
+        and burst) at ``now``."""
+        rate, burst = self.announcement_rate * factor, self.announcement_burst * factor
+        tokens, then = buckets.get(key, (burst, now))
+        return min(burst, tokens + (now - then) * rate)
+
     def _may_announce(self, buckets: dict[bytes, tuple[float, float]], key: bytes,
                       factor: float) -> bool:
-        """Take a token from ``key``'s announcement bucket (``factor`` times the
-        per-origin rate and burst), if it has one."""
+        """Take a token from ``key``'s announcement bucket, if it has one."""
         now = time.monotonic()
-        rate, burst = self.announcement_rate * factor, self.announcement_burst * factor
-        tokens, then = buckets.pop(key, (burst, now))
-        tokens = min(burst, tokens + (now - then) * rate)
+        tokens = self._announcement_tokens(buckets, key, factor, now)
         allowed = tokens >= 1
+        buckets.pop(key, None)  # most recently heard last
         buckets[key] = (tokens - 1 if allowed else tokens, now)
         if len(buckets) > MAX_TRACKED_ORIGINS:
             del buckets[next(iter(buckets))]
         return allowed
+
+    def _refuse_unread(self, forwarder: ID, msg: Any, seen: bool) -> bool:
+        """Whether to drop a peer's message before its signature is checked: everything a
+        graylisted peer sends, and job announcements beyond their origin's rate.
+
+        An origin's bucket is charged here only for what the origin sends us itself: the
+        connection proves who it is (a bad signature then wastes its own tokens), and each
+        refusal costs it a point, as a validator's would. What others relay names an
+        origin unproven, so here it only reads the bucket, to drop unread and unscored
+        what could not be taken anyway; it is charged once its signature checks out (the
+        validator), so that nobody can spend an honest requester's tokens."""
+        if self._refuse_graylisted(forwarder):
+            return True
+        if seen or TOPIC_JOBS not in msg.topicIDs:
+            return False
+        origin = msg.from_id
+        if origin == forwarder.to_bytes():
+            if self._may_announce(self._announce_tokens, origin, 1):
+                return False
+            self.stats.dropped["RateLimited"] += 1
+            scorer = self.gossipsub.scorer
+            if scorer is not None:
+                scorer.on_invalid_message(forwarder, TOPIC_JOBS)
+            return True
+        if self._announcement_tokens(self._announce_tokens, origin, 1, time.monotonic()) < 1:
+            self.stats.dropped["RateLimited"] += 1
+            return True
+        return False
 
     def _refuse_graylisted(self, forwarder: ID) -> bool:
         if self.is_graylisted(forwarder):

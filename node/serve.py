@@ -73,8 +73,9 @@ def main() -> None:
 @click.option("--max-jobs-per-requester", type=int,
               help="executions one requester may hold here at once (0: no limit) [default: 0]")
 @click.option("--announcements-per-origin", type=float,
-              help="job announcements a second taken from one requester; beyond, they are "
-                   "dropped and the sender's score falls [default: 100]")
+              help="job announcements a second taken from one requester, after a burst "
+                   "of 2 s worth; beyond, they are dropped, and a requester that sends them "
+                   "itself loses score [default: 100]")
 @click.option("--relay-service/--no-relay-service", default=None,
               help="relay connections for nodes behind NAT (circuit relay v2, limited): "
                    "for a node others can dial [default: off]")

@@ -175,10 +175,12 @@ class Capacity(Record):
 #: How many job announcements a requester may gossip: this many a second, after a first
 #: burst of ANNOUNCEMENT_BURST. A requester keeps to it (its core opens no faster); peers
 #: refuse, and score down, an origin that goes well beyond it (node.mesh). As many jobs a
-#: second as one requester is to place (20 a second cut no-op throughput to 20), and a
-#: burst that covers a batch of 500 submitted at once.
+#: second as one requester is to place (20 a second cut no-op throughput to 20). The burst
+#: is one second's worth: a batch of 500 submitted at once is announced over 4 s, none
+#: lost, and a spammer gets little before peers cut it off (they take what it sends within
+#: twice the burst: 500 let a flood of 10,000 hand a node 1,500 jobs to consider first).
 ANNOUNCEMENTS_PER_SECOND = 100
-ANNOUNCEMENT_BURST = 500
+ANNOUNCEMENT_BURST = 100
 
 #: Most nodes an announcement names; a wider circle is an open announcement.
 MAX_CANDIDATES = 256

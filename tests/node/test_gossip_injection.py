@@ -637,6 +637,85 @@ async def test_a_peer_forwarding_many_invented_requesters_is_rate_limited_as_a_p
     assert await trio.to_thread.run_sync(target.api, "/api/v1/agent/alive") == {"Status": "OK"}
 
 
+async def test_a_relay_is_not_scored_for_an_origin_over_its_rate_nor_spends_its_tokens(
+        daemons: DaemonPool, busybox_image: str):
+    """A real peer relays announcements it did not sign. First 50 that claim an honest
+    requester as origin but carry the relay's signature: dropped by their signature check,
+    they take none of the requester's tokens, so its own burst (10 here) that follows is
+    taken whole. Then 40 validly signed by a busy requester, beyond its burst: the target
+    takes what its bucket allows and drops the rest unread as RateLimited, yet the relay,
+    which only passed them on, keeps a score of 0, where an origin sending its own would
+    lose a point each (the spammer test above)."""
+    from libp2p.crypto.ed25519 import Ed25519PrivateKey
+    from libp2p.pubsub.pb import rpc_pb2
+    from libp2p.pubsub.pubsub import PUBSUB_SIGNING_PREFIX
+
+    from node.mesh import ORIGIN_BURST_SECONDS
+    from protocol.examples import example_job
+    from protocol.messages import JobAnnouncement
+
+    rate = 5.0
+    burst = int(rate * ORIGIN_BURST_SECONDS)
+    target = await ready_target(daemons, "--announcements-per-origin", str(rate))
+    relay = NodeKey.generate()
+    mesh = hostile_peer(relay, target)
+    honest, busy = NodeKey.generate(), NodeKey.generate()
+    spec = example_job("spam", "busybox")
+    seqnos = iter(range(1, 1_000))
+
+    def relayed(origin: NodeKey, signer: NodeKey) -> Any:
+        """A pubsub message naming ``origin``, signed (for pubsub) by ``signer``."""
+        announcement = JobAnnouncement(f"j-{uuid.uuid4()}", origin.peer_id, spec,
+                                       now_ms() + 3000)
+        msg = rpc_pb2.Message(
+            data=seal_message(origin, announcement, now_ms=now_ms()), topicIDs=[TOPIC_JOBS],
+            from_id=ID.from_base58(origin.peer_id).to_bytes(),
+            seqno=next(seqnos).to_bytes(8, "big"))
+        secret = Ed25519PrivateKey.from_bytes(signer.seed)
+        msg.signature = secret.sign(PUBSUB_SIGNING_PREFIX.encode() + msg.SerializeToString())
+        msg.key = secret.get_public_key().serialize()
+        return msg
+
+    async def relay_all(messages: list[Any], target_peer: ID) -> None:
+        for msg in messages:
+            await mesh.pubsub.push_msg(mesh.pubsub.my_id, msg)
+            while len(mesh.pubsub.peer_queues.get(target_peer, ())) > 16:
+                await trio.sleep(0.001)
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mesh.run)
+            try:
+                # The relay sends what an attacker would: no checks of its own.
+                mesh.pubsub.set_topic_validator(TOPIC_JOBS, lambda *_: True, False)
+                mesh.pubsub.strict_signing = False
+                target_peer = await in_jobs_mesh(mesh, target)
+                forged = [relayed(honest, relay) for _ in range(50)]
+                await relay_all(forged + [relayed(honest, honest) for _ in range(burst)],
+                                target_peer)
+                # Counts that have not started moving look settled: wait for the first.
+                await await_until(
+                    lambda: target.mesh_stats()["Accepted"].get("job.announce"), timeout=30,
+                    what="the first announcement taken")
+                after_honest = await settled_announcement_counts(target, "RateLimited")
+                started = time.monotonic()
+                await relay_all([relayed(busy, busy) for _ in range(40)], target_peer)
+                await await_until(
+                    lambda: target.mesh_stats()["Accepted"].get("job.announce", 0) > burst,
+                    timeout=30, what="the busy requester's announcements read")
+                last = await settled_announcement_counts(target, "RateLimited")
+                elapsed = time.monotonic() - started
+                stats = await trio.to_thread.run_sync(target.mesh_stats)
+            finally:
+                mesh.stop()
+    assert after_honest == Counter(accepted=burst, RateLimited=0), after_honest
+    busy_taken = last["accepted"] - burst
+    assert burst <= busy_taken <= burst + rate * elapsed + 1, (last, elapsed)
+    assert last["RateLimited"] == 40 - busy_taken > 0, last
+    assert stats["Scores"].get(relay.peer_id) == 0, stats["Scores"]
+    assert relay.peer_id not in stats["Banned"]
+
+
 async def test_a_peer_known_only_by_an_announced_dns_name_is_dialled(daemons: DaemonPool):
     """A node that announces ``/dns4/localhost/tcp/PORT`` (``--announce-addr``): its
     heartbeat carries that address, and a peer that knows it only from there (never
