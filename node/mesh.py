@@ -366,6 +366,9 @@ class Mesh:
         #: Peers learned from heartbeats (peer exchange), and until when not to dial them.
         self._learned: dict[ID, float] = {}
         self._reconnect_now = trio.Event()
+        #: Set when a peer not yet banned is found graylisted: cut it off now, not at the
+        #: next periodic check (a flood goes on at thousands of messages a second).
+        self._graylisted_now = trio.Event()
         self._stop = trio.Event()
         self._channels: dict[str, _Channel] = {}
         self._channel_locks: dict[str, trio.Lock] = {}
@@ -1068,6 +1071,8 @@ class Mesh:
     def _refuse_graylisted(self, forwarder: ID) -> bool:
         if self.is_graylisted(forwarder):
             self.stats.dropped["Graylisted"] += 1
+            if forwarder not in self._banned:
+                self._graylisted_now.set()
             return True
         return False
 
@@ -1101,7 +1106,9 @@ class Mesh:
         would be dropped unread anyway, but reading it (and checking its pubsub signature)
         is what a flood costs."""
         while True:
-            await trio.sleep(GRAYLIST_CHECK_SECONDS)
+            with trio.move_on_after(GRAYLIST_CHECK_SECONDS):
+                await self._graylisted_now.wait()
+            self._graylisted_now = trio.Event()
             now = time.monotonic()
             for peer in [p for p, until in self._banned.items() if until <= now]:
                 del self._banned[peer]
