@@ -564,17 +564,12 @@ class Mesh:
                 # We just signed it; what we publish is handled here directly, not looped
                 # back through our own subscription (so this is not queued for it either).
                 return True
-            if topic == TOPIC_JOBS:
-                if not self._may_announce(self._forwarder_tokens, forwarder.to_bytes(),
-                                          PEER_ANNOUNCEMENT_FACTOR):
-                    self.stats.dropped["PeerRateLimited"] += 1
-                    return False
-                # Its origin's token: one that came from its origin was taken unread
-                # (_refuse_unread); a relayed one only now that its signature is checked.
-                if msg.from_id != forwarder.to_bytes() and not self._may_announce(
-                        self._announce_tokens, msg.from_id, 1):
-                    self.stats.dropped["RateLimited"] += 1
-                    return False
+            # Its origin's token: one that came from its origin was taken unread
+            # (_refuse_unread), a relayed one only now that its signature is checked.
+            if topic == TOPIC_JOBS and msg.from_id != forwarder.to_bytes() and not (
+                    self._may_announce(self._announce_tokens, msg.from_id, 1)):
+                self.stats.dropped["RateLimited"] += 1
+                return False
             try:
                 origin = ID(msg.from_id).to_base58()
                 envelope, message = open_message(
@@ -1042,31 +1037,43 @@ class Mesh:
 
     def _refuse_unread(self, forwarder: ID, msg: Any, seen: bool) -> bool:
         """Whether to drop a peer's message before its signature is checked: everything a
-        graylisted peer sends, and job announcements beyond their origin's rate.
+        graylisted peer sends, and job announcements beyond their forwarder's or their
+        origin's rate.
 
-        An origin's bucket is charged here only for what the origin sends us itself: the
-        connection proves who it is (a bad signature then wastes its own tokens), and each
-        refusal costs it a point, as a validator's would. What others relay names an
-        origin unproven, so here it only reads the bucket, to drop unread and unscored
-        what could not be taken anyway; it is charged once its signature checks out (the
-        validator), so that nobody can spend an honest requester's tokens."""
+        A forwarder's bucket is charged for all it sends, and an origin's for what the
+        origin sends us itself: the connection proves who they are (a bad signature then
+        wastes their own tokens), and each refusal costs the sender a point, as a
+        validator's would. What others relay names an origin unproven, so here it only
+        reads the origin's bucket, to drop unread and unscored what could not be taken
+        anyway; it is charged once its signature checks out (the validator), so that
+        nobody can spend an honest requester's tokens."""
         if self._refuse_graylisted(forwarder):
             return True
         if seen or TOPIC_JOBS not in msg.topicIDs:
             return False
+        sender = forwarder.to_bytes()
+        if not self._may_announce(self._forwarder_tokens, sender, PEER_ANNOUNCEMENT_FACTOR):
+            return self._refuse_scored(forwarder, "PeerRateLimited")
         origin = msg.from_id
-        if origin == forwarder.to_bytes():
+        if origin == sender:
             if self._may_announce(self._announce_tokens, origin, 1):
                 return False
-            self.stats.dropped["RateLimited"] += 1
-            scorer = self.gossipsub.scorer
-            if scorer is not None:
-                scorer.on_invalid_message(forwarder, TOPIC_JOBS)
-            return True
+            return self._refuse_scored(forwarder, "RateLimited")
         if self._announcement_tokens(self._announce_tokens, origin, 1, time.monotonic()) < 1:
             self.stats.dropped["RateLimited"] += 1
             return True
         return False
+
+    def _refuse_scored(self, forwarder: ID, reason: str) -> bool:
+        """Count a refusal of what ``forwarder`` sent and score it down, as a validator's
+        refusal would, but without py-libp2p remembering the message as invalid: the same
+        message relayed by an honest peer later is then neither refused nor held against
+        that peer."""
+        self.stats.dropped[reason] += 1
+        scorer = self.gossipsub.scorer
+        if scorer is not None:
+            scorer.on_invalid_message(forwarder, TOPIC_JOBS)
+        return True
 
     def _refuse_graylisted(self, forwarder: ID) -> bool:
         if self.is_graylisted(forwarder):

@@ -716,6 +716,77 @@ async def test_a_relay_is_not_scored_for_an_origin_over_its_rate_nor_spends_its_
     assert relay.peer_id not in stats["Banned"]
 
 
+async def test_what_one_relay_had_refused_is_taken_from_the_next_without_blame(
+        daemons: DaemonPool, busybox_image: str):
+    """Relay A forwards 40 announcements (40 invented requesters, one each: no origin over
+    its rate), more than A's own per-peer bucket allows, so the target refuses some as
+    PeerRateLimited and scores A down. Relay B then forwards the very same 40 messages: the
+    ones taken from A are duplicates, and the ones refused were not remembered as invalid,
+    so they are taken from B, whose score stays 0 (py-libp2p caches a validator's refusal
+    by message ID and would refuse them again, blaming B)."""
+    from libp2p.crypto.ed25519 import Ed25519PrivateKey
+    from libp2p.pubsub.pb import rpc_pb2
+    from libp2p.pubsub.pubsub import PUBSUB_SIGNING_PREFIX
+
+    from node.mesh import ORIGIN_BURST_SECONDS, PEER_ANNOUNCEMENT_FACTOR
+    from protocol.examples import example_job
+    from protocol.messages import JobAnnouncement
+
+    rate = 1.0
+    per_peer_burst = rate * ORIGIN_BURST_SECONDS * PEER_ANNOUNCEMENT_FACTOR
+    target = await ready_target(daemons, "--announcements-per-origin", str(rate))
+    relay_a, relay_b = NodeKey.generate(), NodeKey.generate()
+    mesh_a, mesh_b = hostile_peer(relay_a, target), hostile_peer(relay_b, target)
+    spec = example_job("spam", "busybox")
+
+    def signed(origin: NodeKey) -> Any:
+        announcement = JobAnnouncement(f"j-{uuid.uuid4()}", origin.peer_id, spec,
+                                       now_ms() + 30_000)
+        msg = rpc_pb2.Message(
+            data=seal_message(origin, announcement, now_ms=now_ms()), topicIDs=[TOPIC_JOBS],
+            from_id=ID.from_base58(origin.peer_id).to_bytes(), seqno=(1).to_bytes(8, "big"))
+        secret = Ed25519PrivateKey.from_bytes(origin.seed)
+        msg.signature = secret.sign(PUBSUB_SIGNING_PREFIX.encode() + msg.SerializeToString())
+        msg.key = secret.get_public_key().serialize()
+        return msg
+
+    messages = [signed(NodeKey.generate()) for _ in range(40)]
+
+    async def relay_all(mesh: Mesh) -> None:
+        target_peer = await in_jobs_mesh(mesh, target)
+        for msg in messages:
+            copy = rpc_pb2.Message()
+            copy.CopyFrom(msg)
+            await mesh.pubsub.push_msg(mesh.pubsub.my_id, copy)
+            while len(mesh.pubsub.peer_queues.get(target_peer, ())) > 16:
+                await trio.sleep(0.001)
+
+    def taken() -> int:
+        return target.mesh_stats()["Accepted"].get("job.announce", 0)
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            for mesh in (mesh_a, mesh_b):
+                await nursery.start(mesh.run)
+                mesh.pubsub.set_topic_validator(TOPIC_JOBS, lambda *_: True, False)
+            try:
+                await relay_all(mesh_a)
+                await await_until(taken, timeout=30, what="A's first announcement taken")
+                from_a = await settled_announcement_counts(target, "PeerRateLimited")
+                await relay_all(mesh_b)
+                await await_until(lambda: taken() > from_a["accepted"], timeout=30,
+                                  what="B's announcements taken")
+                last = await settled_announcement_counts(target, "PeerRateLimited")
+                stats = await trio.to_thread.run_sync(target.mesh_stats)
+            finally:
+                mesh_a.stop()
+                mesh_b.stop()
+    assert per_peer_burst <= from_a["accepted"] < 40 and from_a["PeerRateLimited"] > 0, from_a
+    assert last == Counter(accepted=40, PeerRateLimited=from_a["PeerRateLimited"]), last
+    assert stats["Scores"].get(relay_b.peer_id) == 0, stats["Scores"]
+    assert stats["Scores"].get(relay_a.peer_id, 0) < 0, stats["Scores"]
+
+
 async def test_a_peer_known_only_by_an_announced_dns_name_is_dialled(daemons: DaemonPool):
     """A node that announces ``/dns4/localhost/tcp/PORT`` (``--announce-addr``): its
     heartbeat carries that address, and a peer that knows it only from there (never
