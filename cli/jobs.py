@@ -6,12 +6,7 @@ so a typo is reported before anything is sent.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import shutil
 import sys
-import tarfile
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -307,6 +302,8 @@ def describe_document(ctx: click.Context, job_id: str) -> dict[str, Any]:
 
 def verify_signed_record(encoded: str, job_id: str) -> Any:
     """Check a result record's signature and that it belongs to ``job_id``."""
+    import base64
+
     from protocol import codec
     from protocol.envelope import parse_unverified
     from protocol.identity import verify_signature
@@ -323,6 +320,8 @@ def verify_signed_record(encoded: str, job_id: str) -> Any:
 
 
 def _sha256(path: Path) -> str:
+    import hashlib
+
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -371,6 +370,9 @@ def _one_accepted(items: list[dict[str, Any]], accepted: str, job_id: str,
 
 def download_results(ctx: click.Context, job_id: str, output_dir: Path | None,
                      unverified: bool = False) -> list[str]:
+    import shutil
+    import tempfile
+
     job = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}")["Job"]
     full_id = job["ID"]
     query = "?unverified=true" if unverified else ""
@@ -414,6 +416,8 @@ def download_results(ctx: click.Context, job_id: str, output_dir: Path | None,
                         )
                     except ApiError as exc:
                         raise click.ClickException(str(exc)) from None
+                import tarfile  # here: the other commands never unpack anything
+
                 with tarfile.open(archive) as tar:
                     tar.extractall(unpacked, filter="data")
             _verify_tree(unpacked, record)
@@ -449,6 +453,7 @@ def _download_ipfs(ctx: click.Context, record: Any, destination: Path) -> None:
 
 def _fetch_url(url: str, destination: Path, name: str) -> bytes:
     """Download ``url`` into ``destination``; return the SHA-256 of what was written."""
+    import hashlib
     import urllib.error
     import urllib.request
 
@@ -493,6 +498,8 @@ def _download_s3_files(item: dict[str, Any], record: Any, destination: Path) -> 
 
 def _download_s3(item: dict[str, Any], record: Any, destination: Path) -> None:
     """Fetch a compressed S3 result through its presigned URL, checking its signed SHA-256."""
+    import base64
+
     s3 = record.published.get("S3", {})
     url = item.get("Params", {}).get("PreSignedURL")
     if not url:
@@ -745,6 +752,8 @@ def register(cli: click.Group) -> None:
     @click.pass_context
     def get(ctx: click.Context, job_id: str, output_dir: str | None, unverified: bool) -> None:
         """Download a job's results, verified against its signed records."""
+        import tarfile
+
         try:
             written = download_results(ctx, job_id, Path(output_dir) if output_dir else None,
                                        unverified=unverified)

@@ -21,27 +21,32 @@ from .render import output_options, render, show
 class _Commands(click.Group):
     """The top-level commands; the job and IPFS ones are defined in their own modules and
     imported only when one of them runs (or help lists them), so that ``bacnode version``
-    pays for neither."""
+    pays for neither, and a job command not for the IPFS one (its tar streaming)."""
 
-    _loaded = False
+    _loaded: frozenset[str] = frozenset()
 
-    def _load(self) -> None:
-        if not self._loaded:
-            self._loaded = True
-            from . import ipfs, jobs
+    def _load(self, *modules: str) -> None:
+        for name in modules:
+            if name not in self._loaded:
+                self._loaded |= {name}
+                if name == "ipfs":
+                    from . import ipfs
 
-            jobs.register(self)
-            ipfs.register(self)
+                    ipfs.register(self)
+                else:
+                    from . import jobs
+
+                    jobs.register(self)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
         if command is None:
-            self._load()
+            self._load("ipfs" if cmd_name == "ipfs" else "jobs")
             command = super().get_command(ctx, cmd_name)
         return command
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        self._load()
+        self._load("jobs", "ipfs")
         return super().list_commands(ctx)
 
 
