@@ -22,6 +22,13 @@ if TYPE_CHECKING:
     from protocol.jobspec import Job
 
 TERMINAL_STATES = {"Completed", "Failed", "Stopped"}
+#: How long one request following a job may be held by the daemon: quiet, only the end
+#: matters; printing progress, a change that lands between two requests shows this late.
+JOB_WAIT_SECONDS = 10.0
+PROGRESS_WAIT_SECONDS = 1.0
+#: An answer sooner than this, to a request asked to wait, may come from a daemon that
+#: does not hold requests (older than ``?wait=``): pause as much before the next.
+MIN_FOLLOW_INTERVAL = 0.02
 
 
 def execution_state_name(code: int) -> str:
@@ -233,12 +240,17 @@ def submit_and_follow(
 
 
 def wait_for_job(ctx: click.Context, job_id: str, *, timeout: float, quiet: bool) -> dict:
-    """Poll until the job ends; print each new event unless ``quiet``."""
-    started = time.monotonic()
-    deadline = started + timeout
+    """Follow the job until it ends; print each new event unless ``quiet``.
+
+    Each request is answered by the daemon as soon as the job changes (``?wait=``), so the
+    end is seen at once and a long job costs one request every ``JOB_WAIT_SECONDS``."""
+    deadline = time.monotonic() + timeout
+    longest = JOB_WAIT_SECONDS if quiet else PROGRESS_WAIT_SECONDS
     shown = 0
     while True:
-        job = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}")["Job"]
+        asked = time.monotonic()
+        wait = max(0.0, min(longest, deadline - asked))
+        job = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}?wait={wait:.3f}")["Job"]
         if not quiet:
             events = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}/history")["Items"]
             for event in events[shown:]:
@@ -248,14 +260,12 @@ def wait_for_job(ctx: click.Context, job_id: str, *, timeout: float, quiet: bool
             shown = len(events)
         if job["State"]["StateType"] in TERMINAL_STATES:
             return job["State"]
-        if time.monotonic() > deadline:
+        if time.monotonic() >= deadline:
             raise click.ClickException(
                 f"job {job_id} is still {job['State']['StateType']} after {timeout:.0f}s; "
                 f"follow it with: bacnode describe {job_id}"
             )
-        # Short jobs end within a second or two: poll tightly then, gently after.
-        elapsed = time.monotonic() - started
-        time.sleep(0.02 if elapsed < 3 else min(0.5, 0.02 * 1.5 ** (elapsed - 3)))
+        time.sleep(max(0.0, asked + MIN_FOLLOW_INTERVAL - time.monotonic()))
 
 
 def _published_location(spec_config: dict[str, Any]) -> dict[str, Any]:

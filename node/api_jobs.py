@@ -202,6 +202,10 @@ def history_page(events: list[Event], *, job_terminal: bool, event_type: str = "
             "NextToken": _page_token(end) if more else ""}
 
 
+#: The longest a ``GET .../jobs/{id}?wait=`` holds its answer back.
+MAX_JOB_WAIT_SECONDS = 30.0
+
+
 async def resolve_job_id(store: Store, id_or_prefix: str) -> JobRecord:
     """A job by full ID or unique prefix; 404/400 with a helpful message otherwise."""
     record = await store.get_job(id_or_prefix)
@@ -421,9 +425,16 @@ def add_job_routes(app: FastAPI, store: Store,
 
     @app.get(f"{API}/jobs/{{job_id}}", tags=["orchestrator"],
              response_model=models.GetJobResponse, response_model_exclude_unset=True)
-    async def get_job(job_id: str, include: str = "") -> dict[str, Any]:
-        """One job (by ID or unique prefix); ``include=executions,history`` adds them."""
+    async def get_job(job_id: str, include: str = "",
+                      wait: float = Query(0, ge=0, le=MAX_JOB_WAIT_SECONDS)) -> dict[str, Any]:
+        """One job (by ID or unique prefix); ``include=executions,history`` adds them.
+
+        ``wait`` (seconds, a bacnode extension): a job not yet terminal is answered once it
+        is, or once it or one of its executions changes, or when the wait is over, so that
+        a client following a job learns of each change at once without polling."""
         record = await resolve_job_id(store, job_id)
+        if wait and not record.state.is_terminal:
+            record = await store.wait_for_job(record.job.id or "", wait) or record
         wanted = {part.strip() for part in include.split(",") if part.strip()}
         unknown = wanted - {"executions", "history"}
         if unknown:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import sqlite3
 import time
@@ -78,6 +79,10 @@ class Store:
         self.path = path
         self._queue: list[PendingWrite] = []
         self._flushing = False
+        #: Set, and forgotten, when a write to the job (or one of its executions) commits;
+        #: kept while anyone waits on it (``wait_for_job``).
+        self._job_changes: dict[str, trio.Event] = {}
+        self._job_waiters: collections.Counter[str] = collections.Counter()
 
     async def aclose(self) -> None:
         """Close the connection; later calls raise ``StoreError``. Idempotent."""
@@ -141,6 +146,8 @@ class Store:
                     await trio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
                     for pending in batch:
                         pending.done.set()
+                        if pending.error is None:
+                            self._job_changed(pending.result)
         finally:
             self._flushing = False
 
@@ -174,6 +181,38 @@ class Store:
                 if pending.error is None:
                     pending.result = None
                     pending.error = StoreError(f"{pending.what}: {exc}")
+
+    def _job_changed(self, result: Any) -> None:
+        if isinstance(result, JobRecord):
+            job_id = result.job.id
+        elif isinstance(result, ExecutionRecord | Event):
+            job_id = result.job_id
+        else:
+            return
+        changed = self._job_changes.pop(job_id or "", None)
+        if changed is not None:
+            changed.set()
+
+    async def wait_for_job(self, job_id: str, timeout: float) -> JobRecord | None:
+        """The job once it is terminal, or once it or one of its executions changes after
+        this call began, or as it is when ``timeout`` seconds pass; None if there is no
+        such job. A client that waits this way learns of a change at once, where polling
+        would learn of it a poll later and cost a read each time."""
+        changed = self._job_changes.setdefault(job_id, trio.Event())
+        self._job_waiters[job_id] += 1
+        try:
+            # Read after the wait is registered, so that no change can fall in between.
+            record = await self.get_job(job_id)
+            if record is None or record.state.is_terminal:
+                return record
+            with trio.move_on_after(timeout):
+                await changed.wait()
+            return await self.get_job(job_id)
+        finally:
+            self._job_waiters[job_id] -= 1
+            if not self._job_waiters[job_id]:
+                del self._job_waiters[job_id]
+                self._job_changes.pop(job_id, None)  # nobody waits on it any more
 
     async def _read(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._call(what, fn, write=False)

@@ -194,6 +194,31 @@ def test_containers_have_no_network_and_no_capabilities(devnet: list[Daemon]) ->
     assert "NoNewPrivs:\t1" in stdout
 
 
+def test_a_client_following_a_job_is_told_of_each_change_without_polling(
+        devnet: list[Daemon]) -> None:
+    import urllib.error
+
+    client = devnet[0]
+    result = run(client, "docker", "run", "--id-only", "--no-wait", "-p", "local",
+                 "busybox", "--", "sleep", "3")
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    started = time.monotonic()
+    states: list[str] = []
+    while not states or states[-1] not in {"Completed", "Failed", "Stopped"}:
+        answer = client.api(f"/api/v1/orchestrator/jobs/{job_id}?wait=20", timeout=30)
+        states.append(answer["Job"]["State"]["StateType"])
+        assert time.monotonic() - started < 60, states
+    # Each answer is a change (a bid, the container starting, its end); polling every 20 ms,
+    # as the CLI did, took some 150 requests to see this 3 s job end.
+    assert states[-1] == "Completed" and len(states) <= 12, states
+    assert time.monotonic() - started >= 3
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        client.api(f"/api/v1/orchestrator/jobs/{job_id}?wait=3600")
+    assert refused.value.code == 400
+    assert "query.wait: Input should be less than or equal to 30" in refused.value.read().decode()
+
+
 def test_stop_kills_the_running_container(devnet: list[Daemon]) -> None:
     client = devnet[0]
     result = run(client, "docker", "run", "--id-only", "--no-wait", "-p", "local",

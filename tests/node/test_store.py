@@ -761,3 +761,47 @@ async def test_retryable_is_a_field_kept_with_the_execution(store):
     await store.update_execution(execution_id, ExecutionState.FAILED, message="node lost",
                                  now_ms=NOW + 2, retryable=True)
     assert (await store.get_execution(execution_id)).retryable is True
+
+
+# --- following a job ------------------------------------------------------------------
+
+
+async def test_a_follower_of_a_job_learns_of_each_change_as_it_commits(store):
+    job = new_job()
+    await store.create_job(job, requester=REQUESTER, now_ms=NOW)
+    execution_id = new_execution_id()
+    seen: list[tuple[str, float]] = []
+
+    async def follow(after: float) -> None:
+        record = await store.wait_for_job(job.id, timeout=30)
+        seen.append((record.state.name, trio.current_time() - after))
+
+    async with trio.open_nursery() as nursery:
+        started = trio.current_time()
+        nursery.start_soon(follow, started)
+        await trio.sleep(0.3)
+        assert seen == []  # nothing changed yet: the follower is still waiting
+        await store.create_execution(execution_id, job.id, COMPUTE, now_ms=NOW + 1)
+    # A new execution wakes the follower, though the job's own state did not change.
+    assert seen[0][0] == "PENDING" and 0.3 <= seen[0][1] < 5
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follow, trio.current_time())
+        await trio.sleep(0.2)
+        await store.update_job_state(job.id, JobState.RUNNING, message="go", now_ms=NOW + 2)
+    assert seen[1][0] == "RUNNING" and 0.2 <= seen[1][1] < 5
+    assert not store._job_changes and not store._job_waiters  # nothing kept for nobody
+
+
+async def test_following_an_ended_or_quiet_or_unknown_job_returns_without_waiting_long(store):
+    job = new_job()
+    await store.create_job(job, requester=REQUESTER, now_ms=NOW)
+    started = trio.current_time()
+    record = await store.wait_for_job(job.id, timeout=0.5)
+    waited = trio.current_time() - started
+    assert record.state == JobState.PENDING and 0.5 <= waited < 3  # the timeout, as it was
+
+    await store.update_job_state(job.id, JobState.FAILED, message="no", now_ms=NOW + 1)
+    with trio.fail_after(1):  # an ended job is answered at once, not after 30 s
+        assert (await store.wait_for_job(job.id, timeout=30)).state == JobState.FAILED
+        assert await store.wait_for_job("j-nobody", timeout=30) is None
