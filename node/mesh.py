@@ -1108,10 +1108,9 @@ class Mesh:
         return sorted(peer.to_base58() for peer, until in self._banned.items() if until > now)
 
     async def _prune_graylisted(self) -> None:
-        """Take graylisted peers out of every topic's mesh (see GRAYLIST_THRESHOLD), then
-        disconnect them and refuse their connections for ``BAN_SECONDS``: what they send
-        would be dropped unread anyway, but reading it (and checking its pubsub signature)
-        is what a flood costs."""
+        """Disconnect graylisted peers (see GRAYLIST_THRESHOLD), refuse their connections
+        for ``BAN_SECONDS`` and take them out of every topic's mesh: what they send would
+        be dropped unread anyway, but reading it is what a flood costs."""
         while True:
             with trio.move_on_after(GRAYLIST_CHECK_SECONDS):
                 await self._graylisted_now.wait()
@@ -1119,13 +1118,17 @@ class Mesh:
             now = time.monotonic()
             for peer in [p for p, until in self._banned.items() if until <= now]:
                 del self._banned[peer]
+            cut_off: set[ID] = set()
             for peer in [p for p in self.host.get_connected_peers() if self.is_graylisted(p)]:
                 if self._banned.get(peer, -math.inf) > time.monotonic():
                     continue
                 self._banned[peer] = time.monotonic() + BAN_SECONDS
                 log.warning("disconnected %s for %.0f s: it keeps sending what we refuse",
                             peer, BAN_SECONDS)
-                self._nursery.start_soon(self._disconnect_later, peer)  # type: ignore[union-attr]
+                # At once: until the connection closes, all it sends is still read (and
+                # a flooding peer sends thousands a second), to be dropped unread.
+                cut_off.add(peer)
+                self._nursery.start_soon(self._disconnect, peer)  # type: ignore[union-attr]
             for topic, members in list(self.gossipsub.mesh.items()):
                 for peer in [p for p in members if self.is_graylisted(p)]:
                     members.discard(peer)
@@ -1133,14 +1136,14 @@ class Mesh:
                         self.gossipsub.scorer.on_leave_mesh(peer, topic)
                     log.warning("pruned %s from the %s mesh: it keeps sending invalid "
                                 "messages", peer, topic)
+                    if peer in cut_off:
+                        continue  # its connection is closing: a PRUNE would tell it nothing
                     try:
                         await self.gossipsub.emit_prune(topic, peer, False, False)
                     except Exception as exc:  # it may be gone already
                         log.debug("prune to %s: %r", peer, exc)
 
-    async def _disconnect_later(self, peer: ID) -> None:
-        # After the prune below has had a moment to go out.
-        await trio.sleep(GRAYLIST_CHECK_SECONDS / 2)
+    async def _disconnect(self, peer: ID) -> None:
         try:
             await self.host.disconnect(peer)
         except Exception as exc:
