@@ -23,8 +23,9 @@ from libp2p.peer.id import ID
 
 from node.mesh import TOPIC_JOBS, TOPIC_NODES, TOPIC_RESULTS, Mesh
 from protocol import codec
+from protocol.examples import example_job
 from protocol.identity import NodeKey
-from protocol.messages import Bid, Capacity, NodeInfo, seal_message
+from protocol.messages import Bid, Capacity, JobAnnouncement, NodeInfo, seal_message
 from scripts.daemons import Daemon, DaemonPool, await_until, free_ports
 
 TOPICS = (TOPIC_JOBS, TOPIC_RESULTS, TOPIC_NODES)
@@ -77,6 +78,11 @@ def bad_messages(injector: NodeKey, victim: NodeKey, other: NodeKey, topic: str
         ("forged: from the victim, signed by the injector", "BadSignature", envelope_bytes(
             signer=injector, sender=victim.peer_id, msg_type="node.info",
             body=node_info(victim, label="forged", seq=HIGH_SEQ).to_body()), 1),
+        ("an announcement forged from the victim", "BadSignature", envelope_bytes(
+            signer=injector, sender=victim.peer_id, msg_type="job.announce",
+            body=JobAnnouncement(f"j-{uuid.uuid4()}", victim.peer_id,
+                                 example_job("forged", "busybox"), now_ms() + 3000).to_body()),
+         1),
         ("validly signed by another node, published by the injector", "SenderMismatch",
          seal_message(other, node_info(other, label="relayed", seq=HIGH_SEQ), now_ms=now_ms()),
          1),
@@ -401,8 +407,6 @@ async def test_a_spammer_flooding_announcements_is_cut_off_and_honest_jobs_compl
     scores the spammer down to the graylist, then disconnects and bans it, and the honest
     jobs all complete."""
     from node.mesh import ORIGIN_BURST_SECONDS
-    from protocol.examples import example_job
-    from protocol.messages import JobAnnouncement
 
     rate = 20.0
     target = await ready_target(daemons, "--announcements-per-origin", str(rate))
@@ -588,8 +592,6 @@ async def test_a_peer_forwarding_many_invented_requesters_is_rate_limited_as_a_p
     from libp2p.pubsub.pubsub import PUBSUB_SIGNING_PREFIX
 
     from node.mesh import ORIGIN_BURST_SECONDS, PEER_ANNOUNCEMENT_FACTOR
-    from protocol.examples import example_job
-    from protocol.messages import JobAnnouncement
 
     rate = 5.0
     target = await ready_target(daemons, "--announcements-per-origin", str(rate))
@@ -651,8 +653,6 @@ async def test_a_relay_is_not_scored_for_an_origin_over_its_rate_nor_spends_its_
     from libp2p.pubsub.pubsub import PUBSUB_SIGNING_PREFIX
 
     from node.mesh import ORIGIN_BURST_SECONDS
-    from protocol.examples import example_job
-    from protocol.messages import JobAnnouncement
 
     rate = 5.0
     burst = int(rate * ORIGIN_BURST_SECONDS)
@@ -729,8 +729,6 @@ async def test_what_one_relay_had_refused_is_taken_from_the_next_without_blame(
     from libp2p.pubsub.pubsub import PUBSUB_SIGNING_PREFIX
 
     from node.mesh import ORIGIN_BURST_SECONDS, PEER_ANNOUNCEMENT_FACTOR
-    from protocol.examples import example_job
-    from protocol.messages import JobAnnouncement
 
     rate = 1.0
     per_peer_burst = rate * ORIGIN_BURST_SECONDS * PEER_ANNOUNCEMENT_FACTOR
