@@ -1,7 +1,7 @@
 """A spammer floods job announcements: do honest jobs still complete, and how much slower?
 
 Run from anywhere:
-``.venv/bin/python bench/spam.py [--runs 15] [--flood 10000] [--floods 5] [--json PATH]``.
+``.venv/bin/python bench/spam.py [--runs 15] [--flood 10000] [--floods 10] [--json PATH]``.
 
 Two fresh daemons on loopback: "target" (requester and compute, the daemon's defaults, so
 its ``--announcements-per-origin`` is the default 100/s, after a burst of 200) and "peer",
@@ -320,7 +320,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=15, help="honest jobs per phase")
     parser.add_argument("--flood", type=int, default=10_000,
                         help="announcements the spammer sends at most")
-    parser.add_argument("--floods", type=int, default=5,
+    parser.add_argument("--floods", type=int, default=10,
                         help="floods, one after another, each from a new spammer")
     parser.add_argument("--phase-seconds", type=float, default=180.0,
                         help="bound on each flood phase")
