@@ -77,6 +77,8 @@ INPUT_SIZE_TIMEOUT_SECONDS = 1.5
 #: How often a followed execution's output files are read for what is new, and how much
 #: at most goes in one chunk.
 LOG_POLL_SECONDS = 0.25
+#: How long an ended execution's output files are kept for those still reading their end.
+LOG_FOLLOWERS_GRACE_SECONDS = 2.0
 #: How often what requesters have not acknowledged is sent again, and for how long.
 OUTBOX_RETRY_SECONDS = 2.0
 #: Results past their retention are looked for at least this often (more often when the
@@ -147,6 +149,8 @@ class Compute:
         self.core = ComputeCore(mesh.peer_id, policy, max_jobs=max_jobs,
                                 measure_inputs=storages is not None)
         self._running: dict[str, _Running] = {}
+        #: Readers of each execution's output (``follow_output``), by execution ID.
+        self._followers: dict[str, int] = {}
         self._committed: dict[str, _Committed] = {}
         self._send_local = send_local
         #: The store's outbox: updates and results wait there until their requester acks.
@@ -310,8 +314,13 @@ class Compute:
             await self._handle(ExecutionEnded(execution.execution_id))
             if (execution.job.task.publisher.type != "local"
                     and execution.execution_id not in self._committed):
-                # Published elsewhere (or nowhere): nothing here is served any more.
+                # Published elsewhere (or nowhere): nothing here is served any more, once
+                # those following its output have read its end (they read once more after
+                # it leaves ``_running``).
                 with trio.CancelScope(shield=True):
+                    with trio.move_on_after(LOG_FOLLOWERS_GRACE_SECONDS):
+                        while self._followers.get(execution.execution_id):
+                            await trio.sleep(LOG_POLL_SECONDS / 5)
                     await trio.to_thread.run_sync(
                         shutil.rmtree, self.results_root / execution.execution_id, True)
 
@@ -645,16 +654,22 @@ class Compute:
     async def _tail_output(self, execution_id: str) -> AsyncIterator[tuple[int, bytes]]:
         results_dir = self.results_root / execution_id
         offsets = {1: 0, 2: 0}
-        while True:
-            running = execution_id in self._running  # forgotten once reported
-            for kind, name in ((1, "stdout"), (2, "stderr")):
-                while chunk := await trio.to_thread.run_sync(
-                        _read_from, results_dir / name, offsets[kind], LOG_READ_BYTES):
-                    offsets[kind] += len(chunk)
-                    yield kind, chunk
-            if not running:
-                return
-            await trio.sleep(LOG_POLL_SECONDS)
+        self._followers[execution_id] = self._followers.get(execution_id, 0) + 1
+        try:
+            while True:
+                running = execution_id in self._running  # forgotten once reported
+                for kind, name in ((1, "stdout"), (2, "stderr")):
+                    while chunk := await trio.to_thread.run_sync(
+                            _read_from, results_dir / name, offsets[kind], LOG_READ_BYTES):
+                        offsets[kind] += len(chunk)
+                        yield kind, chunk
+                if not running:
+                    return
+                await trio.sleep(LOG_POLL_SECONDS)
+        finally:
+            self._followers[execution_id] -= 1
+            if not self._followers[execution_id]:
+                del self._followers[execution_id]
 
     def results_dir(self, execution_id: str) -> Path | None:
         """Where a finished execution's results live on this node, if they do."""
