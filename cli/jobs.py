@@ -250,9 +250,11 @@ def wait_for_job(ctx: click.Context, job_id: str, *, timeout: float, quiet: bool
     while True:
         asked = time.monotonic()
         wait = max(0.0, min(longest, deadline - asked))
-        job = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}?wait={wait:.3f}")["Job"]
+        answer = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}?wait={wait:.3f}"
+                                  + ("" if quiet else "&include=history"))
+        job = answer["Job"]
         if not quiet:
-            events = call(ctx, "GET", f"/api/v1/orchestrator/jobs/{job_id}/history")["Items"]
+            events = answer["History"]["Items"]
             for event in events[shown:]:
                 who = "execution" if event["Type"] == "ExecutionLevel" else "job"
                 click.echo(f"  {who:<9} {event_new_state(event):<12} "

@@ -222,7 +222,8 @@ async def resolve_job_id(store: Store, id_or_prefix: str) -> JobRecord:
     return record
 
 
-#: How often a followed log stream looks for the end of the job.
+#: The longest a followed log stream goes without looking at its job again (it looks at
+#: once when the job or one of its executions changes).
 LOG_FOLLOW_POLL_SECONDS = 0.5
 
 #: How long a presigned S3 URL handed out by ``/results`` stays valid.
@@ -349,7 +350,8 @@ async def log_frames(store: Store, job_id: str, follow_logs: FollowLogs, *, foll
                     yield execution.execution_id, kind, str(output[key])
         if not follow or record.state.is_terminal:
             return
-        await trio.sleep(LOG_FOLLOW_POLL_SECONDS)
+        # An execution that starts running is a change to the job: looked at once.
+        await store.wait_for_job(record.job.id or "", LOG_FOLLOW_POLL_SECONDS)
 
 
 async def _when_ended(store: Store, execution: ExecutionRecord) -> ExecutionRecord:
@@ -432,14 +434,14 @@ def add_job_routes(app: FastAPI, store: Store,
         ``wait`` (seconds, a bacnode extension): a job not yet terminal is answered once it
         is, or once it or one of its executions changes, or when the wait is over, so that
         a client following a job learns of each change at once without polling."""
-        record = await resolve_job_id(store, job_id)
-        if wait and not record.state.is_terminal:
-            record = await store.wait_for_job(record.job.id or "", wait) or record
         wanted = {part.strip() for part in include.split(",") if part.strip()}
         unknown = wanted - {"executions", "history"}
         if unknown:
             raise HTTPException(400, f"include: unknown {', '.join(sorted(unknown))}; "
                                      "use executions and/or history")
+        record = await resolve_job_id(store, job_id)
+        if wait and not record.state.is_terminal:
+            record = await store.wait_for_job(record.job.id or "", wait) or record
         answer: dict[str, Any] = {"Job": job_json(record)}
         if "history" in wanted:
             events = await store.history(record.job.id or "")

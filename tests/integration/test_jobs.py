@@ -204,6 +204,10 @@ def test_a_client_following_a_job_is_told_of_each_change_without_polling(
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip()
     started = time.monotonic()
+    # A bad request about a job still running is refused at once, not after its wait.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        client.api(f"/api/v1/orchestrator/jobs/{job_id}?wait=20&include=everything", timeout=2)
+    assert "include: unknown everything" in refused.value.read().decode()
     states: list[str] = []
     while not states or states[-1] not in {"Completed", "Failed", "Stopped"}:
         answer = client.api(f"/api/v1/orchestrator/jobs/{job_id}?wait=20", timeout=30)
