@@ -20,8 +20,16 @@ state=${BACNODE_QUICKSTART_DIR:-/tmp/bacnode-quickstart}
 mkdir -p "$state"
 bacnode() { "$PY" -m cli.main "$@"; }
 
+# Ours, and still running: a pid file outlives its server (`kill` leaves it behind), and
+# its pid may since have gone to any other process.
+s3_running() {
+    local pid
+    pid=$(cat "$state/s3.pid" 2>/dev/null) || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "-m scripts.services s3 "
+}
+
 echo "== starting a local S3 server (SeaweedFS) on 127.0.0.1" >&2
-if [[ -f "$state/s3.pid" ]] && kill -0 "$(cat "$state/s3.pid")" 2>/dev/null; then
+if s3_running; then
     echo "   already running (pid $(cat "$state/s3.pid"))" >&2
 else
     rm -f "$state/s3.env"
