@@ -722,8 +722,10 @@ def register(cli: click.Group) -> None:
             verified = verification["State"] if verification else "-"
             created = time.strftime("%H:%M:%S", time.localtime(job["CreateTime"] / 1e9))
             task = job["Tasks"][0]
-            engine = task["Engine"]["Params"]
-            command = " ".join([engine["Image"], *engine.get("Parameters", [])])
+            params = task["Engine"].get("Params") or {}
+            # A job of an engine without an image (noop, say) is shown by its engine.
+            command = " ".join([params.get("Image") or task["Engine"]["Type"],
+                                *params.get("Parameters", [])])
             row = [created, job["ID"] if wide else job["ID"][:10], job["Type"],
                    job["State"]["StateType"], verified, command if wide else command[:30]]
             if wide:

@@ -661,5 +661,10 @@ def test_the_noop_engine_runs_nothing_and_every_node_says_it_has_it(
     assert [e["State"] for e in document["State"]["Executions"]] == ["Completed"] * 2
     assert subprocess.run(["docker", "ps", "-aq"], capture_output=True,
                           text=True).stdout == before
+    # A job without an image is listed by its engine (`list` once failed on it).
+    listed = run(devnet[0], "list", "--wide", "--hide-header", "--no-style")
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[5] for line in listed.stdout.splitlines()
+            if job_id in line] == ["noop"]
     for info in devnet[0].api("/api/v1/orchestrator/nodes")["Nodes"]:
         assert info["Info"]["ComputeNodeInfo"]["ExecutionEngines"] == ["docker", "noop"]
