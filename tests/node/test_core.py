@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from dataclasses import replace
 
 from node.core import ComputeCore, RequesterCore
 from node.core.compute import RESERVATION_TTL_MS
@@ -31,7 +32,7 @@ from node.core.events import (
     Tick,
     UpdateReceived,
 )
-from node.core.requester import DEADLINE_GRACE_MS, MAX_RETRIES
+from node.core.requester import BUSY_RETRY_FIRST_MS, DEADLINE_GRACE_MS, MAX_RETRIES
 from protocol.jobspec import Job
 from protocol.messages import (
     MAX_CANDIDATES,
@@ -169,6 +170,57 @@ def test_busy_nodes_keep_a_job_queued_and_it_is_placed_when_a_slot_frees() -> No
     (announce,) = of(Announce, out)
     out = core.handle(BidReceived(bid(the_job.id or "", "a")), 5005)
     assert [d.decision.accepted for d in of(SendDecision, out)] == [True]
+
+
+def wait_busy(core: RequesterCore, node: str, now: int) -> Job:
+    """A job submitted at ``now`` that ``node``, busy, declines: it waits."""
+    the_job = job()
+    core.handle(Submitted(the_job), now)
+    core.handle(BidReceived(bid(the_job.id or "", node, accept=False, busy=True)), now)
+    assert core.plans[the_job.id or ""].retry_at_ms == now + BUSY_RETRY_FIRST_MS
+    return the_job
+
+
+def announced(instructions: list) -> list[str]:
+    return [i.announcement.job_id for i in of(Announce, instructions)]
+
+
+def test_a_slot_freed_on_a_node_wakes_the_longest_waiting_job_alone() -> None:
+    core = requester_with("a")
+    running = job()
+    (won,) = place(core, running, ["a"])
+    first, second = wait_busy(core, "a", 10), wait_busy(core, "a", 20)
+    freed = BUSY_RETRY_FIRST_MS // 2
+    assert not announced(core.handle(Tick(), freed))  # busy: no asking on a short timer
+    out = core.handle(UpdateReceived(update(won.execution_id, running.id or "", "a",
+                                            ExecutionState.COMPLETED)), freed)
+    out += core.handle(Tick(), freed)
+    assert announced(out) == [first.id]  # one slot, one announcement
+    # The queue moved, so the next in it waits for the next freed slot...
+    assert not announced(core.handle(Tick(), 20 + BUSY_RETRY_FIRST_MS))
+    # ...or, if none is heard of, asks once the queue has stalled that long.
+    assert announced(core.handle(Tick(), freed + BUSY_RETRY_FIRST_MS)) == [second.id]
+
+
+def test_a_heartbeat_with_fewer_running_wakes_a_waiting_job_that_fits_that_node() -> None:
+    core = requester_with("a")
+    core.handle(NodeHeard(replace(info("a", seq=2), running_executions=2)), 5)
+    waiting = wait_busy(core, "a", 10)
+    # Another requester's execution ended there: only the node's heartbeat says so.
+    out = core.handle(NodeHeard(replace(info("a", seq=3), running_executions=1)), 300)
+    out += core.handle(Tick(), 300)
+    assert announced(out) == [waiting.id]
+
+
+def test_a_slot_freed_on_a_node_the_job_does_not_fit_wakes_nothing() -> None:
+    core = requester_with("a")
+    core.handle(NodeHeard(replace(info("w", seq=1), engines=("wasm",), running_executions=1)),
+                0)
+    waiting = wait_busy(core, "a", 10)
+    out = core.handle(NodeHeard(replace(info("w", seq=2), engines=("wasm",))), 300)
+    out += core.handle(Tick(), 300)
+    assert not announced(out)
+    assert announced(core.handle(Tick(), 10 + BUSY_RETRY_FIRST_MS)) == [waiting.id]
 
 
 def test_a_bid_delivered_twice_does_not_cancel_the_execution_it_won() -> None:
