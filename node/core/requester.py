@@ -176,6 +176,8 @@ class _Plan:
     silent_rounds: int = 0
     #: The node whose freed slot woke this job: asked first in its next round.
     woken_by: str | None = None
+    #: Waiting for busy nodes to free a slot (not for nodes that can take it at all).
+    busy_wait: bool = False
     #: Verified jobs: reveals are asked for once ``count`` executions have committed.
     revealing: bool = False
     verdict: str = ""
@@ -428,6 +430,7 @@ class RequesterCore:
             self._fail(plan, self._no_placement_reason(plan, bids, bid_round, needed))
             return
         # Busy nodes will free a slot and that wakes the job; the timer is the backstop.
+        plan.busy_wait = could_ever
         delay = max(plan.retry_delay_ms, BUSY_RETRY_FIRST_MS) if could_ever \
             else plan.retry_delay_ms
         plan.retry_at_ms = now + delay
@@ -580,14 +583,15 @@ class RequesterCore:
     def _wake_one_waiting(self, node_id: str, now: int) -> None:
         """A slot is free on ``node_id``: the longest-waiting job that fits it asks now.
 
-        Only one, and only one that fits: waking every waiting job would announce each
-        again for a single slot, and waking the longest-waiting one alone could wake, over
-        and over, a job that only some other (busy) node can run."""
+        Only one, and only one that fits and waits for a slot: waking every waiting job
+        would announce each again for a single slot, and waking the longest-waiting one
+        alone could wake, over and over, a job that only some other (busy) node can run,
+        or one that more nodes than there are must take at once."""
         view = self.nodes.get(node_id)
         if view is None:
             return
         waiting = [plan for plan in self.plans.values()
-                   if plan.retry_at_ms is not None and plan.retry_at_ms > now
+                   if plan.busy_wait and plan.retry_at_ms is not None and plan.retry_at_ms > now
                    and plan.round is None and node_id not in plan.tried_nodes()
                    and self._fits(plan.job, view.info)]
         if not waiting:

@@ -223,6 +223,20 @@ def test_a_slot_freed_on_a_node_the_job_does_not_fit_wakes_nothing() -> None:
     assert announced(core.handle(Tick(), 10 + BUSY_RETRY_FIRST_MS)) == [waiting.id]
 
 
+def test_a_freed_slot_wakes_no_job_that_needs_more_nodes_than_there_are() -> None:
+    core = requester_with("a")
+    running = job()
+    (won,) = place(core, running, ["a"])
+    too_big = job(count=2, queue_timeout=60)
+    core.handle(Submitted(too_big), 10)  # asks everyone: one known node is too few
+    core.handle(BidReceived(bid(too_big.id or "", "a", accept=False, busy=True)), 10)
+    core.handle(Tick(), 3100)  # its bid window closes; it waits, on its own timer
+    behind = wait_busy(core, "a", 3200)
+    out = core.handle(UpdateReceived(update(won.execution_id, running.id or "", "a",
+                                            ExecutionState.COMPLETED)), 3300)
+    assert announced(out + core.handle(Tick(), 3300)) == [behind.id]
+
+
 def test_a_bid_delivered_twice_does_not_cancel_the_execution_it_won() -> None:
     core = requester_with("a", "b", "c")
     the_job = job()
