@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
     import http.client
@@ -89,9 +89,39 @@ class ApiClient:
         return f"http://{host}:{self.port}"
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        headers = {**self.headers, **({"Content-Type": "application/json"} if data else {})}
-        return self._json(self._open(method, path, data, headers))
+        """One JSON request and its JSON answer.
+
+        Spoken over a plain socket, one request per connection: every command makes at
+        least one, and ``http.client`` (its email parser, ssl) would cost the CLI's start-up
+        ~16 ms for what a daemon's JSON API needs. Streams (logs, downloads, uploads) go
+        through ``http.client`` (``open``, ``upload_stream``)."""
+        import socket
+
+        data = b"" if body is None else json.dumps(body).encode()
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{self.port}",
+                 "Accept: application/json", "Connection: close",
+                 *(f"{name}: {value}" for name, value in self.headers.items())]
+        if body is not None or method in ("PUT", "POST"):
+            lines += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
+        try:
+            connection = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except OSError as exc:
+            raise self._unreachable(exc) from None
+        with connection, connection.makefile("rb") as reader:
+            try:
+                connection.sendall("\r\n".join(lines).encode() + b"\r\n\r\n" + data)
+                status, reason, payload = _read_response(reader)
+            except (OSError, ValueError) as exc:
+                raise ApiError(
+                    f"the daemon at {self.base_url} stopped answering: {exc}") from None
+        if status >= 400:
+            raise ApiError(_error_message(status, reason, payload))
+        try:
+            return json.loads(payload or b"null")
+        except ValueError:
+            raise ApiError(f"the daemon at {self.base_url} answered {status} with no JSON: "
+                           f"{payload[:80]!r}") from None
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
@@ -110,6 +140,12 @@ class ApiClient:
                 return json.loads(response.read() or b"null")
             except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
                 raise ApiError(f"the daemon at {self.base_url} stopped answering: {exc}") from None
+
+    def _unreachable(self, exc: BaseException) -> ApiError:
+        return ApiError(
+            f"no bacnode daemon answers at {self.base_url} ({exc}); start one with "
+            "'bacnode serve', or point to one with --api-host/--api-port or "
+            "BACNODE_API_HOST/BACNODE_API_PORT")
 
     def open(self, path: str, timeout: float | None = None) -> http.client.HTTPResponse:
         """The response to GET ``path``; the caller closes it."""
@@ -130,11 +166,7 @@ class ApiClient:
             response = connection.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
-            raise ApiError(
-                f"no bacnode daemon answers at {self.base_url} ({exc}); start one with "
-                "'bacnode serve', or point to one with --api-host/--api-port or "
-                "BACNODE_API_HOST/BACNODE_API_PORT"
-            ) from None
+            raise self._unreachable(exc) from None
         # The response reads on until it is closed itself (closing the connection would
         # close it too): the socket, released here, stays open for it, as urllib does.
         if connection.sock is not None:
@@ -164,9 +196,70 @@ def _error_detail(response: http.client.HTTPResponse) -> str:
     import http.client
 
     try:
-        payload = json.loads(response.read())
+        payload = response.read()
+    except (OSError, http.client.HTTPException):
+        payload = b""
+    return _error_message(response.status, response.reason, payload)
+
+
+def _error_message(status: int, reason: str, payload: bytes) -> str:
+    try:
+        answer = json.loads(payload)
         # Bacalhau's APIError ({Status, Message, Code}); FastAPI's own {detail} as a fallback.
-        detail = payload.get("Message") or payload.get("detail") or payload
-    except (ValueError, AttributeError, OSError, http.client.HTTPException):
-        detail = response.reason
-    return f"the daemon answered {response.status}: {detail}"
+        detail = answer.get("Message") or answer.get("detail") or answer
+    except (ValueError, AttributeError):
+        detail = reason
+    return f"the daemon answered {status}: {detail}"
+
+
+#: Bounds on what the daemon may send back: a header line, and the header lines.
+MAX_HEADER_LINE = 65536
+MAX_HEADERS = 100
+
+
+def _read_response(reader: BinaryIO) -> tuple[int, str, bytes]:
+    """Status, reason and body of one HTTP/1.1 response read from ``reader`` (the request
+    asked to close the connection, so a body without a length ends with it). Raises
+    ``ValueError`` for what is not such a response."""
+    version, _, rest = _line(reader).partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not version.startswith("HTTP/1.") or not code.isdigit():
+        raise ValueError(f"not an HTTP response: {version} {rest}"[:120])
+    length: int | None = None
+    chunked = False
+    for _ in range(MAX_HEADERS):
+        line = _line(reader)
+        if not line:
+            break
+        name, _, value = line.partition(":")
+        name, value = name.strip().lower(), value.strip()
+        if name == "content-length":
+            length = int(value)
+        elif name == "transfer-encoding":
+            chunked = value.lower().endswith("chunked")
+    else:
+        raise ValueError("more header lines than an answer of the API has")
+    if chunked:
+        parts = []
+        while size := int(_line(reader).split(";")[0], 16):
+            parts.append(_exactly(reader, size))
+            _line(reader)
+        while _line(reader):  # trailers, up to the blank line
+            pass
+        return int(code), reason, b"".join(parts)
+    return int(code), reason, reader.read() if length is None else _exactly(reader, length)
+
+
+def _line(reader: BinaryIO) -> str:
+    line = reader.readline(MAX_HEADER_LINE + 1)
+    if not line.endswith(b"\n"):
+        raise ValueError("the answer broke off" if len(line) <= MAX_HEADER_LINE
+                         else "a header line longer than an answer of the API has")
+    return line.rstrip(b"\r\n").decode("latin-1")
+
+
+def _exactly(reader: BinaryIO, size: int) -> bytes:
+    data = reader.read(size)
+    if len(data) != size:
+        raise ValueError(f"the answer broke off after {len(data)} of {size} bytes")
+    return data
