@@ -93,7 +93,7 @@ class ApiClient:
 
         Spoken over a plain socket, one request per connection: every command makes at
         least one, and ``http.client`` (its email parser, ssl) would cost the CLI's start-up
-        ~16 ms for what a daemon's JSON API needs. Streams (logs, downloads, uploads) go
+        ~20 ms for what a daemon's JSON API needs. Streams (logs, downloads, uploads) go
         through ``http.client`` (``open``, ``upload_stream``)."""
         import socket
 
@@ -112,6 +112,10 @@ class ApiClient:
             try:
                 connection.sendall("\r\n".join(lines).encode() + b"\r\n\r\n" + data)
                 status, reason, payload = _read_response(reader)
+            except NotHttp as exc:
+                raise ApiError(
+                    f"what answers at {self.base_url} does not speak HTTP ({exc}); is that "
+                    "the daemon's API port (--api-port, BACNODE_API_PORT)?") from None
             except (OSError, ValueError) as exc:
                 raise ApiError(
                     f"the daemon at {self.base_url} stopped answering: {exc}") from None
@@ -212,6 +216,10 @@ def _error_message(status: int, reason: str, payload: bytes) -> str:
     return f"the daemon answered {status}: {detail}"
 
 
+class NotHttp(ValueError):
+    """What answered is no HTTP server (another service on that port)."""
+
+
 #: Bounds on what the daemon may send back: a header line, and the header lines.
 MAX_HEADER_LINE = 65536
 MAX_HEADERS = 100
@@ -224,7 +232,7 @@ def _read_response(reader: BinaryIO) -> tuple[int, str, bytes]:
     version, _, rest = _line(reader).partition(" ")
     code, _, reason = rest.partition(" ")
     if not version.startswith("HTTP/1.") or not code.isdigit():
-        raise ValueError(f"not an HTTP response: {version} {rest}"[:120])
+        raise NotHttp(f"it said {version} {rest}"[:120].rstrip())
     length: int | None = None
     chunked = False
     for _ in range(MAX_HEADERS):

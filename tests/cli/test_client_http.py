@@ -69,6 +69,16 @@ def test_a_daemon_that_stops_mid_answer_is_a_one_line_error() -> None:
     assert "stopped answering" in message and "\n" not in message
 
 
+def test_a_port_that_speaks_no_http_is_named_as_such() -> None:
+    listener, thread = serve_once(b"/multistream/1.0.0\n")  # a libp2p port, say
+    with listener:
+        client = ApiClient("127.0.0.1", listener.getsockname()[1], timeout=5)
+        with pytest.raises(ApiError, match=r"does not speak HTTP \(it said /multistream/1\.0\.0\); "
+                                           r"is that the daemon's API port"):
+            client.get("/api/v1/agent/version")
+        thread.join(5)
+
+
 def test_an_error_answer_is_shown_by_its_message() -> None:
     body = b'{"Status": 404, "Message": "job \'j-1\' not found", "Code": "NotFound"}'
     listener, thread = serve_once(b"HTTP/1.1 404 Not Found\r\ncontent-length: %d\r\n\r\n%s"
