@@ -136,6 +136,7 @@ class Compute:
         send_local: Callable[[Message, bytes | None], Awaitable[None]] | None = None,
         outbox: Any = None,
         results_retention_seconds: float = 168 * 3600,
+        on_load_change: Callable[[], None] | None = None,
     ) -> None:
         self.mesh = mesh
         self.peer_id = mesh.peer_id
@@ -158,9 +159,13 @@ class Compute:
         #: Whether the outbox may hold something not yet delivered: true at start (a
         #: previous run may have left some) and once anything is added; it is read only then.
         self._may_owe = True
+        self._owing = trio.Event()
         self.results_retention_seconds = results_retention_seconds
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
+        #: Called when free capacity, the slots held or an engine's availability may have
+        #: changed (the daemon heartbeats the change, without polling for it).
+        self._on_load_change = on_load_change or (lambda: None)
 
     @property
     def free(self) -> Capacity:
@@ -193,6 +198,7 @@ class Compute:
                 await self._handle(Tick())
 
     async def _handle(self, event: ComputeEvent) -> None:
+        load = (self.core.running, self.core.free)
         for instruction in self.core.handle(event, now_ms()):
             match instruction:
                 case MeasureInputs(announcement, job, execution_id):
@@ -210,6 +216,8 @@ class Compute:
                     await self._cancel(execution_id, reason)
         if not isinstance(event, Tick):
             self._wake.set()
+        if (self.core.running, self.core.free) != load:
+            self._on_load_change()
 
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         assert self._nursery is not None
@@ -230,6 +238,7 @@ class Compute:
     def _use_policy(self, policy: NodePolicy) -> None:
         self.policy = self.core.policy = policy
         self._wake.set()
+        self._on_load_change()
 
     async def _watch_engines(self) -> None:
         """Stop bidding for an engine while it cannot run anything, and say why (in
@@ -589,7 +598,7 @@ class Compute:
             return
         seq = await self._outbox.outbox_add(peer, pack_message(message), now_ms())
         # Before the send: one cancelled half-way (its execution stopped) leaves it owed.
-        self._may_owe = True
+        self._note_owed()
         if await self._try_send(peer, sealed):
             await self._outbox.outbox_remove(seq)
 
@@ -604,11 +613,18 @@ class Compute:
             log.warning("%s refused a message: %s", peer, reply[:200].decode(errors="replace"))
         return True
 
+    def _note_owed(self) -> None:
+        self._may_owe = True
+        self._owing.set()
+
     async def _resend_owed(self) -> None:
-        """Every few seconds, send again what requesters have not acknowledged, oldest
-        first; a requester that does not answer is skipped until the next round, so its
-        messages stay in order."""
+        """Every few seconds while anything may be owed, send again what requesters have
+        not acknowledged, oldest first; a requester that does not answer is skipped until
+        the next round, so its messages stay in order. An idle node does not wake for it."""
         while True:
+            if not self._may_owe:
+                await self._owing.wait()
+            self._owing = trio.Event()
             await trio.sleep(OUTBOX_RETRY_SECONDS)
             if not self._may_owe:
                 continue
@@ -617,11 +633,12 @@ class Compute:
             try:
                 owed = await self._outbox.outbox_pending()
             except Exception as exc:  # the store is unreadable: try again next round
-                self._may_owe = True
+                self._note_owed()
                 log.warning("reading the outbox: %s", exc)
                 continue
             # Read again next round until a read finds it empty.
-            self._may_owe = bool(owed)
+            if owed:
+                self._note_owed()
             unreachable: set[str] = set()
             for seq, peer, packed, created_ms in owed:
                 if peer in unreachable:

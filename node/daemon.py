@@ -67,8 +67,9 @@ from .store import Store, StoreError, open_store
 log = logging.getLogger("bacnode.daemon")
 
 SHUTDOWN_GRACE_SECONDS = 10
-#: How often a node looks whether its load changed, to announce it before the next heartbeat.
-LOAD_CHECK_SECONDS = 1.0
+#: A change in load is announced at once, before the next heartbeat, but a node heartbeats
+#: at most this often.
+MIN_HEARTBEAT_GAP_SECONDS = 1.0
 #: After copying a peer's membership table, how long our heartbeat waits for a gossip peer
 #: on the nodes topic (published before one is known, it would reach nobody).
 HEARTBEAT_AFTER_JOIN_WAIT_SECONDS = 3.0
@@ -119,7 +120,10 @@ class Daemon:
         self._nursery: trio.Nursery | None = None
         self._mesh_joined = False
         self._started = False
-        self._heartbeat_now = trio.Event()
+        #: Set to wake the heartbeat loop; with _heartbeat_now, to send at once.
+        self._heartbeat_wake = trio.Event()
+        self._heartbeat_now = False
+        self._wake_on_load = False
 
     # -- what the API reads --------------------------------------------------
 
@@ -204,7 +208,7 @@ class Daemon:
         log.warning("reloaded the config: %s", ", ".join(changed) or "nothing changed")
         if fixed:
             log.warning("these settings change only at a restart: %s", ", ".join(fixed))
-        self._heartbeat_now.set()
+        self._heartbeat_soon()
 
     def _policy(self, base: NodePolicy) -> NodePolicy:
         """``base`` (what is installed here) with the labels and limits of the config: what
@@ -337,7 +341,7 @@ class Daemon:
             if isinstance(info, NodeInfo) and info.node_id != self.peer_id:
                 await self._saw_node(info, envelope, heard_ms=heard_ms)
         await self.mesh.wait_topic_peers(TOPIC_NODES, HEARTBEAT_AFTER_JOIN_WAIT_SECONDS)
-        self._heartbeat_now.set()
+        self._heartbeat_soon()
 
     async def _heartbeat(self) -> None:
         """Node info every ``heartbeat_seconds`` (longer in a large network: see
@@ -354,10 +358,9 @@ class Daemon:
         last_load: tuple[Any, ...] = ()
         while True:
             interval = self._heartbeat_interval_seconds()
-            load = ((self.compute.free, self.compute.running, dict(self.compute.unavailable))
-                    if self.compute else ())
-            due = trio.current_time() - last_sent >= interval
-            if due or load != last_load:
+            load = self._load()
+            since = trio.current_time() - last_sent
+            if since >= interval or (load != last_load and since >= MIN_HEARTBEAT_GAP_SECONDS):
                 info = self.local_node_info()
                 try:
                     await self.mesh.publish(TOPIC_NODES, info)
@@ -366,11 +369,34 @@ class Daemon:
                 if self.requester is not None:  # gossip does not bring our own back
                     await self.requester.heard(info)
                 last_sent, last_load = trio.current_time(), load
-            with trio.move_on_after(min(LOAD_CHECK_SECONDS, self.config.heartbeat_seconds)):
-                await self._heartbeat_now.wait()
-            if self._heartbeat_now.is_set():
-                self._heartbeat_now = trio.Event()
+                continue  # the load may have changed while it was sent
+            wait = interval - since
+            # A load not yet announced waits only for the rate limit; an announced one for
+            # its next change (Compute calls _load_changed), or the interval.
+            self._wake_on_load = load == last_load
+            if not self._wake_on_load:
+                wait = min(wait, MIN_HEARTBEAT_GAP_SECONDS - since)
+            with trio.move_on_after(wait):
+                await self._heartbeat_wake.wait()
+            self._heartbeat_wake = trio.Event()
+            if self._heartbeat_now:
+                self._heartbeat_now = False
                 last_sent = -math.inf
+
+    def _load(self) -> tuple[Any, ...]:
+        """What the heartbeat says about the load, which is announced whenever it changes."""
+        if self.compute is None:
+            return ()
+        return self.compute.free, self.compute.running, dict(self.compute.unavailable)
+
+    def _load_changed(self) -> None:
+        if self._wake_on_load:
+            self._heartbeat_wake.set()
+
+    def _heartbeat_soon(self) -> None:
+        """Heartbeat at once, whatever the interval (after joining, a reload, a new reach)."""
+        self._heartbeat_now = True
+        self._heartbeat_wake.set()
 
     def _heartbeat_interval_seconds(self) -> float:
         """This node's heartbeat interval now; the detection windows follow it."""
@@ -391,7 +417,7 @@ class Daemon:
         assert self.mesh is not None
         while True:
             await self.mesh.reach.changed()
-            self._heartbeat_now.set()
+            self._heartbeat_soon()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -506,6 +532,7 @@ class Daemon:
             send_local=self._send_local,
             outbox=self.store,
             results_retention_seconds=self.config.results_retention_hours * 3600,
+            on_load_change=self._load_changed,
         )
         await nursery.start(compute.run)
         return compute

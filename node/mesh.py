@@ -118,6 +118,9 @@ STREAMS_PER_PEER = {"/bacnode/requests/1": 4, "/bacnode/results/1": 8,
                     "/bacnode/logs/1": 32, "/bacnode/members/1": 2}
 MAX_STREAM_MESSAGE = 256 * 1024
 RECONNECT_SECONDS = 2.0
+#: ... and, while connected to every bootstrap peer, this often (a dropped connection
+#: wakes it at once).
+RECONNECT_SETTLED_SECONDS = 60.0
 #: Peer exchange: when none of its bootstrap peers answers, a node keeps this many
 #: connections by dialling nodes it learned of from their signed heartbeats, so the mesh
 #: stays whole when its bootstrap peers go away. Not while one answers: every connection
@@ -146,8 +149,11 @@ HEALTH_CHECK_SECONDS = 30.0
 INVALID_MESSAGE_PENALTY = 1.0
 GOSSIP_THRESHOLD = -40.0
 GRAYLIST_THRESHOLD = -80.0
-#: How often graylisted peers are looked for, to prune and disconnect them.
-GRAYLIST_CHECK_SECONDS = 1.0
+#: Graylisted peers are looked for (to prune and disconnect them) once a message is refused,
+#: at most this often: a score falls below the threshold only through refused messages.
+GRAYLIST_CHECK_SECONDS = 0.25
+#: ... and otherwise this often, in case a score fell some other way.
+GRAYLIST_BACKSTOP_SECONDS = 60.0
 #: How long a graylisted peer's connections are refused after we disconnect it. Its score
 #: decays meanwhile; when it comes back it starts from what is left of it.
 BAN_SECONDS = 600.0
@@ -560,6 +566,13 @@ class Mesh:
         own_id = self.host.get_id().to_bytes()
 
         def validate(forwarder: ID, msg: Any) -> bool:
+            if check(forwarder, msg):
+                return True
+            # py-libp2p scores the refusal down next: time to look for graylisted peers.
+            self._graylisted_now.set()
+            return False
+
+        def check(forwarder: ID, msg: Any) -> bool:
             if msg.from_id == own_id:
                 # We just signed it; what we publish is handled here directly, not looped
                 # back through our own subscription (so this is not queued for it either).
@@ -1073,6 +1086,7 @@ class Mesh:
         scorer = self.gossipsub.scorer
         if scorer is not None:
             scorer.on_invalid_message(forwarder, TOPIC_JOBS)
+            self._graylisted_now.set()
         return True
 
     def _refuse_graylisted(self, forwarder: ID) -> bool:
@@ -1112,7 +1126,7 @@ class Mesh:
         for ``BAN_SECONDS`` and take them out of every topic's mesh: what they send would
         be dropped unread anyway, but reading it is what a flood costs."""
         while True:
-            with trio.move_on_after(GRAYLIST_CHECK_SECONDS):
+            with trio.move_on_after(GRAYLIST_BACKSTOP_SECONDS):
                 await self._graylisted_now.wait()
             self._graylisted_now = trio.Event()
             now = time.monotonic()
@@ -1142,6 +1156,7 @@ class Mesh:
                         await self.gossipsub.emit_prune(topic, peer, False, False)
                     except Exception as exc:  # it may be gone already
                         log.debug("prune to %s: %r", peer, exc)
+            await trio.sleep(GRAYLIST_CHECK_SECONDS)
 
     async def _disconnect(self, peer: ID) -> None:
         try:
@@ -1183,8 +1198,9 @@ class Mesh:
     async def _keep_connected(self) -> None:
         """Dial every bootstrap peer we are not connected to, all at once (one dead or slow
         peer must not hold up the others), then, while none of them answers, learned peers
-        up to ``peer_target`` connections; again every ``RECONNECT_SECONDS`` or as soon as a
-        connection drops."""
+        up to ``peer_target`` connections; again every ``RECONNECT_SECONDS`` (every
+        ``RECONNECT_SETTLED_SECONDS`` once connected to them all) or as soon as a connection
+        drops."""
         warned: set[str] = set()
 
         async def dial(info: Any, text: str) -> None:
@@ -1199,15 +1215,20 @@ class Mesh:
                     log.warning("cannot reach bootstrap peer %s (%s); retrying every %.0fs",
                                 text, _describe(exc), RECONNECT_SECONDS)
 
+        own_id = self.host.get_id()
         while True:
             connected = set(self.host.get_connected_peers())
             async with trio.open_nursery() as nursery:
                 for info, text in self._bootstrap:
-                    if info.peer_id not in connected and info.peer_id != self.host.get_id():
+                    if info.peer_id not in connected and info.peer_id != own_id:
                         nursery.start_soon(dial, info, text)
             await self._dial_learned_peers()
             self._reconnect_now = trio.Event()
-            with trio.move_on_after(RECONNECT_SECONDS):
+            connected = set(self.host.get_connected_peers())
+            # Connected to every bootstrap peer: nothing to do until a connection drops.
+            settled = all(info.peer_id in connected or info.peer_id == own_id
+                          for info, _ in self._bootstrap)
+            with trio.move_on_after(RECONNECT_SETTLED_SECONDS if settled else RECONNECT_SECONDS):
                 await self._reconnect_now.wait()
 
     async def _dial(self, info: PeerInfo) -> None:

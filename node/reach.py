@@ -32,10 +32,12 @@ real MASQUERADE NATs in network namespaces (tests/integration/test_nat.py):
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import multiaddr
 import trio
+from libp2p.abc import INotifee
 from libp2p.host.autonat import AutoNATService
 from libp2p.host.autonat.autonat import AutoNATStatus
 from libp2p.peer.id import ID
@@ -127,6 +129,14 @@ class _RecordedHolePunches(DCUtRProtocol):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.outcomes: dict[str, str] = {}
+        #: Set once a connection through a relay opens: before, there is nothing to punch.
+        self.relayed_connection_opened = trio.Event()
+
+    async def _auto_drive_loop(self) -> None:
+        # py-libp2p's loop looks through every connection for relayed ones every 2 s from
+        # the start; a node that never had one (most nodes) need not wake for it.
+        await self.relayed_connection_opened.wait()
+        await super()._auto_drive_loop()
 
     async def initiate_hole_punch(self, peer_id: ID) -> bool:
         ok = bool(await super().initiate_hole_punch(peer_id))
@@ -139,6 +149,32 @@ def is_relayed(conn: Any) -> bool:
         return any("/p2p-circuit" in str(a) for a in conn.get_transport_addresses())
     except Exception:
         return False
+
+
+class _RelayedConnections(INotifee):  # type: ignore[misc]
+    """Calls ``opened`` when a connection through a relay opens."""
+
+    def __init__(self, opened: Callable[[], None]) -> None:
+        self._opened = opened
+
+    async def connected(self, network: Any, conn: Any) -> None:
+        if is_relayed(conn):
+            self._opened()
+
+    async def disconnected(self, network: Any, conn: Any) -> None:
+        pass
+
+    async def opened_stream(self, network: Any, stream: Any) -> None:
+        pass
+
+    async def closed_stream(self, network: Any, stream: Any) -> None:
+        pass
+
+    async def listen(self, network: Any, maddr: Any) -> None:
+        pass
+
+    async def listen_close(self, network: Any, maddr: Any) -> None:
+        pass
 
 
 class Reach:
@@ -157,6 +193,8 @@ class Reach:
         host.get_network().transport_manager.add_transport(self.transport)
         self.autonat = _DialBackAutoNAT(host, serve=True, confirmations=1)
         self.dcutr = _RecordedHolePunches(host, dial_timeout=HOLE_PUNCH_DIAL_SECONDS)
+        host.get_network().register_notifee(
+            _RelayedConnections(self.dcutr.relayed_connection_opened.set))
         self.status = AutoNATStatus.UNKNOWN
         #: Relays holding a slot for us, and our address through each.
         self.relayed: dict[ID, multiaddr.Multiaddr] = {}

@@ -113,6 +113,7 @@ class Requester:
         self._ready = trio.Event()
         self._wake = trio.Event()
         self._unpersisted: list[_Persist] = []
+        self._write_failed = trio.Event()
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -278,6 +279,7 @@ class Requester:
             except StoreError as exc:
                 log.warning("store write failed (kept to try again): %s", exc)
                 self._unpersisted.append(instruction)
+                self._write_failed.set()
                 return
 
     async def _write(self, instruction: _Persist) -> None:
@@ -285,7 +287,12 @@ class Requester:
             await self.store.committed(write)
 
     async def _retry_unpersisted(self) -> None:
+        """Write again what the store refused, in order, every second until it takes it;
+        a node whose store never failed does not wake for it."""
         while True:
+            if not self._unpersisted:
+                await self._write_failed.wait()
+            self._write_failed = trio.Event()
             await trio.sleep(PERSIST_RETRY_SECONDS)
             if not self._unpersisted:
                 continue

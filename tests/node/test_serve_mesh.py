@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from scripts.daemons import Daemon, DaemonPool, wait_until
 
@@ -284,6 +285,38 @@ def test_a_joiner_copies_the_membership_table_and_nobody_heartbeats_for_it(
     # The joiner lists right as last heard before the joiner even started: a copied row.
     heard = joiner.api_nodes()[right.peer_id]["LastSeen"]
     assert datetime.fromisoformat(heard.replace("Z", "+00:00")) < joiner_started, heard
+
+
+def test_a_change_in_load_is_announced_when_it_happens_not_at_the_next_heartbeat(
+        daemons: DaemonPool):
+    """Schedulers and ``node list`` see a node take a job and finish it within seconds,
+    though it heartbeats every 10 minutes: a change in load is announced as it happens,
+    and once nothing changes the node is quiet again until its next heartbeat."""
+    requester = daemons.new("busy-req", heartbeat=RARE_HEARTBEAT)
+    worker = daemons.new("busy-worker", peers=[requester], heartbeat=RARE_HEARTBEAT,
+                         args=["--labels", "zone=busy"])
+    daemons.start_all([requester, worker])
+    for node in (requester, worker):
+        node.wait_connected(ids([requester, worker]), timeout=CONVERGE_TIMEOUT)
+
+    def worker_row() -> dict[str, Any]:
+        return requester.api_nodes()[worker.peer_id]
+
+    def running() -> int:
+        return worker_row()["Info"]["ComputeNodeInfo"]["RunningExecutions"]
+
+    assert running() == 0
+    submitted = requester.cli("docker", "run", "--wait=false", "--id-only", "-s", "zone=busy",
+                              "-p", "noop", "busybox", "--", "sleep", "4")
+    assert submitted.returncode == 0, submitted.stderr
+    wait_until(lambda: running() == 1, timeout=3.5,
+               what="the requester to hear that the worker runs the job")
+    wait_until(lambda: running() == 0, timeout=15,
+               what="the requester to hear that the worker is free again")
+    # And quiet again: no heartbeat a second once nothing changes.
+    heard = worker_row()["LastSeen"]
+    time.sleep(2.5)
+    assert worker_row()["LastSeen"] == heard
 
 
 def test_forged_rows_of_a_membership_table_are_dropped(daemons: DaemonPool):
