@@ -89,7 +89,7 @@ class NodeConfig:
     default_job_memory: str = "512Mb"
     mdns: bool = True
     swarm_key: Path | None = None
-    #: As Bacalhau's. Changes in load are announced within a second anyway, so this is
+    #: As Bacalhau's. Changes in load are announced when they happen anyway, so this is
     #: liveness; every idle heartbeat is relayed to every node.
     heartbeat_seconds: float = 15.0
     #: A node is DISCONNECTED after this many heartbeats in a row are missed (30 s).

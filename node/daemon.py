@@ -345,8 +345,9 @@ class Daemon:
 
     async def _heartbeat(self) -> None:
         """Node info every ``heartbeat_seconds`` (longer in a large network: see
-        ``heartbeat_interval_ms``), within a second of a change in load, and at once when
-        asked (after joining, when our reachability changes).
+        ``heartbeat_interval_ms``), when the load changes (at once, or a second after the
+        last heartbeat, whichever is later), and at once when asked (after joining, when our
+        reachability changes). Nothing here wakes in between.
 
         An idle node's heartbeats are what the mesh relays all day, so they stay sparse;
         what schedulers and ``node list`` care about (free capacity, running executions,
