@@ -30,10 +30,11 @@ import sys
 from typing import Any
 
 import trio
-from libp2p.abc import INotifee
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+
+from .notifee import Notifee
 
 log = logging.getLogger("bacnode.dht")
 
@@ -111,7 +112,7 @@ async def providers(dht: Any, cid: str, count: int = 20) -> list[PeerInfo]:
     return [PeerInfo(peer, addresses) for peer, addresses in merged.items()][:count]
 
 
-class RoutingNotifee(INotifee):
+class RoutingNotifee(Notifee):
     """Offers each new connection's peer to the routing table, once identify has said
     which protocols it speaks (only DHT servers belong there)."""
 
@@ -144,18 +145,3 @@ class RoutingNotifee(INotifee):
             await self.dht.routing_table.add_peer(peer)
         except Exception as exc:  # a notifee must never raise into the swarm
             log.debug("routing table: cannot add %s: %r", peer, exc)
-
-    async def disconnected(self, network: Any, conn: Any) -> None:
-        pass
-
-    async def opened_stream(self, network: Any, stream: Any) -> None:
-        pass
-
-    async def closed_stream(self, network: Any, stream: Any) -> None:
-        pass
-
-    async def listen(self, network: Any, multiaddr: Any) -> None:
-        pass
-
-    async def listen_close(self, network: Any, multiaddr: Any) -> None:
-        pass

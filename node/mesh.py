@@ -31,7 +31,6 @@ from typing import Any
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.abc import INotifee
 from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
@@ -69,6 +68,7 @@ from protocol.messages import (
 
 from . import dht, libp2p_tuning
 from .addresses import host_of, is_public
+from .notifee import Notifee
 from .reach import Reach, is_relayed
 
 log = logging.getLogger("bacnode.mesh")
@@ -290,7 +290,7 @@ class _Pubsub(Pubsub):
         await super().push_msg(msg_forwarder, msg)
 
 
-class _Disconnects(INotifee):
+class _Disconnects(Notifee):
     """Wakes the reconnect loop when a connection closes; hands new connections to
     ``opened`` (which closes those of banned peers)."""
 
@@ -299,24 +299,12 @@ class _Disconnects(INotifee):
         self._wake = wake
         self._opened = opened
 
-    async def opened_stream(self, network: Any, stream: Any) -> None:
-        pass
-
-    async def closed_stream(self, network: Any, stream: Any) -> None:
-        pass
-
     async def connected(self, network: Any, conn: Any) -> None:
         if self._opened is not None:
             await self._opened(conn)
 
     async def disconnected(self, network: Any, conn: Any) -> None:
         self._wake()
-
-    async def listen(self, network: Any, maddr: Any) -> None:
-        pass
-
-    async def listen_close(self, network: Any, maddr: Any) -> None:
-        pass
 
 
 class Mesh:

@@ -37,7 +37,6 @@ from typing import Any
 
 import multiaddr
 import trio
-from libp2p.abc import INotifee
 from libp2p.host.autonat import AutoNATService
 from libp2p.host.autonat.autonat import AutoNATStatus
 from libp2p.peer.id import ID
@@ -49,6 +48,8 @@ from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
 from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
+
+from .notifee import Notifee
 
 log = logging.getLogger("bacnode.reach")
 
@@ -151,7 +152,7 @@ def is_relayed(conn: Any) -> bool:
         return False
 
 
-class _RelayedConnections(INotifee):  # type: ignore[misc]
+class _RelayedConnections(Notifee):
     """Calls ``opened`` when a connection through a relay opens."""
 
     def __init__(self, opened: Callable[[], None]) -> None:
@@ -160,21 +161,6 @@ class _RelayedConnections(INotifee):  # type: ignore[misc]
     async def connected(self, network: Any, conn: Any) -> None:
         if is_relayed(conn):
             self._opened()
-
-    async def disconnected(self, network: Any, conn: Any) -> None:
-        pass
-
-    async def opened_stream(self, network: Any, stream: Any) -> None:
-        pass
-
-    async def closed_stream(self, network: Any, stream: Any) -> None:
-        pass
-
-    async def listen(self, network: Any, maddr: Any) -> None:
-        pass
-
-    async def listen_close(self, network: Any, maddr: Any) -> None:
-        pass
 
 
 class Reach:
