@@ -21,6 +21,7 @@ DOCKER_SOCKET = "/var/run/docker.sock"
 # Never the default bridge: without it no container can reach a private-range address.
 DOCKERD_ARGS: tuple[str, ...] = ("--bridge=none", "--iptables=false")
 DOCKERD_LOG = "/tmp/bacnode-dockerd.log"
+DOCKERD_PID_FILE = "/var/run/docker.pid"
 BUSYBOX_TAG = "busybox:latest"
 
 
@@ -75,10 +76,10 @@ def _find_dockerd() -> str | None:
     return None
 
 
-def _dockerd_already_running() -> bool:
+def _dockerd_already_running(pid_file: str = DOCKERD_PID_FILE) -> bool:
     """Whether a dockerd process is alive per its pid file (it may still be starting)."""
     try:
-        pid = int(Path("/var/run/docker.pid").read_text().strip())
+        pid = int(Path(pid_file).read_text().strip())
         os.kill(pid, 0)
     except (OSError, ValueError):
         return False
@@ -102,11 +103,14 @@ def ensure_dockerd(
     socket_path: str = DOCKER_SOCKET,
     log_path: str = DOCKERD_LOG,
     longest_startup: float = 900.0,
+    dockerd_args: tuple[str, ...] = DOCKERD_ARGS,
+    pid_file: str = DOCKERD_PID_FILE,
 ) -> None:
     """Make sure a Docker engine answers on ``socket_path``, starting one if needed.
 
     A started dockerd runs detached (own session, outlives this process) with
-    ``--bridge=none --iptables=false`` and logs to ``log_path``.
+    ``dockerd_args`` (``--bridge=none --iptables=false``) and logs to ``log_path``; one
+    alive per ``pid_file`` is waited for instead.
 
     ``timeout`` bounds how long a dockerd we started may stay silent: a dockerd that was
     killed with containers alive removes their stale network sandboxes on its next start,
@@ -116,8 +120,8 @@ def ensure_dockerd(
     if docker_ping(socket_path):
         return
     started: subprocess.Popen[bytes] | None = None
-    if _dockerd_already_running():
-        how = "an already-running dockerd (pid file /var/run/docker.pid)"
+    if _dockerd_already_running(pid_file):
+        how = f"an already-running dockerd (pid file {pid_file})"
     else:
         dockerd = _find_dockerd()
         if dockerd is None:
@@ -128,11 +132,11 @@ def ensure_dockerd(
         if os.geteuid() != 0:
             raise ServiceError(
                 f"no Docker engine answers on {socket_path} and starting dockerd needs root; "
-                f"start it yourself: sudo {dockerd} {' '.join(DOCKERD_ARGS)}"
+                f"start it yourself: sudo {dockerd} {' '.join(dockerd_args)}"
             )
         with open(log_path, "ab") as log:
             started = subprocess.Popen(
-                [dockerd, *DOCKERD_ARGS],
+                [dockerd, *dockerd_args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

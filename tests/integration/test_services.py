@@ -55,16 +55,13 @@ def _run(
 
 # ---------------------------------------------------------------------------------- dockerd
 
-# A stand-in for dockerd (the one mock here): a real dockerd restarted after a hard stop spends
-# minutes removing stale network sandboxes before it answers, but how many it finds depends on
-# how it was stopped, so a test cannot make that happen on demand. This one logs a line every
-# 0.2 s for ``FAKE_DOCKERD_BUSY`` seconds, then answers ``GET /_ping`` on ``FAKE_DOCKERD_SOCKET``
-# (or, with ``FAKE_DOCKERD_SILENT``, never logs nor answers).
+# A stand-in for dockerd (the one mock here), for two states a real one cannot be put in on
+# demand: a dockerd restarted after a hard stop spends minutes removing stale network
+# sandboxes before it answers, but how many it finds depends on how it was stopped. This one
+# logs a line every 0.2 s for ``FAKE_DOCKERD_BUSY`` seconds, then answers ``GET /_ping`` on
+# ``FAKE_DOCKERD_SOCKET``. A dockerd that is silent is a real one (below).
 _FAKE_DOCKERD = """\
-import os, socket, sys, time
-if os.environ.get("FAKE_DOCKERD_SILENT"):
-    time.sleep(60)
-    sys.exit(0)
+import os, socket, time
 began = time.monotonic()
 while time.monotonic() - began < float(os.environ["FAKE_DOCKERD_BUSY"]):
     print("msg=Removing stale sandbox", flush=True)
@@ -80,59 +77,97 @@ while True:
 """
 
 
+def _stop_started_dockerds(since: int) -> None:
+    from scripts.services import dockerd
+
+    for process in dockerd._detached[since:]:
+        process.terminate()  # a real dockerd stops its containerd on SIGTERM, not on SIGKILL
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    del dockerd._detached[since:]
+
+
 @pytest.fixture
 def fake_dockerd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Make ensure_dockerd start the stand-in; yield (socket path, log path); stop it after."""
+    """Make ensure_dockerd start the stand-in; yield its keyword arguments; stop it after."""
     from scripts.services import dockerd
 
     script = tmp_path / "dockerd"
     script.write_text(f"#!{sys.executable}\n{_FAKE_DOCKERD}")
     script.chmod(0o755)
-    sock, log = tmp_path / "docker.sock", tmp_path / "dockerd.log"
+    sock = tmp_path / "docker.sock"
     monkeypatch.setenv("FAKE_DOCKERD_SOCKET", str(sock))
     monkeypatch.setattr(dockerd, "_find_dockerd", lambda: str(script))
-    monkeypatch.setattr(dockerd, "_dockerd_already_running", lambda: False)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     before = len(dockerd._detached)
-    yield str(sock), str(log)
-    for process in dockerd._detached[before:]:
-        process.kill()
-        process.wait(timeout=10)
-    del dockerd._detached[before:]
+    yield {"socket_path": str(sock), "log_path": str(tmp_path / "dockerd.log"),
+           "pid_file": str(tmp_path / "dockerd.pid")}
+    _stop_started_dockerds(before)
+
+
+@pytest.fixture
+def private_dockerd_dir():
+    """A directory for a second, real dockerd beside the machine's (short: containerd's
+    socket under it must fit a socket path); what ensure_dockerd started is stopped after."""
+    import shutil
+    import tempfile
+
+    from scripts.services import dockerd
+
+    before = len(dockerd._detached)
+    root = Path(tempfile.mkdtemp(prefix="dockerd-", dir="/tmp"))
+    yield root
+    _stop_started_dockerds(before)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_dockerd_busy_cleaning_up_is_waited_for(fake_dockerd, monkeypatch, capsys):
     """A dockerd that keeps logging is given longer than ``timeout`` to answer."""
     from scripts.services import ensure_dockerd
 
-    sock, log = fake_dockerd
     monkeypatch.setenv("FAKE_DOCKERD_BUSY", "12")
     began = time.monotonic()
-    ensure_dockerd(timeout=2.0, socket_path=sock, log_path=log)
+    ensure_dockerd(timeout=2.0, **fake_dockerd)
     assert time.monotonic() - began >= 12
     assert "still starting" in capsys.readouterr().err
 
 
-def test_dockerd_silent_is_given_up_on_with_its_log(fake_dockerd, monkeypatch):
-    """A dockerd that neither answers nor logs fails after ``timeout``, naming its log."""
-    from scripts.services import ServiceError, ensure_dockerd
+def test_dockerd_silent_is_given_up_on_with_its_log(private_dockerd_dir: Path):
+    """A real dockerd that neither answers where it is waited for nor logs fails after
+    ``timeout``, naming its log. Here it is misconfigured, as a user's can be: it listens
+    on another socket and logs fatal errors only (with its own state directories, so that
+    it runs beside the machine's dockerd)."""
+    from scripts.services import DOCKERD_ARGS, ServiceError, docker_ping, ensure_dockerd
 
-    sock, log = fake_dockerd
-    monkeypatch.setenv("FAKE_DOCKERD_SILENT", "1")
+    root = private_dockerd_dir
+    elsewhere = root / "elsewhere.sock"
+    args = (*DOCKERD_ARGS, "--log-level=fatal", "--data-root", str(root / "data"),
+            "--exec-root", str(root / "exec"), "--pidfile", str(root / "dockerd.pid"),
+            "-H", f"unix://{elsewhere}")
     began = time.monotonic()
-    with pytest.raises(ServiceError, match=r"was silent for 2s; last lines of .*dockerd\.log"):
-        ensure_dockerd(timeout=2.0, socket_path=sock, log_path=log)
+    with pytest.raises(ServiceError, match=r"^dockerd \(pid \d+, log .*\) on .*docker\.sock "
+                                           r"was silent for 2s; last lines of .*dockerd\.log"):
+        ensure_dockerd(timeout=2.0, socket_path=str(root / "docker.sock"),
+                       log_path=str(root / "dockerd.log"), dockerd_args=args,
+                       pid_file=str(root / "dockerd.pid"))
     assert time.monotonic() - began < 10
+    # It was a real dockerd, up all along: it answers where it listens.
+    deadline = time.monotonic() + 20
+    while not docker_ping(str(elsewhere)):
+        assert time.monotonic() < deadline, "the silent dockerd never came up at all"
+        time.sleep(0.2)
 
 
 def test_dockerd_logging_forever_is_bounded(fake_dockerd, monkeypatch):
     """A dockerd that logs without end still fails, after ``longest_startup``."""
     from scripts.services import ServiceError, ensure_dockerd
 
-    sock, log = fake_dockerd
     monkeypatch.setenv("FAKE_DOCKERD_BUSY", "60")
     with pytest.raises(ServiceError, match="kept logging but did not answer within 4s"):
-        ensure_dockerd(timeout=1.0, socket_path=sock, log_path=log, longest_startup=4.0)
+        ensure_dockerd(timeout=1.0, longest_startup=4.0, **fake_dockerd)
 
 
 def test_container_output_and_exit_code(docker_client, busybox_image):
