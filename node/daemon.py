@@ -260,7 +260,8 @@ class Daemon:
                 await self.requester.on_trusted_verdict(message)
 
     async def on_request(self, sender: str, data: bytes) -> bytes:
-        """A point-to-point message (bid, decision, update, result); the reply is an ack."""
+        """A point-to-point message (announcement, bid, decision, update, result); the
+        reply is an ack."""
         try:
             envelope, message = open_message(
                 self._p2p_verifier, data, now_ms=now_ms(), expected_sender=sender
@@ -269,7 +270,14 @@ class Daemon:
             if self.mesh is not None:
                 self.mesh.stats.dropped[type(exc).__name__] += 1
             return b"error: " + str(exc).encode()[:500]
-        if isinstance(message, Bid) and self.requester is not None:
+        if isinstance(message, JobAnnouncement) and self.compute is not None:
+            # Asked straight, as one of its candidates: bid in the background, so that the
+            # requester's next request on this stream is not held up behind the bid.
+            if self.mesh is not None and not self.mesh.take_announcement_token(sender):
+                return b"error: too many announcements"
+            assert self._nursery is not None
+            self._nursery.start_soon(self._guarded, self.compute.on_announcement, message)
+        elif isinstance(message, Bid) and self.requester is not None:
             await self.requester.on_bid(message)
         elif isinstance(message, BidDecision) and self.compute is not None:
             await self.compute.on_decision(message, sender)

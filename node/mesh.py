@@ -1036,6 +1036,15 @@ class Mesh:
             del buckets[next(iter(buckets))]
         return allowed
 
+    def take_announcement_token(self, origin: str) -> bool:
+        """Charge an announcement ``origin`` sent straight to this node (on a request
+        stream) to the same bucket as those it gossips; False, and counted, when it has
+        no token left."""
+        if self._may_announce(self._announce_tokens, ID.from_base58(origin).to_bytes(), 1):
+            return True
+        self.stats.dropped["RateLimited"] += 1
+        return False
+
     def _refuse_unread(self, forwarder: ID, msg: Any, seen: bool) -> bool:
         """Whether to drop a peer's message before its signature is checked: everything a
         graylisted peer sends, and job announcements beyond their forwarder's or their

@@ -333,6 +333,39 @@ async def test_bad_requests_on_the_point_to_point_channel_are_refused_one_by_one
                 mesh.stop()
 
 
+async def test_announcements_sent_straight_are_held_to_their_requesters_rate(
+        daemons: DaemonPool):
+    """A requester asks its candidates straight, on the request channel; a peer doing so
+    beyond its rate (here 5 a second, after a burst of 10) gets each extra one refused
+    with the reason, counted as on gossip, and the node goes on answering."""
+    target = await ready_target(daemons, "--announcements-per-origin", "5")
+    injector = NodeKey.generate()
+    mesh = hostile_peer(injector, target)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mesh.run)
+            try:
+                before = await trio.to_thread.run_sync(dropped, target)
+                replies = []
+                for i in range(20):
+                    announcement = JobAnnouncement(
+                        f"j-{uuid.uuid4()}", injector.peer_id, example_job(f"straight-{i}",
+                                                                           "busybox"),
+                        now_ms() + 3000, candidates=(target.peer_id,))
+                    replies.append(await mesh.request(
+                        target.peer_id, seal_message(injector, announcement, now_ms=now_ms())))
+                taken = replies.count(b"ok")
+                refused = replies.count(b"error: too many announcements")
+                assert taken + refused == len(replies), replies
+                assert 10 <= taken <= 13, replies  # the burst, and what refilled meanwhile
+                counted = await trio.to_thread.run_sync(dropped, target) - before
+                assert counted == Counter({"RateLimited": refused}), counted
+                assert await trio.to_thread.run_sync(
+                    target.api, "/api/v1/agent/alive") == {"Status": "OK"}
+            finally:
+                mesh.stop()
+
+
 async def test_a_garbage_sender_is_graylisted_and_pruned_from_the_mesh(daemons: DaemonPool):
     """Gossipsub peer scoring: a peer that keeps forwarding invalid messages falls below the
     graylist threshold; the daemon prunes it from its mesh, disconnects it, refuses its
