@@ -507,6 +507,7 @@ class Daemon:
                     await nursery.start(self.requester.run)
                     self._requester_ready.set()
                 nursery.start_soon(self._heartbeat)
+                nursery.start_soon(self.membership.save_periodically)
                 nursery.start_soon(self._heartbeat_when_reach_changes)
                 nursery.start_soon(self._collect_old_downloads)
                 self._announce_start(api_urls)
@@ -517,9 +518,17 @@ class Daemon:
                 with trio.move_on_after(SHUTDOWN_GRACE_SECONDS) as grace:
                     self.mesh.stop()
                     await trio.sleep(0)
+                    await self._save_membership()
                 nursery.cancel_scope.cancel()
                 if grace.cancelled_caught:
                     log.warning("shutdown grace period ran out")
+
+    async def _save_membership(self) -> None:
+        assert self.membership is not None
+        try:
+            await self.membership.save()
+        except StoreError as exc:
+            log.warning("storing the heartbeats heard: %s", exc)
 
     async def _start_compute(self, nursery: trio.Nursery) -> Compute:
         assert self.mesh is not None

@@ -38,6 +38,24 @@ _EXECUTION_COLUMNS = (
 )
 
 
+#: A heartbeat's row: a stale ``seq`` (an old message arriving late) changes nothing, an
+#: equal one is taken (a re-delivery), and ``first_seen_ms`` stays the first one's.
+_UPSERT_NODE = """
+    INSERT INTO nodes (node_id, seq, info, first_seen_ms, last_seen_ms)
+    VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (node_id) DO UPDATE SET
+        seq = excluded.seq,
+        info = excluded.info,
+        last_seen_ms = max(nodes.last_seen_ms, excluded.last_seen_ms)
+    WHERE excluded.seq >= nodes.seq
+"""
+
+
+def _node_row(info: NodeInfo, seen_ms: int) -> tuple[str, int, bytes, int, int]:
+    """``_UPSERT_NODE``'s parameters (encoded here, on the caller's side of the thread)."""
+    return (info.node_id, info.seq, codec.encode(info.to_body()), seen_ms, seen_ms)
+
+
 def _node_record(row: sqlite3.Row) -> NodeRecord:
     try:
         body = codec.decode(bytes(row["info"]))

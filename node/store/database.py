@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 
 import trio
 
-from protocol import codec
 from protocol.errors import IllegalTransition
 from protocol.jobspec import Job
 from protocol.messages import NodeInfo, ResultRecord
@@ -30,6 +29,7 @@ from ._rows import (
     _EXECUTION_COLUMNS,
     _JOB_COLUMNS,
     _NODE_COLUMNS,
+    _UPSERT_NODE,
     _execution_record,
     _get_execution,
     _get_job,
@@ -39,6 +39,7 @@ from ._rows import (
     _load_json,
     _names,
     _node_record,
+    _node_row,
     _parse_page_token,
     _prefix_upper_bound,
     _result,
@@ -229,24 +230,21 @@ class Store:
         old message arriving late; an equal ``seq`` is accepted (a re-delivery, or a
         node that does not bump it). ``first_seen_ms`` is kept from the first one.
         """
-        body = codec.encode(info.to_body())
+        row = _node_row(info, seen_ms)
 
         def run(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                """
-                INSERT INTO nodes (node_id, seq, info, first_seen_ms, last_seen_ms)
-                VALUES (?, ?, ?, ?, ?)
-                ON CONFLICT (node_id) DO UPDATE SET
-                    seq = excluded.seq,
-                    info = excluded.info,
-                    last_seen_ms = max(nodes.last_seen_ms, excluded.last_seen_ms)
-                WHERE excluded.seq >= nodes.seq
-                """,
-                (info.node_id, info.seq, body, seen_ms, seen_ms),
-            )
-            return cursor.rowcount == 1
+            return conn.execute(_UPSERT_NODE, row).rowcount == 1
 
         return await self._write(f"storing node info for {info.node_id}", run)
+
+    async def upsert_nodes(self, heartbeats: list[tuple[NodeInfo, int]]) -> None:
+        """``upsert_node`` for each (heartbeat, seen_ms), in one transaction."""
+        rows = [_node_row(info, seen_ms) for info, seen_ms in heartbeats]
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(_UPSERT_NODE, rows)
+
+        await self._write(f"storing {len(rows)} nodes' info", run)
 
     async def get_node(self, node_id: str) -> NodeRecord | None:
         """The last heartbeat stored for ``node_id``, or None."""
