@@ -52,7 +52,7 @@ from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_byt
 
 from protocol import PROTOCOL_NAME, codec
 from protocol.envelope import Envelope, EnvelopeVerifier
-from protocol.errors import RemoteProtocolError
+from protocol.errors import ClockSkew, RemoteProtocolError, ReplayedMessage
 from protocol.identity import NodeKey
 from protocol.messages import (
     ANNOUNCEMENT_BURST,
@@ -134,6 +134,12 @@ PEER_DIALS_AT_ONCE = 4
 PEER_DIAL_BACKOFF_SECONDS = 60.0
 #: Validated messages waiting for their subscription reader; bounded against floods.
 MAX_PENDING_DELIVERIES = 10_000
+#: Refusals that cost the forwarder nothing (go-libp2p's ValidationIgnore): a message that
+#: waited over the skew window in queues on a loaded network, or a copy that came back,
+#: says nothing about the peer that relayed it. Scored like the others, they had honest
+#: relays of a 100-daemon devnet graylisted by the dozen once it fell behind, and the
+#: reconnections that followed kept it behind.
+UNBLAMED_REFUSALS = (ClockSkew, ReplayedMessage)
 MAX_QUEUED_MESSAGES = 10_000
 STOP_GRACE_SECONDS = 5
 ADDRESS_TTL_SECONDS = 600
@@ -279,11 +285,13 @@ class _Pubsub(Pubsub):
     ``refuse`` is told whether the message was seen before (it is then dropped anyway)."""
 
     def __init__(self, *args: Any, refuse: Callable[[ID, Any, bool], bool],
-                 **kwargs: Any) -> None:
+                 before_push: Callable[[], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._refuse = refuse
+        self._before_push = before_push
 
     async def push_msg(self, msg_forwarder: ID, msg: Any) -> None:
+        self._before_push()
         if msg_forwarder != self.my_id and self._refuse(
                 msg_forwarder, msg, self._is_msg_seen(msg)):
             return
@@ -349,6 +357,11 @@ class Mesh:
         self.stats = MeshStats()
         self._verifier = EnvelopeVerifier()
         self._verified: dict[tuple[bytes, bytes], tuple[Envelope, Message]] = {}
+        #: Messages refused as stale or replayed (see ``UNBLAMED_REFUSALS``), by (origin,
+        #: seqno): their other copies are dropped unread and unscored too.
+        self._unblamed: dict[tuple[bytes, bytes], None] = {}
+        #: Set by a validator refusing one of those, for ``_score_invalid`` to skip.
+        self._refusal_unblamed = False
         #: Per origin: (announcement tokens left, when counted), least recently heard first.
         self._announce_tokens: dict[bytes, tuple[float, float]] = {}
         #: The same per forwarding peer, whatever the origins (see PEER_ANNOUNCEMENT_FACTOR).
@@ -426,7 +439,13 @@ class Mesh:
             ),
         )
         self.pubsub = _Pubsub(self.host, self.gossipsub, strict_signing=True,
-                              refuse=self._refuse_unread)
+                              refuse=self._refuse_unread, before_push=self._before_push)
+        scorer = self.gossipsub.scorer
+        if scorer is not None:
+            # py-libp2p scores down the forwarder of every message a validator refuses, and
+            # has no "ignore" outcome (go-libp2p's ValidationIgnore): see _score_invalid.
+            self._score_invalid_as_libp2p = scorer.on_invalid_message
+            scorer.on_invalid_message = self._score_invalid
         # Before host.run, so that identify offers the DHT from the first connection on.
         self.dht = dht.new_dht(self.host, server=True)
         self._dht_routing = dht.RoutingNotifee(self.dht)
@@ -556,8 +575,9 @@ class Mesh:
         def validate(forwarder: ID, msg: Any) -> bool:
             if check(forwarder, msg):
                 return True
-            # py-libp2p scores the refusal down next: time to look for graylisted peers.
-            self._graylisted_now.set()
+            if not self._refusal_unblamed:
+                # py-libp2p scores the refusal down next: time to look for graylisted peers.
+                self._graylisted_now.set()
             return False
 
         def check(forwarder: ID, msg: Any) -> bool:
@@ -582,6 +602,11 @@ class Mesh:
             except RemoteProtocolError as exc:
                 self.stats.dropped[type(exc).__name__] += 1
                 log.debug("dropped %s message from %s: %s", topic, forwarder, exc)
+                if isinstance(exc, UNBLAMED_REFUSALS):
+                    self._refusal_unblamed = True
+                    if len(self._unblamed) >= MAX_PENDING_DELIVERIES:
+                        del self._unblamed[next(iter(self._unblamed))]
+                    self._unblamed[(msg.from_id, msg.seqno)] = None
                 return False
             except Exception as exc:  # never let a validator raise: it kills the host
                 self.stats.dropped["Invalid"] += 1
@@ -1059,6 +1084,8 @@ class Mesh:
         nobody can spend an honest requester's tokens."""
         if self._refuse_graylisted(forwarder):
             return True
+        if (msg.from_id, msg.seqno) in self._unblamed:
+            return True  # refused before, blaming nobody; py-libp2p would blame this relay
         if seen or TOPIC_JOBS not in msg.topicIDs:
             return False
         sender = forwarder.to_bytes()
@@ -1073,6 +1100,14 @@ class Mesh:
             self.stats.dropped["RateLimited"] += 1
             return True
         return False
+
+    def _before_push(self) -> None:
+        self._refusal_unblamed = False
+
+    def _score_invalid(self, peer: ID, topic: str) -> None:
+        """py-libp2p's penalty for a refused message, unless the refusal blames nobody."""
+        if not self._refusal_unblamed:
+            self._score_invalid_as_libp2p(peer, topic)
 
     def _refuse_scored(self, forwarder: ID, reason: str) -> bool:
         """Count a refusal of what ``forwarder`` sent and score it down, as a validator's

@@ -430,6 +430,72 @@ async def test_a_garbage_sender_is_graylisted_and_pruned_from_the_mesh(daemons: 
 
 
 
+async def test_stale_and_replayed_gossip_is_dropped_without_blaming_the_peer(
+        daemons: DaemonPool):
+    """A message that waited out the skew window in queues (a loaded network) or came back
+    again says nothing about the peer that sent it: each is dropped, counted and not
+    forwarded, as before, but the peer keeps its score, its place in the mesh and its
+    connection however many arrive, so an honest relay is never graylisted for them."""
+    from node.mesh import GRAYLIST_THRESHOLD
+
+    target, peer = await _target_and_peer(daemons)
+    injector = NodeKey.generate()
+    mesh = hostile_peer(injector, target)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mesh.run)
+            try:
+                mesh.pubsub.set_topic_validator(TOPIC_NODES, lambda forwarder, msg: True, False)
+                target_peer = ID.from_base58(target.peer_id)
+                with trio.fail_after(20):
+                    while target_peer not in mesh.gossipsub.mesh.get(TOPIC_NODES, ()):
+                        await trio.sleep(0.05)
+                before = await trio.to_thread.run_sync(target.mesh_stats)
+                peer_before = await trio.to_thread.run_sync(dropped, peer)
+
+                async def publish(data: bytes) -> None:
+                    await mesh.pubsub.publish(TOPIC_NODES, data)
+                    while len(mesh.pubsub.peer_queues.get(target_peer, ())) > 0:
+                        await trio.sleep(0.002)
+
+                # Enough of each to graylist it twice over, were they blamed.
+                many = int(-GRAYLIST_THRESHOLD) + 20
+                for i in range(many):
+                    await publish(envelope_bytes(
+                        signer=injector, sender=injector.peer_id, msg_type="node.info",
+                        body=node_info(injector, label="late", seq=i + 1).to_body(),
+                        ts=now_ms() - 2 * 60_000))
+                again = seal_message(injector, node_info(injector, label="once", seq=many + 1),
+                                     now_ms=now_ms())
+                for _ in range(many + 1):  # the first is taken, the rest are replays
+                    await publish(again)
+
+                def counted() -> Counter[str]:
+                    return Counter(target.mesh_stats()["Dropped"]) - Counter(before["Dropped"])
+
+                await await_until(
+                    lambda: counted()["ClockSkew"] == many
+                    and counted()["ReplayedMessage"] == many, timeout=20,
+                    what=f"{many} stale and {many} replayed heartbeats dropped")
+                after = await trio.to_thread.run_sync(target.mesh_stats)
+                assert after["Scores"][injector.peer_id] >= 0, after["Scores"]
+                assert injector.peer_id in after["Peers"]
+                assert injector.peer_id not in after["Banned"]
+                assert injector.peer_id in after["MeshPeers"][TOPIC_NODES]
+                assert "Graylisted" not in counted()
+                # None of it was forwarded to the target's honest peer.
+                assert await trio.to_thread.run_sync(dropped, peer) == peer_before
+                # What the injector sends in time still takes effect, and travels on.
+                listed = await trio.to_thread.run_sync(target.api_nodes)
+                assert listed[injector.peer_id]["Info"]["Labels"] == {"injected": "once"}
+                await await_until(
+                    lambda: peer.api_nodes().get(injector.peer_id, {}).get(
+                        "Info", {}).get("Labels") == {"injected": "once"},
+                    timeout=20, what="the timely heartbeat on the honest peer")
+            finally:
+                mesh.stop()
+
+
 async def test_a_spammer_flooding_announcements_is_cut_off_and_honest_jobs_complete(
         daemons: DaemonPool, busybox_image: str):
     """A real peer floods 10,000 validly signed job announcements of its own while the
