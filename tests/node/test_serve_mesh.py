@@ -7,10 +7,12 @@ mesh (``mesh3``); each extra node a test starts is its own and goes at its end.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from scripts.daemons import Daemon, DaemonPool, wait_until
@@ -317,6 +319,31 @@ def test_a_change_in_load_is_announced_when_it_happens_not_at_the_next_heartbeat
     heard = worker_row()["LastSeen"]
     time.sleep(2.5)
     assert worker_row()["LastSeen"] == heard
+
+
+def test_a_job_is_announced_to_the_nodes_it_asks_and_to_no_one_else(
+        daemons: DaemonPool, tmp_path: Path):
+    """In a network of more nodes than a job asks (its Count and two more), the requester
+    asks its candidates straight: the job runs on one of them, and none of the five
+    compute nodes hears of it on gossip, where every node would have had to read it."""
+    requester = daemons.new("asker", args=["--orchestrator"])
+    workers = [daemons.new(f"asked-{i}", peers=[requester]) for i in range(5)]
+    everyone = [requester, *workers]
+    daemons.start_all(everyone)
+    for node in everyone:
+        node.wait_connected(ids(everyone), timeout=CONVERGE_TIMEOUT)
+    spec = tmp_path / "noop.json"
+    spec.write_text(json.dumps({"Type": "batch", "Count": 1, "Tasks": [
+        {"Name": "main", "Engine": {"Type": "noop"}, "Publisher": {"Type": "noop"}}]}))
+
+    ran = requester.cli("job", "run", str(spec), "--wait", "--id-only")
+    assert ran.returncode == 0, ran.stderr
+    described = json.loads(requester.cli("describe", ran.stdout.split()[-1], "--json").stdout)
+    assert described["State"]["State"] == "Completed", described["State"]
+    (execution,) = described["State"]["Executions"]
+    assert execution["NodeID"] in ids(workers)
+    for node in workers:
+        assert node.mesh_stats()["Accepted"].get("job.announce", 0) == 0, node.name
 
 
 def test_forged_rows_of_a_membership_table_are_dropped(daemons: DaemonPool):
