@@ -5,8 +5,8 @@ heartbeat is within the detection window (``heartbeat_seconds × missed_heartbea
 A row is written to the store at once when a node first appears or changes its addresses
 or labels; the other heartbeats are written together, once a ``NODE_PERSIST_INTERVAL_MS``
 and at shutdown, so ``node list`` remembers nodes across restarts without a write per
-heartbeat. Written one by one, they were a third of an idle daemon's CPU in a network of
-100 (a thread hop and an fsync each, about one a second).
+heartbeat. Written one by one (a thread hop and an fsync each, about one a second in a
+network of 100), they were a third of an idle leaf's samples under py-spy.
 
 A node that joins asks a peer for its table (``snapshot``: each row's signed heartbeat as its
 origin sent it, and how long ago it was heard), so it lists the network at once, without

@@ -171,6 +171,25 @@ async def ready_target(daemons: DaemonPool, *args: str) -> Daemon:
     return target
 
 
+async def sending_anything_on(mesh: Mesh, topic: str, target: Daemon) -> ID:
+    """Let ``mesh`` send whatever it likes on ``topic`` (its own validator accepts all, as
+    an attacker's would) and wait until ``target`` is in its mesh there; its peer ID."""
+    mesh.pubsub.set_topic_validator(topic, lambda forwarder, msg: True, False)
+    target_peer = ID.from_base58(target.peer_id)
+    with trio.fail_after(20):
+        while target_peer not in mesh.gossipsub.mesh.get(topic, ()):
+            await trio.sleep(0.05)
+    return target_peer
+
+
+async def publish_one_at_a_time(mesh: Mesh, topic: str, data: bytes, target_peer: ID) -> None:
+    """Publish, then wait until the message has left for ``target_peer``: py-libp2p queues
+    at most 32 RPCs per peer and silently drops the rest."""
+    await mesh.pubsub.publish(topic, data)
+    while len(mesh.pubsub.peer_queues.get(target_peer, ())) > 0:
+        await trio.sleep(0.002)
+
+
 async def in_jobs_mesh(mesh: Mesh, target: Daemon) -> ID:
     """Wait until ``target`` is in ``mesh``'s jobs-topic mesh; its peer ID."""
     target_peer = ID.from_base58(target.peer_id)
@@ -223,11 +242,7 @@ async def inject_and_check(mesh: Mesh, target: Daemon, peer: Daemon, injector: N
     )
 
     async def publish(topic: str, data: bytes) -> None:
-        # py-libp2p queues at most 32 RPCs per peer and silently drops the rest, so
-        # send one at a time: the next only once the last has left the queue.
-        await mesh.pubsub.publish(topic, data)
-        while len(mesh.pubsub.peer_queues.get(target_peer, ())) > 0:
-            await trio.sleep(0.002)
+        await publish_one_at_a_time(mesh, topic, data, target_peer)
 
     messages = {topic: bad_messages(injector, victim, other, topic) for topic in TOPICS}
     for topic, batch in messages.items():
@@ -381,11 +396,7 @@ async def test_a_garbage_sender_is_graylisted_and_pruned_from_the_mesh(daemons: 
         async with trio.open_nursery() as nursery:
             await nursery.start(mesh.run)
             try:
-                mesh.pubsub.set_topic_validator(TOPIC_JOBS, lambda forwarder, msg: True, False)
-                target_peer = ID.from_base58(target.peer_id)
-                with trio.fail_after(20):
-                    while target_peer not in mesh.gossipsub.mesh.get(TOPIC_JOBS, ()):
-                        await trio.sleep(0.05)
+                target_peer = await sending_anything_on(mesh, TOPIC_JOBS, target)
 
                 def stats() -> dict[str, Any]:
                     return target.mesh_stats()
@@ -393,9 +404,8 @@ async def test_a_garbage_sender_is_graylisted_and_pruned_from_the_mesh(daemons: 
                 before = await trio.to_thread.run_sync(stats)
                 assert injector.peer_id in before["MeshPeers"][TOPIC_JOBS]
                 for i in range(int(-GRAYLIST_THRESHOLD) + 20):
-                    await mesh.pubsub.publish(TOPIC_JOBS, b"\xc1 garbage %d" % i)
-                    while len(mesh.pubsub.peer_queues.get(target_peer, ())) > 0:
-                        await trio.sleep(0.002)
+                    await publish_one_at_a_time(mesh, TOPIC_JOBS, b"\xc1 garbage %d" % i,
+                                                target_peer)
 
                 def graylisted_and_cut_off() -> bool:
                     now = stats()
@@ -445,18 +455,12 @@ async def test_stale_and_replayed_gossip_is_dropped_without_blaming_the_peer(
         async with trio.open_nursery() as nursery:
             await nursery.start(mesh.run)
             try:
-                mesh.pubsub.set_topic_validator(TOPIC_NODES, lambda forwarder, msg: True, False)
-                target_peer = ID.from_base58(target.peer_id)
-                with trio.fail_after(20):
-                    while target_peer not in mesh.gossipsub.mesh.get(TOPIC_NODES, ()):
-                        await trio.sleep(0.05)
+                target_peer = await sending_anything_on(mesh, TOPIC_NODES, target)
                 before = await trio.to_thread.run_sync(target.mesh_stats)
                 peer_before = await trio.to_thread.run_sync(dropped, peer)
 
                 async def publish(data: bytes) -> None:
-                    await mesh.pubsub.publish(TOPIC_NODES, data)
-                    while len(mesh.pubsub.peer_queues.get(target_peer, ())) > 0:
-                        await trio.sleep(0.002)
+                    await publish_one_at_a_time(mesh, TOPIC_NODES, data, target_peer)
 
                 # Enough of each to graylist it twice over, were they blamed.
                 many = int(-GRAYLIST_THRESHOLD) + 20

@@ -57,3 +57,30 @@ async def test_the_copied_table_holds_live_rows_as_their_origins_signed_them(tmp
         assert await membership.saw(late, now, envelope=envelope, heard_ms=now - 25_000)
         assert membership.connected_count(now) == 3  # own, alive, late
         assert membership.connected_count(now + 6_000) == 2  # late's copied row ran out
+
+
+async def test_a_new_node_is_stored_at_once_and_its_later_heartbeats_together(
+        tmp_path: Path):
+    """What ``node list`` shows after a restart: a node first heard is written at once; its
+    later heartbeats (same addresses and labels) wait for ``save``, which writes them all in
+    one go, the latest of each node."""
+    own, first, second = NodeKey.generate(), NodeKey.generate(), NodeKey.generate()
+    async with open_store(tmp_path / "state.db") as store:
+        membership = Membership(store, own.peer_id, detection_window_ms=30_000,
+                                remember_addresses=lambda *_: None)
+
+        async def stored_seqs() -> dict[str, int]:
+            return {record.info.node_id: record.info.seq for record in await store.list_nodes()}
+
+        for key in (first, second):
+            assert await membership.saw(_heartbeat(key, 1_000)[0], 1_000)
+        assert await stored_seqs() == {first.peer_id: 1_000, second.peer_id: 1_000}
+        for seq in (2_000, 3_000):
+            for key in (first, second):
+                assert await membership.saw(_heartbeat(key, seq)[0], seq)
+        assert await stored_seqs() == {first.peer_id: 1_000, second.peer_id: 1_000}
+        await membership.save()
+        assert await stored_seqs() == {first.peer_id: 3_000, second.peer_id: 3_000}
+        records = {record.info.node_id: record for record in await store.list_nodes()}
+        assert records[first.peer_id].first_seen_ms == 1_000
+        assert records[first.peer_id].last_seen_ms == 3_000
