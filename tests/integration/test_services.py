@@ -7,14 +7,17 @@ S3 puts, listings, checksums, versions and presigned URLs, against real servers.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -55,28 +58,6 @@ def _run(
 
 # ---------------------------------------------------------------------------------- dockerd
 
-# A stand-in for dockerd (the one mock here), for two states a real one cannot be put in on
-# demand: a dockerd restarted after a hard stop spends minutes removing stale network
-# sandboxes before it answers, but how many it finds depends on how it was stopped. This one
-# logs a line every 0.2 s for ``FAKE_DOCKERD_BUSY`` seconds, then answers ``GET /_ping`` on
-# ``FAKE_DOCKERD_SOCKET``. A dockerd that is silent is a real one (below).
-_FAKE_DOCKERD = """\
-import os, socket, time
-began = time.monotonic()
-while time.monotonic() - began < float(os.environ["FAKE_DOCKERD_BUSY"]):
-    print("msg=Removing stale sandbox", flush=True)
-    time.sleep(0.2)
-server = socket.socket(socket.AF_UNIX)
-server.bind(os.environ["FAKE_DOCKERD_SOCKET"])
-server.listen()
-while True:
-    conn, _ = server.accept()
-    conn.recv(4096)
-    conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nOK")
-    conn.close()
-"""
-
-
 def _stop_started_dockerds(since: int) -> None:
     from scripts.services import dockerd
 
@@ -88,24 +69,6 @@ def _stop_started_dockerds(since: int) -> None:
             process.kill()
             process.wait(timeout=10)
     del dockerd._detached[since:]
-
-
-@pytest.fixture
-def fake_dockerd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Make ensure_dockerd start the stand-in; yield its keyword arguments; stop it after."""
-    from scripts.services import dockerd
-
-    script = tmp_path / "dockerd"
-    script.write_text(f"#!{sys.executable}\n{_FAKE_DOCKERD}")
-    script.chmod(0o755)
-    sock = tmp_path / "docker.sock"
-    monkeypatch.setenv("FAKE_DOCKERD_SOCKET", str(sock))
-    monkeypatch.setattr(dockerd, "_find_dockerd", lambda: str(script))
-    monkeypatch.setattr(os, "geteuid", lambda: 0)
-    before = len(dockerd._detached)
-    yield {"socket_path": str(sock), "log_path": str(tmp_path / "dockerd.log"),
-           "pid_file": str(tmp_path / "dockerd.pid")}
-    _stop_started_dockerds(before)
 
 
 @pytest.fixture
@@ -124,15 +87,64 @@ def private_dockerd_dir():
     shutil.rmtree(root, ignore_errors=True)
 
 
-def test_dockerd_busy_cleaning_up_is_waited_for(fake_dockerd, monkeypatch, capsys):
-    """A dockerd that keeps logging is given longer than ``timeout`` to answer."""
+def _dockerd_elsewhere(root: Path, *log_level: str) -> tuple[Path, tuple[str, ...]]:
+    """A real dockerd's arguments for running beside the machine's (its own state
+    directories under ``root``), listening on a socket other than the one it is waited on,
+    as a misconfigured one does; and that socket."""
+    from scripts.services import DOCKERD_ARGS
+
+    elsewhere = root / "elsewhere.sock"
+    return elsewhere, (*DOCKERD_ARGS, *log_level, "--data-root", str(root / "data"),
+                       "--exec-root", str(root / "exec"), "--pidfile", str(root / "dockerd.pid"),
+                       "-H", f"unix://{elsewhere}")
+
+
+@contextlib.contextmanager
+def _kept_logging(socket: Path) -> Iterator[None]:
+    """Ask the dockerd on ``socket`` for ``/_ping`` every 0.2 s while in the block: in
+    debug mode it logs each request, so its log grows as a dockerd's does while it removes
+    the stale network sandboxes a hard stop left (which takes minutes, but only after a
+    hard stop with containers alive, and how long depends on how many)."""
+    from scripts.services import docker_ping
+
+    stop = threading.Event()
+
+    def ping() -> None:
+        while not stop.wait(0.2):
+            docker_ping(str(socket))
+
+    pinger = threading.Thread(target=ping, daemon=True)
+    pinger.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        pinger.join(timeout=5)
+
+
+def test_dockerd_busy_logging_is_waited_for(private_dockerd_dir: Path, capsys):
+    """A real dockerd that keeps logging is given longer than ``timeout`` to answer where it
+    is waited for. Here it logs every request it serves on another socket, and answers at the
+    waited path 6 s after start (a symlink to where it listens appears then)."""
     from scripts.services import ensure_dockerd
 
-    monkeypatch.setenv("FAKE_DOCKERD_BUSY", "12")
-    began = time.monotonic()
-    ensure_dockerd(timeout=2.0, **fake_dockerd)
-    assert time.monotonic() - began >= 12
-    assert "still starting" in capsys.readouterr().err
+    root = private_dockerd_dir
+    elsewhere, args = _dockerd_elsewhere(root, "--debug")
+    waited = root / "docker.sock"
+
+    def answer_later() -> None:
+        time.sleep(6)
+        waited.symlink_to(elsewhere)
+
+    later = threading.Thread(target=answer_later, daemon=True)
+    with _kept_logging(elsewhere):
+        later.start()
+        began = time.monotonic()
+        ensure_dockerd(timeout=2.0, socket_path=str(waited), log_path=str(root / "dockerd.log"),
+                       dockerd_args=args, pid_file=str(root / "dockerd.pid"))
+    later.join(timeout=5)
+    assert time.monotonic() - began >= 5.5
+    assert "Calling GET /_ping" in (root / "dockerd.log").read_text()
 
 
 def test_dockerd_silent_is_given_up_on_with_its_log(private_dockerd_dir: Path):
@@ -140,13 +152,10 @@ def test_dockerd_silent_is_given_up_on_with_its_log(private_dockerd_dir: Path):
     ``timeout``, naming its log. Here it is misconfigured, as a user's can be: it listens
     on another socket and logs fatal errors only (with its own state directories, so that
     it runs beside the machine's dockerd)."""
-    from scripts.services import DOCKERD_ARGS, ServiceError, docker_ping, ensure_dockerd
+    from scripts.services import ServiceError, docker_ping, ensure_dockerd
 
     root = private_dockerd_dir
-    elsewhere = root / "elsewhere.sock"
-    args = (*DOCKERD_ARGS, "--log-level=fatal", "--data-root", str(root / "data"),
-            "--exec-root", str(root / "exec"), "--pidfile", str(root / "dockerd.pid"),
-            "-H", f"unix://{elsewhere}")
+    elsewhere, args = _dockerd_elsewhere(root, "--log-level=fatal")
     began = time.monotonic()
     with pytest.raises(ServiceError, match=r"^dockerd \(pid \d+, log .*\) on .*docker\.sock "
                                            r"was silent for 2s; last lines of .*dockerd\.log"):
@@ -161,13 +170,20 @@ def test_dockerd_silent_is_given_up_on_with_its_log(private_dockerd_dir: Path):
         time.sleep(0.2)
 
 
-def test_dockerd_logging_forever_is_bounded(fake_dockerd, monkeypatch):
-    """A dockerd that logs without end still fails, after ``longest_startup``."""
+def test_dockerd_logging_forever_is_bounded(private_dockerd_dir: Path):
+    """A real dockerd that logs without end but never answers where it is waited for still
+    fails, after ``longest_startup``."""
     from scripts.services import ServiceError, ensure_dockerd
 
-    monkeypatch.setenv("FAKE_DOCKERD_BUSY", "60")
-    with pytest.raises(ServiceError, match="kept logging but did not answer within 4s"):
-        ensure_dockerd(timeout=1.0, longest_startup=4.0, **fake_dockerd)
+    root = private_dockerd_dir
+    elsewhere, args = _dockerd_elsewhere(root, "--debug")
+    began = time.monotonic()
+    with _kept_logging(elsewhere), pytest.raises(
+            ServiceError, match="kept logging but did not answer within [45]s"):
+        ensure_dockerd(timeout=1.0, longest_startup=4.0, socket_path=str(root / "docker.sock"),
+                       log_path=str(root / "dockerd.log"), dockerd_args=args,
+                       pid_file=str(root / "dockerd.pid"))
+    assert time.monotonic() - began < 10
 
 
 def test_container_output_and_exit_code(docker_client, busybox_image):
