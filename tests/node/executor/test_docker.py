@@ -7,6 +7,8 @@ checks afterwards that no container labelled with the test's node ID is left.
 from __future__ import annotations
 
 import hashlib
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -232,33 +234,60 @@ async def test_cancelling_the_caller_removes_the_container(executor, docker_clie
     assert _labelled(docker_client, request.execution_id) == []
 
 
-async def test_runs_do_not_block_the_event_loop(executor, tmp_path):
-    """Four containers at once while a ticker checks the loop never stalls."""
-    gaps: list[float] = []
-    results: list[ExecutionResult] = []
+_BLOCKING_MODULES = ("docker", "requests", "urllib3", "http.client")
 
-    async def ticker(done: trio.Event) -> None:
-        last = time.monotonic()
-        while not done.is_set():
-            await trio.sleep(0.01)
-            now = time.monotonic()
-            gaps.append(now - last)
-            last = now
+
+def _blocking_call_on(thread_id: int) -> str | None:
+    """The Docker API call the thread is inside right now, if any, as ``module:function``."""
+    frame = sys._current_frames().get(thread_id)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module.split(".")[0] in _BLOCKING_MODULES or module == "http.client":
+            return f"{module}:{frame.f_code.co_name}"
+        frame = frame.f_back
+    return None
+
+
+async def test_runs_do_not_block_the_event_loop(executor, tmp_path):
+    """Four containers at once, and the loop's thread is never seen inside a Docker API call.
+
+    A thread samples the loop thread's stack every 2 ms. That, not the loop's wall-clock
+    gaps, is the assertion: on a loaded machine the loop can wait 0.35 s for a core without
+    any fault of ours (CI saw it), while a Docker call made on the loop shows up in the
+    samples however fast or slow the machine is.
+    """
+    loop_thread = threading.get_ident()
+    seen_blocking: list[str] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while sampling.is_set():
+            call = _blocking_call_on(loop_thread)
+            if call is not None:
+                seen_blocking.append(call)
+            time.sleep(0.002)
+
+    results: list[ExecutionResult] = []
 
     async def one(index: int) -> None:
         request = make_request(tmp_path, command=[f"sleep 0.5; echo {index}"])
         results.append(await executor.run(request))
 
-    done = trio.Event()
-    with trio.fail_after(60):
-        async with trio.open_nursery() as outer:
-            outer.start_soon(ticker, done)
+    sampling.set()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 for index in range(4):
                     nursery.start_soon(one, index)
-            done.set()
+    finally:
+        sampling.clear()
+        sampler.join()
     assert sorted(r.stdout_tail for r in results) == ["0\n", "1\n", "2\n", "3\n"]
-    assert max(gaps) < 0.25, f"event loop stalled for {max(gaps):.3f}s"
+    assert seen_blocking == [], (
+        f"the event loop called the Docker API: {sorted(set(seen_blocking))}"
+    )
 
 
 # ------------------------------------------------------------------- isolation and limits
@@ -475,29 +504,38 @@ def test_requests_are_checked():
 
 
 async def test_a_job_that_writes_past_its_disk_limit_is_killed_and_fails_saying_so(
-        executor, tmp_path):
+    executor, tmp_path
+):
     """--disk 10Mi once let a job write 300 MB. A slow writer is killed within a poll or
     two; one that writes it all at once still fails, however fast it was."""
-    slow = ("i=0; while [ $i -lt 100 ]; do dd if=/dev/zero of=/outputs/f$i bs=1M count=5 "
-            "2>/dev/null; i=$((i+1)); sleep 0.1; done")
-    request = make_request(tmp_path / "slow", command=[slow],
-                           resources=Resources(disk=10 * 1024**2))
+    slow = (
+        "i=0; while [ $i -lt 100 ]; do dd if=/dev/zero of=/outputs/f$i bs=1M count=5 "
+        "2>/dev/null; i=$((i+1)); sleep 0.1; done"
+    )
+    request = make_request(
+        tmp_path / "slow", command=[slow], resources=Resources(disk=10 * 1024**2)
+    )
     began = time.monotonic()
     with trio.fail_after(60):
         result = await executor.run(request)
     assert time.monotonic() - began < 6  # writing it all takes over 10 s
     assert result.error is not None and result.error.startswith(
-        "the job wrote more than its disk limit of 10Mi (at least ")
+        "the job wrote more than its disk limit of 10Mi (at least "
+    )
     written = sum(f.stat().st_size for f in request.outputs_dir.iterdir())
     assert 10 * 1024**2 < written < 100 * 1024**2
     fast = "dd if=/dev/zero of=/outputs/big bs=1M count=30 2>/dev/null"
-    request = make_request(tmp_path / "fast", command=[fast],
-                           resources=Resources(disk=10 * 1024**2))
+    request = make_request(
+        tmp_path / "fast", command=[fast], resources=Resources(disk=10 * 1024**2)
+    )
     with trio.fail_after(60):
         result = await executor.run(request)
     assert result.error is not None and "disk limit of 10Mi" in result.error
-    within = make_request(tmp_path / "within", command=[fast.replace("30", "5")],
-                          resources=Resources(disk=10 * 1024**2))
+    within = make_request(
+        tmp_path / "within",
+        command=[fast.replace("30", "5")],
+        resources=Resources(disk=10 * 1024**2),
+    )
     with trio.fail_after(60):
         result = await executor.run(within)
     assert result.error is None and result.exit_code == 0
