@@ -49,12 +49,24 @@ def encode(value: Any) -> bytes:
     return msgpack.packb(_canonical(value), use_bin_type=True)
 
 
+def encode_in_order(value: Any) -> bytes:
+    """``value`` encoded with its maps in the order they are in, in one C call.
+
+    For a value whose maps :func:`decode_noting_order` found in canonical order (and maps
+    built around it in that order), this is its canonical encoding; it checks nothing, as
+    decoding did that already.
+    """
+    return msgpack.packb(value, use_bin_type=True)
+
+
 def _refuse_ext(code: int, data: bytes) -> Any:
     raise MalformedMessage(f"msgpack extension type {code} is not allowed")
 
 
-def decode(data: bytes, *, max_size: int = 1 << 20) -> Any:
-    """Decode one msgpack value; raises only ``MalformedMessage`` on bad bytes.
+def decode_noting_order(data: bytes, *, max_size: int = 1 << 20) -> tuple[Any, bool]:
+    """Decode one msgpack value, and say whether its maps came in canonical (sorted) key
+    order, in which case ``encode_in_order`` gives back its canonical encoding; raises only
+    ``MalformedMessage`` on bad bytes.
 
     Floats and extension types are refused, as are map keys that are not strings
     and anything after the first value.
@@ -75,20 +87,33 @@ def decode(data: bytes, *, max_size: int = 1 << 20) -> Any:
         raise
     except Exception as exc:  # msgpack raises a zoo of types on garbage; one out
         raise MalformedMessage(f"not valid msgpack: {type(exc).__name__}: {exc}") from None
-    _check_decoded(value, 0)
-    return value
+    in_order = _check_decoded(value, 0)
+    return value, in_order
 
 
-def _check_decoded(value: Any, depth: int) -> None:
+def decode(data: bytes, *, max_size: int = 1 << 20) -> Any:
+    """Decode one msgpack value, as :func:`decode_noting_order` does."""
+    return decode_noting_order(data, max_size=max_size)[0]
+
+
+def _check_decoded(value: Any, depth: int) -> bool:
+    """Refuse what a canonical encoding cannot hold; return whether every map is in
+    canonical key order."""
     if depth > MAX_DEPTH:
         raise MalformedMessage(f"value nests deeper than {MAX_DEPTH} levels")
     if isinstance(value, float):
         raise MalformedMessage("floats are not allowed in bacnode messages")
+    in_order = True
     if isinstance(value, dict):
+        previous = None
         for key, item in value.items():
             if not isinstance(key, str):
                 raise MalformedMessage(f"map key {key!r} is not a string")
-            _check_decoded(item, depth + 1)
+            if previous is not None and key < previous:
+                in_order = False
+            previous = key
+            in_order = _check_decoded(item, depth + 1) and in_order
     elif isinstance(value, list):
         for item in value:
-            _check_decoded(item, depth + 1)
+            in_order = _check_decoded(item, depth + 1) and in_order
+    return in_order

@@ -11,7 +11,7 @@ import base64
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -36,40 +36,96 @@ MAX_OUTPUT_TAIL = 64 * 1024
 M = TypeVar("M", bound="Message")
 
 
-def _check_value(value: Any, annotation: Any, path: str) -> Any:
-    """Check ``value`` against a field annotation; return it in the dataclass's form."""
+#: Checks one field's value and returns it in the dataclass's form; ``path`` names the
+#: field in errors.
+Check = Callable[[Any, str], Any]
+
+
+def _keep(value: Any, path: str) -> Any:
+    return value
+
+
+def _exact(kind: type) -> Check:
+    def check(value: Any, path: str) -> Any:
+        # bool is an int subclass; an exact type check keeps True from passing as 1.
+        if type(value) is not kind:
+            raise MalformedMessage(f"{path} must be {kind.__name__}, got {type(value).__name__}")
+        return value
+
+    return check
+
+
+def _tuple_of(item_type: Any) -> Check:
+    check_item = _checker(item_type)
+    plain = item_type if item_type in _PLAIN_TYPES else None
+
+    def check(value: Any, path: str) -> Any:
+        if not isinstance(value, (list, tuple)):
+            raise MalformedMessage(f"{path} must be a list, got {type(value).__name__}")
+        if plain is not None and all(type(item) is plain for item in value):
+            return tuple(value)
+        return tuple(check_item(item, f"{path}[{i}]") for i, item in enumerate(value))
+
+    return check
+
+
+def _map_of(key_type: Any, value_type: Any) -> Check:
+    check_key = _checker(key_type)
+    check_value = _checker(value_type)
+    plain_keys = key_type is str
+    plain_values = value_type is Any or value_type is str
+
+    def check(value: Any, path: str) -> Any:
+        if not isinstance(value, Mapping):
+            raise MalformedMessage(f"{path} must be a map, got {type(value).__name__}")
+        if plain_keys and plain_values and all(
+                type(k) is str and (value_type is Any or type(v) is str)
+                for k, v in value.items()):
+            return dict(value)
+        return {
+            check_key(k, f"{path} key"): check_value(v, f"{path}.{k}") for k, v in value.items()
+        }
+
+    return check
+
+
+def _optional(check_inner: Check) -> Check:
+    def check(value: Any, path: str) -> Any:
+        return None if value is None else check_inner(value, path)
+
+    return check
+
+
+def _record(record_type: type[Record]) -> Check:
+    def check(value: Any, path: str) -> Any:
+        return record_type._from_map(value, path)
+
+    return check
+
+
+_PLAIN_TYPES = (str, int, bool, bytes)
+
+
+def _checker(annotation: Any) -> Check:
+    """The check for a field annotation, worked out once per field rather than per value:
+    every gossiped message goes through these, and reading the annotation again for each
+    value was the larger part of decoding one."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
         (inner,) = [option for option in options if option is not type(None)]
-        return _check_value(value, inner, path)
+        return _optional(_checker(inner)) if type(None) in options else _checker(inner)
     if annotation is Any:
-        return value
-    if annotation in (str, int, bool, bytes):
-        # bool is an int subclass; an exact type check keeps True from passing as 1.
-        if type(value) is not annotation:
-            raise MalformedMessage(
-                f"{path} must be {annotation.__name__}, got {type(value).__name__}"
-            )
-        return value
+        return _keep
+    if annotation in _PLAIN_TYPES:
+        return _exact(annotation)
     if origin is tuple:
-        item_type = typing.get_args(annotation)[0]
-        if not isinstance(value, (list, tuple)):
-            raise MalformedMessage(f"{path} must be a list, got {type(value).__name__}")
-        return tuple(_check_value(item, item_type, f"{path}[{i}]") for i, item in enumerate(value))
+        return _tuple_of(typing.get_args(annotation)[0])
     if origin in (dict, Mapping, typing.Mapping):
-        key_type, value_type = typing.get_args(annotation)
-        if not isinstance(value, Mapping):
-            raise MalformedMessage(f"{path} must be a map, got {type(value).__name__}")
-        return {
-            _check_value(k, key_type, f"{path} key"): _check_value(v, value_type, f"{path}.{k}")
-            for k, v in value.items()
-        }
+        return _map_of(*typing.get_args(annotation))
     if isinstance(annotation, type) and issubclass(annotation, Record):
-        return annotation._from_map(value, path)
-    raise TypeError(f"unsupported annotation {annotation!r} at {path}")  # programming error
+        return _record(annotation)
+    raise TypeError(f"unsupported annotation {annotation!r}")  # programming error
 
 
 def _to_wire(value: Any) -> Any:
@@ -82,19 +138,34 @@ def _to_wire(value: Any) -> Any:
     return value
 
 
-_FIELD_TYPES: dict[type, tuple[dict[str, Any], frozenset[str], frozenset[str]]] = {}
+@dataclass(frozen=True)
+class _Layout:
+    """What decoding and encoding a record needs to know of its class, worked out once."""
+
+    names: tuple[str, ...]
+    checks: tuple[tuple[str, Check], ...]
+    declared: frozenset[str]
+    #: The fields it cannot do without (a field with a default was added later, and older
+    #: nodes do not send it).
+    required: frozenset[str]
 
 
-def _field_types(cls: type) -> tuple[dict[str, Any], frozenset[str], frozenset[str]]:
-    """A record's field types, its field names, and the names it cannot do without (a
-    field with a default was added later, and older nodes do not send it)."""
-    # get_type_hints re-evaluates string annotations on every call; once per class will do.
-    known = _FIELD_TYPES.get(cls)
+_LAYOUTS: dict[type, _Layout] = {}
+
+
+def _layout(cls: type) -> _Layout:
+    known = _LAYOUTS.get(cls)
     if known is None:
-        required = frozenset(f.name for f in fields(cls)
-                             if f.default is MISSING and f.default_factory is MISSING)
-        known = typing.get_type_hints(cls), frozenset(f.name for f in fields(cls)), required
-        _FIELD_TYPES[cls] = known
+        hints = typing.get_type_hints(cls)
+        names = tuple(f.name for f in fields(cls))
+        known = _Layout(
+            names=names,
+            checks=tuple((name, _checker(hints[name])) for name in names),
+            declared=frozenset(names),
+            required=frozenset(f.name for f in fields(cls)
+                               if f.default is MISSING and f.default_factory is MISSING),
+        )
+        _LAYOUTS[cls] = known
     return known
 
 
@@ -102,22 +173,23 @@ class Record:
     """Shared machinery for messages and the records nested in them."""
 
     def to_body(self) -> dict[str, Any]:
-        return {f.name: _to_wire(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+        return {name: _to_wire(getattr(self, name)) for name in _layout(type(self)).names}
 
     @classmethod
     def _from_map(cls, data: Any, path: str) -> Any:
         if not isinstance(data, Mapping):
             raise MalformedMessage(f"{path} must be a map, got {type(data).__name__}")
-        hints, declared, required = _field_types(cls)
-        unknown = sorted(set(data) - declared)
-        if unknown:
+        layout = _layout(cls)
+        keys = data.keys()
+        if not layout.declared.issuperset(keys):
+            unknown = sorted(set(keys) - layout.declared)
             raise MalformedMessage(f"{path}: unexpected field(s) {', '.join(map(str, unknown))}")
-        missing = sorted(required - set(data))
-        if missing:
+        if not layout.required.issubset(keys):
+            missing = sorted(layout.required - set(keys))
             raise MalformedMessage(f"{path}: missing field(s) {', '.join(missing)}")
         values = {
-            name: _check_value(data[name], hints[name], f"{path}.{name}")
-            for name in declared & set(data)
+            name: check(data[name], f"{path}.{name}")
+            for name, check in layout.checks if name in data
         }
         record = cls(**values)
         record._validate(path)
@@ -165,11 +237,12 @@ class Capacity(Record):
     gpu: int = 0
 
     def _validate(self, path: str) -> None:
-        for f in fields(self):
-            _require(getattr(self, f.name) >= 0, f"{path}.{f.name} must not be negative")
+        for name in _layout(Capacity).names:
+            _require(getattr(self, name) >= 0, f"{path}.{name} must not be negative")
 
     def fits_in(self, other: Capacity) -> bool:
-        return all(getattr(self, f.name) <= getattr(other, f.name) for f in fields(self))
+        return all(getattr(self, name) <= getattr(other, name)
+                   for name in _layout(Capacity).names)
 
 
 #: How many job announcements a requester may gossip: this many a second, after a first

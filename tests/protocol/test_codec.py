@@ -24,6 +24,24 @@ def test_encoding_ignores_key_insertion_order(mapping):
     assert codec.encode(mapping) == codec.encode(reordered)
 
 
+@given(values)
+def test_canonical_bytes_decode_in_order_and_encode_back_as_they_were(value):
+    data = codec.encode(value)
+    decoded, in_order = codec.decode_noting_order(data)
+    assert in_order
+    assert codec.encode_in_order(decoded) == data
+
+
+def test_a_map_out_of_canonical_order_at_any_depth_is_noticed():
+    def out_of_order(nested: dict) -> bytes:
+        return msgpack.packb(nested, use_bin_type=True)
+
+    for value in ({"b": 1, "a": 2}, {"a": [{"z": 1, "y": 2}]}, [{"k": {"b": 0, "a": 0}}]):
+        decoded, in_order = codec.decode_noting_order(out_of_order(value))
+        assert decoded == value and not in_order
+        assert codec.encode(decoded) != codec.encode_in_order(decoded)
+
+
 def test_tuples_encode_as_lists():
     assert codec.encode((1, "a")) == codec.encode([1, "a"])
 

@@ -54,6 +54,45 @@ def test_sealed_envelope_verifies():
     assert envelope.type == "node.info"
 
 
+def _reordered(data: bytes) -> bytes:
+    """``data`` with every map in its body written in reverse key order, as a relay that
+    re-encodes what it forwards might; the signature is left as it was."""
+
+    def reverse(value: object) -> object:
+        if isinstance(value, dict):
+            return {k: reverse(v) for k, v in reversed(list(value.items()))}
+        if isinstance(value, list):
+            return [reverse(item) for item in value]
+        return value
+
+    raw = codec.decode(data)
+    return msgpack.packb({**raw, "body": reverse(raw["body"])}, use_bin_type=True)
+
+
+def test_the_signature_is_over_the_canonical_encoding_whatever_order_the_maps_came_in():
+    body = {"hello": "world", "nested": {"b": [{"y": 1, "x": 2}], "a": 1}}
+    data = seal(ALICE, "node.info", body, now_ms=NOW, nonce=NONCE)
+    reordered = _reordered(data)
+    assert reordered != data
+    assert verifier().verify(reordered, now_ms=NOW).body == body
+    # ...and a signature over anything but the canonical encoding is refused, in any order.
+    fields = good_fields(body={"b": 1, "a": 2})
+    unsigned = {k: v for k, v in fields.items() if k != "sig"}
+    as_written = msgpack.packb(unsigned, use_bin_type=True)
+    assert as_written != codec.encode(unsigned)
+    forged = msgpack.packb({**unsigned, "sig": ALICE.sign(as_written)}, use_bin_type=True)
+    for data in (forged, codec.encode(codec.decode(forged))):
+        with pytest.raises(BadSignature):
+            verifier().verify(data, now_ms=NOW)
+
+
+def test_a_changed_body_in_canonical_order_is_refused():
+    data = seal(ALICE, "node.info", {"a": 1, "b": 2}, now_ms=NOW, nonce=NONCE)
+    raw = codec.decode(data)
+    with pytest.raises(BadSignature):
+        verifier().verify(codec.encode({**raw, "body": {"a": 1, "b": 3}}), now_ms=NOW)
+
+
 def _forged_signature() -> bytes:
     raw = codec.decode(signed(good_fields()))
     raw["sig"] = MALLORY.sign(codec.encode({k: v for k, v in raw.items() if k != "sig"}))

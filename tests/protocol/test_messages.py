@@ -210,3 +210,35 @@ def test_a_packed_message_without_a_body_is_malformed():
 
     with pytest.raises(MalformedMessage):
         unpack_message(codec.encode({"type": "node.info"}))
+
+
+def _example(kind: type) -> dict:
+    from protocol.examples import example_messages
+
+    return next(m for m in example_messages() if type(m) is kind).to_body()
+
+
+@pytest.mark.parametrize(
+    ("kind", "changes", "message"),
+    [
+        ("NodeInfo", {"addresses": ["/ip4/1.2.3.4/tcp/1", 5]},
+         "node.info.addresses[1] must be str, got int"),
+        ("NodeInfo", {"addresses": "/ip4/1.2.3.4/tcp/1"},
+         "node.info.addresses must be a list, got str"),
+        ("NodeInfo", {"labels": {"zone": 1}}, "node.info.labels.zone must be str, got int"),
+        ("NodeInfo", {"labels": {1: "b"}}, "node.info.labels key must be str, got int"),
+        ("NodeInfo", {"labels": ["zone"]}, "node.info.labels must be a map, got list"),
+        ("NodeInfo", {"total": {"cpu_milli": True, "memory": 0, "disk": 0, "gpu": 0}},
+         "node.info.total.cpu_milli must be int, got bool"),
+        ("ResultRecord", {"outputs": [{"path": "outputs/a", "size": "5", "sha256": "5" * 64}]},
+         "result.outputs[0].size must be int, got str"),
+        ("ResultRecord", {"outputs": [["outputs/a", 5]]},
+         "result.outputs[0] must be a map, got list"),
+    ],
+)
+def test_a_wrong_value_inside_a_list_map_or_record_is_named_by_its_path(kind, changes, message):
+    cls = next(cls for cls in MESSAGE_TYPES.values() if cls.__name__ == kind)
+    with pytest.raises(MalformedMessage) as caught:
+        cls.from_body({**_example(cls), **changes})
+    assert message in str(caught.value)
+
