@@ -127,17 +127,30 @@ class Requester:
             self._ready.set()
             nursery.start_soon(self._retry_unpersisted)
             task_status.started()
+            ticked_ms = now_ms()
             while True:
                 wake_at = self.core.wake_at()
                 if wake_at is None and not self.core.plans:
                     # Nothing in flight, so no timer and nothing to watch: only an event
                     # that gives the core a job can make a tick worth its wake-up.
                     await self._wake.wait()
-                else:
-                    delay = MAX_TICK_SECONDS if wake_at is None else (wake_at - now_ms()) / 1000
-                    with trio.move_on_after(min(max(delay, 0.0), MAX_TICK_SECONDS)):
+                    self._wake = trio.Event()
+                    continue
+                due_ms = ticked_ms + int(MAX_TICK_SECONDS * 1000)
+                if wake_at is not None:
+                    due_ms = min(due_ms, wake_at)
+                delay = (due_ms - now_ms()) / 1000
+                if delay > 0:
+                    with trio.move_on_after(delay):
                         await self._wake.wait()
+                    if self._wake.is_set():
+                        # An event may have moved the core's next timer: work it out again
+                        # rather than tick. A tick walks every job in flight, and ticking
+                        # after every event made a burst of jobs cost their number squared.
+                        self._wake = trio.Event()
+                        continue
                 self._wake = trio.Event()
+                ticked_ms = now_ms()
                 await self._handle(Tick())
 
     async def _stored_jobs(self) -> tuple[StoredJob, ...]:

@@ -19,9 +19,33 @@ from .errors import LocalProtocolError, MalformedMessage
 MAX_DEPTH = 32
 
 
+#: Types a canonical encoding carries as they are (exact types: subclasses take the long way).
+_AS_THEY_ARE = frozenset({str, bytes, bool, type(None)})
+
+
 def _canonical(value: Any, depth: int = 0) -> Any:
+    # The exact built-in types first, without a call per string: every message sent is
+    # made canonical, and the general checks below were most of sealing one.
     if depth > MAX_DEPTH:
         raise LocalProtocolError(f"value nests deeper than {MAX_DEPTH} levels")
+    kind = type(value)
+    if kind in _AS_THEY_ARE:
+        return value
+    inner = depth + 1
+    if kind is dict and all(type(key) is str for key in value):
+        if inner > MAX_DEPTH:
+            return {key: _canonical(value[key], inner) for key in sorted(value)}
+        return {key: item if type(item) in _AS_THEY_ARE else _canonical(item, inner)
+                for key in sorted(value) for item in (value[key],)}
+    if kind is list or kind is tuple:
+        if inner > MAX_DEPTH:
+            return [_canonical(item, inner) for item in value]
+        return [item if type(item) in _AS_THEY_ARE else _canonical(item, inner)
+                for item in value]
+    return _canonical_in_general(value, depth)
+
+
+def _canonical_in_general(value: Any, depth: int) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         if not -(2**63) <= value < 2**64:
             raise LocalProtocolError(f"integer {value} does not fit in 64 bits")
@@ -42,6 +66,13 @@ def _canonical(value: Any, depth: int = 0) -> Any:
         f"cannot encode {type(value).__name__} canonically; use int, str, bytes, bool, "
         "None, list or map"
     )
+
+
+def canonical(value: Any) -> Any:
+    """``value`` with every map in canonical (sorted) key order, tuples as lists, and every
+    type checked: :func:`encode_in_order` of it is :func:`encode` of ``value``. Raises
+    ``LocalProtocolError`` for what cannot be encoded canonically."""
+    return _canonical(value)
 
 
 def encode(value: Any) -> bytes:

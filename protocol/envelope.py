@@ -81,9 +81,11 @@ def seal(
         nonce=nonce if nonce is not None else secrets.token_bytes(NONCE_BYTES),
         body=body,
     )
-    unsigned = envelope.signed_part()
-    signature = key.sign(codec.encode(unsigned))
-    return codec.encode({**unsigned, "sig": signature})
+    # Made canonical once for the signature and the wire bytes both; "sig" sorts
+    # between "nonce" and "ts", and the other fields stay in their order around it.
+    unsigned = codec.canonical(envelope.signed_part())
+    signature = key.sign(codec.encode_in_order(unsigned))
+    return codec.encode_in_order(dict(sorted({**unsigned, "sig": signature}.items())))
 
 
 def parse_unverified(data: bytes, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
