@@ -266,7 +266,11 @@ class RequesterCore:
         times = []
         for plan in self.plans.values():
             if plan.round is not None:
-                times.append(plan.round.opened_ms + BID_WINDOW_MS)
+                # With enough accepting bids in, the round closes DECIDE_AFTER_MS after it
+                # opened, whoever is still to answer (see _maybe_close).
+                enough = sum(b.accept for b in plan.round.bids.values()) >= plan.needed()
+                times.append(plan.round.opened_ms
+                             + (DECIDE_AFTER_MS if enough else BID_WINDOW_MS))
             if plan.retry_at_ms is not None:
                 times.append(plan.retry_at_ms)
             times.extend(e.deadline_ms + DEADLINE_GRACE_MS

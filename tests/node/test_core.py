@@ -32,7 +32,13 @@ from node.core.events import (
     Tick,
     UpdateReceived,
 )
-from node.core.requester import BUSY_RETRY_FIRST_MS, DEADLINE_GRACE_MS, MAX_RETRIES
+from node.core.requester import (
+    BID_WINDOW_MS,
+    BUSY_RETRY_FIRST_MS,
+    DEADLINE_GRACE_MS,
+    DECIDE_AFTER_MS,
+    MAX_RETRIES,
+)
 from protocol.jobspec import Job
 from protocol.messages import (
     MAX_CANDIDATES,
@@ -118,6 +124,22 @@ def test_only_the_nearest_nodes_are_asked_and_the_decision_waits_for_no_one_else
     assert len(accepted) == 1
     assert accepted[0].deadline_ms == 5 + 60_000  # fixed at acceptance
     assert len(of(SendDecision, out)) == 3  # the two others are told, to free their slots
+
+
+def test_enough_early_bids_bring_the_decision_forward_while_a_candidate_is_silent() -> None:
+    """The interpreter ticks when ``wake_at`` says: a round with enough accepting bids must
+    say when it closes (DECIDE_AFTER_MS after it opened), not the whole bid window later."""
+    core = requester_with("a", "b", "c")
+    the_job = job()
+    (announce,) = of(Announce, core.handle(Submitted(the_job), 1_000))
+    assert core.wake_at() == 1_000 + BID_WINDOW_MS
+    first = announce.announcement.candidates[0]  # the other two stay silent
+    out = core.handle(BidReceived(bid(the_job.id or "", first)), 1_010)
+    assert of(SendDecision, out) == []  # too soon: a better bid may still come
+    assert core.wake_at() == 1_000 + DECIDE_AFTER_MS
+    out = core.handle(Tick(), core.wake_at())
+    (decision,) = [d.decision for d in of(SendDecision, out) if d.decision.accepted]
+    assert decision.node_id == first
 
 
 def test_a_widening_circle_never_names_more_nodes_than_an_announcement_holds() -> None:
