@@ -10,11 +10,13 @@ seqno), so gossipsub's own duplicate filter never hides a replay from bacnode's.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -136,6 +138,18 @@ def hostile_peer(key: NodeKey, target: Daemon) -> Mesh:
                 on_message=noop_handler)
 
 
+@contextlib.asynccontextmanager
+async def running(mesh: Mesh) -> AsyncIterator[trio.Nursery]:
+    """``mesh`` running, within the test's time limit, and stopped on the way out."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mesh.run)
+            try:
+                yield nursery
+            finally:
+                mesh.stop()
+
+
 async def run_honest_jobs(target: Daemon, done: list[str], count: int = 3) -> None:
     """The target's user runs ``count`` no-op-published jobs, one after another."""
     for _ in range(count):
@@ -218,13 +232,8 @@ async def test_bad_gossip_is_dropped_counted_and_harmless(daemons: DaemonPool):
     injector, victim, other = NodeKey.generate(), NodeKey.generate(), NodeKey.generate()
     mesh = hostile_peer(injector, target)
 
-    with trio.fail_after(TEST_TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(mesh.run)
-            try:
-                await inject_and_check(mesh, target, peer, injector, victim, other)
-            finally:
-                mesh.stop()
+    async with running(mesh):
+        await inject_and_check(mesh, target, peer, injector, victim, other)
 
 
 async def inject_and_check(mesh: Mesh, target: Daemon, peer: Daemon, injector: NodeKey,
@@ -319,33 +328,28 @@ async def test_bad_requests_on_the_point_to_point_channel_are_refused_one_by_one
          seal_message(victim, replace(bid, node_id=victim.peer_id), now_ms=now_ms()),
          "SenderMismatch"),
     ]
-    with trio.fail_after(TEST_TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(mesh.run)
+    async with running(mesh):
+        before = await trio.to_thread.run_sync(dropped, target)
+        for what, data, _ in bad:
+            reply = await mesh.request(target.peer_id, data)
+            assert reply.startswith(b"error: "), (what, reply)
+        # A frame shorter than a request number: that stream is reset...
+        channel = await mesh._channel_to(target.peer_id)
+        await channel.stream.write(b"\x03abc")
+        # ...and the next request opens a fresh one and is answered.
+        reply = b""
+        for _ in range(50):
             try:
-                before = await trio.to_thread.run_sync(dropped, target)
-                for what, data, _ in bad:
-                    reply = await mesh.request(target.peer_id, data)
-                    assert reply.startswith(b"error: "), (what, reply)
-                # A frame shorter than a request number: that stream is reset...
-                channel = await mesh._channel_to(target.peer_id)
-                await channel.stream.write(b"\x03abc")
-                # ...and the next request opens a fresh one and is answered.
-                reply = b""
-                for _ in range(50):
-                    try:
-                        reply = await mesh.request(
-                            target.peer_id, seal_message(injector, bid, now_ms=now_ms()))
-                        break
-                    except Exception:
-                        await trio.sleep(0.1)
-                assert reply == b"ok", reply  # a stranger's bid: taken, and ignored
-                counted = await trio.to_thread.run_sync(dropped, target) - before
-                assert counted == Counter(reason for _, _, reason in bad), counted
-                assert await trio.to_thread.run_sync(
-                    target.api, "/api/v1/agent/alive") == {"Status": "OK"}
-            finally:
-                mesh.stop()
+                reply = await mesh.request(
+                    target.peer_id, seal_message(injector, bid, now_ms=now_ms()))
+                break
+            except Exception:
+                await trio.sleep(0.1)
+        assert reply == b"ok", reply  # a stranger's bid: taken, and ignored
+        counted = await trio.to_thread.run_sync(dropped, target) - before
+        assert counted == Counter(reason for _, _, reason in bad), counted
+        assert await trio.to_thread.run_sync(
+            target.api, "/api/v1/agent/alive") == {"Status": "OK"}
 
 
 async def test_announcements_sent_straight_are_held_to_their_requesters_rate(
@@ -356,29 +360,24 @@ async def test_announcements_sent_straight_are_held_to_their_requesters_rate(
     target = await ready_target(daemons, "--announcements-per-origin", "5")
     injector = NodeKey.generate()
     mesh = hostile_peer(injector, target)
-    with trio.fail_after(TEST_TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(mesh.run)
-            try:
-                before = await trio.to_thread.run_sync(dropped, target)
-                replies = []
-                for i in range(20):
-                    announcement = JobAnnouncement(
-                        f"j-{uuid.uuid4()}", injector.peer_id, example_job(f"straight-{i}",
-                                                                           "busybox"),
-                        now_ms() + 3000, candidates=(target.peer_id,))
-                    replies.append(await mesh.request(
-                        target.peer_id, seal_message(injector, announcement, now_ms=now_ms())))
-                taken = replies.count(b"ok")
-                refused = replies.count(b"error: too many announcements")
-                assert taken + refused == len(replies), replies
-                assert 10 <= taken <= 13, replies  # the burst, and what refilled meanwhile
-                counted = await trio.to_thread.run_sync(dropped, target) - before
-                assert counted == Counter({"RateLimited": refused}), counted
-                assert await trio.to_thread.run_sync(
-                    target.api, "/api/v1/agent/alive") == {"Status": "OK"}
-            finally:
-                mesh.stop()
+    async with running(mesh):
+        before = await trio.to_thread.run_sync(dropped, target)
+        replies = []
+        for i in range(20):
+            announcement = JobAnnouncement(
+                f"j-{uuid.uuid4()}", injector.peer_id, example_job(f"straight-{i}",
+                                                                   "busybox"),
+                now_ms() + 3000, candidates=(target.peer_id,))
+            replies.append(await mesh.request(
+                target.peer_id, seal_message(injector, announcement, now_ms=now_ms())))
+        taken = replies.count(b"ok")
+        refused = replies.count(b"error: too many announcements")
+        assert taken + refused == len(replies), replies
+        assert 10 <= taken <= 13, replies  # the burst, and what refilled meanwhile
+        counted = await trio.to_thread.run_sync(dropped, target) - before
+        assert counted == Counter({"RateLimited": refused}), counted
+        assert await trio.to_thread.run_sync(
+            target.api, "/api/v1/agent/alive") == {"Status": "OK"}
 
 
 async def test_a_garbage_sender_is_graylisted_and_pruned_from_the_mesh(daemons: DaemonPool):
@@ -392,51 +391,46 @@ async def test_a_garbage_sender_is_graylisted_and_pruned_from_the_mesh(daemons: 
 
     injector = NodeKey.generate()
     mesh = hostile_peer(injector, target)
-    with trio.fail_after(TEST_TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(mesh.run)
-            try:
-                target_peer = await sending_anything_on(mesh, TOPIC_JOBS, target)
+    async with running(mesh):
+        target_peer = await sending_anything_on(mesh, TOPIC_JOBS, target)
 
-                def stats() -> dict[str, Any]:
-                    return target.mesh_stats()
+        def stats() -> dict[str, Any]:
+            return target.mesh_stats()
 
-                before = await trio.to_thread.run_sync(stats)
-                assert injector.peer_id in before["MeshPeers"][TOPIC_JOBS]
-                for i in range(int(-GRAYLIST_THRESHOLD) + 20):
-                    await publish_one_at_a_time(mesh, TOPIC_JOBS, b"\xc1 garbage %d" % i,
-                                                target_peer)
+        before = await trio.to_thread.run_sync(stats)
+        assert injector.peer_id in before["MeshPeers"][TOPIC_JOBS]
+        for i in range(int(-GRAYLIST_THRESHOLD) + 20):
+            await publish_one_at_a_time(mesh, TOPIC_JOBS, b"\xc1 garbage %d" % i,
+                                        target_peer)
 
-                def graylisted_and_cut_off() -> bool:
-                    now = stats()
-                    return (injector.peer_id in now["Banned"]
-                            and injector.peer_id not in now["Peers"]
-                            and injector.peer_id not in now["MeshPeers"][TOPIC_JOBS])
+        def graylisted_and_cut_off() -> bool:
+            now = stats()
+            return (injector.peer_id in now["Banned"]
+                    and injector.peer_id not in now["Peers"]
+                    and injector.peer_id not in now["MeshPeers"][TOPIC_JOBS])
 
-                await await_until(graylisted_and_cut_off, timeout=20,
-                                  what="the garbage sender graylisted, pruned and disconnected")
-                drops = Counter(stats()["Dropped"]) - Counter(before["Dropped"])
-                # Decoded and refused until graylisted, then dropped unread, until the
-                # connection closed (what was still under way then was never read).
-                assert drops["MalformedMessage"] >= -GRAYLIST_THRESHOLD
-                assert drops["MalformedMessage"] + drops["Graylisted"] <= int(
-                    -GRAYLIST_THRESHOLD) + 20
-                # It redials (we are its bootstrap peer): each connection is closed at once.
-                await await_until(lambda: stats()["RefusedConnections"] > 0, timeout=20,
-                                  what="the banned peer's new connection refused")
-                # Nothing more is taken from it: a valid heartbeat of its own is not seen.
-                await mesh.pubsub.publish(TOPIC_NODES, seal_message(
-                    injector, node_info(injector, label="after", seq=now_ms()),
-                    now_ms=now_ms()))
-                await trio.sleep(3)  # pruned, it may not even reach the target now
-                listed = await trio.to_thread.run_sync(target.api_nodes)
-                assert injector.peer_id not in listed or listed[injector.peer_id][
-                    "Info"]["Labels"] != {"injected": "after"}
-                final = stats()
-                assert final["Scores"][peer.peer_id] == 0
-                assert peer.peer_id in final["MeshPeers"][TOPIC_JOBS]
-            finally:
-                mesh.stop()
+        await await_until(graylisted_and_cut_off, timeout=20,
+                          what="the garbage sender graylisted, pruned and disconnected")
+        drops = Counter(stats()["Dropped"]) - Counter(before["Dropped"])
+        # Decoded and refused until graylisted, then dropped unread, until the
+        # connection closed (what was still under way then was never read).
+        assert drops["MalformedMessage"] >= -GRAYLIST_THRESHOLD
+        assert drops["MalformedMessage"] + drops["Graylisted"] <= int(
+            -GRAYLIST_THRESHOLD) + 20
+        # It redials (we are its bootstrap peer): each connection is closed at once.
+        await await_until(lambda: stats()["RefusedConnections"] > 0, timeout=20,
+                          what="the banned peer's new connection refused")
+        # Nothing more is taken from it: a valid heartbeat of its own is not seen.
+        await mesh.pubsub.publish(TOPIC_NODES, seal_message(
+            injector, node_info(injector, label="after", seq=now_ms()),
+            now_ms=now_ms()))
+        await trio.sleep(3)  # pruned, it may not even reach the target now
+        listed = await trio.to_thread.run_sync(target.api_nodes)
+        assert injector.peer_id not in listed or listed[injector.peer_id][
+            "Info"]["Labels"] != {"injected": "after"}
+        final = stats()
+        assert final["Scores"][peer.peer_id] == 0
+        assert peer.peer_id in final["MeshPeers"][TOPIC_JOBS]
 
 
 
@@ -451,53 +445,48 @@ async def test_stale_and_replayed_gossip_is_dropped_without_blaming_the_peer(
     target, peer = await _target_and_peer(daemons)
     injector = NodeKey.generate()
     mesh = hostile_peer(injector, target)
-    with trio.fail_after(TEST_TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(mesh.run)
-            try:
-                target_peer = await sending_anything_on(mesh, TOPIC_NODES, target)
-                before = await trio.to_thread.run_sync(target.mesh_stats)
-                peer_before = await trio.to_thread.run_sync(dropped, peer)
+    async with running(mesh):
+        target_peer = await sending_anything_on(mesh, TOPIC_NODES, target)
+        before = await trio.to_thread.run_sync(target.mesh_stats)
+        peer_before = await trio.to_thread.run_sync(dropped, peer)
 
-                async def publish(data: bytes) -> None:
-                    await publish_one_at_a_time(mesh, TOPIC_NODES, data, target_peer)
+        async def publish(data: bytes) -> None:
+            await publish_one_at_a_time(mesh, TOPIC_NODES, data, target_peer)
 
-                # Enough of each to graylist it twice over, were they blamed.
-                many = int(-GRAYLIST_THRESHOLD) + 20
-                for i in range(many):
-                    await publish(envelope_bytes(
-                        signer=injector, sender=injector.peer_id, msg_type="node.info",
-                        body=node_info(injector, label="late", seq=i + 1).to_body(),
-                        ts=now_ms() - 2 * 60_000))
-                again = seal_message(injector, node_info(injector, label="once", seq=many + 1),
-                                     now_ms=now_ms())
-                for _ in range(many + 1):  # the first is taken, the rest are replays
-                    await publish(again)
+        # Enough of each to graylist it twice over, were they blamed.
+        many = int(-GRAYLIST_THRESHOLD) + 20
+        for i in range(many):
+            await publish(envelope_bytes(
+                signer=injector, sender=injector.peer_id, msg_type="node.info",
+                body=node_info(injector, label="late", seq=i + 1).to_body(),
+                ts=now_ms() - 2 * 60_000))
+        again = seal_message(injector, node_info(injector, label="once", seq=many + 1),
+                             now_ms=now_ms())
+        for _ in range(many + 1):  # the first is taken, the rest are replays
+            await publish(again)
 
-                def counted() -> Counter[str]:
-                    return Counter(target.mesh_stats()["Dropped"]) - Counter(before["Dropped"])
+        def counted() -> Counter[str]:
+            return Counter(target.mesh_stats()["Dropped"]) - Counter(before["Dropped"])
 
-                await await_until(
-                    lambda: counted()["ClockSkew"] == many
-                    and counted()["ReplayedMessage"] == many, timeout=20,
-                    what=f"{many} stale and {many} replayed heartbeats dropped")
-                after = await trio.to_thread.run_sync(target.mesh_stats)
-                assert after["Scores"][injector.peer_id] >= 0, after["Scores"]
-                assert injector.peer_id in after["Peers"]
-                assert injector.peer_id not in after["Banned"]
-                assert injector.peer_id in after["MeshPeers"][TOPIC_NODES]
-                assert "Graylisted" not in counted()
-                # None of it was forwarded to the target's honest peer.
-                assert await trio.to_thread.run_sync(dropped, peer) == peer_before
-                # What the injector sends in time still takes effect, and travels on.
-                listed = await trio.to_thread.run_sync(target.api_nodes)
-                assert listed[injector.peer_id]["Info"]["Labels"] == {"injected": "once"}
-                await await_until(
-                    lambda: peer.api_nodes().get(injector.peer_id, {}).get(
-                        "Info", {}).get("Labels") == {"injected": "once"},
-                    timeout=20, what="the timely heartbeat on the honest peer")
-            finally:
-                mesh.stop()
+        await await_until(
+            lambda: counted()["ClockSkew"] == many
+            and counted()["ReplayedMessage"] == many, timeout=20,
+            what=f"{many} stale and {many} replayed heartbeats dropped")
+        after = await trio.to_thread.run_sync(target.mesh_stats)
+        assert after["Scores"][injector.peer_id] >= 0, after["Scores"]
+        assert injector.peer_id in after["Peers"]
+        assert injector.peer_id not in after["Banned"]
+        assert injector.peer_id in after["MeshPeers"][TOPIC_NODES]
+        assert "Graylisted" not in counted()
+        # None of it was forwarded to the target's honest peer.
+        assert await trio.to_thread.run_sync(dropped, peer) == peer_before
+        # What the injector sends in time still takes effect, and travels on.
+        listed = await trio.to_thread.run_sync(target.api_nodes)
+        assert listed[injector.peer_id]["Info"]["Labels"] == {"injected": "once"}
+        await await_until(
+            lambda: peer.api_nodes().get(injector.peer_id, {}).get(
+                "Info", {}).get("Labels") == {"injected": "once"},
+            timeout=20, what="the timely heartbeat on the honest peer")
 
 
 async def test_a_spammer_flooding_announcements_is_cut_off_and_honest_jobs_complete(
@@ -904,13 +893,8 @@ async def test_a_peer_known_only_by_an_announced_dns_name_is_dialled(daemons: Da
     bid = Bid(job_id="j-12345678-1234-4123-8123-123456789abc",
               execution_id="e-12345678-1234-4123-8123-123456789abc", node_id=caller.peer_id,
               accept=False, reason="", free=Capacity(), running_executions=0)
-    with trio.fail_after(TEST_TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(mesh.run)
-            try:
-                mesh.remember_addresses(target.peer_id, (announced,))
-                reply = await mesh.request(target.peer_id,
-                                           seal_message(caller, bid, now_ms=now_ms()))
-                assert reply == b"ok"
-            finally:
-                mesh.stop()
+    async with running(mesh):
+        mesh.remember_addresses(target.peer_id, (announced,))
+        reply = await mesh.request(target.peer_id,
+                                   seal_message(caller, bid, now_ms=now_ms()))
+        assert reply == b"ok"
