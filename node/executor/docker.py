@@ -98,6 +98,9 @@ DEFAULT_PULL_TIMEOUT = 600.0
 DEFAULT_API_TIMEOUT = 60.0
 #: How long a killed container may take to die and flush its output, and a removal.
 KILL_WAIT = 30.0
+#: Force-removals tried when dockerd fails one with a 500 (see ``_remove``), and the pause.
+REMOVE_ATTEMPTS = 3
+REMOVE_RETRY_SECONDS = 0.2
 #: How often a job with a disk limit has what it wrote measured.
 DISK_POLL_SECONDS = 0.5
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
@@ -549,18 +552,24 @@ class DockerExecutor(Executor):
         import docker.errors
 
         with trio.move_on_after(KILL_WAIT):
-            try:
-                await self._api(
-                    client.api.remove_container, container_id, force=True, v=True, abandon=True
-                )
-                return True
-            except docker.errors.NotFound:
-                return False
-            except docker.errors.APIError as exc:
-                if exc.status_code == 409:  # removal already in progress
+            for attempt in range(REMOVE_ATTEMPTS):
+                try:
+                    await self._api(client.api.remove_container, container_id, force=True,
+                                    v=True, abandon=True)
                     return True
-                log.warning("could not remove container %s: %s", container_id[:12], exc)
-                return False
+                except docker.errors.NotFound:
+                    return False
+                except docker.errors.APIError as exc:
+                    if exc.status_code == 409:  # removal already in progress
+                        return True
+                    # dockerd answers 500 ("Could not kill running container ..., cannot
+                    # remove - Container ... is not running") when the container exits
+                    # while it force-removes it; asked again, it removes it.
+                    if exc.status_code != 500 or attempt == REMOVE_ATTEMPTS - 1:
+                        log.warning("could not remove container %s: %s", container_id[:12],
+                                    exc)
+                        return False
+                await trio.sleep(REMOVE_RETRY_SECONDS)
         log.warning("removing container %s took more than %gs", container_id[:12], KILL_WAIT)
         return False
 
