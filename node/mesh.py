@@ -57,6 +57,8 @@ from protocol.identity import NodeKey
 from protocol.messages import (
     ANNOUNCEMENT_BURST,
     ANNOUNCEMENTS_PER_SECOND,
+    OPEN_ANNOUNCEMENT_BURST,
+    OPEN_ANNOUNCEMENTS_PER_SECOND,
     JobAnnouncement,
     Message,
     NodeInfo,
@@ -174,6 +176,11 @@ BAN_SECONDS = 600.0
 #: stays this many seconds' worth of it.
 ORIGIN_ANNOUNCEMENTS_PER_SECOND = ANNOUNCEMENTS_PER_SECOND
 ORIGIN_BURST_SECONDS = 2 * ANNOUNCEMENT_BURST / ANNOUNCEMENTS_PER_SECOND
+#: Of those, announcements gossiped (open to any node): the rate an honest requester keeps
+#: to for those (protocol.messages.OPEN_ANNOUNCEMENTS_PER_SECOND), or the rate above when
+#: an operator set it lower, with twice the requester's burst for them, as above.
+ORIGIN_OPEN_ANNOUNCEMENTS_PER_SECOND = OPEN_ANNOUNCEMENTS_PER_SECOND
+ORIGIN_OPEN_BURST_SECONDS = 2 * OPEN_ANNOUNCEMENT_BURST / OPEN_ANNOUNCEMENTS_PER_SECOND
 #: Job announcements taken from one forwarding peer, whatever their origins, as a multiple
 #: of the per-origin rate: one peer inventing many requesters (each signing its own) cannot
 #: flood us either. Generous, since a hub relays every requester's announcements.
@@ -192,6 +199,34 @@ MembersSource = Callable[[], list[tuple[int, bytes]]]
 #: Rows copied from a peer's table, each verified: (when the peer heard it, our clock in
 #: milliseconds; envelope; info).
 MembersHandler = Callable[[list[tuple[int, Envelope, Message]]], Awaitable[None]]
+
+
+class TokenBuckets:
+    """A token bucket per key (an origin or a peer): ``burst`` tokens, refilled at ``rate``
+    a second; past MAX_TRACKED_ORIGINS keys the least recently used is forgotten."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        #: key -> (tokens left, when counted), least recently used first.
+        self._buckets: dict[bytes, tuple[float, float]] = {}
+
+    def _tokens(self, key: bytes, now: float) -> float:
+        tokens, then = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - then) * self.rate)
+
+    def has_token(self, key: bytes, now: float) -> bool:
+        return self._tokens(key, now) >= 1
+
+    def take(self, key: bytes, now: float) -> bool:
+        """Take a token from ``key``'s bucket, if it has one."""
+        tokens = self._tokens(key, now)
+        allowed = tokens >= 1
+        self._buckets.pop(key, None)
+        self._buckets[key] = (tokens - 1 if allowed else tokens, now)
+        if len(self._buckets) > MAX_TRACKED_ORIGINS:
+            del self._buckets[next(iter(self._buckets))]
+        return allowed
 
 
 class MeshError(Exception):
@@ -343,8 +378,16 @@ class Mesh:
         #: would point our dials at our own LAN.
         self.dial_private = dial_private
         self.peer_target = peer_target
-        self.announcement_rate = announcements_per_origin
-        self.announcement_burst = announcements_per_origin * ORIGIN_BURST_SECONDS
+        #: Per origin, all its job announcements; of those, the ones it gossips; per
+        #: forwarding peer, what it gossips to us whatever the origins.
+        self._announcements = TokenBuckets(
+            announcements_per_origin, announcements_per_origin * ORIGIN_BURST_SECONDS)
+        open_rate = min(announcements_per_origin, ORIGIN_OPEN_ANNOUNCEMENTS_PER_SECOND)
+        self._open_announcements = TokenBuckets(open_rate,
+                                                open_rate * ORIGIN_OPEN_BURST_SECONDS)
+        self._forwarded_announcements = TokenBuckets(
+            announcements_per_origin * PEER_ANNOUNCEMENT_FACTOR,
+            announcements_per_origin * ORIGIN_BURST_SECONDS * PEER_ANNOUNCEMENT_FACTOR)
         self.peer_id = key.peer_id
         self._listen = [_parse_multiaddr(addr, "--listen") for addr in listen]
         self._bootstrap = [_parse_bootstrap(addr) for addr in bootstrap]
@@ -362,10 +405,6 @@ class Mesh:
         self._unblamed: dict[tuple[bytes, bytes], None] = {}
         #: Set by a validator refusing one of those, for ``_score_invalid`` to skip.
         self._refusal_unblamed = False
-        #: Per origin: (announcement tokens left, when counted), least recently heard first.
-        self._announce_tokens: dict[bytes, tuple[float, float]] = {}
-        #: The same per forwarding peer, whatever the origins (see PEER_ANNOUNCEMENT_FACTOR).
-        self._forwarder_tokens: dict[bytes, tuple[float, float]] = {}
         #: Inbound streams open now, by (protocol, peer): see ``STREAMS_PER_PEER``.
         self._open_streams: dict[tuple[str, Any], int] = {}
         #: Graylisted peers disconnected, and until when their connections are refused.
@@ -588,7 +627,7 @@ class Mesh:
             # Its origin's token: one that came from its origin was taken unread
             # (_refuse_unread), a relayed one only now that its signature is checked.
             if topic == TOPIC_JOBS and msg.from_id != forwarder.to_bytes() and not (
-                    self._may_announce(self._announce_tokens, msg.from_id, 1)):
+                    self._take_gossiped_announcement(msg.from_id)):
                 self.stats.dropped["RateLimited"] += 1
                 return False
             try:
@@ -1041,34 +1080,27 @@ class Mesh:
         kinds = list(self.peer_transports().values())
         return {"direct": kinds.count("direct"), "relayed": kinds.count("relayed")}
 
-    def _announcement_tokens(self, buckets: dict[bytes, tuple[float, float]], key: bytes,
-                             factor: float, now: float) -> float:
-        """Tokens in ``key``'s announcement bucket (``factor`` times the per-origin rate
-        and burst) at ``now``."""
-        rate, burst = self.announcement_rate * factor, self.announcement_burst * factor
-        tokens, then = buckets.get(key, (burst, now))
-        return min(burst, tokens + (now - then) * rate)
-
-    def _may_announce(self, buckets: dict[bytes, tuple[float, float]], key: bytes,
-                      factor: float) -> bool:
-        """Take a token from ``key``'s announcement bucket, if it has one."""
-        now = time.monotonic()
-        tokens = self._announcement_tokens(buckets, key, factor, now)
-        allowed = tokens >= 1
-        buckets.pop(key, None)  # most recently heard last
-        buckets[key] = (tokens - 1 if allowed else tokens, now)
-        if len(buckets) > MAX_TRACKED_ORIGINS:
-            del buckets[next(iter(buckets))]
-        return allowed
-
     def take_announcement_token(self, origin: str) -> bool:
         """Charge an announcement ``origin`` sent straight to this node (on a request
-        stream) to the same bucket as those it gossips; False, and counted, when it has
-        no token left."""
-        if self._may_announce(self._announce_tokens, ID.from_base58(origin).to_bytes(), 1):
+        stream, so from ``origin`` itself) to the bucket of all its announcements; False
+        when it has no token left, counted and costing ``origin`` a point as on gossip, so
+        that one flooding us this way is graylisted and cut off too."""
+        peer = ID.from_base58(origin)
+        if self._announcements.take(peer.to_bytes(), time.monotonic()):
             return True
-        self.stats.dropped["RateLimited"] += 1
+        self._refuse_scored(peer, "RateLimited")
         return False
+
+    def _take_gossiped_announcement(self, origin: bytes) -> bool:
+        """Charge a gossiped announcement to both of its origin's buckets, if each has a
+        token left."""
+        now = time.monotonic()
+        buckets = (self._announcements, self._open_announcements)
+        if not all(bucket.has_token(origin, now) for bucket in buckets):
+            return False
+        for bucket in buckets:
+            bucket.take(origin, now)
+        return True
 
     def _refuse_unread(self, forwarder: ID, msg: Any, seen: bool) -> bool:
         """Whether to drop a peer's message before its signature is checked: everything a
@@ -1089,14 +1121,16 @@ class Mesh:
         if seen or TOPIC_JOBS not in msg.topicIDs:
             return False
         sender = forwarder.to_bytes()
-        if not self._may_announce(self._forwarder_tokens, sender, PEER_ANNOUNCEMENT_FACTOR):
+        now = time.monotonic()
+        if not self._forwarded_announcements.take(sender, now):
             return self._refuse_scored(forwarder, "PeerRateLimited")
         origin = msg.from_id
         if origin == sender:
-            if self._may_announce(self._announce_tokens, origin, 1):
+            if self._take_gossiped_announcement(origin):
                 return False
             return self._refuse_scored(forwarder, "RateLimited")
-        if self._announcement_tokens(self._announce_tokens, origin, 1, time.monotonic()) < 1:
+        if not (self._announcements.has_token(origin, now)
+                and self._open_announcements.has_token(origin, now)):
             self.stats.dropped["RateLimited"] += 1
             return True
         return False

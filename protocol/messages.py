@@ -245,15 +245,25 @@ class Capacity(Record):
                    for name in _layout(Capacity).names)
 
 
-#: How many job announcements a requester may gossip: this many a second, after a first
-#: burst of ANNOUNCEMENT_BURST. A requester keeps to it (its core opens no faster); peers
-#: refuse, and score down, an origin that goes well beyond it (node.mesh). As many jobs a
-#: second as one requester is to place (20 a second cut no-op throughput to 20). The burst
-#: is one second's worth: a batch of 500 submitted at once is announced over 4 s, none
-#: lost, and a spammer gets little before peers cut it off (they take what it sends within
-#: twice the burst: 500 let a flood of 10,000 hand a node 1,500 jobs to consider first).
+#: How many job announcements a requester may send, straight or gossiped: this many a
+#: second, after a first burst of ANNOUNCEMENT_BURST. A requester keeps to it (its core
+#: opens no faster); peers refuse, and score down, an origin that goes well beyond it
+#: (node.mesh). As many jobs a second as one requester is to place (20 a second cut no-op
+#: throughput to 20). The burst is one second's worth: a batch of 500 submitted at once is
+#: announced over 4 s, none lost, and a spammer gets little before peers cut it off (they
+#: take what it sends within twice the burst: 500 let a flood of 10,000 hand a node 1,500
+#: jobs to consider first).
 ANNOUNCEMENTS_PER_SECOND = 100
 ANNOUNCEMENT_BURST = 100
+#: Of those, how many may be open to any node: this many a second, after a burst of
+#: OPEN_ANNOUNCEMENT_BURST. A requester asks the candidates it picked straight, which costs
+#: only them; it gossips an announcement to the whole network only while it knows too few
+#: nodes (just after a start) or a circle wider than MAX_CANDIDATES, and every node then
+#: reads, checks, considers and relays it. So gossip takes far fewer from one origin: a
+#: spammer flooding the jobs topic got 300-500 announcements into each node it reached
+#: under the shared allowance, all to be checked and bid on while honest jobs waited.
+OPEN_ANNOUNCEMENTS_PER_SECOND = 10
+OPEN_ANNOUNCEMENT_BURST = 10
 
 #: Most nodes an announcement names; a wider circle is an open announcement.
 MAX_CANDIDATES = 256

@@ -10,8 +10,9 @@ Placement, per job:
 1. **Ask.** Compute nodes that fit the job (engine, storage, publisher, labels,
    total capacity, as their heartbeats say) are ranked: those with room first,
    then by XOR distance between the hashes of their ID and the job's. The first
-   ``needed + BID_FANOUT`` are asked. When the requester knows no compute node
-   yet, the announcement is open to all.
+   ``needed + BID_FANOUT`` are asked. When the requester knows too few compute
+   nodes yet, the announcement is open to all (gossiped, and allowed far less
+   often: ``OPEN_ANNOUNCEMENTS_PER_SECOND``).
 2. **Decide.** As soon as every node asked has answered, or enough accepted and
    ``DECIDE_AFTER_MS`` passed, or the window (``BID_WINDOW_MS``) closes. The
    best bids win (``protocol.scheduling``); losers are told so they free their
@@ -50,6 +51,8 @@ from protocol.messages import (
     ANNOUNCEMENT_BURST,
     ANNOUNCEMENTS_PER_SECOND,
     MAX_CANDIDATES,
+    OPEN_ANNOUNCEMENT_BURST,
+    OPEN_ANNOUNCEMENTS_PER_SECOND,
     Bid,
     BidDecision,
     ExecutionUpdate,
@@ -197,6 +200,29 @@ class _Plan:
 
 
 @dataclass
+class _Allowance:
+    """Announcements that may go out now: ``burst`` at once, then ``per_second``."""
+
+    per_second: int
+    burst: int
+    tokens: float = field(init=False)
+    counted_ms: int = 0
+
+    def __post_init__(self) -> None:
+        self.tokens = float(self.burst)
+
+    def wait_ms(self, now: int) -> int:
+        """0 if one may go out at ``now`` (then ``take`` it), else how long until one may."""
+        self.tokens = min(float(self.burst),
+                          self.tokens + (now - self.counted_ms) * self.per_second / 1000)
+        self.counted_ms = now
+        return 0 if self.tokens >= 1 else int(-(-(1 - self.tokens) * 1000 // self.per_second))
+
+    def take(self) -> None:
+        self.tokens -= 1
+
+
+@dataclass
 class _NodeView:
     info: NodeInfo
     heard_ms: int
@@ -213,9 +239,10 @@ class RequesterCore:
         #: Compute nodes scoring below this are not asked to bid.
         self.min_reputation = min_reputation
         self.reputation: dict[str, Reputation] = {}
-        #: Announcements this requester may still send now (ANNOUNCEMENTS_PER_SECOND).
-        self._tokens = float(ANNOUNCEMENT_BURST)
-        self._tokens_ms = 0
+        #: Announcements this requester may send now, and of those open to any node.
+        self._announcements = _Allowance(ANNOUNCEMENTS_PER_SECOND, ANNOUNCEMENT_BURST)
+        self._open_announcements = _Allowance(OPEN_ANNOUNCEMENTS_PER_SECOND,
+                                              OPEN_ANNOUNCEMENT_BURST)
         self.started_ms = 0
         self.plans: dict[str, _Plan] = {}
         self.nodes: dict[str, _NodeView] = {}
@@ -309,16 +336,6 @@ class RequesterCore:
         self._set_job(plan, JobState.QUEUED, "looking for compute nodes")
         self._ask(plan, now)
 
-    def _announcement_allowed(self, now: int) -> int | None:
-        """Take a token for one announcement; None if there was one, else when there is."""
-        refill = (now - self._tokens_ms) * ANNOUNCEMENTS_PER_SECOND / 1000
-        self._tokens = min(float(ANNOUNCEMENT_BURST), self._tokens + refill)
-        self._tokens_ms = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return None
-        return now + int(-(-(1 - self._tokens) * 1000 // ANNOUNCEMENTS_PER_SECOND))
-
     def _ask(self, plan: _Plan, now: int) -> None:
         """Open a bid round for what ``plan`` still needs (no faster than the announcement
         rate: a burst of jobs waits its turn here, Queued, and loses none)."""
@@ -326,21 +343,29 @@ class RequesterCore:
         if needed <= 0 or plan.state.is_terminal:
             plan.retry_at_ms = None
             return
-        plan.retry_at_ms = self._announcement_allowed(now)
-        if plan.retry_at_ms is not None:
+        if wait := self._announcements.wait_ms(now):
+            plan.retry_at_ms = now + wait
             return
-        plan.width = max(plan.width * 2, needed + BID_FANOUT)
+        width = max(plan.width * 2, needed + BID_FANOUT)
         candidates = self._candidates(plan.job, now, exclude=plan.tried_nodes())
         if plan.woken_by in candidates:
             # Its freed slot is the one known to be there (the heartbeat may not say so yet).
             candidates.remove(plan.woken_by)
             candidates.insert(0, plan.woken_by)
-        plan.woken_by = None
         # Knowing too few nodes (heartbeats take a while after a start), or a circle wider
         # than an announcement can name: ask everyone.
-        asked = frozenset(candidates[:plan.width])
+        asked = frozenset(candidates[:width])
         if len(candidates) < needed or len(asked) > MAX_CANDIDATES:
             asked = frozenset()
+        if not asked:
+            if wait := self._open_announcements.wait_ms(now):
+                plan.retry_at_ms = now + wait
+                return
+            self._open_announcements.take()
+        self._announcements.take()
+        plan.retry_at_ms = None
+        plan.width = width
+        plan.woken_by = None
         plan.round = _Round(asked, now)
         self._out.append(Announce(JobAnnouncement(
             job_id=plan.job_id,

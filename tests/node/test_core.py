@@ -515,6 +515,39 @@ def test_a_burst_of_jobs_is_announced_no_faster_than_the_rate_and_loses_none() -
                 and i.state == JobState.FAILED]
 
 
+def test_announcements_open_to_all_go_out_at_their_own_lower_rate() -> None:
+    """A requester that knows no compute node yet gossips a burst of jobs to everyone:
+    OPEN_ANNOUNCEMENT_BURST at once, then OPEN_ANNOUNCEMENTS_PER_SECOND (every node reads
+    those). Once it hears of nodes, the jobs still waiting are asked straight, at the full
+    rate."""
+    from protocol.messages import OPEN_ANNOUNCEMENT_BURST, OPEN_ANNOUNCEMENTS_PER_SECOND
+
+    core = requester_with()
+    announced: dict[str, tuple[int, tuple[str, ...]]] = {}
+
+    def note(instructions: list, now: int) -> None:
+        for instruction in of(Announce, instructions):
+            announcement = instruction.announcement
+            announced.setdefault(announcement.job_id, (now, announcement.candidates))
+
+    for _ in range(60):
+        note(core.handle(Submitted(job(queue_timeout=600)), 0), 0)
+    assert len(announced) == OPEN_ANNOUNCEMENT_BURST
+    for now in range(100, 2_001, 100):
+        note(core.handle(Tick(), now), now)
+    open_ones = [t for t, candidates in announced.values() if not candidates]
+    assert len(open_ones) == len(announced)
+    assert len(announced) == OPEN_ANNOUNCEMENT_BURST + 2 * OPEN_ANNOUNCEMENTS_PER_SECOND
+    per_second = Counter(t // 1000 for t in open_ones if t > 0)
+    assert max(per_second.values()) <= OPEN_ANNOUNCEMENTS_PER_SECOND + 1
+
+    note(core.handle(NodeHeard(info("a")), 2_050), 2_050)
+    note(core.handle(Tick(), 2_100), 2_100)
+    asked_straight = [t for t, candidates in announced.values() if candidates == ("a",)]
+    assert len(announced) == 60 and len(asked_straight) == 60 - len(open_ones)
+    assert max(asked_straight) <= 2_100
+
+
 def test_the_job_defaults_are_a_containers_and_a_noop_job_reserves_none() -> None:
     """500m by default for a container made 2 cores take 4 jobs at once: no-op jobs too,
     which halved their throughput."""

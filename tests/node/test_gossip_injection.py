@@ -23,7 +23,7 @@ from typing import Any
 import trio
 from libp2p.peer.id import ID
 
-from node.mesh import TOPIC_JOBS, TOPIC_NODES, TOPIC_RESULTS, Mesh
+from node.mesh import GRAYLIST_THRESHOLD, TOPIC_JOBS, TOPIC_NODES, TOPIC_RESULTS, Mesh, MeshError
 from protocol import codec
 from protocol.examples import example_job
 from protocol.identity import NodeKey
@@ -380,6 +380,68 @@ async def test_announcements_sent_straight_are_held_to_their_requesters_rate(
             target.api, "/api/v1/agent/alive") == {"Status": "OK"}
 
 
+async def test_a_peer_asking_straight_far_beyond_its_rate_is_graylisted_and_cut_off(
+        daemons: DaemonPool):
+    """Each announcement refused over its requester's rate on the request channel costs
+    that peer a point, as on gossip: one that keeps on is graylisted, disconnected and
+    banned, instead of having every announcement it sends opened and refused for ever."""
+    target = await ready_target(daemons, "--announcements-per-origin", "5")
+    spammer = NodeKey.generate()
+    mesh = hostile_peer(spammer, target)
+    spec = example_job("straight-spam", "busybox")
+    replies: list[bytes] = []
+    async with running(mesh):
+        while len(replies) < 200:
+            announcement = JobAnnouncement(f"j-{uuid.uuid4()}", spammer.peer_id, spec,
+                                           now_ms() + 3000, candidates=(target.peer_id,))
+            try:
+                replies.append(await mesh.request(
+                    target.peer_id, seal_message(spammer, announcement, now_ms=now_ms())))
+            except MeshError:
+                break  # cut off
+    stats = await trio.to_thread.run_sync(target.mesh_stats)
+    refused = replies.count(b"error: too many announcements")
+    assert len(replies) < 200 and refused > -GRAYLIST_THRESHOLD, (len(replies), refused)
+    assert spammer.peer_id in stats["Banned"], stats
+
+
+async def test_announcements_gossiped_to_everyone_are_held_to_a_lower_rate(
+        daemons: DaemonPool):
+    """Every node reads, checks and considers a gossiped announcement, so a node takes far
+    fewer of them from one origin (by default a burst of 20, then 10 a second) than of
+    those a requester asks it straight (200, then 100 a second): a peer gossiping 40 of its
+    own at once gets the burst taken and the rest refused unread; asked straight, 20 more
+    are all taken."""
+    from node.mesh import ORIGIN_OPEN_ANNOUNCEMENTS_PER_SECOND, ORIGIN_OPEN_BURST_SECONDS
+
+    open_burst = ORIGIN_OPEN_ANNOUNCEMENTS_PER_SECOND * ORIGIN_OPEN_BURST_SECONDS
+    target = await ready_target(daemons)
+    requester = NodeKey.generate()
+    mesh = hostile_peer(requester, target)
+    spec = example_job("open", "busybox")
+    async with running(mesh):
+        target_peer = await in_jobs_mesh(mesh, target)
+        started = time.monotonic()
+        for _ in range(40):
+            announcement = JobAnnouncement(f"j-{uuid.uuid4()}", requester.peer_id, spec,
+                                           now_ms() + 3000)
+            await publish_one_at_a_time(
+                mesh, TOPIC_JOBS, seal_message(requester, announcement, now_ms=now_ms()),
+                target_peer)
+        sending = time.monotonic() - started
+        gossiped = await settled_announcement_counts(target, "RateLimited")
+        replies = []
+        for _ in range(20):
+            announcement = JobAnnouncement(f"j-{uuid.uuid4()}", requester.peer_id, spec,
+                                           now_ms() + 3000, candidates=(target.peer_id,))
+            replies.append(await mesh.request(
+                target.peer_id, seal_message(requester, announcement, now_ms=now_ms())))
+    assert open_burst <= gossiped["accepted"] <= (
+        open_burst + ORIGIN_OPEN_ANNOUNCEMENTS_PER_SECOND * sending + 1), (gossiped, sending)
+    assert gossiped["RateLimited"] == 40 - gossiped["accepted"], gossiped
+    assert replies == [b"ok"] * 20, replies
+
+
 async def test_a_garbage_sender_is_graylisted_and_pruned_from_the_mesh(daemons: DaemonPool):
     """Gossipsub peer scoring: a peer that keeps forwarding invalid messages falls below the
     graylist threshold; the daemon prunes it from its mesh, disconnects it, refuses its
@@ -412,11 +474,13 @@ async def test_a_garbage_sender_is_graylisted_and_pruned_from_the_mesh(daemons: 
         await await_until(graylisted_and_cut_off, timeout=20,
                           what="the garbage sender graylisted, pruned and disconnected")
         drops = Counter(stats()["Dropped"]) - Counter(before["Dropped"])
-        # Decoded and refused until graylisted, then dropped unread, until the
-        # connection closed (what was still under way then was never read).
-        assert drops["MalformedMessage"] >= -GRAYLIST_THRESHOLD
-        assert drops["MalformedMessage"] + drops["Graylisted"] <= int(
-            -GRAYLIST_THRESHOLD) + 20
+        # Decoded and refused until graylisted (past the sender's allowance of gossiped
+        # announcements, which garbage on the jobs topic spends too, refused unread), then
+        # dropped unread, until the connection closed (what was still under way then was
+        # never read).
+        refused = drops["MalformedMessage"] + drops["RateLimited"]
+        assert drops["MalformedMessage"] > 0 and refused >= -GRAYLIST_THRESHOLD, drops
+        assert refused + drops["Graylisted"] <= int(-GRAYLIST_THRESHOLD) + 20, drops
         # It redials (we are its bootstrap peer): each connection is closed at once.
         await await_until(lambda: stats()["RefusedConnections"] > 0, timeout=20,
                           what="the banned peer's new connection refused")
@@ -498,9 +562,12 @@ async def test_a_spammer_flooding_announcements_is_cut_off_and_honest_jobs_compl
     spammer's than that bucket allows since the flood began, drops the rest as RateLimited,
     scores the spammer down to the graylist, then disconnects and bans it, and the honest
     jobs all complete."""
-    from node.mesh import ORIGIN_BURST_SECONDS
+    from node.mesh import ORIGIN_OPEN_ANNOUNCEMENTS_PER_SECOND, ORIGIN_OPEN_BURST_SECONDS
 
     rate = 20.0
+    # Gossiped, the spammer's announcements are held to the lower of that and the rate
+    # for announcements open to everyone.
+    open_rate = min(rate, ORIGIN_OPEN_ANNOUNCEMENTS_PER_SECOND)
     target = await ready_target(daemons, "--announcements-per-origin", str(rate))
     spammer = NodeKey.generate()
     mesh = hostile_peer(spammer, target)
@@ -538,7 +605,7 @@ async def test_a_spammer_flooding_announcements_is_cut_off_and_honest_jobs_compl
                 mesh.stop()
     stats = await trio.to_thread.run_sync(target.mesh_stats)
     # The bucket: a burst, then the rate, over the flood's whole length.
-    assert last["accepted"] <= rate * (ORIGIN_BURST_SECONDS + elapsed), (last, elapsed)
+    assert last["accepted"] <= open_rate * (ORIGIN_OPEN_BURST_SECONDS + elapsed), (last, elapsed)
     assert last["RateLimited"] > 0, last
     assert sum(last.values()) <= sent
     print(f"sent {sent} in {elapsed:.1f}s; the target took {last['accepted']}, refused "
