@@ -74,8 +74,9 @@ def main() -> None:
               help="executions one requester may hold here at once (0: no limit) [default: 0]")
 @click.option("--announcements-per-origin", type=float,
               help="job announcements a second taken from one requester, after a burst "
-                   "of 2 s worth; beyond, they are dropped, and a requester that sends them "
-                   "itself loses score [default: 100]")
+                   "of 2 s worth (of those gossiped to every node, at most 10 a second "
+                   "after 20, or this when lower); beyond, they are dropped, and a "
+                   "requester that sends them itself loses score [default: 100]")
 @click.option("--relay-service/--no-relay-service", default=None,
               help="relay connections for nodes behind NAT (circuit relay v2, limited): "
                    "for a node others can dial [default: off]")
