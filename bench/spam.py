@@ -1,7 +1,8 @@
-"""A spammer floods job announcements: do honest jobs still complete, and how much slower?
+"""A spammer floods job announcements (or bids): do honest jobs still complete, and how much
+slower?
 
 Run from anywhere:
-``.venv/bin/python bench/spam.py [--runs 15] [--flood 10000] [--floods 10] [--json PATH]``.
+``.venv/bin/python bench/spam.py [--bids] [--runs 15] [--flood 10000] [--floods 10] [--json PATH]``.
 
 Two fresh daemons on loopback: "target" (requester and compute, the daemon's defaults, so
 its ``--announcements-per-origin`` is the default 100/s, after a burst of 200) and "peer",
@@ -21,6 +22,11 @@ bootstrapped to it, used once the target lists both CONNECTED. Then, one after a
   phase is bounded by ``--phase-seconds``). ``--floods`` times, each from a new spammer:
   the target cuts one off within seconds, so a single flood overlaps only a few honest
   jobs.
+
+With ``--bids`` each spammer instead sends up to ``--flood`` validly signed bids for jobs
+nobody asked it about, straight to the target (``/bacnode/requests/1``, eight at a time, as
+fast as the target answers), until the flood phase's honest jobs are done: a requester
+cannot tell such a bid from a late one before it has read it, so these are not cut off.
 
 Reported: the CLI wall time (what a user waits) p50/p95 of each phase, and of the jobs
 submitted during a flood (before the last announcement that reached the target went
@@ -58,10 +64,10 @@ import trio  # noqa: E402
 from libp2p.peer.id import ID  # noqa: E402
 
 from bench._cleanup import Interrupted, signals_deferred  # noqa: E402
-from node.mesh import TOPIC_JOBS, Mesh  # noqa: E402
+from node.mesh import TOPIC_JOBS, Mesh, MeshError  # noqa: E402
 from protocol.examples import example_job  # noqa: E402
 from protocol.identity import NodeKey  # noqa: E402
-from protocol.messages import JobAnnouncement, seal_message  # noqa: E402
+from protocol.messages import Bid, Capacity, JobAnnouncement, seal_message  # noqa: E402
 from scripts.daemons import Daemon, DaemonPool, free_ports, wait_until  # noqa: E402
 
 WARM_UP_RUNS = 2
@@ -75,6 +81,9 @@ ANNOUNCEMENT_TTL_MS = 3000
 SETTLE_SECONDS = 1.0
 #: How often a spammer the target has cut off looks whether it may send again.
 CUT_OFF_POLL_SECONDS = 0.05
+#: Bids in flight at once from a bid spammer (the target serves 4 request channels of one
+#: peer at once and resets the rest).
+BID_SENDERS = 8
 #: Always printed; any other drop reason is printed when it occurred.
 COUNTERS = ("RateLimited", "Graylisted")
 
@@ -134,21 +143,53 @@ class FloodResult:
     spammer: str = ""
 
 
-async def flood_phase(target: Daemon, runs: int, flood: int, bound: float) -> FloodResult:
-    """Flood the target's jobs topic while ``runs`` honest jobs run; the target's mesh
-    stats are read before the spammer leaves (its score is listed only while connected)."""
+def spam_messages(key: NodeKey, kind: str, count: int) -> list[bytes]:
+    """``count`` messages of ``kind`` (announcements or bids), signed by ``key``: before
+    connecting, as a spammer out for the highest rate would, so that its signing takes
+    nothing from the daemons on this shared machine during the flood (a real spammer's CPU
+    is its own). They stay fresh for the envelope's clock-skew window."""
+    if kind == "bids":
+        return [seal_message(key, Bid(job_id=f"j-{uuid.uuid4()}",
+                                      execution_id=f"e-{uuid.uuid4()}", node_id=key.peer_id,
+                                      accept=True, reason="", free=Capacity(),
+                                      running_executions=0), now_ms=now_ms())
+                for _ in range(count)]
+    spec = example_job("spam", "busybox")
+    return [seal_message(key, JobAnnouncement(f"j-{uuid.uuid4()}", key.peer_id, spec,
+                                              now_ms() + ANNOUNCEMENT_TTL_MS),
+                         now_ms=now_ms()) for _ in range(count)]
+
+
+async def send_bids(mesh: Mesh, target: Daemon, sealed: list[bytes], result: FloodResult,
+                    honest_done: trio.Event, started: float) -> None:
+    """Send ``sealed`` bids straight to the target, BID_SENDERS at a time, until the honest
+    jobs are done."""
+    async def sender() -> None:
+        while result.sent < len(sealed) and not honest_done.is_set():
+            bid = sealed[result.sent]
+            result.sent += 1
+            try:
+                await mesh.request(target.peer_id, bid)
+            except MeshError:  # a channel reset over the target's limit: send the next
+                await trio.sleep(0.01)
+            result.flooded_seconds = time.monotonic() - started
+
+    async with trio.open_nursery() as senders:
+        for _ in range(BID_SENDERS):
+            senders.start_soon(sender)
+
+
+async def flood_phase(target: Daemon, runs: int, flood: int, bound: float,
+                      kind: str) -> FloodResult:
+    """Flood the target (its jobs topic, or its request channel with bids) while ``runs``
+    honest jobs run; the target's mesh stats are read before the spammer leaves (its score
+    is listed only while connected)."""
     # The spammer's own libp2p warns when the target GRAFTs it back during a backoff, and
     # logs errors for each stream it then fails to open to the nodes that cut it off; that
     # is their business, read from their counters, and would garble the table.
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     key = NodeKey.generate()
-    spec = example_job("spam", "busybox")
-    # Signed before connecting, as a spammer out for the highest rate would: its signing
-    # then takes nothing from the daemons on this shared machine during the flood (a real
-    # spammer's CPU is its own). They stay fresh for the envelope's clock-skew window.
-    sealed = [seal_message(key, JobAnnouncement(f"j-{uuid.uuid4()}", key.peer_id, spec,
-                                                now_ms() + ANNOUNCEMENT_TTL_MS),
-                           now_ms=now_ms()) for _ in range(flood)]
+    sealed = spam_messages(key, kind, flood)
     mesh = spammer_mesh(key, target)
     result = FloodResult(spammer=key.peer_id)
     submitted: list[float] = []
@@ -185,7 +226,9 @@ async def flood_phase(target: Daemon, runs: int, flood: int, bound: float) -> Fl
                     await trio.sleep(0.05)
                 started = time.monotonic()
                 nursery.start_soon(run_honest_jobs)
-                while result.sent < flood and not honest_done.is_set():
+                if kind == "bids":
+                    await send_bids(mesh, target, sealed, result, honest_done, started)
+                while kind != "bids" and result.sent < flood and not honest_done.is_set():
                     if target_peer not in mesh.pubsub.peer_topics.get(TOPIC_JOBS, ()):
                         # Cut off: publishing now reaches nobody and never yields, so it
                         # would only burn CPU this machine shares with the target (a real
@@ -247,7 +290,8 @@ def measure(args: argparse.Namespace, pool: DaemonPool) -> tuple[list[float],
     print(file=sys.stderr)
     # Each spammer is cut off within seconds, so one flood overlaps only a few honest jobs:
     # several floods, each from a new spammer, give the p50 enough of them to mean much.
-    floods = [trio.run(flood_phase, target, args.runs, args.flood, args.phase_seconds)
+    floods = [trio.run(flood_phase, target, args.runs, args.flood, args.phase_seconds,
+                       "bids" if args.bids else "announcements")
               for _ in range(args.floods)]
     return quiet, floods
 
@@ -261,6 +305,7 @@ def report(args: argparse.Namespace, quiet: list[float], floods: list[FloodResul
     meanwhile = [wall for flood in floods
                  for wall in flood.walls[:flood.during_sending]] or flooded
     ratio = percentile(meanwhile, 0.5) / quiet_p50
+    noun = "bids" if args.bids else "announcements"
     met = ratio <= TARGET_RATIO
     print(f"{'phase (2 nodes, noop job)':26} {'runs':>5} {'p50 ms':>8} {'p95 ms':>8} "
           f"{'p50 / quiet':>12}")
@@ -274,10 +319,11 @@ def report(args: argparse.Namespace, quiet: list[float], floods: list[FloodResul
         dropped = stats.get("Dropped", {})
         reasons = [*COUNTERS, *sorted(set(dropped) - set(COUNTERS))]
         score = stats.get("Scores", {}).get(flood.spammer)
-        print(f"flood {number}: a new spammer sent {flood.sent} announcements in "
+        print(f"flood {number}: a new spammer sent {flood.sent} {noun} in "
               f"{flood.flooded_seconds:.1f}s "
               f"({flood.sent / max(flood.flooded_seconds, 1e-9):.0f}/s), then "
               + ("ran out" if flood.sent >= args.flood else
+                 "stopped with the honest jobs" if args.bids else
                  f"was cut off (it tried for {flood.sending_seconds:.1f}s in all)") + "; "
               f"{flood.during_sending} of {len(flood.walls)} honest jobs submitted meanwhile; "
               + (f"the target's counters last moved {flood.drained_seconds:.1f}s after the "
@@ -319,8 +365,10 @@ def report(args: argparse.Namespace, quiet: list[float], floods: list[FloodResul
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15, help="honest jobs per phase")
+    parser.add_argument("--bids", action="store_true",
+                        help="flood bids sent straight to the target, not announcements")
     parser.add_argument("--flood", type=int, default=10_000,
-                        help="announcements the spammer sends at most")
+                        help="announcements (or bids) a spammer sends at most")
     parser.add_argument("--floods", type=int, default=10,
                         help="floods, one after another, each from a new spammer")
     parser.add_argument("--phase-seconds", type=float, default=180.0,
