@@ -25,8 +25,8 @@ bootstrapped to it, used once the target lists both CONNECTED. Then, one after a
 
 With ``--bids`` each spammer instead sends up to ``--flood`` validly signed bids for jobs
 nobody asked it about, straight to the target (``/bacnode/requests/1``, eight at a time, as
-fast as the target answers), until the flood phase's honest jobs are done: a requester
-cannot tell such a bid from a late one before it has read it, so these are not cut off.
+fast as the target answers), until the flood phase's honest jobs are done or the target
+cuts it off (each such bid costs its sender a point there).
 
 Reported: the CLI wall time (what a user waits) p50/p95 of each phase, and of the jobs
 submitted during a flood (before the last announcement that reached the target went
@@ -163,15 +163,21 @@ def spam_messages(key: NodeKey, kind: str, count: int) -> list[bytes]:
 async def send_bids(mesh: Mesh, target: Daemon, sealed: list[bytes], result: FloodResult,
                     honest_done: trio.Event, started: float) -> None:
     """Send ``sealed`` bids straight to the target, BID_SENDERS at a time, until the honest
-    jobs are done."""
+    jobs are done or the target cuts the spammer off (a request fails: the target has
+    disconnected and banned it). Not redialled: that would only have the target refuse
+    the connections, on the cores it shares with the honest jobs."""
+    cut_off = False
+
     async def sender() -> None:
-        while result.sent < len(sealed) and not honest_done.is_set():
+        nonlocal cut_off
+        while result.sent < len(sealed) and not honest_done.is_set() and not cut_off:
             bid = sealed[result.sent]
             result.sent += 1
             try:
                 await mesh.request(target.peer_id, bid)
-            except MeshError:  # a channel reset over the target's limit: send the next
-                await trio.sleep(0.01)
+            except MeshError:
+                cut_off = True
+                return
             result.flooded_seconds = time.monotonic() - started
 
     async with trio.open_nursery() as senders:
@@ -323,7 +329,6 @@ def report(args: argparse.Namespace, quiet: list[float], floods: list[FloodResul
               f"{flood.flooded_seconds:.1f}s "
               f"({flood.sent / max(flood.flooded_seconds, 1e-9):.0f}/s), then "
               + ("ran out" if flood.sent >= args.flood else
-                 "stopped with the honest jobs" if args.bids else
                  f"was cut off (it tried for {flood.sending_seconds:.1f}s in all)") + "; "
               f"{flood.during_sending} of {len(flood.walls)} honest jobs submitted meanwhile; "
               + (f"the target's counters last moved {flood.drained_seconds:.1f}s after the "
@@ -399,7 +404,7 @@ def main() -> int:
     except* (KeyboardInterrupt, Interrupted):
         outcome = "interrupted; daemons stopped"
     except* (RuntimeError, AssertionError, trio.TooSlowError) as group:
-        outcome = "failed: " + "; ".join(str(exc) for exc in leaves(group))
+        outcome = "failed: " + "; ".join(str(exc) or repr(exc) for exc in leaves(group))
     if outcome:
         print(f"\n{outcome}", file=sys.stderr)
         return 130 if outcome.startswith("interrupted") else 1

@@ -278,7 +278,12 @@ class Daemon:
             assert self._nursery is not None
             self._nursery.start_soon(self._guarded, self.compute.on_announcement, message)
         elif isinstance(message, Bid) and self.requester is not None:
-            await self.requester.on_bid(message)
+            if not await self.requester.on_bid(message):
+                # Nobody honest bids for a job we never announced: a point off, as for an
+                # announcement over its rate, so a peer flooding us with bids is cut off.
+                if self.mesh is not None:
+                    self.mesh.penalise(sender, "UnknownJob")
+                return b"error: no job of this node has that ID"
         elif isinstance(message, BidDecision) and self.compute is not None:
             await self.compute.on_decision(message, sender)
         elif isinstance(message, ExecutionUpdate) and self.requester is not None:

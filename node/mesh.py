@@ -1091,6 +1091,12 @@ class Mesh:
         self._refuse_scored(peer, "RateLimited")
         return False
 
+    def penalise(self, peer_id: str, reason: str) -> None:
+        """Count a refusal, for ``reason``, of what ``peer_id`` sent us straight, and score
+        it down a point as a refused gossip message would: one that keeps on is
+        graylisted, disconnected and banned."""
+        self._refuse_scored(ID.from_base58(peer_id), reason)
+
     def _take_gossiped_announcement(self, origin: bytes) -> bool:
         """Charge a gossiped announcement to both of its origin's buckets, if each has a
         token left."""

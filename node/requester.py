@@ -183,9 +183,14 @@ class Requester:
         """Stop ``job_id``: its executions are cancelled on their nodes; it ends Stopped."""
         await self._handle(StopRequested(job_id, reason))
 
-    async def on_bid(self, bid: Bid) -> None:
+    async def on_bid(self, bid: Bid) -> bool:
+        """Take a bid; False, and nothing done, when it is for no job this node requested
+        (a late bid for one that has ended is taken: the core frees its slot)."""
+        if bid.job_id not in self.core.plans and await self.store.get_job(bid.job_id) is None:
+            return False
         metrics.BIDS_RECEIVED.labels(answer="accept" if bid.accept else "decline").inc()
         await self._handle(BidReceived(bid))
+        return True
 
     async def on_update(self, update: ExecutionUpdate) -> None:
         await self._handle(UpdateReceived(update))

@@ -36,6 +36,10 @@ TEST_TIMEOUT = 60
 HIGH_SEQ = 2**62
 
 
+#: A requester's answer to a bid for no job of its own (what these probes send).
+UNKNOWN_JOB_REPLY = b"error: no job of this node has that ID"
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -345,9 +349,11 @@ async def test_bad_requests_on_the_point_to_point_channel_are_refused_one_by_one
                 break
             except Exception:
                 await trio.sleep(0.1)
-        assert reply == b"ok", reply  # a stranger's bid: taken, and ignored
+        # A stranger's bid, for no job of the target's: refused, but answered.
+        assert reply == UNKNOWN_JOB_REPLY, reply
         counted = await trio.to_thread.run_sync(dropped, target) - before
-        assert counted == Counter(reason for _, _, reason in bad), counted
+        assert counted == Counter(reason for _, _, reason in bad) + Counter(["UnknownJob"]), (
+            counted)
         assert await trio.to_thread.run_sync(
             target.api, "/api/v1/agent/alive") == {"Status": "OK"}
 
@@ -623,51 +629,76 @@ async def test_a_spammer_flooding_announcements_is_cut_off_and_honest_jobs_compl
     assert await trio.to_thread.run_sync(target.api, "/api/v1/agent/alive") == {"Status": "OK"}
 
 
-async def test_a_spammer_flooding_bids_changes_nothing_and_honest_jobs_complete(
+async def test_a_spammer_flooding_bids_is_cut_off_and_honest_jobs_complete(
         daemons: DaemonPool, busybox_image: str):
-    """A real peer sends 10,000 validly signed bids, for jobs nobody asked it about, straight
-    to a requester (``/bacnode/requests/1``, eight at a time) while the requester's user runs
-    jobs. Each bid is taken and ignored; the honest jobs complete on the requester's own
-    node, the flood places nothing on the spammer, and the node keeps answering."""
+    """A real peer sends up to 10,000 validly signed bids, for jobs nobody asked it about,
+    straight to a requester (``/bacnode/requests/1``, eight at a time) while the
+    requester's user runs jobs. A bid for a job the requester never requested is refused
+    and costs the sender a point, so the spammer is graylisted, disconnected and banned;
+    the honest jobs complete on the requester's own node, the flood places nothing on the
+    spammer, and the node keeps answering."""
     target = await ready_target(daemons)
     spammer = NodeKey.generate()
     mesh = hostile_peer(spammer, target)
     honest: list[str] = []
-    flood, sent = 10_000, 0
+    flood, sent, refused, cut_off = 10_000, 0, 0, False
+
+    def bogus_bid() -> bytes:
+        return seal_message(spammer, Bid(
+            job_id=f"j-{uuid.uuid4()}", execution_id=f"e-{uuid.uuid4()}",
+            node_id=spammer.peer_id, accept=True, reason="", free=Capacity(),
+            running_executions=0), now_ms=now_ms())
 
     async def send_bids(deadline: float) -> None:
-        nonlocal sent
-        while sent < flood and time.monotonic() < deadline:
+        nonlocal sent, refused, cut_off
+        while sent < flood and time.monotonic() < deadline and not cut_off:
             sent += 1
-            bid = Bid(job_id=f"j-{uuid.uuid4()}", execution_id=f"e-{uuid.uuid4()}",
-                      node_id=spammer.peer_id, accept=True, reason="", free=Capacity(),
-                      running_executions=0)
-            assert await mesh.request(target.peer_id, seal_message(
-                spammer, bid, now_ms=now_ms())) == b"ok"
-
-    with trio.fail_after(180):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(mesh.run)
             try:
-                await mesh.request(target.peer_id, seal_message(spammer, Bid(
-                    job_id=f"j-{uuid.uuid4()}", execution_id=f"e-{uuid.uuid4()}",
-                    node_id=spammer.peer_id, accept=False, reason="", free=Capacity(),
-                    running_executions=0), now_ms=now_ms()))
-                started = time.monotonic()
-                async with trio.open_nursery() as flooders:
-                    flooders.start_soon(run_honest_jobs, target, honest)
-                    for _ in range(8):
-                        flooders.start_soon(send_bids, started + 60)
-            finally:
-                mesh.stop()
-    print(f"sent {sent} bids in {time.monotonic() - started:.1f}s")
-    assert sent >= min(flood, 1000)
+                reply = await mesh.request(target.peer_id, bogus_bid())
+            except MeshError:
+                cut_off = True
+                return
+            assert reply == UNKNOWN_JOB_REPLY, reply
+            refused += 1
+
+    async with running(mesh):
+        started = time.monotonic()
+        async with trio.open_nursery() as flooders:
+            flooders.start_soon(run_honest_jobs, target, honest)
+            for _ in range(8):
+                flooders.start_soon(send_bids, started + 60)
+    stats = await trio.to_thread.run_sync(target.mesh_stats)
+    print(f"sent {sent} bids in {time.monotonic() - started:.1f}s; {refused} refused")
+    assert cut_off and refused > -GRAYLIST_THRESHOLD, (sent, refused)
+    assert spammer.peer_id in stats["Banned"], stats
+    assert stats["Dropped"]["UnknownJob"] >= refused, stats
+    assert len(honest) == 3
     for job_id in honest:
         document = await trio.to_thread.run_sync(
             lambda job_id=job_id: target.cli("describe", job_id, "--json"))
         assert '"State": "Completed"' in document.stdout
         assert spammer.peer_id not in document.stdout
     assert await trio.to_thread.run_sync(target.api, "/api/v1/agent/alive") == {"Status": "OK"}
+
+
+async def test_a_late_bid_for_a_job_the_requester_did_announce_costs_nothing(
+        daemons: DaemonPool, busybox_image: str):
+    """A bid that comes after its job has ended (a slow candidate) is taken as before: the
+    requester refuses it so that the bidder frees its slot, and does not score it down."""
+    target = await ready_target(daemons)
+    honest: list[str] = []
+    await run_honest_jobs(target, honest, count=1)
+    bidder = NodeKey.generate()
+    mesh = hostile_peer(bidder, target)
+    async with running(mesh):
+        reply = await mesh.request(target.peer_id, seal_message(bidder, Bid(
+            job_id=honest[0], execution_id=f"e-{uuid.uuid4()}", node_id=bidder.peer_id,
+            accept=True, reason="", free=Capacity(), running_executions=0),
+            now_ms=now_ms()))
+        stats = await trio.to_thread.run_sync(target.mesh_stats)
+    assert reply == b"ok"
+    assert stats["Dropped"].get("UnknownJob", 0) == 0, stats
+    assert stats["Scores"].get(bidder.peer_id, 0) == 0, stats
 
 
 async def test_a_peer_opening_too_many_streams_gets_the_extra_ones_reset(daemons: DaemonPool):
@@ -708,7 +739,7 @@ async def test_a_peer_opening_too_many_streams_gets_the_extra_ones_reset(daemons
                           node_id=injector.peer_id, accept=False, reason="",
                           free=Capacity(), running_executions=0)
                 assert await mesh.request(target.peer_id, seal_message(
-                    injector, bid, now_ms=now_ms())) == b"ok"
+                    injector, bid, now_ms=now_ms())) == UNKNOWN_JOB_REPLY
             finally:
                 for stream in opened:
                     with trio.move_on_after(1):
@@ -720,7 +751,8 @@ async def test_a_peer_opening_too_many_streams_gets_the_extra_ones_reset(daemons
 async def test_one_identity_holds_at_most_two_connections(daemons: DaemonPool):
     """Six real peers with one key (one identity) dial a daemon, and keep redialling it as
     their bootstrap peer: it never holds more than two connections from that identity
-    (py-libp2p's resource manager, node.mesh.CONNECTIONS_PER_PEER) and denies the rest."""
+    (py-libp2p's resource manager, node.mesh.CONNECTIONS_PER_PEER) and denies the rest,
+    and only those: a new peer connects at once."""
     from node.mesh import CONNECTIONS_PER_PEER
 
     target = await ready_target(daemons)
@@ -740,6 +772,11 @@ async def test_one_identity_holds_at_most_two_connections(daemons: DaemonPool):
                 for clone in clones:
                     clone.stop()
     assert max(held) == CONNECTIONS_PER_PEER, held
+    newcomer = NodeKey.generate()
+    async with running(hostile_peer(newcomer, target)):
+        await await_until(
+            lambda: newcomer.peer_id in target.mesh_stats()["Connections"], timeout=10,
+            what="a new peer connected after the denials")
     assert await trio.to_thread.run_sync(target.api, "/api/v1/agent/alive") == {"Status": "OK"}
 
 
@@ -968,4 +1005,4 @@ async def test_a_peer_known_only_by_an_announced_dns_name_is_dialled(daemons: Da
         mesh.remember_addresses(target.peer_id, (announced,))
         reply = await mesh.request(target.peer_id,
                                    seal_message(caller, bid, now_ms=now_ms()))
-        assert reply == b"ok"
+        assert reply == UNKNOWN_JOB_REPLY  # answered: the connection works
