@@ -70,6 +70,7 @@ from protocol.messages import (
 
 from . import dht, libp2p_tuning
 from .addresses import host_of, is_public
+from .core.buckets import TokenBuckets
 from .notifee import Notifee
 from .reach import Reach, is_relayed
 
@@ -199,34 +200,6 @@ MembersSource = Callable[[], list[tuple[int, bytes]]]
 #: Rows copied from a peer's table, each verified: (when the peer heard it, our clock in
 #: milliseconds; envelope; info).
 MembersHandler = Callable[[list[tuple[int, Envelope, Message]]], Awaitable[None]]
-
-
-class TokenBuckets:
-    """A token bucket per key (an origin or a peer): ``burst`` tokens, refilled at ``rate``
-    a second; past MAX_TRACKED_ORIGINS keys the least recently used is forgotten."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        #: key -> (tokens left, when counted), least recently used first.
-        self._buckets: dict[bytes, tuple[float, float]] = {}
-
-    def _tokens(self, key: bytes, now: float) -> float:
-        tokens, then = self._buckets.get(key, (self.burst, now))
-        return min(self.burst, tokens + (now - then) * self.rate)
-
-    def has_token(self, key: bytes, now: float) -> bool:
-        return self._tokens(key, now) >= 1
-
-    def take(self, key: bytes, now: float) -> bool:
-        """Take a token from ``key``'s bucket, if it has one."""
-        tokens = self._tokens(key, now)
-        allowed = tokens >= 1
-        self._buckets.pop(key, None)
-        self._buckets[key] = (tokens - 1 if allowed else tokens, now)
-        if len(self._buckets) > MAX_TRACKED_ORIGINS:
-            del self._buckets[next(iter(self._buckets))]
-        return allowed
 
 
 class MeshError(Exception):
@@ -381,13 +354,15 @@ class Mesh:
         #: Per origin, all its job announcements; of those, the ones it gossips; per
         #: forwarding peer, what it gossips to us whatever the origins.
         self._announcements = TokenBuckets(
-            announcements_per_origin, announcements_per_origin * ORIGIN_BURST_SECONDS)
+            announcements_per_origin, announcements_per_origin * ORIGIN_BURST_SECONDS,
+            max_keys=MAX_TRACKED_ORIGINS)
         open_rate = min(announcements_per_origin, ORIGIN_OPEN_ANNOUNCEMENTS_PER_SECOND)
-        self._open_announcements = TokenBuckets(open_rate,
-                                                open_rate * ORIGIN_OPEN_BURST_SECONDS)
+        self._open_announcements = TokenBuckets(
+            open_rate, open_rate * ORIGIN_OPEN_BURST_SECONDS, max_keys=MAX_TRACKED_ORIGINS)
         self._forwarded_announcements = TokenBuckets(
             announcements_per_origin * PEER_ANNOUNCEMENT_FACTOR,
-            announcements_per_origin * ORIGIN_BURST_SECONDS * PEER_ANNOUNCEMENT_FACTOR)
+            announcements_per_origin * ORIGIN_BURST_SECONDS * PEER_ANNOUNCEMENT_FACTOR,
+            max_keys=MAX_TRACKED_ORIGINS)
         self.peer_id = key.peer_id
         self._listen = [_parse_multiaddr(addr, "--listen") for addr in listen]
         self._bootstrap = [_parse_bootstrap(addr) for addr in bootstrap]

@@ -75,6 +75,7 @@ from protocol.scheduling import (
 from protocol.states import EXECUTION_TRANSITIONS, ExecutionState, JobState
 from protocol.verification import NO_CONSENSUS, VERIFIED, opens_seal, record_digest, tally
 
+from .buckets import TokenBuckets, wait_ms
 from .events import (
     Announce,
     BidReceived,
@@ -200,29 +201,6 @@ class _Plan:
 
 
 @dataclass
-class _Allowance:
-    """Announcements that may go out now: ``burst`` at once, then ``per_second``."""
-
-    per_second: int
-    burst: int
-    tokens: float = field(init=False)
-    counted_ms: int = 0
-
-    def __post_init__(self) -> None:
-        self.tokens = float(self.burst)
-
-    def wait_ms(self, now: int) -> int:
-        """0 if one may go out at ``now`` (then ``take`` it), else how long until one may."""
-        self.tokens = min(float(self.burst),
-                          self.tokens + (now - self.counted_ms) * self.per_second / 1000)
-        self.counted_ms = now
-        return 0 if self.tokens >= 1 else int(-(-(1 - self.tokens) * 1000 // self.per_second))
-
-    def take(self) -> None:
-        self.tokens -= 1
-
-
-@dataclass
 class _NodeView:
     info: NodeInfo
     heard_ms: int
@@ -239,10 +217,12 @@ class RequesterCore:
         #: Compute nodes scoring below this are not asked to bid.
         self.min_reputation = min_reputation
         self.reputation: dict[str, Reputation] = {}
-        #: Announcements this requester may send now, and of those open to any node.
-        self._announcements = _Allowance(ANNOUNCEMENTS_PER_SECOND, ANNOUNCEMENT_BURST)
-        self._open_announcements = _Allowance(OPEN_ANNOUNCEMENTS_PER_SECOND,
-                                              OPEN_ANNOUNCEMENT_BURST)
+        #: Announcements this requester may send now, and of those open to any node (one
+        #: bucket each, keyed by this node, on the core's millisecond clock).
+        self._announcements = TokenBuckets(ANNOUNCEMENTS_PER_SECOND / 1000,
+                                           ANNOUNCEMENT_BURST)
+        self._open_announcements = TokenBuckets(OPEN_ANNOUNCEMENTS_PER_SECOND / 1000,
+                                                OPEN_ANNOUNCEMENT_BURST)
         self.started_ms = 0
         self.plans: dict[str, _Plan] = {}
         self.nodes: dict[str, _NodeView] = {}
@@ -343,7 +323,7 @@ class RequesterCore:
         if needed <= 0 or plan.state.is_terminal:
             plan.retry_at_ms = None
             return
-        if wait := self._announcements.wait_ms(now):
+        if wait := wait_ms(self._announcements, self.node_id, now):
             plan.retry_at_ms = now + wait
             return
         width = max(plan.width * 2, needed + BID_FANOUT)
@@ -358,11 +338,11 @@ class RequesterCore:
         if len(candidates) < needed or len(asked) > MAX_CANDIDATES:
             asked = frozenset()
         if not asked:
-            if wait := self._open_announcements.wait_ms(now):
+            if wait := wait_ms(self._open_announcements, self.node_id, now):
                 plan.retry_at_ms = now + wait
                 return
-            self._open_announcements.take()
-        self._announcements.take()
+            self._open_announcements.take(self.node_id, now)
+        self._announcements.take(self.node_id, now)
         plan.retry_at_ms = None
         plan.width = width
         plan.woken_by = None
