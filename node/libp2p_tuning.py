@@ -37,6 +37,14 @@ one end and read on the other, a third of the node's pubsub stream work. Its own
 branch. A reader now grants only once ``WINDOW_GRANT_BYTES`` (or half its window, go-yamux's
 rule) are consumed, and py-libp2p's own code does the granting (and its window
 auto-tuning) from there.
+
+And one of its swarm, found when a node flooded by banned peers' redials stopped taking any
+connection: its handler for an inbound connection holds one of the swarm's inbound slots
+(``max_connections - min_connections``, 250) and, once the connection is up, waits for the
+swarm to stop, not for the connection to close. So each connection a node ever accepted
+kept its slot, and its handler task with the connection's objects, for good: after 250,
+opened and closed, by anyone, a node refused every peer until restarted. The handler now
+returns once its connection has closed, and the slot is given back.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import libp2p.pubsub.gossipsub as gossipsub_module
@@ -53,6 +62,7 @@ import libp2p.pubsub.pubsub as pubsub_module
 import libp2p.stream_muxer.yamux.yamux as yamux_module
 from libp2p.network.health.monitor import ConnectionHealthMonitor
 from libp2p.network.health.ping_probe import ConnectionPingResult
+from libp2p.network.swarm import Swarm
 
 #: Distinct (peer, record) pairs remembered as verified.
 MAX_VERIFIED_RECORDS = 4096
@@ -68,6 +78,14 @@ PING_FAILURES_TO_CLOSE = 3
 WINDOW_GRANT_BYTES = 32 * 1024
 
 _applied = False
+
+#: The raw stream of the inbound connection whose handler runs in this task.
+_inbound_stream: ContextVar[Any] = ContextVar("bacnode_inbound_stream", default=None)
+
+
+class _InboundConnectionClosed(Exception):
+    """Ends py-libp2p's handler of an inbound connection once that connection has closed
+    (its ``except Exception`` closes the raw connection, already closed, and returns)."""
 
 
 def _memoize_record_checks(check: Callable[..., bool]) -> Callable[..., bool]:
@@ -166,6 +184,29 @@ def _grant_window_in_batches(grant: Callable[..., Any]) -> Callable[..., Any]:
     return auto_tune_and_send_window_update
 
 
+def _end_inbound_handlers_on_close(
+    handle: Callable[..., Any], upgrade: Callable[..., Any],
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    async def handle_inbound(self: Any, read_write_closer: Any, *args: Any) -> None:
+        token = _inbound_stream.set(read_write_closer)
+        try:
+            await handle(self, read_write_closer, *args)
+        finally:
+            _inbound_stream.reset(token)
+
+    async def upgrade_inbound(self: Any, raw_conn: Any, maddr: Any) -> Any:
+        muxed_conn = await upgrade(self, raw_conn, maddr)
+        closed = getattr(muxed_conn, "event_closed", None)
+        # Only for the handler's own upgrade: hole punching upgrades inbound too, and
+        # wants the connection back.
+        if closed is None or getattr(raw_conn, "stream", None) is not _inbound_stream.get():
+            return muxed_conn
+        await closed.wait()
+        raise _InboundConnectionClosed
+
+    return handle_inbound, upgrade_inbound
+
+
 def apply() -> None:
     """Install the wrappers (idempotent)."""
     global _applied
@@ -187,3 +228,6 @@ def apply() -> None:
     stream = yamux_module.YamuxStream
     stream._auto_tune_and_send_window_update = _grant_window_in_batches(  # type: ignore[method-assign]
         stream._auto_tune_and_send_window_update)
+    Swarm._do_handle_inbound_connection, Swarm.upgrade_inbound_raw_conn = (  # type: ignore[method-assign]
+        _end_inbound_handlers_on_close(Swarm._do_handle_inbound_connection,
+                                       Swarm.upgrade_inbound_raw_conn))

@@ -7,7 +7,11 @@ import subprocess
 import sys
 import textwrap
 
+import multiaddr
+import trio
+from libp2p.network.config import ConnectionConfig
 from libp2p.network.health.ping_probe import ConnectionPingResult
+from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from node.libp2p_tuning import (
     PING_FAILURES_TO_CLOSE,
@@ -15,6 +19,8 @@ from node.libp2p_tuning import (
     _tolerate_late_pings,
     _trust_own_messages,
 )
+from node.mesh import Mesh
+from protocol.identity import NodeKey
 from scripts.daemons import REPO_ROOT, child_env, free_ports
 
 
@@ -160,3 +166,45 @@ def test_a_reader_of_small_messages_grants_window_in_batches_as_go_yamux_does():
     # an encrypted frame and a syscall on both ends; bacnode one per WINDOW_GRANT_BYTES.
     assert _window_updates("per-read") >= 300
     assert _window_updates("batched") <= 400_000 // WINDOW_GRANT_BYTES + 2
+
+
+#: Peers opening and closing connections to one node at once (one after another is slow:
+#: each dial and close takes some 200 ms).
+CHURNERS = 10
+
+
+async def _ignore(*args: object) -> None:
+    pass
+
+
+def _mesh() -> Mesh:
+    (port,) = free_ports(1)
+    return Mesh(NodeKey.generate(), listen=(f"/ip4/127.0.0.1/tcp/{port}",), on_message=_ignore)
+
+
+async def test_a_node_takes_new_peers_after_more_connections_than_its_inbound_slots_came_and_went():
+    # py-libp2p's own handler kept each inbound connection's slot after it closed: a node
+    # that had accepted this many, opened and closed, refused every peer after.
+    slots = ConnectionConfig().max_connections - ConnectionConfig().min_connections
+    churners = [_mesh() for _ in range(CHURNERS)]
+    target, newcomer = _mesh(), _mesh()
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            for mesh in (target, newcomer, *churners):
+                await nursery.start(mesh.run)
+            target_info = info_from_p2p_addr(multiaddr.Multiaddr(target.addresses()[0]))
+
+            async def churn(churner: Mesh) -> None:
+                for _ in range(slots // CHURNERS + 1):
+                    await churner.host.connect(target_info)
+                    await churner.host.disconnect(target_info.peer_id)
+
+            async with trio.open_nursery() as churning:
+                for churner in churners:
+                    churning.start_soon(churn, churner)
+            with trio.fail_after(10):
+                await newcomer.host.connect(target_info)
+            assert newcomer.peer_id in {
+                peer.to_base58() for peer in target.host.get_network().connections}
+            for mesh in (target, newcomer, *churners):
+                mesh.stop()
