@@ -53,7 +53,7 @@ from .executor import ExecutorRegistry, NoopExecutor
 from .ipfs import IpfsNode
 from .keys import load_or_create_api_key, load_or_create_key
 from .membership import Membership, heartbeat_interval_ms
-from .mesh import TOPIC_NODES, Mesh, now_ms, read_swarm_key
+from .mesh import TOPIC_NODES, UNBLAMED_REFUSALS, Mesh, now_ms, read_swarm_key
 from .publisher import (
     IpfsPublisher,
     LocalPublisher,
@@ -268,7 +268,10 @@ class Daemon:
             )
         except RemoteProtocolError as exc:
             if self.mesh is not None:
-                self.mesh.stats.dropped[type(exc).__name__] += 1
+                if isinstance(exc, UNBLAMED_REFUSALS):  # an honest sender's clock or retry
+                    self.mesh.stats.dropped[type(exc).__name__] += 1
+                else:  # a point off, as for gossip: one that keeps on is cut off
+                    self.mesh.penalise(sender, type(exc).__name__)
             return b"error: " + str(exc).encode()[:500]
         if isinstance(message, JobAnnouncement) and self.compute is not None:
             # Asked straight, as one of its candidates: bid in the background, so that the

@@ -858,7 +858,10 @@ class Mesh:
         try:
             while True:
                 frame = await read_varint_prefixed_bytes_limited(stream, MAX_STREAM_MESSAGE)
-                if len(frame) < _REQUEST_ID_BYTES or self._on_request is None:
+                if self._on_request is None:
+                    raise MeshError("this node takes no requests")
+                if len(frame) < _REQUEST_ID_BYTES:
+                    self._refuse_scored(stream.muxed_conn.peer_id, "MalformedMessage")
                     raise MeshError("malformed request frame")
                 reply = await self._on_request(sender, frame[_REQUEST_ID_BYTES:])
                 await stream.write(encode_varint_prefixed(frame[:_REQUEST_ID_BYTES] + reply))

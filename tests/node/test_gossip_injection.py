@@ -315,7 +315,8 @@ async def test_bad_requests_on_the_point_to_point_channel_are_refused_one_by_one
         daemons: DaemonPool):
     """The same injector on ``/bacnode/requests/1``, where bids, decisions, updates and
     results travel: each bad request gets its own refusal, counted, and the channel
-    goes on answering; a frame too short to carry a request number ends only that stream."""
+    goes on answering; a frame too short to carry a request number ends only that stream.
+    Each costs the injector a point (see the next test)."""
     target = await ready_target(daemons)
     injector, victim = NodeKey.generate(), NodeKey.generate()
     mesh = hostile_peer(injector, target)
@@ -352,10 +353,40 @@ async def test_bad_requests_on_the_point_to_point_channel_are_refused_one_by_one
         # A stranger's bid, for no job of the target's: refused, but answered.
         assert reply == UNKNOWN_JOB_REPLY, reply
         counted = await trio.to_thread.run_sync(dropped, target) - before
-        assert counted == Counter(reason for _, _, reason in bad) + Counter(["UnknownJob"]), (
-            counted)
+        assert counted == Counter(reason for _, _, reason in bad) + Counter(
+            ["MalformedMessage", "UnknownJob"]), counted
         assert await trio.to_thread.run_sync(
             target.api, "/api/v1/agent/alive") == {"Status": "OK"}
+
+
+async def test_a_peer_sending_forged_requests_straight_is_graylisted_and_cut_off(
+        daemons: DaemonPool):
+    """A request whose signature does not check costs its sender a point, as a refused
+    gossip message does: one that keeps on is graylisted, disconnected and banned, where
+    each was opened, checked and refused for ever."""
+    target = await ready_target(daemons)
+    injector, victim = NodeKey.generate(), NodeKey.generate()
+    mesh = hostile_peer(injector, target)
+    bid = Bid(job_id="j-12345678-1234-4123-8123-123456789abc",
+              execution_id="e-12345678-1234-4123-8123-123456789abc",
+              node_id=victim.peer_id, accept=True, reason="", free=Capacity(),
+              running_executions=0)
+    replies: list[bytes] = []
+    cut_off = False
+    async with running(mesh):
+        with trio.move_on_after(30):  # in time, not count: as the straight announcer below
+            while not cut_off:
+                forged = envelope_bytes(signer=injector, sender=victim.peer_id,
+                                        msg_type="bid", body=bid.to_body())
+                try:
+                    replies.append(await mesh.request(target.peer_id, forged))
+                except MeshError:
+                    cut_off = True
+    stats = await trio.to_thread.run_sync(target.mesh_stats)
+    assert cut_off and len(replies) > -GRAYLIST_THRESHOLD, len(replies)
+    assert all(reply.startswith(b"error: ") for reply in replies), set(replies)
+    assert injector.peer_id in stats["Banned"], stats
+    assert stats["Dropped"]["BadSignature"] == len(replies), stats["Dropped"]
 
 
 async def test_announcements_sent_straight_are_held_to_their_requesters_rate(
