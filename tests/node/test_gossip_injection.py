@@ -386,7 +386,8 @@ async def test_a_peer_sending_forged_requests_straight_is_graylisted_and_cut_off
     assert cut_off and len(replies) > -GRAYLIST_THRESHOLD, len(replies)
     assert all(reply.startswith(b"error: ") for reply in replies), set(replies)
     assert injector.peer_id in stats["Banned"], stats
-    assert stats["Dropped"]["BadSignature"] == len(replies), stats["Dropped"]
+    # Each answered one was counted; the one in flight when the peer was cut off may be too.
+    assert stats["Dropped"]["BadSignature"] - len(replies) in (0, 1), stats["Dropped"]
 
 
 async def test_announcements_sent_straight_are_held_to_their_requesters_rate(
