@@ -302,6 +302,46 @@ def test_fifty_jobs_at_once_all_complete_exactly_once(devnet: list[Daemon]) -> N
         assert len(ran) == 1, (job_id, executions)
 
 
+def test_a_burst_of_500_jobs_from_one_requester_loses_none(devnet: list[Daemon]) -> None:
+    """Beyond its allowance of announcements (a burst of 100, then 100 a second), a
+    requester's jobs wait Queued for a token instead of being refused or dropped: every one
+    of 500 no-op jobs submitted at once completes, once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from protocol.messages import ANNOUNCEMENT_BURST
+
+    client = devnet[0]
+    count = 500
+    assert count > 4 * ANNOUNCEMENT_BURST
+    body = json.dumps({"Job": {"Type": "batch", "Tasks": [{
+        "Name": "main", "Engine": {"Type": "noop"}, "Publisher": {"Type": "noop"}}]}}).encode()
+
+    def put(_: int) -> str:
+        import urllib.request
+
+        request = urllib.request.Request(
+            client.api_url + "/api/v1/orchestrator/jobs", method="PUT", data=body,
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())["JobID"]
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        job_ids = set(pool.map(put, range(count)))
+    assert len(job_ids) == count
+
+    def states() -> dict[str, str]:
+        listed = client.api("/api/v1/orchestrator/jobs?limit=1000")["Items"]
+        return {job["ID"]: job["State"]["StateType"] for job in listed if job["ID"] in job_ids}
+
+    wait_until(lambda: len(ended := states()) == count
+               and set(ended.values()) <= {"Completed", "Failed", "Stopped"},
+               timeout=180, what=f"{count} jobs to end")
+    assert set(states().values()) == {"Completed"}
+    for job_id in list(job_ids)[::25]:  # each one ran once; a sample, the API is slow
+        executions = client.api(f"/api/v1/orchestrator/jobs/{job_id}/executions")["Items"]
+        assert [compute_state(e) for e in executions].count("Completed") == 1, executions
+
+
 def _when_ended(requester: Daemon, job_id: str) -> dict[str, Any]:
     """``describe`` of the job once it has ended (at most a minute from now)."""
     wait_until(lambda: describe(requester, job_id)["State"]["State"] in {"Completed", "Failed"},
