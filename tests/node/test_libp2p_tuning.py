@@ -208,3 +208,33 @@ async def test_a_node_takes_new_peers_after_more_connections_than_its_inbound_sl
                 peer.to_base58() for peer in target.host.get_network().connections}
             for mesh in (target, newcomer, *churners):
                 mesh.stop()
+
+
+def test_the_validation_cache_keeps_py_libp2ps_ttl_size_and_eviction_order() -> None:
+    import random
+    import time
+
+    import libp2p.pubsub.pubsub as pubsub_module
+
+    from node.libp2p_tuning import _OrderedValidationCache
+
+    assert pubsub_module.ValidationCache is _OrderedValidationCache  # what Pubsub builds
+    (py_libp2ps,) = _OrderedValidationCache.__bases__
+    ours, theirs = _OrderedValidationCache(ttl=60, max_size=50), py_libp2ps(ttl=60, max_size=50)
+    choose = random.Random(7)
+    now = time.time()
+    for step in range(5_000):
+        msg_id = choose.randrange(120).to_bytes(2, "big")
+        if choose.random() < 0.5:
+            # Some results are already past their TTL: get() drops them.
+            stamp = now - (120 if choose.random() < 0.1 else 0)
+            result = pubsub_module.ValidationResult(choose.random() < 0.5, stamp)
+            ours.put(msg_id, result)
+            theirs.put(msg_id, result)
+        else:
+            assert ours.get(msg_id) == theirs.get(msg_id), step
+        if step % 1000 == 999:
+            ours.clear_expired()
+            theirs.clear_expired()
+        assert list(ours.cache) == theirs.access_order, step
+        assert dict(ours.cache) == theirs.cache, step
