@@ -51,6 +51,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 
 from protocol import PROTOCOL_NAME, codec
+from protocol.cid import IpfsFormatError, decode_uvarint
 from protocol.envelope import Envelope, EnvelopeVerifier
 from protocol.errors import ClockSkew, RemoteProtocolError, ReplayedMessage
 from protocol.identity import NodeKey
@@ -230,8 +231,8 @@ def read_swarm_key(path: Path) -> str:
 
 
 _REQUEST_ID_BYTES = 8
-#: A 64-bit varint takes at most 10 bytes.
-_MAX_VARINT_BYTES = 10
+#: The longest varint a frame's length may take (as ``protocol.cid.decode_uvarint`` reads).
+_MAX_VARINT_BYTES = 9
 
 
 class _FrameReader:
@@ -255,16 +256,14 @@ class _FrameReader:
         return frame
 
     def _take(self) -> bytes | None:
-        length = 0
-        for index, byte in enumerate(self._buffer[:_MAX_VARINT_BYTES]):
-            length |= (byte & 0x7F) << (7 * index)
-            if not byte & 0x80:
-                start = index + 1
-                break
-        else:
+        if all(byte & 0x80 for byte in self._buffer[:_MAX_VARINT_BYTES]):
             if len(self._buffer) >= _MAX_VARINT_BYTES:
                 raise MeshError("a frame's length is no varint")
-            return None
+            return None  # its length has not all arrived yet
+        try:
+            length, start = decode_uvarint(self._buffer)
+        except IpfsFormatError as exc:
+            raise MeshError(f"a frame's length is no varint: {exc}") from None
         if length > self._max_size:
             raise MeshError(f"a frame of {length} bytes, over the limit of {self._max_size}")
         if len(self._buffer) < start + length:
