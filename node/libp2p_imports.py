@@ -5,7 +5,9 @@ it or not: QUIC (aioquic, pyOpenSSL), WebSocket (trio-websocket), AutoTLS (httpx
 requests), SECIO (fastecdsa), mDNS (zeroconf) and multiaddr's DNS resolver (dnspython).
 A bacnode host speaks TCP with Noise and yamux, so those modules were about 20 MiB of the
 106 MiB its imports took, for nothing (13 MiB of an idle daemon's 115: docker-py loads
-``requests`` anyway).
+``requests`` anyway). The TLS transport, RSA and secp256k1 keys (pycryptodome, coincurve,
+cffi and pycparser), private networks, py-libp2p's bitswap (bacnode has its own) and its
+persistent peerstores were another 4 MiB (85 to 81 MiB for ``import node.daemon``).
 
 :func:`install` puts an import hook in front of the modules of each such *family* that
 pull in those libraries. While a family is unused, its modules are stand-ins that hold
@@ -16,7 +18,11 @@ only the names the rest of py-libp2p imports from them:
   turned on (mDNS, on by default for ``bacnode serve``) behaves exactly as py-libp2p's own.
   Until then ``isinstance`` and ``issubclass`` against it are false, as they must be:
   no instance of a class that was never loaded can exist;
-- a function loads the family when it is called;
+- a function loads the family when it is called, and so does a method listed in
+  :class:`ClassWithMethods` (read at import into a table, called only for some inputs);
+- a name a stand-in module does not hold loads its family on first use; a package's
+  stand-in keeps the real package's path, so its modules outside the family (the DHT's
+  ``libp2p.bitswap.cid``) are imported for real;
 - ``DNSResolver`` is constructed by every swarm but used only to dial a ``/dns`` address,
   so its instances wait for their first attribute to construct the real resolver;
 - ``is_quic_multiaddr`` answers for addresses without ``/quic`` itself (the real one is
@@ -46,6 +52,15 @@ FUNCTION = "function"
 LAZY_INSTANCE = "lazy instance"
 
 
+@dataclass(frozen=True)
+class ClassWithMethods:
+    """A class some of whose methods are read, not called, at import (py-libp2p's key
+    deserializer tables hold ``RSAPublicKey.from_bytes``): each stays a stand-in function
+    until it is called."""
+
+    methods: tuple[str, ...]
+
+
 @dataclass
 class Family:
     """Modules loaded together: a real module imports its siblings, never their stand-ins."""
@@ -67,6 +82,8 @@ FAMILIES = (
         "libp2p.transport.websocket.connection": {"P2PWebSocketConnection": CLASS},
         "libp2p.transport.websocket.listener": {
             "WebsocketListener": CLASS, "WebsocketListenerConfig": CLASS},
+        "libp2p.transport.websocket.autotls": {
+            "AutoTLSConfig": CLASS, "AutoTLSManager": CLASS, "initialize_autotls": FUNCTION},
     }),
     Family("mDNS", {
         "libp2p.discovery.mdns.mdns": {"MDNSDiscovery": CLASS, "create_mdns_discovery": FUNCTION},
@@ -82,6 +99,39 @@ FAMILIES = (
     }),
     Family("DNS resolver", {
         "multiaddr.resolvers.dns": {"DNSADDR_TXT_PREFIX": "dnsaddr=", "DNSResolver": LAZY_INSTANCE},
+    }),
+    Family("TLS security", {
+        "libp2p.security.tls.transport": {
+            "PROTOCOL_ID": "/tls/1.0.0", "IdentityConfig": CLASS, "TLSTransport": CLASS,
+            "create_tls_transport": FUNCTION},
+        "libp2p.security.tls.io": {"TLSReadWriter": CLASS},
+        "libp2p.security.tls.certificate": {
+            "ALPN_PROTOCOL": "libp2p", "SignedKey": CLASS, "create_cert_template": FUNCTION,
+            "generate_certificate": FUNCTION, "pub_key_from_cert_chain": FUNCTION,
+            "verify_certificate_chain": FUNCTION},
+    }),
+    # A peer's RSA or secp256k1 identity key (bacnode's are Ed25519) loads them.
+    Family("RSA and secp256k1 keys", {
+        "libp2p.crypto.rsa": {
+            "RSAPrivateKey": ClassWithMethods(("from_bytes",)),
+            "RSAPublicKey": ClassWithMethods(("from_bytes",)),
+            "create_new_key_pair": FUNCTION},
+        "libp2p.crypto.secp256k1": {
+            "Secp256k1PrivateKey": ClassWithMethods(("from_bytes",)),
+            "Secp256k1PublicKey": ClassWithMethods(("from_bytes",)),
+            "create_new_key_pair": FUNCTION},
+    }),
+    # Only a host given a pre-shared key (``--psk``) protects its connections.
+    Family("private network", {
+        "libp2p.security.pnet.protector": {"new_protected_conn": FUNCTION},
+    }),
+    # The DHT takes only bitswap's CID parser (libp2p.bitswap.cid, not stood in for).
+    Family("bitswap", {"libp2p.bitswap": {}}),
+    Family("persistent peerstores", {
+        "libp2p.peer.persistent": {
+            f"create_{mode}_{backend}peerstore": FUNCTION
+            for mode in ("sync", "async")
+            for backend in ("", "sqlite_", "memory_", "leveldb_", "rocksdb_")},
     }),
 )
 
@@ -119,6 +169,7 @@ class _DeferredClass(type):
     have loads the family and answers with the real class."""
 
     _standin_for: str
+    _deferred_methods: tuple[str, ...]
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         return _real(cls._standin_for, cls.__name__)(*args, **kwargs)
@@ -126,6 +177,8 @@ class _DeferredClass(type):
     def __getattr__(cls, attribute: str) -> Any:
         if attribute.startswith("__"):
             raise AttributeError(attribute)
+        if attribute in cls._deferred_methods and not _FAMILY_OF[cls._standin_for].loaded:
+            return _deferred_method(cls._standin_for, cls.__name__, attribute)
         return getattr(_real(cls._standin_for, cls.__name__), attribute)
 
     def __instancecheck__(cls, instance: Any) -> bool:
@@ -164,6 +217,16 @@ def _deferred_function(module: str, name: str) -> Callable[..., Any]:
     return call
 
 
+def _deferred_method(module: str, class_name: str, name: str) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(_real(module, class_name), name)(*args, **kwargs)
+
+    call.__name__ = name
+    call.__qualname__ = f"{class_name}.{name}"
+    call.__module__ = module
+    return call
+
+
 def _is_quic_multiaddr(maddr: Any) -> bool:
     # Every address the real function accepts contains "/quic" (quic or quic-v1).
     if "/quic" not in str(maddr):
@@ -172,14 +235,20 @@ def _is_quic_multiaddr(maddr: Any) -> bool:
 
 
 class _StandIn(types.ModuleType):
-    pass
+    def __getattr__(self, name: str) -> Any:
+        # A name the stand-in does not hold (``from libp2p.bitswap import BitswapClient``).
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _real(self.__name__, name)
 
 
 def _standin_value(module: str, name: str, kind: Any) -> Any:
     if (module, name) == ("libp2p.transport.quic.utils", "is_quic_multiaddr"):
         return _is_quic_multiaddr
-    if kind == CLASS:
-        return _DeferredClass(name, (), {"_standin_for": module, "__module__": module})
+    if kind == CLASS or isinstance(kind, ClassWithMethods):
+        methods = kind.methods if isinstance(kind, ClassWithMethods) else ()
+        return _DeferredClass(name, (), {"_standin_for": module, "__module__": module,
+                                         "_deferred_methods": methods})
     if kind == LAZY_INSTANCE:
         return type(name, (_LazyInstance,), {"_standin_for": module, "__module__": module})
     if kind == FUNCTION:
@@ -192,7 +261,12 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         family = _FAMILY_OF.get(fullname)
         if family is None or family.loaded:
             return None
-        return importlib.machinery.ModuleSpec(fullname, self, origin="bacnode stand-in")
+        spec = importlib.machinery.ModuleSpec(fullname, self, origin="bacnode stand-in")
+        real = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if real is not None and real.submodule_search_locations is not None:
+            # A package: its submodules outside the family are imported for real.
+            spec.submodule_search_locations = list(real.submodule_search_locations)
+        return spec
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         return _StandIn(spec.name, f"{spec.name} until it is used (node.libp2p_imports)")
