@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import fields, is_dataclass, replace
 
@@ -77,6 +78,8 @@ log = logging.getLogger("bacnode.requester")
 MAX_TICK_SECONDS = 1.0
 #: How often writes the store refused are tried again.
 PERSIST_RETRY_SECONDS = 1.0
+#: How many of the jobs submitted last are known without the store (a bid's check).
+RECENT_JOBS_KEPT = 10_000
 
 _UNFINISHED = {JobState.PENDING, JobState.QUEUED, JobState.RUNNING}
 _Persist = PersistJob | PersistExecution | PersistCommitment | PersistReputation
@@ -114,6 +117,9 @@ class Requester:
         self._ready = trio.Event()
         self._wake = trio.Event()
         self._unpersisted: list[_Persist] = []
+        #: Jobs submitted here lately: a bid that comes after its round closed is taken
+        #: without a store read (in a burst, most remote bids do).
+        self._recent_jobs: OrderedDict[str, None] = OrderedDict()
         self._write_failed = trio.Event()
         self._nursery: trio.Nursery | None = None
 
@@ -172,6 +178,9 @@ class Requester:
         job = replace(job.with_default_timeout(self._default_execution_timeout),
                       id=f"j-{uuid.uuid4()}")
         await self.store.create_job(job, requester=self.peer_id, now_ms=now_ms())
+        self._recent_jobs[job.id or ""] = None
+        if len(self._recent_jobs) > RECENT_JOBS_KEPT:
+            self._recent_jobs.popitem(last=False)
         # Stored is acknowledged; the core takes the job now (so a stop that follows finds
         # it), and its first writes and announcement need not hold up the answer.
         decided = await self._decide(Submitted(job))
@@ -186,7 +195,8 @@ class Requester:
     async def on_bid(self, bid: Bid) -> bool:
         """Take a bid; False, and nothing done, when it is for no job this node requested
         (a late bid for one that has ended is taken: the core frees its slot)."""
-        if bid.job_id not in self.core.plans and await self.store.get_job(bid.job_id) is None:
+        if (bid.job_id not in self.core.plans and bid.job_id not in self._recent_jobs
+                and await self.store.get_job(bid.job_id) is None):
             return False
         metrics.BIDS_RECEIVED.labels(answer="accept" if bid.accept else "decline").inc()
         await self._handle(BidReceived(bid))
@@ -322,13 +332,7 @@ class Requester:
 
     async def _store_result(self, record: ResultRecord, envelope: bytes) -> None:
         try:
-            execution = await self.store.get_execution(record.execution_id)
-            if execution is None or execution.node_id != record.node_id:
-                return
-            await self.store.put_result(record, envelope, now_ms())
-            if execution.published is None:
-                # Where results went is data, not a state change.
-                await self.store.set_published(record.execution_id, dict(record.published))
+            await self.store.put_execution_result(record, envelope, now_ms())
         except StoreError as exc:
             log.warning("storing the result of %s: %s", record.execution_id, exc)
 

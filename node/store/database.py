@@ -611,21 +611,6 @@ class Store:
 
         await self._write(what, run)
 
-    async def set_published(self, execution_id: str, published: Mapping[str, Any]) -> None:
-        """Record where an execution's results were published; its state is unchanged."""
-        what = f"recording published results of execution {execution_id}"
-
-        def run(conn: sqlite3.Connection) -> None:
-            cursor = conn.execute(
-                "UPDATE executions SET published = ?, revision = revision + 1"
-                " WHERE execution_id = ?",
-                (_json(published), execution_id),
-            )
-            if cursor.rowcount != 1:
-                raise NotFound(f"{what}: no such execution")
-
-        await self._write(what, run)
-
     async def update_execution(
         self,
         execution_id: str,
@@ -812,9 +797,38 @@ class Store:
         different record for an execution that has one raises ``ResultConflict``.
         The caller has verified the envelope and decoded ``record`` from it.
         """
+        run = self._result_writer(record, envelope_bytes, now_ms)
+        return await self._write(f"storing the result of execution {record.execution_id}", run)
+
+    async def put_execution_result(self, record: ResultRecord, envelope_bytes: bytes,
+                                   now_ms: int) -> bool:
+        """``put_result`` for one of this requester's executions, in one transaction: kept
+        only if the execution is stored and ran on the record's node (False otherwise),
+        and the first one also records where the execution's results were published."""
+        put = self._result_writer(record, envelope_bytes, now_ms)
+
+        def run(conn: sqlite3.Connection) -> bool:
+            execution = conn.execute(
+                "SELECT node_id, published FROM executions WHERE execution_id = ?",
+                (record.execution_id,)).fetchone()
+            if execution is None or execution["node_id"] != record.node_id:
+                return False
+            if not put(conn):
+                return False
+            if execution["published"] is None:
+                # Where results went is data, not a state change.
+                conn.execute(
+                    "UPDATE executions SET published = ?, revision = revision + 1"
+                    " WHERE execution_id = ?", (_json(dict(record.published)), record.execution_id))
+            return True
+
+        return await self._write(f"storing the result of execution {record.execution_id}", run)
+
+    @staticmethod
+    def _result_writer(record: ResultRecord, envelope_bytes: bytes,
+                       now_ms: int) -> Callable[[sqlite3.Connection], bool]:
         envelope_bytes = bytes(envelope_bytes)
         body = _json(record.to_body())
-        what = f"storing the result of execution {record.execution_id}"
 
         def run(conn: sqlite3.Connection) -> bool:
             row = conn.execute(
@@ -824,7 +838,8 @@ class Store:
             if row is not None:
                 if bytes(row["envelope"]) == envelope_bytes or row["record"] == body:
                     return False
-                raise ResultConflict(f"{what}: a different result is already stored")
+                raise ResultConflict(f"storing the result of execution {record.execution_id}: "
+                                     "a different result is already stored")
             conn.execute(
                 "INSERT INTO results (execution_id, job_id, node_id, record, envelope,"
                 " received_ms) VALUES (?, ?, ?, ?, ?, ?)",
@@ -832,7 +847,7 @@ class Store:
             )
             return True
 
-        return await self._write(what, run)
+        return run
 
     async def get_result(self, execution_id: str) -> tuple[ResultRecord, bytes] | None:
         """The result record of an execution and its envelope bytes, or None."""

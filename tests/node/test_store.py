@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -578,6 +579,30 @@ async def test_a_stale_heartbeat_is_ignored_and_first_seen_is_kept(store):
         NOW + 20,
     )
     assert await store.get_node(KEYS[2].peer_id) is None
+
+
+async def test_an_executions_result_is_kept_only_from_its_node_and_records_where_it_went(store):
+    job = new_job()
+    execution_id = new_execution_id()
+    await store.create_job(job, requester=REQUESTER, now_ms=NOW)
+    await store.create_execution(execution_id, job.id, COMPUTE, now_ms=NOW + 1)
+    record = result_record(job.id, execution_id)
+
+    # Another node's record for it, and a record for an execution not stored: nothing kept.
+    stranger = replace(record, node_id=KEYS[2].peer_id)
+    assert not await store.put_execution_result(
+        stranger, seal_message(KEYS[2], stranger, now_ms=NOW), now_ms=NOW + 2)
+    unknown = result_record(job.id, new_execution_id())
+    assert not await store.put_execution_result(
+        unknown, seal_message(KEYS[1], unknown, now_ms=NOW), now_ms=NOW + 2)
+    assert await store.get_result(execution_id) is None
+    assert (await store.get_execution(execution_id)).published is None
+
+    envelope = seal_message(KEYS[1], record, now_ms=NOW)
+    assert await store.put_execution_result(record, envelope, now_ms=NOW + 3)
+    assert not await store.put_execution_result(record, envelope, now_ms=NOW + 4)
+    assert await store.get_result(execution_id) == (record, envelope)
+    assert (await store.get_execution(execution_id)).published == dict(record.published)
 
 
 async def test_a_result_is_stored_once_and_a_different_one_is_a_conflict(store):
