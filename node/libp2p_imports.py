@@ -121,7 +121,8 @@ FAMILIES = (
             "Secp256k1PublicKey": ClassWithMethods(("from_bytes",)),
             "create_new_key_pair": FUNCTION},
     }),
-    # Only a host given a pre-shared key (``--psk``) protects its connections.
+    # Only a host given a swarm key (``--swarm-key``: a private network) protects its
+    # connections with it.
     Family("private network", {
         "libp2p.security.pnet.protector": {"new_protected_conn": FUNCTION},
     }),
