@@ -797,15 +797,16 @@ class Store:
         different record for an execution that has one raises ``ResultConflict``.
         The caller has verified the envelope and decoded ``record`` from it.
         """
-        run = self._result_writer(record, envelope_bytes, now_ms)
-        return await self._write(f"storing the result of execution {record.execution_id}", run)
+        what = f"storing the result of execution {record.execution_id}"
+        return await self._write(what, self._result_writer(what, record, envelope_bytes, now_ms))
 
     async def put_execution_result(self, record: ResultRecord, envelope_bytes: bytes,
                                    now_ms: int) -> bool:
         """``put_result`` for one of this requester's executions, in one transaction: kept
         only if the execution is stored and ran on the record's node (False otherwise),
         and the first one also records where the execution's results were published."""
-        put = self._result_writer(record, envelope_bytes, now_ms)
+        what = f"storing the result of execution {record.execution_id}"
+        put = self._result_writer(what, record, envelope_bytes, now_ms)
 
         def run(conn: sqlite3.Connection) -> bool:
             execution = conn.execute(
@@ -822,10 +823,10 @@ class Store:
                     " WHERE execution_id = ?", (_json(dict(record.published)), record.execution_id))
             return True
 
-        return await self._write(f"storing the result of execution {record.execution_id}", run)
+        return await self._write(what, run)
 
     @staticmethod
-    def _result_writer(record: ResultRecord, envelope_bytes: bytes,
+    def _result_writer(what: str, record: ResultRecord, envelope_bytes: bytes,
                        now_ms: int) -> Callable[[sqlite3.Connection], bool]:
         envelope_bytes = bytes(envelope_bytes)
         body = _json(record.to_body())
@@ -838,8 +839,7 @@ class Store:
             if row is not None:
                 if bytes(row["envelope"]) == envelope_bytes or row["record"] == body:
                     return False
-                raise ResultConflict(f"storing the result of execution {record.execution_id}: "
-                                     "a different result is already stored")
+                raise ResultConflict(f"{what}: a different result is already stored")
             conn.execute(
                 "INSERT INTO results (execution_id, job_id, node_id, record, envelope,"
                 " received_ms) VALUES (?, ?, ?, ?, ?, ?)",
