@@ -11,6 +11,7 @@ and a node never runs more containers than it has slots.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from protocol.jobspec import Job, Resources
@@ -56,6 +57,10 @@ class Slot:
     deadline_ms: int = 0
     cancelling: bool = False
 
+    @property
+    def runs_container(self) -> bool:
+        return self.job.task.engine.type not in CONTAINERLESS_ENGINES
+
 
 def _plus(a: Capacity, b: Capacity) -> Capacity:
     return Capacity(a.cpu_milli + b.cpu_milli, a.memory + b.memory, a.disk + b.disk, a.gpu + b.gpu)
@@ -64,6 +69,13 @@ def _plus(a: Capacity, b: Capacity) -> Capacity:
 def _minus(a: Capacity, b: Capacity) -> Capacity:
     return Capacity(*(max(0, x - y) for x, y in ((a.cpu_milli, b.cpu_milli), (a.memory, b.memory),
                                                  (a.disk, b.disk), (a.gpu, b.gpu))))
+
+
+def _count_down(counts: Counter[str], key: str) -> None:
+    # A requester with nothing left here leaves no key behind: strangers come and go.
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]
 
 
 class ComputeCore:
@@ -75,6 +87,12 @@ class ComputeCore:
         self.measure_inputs = measure_inputs
         self.slots: dict[str, Slot] = {}
         self.reserved = Capacity()
+        # Counted as slots come and go, not by scanning them at each bid: in a burst of
+        # no-op jobs a node holds dozens of undecided bids, and every bid read all three.
+        self._containers = 0
+        #: Per requester: its slots, and those of them that run a container, undecided.
+        self._held: Counter[str] = Counter()
+        self._undecided: Counter[str] = Counter()
 
     def set_max_jobs(self, max_jobs: int) -> None:
         """Executions at once (0: no limit); those running over a lowered limit finish."""
@@ -89,8 +107,7 @@ class ComputeCore:
     @property
     def containers(self) -> int:
         """Slots taken by executions that run a container (or will, once decided)."""
-        return sum(slot.job.task.engine.type not in CONTAINERLESS_ENGINES
-                   for slot in self.slots.values())
+        return self._containers
 
     @property
     def running(self) -> int:
@@ -111,6 +128,8 @@ class ComputeCore:
                     if slot.started:
                         return []
                     slot.started, slot.deadline_ms = True, decision.deadline_ms
+                    if slot.runs_container:
+                        _count_down(self._undecided, slot.requester)
                     return [StartExecution(slot.execution_id, slot.job, slot.requester,
                                            decision.deadline_ms)]
                 if slot.started:
@@ -161,34 +180,43 @@ class ComputeCore:
                                or not needs.fits_in(self.free)):
             busy = True
             reason = f"busy: {in_use} of {self.max_jobs} slot(s) in use"
-        undecided = sum(slot.requester == announcement.requester and not slot.started
-                        and slot.job.task.engine.type not in CONTAINERLESS_ENGINES
-                        for slot in self.slots.values())
+        undecided = self._undecided[announcement.requester]
         if reason is None and needs_slot and undecided >= self._max_undecided:
             # A requester that never decides (a spammer) holds at most this many slots, until
             # its bids expire; the others stay free for everyone else.
             busy = True
             reason = f"busy: {undecided} bid(s) of this requester not decided yet"
         limit = self.policy.max_per_requester
-        if reason is None and limit and sum(
-                slot.requester == announcement.requester for slot in self.slots.values()
-        ) >= limit:
+        if reason is None and limit and self._held[announcement.requester] >= limit:
             busy = True
             reason = f"busy: this requester holds {limit} execution(s) here, its limit"
         if busy:
             kind = "busy"
         if reason is None:
-            self.slots[execution_id] = Slot(execution_id, job, announcement.requester, needs, now)
-            self.reserved = _plus(self.reserved, needs)
+            self._take(Slot(execution_id, job, announcement.requester, needs, now))
         bid = Bid(job_id=announcement.job_id, execution_id=execution_id, node_id=self.node_id,
                   accept=reason is None, reason=reason or "", free=self.free,
                   running_executions=self.running, busy=busy)
         return [SendBid(announcement.requester, bid, kind)]
 
+    def _take(self, slot: Slot) -> None:
+        self.slots[slot.execution_id] = slot
+        self.reserved = _plus(self.reserved, slot.needs)
+        self._held[slot.requester] += 1
+        if slot.runs_container:
+            self._containers += 1
+            self._undecided[slot.requester] += 1
+
     def _release(self, execution_id: str) -> None:
         slot = self.slots.pop(execution_id, None)
-        if slot is not None:
-            self.reserved = _minus(self.reserved, slot.needs)
+        if slot is None:
+            return
+        self.reserved = _minus(self.reserved, slot.needs)
+        _count_down(self._held, slot.requester)
+        if slot.runs_container:
+            self._containers -= 1
+            if not slot.started:
+                _count_down(self._undecided, slot.requester)
 
     def _tick(self, now: int) -> list[ComputeInstruction]:
         out: list[ComputeInstruction] = []

@@ -452,6 +452,42 @@ def test_a_requester_that_never_decides_holds_at_most_half_the_slots() -> None:
     assert of(SendBid, core.handle(other, 0))[0].bid.accept
 
 
+def test_slots_a_requester_held_count_again_once_decided_ended_or_expired() -> None:
+    """Every way a slot ends gives it back to the limits that count a requester's slots: a
+    requester at its limit bids again after a rejection, after an end, after a TTL."""
+    from dataclasses import replace
+
+    core = ComputeCore("me", replace(POLICY, max_per_requester=2), max_jobs=6)
+
+    def bid(at: int = 0) -> Bid:
+        return of(SendBid, core.handle(announce(job()), at))[0].bid
+
+    def decide(sent: Bid, accepted: bool) -> None:
+        decision = BidDecision(sent.job_id, sent.execution_id, "me", accepted, "ok", 99_000)
+        core.handle(DecisionReceived(decision, "req"), 1)
+
+    first, second = bid(), bid()
+    assert not bid().accept
+    decide(first, False)  # a loser's slot is free again
+    third = bid()
+    assert third.accept and not bid().accept
+    decide(second, True)
+    core.handle(ExecutionEnded(second.execution_id), 2)  # so is a finished one's
+    assert bid(3).accept and not bid(3).accept
+    core.handle(Tick(), 3 + RESERVATION_TTL_MS)  # and an undecided one's, when it expires
+    assert core.running == 0 and core.containers == 0 and core.free == TOTAL
+    assert [bid(4).accept for _ in range(3)] == [True, True, False]
+
+    spammed = ComputeCore("me", POLICY, max_jobs=6)  # undecided bids: at most half the slots
+    held = [of(SendBid, spammed.handle(announce(job()), 0))[0].bid for _ in range(3)]
+    for sent in held:  # decided and started, they no longer count as undecided
+        decision = BidDecision(sent.job_id, sent.execution_id, "me", True, "ok", 99_000)
+        spammed.handle(DecisionReceived(decision, "req"), 1)
+    more = [of(SendBid, spammed.handle(announce(job()), 1))[0].bid for _ in range(4)]
+    assert [b.accept for b in more] == [True, True, True, False]
+    assert spammed.containers == 6 and "6 of 6 slot(s)" in more[3].reason
+
+
 def test_a_node_not_named_in_the_announcement_stays_quiet() -> None:
     core = ComputeCore("me", POLICY, max_jobs=2)
     assert core.handle(announce(job(), candidates=("someone-else",)), 0) == []
