@@ -251,8 +251,9 @@ class Daemon:
               and envelope.sender != self.peer_id):  # our own came straight from the requester
             assert self._nursery is not None
             self._nursery.start_soon(self._guarded, self.compute.on_announcement, message)
-        elif isinstance(message, ResultRecord) and self.requester is not None:
-            await self.requester.on_result(message, encode_envelope(envelope))
+        elif isinstance(message, ResultRecord):
+            if self.requester is not None and self.requester.may_have_requested(message.job_id):
+                await self.requester.on_result(message, encode_envelope(envelope))
         elif isinstance(message, Verdict):
             if self.compute is not None:
                 await self.compute.on_verdict(message, envelope.sender)

@@ -205,6 +205,13 @@ class Requester:
     async def on_update(self, update: ExecutionUpdate) -> None:
         await self._handle(UpdateReceived(update))
 
+    def may_have_requested(self, job_id: str) -> bool:
+        """Whether a gossiped result may be for a job of this node: one it is placing, or
+        submitted lately. Every result in the network is gossiped to every node; an older
+        job's comes from its node straight too, kept in that node's outbox until acked, so
+        the gossiped copies need not cost each node a store transaction to find out."""
+        return job_id in self.core.plans or job_id in self._recent_jobs
+
     async def on_result(self, record: ResultRecord, envelope_bytes: bytes) -> None:
         await self._handle(ResultReceived(record, envelope_bytes))
 
