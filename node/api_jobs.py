@@ -372,7 +372,7 @@ def add_job_routes(app: FastAPI, store: Store,
                                      "--compute alone to accept jobs)")
         return requester
 
-    async def submit(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+    async def submit(body: dict[str, Any] = Body(...)) -> JSONResponse:
         """Submit ``{"Job": {...}}``; answers ``{"JobID", "EvaluationID", "Warnings"}``.
 
         The rest of Bacalhau's ``PutJobRequest`` (``Credential``, ``Namespace``,
@@ -394,7 +394,10 @@ def add_job_routes(app: FastAPI, store: Store,
         if (too_big := job_too_big(job.to_dict())) is not None:
             raise HTTPException(400, too_big)
         job_id = await (await need_requester()).submit(job)
-        return {"JobID": job_id, "EvaluationID": f"ev-{job_id[2:]}", "Warnings": []}
+        # Answered as is: ``response_model`` documents the reply, and running one this
+        # node built through pydantic again would only cost each submit.
+        return JSONResponse({"JobID": job_id, "EvaluationID": f"ev-{job_id[2:]}",
+                             "Warnings": []})
 
     app.put(f"{API}/jobs", tags=["orchestrator"], response_model=models.PutJobResponse)(submit)
     app.post(f"{API}/jobs", tags=["orchestrator"], include_in_schema=False,
