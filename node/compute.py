@@ -198,8 +198,11 @@ class Compute:
                 self._wake = trio.Event()
                 await self._handle(Tick())
 
-    async def _handle(self, event: ComputeEvent) -> None:
+    async def _handle(self, event: ComputeEvent, *, reply_to: str = "") -> Bid | None:
+        """Carry out what the core decides on ``event``; a bid for ``reply_to`` is
+        returned instead of sent."""
         load = (self.core.running, self.core.free)
+        answer: Bid | None = None
         for instruction in self.core.handle(event, now_ms()):
             match instruction:
                 case MeasureInputs(announcement, job, execution_id):
@@ -208,7 +211,10 @@ class Compute:
                     metrics.BIDS_SENT.labels(answer="accept" if bid.accept else "decline").inc()
                     if not bid.accept:
                         metrics.BID_DECLINES.labels(reason=decline or "other").inc()
-                    self._spawn(self._send_bid, requester, bid)
+                    if reply_to and requester == reply_to and answer is None:
+                        answer = bid
+                    else:
+                        self._spawn(self._send_bid, requester, bid)
                 case StartExecution(execution_id, job, requester, deadline_ms):
                     running = _Running(execution_id, job, requester, deadline_ms)
                     self._running[execution_id] = running
@@ -219,6 +225,7 @@ class Compute:
             self._wake.set()
         if (self.core.running, self.core.free) != load:
             self._on_load_change()
+        return answer
 
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         assert self._nursery is not None
@@ -267,6 +274,13 @@ class Compute:
     async def on_announcement(self, announcement: JobAnnouncement) -> None:
         await self._handle(Announced(announcement, announcement.spec,
                                      f"e-{uuid.uuid4()}"))
+
+    async def answer_announcement(self, announcement: JobAnnouncement, sender: str) -> Bid | None:
+        """Take an announcement ``sender`` asked this node straight; the bid, when it is
+        made at once and is for ``sender``, is returned to go back as the reply. None: it
+        goes on its own later (the inputs are measured first), or to another requester."""
+        return await self._handle(Announced(announcement, announcement.spec,
+                                            f"e-{uuid.uuid4()}"), reply_to=sender)
 
     async def _measure_inputs(self, announcement: JobAnnouncement, job: Job,
                               execution_id: str) -> None:

@@ -260,13 +260,12 @@ class Daemon:
             if self.requester is not None and envelope.sender in self.config.trusted_requesters:
                 await self.requester.on_trusted_verdict(message)
 
-    async def on_request(self, sender: str, data: bytes) -> bytes:
-        """A point-to-point message (announcement, bid, decision, update, result); the
-        reply is an ack."""
+    def _open_from(self, sender: str, data: bytes) -> tuple[Envelope, Message] | bytes:
+        """``sender``'s signed message in ``data``; or, when it is not one, why not (as a
+        reply), the sender blamed unless an honest one could have sent it."""
         try:
-            envelope, message = open_message(
-                self._p2p_verifier, data, now_ms=now_ms(), expected_sender=sender
-            )
+            return open_message(self._p2p_verifier, data, now_ms=now_ms(),
+                                expected_sender=sender)
         except RemoteProtocolError as exc:
             if self.mesh is not None:
                 if isinstance(exc, UNBLAMED_REFUSALS):  # an honest sender's clock or retry
@@ -274,13 +273,24 @@ class Daemon:
                 else:  # a point off, as for gossip: one that keeps on is cut off
                     self.mesh.penalise(sender, type(exc).__name__)
             return b"error: " + str(exc).encode()[:500]
+
+    async def on_request(self, sender: str, data: bytes) -> bytes:
+        """A point-to-point message (announcement, bid, decision, update, result); the
+        reply is an ack, or to an announcement the bid when it is made at once."""
+        opened = self._open_from(sender, data)
+        if isinstance(opened, bytes):
+            return opened
+        envelope, message = opened
         if isinstance(message, JobAnnouncement) and self.compute is not None:
-            # Asked straight, as one of its candidates: bid in the background, so that the
-            # requester's next request on this stream is not held up behind the bid.
+            # Asked straight, as one of its candidates: the bid goes back as the reply, one
+            # message fewer each way than sending it as a request of its own. A bid that
+            # waits for its inputs to be measured follows on its own.
             if self.mesh is not None and not self.mesh.take_announcement_token(sender):
                 return b"error: too many announcements"
-            assert self._nursery is not None
-            self._nursery.start_soon(self._guarded, self.compute.on_announcement, message)
+            bid = await self.compute.answer_announcement(message, sender)
+            if bid is not None:
+                assert self.mesh is not None
+                return seal_message(self.mesh.key, bid, now_ms=now_ms())
         elif isinstance(message, Bid) and self.requester is not None:
             if not await self.requester.on_bid(message):
                 # Nobody honest bids for a job we never announced: a point off, as for an
@@ -301,6 +311,19 @@ class Daemon:
         else:
             return b"error: not accepted here"
         return b"ok"
+
+    async def on_bid_reply(self, candidate: str, data: bytes) -> None:
+        """The bid ``candidate`` sent back as its reply to being asked."""
+        opened = self._open_from(candidate, data)
+        if isinstance(opened, bytes) or self.requester is None:
+            return
+        _, bid = opened
+        if not isinstance(bid, Bid) or bid.node_id != candidate:
+            if self.mesh is not None:  # an honest node replies with its own bid or an ack
+                self.mesh.penalise(candidate, "UnexpectedReply")
+            return
+        if not await self.requester.on_bid(bid) and self.mesh is not None:
+            self.mesh.penalise(candidate, "UnknownJob")
 
     def reputation_of(self, node_id: str) -> Any:
         """What this node's requester remembers of ``node_id`` (None: nothing yet)."""
@@ -508,6 +531,7 @@ class Daemon:
                         detection_window_ms=self.membership.detection_window_ms,
                         local_compute=self._decide_locally if self.compute else None,
                         local_announce=self.compute.on_announcement if self.compute else None,
+                        bid_reply=self.on_bid_reply,
                         local_reveal=self._reveal_locally if self.compute else None,
                         local_verdict=self._verdict_locally if self.compute else None,
                         default_execution_timeout=config.default_execution_timeout,

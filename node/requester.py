@@ -97,6 +97,7 @@ class Requester:
         local_announce: Callable[[JobAnnouncement], Awaitable[None]] | None = None,
         local_reveal: Callable[[RevealRequest], Awaitable[None]] | None = None,
         local_verdict: Callable[[Verdict], Awaitable[None]] | None = None,
+        bid_reply: Callable[[str, bytes], Awaitable[None]] | None = None,
         default_execution_timeout: int = 0,
         min_reputation: int = DEFAULT_MIN_SCORE,
     ) -> None:
@@ -110,6 +111,8 @@ class Requester:
         self._local_announce = local_announce
         self._local_reveal = local_reveal
         self._local_verdict = local_verdict
+        #: Opens and takes the bid a candidate sent back as its reply to being asked.
+        self._bid_reply = bid_reply
         self._default_execution_timeout = default_execution_timeout
         self._lock = trio.Lock()
         # Set once the core has taken up the stored jobs: every other event waits for it,
@@ -372,8 +375,10 @@ class Requester:
         except MeshError as exc:
             log.debug("announcement to %s not delivered: %s", candidate, exc)
             return
-        if reply != b"ok":
+        if reply.startswith(b"error: "):
             log.debug("%s refused an announcement: %s", candidate, reply[:200])
+        elif reply != b"ok" and self._bid_reply is not None:
+            await self._bid_reply(candidate, reply)
 
     async def _send_decision(self, decision: BidDecision) -> None:
         if decision.node_id == self.peer_id and self._local_compute is not None:

@@ -25,9 +25,10 @@ from libp2p.peer.id import ID
 
 from node.mesh import GRAYLIST_THRESHOLD, TOPIC_JOBS, TOPIC_NODES, TOPIC_RESULTS, Mesh, MeshError
 from protocol import codec
+from protocol.envelope import EnvelopeVerifier
 from protocol.examples import example_job
 from protocol.identity import NodeKey
-from protocol.messages import Bid, Capacity, JobAnnouncement, NodeInfo, seal_message
+from protocol.messages import Bid, Capacity, JobAnnouncement, NodeInfo, open_message, seal_message
 from scripts.daemons import Daemon, DaemonPool, await_until, free_ports
 
 TOPICS = (TOPIC_JOBS, TOPIC_RESULTS, TOPIC_NODES)
@@ -178,6 +179,19 @@ async def settled_announcement_counts(target: Daemon, *reasons: str) -> Counter[
         last = now
         await trio.sleep(1.0)
     return last
+
+
+def bid_in(reply: bytes, target: Daemon, announcement: JobAnnouncement) -> bytes:
+    """``b"bid"`` when ``reply`` is what a candidate asked straight answers with: its bid
+    on the job, signed by it (else the reply as it came)."""
+    try:
+        _, bid = open_message(EnvelopeVerifier(), reply, now_ms=now_ms(),
+                              expected_sender=target.peer_id)
+    except Exception:
+        return reply
+    is_its_bid = (isinstance(bid, Bid) and bid.job_id == announcement.job_id
+                  and bid.node_id == target.peer_id)
+    return b"bid" if is_its_bid else reply
 
 
 async def ready_target(daemons: DaemonPool, *args: str) -> Daemon:
@@ -392,9 +406,10 @@ async def test_a_peer_sending_forged_requests_straight_is_graylisted_and_cut_off
 
 async def test_announcements_sent_straight_are_held_to_their_requesters_rate(
         daemons: DaemonPool):
-    """A requester asks its candidates straight, on the request channel; a peer doing so
-    beyond its rate (here 5 a second, after a burst of 10) gets each extra one refused
-    with the reason, counted as on gossip, and the node goes on answering."""
+    """A requester asks its candidates straight, on the request channel, and each answers
+    with its signed bid; a peer doing so beyond its rate (here 5 a second, after a burst of
+    10) gets each extra one refused with the reason, counted as on gossip, and the node goes
+    on answering."""
     target = await ready_target(daemons, "--announcements-per-origin", "5")
     injector = NodeKey.generate()
     mesh = hostile_peer(injector, target)
@@ -406,9 +421,11 @@ async def test_announcements_sent_straight_are_held_to_their_requesters_rate(
                 f"j-{uuid.uuid4()}", injector.peer_id, example_job(f"straight-{i}",
                                                                    "busybox"),
                 now_ms() + 3000, candidates=(target.peer_id,))
-            replies.append(await mesh.request(
-                target.peer_id, seal_message(injector, announcement, now_ms=now_ms())))
-        taken = replies.count(b"ok")
+            reply = await mesh.request(
+                target.peer_id, seal_message(injector, announcement, now_ms=now_ms()))
+            replies.append(reply if reply.startswith(b"error: ")
+                           else bid_in(reply, target, announcement))
+        taken = replies.count(b"bid")
         refused = replies.count(b"error: too many announcements")
         assert taken + refused == len(replies), replies
         assert 10 <= taken <= 13, replies  # the burst, and what refilled meanwhile
@@ -476,12 +493,13 @@ async def test_announcements_gossiped_to_everyone_are_held_to_a_lower_rate(
         for _ in range(20):
             announcement = JobAnnouncement(f"j-{uuid.uuid4()}", requester.peer_id, spec,
                                            now_ms() + 3000, candidates=(target.peer_id,))
-            replies.append(await mesh.request(
-                target.peer_id, seal_message(requester, announcement, now_ms=now_ms())))
+            replies.append(bid_in(await mesh.request(
+                target.peer_id, seal_message(requester, announcement, now_ms=now_ms())),
+                target, announcement))
     assert open_burst <= gossiped["accepted"] <= (
         open_burst + ORIGIN_OPEN_ANNOUNCEMENTS_PER_SECOND * sending + 1), (gossiped, sending)
     assert gossiped["RateLimited"] == 40 - gossiped["accepted"], gossiped
-    assert replies == [b"ok"] * 20, replies
+    assert replies == [b"bid"] * 20, replies
 
 
 async def test_a_garbage_sender_is_graylisted_and_pruned_from_the_mesh(daemons: DaemonPool):
