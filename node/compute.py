@@ -68,7 +68,7 @@ from .executor import ExecutorRegistry
 from .logs import set_log_context
 from .mesh import TOPIC_RESULTS, Mesh, MeshError, now_ms
 from .publisher import PublisherRegistry, PublishRequest
-from .publisher.base import manifest_of
+from .publisher.base import scan_results
 
 log = logging.getLogger("bacnode.compute")
 
@@ -455,10 +455,10 @@ class Compute:
                            exit_code=result.exit_code, stdout=result.stdout_tail,
                            stderr=result.stderr_tail)
         try:
-            links = await trio.to_thread.run_sync(_symbolic_links, results_dir)
+            links, manifest = await trio.to_thread.run_sync(
+                functools.partial(scan_results, results_dir, hash_files=True))
             if links:
                 raise ValueError(f"the outputs hold symbolic links ({', '.join(links[:5])})")
-            manifest = await trio.to_thread.run_sync(manifest_of, results_dir)
         except Exception as exc:
             await self._update(execution, ExecutionState.FAILED, f"hashing the result: {exc}")
             return
@@ -537,8 +537,12 @@ class Compute:
     async def _publish(
         self, execution: _Running, results_dir: Path, exit_code: int
     ) -> ResultRecord:
-        publisher = execution.job.task.publisher.type
-        links = await trio.to_thread.run_sync(_symbolic_links, results_dir)
+        publisher_type = execution.job.task.publisher.type
+        publisher = self.publishers.get(publisher_type)
+        # The check for links and, for a publisher that wants it first, the manifest: one
+        # walk of the results in one worker-thread hop.
+        links, manifest = await trio.to_thread.run_sync(functools.partial(
+            scan_results, results_dir, hash_files=publisher.manifest_first))
         if links:
             # Refused the same way for every publisher: a link is no content to verify, and
             # one pointing out of the results could leak the node's files.
@@ -547,11 +551,12 @@ class Compute:
                              "files and directories only: copy what a link points to instead "
                              "(cp -L)")
         request = PublishRequest(execution.job, execution.execution_id, self.peer_id,
-                                 results_dir)
+                                 results_dir, tuple(manifest) if publisher.manifest_first else None)
         started = time.monotonic()
-        location, manifest = await self.publishers.get(publisher).publish(request)
-        metrics.PUBLISHING_SECONDS.labels(backend=publisher).observe(time.monotonic() - started)
-        metrics.PUBLISHED_BYTES.labels(backend=publisher).inc(sum(e.size for e in manifest))
+        location, manifest = await publisher.publish(request)
+        metrics.PUBLISHING_SECONDS.labels(backend=publisher_type).observe(
+            time.monotonic() - started)
+        metrics.PUBLISHED_BYTES.labels(backend=publisher_type).inc(sum(e.size for e in manifest))
         stdout_sha, stderr_sha = _std_hashes(manifest)
         return ResultRecord(
             job_id=execution.job.id or "",
@@ -757,11 +762,6 @@ def _fresh_dirs(results_dir: Path, staging_dir: Path, *, make_staging: bool) -> 
     results_dir.mkdir(parents=True)
     if make_staging:
         staging_dir.mkdir(parents=True)
-
-
-def _symbolic_links(results_dir: Path) -> list[str]:
-    return [path.relative_to(results_dir).as_posix()
-            for path in sorted(results_dir.rglob("*")) if path.is_symlink()]
 
 
 def _std_hashes(entries: list[ManifestEntry]) -> tuple[str, str]:

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import trio
-
 from protocol.messages import ManifestEntry
 
-from .base import PublishRequest, manifest_of
+from .base import PublishRequest, manifest_for
 
 
 class LocalPublisher:
     publisher_type = "local"
+    manifest_first = True
 
     async def publish(self, request: PublishRequest) -> tuple[dict[str, Any],
                                                               list[ManifestEntry]]:
-        manifest = await trio.to_thread.run_sync(manifest_of, request.results_dir)
+        manifest = await manifest_for(request)
         location = {"StorageSource": "Local",
                     "Name": f"local://{request.node_id}/{request.execution_id}"}
         return location, manifest

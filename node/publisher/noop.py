@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import trio
-
 from protocol.messages import ManifestEntry
 
-from .base import PublishRequest, manifest_of
+from .base import PublishRequest, manifest_for
 
 
 class NoopPublisher:
     publisher_type = "noop"
+    manifest_first = True
 
     async def publish(self, request: PublishRequest) -> tuple[dict[str, Any],
                                                               list[ManifestEntry]]:
-        manifest = await trio.to_thread.run_sync(manifest_of, request.results_dir)
+        manifest = await manifest_for(request)
         return {"StorageSource": "Noop", "Name": ""}, manifest

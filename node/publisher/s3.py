@@ -24,7 +24,7 @@ import trio
 from protocol.messages import ManifestEntry
 from protocol.placeholders import ARCHIVE_SUFFIXES, render_key
 
-from .base import PublishError, PublishRequest, manifest_of
+from .base import PublishError, PublishRequest, manifest_for
 
 PART_SIZE = 8 * 1024 * 1024
 _limiter = trio.CapacityLimiter(8)
@@ -211,12 +211,13 @@ async def publish_s3(
 
 class S3Publisher:
     publisher_type = "s3"
+    manifest_first = True
 
     async def publish(self, request: PublishRequest) -> tuple[dict[str, Any],
                                                               list[ManifestEntry]]:
         from datetime import UTC
 
-        manifest = await trio.to_thread.run_sync(manifest_of, request.results_dir)
+        manifest = await manifest_for(request)
         location = await publish_s3(
             request.job.task.publisher.params, request.results_dir, job_id=request.job.id or "",
             execution_id=request.execution_id, node_id=request.node_id, now=datetime.now(UTC),
