@@ -270,24 +270,35 @@ class RequesterCore:
 
     def wake_at(self) -> int | None:
         """When ``Tick`` next has something to do (Unix ms), if ever."""
-        times = []
+        # Read after every event while jobs are in flight: one plain pass, no generators.
+        earliest: int | None = None
         for plan in self.plans.values():
-            if plan.round is not None:
+            bid_round = plan.round
+            if bid_round is not None:
                 # With enough accepting bids in, the round closes DECIDE_AFTER_MS after it
                 # opened, whoever is still to answer (see _maybe_close).
-                enough = sum(b.accept for b in plan.round.bids.values()) >= plan.needed()
-                times.append(plan.round.opened_ms
-                             + (DECIDE_AFTER_MS if enough else BID_WINDOW_MS))
-            if plan.retry_at_ms is not None:
-                times.append(plan.retry_at_ms)
-            times.extend(e.deadline_ms + DEADLINE_GRACE_MS
-                         for e in plan.executions.values()
-                         if e.state in _ACTIVE and e.deadline_ms and not e.seal)
-            times.extend(e.reveal_asked_ms + REVEAL_WINDOW_MS
-                         for e in plan.executions.values()
-                         if e.state in _ACTIVE and e.reveal_asked_ms is not None
-                         and not e.digest)
-        return min(times, default=None)
+                accepting = 0
+                for bid in bid_round.bids.values():
+                    accepting += bid.accept
+                at = bid_round.opened_ms + (DECIDE_AFTER_MS if accepting >= plan.needed()
+                                            else BID_WINDOW_MS)
+                if earliest is None or at < earliest:
+                    earliest = at
+            if plan.retry_at_ms is not None and (earliest is None
+                                                 or plan.retry_at_ms < earliest):
+                earliest = plan.retry_at_ms
+            for e in plan.executions.values():
+                if e.state not in _ACTIVE:
+                    continue
+                if e.deadline_ms and not e.seal:
+                    at = e.deadline_ms + DEADLINE_GRACE_MS
+                    if earliest is None or at < earliest:
+                        earliest = at
+                if e.reveal_asked_ms is not None and not e.digest:
+                    at = e.reveal_asked_ms + REVEAL_WINDOW_MS
+                    if earliest is None or at < earliest:
+                        earliest = at
+        return earliest
 
     def is_alive(self, node_id: str, now: int) -> bool:
         view = self.nodes.get(node_id)
