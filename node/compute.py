@@ -73,6 +73,8 @@ from .publisher.base import scan_results
 log = logging.getLogger("bacnode.compute")
 
 OUTPUT_TAIL_CHARS = 16 * 1024
+#: What an execution's Running update says.
+STARTING = "staging inputs and starting"
 #: How long a bid may wait to learn its inputs' size (the requester waits 3 s for bids).
 INPUT_SIZE_TIMEOUT_SECONDS = 1.5
 #: How often a followed execution's output files are read for what is new, and how much
@@ -108,6 +110,8 @@ class _Running:
     deadline_ms: int
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     cancelled_reason: str | None = None
+    #: Its requester heard it is Running in the reply to its decision.
+    reported_running: bool = False
 
 
 @dataclass
@@ -203,11 +207,13 @@ class Compute:
                 self._wake = trio.Event()
                 await self._handle(Tick())
 
-    async def _handle(self, event: ComputeEvent, *, reply_to: str = "") -> Bid | None:
-        """Carry out what the core decides on ``event``; a bid for ``reply_to`` is
-        returned instead of sent."""
+    async def _handle(self, event: ComputeEvent, *,
+                      reply_to: str = "") -> Bid | ExecutionUpdate | None:
+        """Carry out what the core decides on ``event``. For ``reply_to`` (the peer whose
+        request this event is), the news it would be sent next is returned instead, to go
+        back as the reply: a bid, or that the execution it accepted is Running."""
         load = (self.core.running, self.core.free)
-        answer: Bid | None = None
+        answer: Bid | ExecutionUpdate | None = None
         for instruction in self.core.handle(event, now_ms()):
             match instruction:
                 case MeasureInputs(announcement, job, execution_id):
@@ -222,6 +228,9 @@ class Compute:
                         self._spawn(self._send_bid, requester, bid)
                 case StartExecution(execution_id, job, requester, deadline_ms):
                     running = _Running(execution_id, job, requester, deadline_ms)
+                    if reply_to and requester == reply_to and answer is None:
+                        running.reported_running = True
+                        answer = self._update_of(running, ExecutionState.RUNNING, STARTING)
                     self._running[execution_id] = running
                     self._spawn(self._run_execution, running)
                 case CancelExecution(execution_id, reason):
@@ -284,8 +293,9 @@ class Compute:
         """Take an announcement ``sender`` asked this node straight; the bid, when it is
         made at once and is for ``sender``, is returned to go back as the reply. None: it
         goes on its own later (the inputs are measured first), or to another requester."""
-        return await self._handle(Announced(announcement, announcement.spec,
-                                            f"e-{uuid.uuid4()}"), reply_to=sender)
+        answer = await self._handle(Announced(announcement, announcement.spec,
+                                              f"e-{uuid.uuid4()}"), reply_to=sender)
+        return answer if isinstance(answer, Bid) else None
 
     async def _measure_inputs(self, announcement: JobAnnouncement, job: Job,
                               execution_id: str) -> None:
@@ -315,6 +325,15 @@ class Compute:
 
     async def on_decision(self, decision: BidDecision, sender: str) -> None:
         await self._handle(DecisionReceived(decision, sender))
+
+    async def answer_decision(self, decision: BidDecision,
+                              sender: str) -> ExecutionUpdate | None:
+        """Take ``sender``'s decision on a bid; when it accepted one and the execution
+        starts, the update that says it is Running is returned to go back as the reply
+        (it is not sent again): the requester's own stream carries it at once, where the
+        node's stream to the requester may still have to open."""
+        answer = await self._handle(DecisionReceived(decision, sender), reply_to=sender)
+        return answer if isinstance(answer, ExecutionUpdate) else None
 
     async def _cancel(self, execution_id: str, reason: str) -> None:
         running = self._running.get(execution_id)
@@ -401,7 +420,8 @@ class Compute:
         deadline = (trio.current_time() + (execution.deadline_ms - now_ms()) / 1000
                     + DEADLINE_BACKSTOP_SECONDS if execution.deadline_ms else math.inf)
         with execution.cancel_scope:
-            await self._update(execution, ExecutionState.RUNNING, "staging inputs and starting")
+            if not execution.reported_running:
+                await self._update(execution, ExecutionState.RUNNING, STARTING)
             timed_out = False
             try:
                 with trio.move_on_at(deadline) as in_time:
@@ -606,16 +626,8 @@ class Compute:
         stdout: str = "",
         stderr: str = "",
     ) -> None:
-        update = ExecutionUpdate(
-            job_id=execution.job.id or "",
-            execution_id=execution.execution_id,
-            node_id=self.peer_id,
-            state=state.value,
-            message=message[:2000],
-            exit_code=exit_code,
-            stdout=stdout[-OUTPUT_TAIL_CHARS:],
-            stderr=stderr[-OUTPUT_TAIL_CHARS:],
-        )
+        update = self._update_of(execution, state, message, exit_code=exit_code,
+                                 stdout=stdout, stderr=stderr)
         if state.is_terminal:
             log.info("execution %s %s: %s", execution.execution_id, state.value, message[:300])
         with trio.CancelScope(shield=True):
@@ -627,6 +639,20 @@ class Compute:
             # lost, the final state stands for it (the requester fills in the steps) and a
             # restarted node never resumes the execution anyway. Only the end is kept.
             await self._deliver(execution.requester, update, durable=state.is_terminal)
+
+    def _update_of(self, execution: _Running, state: ExecutionState, message: str, *,
+                   exit_code: int | None = None, stdout: str = "",
+                   stderr: str = "") -> ExecutionUpdate:
+        return ExecutionUpdate(
+            job_id=execution.job.id or "",
+            execution_id=execution.execution_id,
+            node_id=self.peer_id,
+            state=state.value,
+            message=message[:2000],
+            exit_code=exit_code,
+            stdout=stdout[-OUTPUT_TAIL_CHARS:],
+            stderr=stderr[-OUTPUT_TAIL_CHARS:],
+        )
 
     async def _deliver(self, peer: str, message: Message, sealed: bytes | None = None, *,
                        durable: bool = True) -> None:

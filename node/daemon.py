@@ -299,7 +299,11 @@ class Daemon:
                     self.mesh.penalise(sender, "UnknownJob")
                 return b"error: no job of this node has that ID"
         elif isinstance(message, BidDecision) and self.compute is not None:
-            await self.compute.on_decision(message, sender)
+            # Accepted and started: the reply says it is Running (see Compute.answer_decision).
+            update = await self.compute.answer_decision(message, sender)
+            if update is not None:
+                assert self.mesh is not None
+                return seal_message(self.mesh.key, update, now_ms=now_ms())
         elif isinstance(message, ExecutionUpdate) and self.requester is not None:
             await self.requester.on_update(message)
         elif isinstance(message, ResultRecord) and self.requester is not None:
@@ -312,18 +316,23 @@ class Daemon:
             return b"error: not accepted here"
         return b"ok"
 
-    async def on_bid_reply(self, candidate: str, data: bytes) -> None:
-        """The bid ``candidate`` sent back as its reply to being asked."""
-        opened = self._open_from(candidate, data)
+    async def on_reply(self, peer: str, data: bytes, expected: type[Bid | ExecutionUpdate],
+                       ) -> None:
+        """What ``peer`` sent back as its reply to our request, other than an ack: its
+        bid on the job we asked it about, or the update that says the execution we accepted
+        is Running. Anything else, or news of another node, costs ``peer`` a point."""
+        opened = self._open_from(peer, data)
         if isinstance(opened, bytes) or self.requester is None:
             return
-        _, bid = opened
-        if not isinstance(bid, Bid) or bid.node_id != candidate:
-            if self.mesh is not None:  # an honest node replies with its own bid or an ack
-                self.mesh.penalise(candidate, "UnexpectedReply")
+        _, message = opened
+        if not isinstance(message, expected) or message.node_id != peer:
+            if self.mesh is not None:
+                self.mesh.penalise(peer, "UnexpectedReply")
             return
-        if not await self.requester.on_bid(bid) and self.mesh is not None:
-            self.mesh.penalise(candidate, "UnknownJob")
+        if isinstance(message, ExecutionUpdate):
+            await self.requester.on_update(message)
+        elif not await self.requester.on_bid(message) and self.mesh is not None:
+            self.mesh.penalise(peer, "UnknownJob")
 
     def reputation_of(self, node_id: str) -> Any:
         """What this node's requester remembers of ``node_id`` (None: nothing yet)."""
@@ -531,7 +540,7 @@ class Daemon:
                         detection_window_ms=self.membership.detection_window_ms,
                         local_compute=self._decide_locally if self.compute else None,
                         local_announce=self.compute.on_announcement if self.compute else None,
-                        bid_reply=self.on_bid_reply,
+                        on_reply=self.on_reply,
                         local_reveal=self._reveal_locally if self.compute else None,
                         local_verdict=self._verdict_locally if self.compute else None,
                         default_execution_timeout=config.default_execution_timeout,

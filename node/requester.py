@@ -97,7 +97,8 @@ class Requester:
         local_announce: Callable[[JobAnnouncement], Awaitable[None]] | None = None,
         local_reveal: Callable[[RevealRequest], Awaitable[None]] | None = None,
         local_verdict: Callable[[Verdict], Awaitable[None]] | None = None,
-        bid_reply: Callable[[str, bytes], Awaitable[None]] | None = None,
+        on_reply: Callable[[str, bytes, type[Bid | ExecutionUpdate]],
+                           Awaitable[None]] | None = None,
         default_execution_timeout: int = 0,
         min_reputation: int = DEFAULT_MIN_SCORE,
     ) -> None:
@@ -111,8 +112,9 @@ class Requester:
         self._local_announce = local_announce
         self._local_reveal = local_reveal
         self._local_verdict = local_verdict
-        #: Opens and takes the bid a candidate sent back as its reply to being asked.
-        self._bid_reply = bid_reply
+        #: Opens and takes what a node sent back as its reply: a candidate's bid, or that
+        #: the execution just accepted is Running.
+        self._on_reply = on_reply
         self._default_execution_timeout = default_execution_timeout
         self._lock = trio.Lock()
         # Set once the core has taken up the stored jobs: every other event waits for it,
@@ -377,8 +379,8 @@ class Requester:
             return
         if reply.startswith(b"error: "):
             log.debug("%s refused an announcement: %s", candidate, reply[:200])
-        elif reply != b"ok" and self._bid_reply is not None:
-            await self._bid_reply(candidate, reply)
+        elif reply != b"ok" and self._on_reply is not None:
+            await self._on_reply(candidate, reply, Bid)
 
     async def _send_decision(self, decision: BidDecision) -> None:
         if decision.node_id == self.peer_id and self._local_compute is not None:
@@ -386,12 +388,15 @@ class Requester:
             return
         data = seal_message(self.mesh.key, decision, now_ms=now_ms())
         try:
-            await self.mesh.request(decision.node_id, data)
+            reply = await self.mesh.request(decision.node_id, data)
         except MeshError as exc:
             if decision.accepted:
                 await self._handle(DecisionUndelivered(decision.execution_id, str(exc)))
             else:
                 log.debug("rejection to %s not delivered", decision.node_id)
+            return
+        if reply != b"ok" and not reply.startswith(b"error: ") and self._on_reply is not None:
+            await self._on_reply(decision.node_id, reply, ExecutionUpdate)
 
     async def _send_reveal_request(self, request: RevealRequest) -> None:
         """Ask a node for the result it committed to; one that cannot be reached is failed by
