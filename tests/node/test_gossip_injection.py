@@ -11,6 +11,7 @@ seqno), so gossipsub's own duplicate filter never hides a replay from bacnode's.
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import time
 import urllib.request
@@ -25,10 +26,19 @@ from libp2p.peer.id import ID
 
 from node.mesh import GRAYLIST_THRESHOLD, TOPIC_JOBS, TOPIC_NODES, TOPIC_RESULTS, Mesh, MeshError
 from protocol import codec
-from protocol.envelope import EnvelopeVerifier
+from protocol.envelope import EnvelopeVerifier, parse_unverified
 from protocol.examples import example_job
 from protocol.identity import NodeKey
-from protocol.messages import Bid, Capacity, JobAnnouncement, NodeInfo, open_message, seal_message
+from protocol.messages import (
+    Bid,
+    Capacity,
+    ExecutionUpdate,
+    JobAnnouncement,
+    NodeInfo,
+    decode_message,
+    open_message,
+    seal_message,
+)
 from scripts.daemons import Daemon, DaemonPool, await_until, free_ports
 
 TOPICS = (TOPIC_JOBS, TOPIC_RESULTS, TOPIC_NODES)
@@ -1056,3 +1066,72 @@ async def test_a_peer_known_only_by_an_announced_dns_name_is_dialled(daemons: Da
         reply = await mesh.request(target.peer_id,
                                    seal_message(caller, bid, now_ms=now_ms()))
         assert reply == UNKNOWN_JOB_REPLY  # answered: the connection works
+
+
+async def test_a_candidate_whose_reply_is_not_its_own_bid_is_scored_down_and_skipped(
+        daemons: DaemonPool):
+    """A requester takes what a candidate sends back to being asked as that candidate's bid
+    only if it is one, signed by it and naming it. A peer that heartbeats as a compute
+    node and answers each ask with a bid in another node's name is refused (a point off,
+    counted as ``UnexpectedReply``), and the job runs on the honest node all the same."""
+    target = await ready_target(daemons)
+    impostor, other = NodeKey.generate(), NodeKey.generate()
+    asked: list[str] = []
+
+    async def lie(sender: str, data: bytes) -> bytes:
+        announcement = decode_message(parse_unverified(data))
+        assert isinstance(announcement, JobAnnouncement), announcement
+        asked.append(announcement.job_id)
+        execution_id = f"e-{uuid.uuid4()}"
+        if len(asked) % 2:  # a bid in another node's name
+            return seal_message(impostor, Bid(
+                job_id=announcement.job_id, execution_id=execution_id, node_id=other.peer_id,
+                accept=True, reason="", free=Capacity(1000, 1 << 30, 1 << 30),
+                running_executions=0), now_ms=now_ms())
+        # its own message, but no bid: news that an execution nobody gave it ran
+        return seal_message(impostor, ExecutionUpdate(
+            job_id=announcement.job_id, execution_id=execution_id, node_id=impostor.peer_id,
+            state="Completed", message="done", exit_code=0, stdout="", stderr=""),
+            now_ms=now_ms())
+
+    (port,) = free_ports(1)
+    mesh = Mesh(impostor, listen=(f"/ip4/127.0.0.1/tcp/{port}",),
+                bootstrap=(target.multiaddr,), on_message=noop_handler, on_request=lie)
+    info = replace(node_info(impostor, label="impostor", seq=1), engines=("noop",),
+                   publishers=("noop",), addresses=(f"/ip4/127.0.0.1/tcp/{port}/p2p/"
+                                                     + impostor.peer_id,))
+    async with running(mesh):
+        while impostor.peer_id not in await trio.to_thread.run_sync(known_nodes, target):
+            await mesh.publish(TOPIC_NODES, info)
+            await trio.sleep(0.5)
+        jobs = [await trio.to_thread.run_sync(put_noop_job, target) for _ in range(3)]
+        for job_id in jobs:
+            await await_until(lambda job_id=job_id: target.api(
+                f"/api/v1/orchestrator/jobs/{job_id}")["Job"]["State"]["StateType"]
+                == "Completed", timeout=30, what=f"job {job_id} to complete")
+        stats = await trio.to_thread.run_sync(target.mesh_stats)
+    assert set(jobs) <= set(asked), (jobs, asked)  # the impostor was asked each time
+    refused = Counter({reason: stats["Dropped"].get(reason, 0)
+                       for reason in ("SenderMismatch", "UnexpectedReply")})
+    assert refused["SenderMismatch"] >= 2 and refused["UnexpectedReply"] >= 1, stats
+    assert stats["Scores"].get(impostor.peer_id, 0) < 0, stats
+    for job_id in jobs:
+        executions = await trio.to_thread.run_sync(
+            target.api, f"/api/v1/orchestrator/jobs/{job_id}/executions")
+        assert {e["NodeID"] for e in executions["Items"]} == {target.peer_id}, executions
+
+
+def known_nodes(target: Daemon) -> set[str]:
+    listed = target.api("/api/v1/orchestrator/nodes")
+    return {node["Info"]["NodeID"] for node in listed.get("Nodes") or []}
+
+
+def put_noop_job(target: Daemon) -> str:
+    """PUT a job with the noop engine and publisher to ``target``; its ID."""
+    body = json.dumps({"Job": {"Type": "batch", "Count": 1, "Tasks": [
+        {"Name": "main", "Engine": {"Type": "noop"}, "Publisher": {"Type": "noop"}}]}})
+    request = urllib.request.Request(f"{target.api_url}/api/v1/orchestrator/jobs",
+                                     data=body.encode(), method="PUT",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return str(json.loads(answer.read())["JobID"])
