@@ -276,7 +276,8 @@ class Daemon:
 
     async def on_request(self, sender: str, data: bytes) -> bytes:
         """A point-to-point message (announcement, bid, decision, update, result); the
-        reply is an ack, or to an announcement the bid when it is made at once."""
+        reply is an ack, or news that would otherwise go back as a request of its own: to an
+        announcement the bid when it is made at once, to an accepting decision Running."""
         opened = self._open_from(sender, data)
         if isinstance(opened, bytes):
             return opened
