@@ -34,6 +34,8 @@ How a task runs (Bacalhau's semantics where it has them):
 - The container is always removed (with its anonymous volumes), whatever happened.
   Containers carry the labels ``bacnode.job``, ``bacnode.execution`` and
   ``bacnode.node``, so ``cleanup_orphans`` can find what a crashed daemon left behind.
+- docker-py loads with the first container: until then the engine checks and the start-up
+  clean-up speak to dockerd's socket directly (``node.executor.docker_socket``).
 
 Threads: docker-py blocks, so short API calls run in worker threads under a
 ``CapacityLimiter`` (``api_threads``); each running container additionally has one
@@ -74,6 +76,7 @@ from .base import (
     prepare_results_dir,
     write_exit_code,
 )
+from .docker_socket import EngineError, EngineSocket
 
 __all__ = [
     "DEFAULT_PIDS_LIMIT",
@@ -164,6 +167,10 @@ class DockerExecutor(Executor):
         self.full_network_mode = full_network_mode
         self._client = client
         self._client_lock = trio.Lock()
+        #: Until the first container, pings and the start-up clean-up go straight to
+        #: dockerd's socket, so an idle node never loads docker-py (see ``docker_socket``).
+        self._socket = None if client is not None else EngineSocket.from_env(
+            timeout=api_timeout)
         self._api_limiter = trio.CapacityLimiter(api_threads)
         self._runs: dict[str, _Run] = {}
 
@@ -200,9 +207,12 @@ class DockerExecutor(Executor):
 
     async def unavailable_reason(self) -> str | None:
         try:
-            client = await self._docker()
-            await self._api(client.ping)
-        except Exception as exc:  # DockerException, requests' errors, OSError
+            if self._client is None and self._socket is not None:
+                await self._api(self._socket.ping)
+            else:
+                client = await self._docker()
+                await self._api(client.ping)
+        except Exception as exc:  # EngineError, DockerException, requests' errors, OSError
             log.debug("Docker engine unavailable: %s", exc)
             return f"dockerd does not answer ({_first_line(exc)})"
         return None
@@ -211,18 +221,23 @@ class DockerExecutor(Executor):
         """Remove every container labelled with this node that no ``run`` here owns.
 
         Meant for start-up, after a crash; returns how many containers it removed.
-        Raises docker-py's errors if the engine cannot be reached.
+        Raises docker-py's errors (or ``EngineError``) if the engine cannot be reached.
         """
-        client = await self._docker()
-        found = await self._api(
-            client.api.containers, all=True, filters={"label": f"{LABEL_NODE}={self.node_id}"}
-        )
+        label = f"{LABEL_NODE}={self.node_id}"
+        remover: _Remover
+        if self._client is None and self._socket is not None:
+            found = await self._api(self._socket.containers, label)
+            remover = _SocketRemover(self._socket)
+        else:
+            client = await self._docker()
+            found = await self._api(client.api.containers, all=True, filters={"label": label})
+            remover = _DockerPyRemover(client)
         live = {run.container_id for run in self._runs.values()}
         removed = 0
         for container in found:
             if container["Id"] in live:
                 continue
-            if await self._remove(client, container["Id"]):
+            if await self._remove_with(remover, container["Id"]):
                 log.info(
                     "removed orphaned container %s (execution %s)",
                     container["Id"][:12],
@@ -549,29 +564,58 @@ class DockerExecutor(Executor):
 
     async def _remove(self, client: Any, container_id: str) -> bool:
         """Force-remove a container and its anonymous volumes; False if it was not there."""
-        import docker.errors
+        return await self._remove_with(_DockerPyRemover(client), container_id)
 
+    async def _remove_with(self, remover: _Remover, container_id: str) -> bool:
         with trio.move_on_after(KILL_WAIT):
             for attempt in range(REMOVE_ATTEMPTS):
-                try:
-                    await self._api(client.api.remove_container, container_id, force=True,
-                                    v=True, abandon=True)
+                status, error = await self._api(remover, container_id, abandon=True)
+                if status is None or status == 409:  # 409: removal already in progress
                     return True
-                except docker.errors.NotFound:
+                if status == 404:
                     return False
-                except docker.errors.APIError as exc:
-                    if exc.status_code == 409:  # removal already in progress
-                        return True
-                    # dockerd answers 500 ("Could not kill running container ..., cannot
-                    # remove - Container ... is not running") when the container exits
-                    # while it force-removes it; asked again, it removes it.
-                    if exc.status_code != 500 or attempt == REMOVE_ATTEMPTS - 1:
-                        log.warning("could not remove container %s: %s", container_id[:12],
-                                    exc)
-                        return False
+                # dockerd answers 500 ("Could not kill running container ..., cannot
+                # remove - Container ... is not running") when the container exits while
+                # it force-removes it; asked again, it removes it.
+                if status != 500 or attempt == REMOVE_ATTEMPTS - 1:
+                    log.warning("could not remove container %s: %s", container_id[:12], error)
+                    return False
                 await trio.sleep(REMOVE_RETRY_SECONDS)
         log.warning("removing container %s took more than %gs", container_id[:12], KILL_WAIT)
         return False
+
+
+#: Force-removes one container: (None, None) when done, else (HTTP status, error);
+#: an unreachable engine raises.
+_Remover = Callable[[str], tuple[int | None, BaseException | None]]
+
+
+class _DockerPyRemover:
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def __call__(self, container_id: str) -> tuple[int | None, BaseException | None]:
+        import docker.errors
+
+        try:
+            self.client.api.remove_container(container_id, force=True, v=True)
+        except docker.errors.APIError as exc:
+            return exc.status_code, exc
+        return None, None
+
+
+class _SocketRemover:
+    def __init__(self, engine: EngineSocket) -> None:
+        self.engine = engine
+
+    def __call__(self, container_id: str) -> tuple[int | None, BaseException | None]:
+        try:
+            self.engine.remove(container_id)
+        except EngineError as exc:
+            if exc.status is None:
+                raise
+            return exc.status, exc
+        return None, None
 
 
 def _tree_bytes(root: Path) -> int:

@@ -7,6 +7,8 @@ checks afterwards that no container labelled with the test's node ID is left.
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
 import sys
 import threading
 import time
@@ -465,6 +467,49 @@ async def test_cleanup_orphans_spares_running_executions(executor, docker_client
             assert await executor.cleanup_orphans() == 0
             assert len(_labelled(docker_client, request.execution_id)) == 1
             await executor.cancel(request.execution_id)
+
+
+def test_an_idle_node_checks_docker_and_cleans_up_without_loading_docker_py(
+    docker_client, busybox_image, node_id
+):
+    """docker-py is ~6 MiB of an idle daemon: the engine check and the start-up clean-up
+    go to dockerd's socket, and docker-py loads with the first container."""
+    orphan = docker_client.containers.create(
+        busybox_image, ["sleep", "60"], labels={LABEL_NODE: node_id}, network_mode="none"
+    )
+    orphan.start()
+    code = f"""
+import json, sys, tempfile
+from pathlib import Path
+import trio
+sys.path.insert(0, {str(Path(__file__).resolve().parents[3])!r})
+from node.executor.docker import DockerExecutor
+from tests.node.executor.conftest import make_request
+
+async def main():
+    executor = DockerExecutor({node_id!r})
+    installed = await executor.is_installed()
+    removed = await executor.cleanup_orphans()
+    idle = [m for m in ("docker", "requests", "urllib3") if m in sys.modules]
+    result = await executor.run(make_request(Path(tempfile.mkdtemp()), command=["true"]))
+    print(json.dumps({{"installed": installed, "removed": removed, "idle": idle,
+                      "exit_code": result.exit_code, "after_a_job": "docker" in sys.modules}}))
+
+trio.run(main)
+"""
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        assert report == {"installed": True, "removed": 1, "idle": [], "exit_code": 0,
+                          "after_a_job": True}
+        assert not docker_client.containers.list(all=True, filters={"id": orphan.id})
+    finally:
+        try:
+            orphan.remove(force=True)
+        except Exception:
+            pass
 
 
 async def test_is_installed(executor, node_id, monkeypatch):

@@ -1,0 +1,69 @@
+"""The standard-library Docker Engine calls an idle node makes (node.executor.docker_socket),
+against the real dockerd where they talk to one."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from node.executor.docker_socket import DEFAULT_UNIX_SOCKET, EngineError, EngineSocket
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, f"EngineSocket(unix://{DEFAULT_UNIX_SOCKET})"),
+        ({"DOCKER_HOST": "unix:///run/user/1000/docker.sock"},
+         "EngineSocket(unix:///run/user/1000/docker.sock)"),
+        ({"DOCKER_HOST": "tcp://127.0.0.1:2375"}, "EngineSocket(tcp://127.0.0.1:2375)"),
+        ({"DOCKER_HOST": "tcp://docker.internal"}, "EngineSocket(tcp://docker.internal:2375)"),
+    ],
+)
+def test_the_socket_is_the_one_docker_py_would_use(environ: dict[str, str],
+                                                    expected: str) -> None:
+    assert repr(EngineSocket.from_env(environ)) == expected
+
+
+@pytest.mark.parametrize("environ", [
+    {"DOCKER_HOST": "tcp://127.0.0.1:2376", "DOCKER_TLS_VERIFY": "1"},
+    {"DOCKER_HOST": "ssh://user@host"},
+])
+def test_tls_and_ssh_are_left_to_docker_py(environ: dict[str, str]) -> None:
+    assert EngineSocket.from_env(environ) is None
+
+
+def test_an_engine_that_is_not_there_is_an_error_without_a_status(tmp_path) -> None:
+    engine = EngineSocket(unix_path=str(tmp_path / "docker.sock"), timeout=5)
+    with pytest.raises(EngineError) as raised:
+        engine.ping()
+    assert raised.value.status is None
+    assert "docker.sock" in str(raised.value)
+
+
+@pytest.mark.integration
+def test_list_and_remove_by_label_and_dockerds_own_words_for_a_missing_container(
+    docker_client: Any, busybox_image: str
+) -> None:
+    engine = EngineSocket.from_env(timeout=30)
+    assert engine is not None
+    engine.ping()
+    label = f"bacnode.test={uuid.uuid4().hex}"
+    key, value = label.split("=")
+    container = docker_client.containers.create(busybox_image, ["sleep", "60"],
+                                                labels={key: value}, network_mode="none")
+    try:
+        container.start()
+        assert [found["Id"] for found in engine.containers(label)] == [container.id]
+        engine.remove(container.id)
+        assert engine.containers(label) == []
+        with pytest.raises(EngineError) as raised:
+            engine.remove(container.id)
+        assert raised.value.status == 404
+        assert "No such container" in str(raised.value)
+    finally:
+        try:
+            container.remove(force=True)
+        except Exception:
+            pass
