@@ -18,6 +18,14 @@ experiment on hosts built as ``node.mesh`` builds them:
   which ``KadDHT`` takes for an error: a warning and a reset stream per request served.
   The read is wrapped to report a clean end of stream.
 - ``find_providers`` returns a provider once per peer that knew it: ``providers`` merges.
+- Every ten minutes a DHT refreshes its routing table: a lookup for itself and one per
+  bucket, each dialling whoever answers, and those connections stay open. On a 100-node
+  devnet, nodes went from ~9 connections to 28-55 from the first refresh on, every new
+  connection a gossip peer too, and the machine stayed saturated (load average ~100),
+  also with the refreshes spread over five minutes. ``BacnodeDHT`` refreshes once, as it
+  starts; after that its table fills from connections (``RoutingNotifee``) and from the
+  lookups a node makes to provide and find, and every node's address is in the
+  membership table anyway. ``Mesh._trim_connections`` closes what lookups leave open.
 
 Provider answers are hints: whoever a lookup names is dialled by its peer ID, so a wrong
 address costs a failed dial, never wrong bytes (bitswap checks every block's hash).
@@ -94,8 +102,14 @@ def new_dht(host: Any, *, server: bool) -> Any:
     from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 
     use_bacnode_protocol()
-
     class BacnodeDHT(KadDHT):
+        refreshed = False
+
+        async def refresh_routing_table(self) -> None:
+            if not self.refreshed:  # once, as it starts: see the module's docstring
+                self.refreshed = True
+                await super().refresh_routing_table()
+
         async def add_peer(self, peer_id: ID, *, skip_server_mode_check: bool = False) -> bool:
             return bool(await self.routing_table.add_peer(peer_id))
 

@@ -148,6 +148,19 @@ MAX_QUEUED_MESSAGES = 10_000
 STOP_GRACE_SECONDS = 5
 ADDRESS_TTL_SECONDS = 600
 HEALTH_CHECK_SECONDS = 30.0
+#: Past this many connections a node closes its idlest ones. Every connection is a gossip
+#: peer, so each one costs gossip control traffic every heartbeat, and nothing else closes
+#: them: the DHT's lookups (each provide and find) and a requester's asks leave them open.
+#: (The DHT's refresh did too; it now runs once: see ``node.dht``.)
+CONNECTION_TARGET = 24
+#: A connection is in use this long after the last request over it (either way).
+CONNECTION_IDLE_SECONDS = 120.0
+#: How often the connections are counted, and how old one must be to be closed.
+TRIM_CHECK_SECONDS = 30.0
+#: Streams of these protocols do not keep a connection open: every peer has them.
+_IDLE_PROTOCOLS = frozenset({"/meshsub/1.1.0", "/meshsub/1.0.0", "/meshsub/1.2.0",
+                             "/ipfs/id/1.0.0", "/ipfs/id/push/1.0.0", "/ipfs/ping/1.0.0",
+                             str(REQUESTS_PROTOCOL)})
 #: Gossipsub v1.1 peer scoring: each message a peer forwards that bacnode's validators
 #: refuse costs it a point on that topic (decaying by 0.1 % a heartbeat, so it is forgotten
 #: in about an hour). Below GOSSIP_THRESHOLD it gets no gossip from us. Below
@@ -440,6 +453,8 @@ class Mesh:
         self._graylisted_now = trio.Event()
         self._stop = trio.Event()
         self._channels: dict[str, _Channel] = {}
+        #: When each peer's connection opened or last carried a request (either way).
+        self._last_used: dict[str, float] = {}
         self._channel_locks: dict[str, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
@@ -615,6 +630,7 @@ class Mesh:
                             nursery.start_soon(self._read_topic, topic, subscription)
                         nursery.start_soon(self._keep_connected)
                         nursery.start_soon(self._prune_graylisted)
+                        nursery.start_soon(self._trim_connections)
                         task_status.started()
                         await self._stop.wait()
                         nursery.cancel_scope.cancel()
@@ -834,6 +850,7 @@ class Mesh:
         yamux round trip and a multistream negotiation, which was most of what a bid,
         a decision or an update cost on the wire.
         """
+        self._last_used[peer_id] = time.monotonic()
         try:
             with trio.fail_after(timeout):
                 channel = await self._channel_to(peer_id)
@@ -920,6 +937,7 @@ class Mesh:
                 if len(frame) < _REQUEST_ID_BYTES:
                     self._refuse_scored(stream.muxed_conn.peer_id, "MalformedMessage")
                     raise MeshError("malformed request frame")
+                self._last_used[sender] = time.monotonic()
                 reply = await self._on_request(sender, frame[_REQUEST_ID_BYTES:])
                 await stream.write(encode_varint_prefixed(frame[:_REQUEST_ID_BYTES] + reply))
         except Exception as exc:
@@ -1211,10 +1229,52 @@ class Mesh:
 
     async def _refuse_banned(self, conn: Any) -> None:
         peer = conn.muxed_conn.peer_id
+        self._last_used[peer.to_base58()] = time.monotonic()
         if self._banned.get(peer, -math.inf) > time.monotonic():
             self.stats.refused_connections += 1
             assert self._nursery is not None
             self._nursery.start_soon(self._close_quietly, conn)
+
+    async def _trim_connections(self) -> None:
+        """Keep at most ``CONNECTION_TARGET`` connections, less those a node needs: to its
+        bootstrap peers, its gossip mesh, its relays and the peers holding a reservation
+        with it, peers it exchanged requests with in the last ``CONNECTION_IDLE_SECONDS``,
+        and peers with a stream open other than gossip, identify and ping (a transfer, a
+        DHT query). Of the others, the longest unused are closed first."""
+        await trio.sleep(random.uniform(0.5, 1.5) * TRIM_CHECK_SECONDS)
+        while True:
+            for peer in self._surplus_connections(time.monotonic()):
+                log.debug("closing the idle connection to %s (over %d)", peer,
+                          CONNECTION_TARGET)
+                await self._disconnect(peer)
+            for peer_id in set(self._last_used) - {
+                    peer.to_base58() for peer in self.host.get_connected_peers()}:
+                del self._last_used[peer_id]
+            await trio.sleep(TRIM_CHECK_SECONDS)
+
+    def _surplus_connections(self, now: float) -> list[ID]:
+        connected = self.host.get_connected_peers()
+        if len(connected) <= CONNECTION_TARGET:
+            return []
+        needed = {info.peer_id for info, _ in self._bootstrap}
+        for members in self.gossipsub.mesh.values():
+            needed.update(members)
+        needed.update(self.reach.relayed)
+        relay_service = self.reach.circuit.resource_manager
+        idle: list[tuple[float, ID]] = []
+        for peer in connected:
+            if peer in needed or relay_service.has_reservation(peer):
+                continue
+            last_used = self._last_used.get(peer.to_base58(), now)
+            if now - last_used < max(CONNECTION_IDLE_SECONDS, TRIM_CHECK_SECONDS):
+                continue
+            if any(stream.get_protocol() not in _IDLE_PROTOCOLS
+                   for conn in self.host.get_network().get_connections(peer)
+                   for stream in conn.get_streams()):
+                continue
+            idle.append((last_used, peer))
+        idle.sort(key=lambda entry: entry[0])
+        return [peer for _, peer in idle[:len(connected) - CONNECTION_TARGET]]
 
     @staticmethod
     async def _close_quietly(conn: Any) -> None:
