@@ -175,6 +175,8 @@ class Compute:
         #: Called when free capacity, the slots held or an engine's availability may have
         #: changed (the daemon heartbeats the change, without polling for it).
         self._on_load_change = on_load_change or (lambda: None)
+        #: Requesters this node bid to (accepting or busy) since its last heartbeat to all.
+        self._bid_to: set[str] = set()
 
     @property
     def free(self) -> Capacity:
@@ -188,6 +190,16 @@ class Compute:
         every node bidding the same and the lowest peer ID winning them all.
         """
         return self.core.running
+
+    def load_watchers(self) -> set[str]:
+        """The requesters that care how this node's load changes now: those holding a slot
+        here, and those it bid to since ``forget_load_watchers`` (a requester turned away as
+        busy waits for room; one whose execution ended here may place its next job)."""
+        return {slot.requester for slot in self.core.slots.values()} | self._bid_to
+
+    def forget_load_watchers(self) -> None:
+        """Everyone just heard the load (a heartbeat to all)."""
+        self._bid_to.clear()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -219,6 +231,7 @@ class Compute:
                 case MeasureInputs(announcement, job, execution_id):
                     self._spawn(self._measure_inputs, announcement, job, execution_id)
                 case SendBid(requester, bid, decline):
+                    self._bid_to.add(requester)
                     metrics.BIDS_SENT.labels(answer="accept" if bid.accept else "decline").inc()
                     if not bid.accept:
                         metrics.BID_DECLINES.labels(reason=decline or "other").inc()

@@ -53,7 +53,7 @@ from .executor import ExecutorRegistry, NoopExecutor
 from .ipfs import IpfsNode
 from .keys import load_or_create_api_key, load_or_create_key
 from .membership import Membership, heartbeat_interval_ms
-from .mesh import TOPIC_NODES, UNBLAMED_REFUSALS, Mesh, now_ms, read_swarm_key
+from .mesh import TOPIC_NODES, UNBLAMED_REFUSALS, Mesh, MeshError, now_ms, read_swarm_key
 from .publisher import (
     IpfsPublisher,
     LocalPublisher,
@@ -67,9 +67,12 @@ from .store import Store, StoreError, open_store
 log = logging.getLogger("bacnode.daemon")
 
 SHUTDOWN_GRACE_SECONDS = 10
-#: A change in load is announced at once, before the next heartbeat, but a node heartbeats
-#: at most this often.
+#: A change in load is told at once, before the next heartbeat, but a node sends news (load,
+#: or an engine's availability) at most this often.
 MIN_HEARTBEAT_GAP_SECONDS = 1.0
+#: A requester that does not take our load news within this long hears it at the next
+#: heartbeat.
+LOAD_NEWS_TIMEOUT_SECONDS = 5.0
 #: After copying a peer's membership table, how long our heartbeat waits for a gossip peer
 #: on the nodes topic (published before one is known, it would reach nobody).
 HEARTBEAT_AFTER_JOIN_WAIT_SECONDS = 3.0
@@ -305,6 +308,9 @@ class Daemon:
             if update is not None:
                 assert self.mesh is not None
                 return seal_message(self.mesh.key, update, now_ms=now_ms())
+        elif isinstance(message, NodeInfo):
+            # Its load, news to us as the requester of a job it bid on (Daemon._tell_load).
+            await self._saw_node(message, envelope)
         elif isinstance(message, ExecutionUpdate) and self.requester is not None:
             await self.requester.on_update(message)
         elif isinstance(message, ResultRecord) and self.requester is not None:
@@ -394,24 +400,34 @@ class Daemon:
         self._heartbeat_soon()
 
     async def _heartbeat(self) -> None:
-        """Node info every ``heartbeat_seconds`` (longer in a large network: see
-        ``heartbeat_interval_ms``), when the load changes (at once, or a second after the
-        last heartbeat, whichever is later), and at once when asked (after joining, when our
-        reachability changes). Nothing here wakes in between.
+        """Node info to every node by gossip every ``heartbeat_seconds`` (longer in a large
+        network: see ``heartbeat_interval_ms``), at once when asked (after joining, when our
+        reachability changes), and when an engine stops or comes back. A change in load goes
+        straight to the requesters it concerns (``Compute.load_watchers``), at once or a
+        second after the last news, whichever is later. Nothing here wakes in between.
 
-        An idle node's heartbeats are what the mesh relays all day, so they stay sparse;
-        what schedulers and ``node list`` care about (free capacity, running executions,
-        who is there) still shows promptly. A newcomer is not greeted with heartbeats: it
-        copies a peer's membership table (``Mesh._copy_members``) instead.
+        An idle node's heartbeats are what the mesh relays all day, so they stay sparse.
+        Load went to every node too until a 100-node devnet showed what that costs: each
+        job changed its candidates' load a few times, every node relayed each change, and
+        placing a no-op job took ~1.4 s of CPU across the network. What schedulers and
+        ``node list`` care about still shows promptly where it is used: a requester hears
+        the load of the nodes it bid with, the rest of the network at the next heartbeat.
+        A newcomer is not greeted with heartbeats: it copies a peer's membership table
+        (``Mesh._copy_members``) instead.
         """
         assert self.mesh is not None
-        last_sent = -math.inf
-        last_load: tuple[Any, ...] = ()
+        last_sent = -math.inf  # to every node
+        last_told = -math.inf  # load news, straight to its watchers
+        told_load: tuple[Any, ...] = ()
+        told_unavailable: dict[str, str] = {}
         while True:
             interval = self._heartbeat_interval_seconds()
-            load = self._load()
-            since = trio.current_time() - last_sent
-            if since >= interval or (load != last_load and since >= MIN_HEARTBEAT_GAP_SECONDS):
+            load, unavailable = self._load(), self._unavailable()
+            now = trio.current_time()
+            since = now - last_sent
+            since_news = now - max(last_sent, last_told)
+            news_allowed = since_news >= MIN_HEARTBEAT_GAP_SECONDS
+            if since >= interval or (unavailable != told_unavailable and news_allowed):
                 info = self.local_node_info()
                 try:
                     await self.mesh.publish(TOPIC_NODES, info)
@@ -419,14 +435,20 @@ class Daemon:
                     log.debug("heartbeat not sent: %r", exc)
                 if self.requester is not None:  # gossip does not bring our own back
                     await self.requester.heard(info)
-                last_sent, last_load = trio.current_time(), load
+                if self.compute is not None:
+                    self.compute.forget_load_watchers()
+                last_sent, told_load, told_unavailable = trio.current_time(), load, unavailable
                 continue  # the load may have changed while it was sent
+            if load != told_load and news_allowed:
+                await self._tell_load()
+                last_told, told_load = trio.current_time(), load
+                continue
             wait = interval - since
-            # A load not yet announced waits only for the rate limit; an announced one for
-            # its next change (Compute calls _load_changed), or the interval.
-            self._wake_on_load = load == last_load
+            # A load not yet told waits only for the rate limit; a told one for its next
+            # change (Compute calls _load_changed), or the interval.
+            self._wake_on_load = load == told_load and unavailable == told_unavailable
             if not self._wake_on_load:
-                wait = min(wait, MIN_HEARTBEAT_GAP_SECONDS - since)
+                wait = min(wait, MIN_HEARTBEAT_GAP_SECONDS - since_news)
             with trio.move_on_after(wait):
                 await self._heartbeat_wake.wait()
             self._heartbeat_wake = trio.Event()
@@ -434,11 +456,36 @@ class Daemon:
                 self._heartbeat_now = False
                 last_sent = -math.inf
 
+    async def _tell_load(self) -> None:
+        """Our node info, now, to the requesters that care about our load (and to our own
+        requester)."""
+        assert self.compute is not None and self._nursery is not None
+        watchers = self.compute.load_watchers() - {self.peer_id}
+        if not watchers and self.requester is None:
+            return
+        info = self.local_node_info()
+        if self.requester is not None:
+            await self.requester.heard(info)
+        if watchers:
+            data = seal_message(self.key, info, now_ms=now_ms())
+            for peer in watchers:
+                self._nursery.start_soon(self._send_load, peer, data)
+
+    async def _send_load(self, peer: str, data: bytes) -> None:
+        assert self.mesh is not None
+        try:
+            await self.mesh.request(peer, data, timeout=LOAD_NEWS_TIMEOUT_SECONDS)
+        except MeshError as exc:  # it hears our load at the next heartbeat
+            log.debug("load news to %s not delivered: %s", peer, exc)
+
     def _load(self) -> tuple[Any, ...]:
-        """What the heartbeat says about the load, which is announced whenever it changes."""
+        """What node info says about the load, told to its watchers whenever it changes."""
         if self.compute is None:
             return ()
-        return self.compute.free, self.compute.running, dict(self.compute.unavailable)
+        return self.compute.free, self.compute.running
+
+    def _unavailable(self) -> dict[str, str]:
+        return dict(self.compute.unavailable) if self.compute is not None else {}
 
     def _load_changed(self) -> None:
         if self._wake_on_load:
@@ -831,3 +878,4 @@ def _lock_data_dir(data_dir: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()
+

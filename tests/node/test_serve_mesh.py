@@ -300,25 +300,30 @@ def test_a_joiner_copies_the_membership_table_and_nobody_heartbeats_for_it(
     assert datetime.fromisoformat(heard.replace("Z", "+00:00")) < joiner_started, heard
 
 
-def test_a_change_in_load_is_announced_when_it_happens_not_at_the_next_heartbeat(
+def test_a_change_in_load_is_told_to_its_requester_when_it_happens_and_to_no_one_else(
         daemons: DaemonPool):
-    """Schedulers and ``node list`` see a node take a job and finish it within seconds,
-    though it heartbeats every 10 minutes: a change in load is announced as it happens,
-    and once nothing changes the node is quiet again until its next heartbeat."""
+    """The requester of a job sees its node take the job and finish it within seconds,
+    though the node heartbeats every 10 minutes: a change in load goes straight to the
+    requesters it concerns as it happens. The rest of the network hears of it at the next
+    heartbeat, not at every change (that made each job cost work on every node), and once
+    nothing changes the node is quiet again."""
     requester = daemons.new("busy-req", heartbeat=RARE_HEARTBEAT)
     worker = daemons.new("busy-worker", peers=[requester], heartbeat=RARE_HEARTBEAT,
                          args=["--labels", "zone=busy"])
-    daemons.start_all([requester, worker])
-    for node in (requester, worker):
-        node.wait_connected(ids([requester, worker]), timeout=CONVERGE_TIMEOUT)
+    bystander = daemons.new("bystander", peers=[requester], heartbeat=RARE_HEARTBEAT)
+    everyone = [requester, worker, bystander]
+    daemons.start_all(everyone)
+    for node in everyone:
+        node.wait_connected(ids(everyone), timeout=CONVERGE_TIMEOUT)
 
-    def worker_row() -> dict[str, Any]:
-        return requester.api_nodes()[worker.peer_id]
+    def worker_row(node: Daemon = requester) -> dict[str, Any]:
+        return node.api_nodes()[worker.peer_id]
 
-    def running() -> int:
-        return worker_row()["Info"]["ComputeNodeInfo"]["RunningExecutions"]
+    def running(node: Daemon = requester) -> int:
+        return worker_row(node)["Info"]["ComputeNodeInfo"]["RunningExecutions"]
 
     assert running() == 0
+    heard_by_bystander = worker_row(bystander)["LastSeen"]
     submitted = requester.cli("docker", "run", "--wait=false", "--id-only", "-s", "zone=busy",
                               "-p", "noop", "busybox", "--", "sleep", "4")
     assert submitted.returncode == 0, submitted.stderr
@@ -326,7 +331,9 @@ def test_a_change_in_load_is_announced_when_it_happens_not_at_the_next_heartbeat
                what="the requester to hear that the worker runs the job")
     wait_until(lambda: running() == 0, timeout=15,
                what="the requester to hear that the worker is free again")
-    # And quiet again: no heartbeat a second once nothing changes.
+    assert worker_row(bystander)["LastSeen"] == heard_by_bystander
+    assert running(bystander) == 0
+    # And quiet again: no news a second once nothing changes.
     heard = worker_row()["LastSeen"]
     time.sleep(2.5)
     assert worker_row()["LastSeen"] == heard
