@@ -94,8 +94,8 @@ class EngineSocket:
             connection.request(method, target)
             response = connection.getresponse()
             body = response.read()
-        except OSError as exc:
-            raise EngineError(None, f"{self!r}: {exc}") from exc
+        except (OSError, http.client.HTTPException) as exc:  # no answer, or not HTTP
+            raise EngineError(None, f"{self!r}: {exc or repr(exc)}") from exc
         finally:
             connection.close()
         if response.status >= 400:

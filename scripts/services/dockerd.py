@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import http.client
 import io
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -29,36 +27,15 @@ BUSYBOX_TAG = "busybox:latest"
 # Docker engine
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """An HTTP connection over a Unix socket (enough to ping dockerd without docker-py)."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        """Connect to the Unix socket instead of a TCP address."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 def docker_ping(socket_path: str = DOCKER_SOCKET, timeout: float = 2.0) -> bool:
     """Whether a Docker engine answers ``GET /_ping`` on ``socket_path``."""
-    conn = _UnixHTTPConnection(socket_path, timeout)
+    from node.executor.docker_socket import EngineError, EngineSocket
+
     try:
-        conn.request("GET", "/_ping")
-        resp = conn.getresponse()
-        return resp.status == 200 and resp.read().strip() == b"OK"
-    except (OSError, http.client.HTTPException):
+        EngineSocket(unix_path=socket_path, timeout=timeout).ping()
+    except EngineError:
         return False
-    finally:
-        conn.close()
+    return True
 
 
 # Detached daemons we started; kept referenced so Popen never warns they are still running.
