@@ -73,6 +73,8 @@ MIN_HEARTBEAT_GAP_SECONDS = 1.0
 #: A requester that does not take our load news within this long hears it at the next
 #: heartbeat.
 LOAD_NEWS_TIMEOUT_SECONDS = 5.0
+#: Peers whose last load news time is remembered before the stale ones are forgotten.
+MAX_LOAD_NEWS_SENDERS = 4096
 #: After copying a peer's membership table, how long our heartbeat waits for a gossip peer
 #: on the nodes topic (published before one is known, it would reach nobody).
 HEARTBEAT_AFTER_JOIN_WAIT_SECONDS = 3.0
@@ -127,6 +129,8 @@ class Daemon:
         self._heartbeat_wake = trio.Event()
         self._heartbeat_now = False
         self._wake_on_load = False
+        #: When each peer's last load news came (``_take_load_news``).
+        self._load_news_at: dict[str, float] = {}
 
     # -- what the API reads --------------------------------------------------
 
@@ -310,6 +314,10 @@ class Daemon:
                 return seal_message(self.mesh.key, update, now_ms=now_ms())
         elif isinstance(message, NodeInfo):
             # Its load, news to us as the requester of a job it bid on (Daemon._tell_load).
+            if not self._take_load_news(sender):
+                if self.mesh is not None:
+                    self.mesh.penalise(sender, "LoadNewsTooOften")
+                return b"error: load news comes at most once a second"
             await self._saw_node(message, envelope)
         elif isinstance(message, ExecutionUpdate) and self.requester is not None:
             await self.requester.on_update(message)
@@ -322,6 +330,19 @@ class Daemon:
         else:
             return b"error: not accepted here"
         return b"ok"
+
+    def _take_load_news(self, sender: str) -> bool:
+        """Whether ``sender``'s load news is due: an honest node sends it at most once a
+        second (``MIN_HEARTBEAT_GAP_SECONDS``); half that leaves room for delivery jitter."""
+        now = trio.current_time()
+        last = self._load_news_at.get(sender)
+        if last is not None and now - last < MIN_HEARTBEAT_GAP_SECONDS / 2:
+            return False
+        if len(self._load_news_at) >= MAX_LOAD_NEWS_SENDERS:
+            self._load_news_at = {peer: at for peer, at in self._load_news_at.items()
+                                  if now - at < MIN_HEARTBEAT_GAP_SECONDS}
+        self._load_news_at[sender] = now
+        return True
 
     async def on_reply(self, peer: str, data: bytes, expected: type[Bid | ExecutionUpdate],
                        ) -> None:

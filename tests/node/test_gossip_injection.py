@@ -1135,3 +1135,29 @@ def put_noop_job(target: Daemon) -> str:
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as answer:
         return str(json.loads(answer.read())["JobID"])
+
+
+async def test_load_news_sent_straight_more_than_twice_a_second_is_refused_and_scored_down(
+        daemons: DaemonPool):
+    """A node's load news comes straight, at most once a second (``Daemon._tell_load``).
+    A real peer that sends its own, validly signed node info straight 20 times in a row
+    is listed from the first, refused (counted as ``LoadNewsTooOften``) for those that
+    come too soon, and scored down."""
+    target = await ready_target(daemons)
+    chatty = NodeKey.generate()
+    (port,) = free_ports(1)
+    mesh = Mesh(chatty, listen=(f"/ip4/127.0.0.1/tcp/{port}",),
+                bootstrap=(target.multiaddr,), on_message=noop_handler)
+    replies = []
+    async with running(mesh):
+        for seq in range(1, 21):
+            info = node_info(chatty, label="chatty", seq=seq)
+            replies.append(await mesh.request(target.peer_id,
+                                              seal_message(chatty, info, now_ms=now_ms())))
+        stats = await trio.to_thread.run_sync(target.mesh_stats)
+        listed = await trio.to_thread.run_sync(known_nodes, target)
+    assert replies[0] == b"ok", replies[0]
+    assert replies.count(b"error: load news comes at most once a second") >= 15, replies
+    assert chatty.peer_id in listed
+    assert stats["Dropped"].get("LoadNewsTooOften", 0) >= 15, stats
+    assert stats["Scores"].get(chatty.peer_id, 0) < 0, stats
