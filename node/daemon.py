@@ -282,9 +282,10 @@ class Daemon:
             return b"error: " + str(exc).encode()[:500]
 
     async def on_request(self, sender: str, data: bytes) -> bytes:
-        """A point-to-point message (announcement, bid, decision, update, result); the
-        reply is an ack, or news that would otherwise go back as a request of its own: to an
-        announcement the bid when it is made at once, to an accepting decision Running."""
+        """A point-to-point message (announcement, bid, decision, update, result, a node's
+        load news); the reply is an ack, or news that would otherwise go back as a request of
+        its own: to an announcement the bid when it is made at once, to an accepting decision
+        Running."""
         opened = self._open_from(sender, data)
         if isinstance(opened, bytes):
             return opened

@@ -227,11 +227,11 @@ class DockerExecutor(Executor):
         remover: _Remover
         if self._client is None and self._socket is not None:
             found = await self._api(self._socket.containers, label)
-            remover = _SocketRemover(self._socket)
+            remover = functools.partial(_remove_with_socket, self._socket)
         else:
             client = await self._docker()
             found = await self._api(client.api.containers, all=True, filters={"label": label})
-            remover = _DockerPyRemover(client)
+            remover = functools.partial(_remove_with_docker_py, client)
         live = {run.container_id for run in self._runs.values()}
         removed = 0
         for container in found:
@@ -564,7 +564,8 @@ class DockerExecutor(Executor):
 
     async def _remove(self, client: Any, container_id: str) -> bool:
         """Force-remove a container and its anonymous volumes; False if it was not there."""
-        return await self._remove_with(_DockerPyRemover(client), container_id)
+        return await self._remove_with(functools.partial(_remove_with_docker_py, client),
+                                       container_id)
 
     async def _remove_with(self, remover: _Remover, container_id: str) -> bool:
         with trio.move_on_after(KILL_WAIT):
@@ -590,32 +591,26 @@ class DockerExecutor(Executor):
 _Remover = Callable[[str], tuple[int | None, BaseException | None]]
 
 
-class _DockerPyRemover:
-    def __init__(self, client: Any) -> None:
-        self.client = client
+def _remove_with_docker_py(client: Any, container_id: str,
+                           ) -> tuple[int | None, BaseException | None]:
+    import docker.errors
 
-    def __call__(self, container_id: str) -> tuple[int | None, BaseException | None]:
-        import docker.errors
-
-        try:
-            self.client.api.remove_container(container_id, force=True, v=True)
-        except docker.errors.APIError as exc:
-            return exc.status_code, exc
-        return None, None
+    try:
+        client.api.remove_container(container_id, force=True, v=True)
+    except docker.errors.APIError as exc:
+        return exc.status_code or 0, exc  # 0: an error without a status, not "done"
+    return None, None
 
 
-class _SocketRemover:
-    def __init__(self, engine: EngineSocket) -> None:
-        self.engine = engine
-
-    def __call__(self, container_id: str) -> tuple[int | None, BaseException | None]:
-        try:
-            self.engine.remove(container_id)
-        except EngineError as exc:
-            if exc.status is None:
-                raise
-            return exc.status, exc
-        return None, None
+def _remove_with_socket(engine: EngineSocket, container_id: str,
+                        ) -> tuple[int | None, BaseException | None]:
+    try:
+        engine.remove(container_id)
+    except EngineError as exc:
+        if exc.status is None:
+            raise
+        return exc.status, exc
+    return None, None
 
 
 def _tree_bytes(root: Path) -> int:
