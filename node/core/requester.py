@@ -10,7 +10,9 @@ Placement, per job:
 1. **Ask.** Compute nodes that fit the job (engine, storage, publisher, labels,
    total capacity, as their heartbeats say) are ranked: those with room first,
    then by XOR distance between the hashes of their ID and the job's. The first
-   ``needed + BID_FANOUT`` are asked. When the requester knows too few compute
+   ``needed + BID_FANOUT`` are asked, passing over nodes that already have
+   ``MAX_OPEN_ASKS_PER_NODE`` of our asks unanswered (a job that finds only such
+   nodes waits for their answers). When the requester knows too few compute
    nodes yet, the announcement is open to all (gossiped, and allowed far less
    often: ``OPEN_ANNOUNCEMENTS_PER_SECOND``).
 2. **Decide.** As soon as every node asked has answered, or enough accepted and
@@ -19,8 +21,10 @@ Placement, per job:
    slot.
 3. **Wait.** Too few accepted: nodes that declined as *busy* will have room
    later, so the job waits (``Queued``) and asks again, with a widening circle
-   of nodes and a growing delay, or at once when a node it fits frees a slot (the
-   longest-waiting such job only: one slot, one announcement).
+   of nodes and a growing delay, or at once when a node it fits may have a slot:
+   one of our executions there ended, its load news shows fewer running, we turned
+   down its accepting bid, or it accepted one (it may have room for more). Then the
+   longest-waiting such job asks that node alone: one slot, one ask.
    A job whose ``Count`` more nodes than can ever take it need fails when its
    queue timeout passes, with the reason.
 
@@ -42,6 +46,7 @@ executions, so a restart neither resets nor loses the budget.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -117,6 +122,11 @@ BID_WINDOW_MS = 3000
 DECIDE_AFTER_MS = 50
 #: Nodes asked beyond the number of executions needed.
 BID_FANOUT = 2
+#: Asks one node may have from this requester, unanswered, at once. A compute node
+#: declines as busy more undecided bids from one requester than that (at least 2, see
+#: ``node.core.compute``): a burst of jobs asks other nodes, or waits for an answer, rather
+#: than draw those declines (a burst of 50 jobs on 3 nodes drew ~140 of them).
+MAX_OPEN_ASKS_PER_NODE = 2
 #: Times an execution is placed again after its node was lost.
 MAX_RETRIES = 2
 #: Rounds in a row in which some node asked never answered, before its silence no longer
@@ -339,13 +349,28 @@ class RequesterCore:
             return
         width = max(plan.width * 2, needed + BID_FANOUT)
         candidates = self._candidates(plan.job, now, exclude=plan.tried_nodes())
-        if plan.woken_by in candidates:
-            # Its freed slot is the one known to be there (the heartbeat may not say so yet).
-            candidates.remove(plan.woken_by)
-            candidates.insert(0, plan.woken_by)
+        woken_by = plan.woken_by if plan.woken_by in candidates else None
+        if woken_by is None and candidates:
+            crowded = self._crowded_nodes()
+            uncrowded = [node for node in candidates if node not in crowded]
+            if not uncrowded:
+                # Every node it could ask is still to answer our asks: an answer, a freed
+                # slot or the timer wakes it.
+                plan.busy_wait, plan.woken_by = True, None
+                plan.retry_at_ms = now + BUSY_RETRY_FIRST_MS
+                return
+            if len(uncrowded) >= needed:
+                candidates = uncrowded
+        if woken_by is not None:
+            # Its freed slot is the one known to be there (the heartbeat may not say so yet),
+            # and the one it asks for alone: one slot, one ask. The other nodes of its
+            # circle are those it found busy; its circle widens only when it asks unwoken.
+            candidates.remove(woken_by)
+            candidates.insert(0, woken_by)
+            width = max(plan.width, needed + BID_FANOUT)
+        asked = frozenset(candidates[:width if woken_by is None else needed])
         # Knowing too few nodes (heartbeats take a while after a start), or a circle wider
         # than an announcement can name: ask everyone.
-        asked = frozenset(candidates[:width])
         if len(candidates) < needed or len(asked) > MAX_CANDIDATES:
             asked = frozenset()
         if not asked:
@@ -365,6 +390,14 @@ class RequesterCore:
             bid_deadline_ms=now + BID_WINDOW_MS,
             candidates=tuple(sorted(asked)),
         )))
+
+    def _crowded_nodes(self) -> set[str]:
+        """Nodes with ``MAX_OPEN_ASKS_PER_NODE`` of our asks still unanswered."""
+        open_asks: Counter[str] = Counter()
+        for plan in self.plans.values():
+            if plan.round is not None:
+                open_asks.update(plan.round.asked.difference(plan.round.bids))
+        return {node for node, count in open_asks.items() if count >= MAX_OPEN_ASKS_PER_NODE}
 
     def _candidates(self, job: Job, now: int, exclude: set[str]) -> list[str]:
         """Live compute nodes that fit ``job``: those with room first, then by distance."""
@@ -400,8 +433,13 @@ class RequesterCore:
                 bid_round.asked and bid.node_id not in bid_round.asked):
             if bid.accept:  # too late, or unasked: free the node's slot
                 self._decide(bid, False, "bid arrived after the decision", 0)
+                self._wake_one_waiting(bid.node_id, now)
             return
         bid_round.bids[bid.node_id] = bid
+        if bid.accept:
+            # It had room for this one and may have more: a job that held back from it
+            # (MAX_OPEN_ASKS_PER_NODE) asks now. A "busy" answer ends the chain.
+            self._wake_one_waiting(bid.node_id, now)
         self._maybe_close(plan, now)
 
     def _maybe_close(self, plan: _Plan, now: int) -> None:
@@ -441,6 +479,9 @@ class RequesterCore:
         for bid in bids:
             if bid.accept and bid not in chosen:
                 self._decide(bid, False, "another node was chosen", 0)
+                # Its slot is free again once the node reads this; no news of it would come
+                # before the node's next load news (a second away, at most once a second).
+                self._wake_one_waiting(bid.node_id, now)
         for bid in chosen:
             self._place(plan, bid, now)
         if len(chosen) >= needed:

@@ -245,6 +245,48 @@ def test_a_slot_freed_on_a_node_the_job_does_not_fit_wakes_nothing() -> None:
     assert announced(core.handle(Tick(), 10 + BUSY_RETRY_FIRST_MS)) == [waiting.id]
 
 
+def test_a_burst_asks_a_node_twice_at_most_at_once_and_each_accept_lets_one_more_ask() -> None:
+    """50 jobs at once on one node: 2 ask (MAX_OPEN_ASKS_PER_NODE), the others wait without
+    drawing "busy" declines. A node that accepts may have room for more: one more job asks
+    it, alone; a busy answer ends that chain."""
+    core = requester_with("a")
+    jobs = [job() for _ in range(50)]
+    out: list = []
+    for submitted_ms, the_job in enumerate(jobs):
+        out += core.handle(Submitted(the_job), submitted_ms)
+    assert announced(out) == [jobs[0].id, jobs[1].id]
+    assert all(core.plans[j.id or ""].busy_wait for j in jobs[2:])
+    out = core.handle(BidReceived(bid(jobs[0].id or "", "a")), 60)
+    out += core.handle(Tick(), 60)
+    (third,) = of(Announce, out)
+    assert third.announcement.job_id == jobs[2].id  # the longest waiting
+    assert third.announcement.candidates == ("a",)
+    out = core.handle(BidReceived(bid(jobs[2].id or "", "a", accept=False, busy=True)), 61)
+    assert not announced(out + core.handle(Tick(), 61))
+
+
+def test_a_bid_turned_down_wakes_a_job_waiting_for_that_node_at_once() -> None:
+    """The requester frees the slot of a bid it did not choose: a job waiting for that node
+    asks for it there and then, not at the node's next load news a second later."""
+    core = requester_with("a", "b")
+    for waited_ms in range(4):  # four jobs both nodes turned away as busy
+        waiting = job()
+        core.handle(Submitted(waiting), waited_ms)
+        for node in "ab":
+            core.handle(BidReceived(bid(waiting.id or "", node, accept=False, busy=True)),
+                        waited_ms)
+    first = job()
+    core.handle(Submitted(first), 10)
+    out = []
+    for node in "ab":  # each accept lets one waiting job ask that node
+        out += core.handle(BidReceived(bid(first.id or "", node)), 20)
+    out += core.handle(Tick(), 20)
+    (turned_down,) = [d.decision.node_id for d in of(SendDecision, out)
+                      if not d.decision.accepted]
+    asks = Counter(a.announcement.candidates for a in of(Announce, out))
+    assert asks[(turned_down,)] == 2  # one for its accept, one for the slot freed again
+
+
 def test_a_freed_slot_wakes_no_job_that_needs_more_nodes_than_there_are() -> None:
     core = requester_with("a")
     running = job()
@@ -577,9 +619,11 @@ def test_announcements_open_to_all_go_out_at_their_own_lower_rate() -> None:
     per_second = Counter(t // 1000 for t in open_ones if t > 0)
     assert max(per_second.values()) <= OPEN_ANNOUNCEMENTS_PER_SECOND + 1
 
-    note(core.handle(NodeHeard(info("a")), 2_050), 2_050)
+    # Enough nodes for every waiting job's asks (at most MAX_OPEN_ASKS_PER_NODE each).
+    for node in range(60):
+        note(core.handle(NodeHeard(info(f"n{node}")), 2_050), 2_050)
     note(core.handle(Tick(), 2_100), 2_100)
-    asked_straight = [t for t, candidates in announced.values() if candidates == ("a",)]
+    asked_straight = [t for t, candidates in announced.values() if candidates]
     assert len(announced) == 60 and len(asked_straight) == 60 - len(open_ones)
     assert max(asked_straight) <= 2_100
 

@@ -280,6 +280,8 @@ def test_a_liar_is_flagged_and_never_chosen_again_once_below_the_threshold() -> 
         out = net.handle(BidReceived(bid(again.id or "", liar_node)))
         assert not [d for d in out if getattr(d, "decision", None) and d.decision.accepted
                     and d.decision.node_id == liar_node]
+        for node_id in announce.candidates:  # answered: no asks left open to crowd a node
+            net.handle(BidReceived(bid(again.id or "", node_id, accept=False)))
 
 
 def test_failures_rank_a_node_later_but_never_exclude_it() -> None:
