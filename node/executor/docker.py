@@ -1,4 +1,4 @@
-"""The Docker executor: one locked-down container per execution, driven through docker-py.
+"""The Docker executor: one locked-down container per execution.
 
 How a task runs (Bacalhau's semantics where it has them):
 
@@ -34,10 +34,11 @@ How a task runs (Bacalhau's semantics where it has them):
 - The container is always removed (with its anonymous volumes), whatever happened.
   Containers carry the labels ``bacnode.job``, ``bacnode.execution`` and
   ``bacnode.node``, so ``cleanup_orphans`` can find what a crashed daemon left behind.
-- docker-py loads with the first container: until then the engine checks and the start-up
-  clean-up speak to dockerd's socket directly (``node.executor.docker_socket``).
+- The Engine API is spoken over dockerd's socket with the standard library
+  (``node.executor.docker_socket``); docker-py only pulls images, and speaks for the rest
+  when dockerd is behind TLS or ssh.
 
-Threads: docker-py blocks, so short API calls run in worker threads under a
+Threads: the Engine API calls block, so short ones run in worker threads under a
 ``CapacityLimiter`` (``api_threads``); each running container additionally has one
 thread that streams its output and then waits for its exit. Nothing blocks the loop.
 
@@ -57,9 +58,9 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -76,7 +77,7 @@ from .base import (
     prepare_results_dir,
     write_exit_code,
 )
-from .docker_socket import EngineError, EngineSocket
+from .docker_socket import STDERR, STDOUT, EngineError, EngineSocket
 
 __all__ = [
     "DEFAULT_PIDS_LIMIT",
@@ -127,6 +128,8 @@ class _Run:
         #: Bytes written when the job went over its disk limit and was killed.
         self.over_disk: int | None = None
         self.thread_done = trio.Event()
+        #: What it speaks to dockerd through, once known (``cancel`` kills through it).
+        self.engine: _Engine | None = None
 
     def notify_done(self) -> None:
         """Called from the output thread as its last act: wake the trio side."""
@@ -167,8 +170,8 @@ class DockerExecutor(Executor):
         self.full_network_mode = full_network_mode
         self._client = client
         self._client_lock = trio.Lock()
-        #: Until the first container, pings and the start-up clean-up go straight to
-        #: dockerd's socket, so an idle node never loads docker-py (see ``docker_socket``).
+        #: dockerd's socket, when it is a plain one (see ``docker_socket``); else every
+        #: call goes through docker-py.
         self._socket = None if client is not None else EngineSocket.from_env(
             timeout=api_timeout)
         self._api_limiter = trio.CapacityLimiter(api_threads)
@@ -197,8 +200,8 @@ class DockerExecutor(Executor):
         if run is None:
             return False
         run.scope.cancel()
-        if run.container_id is not None and self._client is not None:
-            await self._kill(self._client, run)
+        if run.container_id is not None and run.engine is not None:
+            await self._kill(run.engine, run)
         return True
 
     async def is_installed(self) -> bool:
@@ -207,12 +210,9 @@ class DockerExecutor(Executor):
 
     async def unavailable_reason(self) -> str | None:
         try:
-            if self._client is None and self._socket is not None:
-                await self._api(self._socket.ping)
-            else:
-                client = await self._docker()
-                await self._api(client.ping)
-        except Exception as exc:  # EngineError, DockerException, requests' errors, OSError
+            engine = await self._engine()
+            await self._api(engine.ping)
+        except Exception as exc:  # EngineError, and docker-py's connecting errors
             log.debug("Docker engine unavailable: %s", exc)
             return f"dockerd does not answer ({_first_line(exc)})"
         return None
@@ -221,23 +221,16 @@ class DockerExecutor(Executor):
         """Remove every container labelled with this node that no ``run`` here owns.
 
         Meant for start-up, after a crash; returns how many containers it removed.
-        Raises docker-py's errors (or ``EngineError``) if the engine cannot be reached.
+        Raises ``EngineError`` (or docker-py's errors) if the engine cannot be reached.
         """
-        label = f"{LABEL_NODE}={self.node_id}"
-        remover: _Remover
-        if self._client is None and self._socket is not None:
-            found = await self._api(self._socket.containers, label)
-            remover = functools.partial(_remove_with_socket, self._socket)
-        else:
-            client = await self._docker()
-            found = await self._api(client.api.containers, all=True, filters={"label": label})
-            remover = functools.partial(_remove_with_docker_py, client)
+        engine = await self._engine()
+        found = await self._api(engine.containers, f"{LABEL_NODE}={self.node_id}")
         live = {run.container_id for run in self._runs.values()}
         removed = 0
         for container in found:
             if container["Id"] in live:
                 continue
-            if await self._remove_with(remover, container["Id"]):
+            if await self._remove(engine, container["Id"]):
                 log.info(
                     "removed orphaned container %s (execution %s)",
                     container["Id"][:12],
@@ -267,29 +260,30 @@ class DockerExecutor(Executor):
             prepare_results_dir, request.results_dir, limiter=self._api_limiter
         )
         try:
-            client = await self._docker()
-        except Exception as exc:  # DockerException and what requests raises
+            engine = run.engine = await self._engine()
+        except Exception as exc:  # docker-py's connecting errors
             return failed(f"the Docker engine is not reachable: {_explain(exc)}")
-
-        import docker.errors
 
         timed_out = False
         try:
             with run.scope:
-                problem = await self._ensure_image(client, image)
+                problem = await self._ensure_image(engine, image)
                 if problem is not None:
                     return failed(problem)
+                config = _container_config(request, self.node_id, self.pids_limit,
+                                           self.full_network_mode)
                 try:
-                    run.container_id = await self._api(self._create, client, request)
-                except docker.errors.APIError as exc:
-                    return failed(f"Docker refused to create the container: {_explain(exc)}")
+                    run.container_id = await self._api(engine.create, config,
+                                                       _container_name(request))
+                except EngineError as exc:
+                    return failed(f"Docker refused to create the container: {exc}")
                 with trio.move_on_after(request.timeout_seconds or math.inf) as deadline:
-                    await self._supervise(client, run)
+                    await self._supervise(engine, run)
                 timed_out = deadline.cancelled_caught
         finally:
             if run.container_id is not None:
                 with trio.CancelScope(shield=True):
-                    await self._remove(client, run.container_id)
+                    await self._remove(engine, run.container_id)
         cancelled = run.scope.cancelled_caught
         return await self._result(run, began, timed_out=timed_out, cancelled=cancelled)
 
@@ -337,7 +331,7 @@ class DockerExecutor(Executor):
             duration=time.monotonic() - began,
         )
 
-    async def _supervise(self, client: Any, run: _Run) -> None:
+    async def _supervise(self, engine: _Engine, run: _Run) -> None:
         """Start the container and wait for it to exit; kill it if cancelled meanwhile.
 
         The output thread is started directly (no checkpoint in between), so when this
@@ -346,7 +340,7 @@ class DockerExecutor(Executor):
 
         def work() -> None:
             try:
-                self._attach_start_wait(client, run)
+                self._attach_start_wait(engine, run)
             except BaseException as exc:  # reported to the trio side through run.failure
                 run.failure = exc
 
@@ -358,7 +352,7 @@ class DockerExecutor(Executor):
         try:
             async with trio.open_nursery() as watchers:
                 if run.request.resources.disk:
-                    watchers.start_soon(self._watch_disk, client, run)
+                    watchers.start_soon(self._watch_disk, engine, run)
                 await run.thread_done.wait()
                 watchers.cancel_scope.cancel()
             if run.request.resources.disk and run.over_disk is None:
@@ -368,12 +362,12 @@ class DockerExecutor(Executor):
                     run.over_disk = written
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
-                await self._kill(client, run)
+                await self._kill(engine, run)
                 with trio.move_on_after(KILL_WAIT):
                     await run.thread_done.wait()
             raise
 
-    async def _watch_disk(self, client: Any, run: _Run) -> None:
+    async def _watch_disk(self, engine: _Engine, run: _Run) -> None:
         """Kill the container once what the job wrote (its outputs, stdout and stderr) is
         over its disk limit. Polled: a fast writer may overshoot by what it writes between
         two looks."""
@@ -383,7 +377,7 @@ class DockerExecutor(Executor):
             written = await self._written(run)
             if written > limit:
                 run.over_disk = written
-                await self._kill(client, run)
+                await self._kill(engine, run)
                 return
 
     @staticmethod
@@ -391,36 +385,41 @@ class DockerExecutor(Executor):
         written = await trio.to_thread.run_sync(_tree_bytes, run.request.outputs_dir)
         return written + sum(capture.size for capture in (run.stdout, run.stderr) if capture)
 
-    def _attach_start_wait(self, client: Any, run: _Run) -> None:
+    @staticmethod
+    def _attach_start_wait(engine: _Engine, run: _Run) -> None:
         """In the output thread: attach, start, stream output to the files, wait for exit."""
         request = run.request
         container_id = run.container_id
+        assert container_id is not None
         run.stdout = StreamCapture(request.results_dir / STDOUT_FILE, request.stdout_tail_bytes)
         run.stderr = StreamCapture(request.results_dir / STDERR_FILE, request.stderr_tail_bytes)
         with run.stdout, run.stderr:
             # Attach before starting, so not a byte of output is missed.
-            stream = client.api.attach(
-                container_id, stdout=True, stderr=True, stream=True, logs=False, demux=True
-            )
+            output = engine.attach(container_id)
             try:
                 with run.lock:
                     if run.kill_requested:
                         return
-                    client.api.start(container_id)
+                    engine.start(container_id)
                     run.started = True
-                for out_chunk, err_chunk in stream:
-                    if out_chunk:
-                        run.stdout.write(out_chunk)
-                    if err_chunk:
-                        run.stderr.write(err_chunk)
+                for stream, chunk in output:
+                    if stream == STDOUT:
+                        run.stdout.write(chunk)
+                    elif stream == STDERR:
+                        run.stderr.write(chunk)
             finally:
-                stream.close()
+                output.close()
         # The streams close when the last holder of the container's stdio is gone, which
         # may be before the main process exits; wait for the exit itself (no timeout).
-        status = client.api.wait(container_id, timeout=None)
-        run.exit_code = int(status["StatusCode"])
+        run.exit_code = engine.wait(container_id)
 
     # -- Docker calls ------------------------------------------------------------------
+
+    async def _engine(self) -> _Engine:
+        """dockerd's plain socket, else docker-py (its client made on first use)."""
+        if self._socket is not None:
+            return self._socket
+        return _DockerPyEngine(await self._docker())
 
     async def _docker(self) -> Any:
         """The docker-py client, made on first use in a worker thread."""
@@ -447,18 +446,20 @@ class DockerExecutor(Executor):
             abandon_on_cancel=abandon,
         )
 
-    async def _ensure_image(self, client: Any, image: str) -> str | None:
+    async def _ensure_image(self, engine: _Engine, image: str) -> str | None:
         """Pull ``image`` if it is missing; None when it is there, else why it is not."""
-        import docker.errors
-
         try:
-            await self._api(client.api.inspect_image, image)
-            return None
-        except docker.errors.ImageNotFound:
-            pass
-        except docker.errors.APIError as exc:
-            return f"could not inspect image {image!r}: {_explain(exc)}"
+            if await self._api(engine.image_present, image):
+                return None
+        except EngineError as exc:
+            if exc.status is None:
+                return f"the Docker engine is not reachable: {exc}"
+            return f"could not inspect image {image!r}: {exc}"
         log.info("pulling image %s", image)
+        try:
+            client = await self._docker()
+        except Exception as exc:  # docker-py's connecting errors
+            return f"the Docker engine is not reachable: {_explain(exc)}"
         # A hung registry must not hold the execution: give up on the thread at the
         # deadline (it ends when dockerd gives up; pulls have no socket timeout).
         with trio.move_on_after(self.pull_timeout) as deadline:
@@ -493,92 +494,42 @@ class DockerExecutor(Executor):
             return _explain(exc)
         return None
 
-    def _create(self, client: Any, request: ExecutionRequest) -> str:
-        """Create (not start) the container in a worker thread; return its ID."""
-        from docker.types import LogConfig, Mount
-
-        engine = request.engine
-        resources = request.resources
-        mounts = [
-            Mount(target=target, source=str(host.resolve()), type="bind", read_only=True)
-            for host, target in request.inputs
-        ]
-        mounts.append(
-            Mount(
-                target=OUTPUTS_TARGET,
-                source=str(request.outputs_dir.resolve()),
-                type="bind",
-                read_only=False,
-            )
-        )
-        networked = request.network == "Full"
-        host_config = client.api.create_host_config(
-            mounts=mounts,
-            network_mode=self.full_network_mode if networked else "none",
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            privileged=False,
-            pids_limit=self.pids_limit,
-            nano_cpus=resources.cpu_milli * 1_000_000 or None,
-            mem_limit=resources.memory or None,
-            memswap_limit=resources.memory or None,
-            log_config=LogConfig(type="none"),
-        )
-        container = client.api.create_container(
-            engine.image,
-            command=list(engine.parameters) or None,
-            entrypoint=list(engine.entrypoint) or None,
-            environment=[*engine.environment_variables, *request.task_env],
-            working_dir=engine.working_directory or None,
-            labels={
-                LABEL_JOB: request.job_id,
-                LABEL_EXECUTION: request.execution_id,
-                LABEL_NODE: self.node_id,
-            },
-            name=f"bacnode-{_NAME_UNSAFE.sub('-', request.execution_id)}",
-            host_config=host_config,
-            network_disabled=not networked,
-            stdin_open=False,
-            tty=False,
-        )
-        return str(container["Id"])
-
-    async def _kill(self, client: Any, run: _Run) -> None:
+    async def _kill(self, engine: _Engine, run: _Run) -> None:
         """SIGKILL the run's container if it started; stop it from starting otherwise."""
-        import docker.errors
 
         def kill() -> None:
             with run.lock:
                 run.kill_requested = True
                 if not run.started:
                     return
+            assert run.container_id is not None
             try:
-                client.api.kill(run.container_id)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as exc:
-                if exc.status_code != 409:  # 409: it is not running (any more)
+                engine.kill(run.container_id)
+            except EngineError as exc:
+                if exc.status not in (404, 409):  # gone, or not running (any more)
                     log.warning("could not kill container %s: %s", run.container_id, exc)
 
         await self._api(kill)
 
-    async def _remove(self, client: Any, container_id: str) -> bool:
+    async def _remove(self, engine: _Engine, container_id: str) -> bool:
         """Force-remove a container and its anonymous volumes; False if it was not there."""
-        return await self._remove_with(functools.partial(_remove_with_docker_py, client),
-                                       container_id)
-
-    async def _remove_with(self, remover: _Remover, container_id: str) -> bool:
         with trio.move_on_after(KILL_WAIT):
             for attempt in range(REMOVE_ATTEMPTS):
-                status, error = await self._api(remover, container_id, abandon=True)
-                if status is None or status == 409:  # 409: removal already in progress
+                try:
+                    await self._api(engine.remove, container_id, abandon=True)
                     return True
-                if status == 404:
+                except EngineError as exc:
+                    if exc.status is None:
+                        raise  # dockerd does not answer
+                    error = exc
+                if error.status == 409:  # removal already in progress
+                    return True
+                if error.status == 404:
                     return False
                 # dockerd answers 500 ("Could not kill running container ..., cannot
                 # remove - Container ... is not running") when the container exits while
                 # it force-removes it; asked again, it removes it.
-                if status != 500 or attempt == REMOVE_ATTEMPTS - 1:
+                if error.status != 500 or attempt == REMOVE_ATTEMPTS - 1:
                     log.warning("could not remove container %s: %s", container_id[:12], error)
                     return False
                 await trio.sleep(REMOVE_RETRY_SECONDS)
@@ -586,31 +537,145 @@ class DockerExecutor(Executor):
         return False
 
 
-#: Force-removes one container: (None, None) when done, else (HTTP status, error);
-#: an unreachable engine raises.
-_Remover = Callable[[str], tuple[int | None, BaseException | None]]
+def _container_name(request: ExecutionRequest) -> str:
+    return f"bacnode-{_NAME_UNSAFE.sub('-', request.execution_id)}"
 
 
-def _remove_with_docker_py(client: Any, container_id: str,
-                           ) -> tuple[int | None, BaseException | None]:
-    import docker.errors
+def _container_config(request: ExecutionRequest, node_id: str, pids_limit: int,
+                      full_network_mode: str) -> dict[str, Any]:
+    """The Engine API's container config (``POST /containers/create``) for ``request``."""
+    engine = request.engine
+    resources = request.resources
+    mounts = [{"Target": target, "Source": str(host.resolve()), "Type": "bind",
+               "ReadOnly": True} for host, target in request.inputs]
+    mounts.append({"Target": OUTPUTS_TARGET, "Source": str(request.outputs_dir.resolve()),
+                   "Type": "bind", "ReadOnly": False})
+    networked = request.network == "Full"
+    host_config: dict[str, Any] = {
+        "Mounts": mounts,
+        "NetworkMode": full_network_mode if networked else "none",
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges"],
+        "Privileged": False,
+        "PidsLimit": pids_limit,
+        "LogConfig": {"Type": "none", "Config": {}},
+    }
+    if resources.cpu_milli:
+        host_config["NanoCpus"] = resources.cpu_milli * 1_000_000
+    if resources.memory:
+        host_config["Memory"] = host_config["MemorySwap"] = resources.memory
+    config: dict[str, Any] = {
+        "Image": engine.image,
+        "Env": [*engine.environment_variables, *request.task_env],
+        "Labels": {LABEL_JOB: request.job_id, LABEL_EXECUTION: request.execution_id,
+                   LABEL_NODE: node_id},
+        "HostConfig": host_config,
+        "NetworkDisabled": not networked,
+        "Tty": False,
+        "OpenStdin": False,
+        "StdinOnce": False,
+        "AttachStdin": False,
+        "AttachStdout": True,
+        "AttachStderr": True,
+    }
+    if engine.parameters:
+        config["Cmd"] = list(engine.parameters)
+    if engine.entrypoint:
+        config["Entrypoint"] = list(engine.entrypoint)
+    if engine.working_directory:
+        config["WorkingDir"] = engine.working_directory
+    return config
 
-    try:
-        client.api.remove_container(container_id, force=True, v=True)
-    except docker.errors.APIError as exc:
-        return exc.status_code or 0, exc  # 0: an error without a status, not "done"
-    return None, None
+
+class _Engine(Protocol):
+    """The Engine API calls the executor makes; blocking, each raises ``EngineError``."""
+
+    def ping(self) -> None: ...
+    def containers(self, label: str) -> list[dict[str, Any]]: ...
+    def image_present(self, image: str) -> bool: ...
+    def create(self, config: Mapping[str, Any], name: str) -> str: ...
+    def attach(self, container_id: str) -> _Output: ...
+    def start(self, container_id: str) -> None: ...
+    def wait(self, container_id: str) -> int: ...
+    def kill(self, container_id: str) -> None: ...
+    def remove(self, container_id: str) -> None: ...
 
 
-def _remove_with_socket(engine: EngineSocket, container_id: str,
-                        ) -> tuple[int | None, BaseException | None]:
-    try:
-        engine.remove(container_id)
-    except EngineError as exc:
-        if exc.status is None:
+class _Output(Protocol):
+    def __iter__(self) -> Iterator[tuple[int, bytes]]: ...
+    def close(self) -> None: ...
+
+
+class _DockerPyEngine:
+    """The same calls through docker-py, for a dockerd behind TLS or ssh."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    @staticmethod
+    def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        import docker.errors
+
+        try:
+            return fn(*args, **kwargs)
+        except docker.errors.APIError as exc:
+            # 0: an answer without a status, which must not read as "unreachable" (None)
+            raise EngineError(exc.status_code or 0, _explain(exc)) from exc
+        except Exception as exc:  # requests' connection errors and the like
+            raise EngineError(None, _explain(exc)) from exc
+
+    def ping(self) -> None:
+        self._call(self.client.ping)
+
+    def containers(self, label: str) -> list[dict[str, Any]]:
+        return self._call(self.client.api.containers, all=True, filters={"label": label})
+
+    def image_present(self, image: str) -> bool:
+        try:
+            self._call(self.client.api.inspect_image, image)
+        except EngineError as exc:
+            if exc.status == 404:
+                return False
             raise
-        return exc.status, exc
-    return None, None
+        return True
+
+    def create(self, config: Mapping[str, Any], name: str) -> str:
+        created = self._call(self.client.api.create_container_from_config, dict(config), name)
+        return str(created["Id"])
+
+    def attach(self, container_id: str) -> _Output:
+        stream = self._call(self.client.api.attach, container_id, stdout=True, stderr=True,
+                            stream=True, logs=False, demux=True)
+        return _DemuxedOutput(stream)
+
+    def start(self, container_id: str) -> None:
+        self._call(self.client.api.start, container_id)
+
+    def wait(self, container_id: str) -> int:
+        return int(self._call(self.client.api.wait, container_id, timeout=None)["StatusCode"])
+
+    def kill(self, container_id: str) -> None:
+        self._call(self.client.api.kill, container_id)
+
+    def remove(self, container_id: str) -> None:
+        self._call(self.client.api.remove_container, container_id, force=True, v=True)
+
+
+class _DemuxedOutput:
+    """docker-py's ``(stdout, stderr)`` chunks as ``(stream, bytes)`` frames."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        for out_chunk, err_chunk in self._stream:
+            if out_chunk:
+                yield STDOUT, out_chunk
+            if err_chunk:
+                yield STDERR, err_chunk
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 def _tree_bytes(root: Path) -> int:

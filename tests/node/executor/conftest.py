@@ -80,12 +80,18 @@ def node_id() -> str:
     return f"test-node-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-def executor(docker_client: Any, busybox_image: str, node_id: str) -> Iterator[Any]:
-    """A DockerExecutor with a node ID of its own; checks no container of it is left."""
+@pytest.fixture(params=["engine-socket", "docker-py"])
+def executor(request: pytest.FixtureRequest, docker_client: Any, busybox_image: str,
+             node_id: str) -> Iterator[Any]:
+    """A DockerExecutor with a node ID of its own, speaking to dockerd's socket itself (as
+    a node does on a plain socket) or through docker-py (as behind TLS or ssh); checks no
+    container of it is left."""
     from node.executor.docker import LABEL_NODE, DockerExecutor
 
-    yield DockerExecutor(node_id)
+    if request.param == "docker-py":
+        yield DockerExecutor(node_id, client=docker_client)
+    else:
+        yield DockerExecutor(node_id)
     left = docker_client.containers.list(all=True, filters={"label": f"{LABEL_NODE}={node_id}"})
     for container in left:
         container.remove(force=True)

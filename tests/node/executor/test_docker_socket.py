@@ -3,12 +3,22 @@ against the real dockerd where they talk to one."""
 
 from __future__ import annotations
 
+import socket
+import struct
+import threading
 import uuid
 from typing import Any
 
 import pytest
 
-from node.executor.docker_socket import DEFAULT_UNIX_SOCKET, EngineError, EngineSocket
+from node.executor.docker_socket import (
+    DEFAULT_UNIX_SOCKET,
+    STDERR,
+    STDOUT,
+    AttachedOutput,
+    EngineError,
+    EngineSocket,
+)
 
 
 @pytest.mark.parametrize(
@@ -95,3 +105,31 @@ def test_something_other_than_dockerd_on_the_socket_is_an_error_without_a_status
     finally:
         thread.join(5)
         server.close()
+
+
+def test_attached_output_is_cut_into_frames_however_it_arrives() -> None:
+    """dockerd's multiplexed stream: an 8-byte header (stream, size) and the bytes, which a
+    socket may deliver split anywhere; a frame cut off by a lost connection is dropped."""
+    frames = [(STDOUT, b"out " * 5000), (STDERR, b"err"), (STDOUT, b""), (STDOUT, b"end")]
+    wire = b"".join(struct.pack(">BxxxI", stream, len(data)) + data for stream, data in frames)
+    wire += struct.pack(">BxxxI", STDOUT, 100) + b"cut short"
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        def send() -> None:
+            for start in range(3, len(wire), 7):  # odd-sized pieces across every boundary
+                theirs.sendall(wire[start:start + 7])
+            theirs.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        output = AttachedOutput(ours, wire[:3])  # what came with the answer's head
+        assert list(output) == frames
+        sender.join()
+
+
+def test_attaching_to_a_missing_container_is_dockerds_404(docker_client: Any) -> None:
+    engine = EngineSocket.from_env()
+    assert engine is not None
+    with pytest.raises(EngineError) as raised:
+        engine.attach(f"nosuch-{uuid.uuid4().hex[:8]}")
+    assert raised.value.status == 404 and "No such container" in str(raised.value)
