@@ -81,6 +81,7 @@ from protocol.states import EXECUTION_TRANSITIONS, ExecutionState, JobState
 from protocol.verification import NO_CONSENSUS, VERIFIED, opens_seal, record_digest, tally
 
 from .buckets import TokenBuckets, wait_ms
+from .compute import CONTAINERLESS_ENGINES
 from .events import (
     Announce,
     BidReceived,
@@ -122,10 +123,11 @@ BID_WINDOW_MS = 3000
 DECIDE_AFTER_MS = 50
 #: Nodes asked beyond the number of executions needed.
 BID_FANOUT = 2
-#: Asks one node may have from this requester, unanswered, at once. A compute node
-#: declines as busy more undecided bids from one requester than that (at least 2, see
-#: ``node.core.compute``): a burst of jobs asks other nodes, or waits for an answer, rather
-#: than draw those declines (a burst of 50 jobs on 3 nodes drew ~140 of them).
+#: Asks for a slot (a job that runs a container) one node may have from this requester,
+#: unanswered, at once. A compute node declines as busy more undecided bids of that kind
+#: from one requester (at least 2, see ``node.core.compute``): a burst of jobs asks other
+#: nodes, or waits for an answer, rather than draw those declines (a burst of 50 jobs on 3
+#: nodes drew ~140 of them). Jobs that take no slot (``noop``) are asked for freely.
 MAX_OPEN_ASKS_PER_NODE = 2
 #: Times an execution is placed again after its node was lost.
 MAX_RETRIES = 2
@@ -146,6 +148,10 @@ BUSY_RETRY_FIRST_MS = 1000
 DEADLINE_GRACE_MS = 10_000
 #: How long a node that committed has to reveal once asked.
 REVEAL_WINDOW_MS = 30_000
+
+def _takes_a_slot(job: Job) -> bool:
+    return job.task.engine.type not in CONTAINERLESS_ENGINES
+
 
 _PLACED = frozenset({ExecutionState.BID_ACCEPTED, ExecutionState.RUNNING,
                      ExecutionState.PUBLISHING, ExecutionState.COMPLETED})
@@ -350,7 +356,7 @@ class RequesterCore:
         width = max(plan.width * 2, needed + BID_FANOUT)
         candidates = self._candidates(plan.job, now, exclude=plan.tried_nodes())
         woken_by = plan.woken_by if plan.woken_by in candidates else None
-        if woken_by is None and candidates:
+        if woken_by is None and candidates and _takes_a_slot(plan.job):
             crowded = self._crowded_nodes()
             uncrowded = [node for node in candidates if node not in crowded]
             if not uncrowded:
@@ -392,10 +398,10 @@ class RequesterCore:
         )))
 
     def _crowded_nodes(self) -> set[str]:
-        """Nodes with ``MAX_OPEN_ASKS_PER_NODE`` of our asks still unanswered."""
+        """Nodes with ``MAX_OPEN_ASKS_PER_NODE`` of our asks for a slot still unanswered."""
         open_asks: Counter[str] = Counter()
         for plan in self.plans.values():
-            if plan.round is not None:
+            if plan.round is not None and _takes_a_slot(plan.job):
                 open_asks.update(plan.round.asked.difference(plan.round.bids))
         return {node for node, count in open_asks.items() if count >= MAX_OPEN_ASKS_PER_NODE}
 

@@ -265,6 +265,20 @@ def test_a_burst_asks_a_node_twice_at_most_at_once_and_each_accept_lets_one_more
     assert not announced(out + core.handle(Tick(), 61))
 
 
+def test_jobs_that_take_no_slot_are_all_asked_for_at_once() -> None:
+    """A noop job runs no container, so a compute node takes any number of them undecided:
+    a burst of them is not held to MAX_OPEN_ASKS_PER_NODE."""
+    core = requester_with("a")
+    core.nodes["a"].info = replace(core.nodes["a"].info, engines=("docker", "noop"))
+    noop_jobs = [Job.from_dict({"ID": f"j-{uuid.uuid4()}", "Type": "batch", "Count": 1,
+                                "Tasks": [{"Name": "t", "Engine": {"Type": "noop"}}]})
+                 for _ in range(20)]
+    out: list = []
+    for the_job in noop_jobs:
+        out += core.handle(Submitted(the_job), 0)
+    assert announced(out) == [the_job.id for the_job in noop_jobs]
+
+
 def test_a_bid_turned_down_wakes_a_job_waiting_for_that_node_at_once() -> None:
     """The requester frees the slot of a bid it did not choose: a job waiting for that node
     asks for it there and then, not at the node's next load news a second later."""
