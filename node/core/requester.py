@@ -149,6 +149,7 @@ DEADLINE_GRACE_MS = 10_000
 #: How long a node that committed has to reveal once asked.
 REVEAL_WINDOW_MS = 30_000
 
+
 def _takes_a_slot(job: Job) -> bool:
     return job.task.engine.type not in CONTAINERLESS_ENGINES
 
@@ -221,7 +222,8 @@ class _NodeView:
     info: NodeInfo
     heard_ms: int
     restart_seen_ms: int = 0
-    #: When a freed slot here last woke a waiting job (-1: never).
+    #: When one of our executions ending here last woke a waiting job (-1: never): the
+    #: node's next load news counts that slot among those freed.
     woke_ms: int = -1
 
 
@@ -556,7 +558,7 @@ class RequesterCore:
                                 exit_code=update.exit_code if last else None,
                                 run_output=run_output if last else None)
         if target.is_terminal:
-            self._wake_one_waiting(execution.node_id, now)
+            self._wake_one_waiting(execution.node_id, now, ours_ended=True)
         self._refresh(plan, now)
 
     def _refresh(self, plan: _Plan, now: int) -> None:
@@ -647,7 +649,7 @@ class RequesterCore:
         self._set_job(plan, JobState.STOPPED, reason)
         self._forget(plan)
 
-    def _wake_one_waiting(self, node_id: str, now: int) -> None:
+    def _wake_one_waiting(self, node_id: str, now: int, *, ours_ended: bool = False) -> None:
         """A slot is free on ``node_id``: the longest-waiting job that fits it asks now.
 
         Only one, and only one that fits and waits for a slot: waking every waiting job
@@ -664,7 +666,9 @@ class RequesterCore:
         if not waiting:
             return
         first = min(waiting, key=lambda plan: (plan.waiting_since_ms, plan.job_id))
-        first.retry_at_ms = view.woke_ms = now
+        first.retry_at_ms = now
+        if ours_ended:
+            view.woke_ms = now
         first.woken_by = node_id
         # The others in this node's queue see it move: they need not ask on their own
         # until it stalls.

@@ -234,6 +234,22 @@ def test_a_heartbeat_with_fewer_running_wakes_a_waiting_job_that_fits_that_node(
     assert announced(out) == [waiting.id]
 
 
+def test_each_heartbeat_with_fewer_running_wakes_a_waiting_job() -> None:
+    """A job woken by one load news must not make the next news look already used: only a
+    job woken by one of our own executions ending there is (that slot is in the news)."""
+    core = requester_with("a")
+    core.handle(NodeHeard(replace(info("a", seq=2), running_executions=3)), 5)
+    first, _second = wait_busy(core, "a", 10), wait_busy(core, "a", 20)
+    out = core.handle(NodeHeard(replace(info("a", seq=3), running_executions=2)), 300)
+    out += core.handle(Tick(), 300)
+    assert announced(out) == [first.id]
+    # Taken by someone else meanwhile: it waits again, the longest-waiting still.
+    core.handle(BidReceived(bid(first.id or "", "a", accept=False, busy=True)), 310)
+    out = core.handle(NodeHeard(replace(info("a", seq=4), running_executions=1)), 600)
+    out += core.handle(Tick(), 600)
+    assert announced(out) == [first.id]
+
+
 def test_a_slot_freed_on_a_node_the_job_does_not_fit_wakes_nothing() -> None:
     core = requester_with("a")
     core.handle(NodeHeard(replace(info("w", seq=1), engines=("wasm",), running_executions=1)),
