@@ -77,7 +77,7 @@ from .base import (
     prepare_results_dir,
     write_exit_code,
 )
-from .docker_socket import STDERR, STDOUT, EngineError, EngineSocket
+from .docker_socket import STDERR, STDOUT, EngineError, EngineSocket, found
 
 __all__ = [
     "DEFAULT_PIDS_LIMIT",
@@ -631,13 +631,7 @@ class _DockerPyEngine:
         return self._call(self.client.api.containers, all=True, filters={"label": label})
 
     def image_present(self, image: str) -> bool:
-        try:
-            self._call(self.client.api.inspect_image, image)
-        except EngineError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return found(functools.partial(self._call, self.client.api.inspect_image, image))
 
     def create(self, config: Mapping[str, Any], name: str) -> str:
         created = self._call(self.client.api.create_container_from_config, dict(config), name)

@@ -15,12 +15,13 @@ third of its CPU, and the executor's threads hold the GIL the trio loop needs.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
 import socket
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -137,13 +138,8 @@ class EngineSocket:
         self.request("DELETE", _container(container_id), {"force": "1", "v": "1"})
 
     def image_present(self, image: str) -> bool:
-        try:
-            self.request("GET", f"/images/{quote(image, safe='')}/json")
-        except EngineError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return found(functools.partial(self.request, "GET",
+                                       f"/images/{quote(image, safe='')}/json"))
 
     def create(self, config: Mapping[str, Any], name: str) -> str:
         """Create (not start) a container from the Engine API's own ``config``; its ID."""
@@ -242,6 +238,17 @@ class AttachedOutput:
 
     def close(self) -> None:
         self._sock.close()
+
+
+def found(look_up: Callable[[], object]) -> bool:
+    """Whether ``look_up`` finds what it asks dockerd for: False when dockerd answers 404."""
+    try:
+        look_up()
+    except EngineError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
 
 
 def _container(container_id: str) -> str:
