@@ -190,21 +190,20 @@ class EngineSocket:
         return AttachedOutput(sock, rest)
 
     def _raw_socket(self) -> socket.socket:
-        if self.unix_path is not None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            address: Any = self.unix_path
-        else:
-            assert self.tcp is not None
-            sock = socket.socket(socket.AF_INET6 if ":" in self.tcp[0] else socket.AF_INET,
-                                 socket.SOCK_STREAM)
-            address = self.tcp
         try:
-            sock.settimeout(self.timeout)
-            sock.connect(address)
+            if self.tcp is not None:
+                return socket.create_connection(self.tcp, self.timeout)
+            assert self.unix_path is not None
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(self.timeout)
+                sock.connect(self.unix_path)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
         except OSError as exc:
-            sock.close()
             raise EngineError(None, f"dockerd at {self.address}: {exc}") from exc
-        return sock
 
 
 class AttachedOutput:
