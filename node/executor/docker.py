@@ -224,10 +224,10 @@ class DockerExecutor(Executor):
         Raises ``EngineError`` (or docker-py's errors) if the engine cannot be reached.
         """
         engine = await self._engine()
-        found = await self._api(engine.containers, f"{LABEL_NODE}={self.node_id}")
+        labelled = await self._api(engine.containers, f"{LABEL_NODE}={self.node_id}")
         live = {run.container_id for run in self._runs.values()}
         removed = 0
-        for container in found:
+        for container in labelled:
             if container["Id"] in live:
                 continue
             if await self._remove(engine, container["Id"]):
