@@ -42,14 +42,19 @@ class _UnixConnection(http.client.HTTPConnection):
         self.path = path
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+        self.sock = _unix_socket(self.path, self.timeout)
+
+
+def _unix_socket(path: str, timeout: float | None) -> socket.socket:
+    """A stream socket connected to ``path`` (closed again if that fails)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 #: What ``timeout`` means when it is not given: the socket's own timeout.
@@ -194,14 +199,7 @@ class EngineSocket:
             if self.tcp is not None:
                 return socket.create_connection(self.tcp, self.timeout)
             assert self.unix_path is not None
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(self.timeout)
-                sock.connect(self.unix_path)
-            except BaseException:
-                sock.close()
-                raise
-            return sock
+            return _unix_socket(self.unix_path, self.timeout)
         except OSError as exc:
             raise EngineError(None, f"dockerd at {self.address}: {exc}") from exc
 
