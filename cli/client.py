@@ -209,7 +209,7 @@ def _error_detail(response: http.client.HTTPResponse) -> str:
 def _error_message(status: int, reason: str, payload: bytes) -> str:
     try:
         answer = json.loads(payload)
-        # Bacalhau's APIError ({Status, Message, Code}); FastAPI's own {detail} as a fallback.
+        # Bacalhau's APIError ({Status, Message, Code}); a plain {detail} as a fallback.
         detail = answer.get("Message") or answer.get("detail") or answer
     except (ValueError, AttributeError):
         detail = reason

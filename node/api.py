@@ -1,8 +1,9 @@
 """The daemon's local HTTP API, shaped after Bacalhau's v1 REST API.
 
-FastAPI (on anyio, so it runs under hypercorn's trio worker) gives us request
-validation and the OpenAPI document at ``/api/v1/openapi.json`` for free.
-Handlers only read state the daemon keeps; they never block the event loop.
+Starlette (on anyio, so it runs under hypercorn's trio worker) serves routes declared as
+FastAPI declares them (``node/api_routing.py``); FastAPI generates the OpenAPI document at
+``/api/v1/openapi.json`` when it is first asked for. Handlers only read state the daemon
+keeps; they never block the event loop.
 """
 
 from __future__ import annotations
@@ -19,20 +20,20 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import trio
-from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
 
 import protocol
 from protocol.errors import LocalProtocolError
 from protocol.messages import Capacity, NodeInfo
 from protocol.selectors import Constraint, parse_selector
 
-from . import api_models as models
 from .api_auth import RequireKey
+from .api_routing import Api, Query
 from .logs import ACCESS_LOGGER
 
 API_PREFIX = "/api/v1"
@@ -98,7 +99,10 @@ def node_info_json(info: NodeInfo) -> dict[str, Any]:
         "NodeType": "Compute" if compute else "Requester",
         "Labels": dict(info.labels),
         "SupportedProtocols": [protocol.PROTOCOL_NAME],
-        "BacalhauVersion": {"GitVersion": f"v{info.version}"},
+        # Another node's build is known only by its version.
+        "BacalhauVersion": {"Major": "", "Minor": "", "GitVersion": f"v{info.version}",
+                            "GitCommit": "", "BuildDate": None, "GOOS": "", "GOARCH": "",
+                            "Protocol": None, "Python": None, "Libp2p": None},
         "Addresses": list(info.addresses),
         "Roles": list(info.roles),
     }
@@ -108,7 +112,7 @@ def node_info_json(info: NodeInfo) -> dict[str, Any]:
             "StorageSources": list(info.storages),
             "Publishers": list(info.publishers),
             "MaxCapacity": resources_json(info.total),
-            "QueueCapacity": {},
+            "QueueCapacity": {"CPU": 0.0, "Memory": 0, "Disk": 0, "GPU": 0},
             "AvailableCapacity": resources_json(info.free),
             "MaxJobRequirements": resources_json(info.total),
             "RunningExecutions": info.running_executions,
@@ -116,6 +120,8 @@ def node_info_json(info: NodeInfo) -> dict[str, Any]:
             # bacnode's own: installed engines that cannot run anything now, and why
             "UnavailableEngines": dict(info.unavailable),
         }
+    else:
+        out["ComputeNodeInfo"] = None
     return out
 
 
@@ -125,14 +131,13 @@ def node_state_json(status: NodeStatus, reputation: Any = None,
     (with how we reach it: ``Transport``); with this node's record of it as a requester
     (``Reputation``), when it has one."""
     connection = "CONNECTED" if status.connected else "DISCONNECTED"
-    connection_state: dict[str, Any] = {
+    connection_state = {
         "Status": connection,
         "LastHeartbeat": rfc3339(status.last_seen_ms),
         "ConnectedSince": rfc3339(status.first_seen_ms) if status.connected else None,
+        "DisconnectedSince": None if status.connected else rfc3339(status.last_seen_ms),
         "Transport": transport,
     }
-    if not status.connected:
-        connection_state["DisconnectedSince"] = rfc3339(status.last_seen_ms)
     return {
         "Info": node_info_json(status.info),
         "Membership": "APPROVED",
@@ -141,8 +146,9 @@ def node_state_json(status: NodeStatus, reputation: Any = None,
         # bacnode's own: when this node first and last heard from it
         "FirstSeen": rfc3339(status.first_seen_ms),
         "LastSeen": rfc3339(status.last_seen_ms),
-        **({"Reputation": {**{k.capitalize(): v for k, v in reputation.to_dict().items()},
-                           "Score": reputation.score}} if reputation is not None else {}),
+        "Reputation": None if reputation is None else {
+            **{k.capitalize(): v for k, v in reputation.to_dict().items()},
+            "Score": reputation.score},
     }
 
 
@@ -196,8 +202,8 @@ def _too_large_message(method: str, path: str) -> str:
 
 class _DeclaredSizeLimit:
     """Refuse, as an ``APIError``, a request whose Content-Length is over the limit before a
-    byte of its body is read. Bodies without one are counted as they arrive by FastAPI's
-    ``max_body_size``, which answers in plain text; uploads (``ipfs add``) are exempt."""
+    byte of its body is read. Bodies without one are counted as they arrive (see
+    ``api_routing``); uploads (``ipfs add``) are exempt."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -211,14 +217,6 @@ class _DeclaredSizeLimit:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-def _validation_message(exc: RequestValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-        problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else error["msg"])
-    return "invalid request: " + "; ".join(problems)
 
 
 def _config_json(config: Any) -> dict[str, Any]:
@@ -248,20 +246,19 @@ def _config_json(config: Any) -> dict[str, Any]:
     }
 
 
-def create_app(node: NodeView) -> FastAPI:
-    app = FastAPI(
+def create_app(node: NodeView) -> Starlette:
+    app = Api(
         title="bacnode",
         version=protocol.__version__,
         description="Local API of a bacnode daemon (Bacalhau v1 compatible).",
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=None,
-        redoc_url=None,
-        responses={code: {"model": models.ApiError} for code in (400, 404, 500, 502, 503, 504)},
+        error_model="ApiError",
+        error_statuses=(400, 404, 500, 502, 503, 504),
         max_body_size=MAX_REQUEST_BYTES,
     )
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         message = str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path}"
@@ -271,11 +268,7 @@ def create_app(node: NodeView) -> FastAPI:
             message = _too_large_message(request.method, request.url.path)
         return error_response(exc.status_code, message)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(400, _validation_message(exc))
-
-    @app.get(f"{API_PREFIX}/auth", tags=["auth"], response_model=models.ListAuthMethodsResponse)
+    @app.get(f"{API_PREFIX}/auth", tags=["auth"], response_model="ListAuthMethodsResponse")
     async def auth_methods() -> dict[str, Any]:
         """How to authenticate: one ``challenge`` method, as a Bacalhau node without users
         offers. The local API has no users; it listens on loopback unless told otherwise."""
@@ -285,46 +278,46 @@ def create_app(node: NodeView) -> FastAPI:
                 "NextToken": ""}
 
     @app.post(f"{API_PREFIX}/auth/{{method}}", tags=["auth"],
-               response_model=models.AuthnResponse)
+               response_model="AuthnResponse")
     async def authenticate(method: str) -> dict[str, Any]:
         """Answers a client's challenge; every client is accepted, as no request needs one."""
         if method != "ClientKey":
             raise HTTPException(404, f"unknown authentication method {method!r}; use ClientKey")
         return {"Authentication": {"success": True, "token": secrets.token_urlsafe(24)}}
 
-    @app.get(f"{API_PREFIX}/agent/alive", tags=["agent"], response_model=models.AliveResponse)
+    @app.get(f"{API_PREFIX}/agent/alive", tags=["agent"], response_model="AliveResponse")
     async def alive() -> dict[str, str]:
         """Liveness: answers as long as the daemon's event loop runs."""
         return {"Status": "OK"}
 
     if hasattr(node, "readiness"):
-        @app.get("/readyz", tags=["agent"], response_model=models.ReadyResponse,
-                 responses={503: {"model": models.ReadyResponse}})
+        @app.get("/readyz", tags=["agent"], response_model="ReadyResponse",
+                 responses={503: "ReadyResponse"})
         async def ready() -> JSONResponse:
             """Readiness, for supervisors and load balancers: the compute and orchestrator
             sides have started, the store answers, the mesh is joined (a peer is connected,
             when the node has bootstrap peers), and dockerd answers on a compute node that
             runs Docker. 503 with the failing checks
             otherwise; liveness is ``/api/v1/agent/alive``."""
-            checks = await node.readiness()  # type: ignore[attr-defined]
+            checks = await node.readiness()
             ready = all(state == "ok" for state in checks.values())
             return JSONResponse(status_code=200 if ready else 503,
                                 content={"Ready": ready, "Checks": checks})
 
     @app.get(f"{API_PREFIX}/agent/version", tags=["agent"],
-             response_model=models.BuildVersionInfoModel)
+             response_model="BuildVersionInfoModel")
     async def version() -> dict[str, Any]:
         """bacnode's version as Bacalhau's ``BuildVersionInfo``, with protocol, Python and
         libp2p versions."""
         return _version_json()
 
-    @app.get(f"{API_PREFIX}/agent/node", tags=["agent"], response_model=models.NodeInfoModel)
+    @app.get(f"{API_PREFIX}/agent/node", tags=["agent"], response_model="NodeInfoModel")
     async def this_node() -> dict[str, Any]:
         """This node, as other nodes see it (Bacalhau's ``NodeInfo``)."""
         return node_info_json(node.local_node_info())
 
     @app.get(f"{API_PREFIX}/agent/config", tags=["agent"],
-             response_model=models.AgentConfigResponse)
+             response_model="AgentConfigResponse")
     async def config() -> dict[str, Any]:
         """The node's effective settings (flags, config file and environment merged)."""
         return {"config": _config_json(getattr(node, "config", None))}
@@ -338,7 +331,7 @@ def create_app(node: NodeView) -> FastAPI:
         return node.mesh_stats(since_ms)
 
     @app.get(f"{API_PREFIX}/orchestrator/nodes", tags=["orchestrator"],
-             response_model=models.ListNodesResponse)
+             response_model="ListNodesResponse")
     async def list_nodes(
         labels: list[str] = Query([]),
         filter_status: str = Query("", alias="filter-status"),
@@ -382,9 +375,9 @@ def create_app(node: NodeView) -> FastAPI:
         return {"Nodes": listed, "nodes": listed, "NextToken": ""}
 
     @app.put(f"{API_PREFIX}/orchestrator/nodes/{{node_id}}", tags=["orchestrator"],
-             responses={501: {"model": models.ApiError}})
+             responses={501: "ApiError"})
     @app.post(f"{API_PREFIX}/orchestrator/nodes", tags=["orchestrator"],
-              responses={501: {"model": models.ApiError}})
+              responses={501: "ApiError"})
     async def update_node() -> None:
         """Bacalhau's approve, reject and delete: not offered, deliberately."""
         raise HTTPException(501, "bacnode nodes need no approval and cannot be rejected or "
@@ -393,7 +386,7 @@ def create_app(node: NodeView) -> FastAPI:
                                  "strangers out with a private network (--swarm-key)")
 
     @app.get(f"{API_PREFIX}/orchestrator/nodes/{{node_id}}", tags=["orchestrator"],
-             response_model=models.GetNodeResponse)
+             response_model="GetNodeResponse")
     async def get_node(node_id: str) -> dict[str, Any]:
         """One node by ID or unique ID prefix."""
         statuses = await node.list_nodes()
@@ -424,7 +417,7 @@ def create_app(node: NodeView) -> FastAPI:
 
         add_kubo_rpc_routes(app, node.peer_id, lambda: node.ipfs,  # type: ignore[attr-defined]
                             node.ipfs_candidates)  # type: ignore[attr-defined]
-    return app
+    return app.build()
 
 
 #: The dashboard's files, served as they are: no build step, nothing fetched from elsewhere.
@@ -439,7 +432,7 @@ _DASHBOARD_HEADERS = {
 _DASHBOARD_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 
 
-def add_dashboard_routes(app: FastAPI) -> None:
+def add_dashboard_routes(app: Api) -> None:
     """The web dashboard at ``/`` (node/dashboard/): static files that read this API."""
 
     @app.get("/", include_in_schema=False)
@@ -455,7 +448,7 @@ def add_dashboard_routes(app: FastAPI) -> None:
                             headers=_DASHBOARD_HEADERS)
 
 
-def add_metrics_route(app: FastAPI, store: Callable[[], Any]) -> None:
+def add_metrics_route(app: Api, store: Callable[[], Any]) -> None:
     from protocol.states import ExecutionState, JobState
 
     from . import metrics
@@ -498,7 +491,7 @@ _NODE_ORDER: dict[str, Callable[[dict[str, Any]], Any]] = {
 
 
 async def serve_api(
-    app: FastAPI,
+    app: Starlette,
     host: str,
     port: int,
     *,
@@ -517,7 +510,7 @@ async def serve_api(
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 2.0
     try:
-        # Outermost, so that it answers before FastAPI's own limit (plain text) does.
+        # Outermost, so that a declared size too large is refused before the body is read.
         guarded: Any = _DeclaredSizeLimit(app)
         if api_key:
             guarded = RequireKey(guarded, api_key, error_response)

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import StreamingResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
 
 from protocol.cid import Cid, IpfsFormatError
 
+from .api_routing import Api
 from .ipfs import FetchError, IpfsNode
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ MAX_UPLOAD_BYTES = 1 << 40
 
 
 def add_ipfs_routes(
-    app: FastAPI,
+    app: Api,
     get_ipfs: Callable[[], IpfsNode | None],
     candidates: Callable[[tuple[str, ...]], list[Any]],
 ) -> None:

@@ -15,13 +15,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import trio
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import StreamingResponse
+from starlette.exceptions import HTTPException
+from starlette.responses import StreamingResponse
 
 import protocol
 from protocol.cid import Cid, IpfsFormatError
 from protocol.unixfs import FileEntry, GetBlock, decode_node, directory_links, walk
 
+from .api_routing import Api
 from .ipfs import FetchError, IpfsNode
 
 KUBO_API = "/api/v0"
@@ -31,7 +32,7 @@ _LS_DIRECTORY, _LS_FILE = 1, 2
 
 
 def add_kubo_rpc_routes(
-    app: FastAPI,
+    app: Api,
     peer_id: str,
     get_ipfs: Callable[[], IpfsNode | None],
     candidates: Callable[[tuple[str, ...]], list[Any]],

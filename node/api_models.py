@@ -1,8 +1,10 @@
 """The local API's responses as pydantic models, in the shapes of Bacalhau v1.9's ``apimodels``.
 
-Routes declare these as their ``response_model``, so FastAPI checks every answer against them
-and ``/api/v1/openapi.json`` describes exactly what is sent. Field names are Bacalhau's JSON
-keys. Fields Bacalhau's models lack are bacnode's own, each said so.
+Routes name these as their ``response_model``: ``/api/v1/openapi.json`` describes each answer
+with them, and under the tests (``BACNODE_API_CHECK_RESPONSES``) every answer is checked to be
+exactly what its model would send (``node/api_routing.py``). Only those two load this module,
+and pydantic with it. Field names are Bacalhau's JSON keys. Fields Bacalhau's models lack are
+bacnode's own, each said so.
 """
 
 

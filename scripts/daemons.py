@@ -175,8 +175,16 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 NO_CLOUD_METADATA = {"AWS_EC2_METADATA_DISABLED": "true"}
 
 
+#: Passed on, unlike the settings: a test run's daemons check their API answers
+#: (``node.api_routing.CHECK_RESPONSES_ENV``).
+KEPT_BACNODE_VARIABLES = frozenset({"BACNODE_API_CHECK_RESPONSES"})
+
+
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BACNODE_")}
+    """This process's environment without its ``BACNODE_*`` settings, which would override
+    what a daemon is told on its command line."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("BACNODE_") or k in KEPT_BACNODE_VARIABLES}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT dumps every thread's stack: see Daemon.stop

@@ -19,6 +19,9 @@ import pytest
 
 # In-process boto3 clients too: never ask the cloud metadata address for credentials.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+# Every daemon a test starts checks each answer against its response model, as FastAPI did
+# at run time (node/api_routing.py): a shape that drifts from the documented one fails.
+os.environ["BACNODE_API_CHECK_RESPONSES"] = "1"
 
 if TYPE_CHECKING:
     from scripts.services import Kubo, SeaweedS3

@@ -108,27 +108,30 @@ def test_an_uninstalled_dependency_is_one_line_naming_it_and_the_fix(
 
 
 def test_serve_without_the_api_dependencies_says_which_one(tmp_path: Path) -> None:
-    """The failure first seen on a clean install: everything but fastapi present. Removing one
-    package from the real environment is not possible inside a test run, so an import hook
-    makes ``fastapi`` unfindable in the child (the only simulated fault in this module)."""
-    hide_fastapi = (
+    """The failure first seen on a clean install: everything but the API's framework present
+    (then fastapi; the API is now served by starlette, and fastapi loads only for the OpenAPI
+    document). Removing one package from the real environment is not possible inside a test
+    run, so an import hook makes ``starlette`` unfindable in the child (the only simulated
+    fault in this module)."""
+    hide_starlette = (
         "import sys\n"
-        "class HideFastapi:\n"
+        "class HideStarlette:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.partition('.')[0] == 'fastapi':\n"
+        "        if name.partition('.')[0] == 'starlette':\n"
         "            raise ModuleNotFoundError(f\"No module named '{name}'\", name=name)\n"
-        "sys.meta_path.insert(0, HideFastapi())\n"
+        "sys.meta_path.insert(0, HideStarlette())\n"
         "sys.argv = ['bacnode', 'serve', '--data-dir', sys.argv[1], '--api-port', '0',\n"
         "            '--listen', '/ip4/127.0.0.1/tcp/0', '--peer', 'none', '--no-mdns']\n"
         "import runpy\n"
         "runpy.run_module('node', run_name='__main__', alter_sys=True)\n"
     )
-    result = _run(sys.executable, "-c", hide_fastapi, str(tmp_path),
+    result = _run(sys.executable, "-c", hide_starlette, str(tmp_path),
                   env_extra={"AWS_EC2_METADATA_DISABLED": "true"})
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
-        "bacnode serve: error: the Python module 'fastapi' (package fastapi) is not installed")
+        "bacnode serve: error: the Python module 'starlette' (package starlette) is not "
+        "installed")
 
 
 def test_serve_usage_names_bacnode_serve_and_takes_dash_h() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from fastapi.responses import JSONResponse
+from starlette.responses import JSONResponse
 
 from node.api_jobs import EncodedJobs, job_json
 from node.store import JobRecord
