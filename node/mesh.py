@@ -527,7 +527,7 @@ class Mesh:
         self.dht = dht.new_dht(self.host, server=True)
         self._dht_routing = dht.RoutingNotifee(self.dht)
         self.host.get_network().register_notifee(self._dht_routing)
-        self.reach = Reach(self.host, relay_service=relay_service, listen=self._listen)
+        self.reach = Reach(self.host, relay_service=relay_service)
         self.host.get_network().register_notifee(
             _Disconnects(lambda: self._reconnect_now.set(), self._refuse_banned))
 

@@ -25,6 +25,11 @@ real MASQUERADE NATs in network namespaces (tests/integration/test_nat.py):
 - The AutoNAT server's dial-back uses ``host.connect``, which returns at once because the
   asker is connected (it just opened the request): every asker was told it was public.
   ``_DialBackAutoNAT`` dials each address on a fresh connection and closes it.
+- With one connection per peer, the swarm closes the older of two connections to a peer
+  (it spares one younger than 20 s): a dial-back made both ends close the connection the
+  request came over, and the answer with it, and then the dial-back's was closed too, so
+  every recheck cut a node off from the peers it asked. Both ends keep every connection
+  to the other while a dial-back is under way (``DIAL_BACK_TAG``).
 - ``host.get_addrs()`` never includes relayed addresses, so identify does not announce
   them: bacnode puts them in its signed heartbeats itself.
 """
@@ -96,22 +101,31 @@ class _RelayTransport(CircuitV2Transport):  # type: ignore[misc]
                                          relay_info=PeerInfo(relay, [relay_address]))
 
 
+#: While a dial-back is under way, both ends keep every connection to the other: the swarm
+#: allows one per peer and would close the one the request came over.
+DIAL_BACK_TAG = "bacnode-autonat-dial-back"
+
+
 class _DialBackAutoNAT(AutoNATService):  # type: ignore[misc]
     async def _try_dial(self, peer_id: ID, addrs: list[bytes]) -> bytes | None:
-        for raw in addrs:
-            conn = None
-            try:
-                with trio.fail_after(DIAL_BACK_SECONDS):
-                    conn = await self.host.get_network().dial_addr(
-                        multiaddr.Multiaddr(raw), peer_id)
-                return bytes(raw)
-            except Exception:  # trio.TooSlowError included: not dialable from here
-                continue
-            finally:
-                if conn is not None:
-                    with trio.move_on_after(2):
-                        await conn.close()
-        return None
+        network = self.host.get_network()
+        network.protect(peer_id, DIAL_BACK_TAG)
+        try:
+            for raw in addrs:
+                conn = None
+                try:
+                    with trio.fail_after(DIAL_BACK_SECONDS):
+                        conn = await network.dial_addr(multiaddr.Multiaddr(raw), peer_id)
+                    return bytes(raw)
+                except Exception:  # trio.TooSlowError included: not dialable from here
+                    continue
+                finally:
+                    if conn is not None:
+                        with trio.move_on_after(2):
+                            await conn.close()
+            return None
+        finally:
+            network.unprotect(peer_id, DIAL_BACK_TAG)
 
 
 class _CountedRelay(CircuitV2Protocol):  # type: ignore[misc]
@@ -166,12 +180,10 @@ class _RelayedConnections(Notifee):
 class Reach:
     """AutoNAT, relay and hole punching for one host; run with ``await nursery.start``."""
 
-    def __init__(self, host: Any, *, relay_service: bool,
-                 listen: list[multiaddr.Multiaddr]) -> None:
+    def __init__(self, host: Any, *, relay_service: bool) -> None:
         _dial_relayed_addresses()
         self.host = host
         self.relay_service = relay_service
-        self._listen = listen
         self.circuit = _CountedRelay(host, limits=RELAY_LIMITS, allow_hop=relay_service)
         # STOP only: with CLIENT, py-libp2p reserves a slot on the relay before every dial.
         self.transport = _RelayTransport(host, self.circuit,
@@ -227,13 +239,15 @@ class Reach:
 
     def _candidates(self) -> list[bytes]:
         """Where others might dial us: each address a peer saw us at, with our listen port
-        (a NAT that keeps ports maps it), and our listen addresses."""
-        ports = [a.value_for_protocol("tcp") for a in self._listen
-                 if "/tcp/" in str(a)]
+        (a NAT that keeps ports maps it), and our listen addresses. The ports are the bound
+        ones: a node told to listen on port 0 is dialled where the system put it."""
+        listening = [address for address in self.host.get_addrs()
+                     if "/p2p-circuit" not in str(address) and "/tcp/" in str(address)]
+        ports = list(dict.fromkeys(a.value_for_protocol("tcp") for a in listening))
         found: list[multiaddr.Multiaddr] = []
         observer = getattr(self.host, "_observed_addr_manager", None)
         observed = list(observer.addrs(min_observers=1)) if observer is not None else []
-        for address in [*observed, *self.host.get_addrs()]:
+        for address in [*observed, *listening]:
             text = str(address)
             if "/p2p-circuit" in text or "/tcp/" not in text:
                 continue
@@ -273,12 +287,16 @@ class Reach:
         candidates = self._candidates()
 
         async def ask(server: ID) -> None:
+            network = self.host.get_network()
+            network.protect(server, DIAL_BACK_TAG)
             try:
                 status, _ = await self.autonat.query_server(
                     server, addrs=candidates, timeout=2 * DIAL_BACK_SECONDS + 5)
             except Exception as exc:
                 log.debug("AutoNAT: %s did not answer: %r", server, exc)
                 return
+            finally:
+                network.unprotect(server, DIAL_BACK_TAG)
             answers.append(status == 0)
 
         if candidates:
