@@ -146,7 +146,8 @@ def _convert(text: str, annotation: Any, where: str) -> Any:
         try:
             number = float(text)
         except ValueError:
-            number = math.nan
+            raise InvalidRequest(where, "Input should be a valid number, unable to parse "
+                                        "string as a number") from None
         if not math.isfinite(number):
             raise InvalidRequest(where, "Input should be a finite number")
         return number

@@ -97,7 +97,9 @@ async def test_parameters_are_read_converted_and_defaulted() -> None:
     ("limit=31", "invalid request: query.limit: Input should be less than or equal to 30"),
     ("limit=ten", "invalid request: query.limit: Input should be a valid integer, unable to "
                   "parse string as an integer"),
-    ("wait=soon", "invalid request: query.wait: Input should be a finite number"),
+    ("wait=soon", "invalid request: query.wait: Input should be a valid number, unable to "
+                  "parse string as a number"),
+    ("wait=inf", "invalid request: query.wait: Input should be a finite number"),
     ("verbose=maybe", "invalid request: query.verbose: Input should be a valid boolean, "
                       "unable to interpret input"),
 ])
