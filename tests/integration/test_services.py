@@ -381,6 +381,29 @@ def test_second_server_is_independent_and_cleans_up(s3_server: SeaweedS3):
         os.kill(pid, 0)
 
 
+def _stuck_report(pids: list[int], data_dir: Path, proc: subprocess.Popen[str]) -> str:
+    """What a process that would not stop was doing (seen once in CI under load, never
+    alone): each process's state and kernel wait channel, the CLI's stderr, weed's log."""
+    lines = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            wchan = Path(f"/proc/{pid}/wchan").read_text()
+        except OSError:
+            state, wchan = "gone", ""
+        lines.append(f"pid {pid}: state {state} wchan {wchan or '-'}")
+    if proc.stderr is not None:
+        os.set_blocking(proc.stderr.fileno(), False)
+        try:
+            written = os.read(proc.stderr.fileno(), 1 << 16).decode(errors="replace")
+        except BlockingIOError:
+            written = ""
+        lines.append("stderr: " + written.strip()[-2000:])
+    for log in data_dir.rglob("*.log"):
+        lines.append(f"{log.name}: " + log.read_text(errors="replace")[-3000:])
+    return "\n".join(lines)
+
+
 def _children(pid: int) -> list[int]:
     """Process ids whose parent is ``pid`` (from /proc, no procps needed)."""
     found = []
@@ -421,7 +444,13 @@ def test_cli_s3_prints_env_and_stops_on_sigint(tmp_path):
         weed_pids = _children(proc.pid)
         assert weed_pids, "no weed child process"
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        try:
+            status = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the s3 CLI did not stop within 30 s of SIGINT: "
+                        + _stuck_report([proc.pid, *weed_pids], tmp_path / "s3", proc),
+                        pytrace=False)
+        assert status == 0
         for pid in weed_pids:
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
