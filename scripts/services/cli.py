@@ -56,6 +56,9 @@ def _cmd_s3(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    # Also when started with SIGINT ignored, as a shell starts a background job (`cmd &`):
+    # Python then leaves it ignored, and Ctrl-C or `kill -INT` would not stop weed.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     server = SeaweedS3(
         args.dir, port=args.port, access_key=args.access_key, secret_key=args.secret_key
     )
