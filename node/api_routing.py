@@ -322,7 +322,12 @@ class Api:
 
     def websocket(self, path: str) -> Callable[[Handler], Handler]:
         def declare(handler: Handler) -> Handler:
-            self.websockets.append(RouteSpec(path, (), handler, _parameters(handler, path)))
+            parameters = _parameters(handler, path)
+            others = [p.name for p in parameters if p.kind not in ("websocket", "path")]
+            if others:  # a WebSocket handler reads its query itself: nothing converts it
+                raise TypeError(f"WebSocket route {path} takes only the socket and path "
+                                f"parameters, not {', '.join(others)}")
+            self.websockets.append(RouteSpec(path, (), handler, parameters))
             return handler
 
         return declare

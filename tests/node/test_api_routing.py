@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket
 
 from node.api import error_response
 from node.api_routing import CHECK_RESPONSES_ENV, Api, Body, Query
@@ -164,6 +165,17 @@ async def test_the_openapi_document_describes_parameters_bounds_and_models() -> 
     assert operation["responses"]["400"]["content"]["application/json"]["schema"][
         "$ref"] == "#/components/schemas/ApiError"
     assert "requestBody" in document["paths"]["/jobs"]["put"]
+
+
+def test_a_websocket_route_with_query_parameters_is_refused_when_declared() -> None:
+    api = Api(title="t", version="1", description="d", openapi_url="/openapi.json",
+              error_model="ApiError", error_statuses=(), max_body_size=64)
+
+    async def stream(websocket: WebSocket, job_id: str, follow: bool = False) -> None:
+        raise AssertionError  # pragma: no cover
+
+    with pytest.raises(TypeError, match="not follow"):
+        api.websocket("/jobs/{job_id}/logs")(stream)
 
 
 def test_serving_the_api_loads_neither_fastapi_nor_pydantic() -> None:
