@@ -3,19 +3,19 @@ the key its API asks for when it can be reached by more than this machine's user
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import secrets
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    load_pem_private_key,
-)
-
 from protocol.identity import NodeKey
+
+#: DER of an unencrypted PKCS #8 Ed25519 private key (RFC 8410) up to its 32-byte seed: what
+#: OpenSSL (and ``cryptography``) write as ``-----BEGIN PRIVATE KEY-----``.
+_PKCS8_ED25519_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
+_PEM_BEGIN = b"-----BEGIN PRIVATE KEY-----"
+_PEM_END = b"-----END PRIVATE KEY-----"
 
 
 class KeyFileError(Exception):
@@ -34,11 +34,49 @@ def load_or_create_key(path: Path) -> NodeKey:
             "choose a writable one with --data-dir"
         ) from None
     key = NodeKey.generate()
-    pem = Ed25519PrivateKey.from_private_bytes(key.seed).private_bytes(
-        Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
-    )
-    _write_private(path, pem, "node key")
+    _write_private(path, pem_of(key), "node key")
     return key
+
+
+def pem_of(key: NodeKey) -> bytes:
+    """The key as PKCS #8 PEM, byte for byte what OpenSSL writes for it."""
+    der = base64.b64encode(_PKCS8_ED25519_PREFIX + key.seed)
+    return _PEM_BEGIN + b"\n" + der + b"\n" + _PEM_END + b"\n"
+
+
+def _seed_of(pem: bytes) -> bytes | None:
+    """The seed of an unencrypted PKCS #8 Ed25519 PEM key; None for any other content."""
+    lines = pem.strip().splitlines()
+    if len(lines) < 3 or lines[0].strip() != _PEM_BEGIN or lines[-1].strip() != _PEM_END:
+        return None
+    try:
+        der = base64.b64decode(b"".join(line.strip() for line in lines[1:-1]), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(der) != len(_PKCS8_ED25519_PREFIX) + 32 or not der.startswith(_PKCS8_ED25519_PREFIX):
+        return None
+    return der[len(_PKCS8_ED25519_PREFIX):]
+
+
+def _seed_by_openssl(path: Path, data: bytes) -> bytes:
+    """The seed of any PEM private key OpenSSL reads, if it is Ed25519 (a key file written
+    by hand or by other tools: with the public key in it, say). ``cryptography`` is loaded
+    only here, so that a node does not keep it in memory for the key it wrote itself."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+        load_pem_private_key,
+    )
+
+    try:
+        private = load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise KeyFileError(f"node key {path} is not a PEM private key; move it away") from None
+    if not isinstance(private, Ed25519PrivateKey):
+        raise KeyFileError(f"node key {path} is not an Ed25519 key")
+    return private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
 
 def load_or_create_api_key(path: Path) -> str:
@@ -91,10 +129,5 @@ def _load(path: Path) -> NodeKey:
         raise KeyFileError(
             f"node key {path} is readable by others (mode {mode:o}); run: chmod 600 {path}"
         )
-    try:
-        private = load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
-        raise KeyFileError(f"node key {path} is not a PEM private key; move it away") from None
-    if not isinstance(private, Ed25519PrivateKey):
-        raise KeyFileError(f"node key {path} is not an Ed25519 key")
-    return NodeKey(private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
+    seed = _seed_of(data)
+    return NodeKey(seed if seed is not None else _seed_by_openssl(path, data))

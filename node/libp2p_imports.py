@@ -8,6 +8,9 @@ A bacnode host speaks TCP with Noise and yamux, so those modules were about 20 M
 ``requests`` anyway). The TLS transport, RSA and secp256k1 keys (pycryptodome, coincurve,
 cffi and pycparser), private networks, py-libp2p's bitswap (bacnode has its own) and its
 persistent peerstores were another 4 MiB (85 to 81 MiB for ``import node.daemon``).
+py-libp2p's Noise transport and ``cryptography`` (which it and py-libp2p's key-file and
+AutoTLS code import at the top of their modules) were 9-10 MiB of an idle daemon's 73: a
+bacnode host secures its connections with :mod:`node.noise` on libsodium instead.
 
 :func:`install` puts an import hook in front of the modules of each such *family* that
 pull in those libraries. While a family is unused, its modules are stand-ins that hold
@@ -24,7 +27,9 @@ only the names the rest of py-libp2p imports from them:
   stand-in keeps the real package's path, so its modules outside the family (the DHT's
   ``libp2p.bitswap.cid``) are imported for real;
 - ``DNSResolver`` is constructed by every swarm but used only to dial a ``/dns`` address,
-  so its instances wait for their first attribute to construct the real resolver;
+  so its instances wait for their first attribute to construct the real resolver; in the
+  same way, the X25519 key pair every swarm makes for py-libp2p's Noise transport is made
+  only if that transport is used (a bacnode host brings its own, ``node.noise``);
 - ``is_quic_multiaddr`` answers for addresses without ``/quic`` itself (the real one is
   false for those) and asks the real one otherwise;
 - a constant is the real value (``tests/node/test_libp2p_imports.py`` checks each name
@@ -50,6 +55,8 @@ CLASS = "class"
 FUNCTION = "function"
 #: A class constructed eagerly whose instances are used only for some inputs.
 LAZY_INSTANCE = "lazy instance"
+#: A function called eagerly whose result is used only for some inputs.
+LAZY_RESULT = "lazy result"
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,23 @@ FAMILIES = (
     }),
     # The DHT takes only bitswap's CID parser (libp2p.bitswap.cid, not stood in for).
     Family("bitswap", {"libp2p.bitswap": {}}),
+    # A bacnode host secures its connections with node.noise (libsodium); py-libp2p's own
+    # Noise transport is built on noiseprotocol, whose backend is ``cryptography``.
+    Family("py-libp2p's Noise transport", {
+        "libp2p.security.noise.transport": {"PROTOCOL_ID": "/noise", "Transport": CLASS},
+        "libp2p.crypto.x25519": {
+            "X25519PrivateKey": CLASS, "X25519PublicKey": CLASS,
+            "create_new_key_pair": LAZY_RESULT},
+    }),
+    # ``cryptography`` (a Rust extension with its own OpenSSL: 9-10 MiB of an idle daemon's
+    # RSS) for what py-libp2p does with it at the top of its modules: read and write PEM key
+    # files, and read AutoTLS certificates. A bacnode node does neither.
+    Family("cryptography", {
+        "cryptography.hazmat.primitives.asymmetric.ed25519": {},
+        "cryptography.hazmat.primitives.serialization": {},
+        "cryptography.x509": {},
+        "cryptography.x509.oid": {"ExtensionOID": CLASS},
+    }),
     Family("persistent peerstores", {
         "libp2p.peer.persistent": {
             f"create_{mode}_{backend}peerstore": FUNCTION
@@ -218,6 +242,34 @@ def _deferred_function(module: str, name: str) -> Callable[..., Any]:
     return call
 
 
+class _LazyResult:
+    """What a function returns, computed the first time it is used."""
+
+    def __init__(self, module: str, name: str, arguments: tuple[Any, ...],
+                 keywords: dict[str, Any]) -> None:
+        self._call = (module, name, arguments, keywords)
+        self._result: Any = None
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("_"):
+            raise AttributeError(attribute)
+        if self._result is None:
+            module, name, arguments, keywords = self._call
+            self._result = _real(module, name)(*arguments, **keywords)
+        return getattr(self._result, attribute)
+
+
+def _lazy_result_function(module: str, name: str) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if _FAMILY_OF[module].loaded:
+            return _real(module, name)(*args, **kwargs)
+        return _LazyResult(module, name, args, kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__module__ = module
+    return call
+
+
 def _deferred_method(module: str, class_name: str, name: str) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
         return getattr(_real(module, class_name), name)(*args, **kwargs)
@@ -254,6 +306,8 @@ def _standin_value(module: str, name: str, kind: Any) -> Any:
         return type(name, (_LazyInstance,), {"_standin_for": module, "__module__": module})
     if kind == FUNCTION:
         return _deferred_function(module, name)
+    if kind == LAZY_RESULT:
+        return _lazy_result_function(module, name)
     return kind
 
 

@@ -33,7 +33,6 @@ import trio
 from libp2p import new_host
 from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
-from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
@@ -43,8 +42,6 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as MESHSUB_11
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import ScoreParams, TopicScoreParams
-from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
@@ -72,6 +69,8 @@ from protocol.messages import (
 from . import dht, libp2p_tuning
 from .addresses import host_of, is_public
 from .core.buckets import TokenBuckets
+from .noise import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from .noise import NoiseTransport
 from .notifee import Notifee
 from .reach import Reach, is_relayed
 
@@ -465,10 +464,7 @@ class Mesh:
         self.host = new_host(
             key_pair=key_pair,
             sec_opt={
-                TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(
-                    key_pair, noise_privkey=new_x25519_key_pair().private_key
-                )
-            },
+                NOISE_PROTOCOL_ID: NoiseTransport(key_pair)},
             muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
             listen_addrs=self._listen,
             enable_mDNS=mdns,

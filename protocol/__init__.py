@@ -2,7 +2,7 @@
 
 Nothing in this package touches sockets, files, the clock or trio: callers pass
 time and bytes in and get values or errors out. Allowed imports: the standard
-library, msgpack and cryptography.
+library, msgpack, mmh3 and PyNaCl (libsodium).
 """
 
 __version__ = "0.1.0"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import stat
 import subprocess
 
-from node.keys import load_or_create_key
+import pytest
+
+from node.keys import KeyFileError, load_or_create_key
 from scripts.daemons import DaemonPool, run_cli, wait_until
 
 
@@ -64,3 +66,35 @@ def test_key_file_that_is_not_a_key_is_refused(tmp_path):
     assert "node.key is not a PEM private key" in result.stderr
     assert "Traceback" not in result.stderr
     assert (tmp_path / "node.key").read_bytes() == b"not a key\n"  # never overwritten
+
+
+def test_the_key_file_is_the_pem_openssl_writes_and_any_ed25519_pem_loads(tmp_path):
+    """The key is written and read without ``cryptography`` (kept out of a node's memory),
+    so its file must stay byte for byte OpenSSL's; a key file in another PEM form that
+    OpenSSL reads (CRLF line ends, or text before the key) still loads."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.rsa import generate_private_key
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+    )
+
+    key_file = tmp_path / "node.key"
+    key = load_or_create_key(key_file)
+    assert key_file.read_bytes() == Ed25519PrivateKey.from_private_bytes(key.seed).private_bytes(
+        Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    assert load_or_create_key(key_file) == key
+
+    for name, content in [("crlf.key", key_file.read_bytes().replace(b"\n", b"\r\n")),
+                          ("text.key", b"node 1's key\n" + key_file.read_bytes())]:
+        (tmp_path / name).write_bytes(content)
+        (tmp_path / name).chmod(0o600)
+        assert load_or_create_key(tmp_path / name) == key
+
+    rsa_file = tmp_path / "rsa.key"
+    rsa_file.write_bytes(generate_private_key(65537, 2048).private_bytes(
+        Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    rsa_file.chmod(0o600)
+    with pytest.raises(KeyFileError, match="rsa.key is not an Ed25519 key"):
+        load_or_create_key(rsa_file)

@@ -23,9 +23,12 @@ def test_peer_id_matches_libp2p():
 
 
 def test_public_key_is_recovered_from_peer_id():
+    from nacl.signing import VerifyKey
+
     key = NodeKey(b"\x07" * 32)
     signature = key.sign(b"payload")
-    public_key_from_peer_id(key.peer_id).verify(signature, b"payload")
+    assert public_key_from_peer_id(key.peer_id) == key.public_key
+    VerifyKey(public_key_from_peer_id(key.peer_id)).verify(b"payload", signature)
     assert verify_signature(key.peer_id, signature, b"payload")
     assert not verify_signature(key.peer_id, signature, b"payload!")
     assert not verify_signature(NodeKey(b"\x08" * 32).peer_id, signature, b"payload")
@@ -84,11 +87,14 @@ def test_a_key_nobody_holds_cannot_sign_for_anyone():
     """The identity point as a public key: OpenSSL's check (through ``cryptography``) takes a
     signature of the identity point and zero for it over any message at all, so a peer ID
     made from it would let anyone speak as that node. Ours refuses small-order keys."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from protocol.identity import peer_id_from_public_key
 
     identity_point = b"\x01" + b"\0" * 31
     trivial_signature = identity_point + b"\0" * 32
-    public_key_from_peer_id(peer_id_from_public_key(identity_point)).verify(
+    Ed25519PublicKey.from_public_bytes(
+        public_key_from_peer_id(peer_id_from_public_key(identity_point))).verify(
         trivial_signature, b"any message")  # OpenSSL: no error
     peer_id = peer_id_from_public_key(identity_point)
     assert not verify_signature(peer_id, trivial_signature, b"any message")
@@ -104,3 +110,16 @@ def test_a_signature_verifies_until_a_byte_of_it_or_of_the_data_changes(seed, da
     changed[index] ^= draw.draw(st.integers(1, 255))
     assert not verify_signature(key.peer_id, bytes(changed), data)
     assert not verify_signature(key.peer_id, signature, data + b"\0")
+
+
+@given(st.binary(min_size=32, max_size=32), st.binary(max_size=300))
+def test_keys_and_signatures_are_those_openssl_makes_from_the_same_seed(seed, data):
+    """libsodium signs now (no ``cryptography`` in a node's memory); a key's peer ID and
+    signatures must stay the same bytes as OpenSSL's, or every node's identity would change."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    openssl = Ed25519PrivateKey.from_private_bytes(seed)
+    key = NodeKey(seed)
+    assert key.public_key == openssl.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    assert key.sign(data) == openssl.sign(data)
