@@ -85,11 +85,12 @@ class CipherState:
         self.nonce = 0
 
     def _next_nonce(self) -> bytes:
-        if self.nonce > MAX_NONCE:
+        nonce = self.nonce
+        if nonce > MAX_NONCE:
             raise NoiseFailure("Noise nonce exhausted: the connection must be closed")
-        nonce = b"\x00\x00\x00\x00" + self.nonce.to_bytes(8, "little")
-        self.nonce += 1
-        return nonce
+        self.nonce = nonce + 1
+        # 32 bits of zeros, then the counter in 64 little-endian bits.
+        return (nonce << 32).to_bytes(12, "little")
 
     def encrypt(self, associated: bytes, plaintext: bytes) -> bytes:
         if self.key is None:
@@ -229,8 +230,11 @@ class NoiseReadWriter(EncryptedMsgReadWriter):
             raise DecryptionFailedException("Noise message failed authentication") from None
 
     async def write_msg(self, msg: bytes) -> None:
+        if len(msg) <= MAX_PLAINTEXT:  # nearly every write
+            await self._frames.write_msg(self._sending.encrypt(b"", msg))
+            return
         view = memoryview(msg)
-        for start in range(0, max(len(msg), 1), MAX_PLAINTEXT):
+        for start in range(0, len(msg), MAX_PLAINTEXT):
             await self._frames.write_msg(self.encrypt(bytes(view[start:start + MAX_PLAINTEXT])))
 
     async def read_msg(self) -> bytes:
