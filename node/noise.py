@@ -291,8 +291,12 @@ class NoiseTransport(ISecureTransport):
             payload = NoiseHandshakePayload.deserialize(payload_bytes)
         except Exception as exc:  # protobuf or key type errors: all mean a bad peer
             raise NoiseFailure(f"malformed Noise handshake payload: {exc}") from None
-        if not payload.id_pubkey.verify(_signed_data(handshake.remote_static),
-                                        payload.id_sig):
+        try:
+            signed = payload.id_pubkey.verify(_signed_data(handshake.remote_static),
+                                              payload.id_sig)
+        except Exception:  # a key type's verifier may raise on a malformed signature
+            signed = False
+        if not signed:
             raise InvalidSignature("the peer's identity key did not sign its Noise key")
         return payload.id_pubkey
 

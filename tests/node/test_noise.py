@@ -17,6 +17,8 @@ import multiaddr
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
@@ -220,3 +222,24 @@ async def test_a_changed_byte_in_a_transport_message_fails_the_read() -> None:
     changed = bytes([sealed[0] ^ 1]) + sealed[1:]
     with pytest.raises(DecryptionFailedException):
         listened.conn.decrypt(changed)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(0, 2))
+def test_any_bytes_for_a_handshake_message_fail_as_a_handshake_failure(garbage: bytes,
+                                                                       step: int) -> None:
+    """py-libp2p's upgrader turns a ``HandshakeFailure`` into a refused connection; anything
+    else a peer's bytes could raise would escape it. Messages 2 and 3 are authenticated, so
+    no bytes but the honest ones pass; message 1 is a bare ephemeral key."""
+    honest = NoiseTransport(create_new_key_pair())
+    ours = HandshakeState(step == 1, os.urandom(32))  # reads message step + 1
+    peer = HandshakeState(step != 1, os.urandom(32))
+    for done in range(step):  # the messages before, honestly
+        writer, reader = (ours, peer) if (done % 2 == 0) == ours.initiator else (peer, ours)
+        reader.read_message(writer.write_message(honest._payload if done else b""))
+    if step == 0:
+        with contextlib.suppress(NoiseFailure):  # too short, or a low-order key
+            ours.read_message(garbage)
+        return
+    with pytest.raises(NoiseFailure):
+        NoiseTransport._remote_identity(ours, ours.read_message(garbage))
