@@ -31,7 +31,7 @@ from libp2p.abc import IRawConnection, ISecureConn, ISecureTransport
 from libp2p.crypto.keys import KeyPair, PrivateKey, PublicKey
 from libp2p.custom_types import TProtocol
 from libp2p.io.abc import EncryptedMsgReadWriter
-from libp2p.io.exceptions import DecryptionFailedException
+from libp2p.io.exceptions import DecryptionFailedException, IncompleteReadError
 from libp2p.io.msgio import FixedSizeLenMsgReadWriter
 from libp2p.peer.id import ID
 from libp2p.security.noise.exceptions import (
@@ -59,6 +59,9 @@ MAX_MESSAGE = 65535
 MAX_PLAINTEXT = MAX_MESSAGE - TAG_LENGTH
 #: Nonce 2^64 - 1 is reserved by the spec; a connection never gets near it.
 MAX_NONCE = 2**64 - 2
+#: Bytes asked of the socket at a time: a whole Noise message and its length, and under
+#: the allocator's 128 KiB threshold for a mapping of its own.
+READ_CHUNK = 2 + MAX_MESSAGE
 
 
 def _hkdf(chaining_key: bytes, material: bytes) -> tuple[bytes, bytes]:
@@ -211,14 +214,21 @@ class _NoiseFrames(FixedSizeLenMsgReadWriter):
 
 
 class NoiseReadWriter(EncryptedMsgReadWriter):
-    """The transport phase: each write one or more length-prefixed ChaChaPoly messages."""
+    """The transport phase: each write one or more length-prefixed ChaChaPoly messages.
+
+    Reads take whatever the socket has (up to ``READ_CHUNK``) and cut the messages out of
+    it: a length and its message are one receive, not two, and messages that arrive
+    together (a gossip flood, a bulk transfer) are read with one.
+    """
 
     def __init__(self, conn: IRawConnection, sending: CipherState,
                  receiving: CipherState) -> None:
         super().__init__(conn)
+        self._raw = conn
         self._frames = _NoiseFrames(conn)  # type: ignore[arg-type]
         self._sending = sending
         self._receiving = receiving
+        self._received = bytearray()
 
     def encrypt(self, data: bytes) -> bytes:
         return self._sending.encrypt(b"", data)
@@ -238,7 +248,21 @@ class NoiseReadWriter(EncryptedMsgReadWriter):
             await self._frames.write_msg(self.encrypt(bytes(view[start:start + MAX_PLAINTEXT])))
 
     async def read_msg(self) -> bytes:
-        return self.decrypt(await self._frames.read_msg())
+        received = self._received
+        while True:
+            if len(received) >= 2:
+                end = 2 + int.from_bytes(received[:2], "big")
+                if len(received) >= end:
+                    message = bytes(received[2:end])
+                    del received[:end]
+                    return self.decrypt(message)
+            chunk = await self._raw.read(READ_CHUNK)
+            if not chunk:
+                raise IncompleteReadError(
+                    f"Connection closed during read operation: {len(received)} bytes of a "
+                    "Noise message received", expected_bytes=max(2, len(received) + 1),
+                    received_bytes=len(received))
+            received += chunk
 
     async def close(self) -> None:
         await self._frames.close()
