@@ -216,7 +216,8 @@ class _DeferredClass(type):
 
 
 class _LazyInstance:
-    """An instance that constructs the real object the first time it is used."""
+    """What the real class (``LAZY_INSTANCE``) or function (``LAZY_RESULT``) of the same
+    name would give for these arguments, made the first time it is used."""
 
     _standin_for: str
 
@@ -236,34 +237,6 @@ class _LazyInstance:
 def _deferred_function(module: str, name: str) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
         return _real(module, name)(*args, **kwargs)
-
-    call.__name__ = call.__qualname__ = name
-    call.__module__ = module
-    return call
-
-
-class _LazyResult:
-    """What a function returns, computed the first time it is used."""
-
-    def __init__(self, module: str, name: str, arguments: tuple[Any, ...],
-                 keywords: dict[str, Any]) -> None:
-        self._call = (module, name, arguments, keywords)
-        self._result: Any = None
-
-    def __getattr__(self, attribute: str) -> Any:
-        if attribute.startswith("_"):
-            raise AttributeError(attribute)
-        if self._result is None:
-            module, name, arguments, keywords = self._call
-            self._result = _real(module, name)(*arguments, **keywords)
-        return getattr(self._result, attribute)
-
-
-def _lazy_result_function(module: str, name: str) -> Callable[..., Any]:
-    def call(*args: Any, **kwargs: Any) -> Any:
-        if _FAMILY_OF[module].loaded:
-            return _real(module, name)(*args, **kwargs)
-        return _LazyResult(module, name, args, kwargs)
 
     call.__name__ = call.__qualname__ = name
     call.__module__ = module
@@ -302,12 +275,10 @@ def _standin_value(module: str, name: str, kind: Any) -> Any:
         methods = kind.methods if isinstance(kind, ClassWithMethods) else ()
         return _DeferredClass(name, (), {"_standin_for": module, "__module__": module,
                                          "_deferred_methods": methods})
-    if kind == LAZY_INSTANCE:
+    if kind in (LAZY_INSTANCE, LAZY_RESULT):
         return type(name, (_LazyInstance,), {"_standin_for": module, "__module__": module})
     if kind == FUNCTION:
         return _deferred_function(module, name)
-    if kind == LAZY_RESULT:
-        return _lazy_result_function(module, name)
     return kind
 
 
