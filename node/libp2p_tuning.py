@@ -11,13 +11,6 @@ Found by profiling the hub of a 20-node devnet (bench/mesh.py):
 - Every RPC sent rebuilds the local record's address set to see whether a cached
   record is still current. We keep the answer for a few seconds.
 
-- Every message a node publishes was signed by it a moment before and then checked
-  against that signature in ``Pubsub.push_msg``, as if a peer had sent it (an Ed25519
-  verification and a peer ID parse, on the requester's path for every announcement and
-  result). The check is skipped for the message object ``publish`` hands to
-  ``push_msg`` itself, and only while it does; anything a peer forwards, even claiming
-  this node's ID, is checked as before.
-
 These wrap the functions where the pubsub modules look them up, so the behaviour is
 py-libp2p's own; only repeated work on identical inputs is skipped. (gossipsub 1.2's
 IDONTWANT, sent to every mesh peer for every message however small, is avoided by
@@ -173,30 +166,6 @@ def _cache_local_record(build: Callable[[Any], tuple[bytes, bool]]) -> Callable[
     return local_record
 
 
-def _trust_own_messages(
-    push_msg: Callable[..., Any], validator: Callable[[Any], bool],
-) -> tuple[Callable[..., Any], Callable[[Any], bool]]:
-    # By identity, for the duration of the push only: an object a peer sent can never be
-    # one of these, and nothing survives the push to be mistaken for one later.
-    pushing: dict[int, Any] = {}
-
-    async def push_own(self: Any, msg_forwarder: Any, msg: Any) -> Any:
-        if msg_forwarder != self.my_id or msg.from_id != self.my_id.to_bytes():
-            return await push_msg(self, msg_forwarder, msg)
-        pushing[id(msg)] = msg
-        try:
-            return await push_msg(self, msg_forwarder, msg)
-        finally:
-            pushing.pop(id(msg), None)
-
-    def signature_validator(msg: Any) -> bool:
-        if pushing.get(id(msg)) is msg:
-            return True
-        return validator(msg)
-
-    return push_own, signature_validator
-
-
 def _tolerate_late_pings(ping: Callable[..., Any]) -> Callable[..., Any]:
     failures: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
@@ -261,10 +230,6 @@ def apply() -> None:
     local = _cache_local_record(gossipsub_module.env_to_send_in_RPC)
     gossipsub_module.env_to_send_in_RPC = local  # type: ignore[assignment]
     pubsub_module.env_to_send_in_RPC = local  # type: ignore[assignment]
-    push_own, validator = _trust_own_messages(pubsub_module.Pubsub.push_msg,
-                                              pubsub_module.signature_validator)
-    pubsub_module.Pubsub.push_msg = push_own  # type: ignore[method-assign]
-    pubsub_module.signature_validator = validator  # type: ignore[assignment]
     ConnectionHealthMonitor._ping_connection = _tolerate_late_pings(  # type: ignore[method-assign]
         ConnectionHealthMonitor._ping_connection)
     stream = yamux_module.YamuxStream

@@ -17,6 +17,7 @@ py-libp2p 0.8 facts this module is shaped around (found by experiment):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -221,6 +222,19 @@ class MeshError(Exception):
     """The mesh could not start or a peer could not be reached; the message says why."""
 
 
+def message_id(msg: Any) -> bytes:
+    """A pubsub message's ID: the SHA-256 of its topics and data, which nobody can give to
+    a message with other content, as they could its unsigned origin and sequence number.
+    The topics count (as in Ethereum's gossip), so the same bytes on two topics are two
+    messages, each validated for its own."""
+    digest = hashlib.sha256()
+    for topic in msg.topicIDs:
+        name = topic.encode()
+        digest.update(len(name).to_bytes(4, "big") + name)
+    digest.update(msg.data)
+    return digest.digest()
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -343,8 +357,8 @@ class MeshStats:
 
 class _Pubsub(Pubsub):
     """py-libp2p's pubsub, asking ``refuse(forwarder, msg)`` about a peer's message before
-    anything else: py-libp2p checks a message's signature before any validator runs, so a
-    refusal in our validator came after an Ed25519 verification per message of a flood.
+    anything else: a graylisted peer's messages, and announcements over a rate, are
+    dropped before py-libp2p looks them up, scores them and queues them for validation.
     ``refuse`` is told whether the message was seen before (it is then dropped anyway)."""
 
     def __init__(self, *args: Any, refuse: Callable[[ID, Any, bool], bool],
@@ -429,10 +443,11 @@ class Mesh:
         self._on_members = on_members
         self.stats = MeshStats()
         self._verifier = EnvelopeVerifier()
-        self._verified: dict[tuple[bytes, bytes], tuple[Envelope, Message]] = {}
-        #: Messages refused as stale or replayed (see ``UNBLAMED_REFUSALS``), by (origin,
-        #: seqno): their other copies are dropped unread and unscored too.
-        self._unblamed: dict[tuple[bytes, bytes], None] = {}
+        #: Validated messages waiting for their subscription reader, by message ID.
+        self._verified: dict[bytes, tuple[Envelope, Message]] = {}
+        #: Messages refused as stale or replayed (see ``UNBLAMED_REFUSALS``), by message
+        #: ID: their other copies are dropped unread and unscored too.
+        self._unblamed: dict[bytes, None] = {}
         #: Set by a validator refusing one of those, for ``_score_invalid`` to skip.
         self._refusal_unblamed = False
         #: Inbound streams open now, by (protocol, peer): see ``STREAMS_PER_PEER``.
@@ -511,7 +526,15 @@ class Mesh:
                 accept_px_threshold=math.inf,
             ),
         )
-        self.pubsub = _Pubsub(self.host, self.gossipsub, strict_signing=True,
+        # No pubsub signature: every message's data is an envelope its origin signed, and
+        # the validators check it against the origin named (``from_id``), so a second
+        # Ed25519 signature over the same bytes proved nothing more and cost each receiver
+        # 10-20 % of its CPU for a heartbeat (and each publisher a signing). Unsigned, the
+        # origin and sequence number are the forwarder's word, so messages are known by
+        # their content instead (gossipsub's StrictNoSign with content IDs, as Ethereum's
+        # consensus layer runs it).
+        self.pubsub = _Pubsub(self.host, self.gossipsub, strict_signing=False,
+                              msg_id_constructor=message_id,
                               refuse=self._refuse_unread, before_push=self._before_push)
         scorer = self.gossipsub.scorer
         if scorer is not None:
@@ -644,7 +667,8 @@ class Mesh:
     def _make_validator(self, topic: str) -> Callable[[ID, Any], bool]:
         expected_types = {kind.TYPE for kind in TOPIC_MESSAGE_TYPES[topic]}
 
-        own_id = self.host.get_id().to_bytes()
+        own_peer = self.host.get_id()
+        own_id = own_peer.to_bytes()
 
         def validate(forwarder: ID, msg: Any) -> bool:
             if check(forwarder, msg):
@@ -655,14 +679,14 @@ class Mesh:
             return False
 
         def check(forwarder: ID, msg: Any) -> bool:
-            if msg.from_id == own_id:
+            if forwarder == own_peer:
                 # We just signed it; what we publish is handled here directly, not looped
                 # back through our own subscription (so this is not queued for it either).
-                return True
+                return msg.from_id == own_id
             # Its origin's token: one that came from its origin was taken unread
-            # (_refuse_unread), a relayed one only now that its signature is checked.
-            if topic == TOPIC_JOBS and msg.from_id != forwarder.to_bytes() and not (
-                    self._take_gossiped_announcement(msg.from_id)):
+            # (_refuse_unread), a relayed one only once its signature is checked.
+            relayed_announcement = topic == TOPIC_JOBS and msg.from_id != forwarder.to_bytes()
+            if relayed_announcement and not self._may_take_gossiped_announcement(msg.from_id):
                 self.stats.dropped["RateLimited"] += 1
                 return False
             try:
@@ -680,16 +704,18 @@ class Mesh:
                     self._refusal_unblamed = True
                     if len(self._unblamed) >= MAX_PENDING_DELIVERIES:
                         del self._unblamed[next(iter(self._unblamed))]
-                    self._unblamed[(msg.from_id, msg.seqno)] = None
+                    self._unblamed[message_id(msg)] = None
                 return False
             except Exception as exc:  # never let a validator raise: it kills the host
                 self.stats.dropped["Invalid"] += 1
                 log.debug("dropped %s message from %s: %r", topic, forwarder, exc)
                 return False
+            if relayed_announcement:
+                self._take_gossiped_announcement(msg.from_id)
             self.stats.accepted[envelope.type] += 1
             if len(self._verified) >= MAX_PENDING_DELIVERIES:
                 del self._verified[next(iter(self._verified))]
-            self._verified[(msg.from_id, msg.seqno)] = (envelope, message)
+            self._verified[message_id(msg)] = (envelope, message)
             return True
 
         return validate
@@ -702,7 +728,7 @@ class Mesh:
             nursery.start_soon(self._handle_topic, topic, receive)
             while True:
                 msg = await subscription.get()
-                verified = self._verified.pop((msg.from_id, msg.seqno), None)
+                verified = self._verified.pop(message_id(msg), None)
                 if verified is None:
                     continue
                 try:
@@ -1146,15 +1172,21 @@ class Mesh:
         graylisted, disconnected and banned."""
         self._refuse_scored(ID.from_base58(peer_id), reason)
 
+    def _may_take_gossiped_announcement(self, origin: bytes) -> bool:
+        """Whether both of ``origin``'s buckets have a token left for a gossiped
+        announcement."""
+        now = time.monotonic()
+        return (self._announcements.has_token(origin, now)
+                and self._open_announcements.has_token(origin, now))
+
     def _take_gossiped_announcement(self, origin: bytes) -> bool:
         """Charge a gossiped announcement to both of its origin's buckets, if each has a
         token left."""
-        now = time.monotonic()
-        buckets = (self._announcements, self._open_announcements)
-        if not all(bucket.has_token(origin, now) for bucket in buckets):
+        if not self._may_take_gossiped_announcement(origin):
             return False
-        for bucket in buckets:
-            bucket.take(origin, now)
+        now = time.monotonic()
+        self._announcements.take(origin, now)
+        self._open_announcements.take(origin, now)
         return True
 
     def _refuse_unread(self, forwarder: ID, msg: Any, seen: bool) -> bool:
@@ -1171,7 +1203,7 @@ class Mesh:
         nobody can spend an honest requester's tokens."""
         if self._refuse_graylisted(forwarder):
             return True
-        if (msg.from_id, msg.seqno) in self._unblamed:
+        if message_id(msg) in self._unblamed:
             return True  # refused before, blaming nobody; py-libp2p would blame this relay
         if seen or TOPIC_JOBS not in msg.topicIDs:
             return False

@@ -17,7 +17,6 @@ from node.libp2p_tuning import (
     PING_FAILURES_TO_CLOSE,
     WINDOW_GRANT_BYTES,
     _tolerate_late_pings,
-    _trust_own_messages,
 )
 from node.mesh import Mesh
 from protocol.identity import NodeKey
@@ -111,45 +110,6 @@ WINDOW_UPDATES_SCRIPT = textwrap.dedent("""
 
     trio.run(main, *(int(p) for p in sys.argv[2:]))
 """)
-
-
-class _Message:
-    """Stands for a pubsub message: the wrap goes by the object's identity and its origin."""
-
-    from_id = b"me"
-
-
-async def test_only_a_message_this_node_is_publishing_skips_the_signature_check():
-    checked: list[_Message] = []
-    seen_inside: list[tuple[bool, bool]] = []
-    ours, forwarded = _Message(), _Message()
-
-    def validator(msg: _Message) -> bool:
-        checked.append(msg)
-        return False  # as a forged signature would be
-
-    async def push_msg(self, msg_forwarder, msg):
-        # What py-libp2p's push_msg asks, while the push is under way.
-        seen_inside.append((validate(msg), validate(forwarded)))
-
-    push_own, validate = _trust_own_messages(push_msg, validator)
-
-    class _Me(str):
-        def to_bytes(self) -> bytes:
-            return self.encode()
-
-    class _Pubsub:
-        my_id = _Me("me")
-
-    await push_own(_Pubsub(), "me", ours)  # publish(): this node signed it just now
-    assert seen_inside == [(True, False)] and checked == [forwarded]
-    await push_own(_Pubsub(), "a-peer", ours)  # the same object from a peer: checked
-    assert seen_inside[-1] == (False, False) and checked[-2:] == [ours, forwarded]
-    assert validate(ours) is False  # and once the push is over, checked again
-    relayed = _Message()
-    relayed.from_id = b"someone-else"
-    await push_own(_Pubsub(), "me", relayed)  # pushed as ours, but another node's: checked
-    assert checked[-2:] == [relayed, forwarded]
 
 
 def _window_updates(mode: str) -> int:
