@@ -853,6 +853,41 @@ async def test_one_identity_holds_at_most_two_connections(daemons: DaemonPool):
     assert await trio.to_thread.run_sync(target.api, "/api/v1/agent/alive") == {"Status": "OK"}
 
 
+async def test_a_message_naming_the_target_as_its_origin_is_checked_as_any_other(
+        daemons: DaemonPool):
+    """Pubsub messages are unsigned, so a peer may name any node as a message's origin,
+    the node it sends to included (gossipsub itself never sends a message to its origin:
+    the injector writes the RPC on the stream). A node skips its validator only for what
+    it publishes itself: a heartbeat about it, under its own ID, in an envelope the
+    injector signed, is refused for its signature, counted, and neither listed nor passed
+    on to its peer."""
+    from libp2p.pubsub.pb import rpc_pb2
+
+    target, peer = await _target_and_peer(daemons)
+    injector = NodeKey.generate()
+    mesh = hostile_peer(injector, target)
+    async with running(mesh):
+        target_peer = await sending_anything_on(mesh, TOPIC_NODES, target)
+        before = await trio.to_thread.run_sync(dropped, target)
+        peer_before = await trio.to_thread.run_sync(dropped, peer)
+        forged = envelope_bytes(
+            signer=injector, sender=target.peer_id, msg_type="node.info",
+            body=node_info(injector, label="forged", seq=HIGH_SEQ,
+                           node_id=target.peer_id).to_body())
+        rpc = rpc_pb2.RPC(publish=[rpc_pb2.Message(
+            data=forged, topicIDs=[TOPIC_NODES], from_id=target_peer.to_bytes(),
+            seqno=(1).to_bytes(8, "big"))])
+        assert await mesh.pubsub.write_msg(mesh.pubsub.peers[target_peer], rpc)
+        await await_until(
+            lambda: dropped(target) - before == Counter(BadSignature=1), timeout=20,
+            what="the heartbeat naming the target dropped for its signature")
+    listed = await trio.to_thread.run_sync(target.node_list)
+    assert listed[target.peer_id]["Info"]["Labels"] != {"injected": "forged"}
+    peer_listed = await trio.to_thread.run_sync(peer.node_list)
+    assert peer_listed[target.peer_id]["Info"]["Labels"] != {"injected": "forged"}
+    assert await trio.to_thread.run_sync(dropped, peer) == peer_before
+
+
 async def test_a_peer_forwarding_many_invented_requesters_is_rate_limited_as_a_peer(
         daemons: DaemonPool, busybox_image: str):
     """A real peer invents 100 requesters (100 keys) and forwards 20 validly signed
