@@ -65,6 +65,7 @@ from .core.events import (
     Tick,
 )
 from .executor import ExecutorRegistry
+from .executor.base import empty_results_manifest, write_empty_results
 from .logs import set_log_context
 from .mesh import TOPIC_RESULTS, Mesh, MeshError, now_ms
 from .publisher import PublisherRegistry, PublishRequest
@@ -112,6 +113,8 @@ class _Running:
     cancelled_reason: str | None = None
     #: Its requester heard it is Running in the reply to its decision.
     reported_running: bool = False
+    #: Its results directory may exist (removed once it ended, unless published locally).
+    results_on_disk: bool = False
 
 
 @dataclass
@@ -373,7 +376,7 @@ class Compute:
         finally:
             self._running.pop(execution.execution_id, None)
             await self._handle(ExecutionEnded(execution.execution_id))
-            if (execution.job.task.publisher.type != "local"
+            if (execution.results_on_disk and execution.job.task.publisher.type != "local"
                     and execution.execution_id not in self._committed):
                 # Published elsewhere (or nowhere): nothing here is served any more, once
                 # those following its output have read its end (they read once more after
@@ -476,10 +479,17 @@ class Compute:
         from .storage import stage_inputs
 
         job, task = execution.job, execution.job.task
-        # The staging directory only when there is something to stage: one worker-thread
-        # hop less for a job without inputs (a measurable share of a burst of no-op jobs).
-        await trio.to_thread.run_sync(functools.partial(
-            _fresh_dirs, results_dir, staging_dir, make_staging=bool(task.input_sources)))
+        executor = self.executors.get(task.engine.type)
+        # Each directory only when something goes in it: a job without inputs stages
+        # nothing, and an executor that writes nothing (noop) gets no results directory
+        # unless its results are read (below). Each is a worker-thread hop and a few
+        # metadata writes that every fsync of the store then waits for: in a burst of
+        # no-op jobs, a measurable share of the node's work.
+        if executor.writes_results or task.input_sources:
+            execution.results_on_disk = executor.writes_results
+            await trio.to_thread.run_sync(functools.partial(
+                _fresh_dirs, results_dir, staging_dir, make_results=executor.writes_results,
+                make_staging=bool(task.input_sources)))
         inputs = await stage_inputs(task.input_sources, staging_dir, registry=self.storages,
                                     timeout=self._seconds_left(execution) or None)
         request = ExecutionRequest(
@@ -497,12 +507,19 @@ class Compute:
         started = time.monotonic()
         outcome = "error"
         try:
-            result = await self.executors.get(task.engine.type).run(request)
+            result = await executor.run(request)
             outcome = "error" if result.error else "ok" if result.exit_code == 0 else "exit_code"
-            return result
         finally:
             metrics.CONTAINER_RUN_SECONDS.labels(engine=task.engine.type, outcome=outcome
                                                  ).observe(time.monotonic() - started)
+        if (not execution.results_on_disk and not result.error
+                and (job.verification is not None
+                     or self.publishers.get(task.publisher.type).reads_results)):
+            execution.results_on_disk = True
+            await trio.to_thread.run_sync(functools.partial(
+                _fresh_dirs, results_dir, staging_dir, make_results=True, make_staging=False,
+                empty_run_exit_code=result.exit_code))
+        return result
 
     # -- verified jobs: commit, reveal when asked, gossip after the verdict ----------
 
@@ -598,10 +615,15 @@ class Compute:
     ) -> ResultRecord:
         publisher_type = execution.job.task.publisher.type
         publisher = self.publishers.get(publisher_type)
-        # The check for links and, for a publisher that wants it first, the manifest: one
-        # walk of the results in one worker-thread hop.
-        links, manifest = await trio.to_thread.run_sync(functools.partial(
-            scan_results, results_dir, hash_files=publisher.manifest_first))
+        if not execution.results_on_disk:
+            # An executor that wrote nothing, for a publisher that reads no files: the
+            # manifest of an empty run is known without one.
+            links, manifest = [], empty_results_manifest(exit_code)
+        else:
+            # The check for links and, for a publisher that wants it first, the manifest:
+            # one walk of the results in one worker-thread hop.
+            links, manifest = await trio.to_thread.run_sync(functools.partial(
+                scan_results, results_dir, hash_files=publisher.manifest_first))
         if links:
             # Refused the same way for every publisher: a link is no content to verify, and
             # one pointing out of the results could leak the node's files.
@@ -819,14 +841,16 @@ def _read_from(path: Path, offset: int, limit: int) -> bytes:
         return b""
 
 
-def _fresh_dirs(results_dir: Path, staging_dir: Path, *, make_staging: bool) -> None:
-    """Remove what an earlier run left in either directory; make ``results_dir`` anew, and
-    ``staging_dir`` if there is something to stage."""
-    for path in (results_dir, staging_dir):
-        shutil.rmtree(path, ignore_errors=True)
-    results_dir.mkdir(parents=True)
-    if make_staging:
-        staging_dir.mkdir(parents=True)
+def _fresh_dirs(results_dir: Path, staging_dir: Path, *, make_results: bool,
+                make_staging: bool, empty_run_exit_code: int | None = None) -> None:
+    """Make ``results_dir`` and ``staging_dir`` anew, as asked, removing what an earlier run
+    left in them; with ``empty_run_exit_code``, the results of an empty run go in."""
+    for path, make in ((results_dir, make_results), (staging_dir, make_staging)):
+        if make:
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True)
+    if empty_run_exit_code is not None:
+        write_empty_results(results_dir, empty_run_exit_code)
 
 
 def _remove_trees(paths: list[Path]) -> None:

@@ -36,6 +36,7 @@ from protocol.jobspec import (
     Resources,
     check_absolute_path,
 )
+from protocol.messages import ManifestEntry
 
 __all__ = [
     "DEFAULT_TAIL_BYTES",
@@ -48,7 +49,9 @@ __all__ = [
     "ExecutionResult",
     "Executor",
     "StreamCapture",
+    "empty_results_manifest",
     "prepare_results_dir",
+    "write_empty_results",
     "write_exit_code",
 ]
 
@@ -156,6 +159,10 @@ class Executor(ABC):
     """One backend that runs tasks of one engine type (``engine_type``)."""
 
     engine_type: ClassVar[str]
+    #: Whether ``run`` writes the results directory. One that does not (noop) leaves it
+    #: to the compute side to write the layout of an empty run where anything reads the
+    #: files (``write_empty_results``); a job published nowhere then touches no disk.
+    writes_results: ClassVar[bool] = True
 
     @abstractmethod
     async def run(self, request: ExecutionRequest) -> ExecutionResult:
@@ -198,6 +205,24 @@ def prepare_results_dir(results_dir: Path) -> Path:
 def write_exit_code(results_dir: Path, exit_code: int) -> None:
     """Write the ``exitCode`` file: the code in decimal, no newline (as Bacalhau writes it)."""
     (results_dir / EXIT_CODE_FILE).write_text(str(exit_code))
+
+
+def write_empty_results(results_dir: Path, exit_code: int) -> None:
+    """The results of a run that printed and made nothing: empty ``outputs/``, empty
+    ``stdout`` and ``stderr``, and ``exitCode``."""
+    prepare_results_dir(results_dir)
+    (results_dir / STDOUT_FILE).write_bytes(b"")
+    (results_dir / STDERR_FILE).write_bytes(b"")
+    write_exit_code(results_dir, exit_code)
+
+
+def empty_results_manifest(exit_code: int) -> list[ManifestEntry]:
+    """The manifest of ``write_empty_results``' files, without writing them: in the order
+    a walk of the directory lists them (by path)."""
+    code = str(exit_code).encode()
+    return [ManifestEntry(EXIT_CODE_FILE, len(code), hashlib.sha256(code).hexdigest()),
+            ManifestEntry(STDERR_FILE, 0, _EMPTY_SHA256),
+            ManifestEntry(STDOUT_FILE, 0, _EMPTY_SHA256)]
 
 
 class StreamCapture:

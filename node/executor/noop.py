@@ -1,27 +1,19 @@
 """An executor that runs nothing: exit 0, empty output, after an optional delay.
 
 For benchmarks and tests of the orchestration (bidding, state changes, publishing),
-which then measure bacnode and not Docker. It still leaves a complete results layout
-(empty ``outputs/``, empty ``stdout``/``stderr``, ``exitCode`` 0), so publishers and
-``get`` work on its results, and it honours timeouts and ``cancel`` during the delay.
+which then measure bacnode and not Docker (nor the disk). It writes nothing: where a
+publisher reads the files or a verified job hashes them, the compute side writes the
+layout of an empty run (``write_empty_results``), so publishers and ``get`` work on its
+results. It honours timeouts and ``cancel`` during the delay.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import trio
 
-from .base import (
-    STDERR_FILE,
-    STDOUT_FILE,
-    ExecutionRequest,
-    ExecutionResult,
-    Executor,
-    prepare_results_dir,
-    write_exit_code,
-)
+from .base import ExecutionRequest, ExecutionResult, Executor
 
 __all__ = ["NoopExecutor"]
 
@@ -30,6 +22,7 @@ class NoopExecutor(Executor):
     """Pretends to run every task; ``delay`` seconds stand in for the task's run time."""
 
     engine_type = "noop"
+    writes_results = False
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
@@ -52,11 +45,6 @@ class NoopExecutor(Executor):
         finally:
             del self._running[request.execution_id]
         self.runs += 1
-        exit_code = 137 if timed_out or cancelled else 0
-        # In a worker thread, as every executor's file work: the loop serves the node. One
-        # hop for all of it: in a burst of no-op jobs each hop (two GIL hand-overs and a
-        # wake-up of the loop) is a measurable share of the node's work.
-        await trio.to_thread.run_sync(_write_results, request.results_dir, exit_code)
         if timed_out or cancelled:
             error = (
                 f"execution timed out after {request.timeout_seconds}s and was killed"
@@ -85,9 +73,3 @@ class NoopExecutor(Executor):
     async def cleanup_orphans(self) -> int:
         return 0
 
-
-def _write_results(results_dir: Path, exit_code: int) -> None:
-    prepare_results_dir(results_dir)
-    (results_dir / STDOUT_FILE).write_bytes(b"")
-    (results_dir / STDERR_FILE).write_bytes(b"")
-    write_exit_code(results_dir, exit_code)

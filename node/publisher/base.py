@@ -31,10 +31,12 @@ class PublishRequest:
 class Publisher(Protocol):
     """One way to publish a results directory (``publisher_type``, e.g. ``s3``).
     ``manifest_first``: whether it wants the manifest made before it publishes (in the same
-    walk of the results as their check); one that hashes while it publishes (IPFS) does not."""
+    walk of the results as their check); one that hashes while it publishes (IPFS) does not.
+    ``reads_results``: whether it reads the files themselves, not only their manifest."""
 
     publisher_type: str
     manifest_first: bool
+    reads_results: bool
 
     async def publish(self, request: PublishRequest) -> tuple[dict[str, Any],
                                                               list[ManifestEntry]]:

@@ -13,6 +13,7 @@ from .base import PublishRequest
 class IpfsPublisher:
     publisher_type = "ipfs"
     manifest_first = False  # it hashes each file as it adds it
+    reads_results = True
 
     def __init__(self, ipfs: Any) -> None:
         self.ipfs = ipfs

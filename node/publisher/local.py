@@ -13,6 +13,7 @@ from .base import PublishRequest, manifest_for
 class LocalPublisher:
     publisher_type = "local"
     manifest_first = True
+    reads_results = True
 
     async def publish(self, request: PublishRequest) -> tuple[dict[str, Any],
                                                               list[ManifestEntry]]:

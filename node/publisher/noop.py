@@ -12,6 +12,7 @@ from .base import PublishRequest, manifest_for
 class NoopPublisher:
     publisher_type = "noop"
     manifest_first = True
+    reads_results = False  # the manifest is all it needs
 
     async def publish(self, request: PublishRequest) -> tuple[dict[str, Any],
                                                               list[ManifestEntry]]:

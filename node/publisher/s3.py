@@ -212,6 +212,7 @@ async def publish_s3(
 class S3Publisher:
     publisher_type = "s3"
     manifest_first = True
+    reads_results = True
 
     async def publish(self, request: PublishRequest) -> tuple[dict[str, Any],
                                                               list[ManifestEntry]]:

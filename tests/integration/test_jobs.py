@@ -708,3 +708,35 @@ def test_the_noop_engine_runs_nothing_and_every_node_says_it_has_it(
             if job_id in line] == ["noop"]
     for info in devnet[0].api("/api/v1/orchestrator/nodes")["Nodes"]:
         assert info["Info"]["ComputeNodeInfo"]["ExecutionEngines"] == ["docker", "noop"]
+    # Published locally, its results are those of an empty run, fetched and verified.
+    got = run(devnet[0], "get", job_id, "--output-dir", str(tmp_path / "got"))
+    assert got.returncode == 0, got.stderr
+    for execution_dir in (tmp_path / "got").glob("e-*"):
+        assert (execution_dir / "exitCode").read_text() == "0"
+        assert (execution_dir / "stdout").read_bytes() == b""
+        assert list((execution_dir / "outputs").iterdir()) == []
+    assert len(list((tmp_path / "got").glob("e-*"))) == 2
+
+
+def test_a_noop_job_published_nowhere_leaves_no_files_yet_signs_its_manifest(
+        devnet: list[Daemon], tmp_path: Path) -> None:
+    import base64
+
+    from node.executor.base import empty_results_manifest
+    from protocol.envelope import parse_unverified
+    from protocol.messages import ResultRecord, decode_message
+
+    spec = tmp_path / "noop.json"
+    spec.write_text(json.dumps({"Type": "batch", "Tasks": [{
+        "Name": "nothing", "Engine": {"Type": "noop"}, "Publisher": {"Type": "noop"}}]}))
+    result = run(devnet[0], "job", "run", "--id-only", "--wait", str(spec))
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    (execution,) = describe(devnet[0], job_id)["State"]["Executions"]
+    assert execution["State"] == "Completed"
+    (item,) = devnet[0].api(f"/api/v1/orchestrator/jobs/{job_id}/results")["Items"]
+    record = decode_message(parse_unverified(base64.b64decode(item["SignedRecord"])))
+    assert isinstance(record, ResultRecord)
+    assert list(record.outputs) == empty_results_manifest(0)
+    ran_it = next(node for node in devnet if node.peer_id == execution["NodeID"])
+    assert not list((ran_it.data_dir / "results").glob(f"{execution['ExecutionID']}*"))

@@ -4,26 +4,37 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 import trio
 
 from node.executor import ExecutionResult, NoopExecutor
-from node.executor.base import StreamCapture
+from node.executor.base import StreamCapture, empty_results_manifest, write_empty_results
+from node.publisher.base import scan_results
 
 from .conftest import make_request
 
 
-async def test_noop_leaves_an_empty_results_layout(tmp_path):
+async def test_noop_runs_nothing_and_writes_nothing(tmp_path):
     executor = NoopExecutor()
     request = make_request(tmp_path, command=["ignored"])
     result = await executor.run(request)
     assert result.succeeded and result.exit_code == 0 and result.error is None
     assert result.stdout_sha256 == hashlib.sha256(b"").hexdigest()
-    results = request.results_dir
-    assert (results / "stdout").read_bytes() == b"" == (results / "stderr").read_bytes()
-    assert (results / "exitCode").read_text() == "0"
-    assert list((results / "outputs").iterdir()) == []
+    assert not request.results_dir.exists()
+    assert not executor.writes_results
     assert await executor.is_installed() and await executor.cleanup_orphans() == 0
     assert executor.runs == 1
+
+
+@pytest.mark.parametrize("exit_code", [0, 137])
+def test_the_manifest_of_an_empty_run_is_that_of_its_files(tmp_path, exit_code):
+    results = tmp_path / "results"
+    write_empty_results(results, exit_code)
+    assert (results / "stdout").read_bytes() == b"" == (results / "stderr").read_bytes()
+    assert (results / "exitCode").read_text() == str(exit_code)
+    assert list((results / "outputs").iterdir()) == []
+    links, manifest = scan_results(results, hash_files=True)
+    assert links == [] and manifest == empty_results_manifest(exit_code)
 
 
 async def test_noop_timeout(tmp_path, autojump_clock):
