@@ -237,6 +237,10 @@ async def test_cancelling_the_caller_removes_the_container(executor, docker_clie
 
 
 _BLOCKING_MODULES = ("docker", "requests", "urllib3", "http.client")
+#: What the garbage collector runs, on whichever thread it happens to be, when it frees a
+#: finished response of a worker thread's call: closing a socket, no request. Seen once on
+#: the loop thread as ``http.client:_close_conn``, with no Docker call under it.
+_FINALIZERS = frozenset({"__del__", "close", "_close_conn"})
 
 
 def _blocking_call_on(thread_id: int) -> str | None:
@@ -244,7 +248,9 @@ def _blocking_call_on(thread_id: int) -> str | None:
     frame = sys._current_frames().get(thread_id)
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
-        if module.split(".")[0] in _BLOCKING_MODULES or module == "http.client":
+        finalizing = module == "http.client" and frame.f_code.co_name in _FINALIZERS
+        if (module.split(".")[0] in _BLOCKING_MODULES or module == "http.client"
+                ) and not finalizing:
             return f"{module}:{frame.f_code.co_name}"
         frame = frame.f_back
     return None
