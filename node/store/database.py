@@ -42,6 +42,7 @@ from ._rows import (
     _node_row,
     _parse_page_token,
     _prefix_upper_bound,
+    _remember_parsed,
     _result,
 )
 from .errors import AlreadyExists, NotFound, ResultConflict, StateConflict, StoreError
@@ -294,6 +295,7 @@ class Store:
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"{what}: a job with this ID already exists") from None
             _insert_event(conn, job.id, None, now_ms, JOB_STATE_UPDATE, None, state, "created")
+            _remember_parsed(job)
             return JobRecord(job, state, "", requester, now_ms, now_ms, 1)
 
         return await self._write(what, run)

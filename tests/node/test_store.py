@@ -17,6 +17,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import node.store._rows as store_rows
 import node.store.schema as store_module
 from node.store import (
     EXECUTION_STATE_UPDATE,
@@ -535,6 +536,40 @@ async def test_paging_over_25_jobs_gives_10_10_5_newest_first(store):
 
     assert [len(page) for page in pages] == [10, 10, 5]
     assert [job_id for page in pages for job_id in page] == newest_first
+
+
+async def test_a_listed_job_is_the_stored_job_whether_kept_parsed_or_read_from_its_row(
+        tmp_path, monkeypatch):
+    path = tmp_path / "state.db"
+    job = dataclasses.replace(
+        Job.from_dict({
+            "Name": "kept", "Type": "batch", "Count": 2, "Labels": {"team": "a"},
+            "Constraints": [{"Key": "zone", "Operator": "=", "Values": ["a"]}],
+            "Tasks": [{
+                "Name": "main",
+                "Engine": {"Type": "docker", "Params": {"Image": "busybox",
+                                                        "Parameters": ["echo", "hi"]}},
+                "InputSources": [{"Target": "/inputs", "Source": {
+                    "Type": "s3", "Params": {"Bucket": "my-bucket", "Key": "k/"}}}],
+                "Publisher": {"Type": "local"},
+                "Timeouts": {"ExecutionTimeout": 60},
+            }],
+        }),
+        id=f"j-{uuid.uuid4()}")
+    parses = []
+    real_from_dict = Job.from_dict.__func__
+    monkeypatch.setattr(Job, "from_dict",
+                        classmethod(lambda cls, data: parses.append(1) or
+                                    real_from_dict(cls, data)))
+    async with open_store(path) as store:
+        await store.create_job(job, requester=REQUESTER, now_ms=NOW)
+        # The job a requester just stored is listed as it is: no second parse of its spec.
+        (listed,), _ = await store.list_jobs(10)
+        assert listed.job == job and parses == []
+    store_rows._PARSED_SPECS.clear()  # as after a restart
+    async with open_store(path) as store:
+        (listed,), _ = await store.list_jobs(10)
+    assert listed.job == job and parses == [1]
 
 
 async def test_a_bad_page_token_is_refused(store):
