@@ -1,7 +1,7 @@
 """Job benchmark: bacnode beside the real Bacalhau v1.9.3, in the same run on the same machine.
 
 Run from anywhere: ``.venv/bin/python bench/jobs.py [--runs 20] [--burst 50] [--noop-jobs 300]
-[--json PATH] [--check] [--keep]``. It takes a few minutes with the defaults.
+[--rounds 3] [--json PATH] [--check] [--keep]``. It takes about 2 minutes with the defaults.
 
 It starts, all on 127.0.0.1 and side by side (they share the machine's cores):
 
@@ -36,12 +36,16 @@ ours runs:
    from the first PUT to the last job's terminal state (the server's ``ModifyTime``), for
    Bacalhau, bacnode 1 node and bacnode 3 nodes. Also the peak number of their containers
    running at once (dockerd polled every 100 ms, by each system's container label) and whether
-   every job ended Completed with exactly one Completed execution. Target: bacnode <= Bacalhau.
+   every job ended Completed with exactly one Completed execution, and where the machine's
+   CPU went until the last job ended: the system's daemons, this benchmark, the rest (dockerd,
+   containerd, shims, runc). ``--rounds`` rounds, each system once a round in a shuffled
+   order; the table gives the medians. Target: bacnode <= Bacalhau.
 5. **No-op throughput**: ``--noop-jobs`` jobs with the noop engine and publisher PUT from 16
    threads; jobs/s from the first PUT to the last terminal state, and the rate of the PUTs
-   alone. Target: >= 100 jobs/s through node 1 of bacnode 3 nodes (the 1-node daemon is
-   measured too). Bacalhau is probed with one noop job first and measured only if it runs it
-   (v1.9.3's compute node does not: "does not support noop, only docker, wasm").
+   alone, in ``--rounds`` interleaved rounds (median). Target: >= 100 jobs/s through node 1
+   of bacnode 3 nodes (the 1-node daemon is measured too). Bacalhau is probed with one noop
+   job first and measured only if it runs it (v1.9.3's compute node does not: "does not
+   support noop, only docker, wasm").
 
 A final table puts the figures side by side with the targets, then the load average and how
 much CPU *other* processes used during the run (processes that are neither ours, nor dockerd,
@@ -280,6 +284,60 @@ def process_table() -> dict[int, tuple[int, str, float]]:
         ticks = sum(int(v) for v in fields[11:15])
         table[int(entry)] = (int(fields[1]), name, ticks / CLK_TCK)
     return table
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent on anything but idling since boot (/proc/stat)."""
+    with open("/proc/stat") as handle:
+        fields = handle.readline().split()[1:]
+    # user nice system idle iowait irq softirq steal: all but idle and iowait.
+    ticks = [int(v) for v in fields[:8]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / CLK_TCK
+
+
+def own_cpu_seconds(pids: Iterable[int]) -> float:
+    """utime + stime of ``pids`` (all their threads), not their children's."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        fields = text[text.rfind(")") + 2:].split()
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+@dataclass
+class CpuWatch:
+    """Where the machine's CPU went between ``start()`` and ``stop()``: the system's own
+    daemons, this benchmark (its PUT and polling threads), and the rest, which in a burst
+    is dockerd, containerd, the shims and runc starting the containers."""
+
+    pids: list[int]
+    machine: float = 0.0
+    daemons: float = 0.0
+    bench: float = 0.0
+
+    def start(self) -> CpuWatch:
+        self.machine = -machine_busy_seconds()
+        self.daemons = -own_cpu_seconds(self.pids)
+        self.bench = -sum(os.times()[:2])
+        return self
+
+    def stop(self) -> CpuWatch:
+        self.machine += machine_busy_seconds()
+        self.daemons += own_cpu_seconds(self.pids)
+        self.bench += sum(os.times()[:2])
+        return self
+
+    def as_json(self, jobs: int) -> dict[str, float]:
+        rest = self.machine - self.daemons - self.bench
+        return {"machine_s": round(self.machine, 2), "daemons_s": round(self.daemons, 2),
+                "bench_s": round(self.bench, 2), "rest_s": round(rest, 2),
+                "daemons_ms_per_job": round(1000 * self.daemons / max(jobs, 1), 1),
+                "rest_ms_per_job": round(1000 * rest / max(jobs, 1), 1)}
 
 
 def foreign(table: dict[int, tuple[int, str, float]]) -> dict[int, tuple[str, float]]:
@@ -860,6 +918,7 @@ def burst(system: System, n: int, threads: int, noop: bool, timeout: float) -> d
     errors: list[str] = []
     # No-op jobs start no container: polling dockerd then would only add load.
     peak = ContainerPeak(system) if not noop else None
+    cpu = CpuWatch(system.pids).start()
     with peak or contextlib.nullcontext(), concurrent.futures.ThreadPoolExecutor(threads) as pool:
         t_start = time.time()
         futures = [pool.submit(system.submit, noop) for _ in range(n)]
@@ -894,6 +953,7 @@ def burst(system: System, n: int, threads: int, noop: bool, timeout: float) -> d
                 progress(f"{what}: {done}/{len(ids)} terminal (load {loadavg()})")
             time.sleep(STATE_POLL_SECONDS)
         t_seen = time.time()
+        cpu.stop()
     terminal_ns = [ns for state, ns in states.values() if state in TERMINAL]
     job_states = Counter(states.get(j, ("unlisted", 0))[0] for j in ids)
     all_terminal = len(terminal_ns) == len(ids) == n
@@ -929,6 +989,7 @@ def burst(system: System, n: int, threads: int, noop: bool, timeout: float) -> d
         "problems": problems, "poll_errors": poll_errors[:3],
         "peak_containers": peak.peak if peak else None,
         "peak_error": peak.error if peak else None, "timed_out": not all_terminal,
+        "cpu": cpu.as_json(n),
     }
 
 
@@ -950,27 +1011,89 @@ def print_burst(result: dict[str, Any], title: str) -> None:
           f"Completed execution: {result['exactly_once']}/{result['jobs']}")
     for line in result["problems"] + result["errors"] + result["poll_errors"]:
         print(f"  {'':<18}problem: {line}")
+    cpu = result["cpu"]
+    print(f"  {'':<18}CPU until then: machine {cpu['machine_s']:.1f} s; the daemons "
+          f"{cpu['daemons_s']:.2f} s ({cpu['daemons_ms_per_job']:.1f} ms a job), this bench "
+          f"{cpu['bench_s']:.2f} s, the rest {cpu['rest_s']:.1f} s "
+          f"({cpu['rest_ms_per_job']:.0f} ms a job)")
     if result["peak_error"]:
         print(f"  {'':<18}container polling: {result['peak_error']}")
 
 
-def measure_bursts(systems: dict[str, System], n: int, timeout: float, client: Any,
-                   ) -> dict[str, Any]:
-    results = {}
-    print(f"\n4. burst: {n} `busybox true` jobs PUT at once ({min(n, MAX_BURST_THREADS)} "
-          "threads), until every job is terminal (the server's ModifyTime)")
-    for key in ("bacalhau", "bacnode1", "bacnode3"):
-        results[key] = burst(systems[key], n, min(n, MAX_BURST_THREADS), False, timeout)
-        print_burst(results[key], systems[key].title)
-        settle(systems.values(), client, f"the {systems[key].title} burst")
-    return results
+def combine_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One system's rounds of a burst as one result: the median time and rate (a round
+    that did not end counts as missing, and then the whole is), every job of every round
+    checked, the highest peak, the median CPU a job; each round kept under "rounds"."""
+    def median(name: str) -> float | None:
+        values = [r[name] for r in rounds]
+        return None if None in values else percentile(values, 0.5)
+
+    jobs = sum(r["jobs"] for r in rounds)
+    peaks = [r["peak_containers"] for r in rounds if r["peak_containers"] is not None]
+    return {
+        "jobs": rounds[0]["jobs"], "rounds": rounds,
+        "seconds": median("seconds"), "rate": median("rate"),
+        "seconds_range": ([min(r["seconds"] for r in rounds), max(r["seconds"] for r in rounds)]
+                          if median("seconds") is not None else None),
+        "submit_rate": median("submit_rate"),
+        "exactly_once": sum(r["exactly_once"] for r in rounds), "jobs_all_rounds": jobs,
+        "all_completed_once": all(r["all_completed_once"] for r in rounds),
+        "peak_containers": max(peaks) if peaks else None,
+        "cpu": {name: percentile([r["cpu"][name] for r in rounds], 0.5)
+                for name in rounds[0]["cpu"]},
+    }
 
 
-def measure_noop(systems: dict[str, System], n: int, timeout: float, client: Any,
-                 ) -> dict[str, Any]:
+def print_combined(result: dict[str, Any], title: str) -> None:
+    rounds = result["rounds"]
+    if len(rounds) < 2:
+        return
+    if result["seconds"] is None:
+        print(f"  {title:<18}median of {len(rounds)} rounds: not all ended")
+        return
+    low, high = result["seconds_range"]
+    print(f"  {title:<18}median of {len(rounds)} rounds {result['seconds']:.2f} s "
+          f"({result['rate']:.1f} jobs/s; {low:.2f}-{high:.2f} s); daemons' CPU "
+          f"{result['cpu']['daemons_ms_per_job']:.1f} ms a job")
+
+
+def interleaved_bursts(systems: dict[str, System], keys: list[str], n: int, threads: int,
+                       noop: bool, rounds: int, seed: int, timeout: float, client: Any,
+                       what: str) -> dict[str, Any]:
+    """``rounds`` rounds, each system once a round in a shuffled order, so that a machine
+    that speeds up or slows down during the run weighs on every system alike."""
+    order = random.Random(seed)
+    per_system: dict[str, list[dict[str, Any]]] = {key: [] for key in keys}
+    for number in range(1, rounds + 1):
+        shuffled = keys[:]
+        order.shuffle(shuffled)
+        if rounds > 1:
+            print(f"  round {number} of {rounds}: {', '.join(systems[k].title for k in shuffled)}")
+        for key in shuffled:
+            result = burst(systems[key], n, threads, noop, timeout)
+            per_system[key].append(result)
+            print_burst(result, systems[key].title)
+            settle(systems.values(), client, f"the {systems[key].title} {what}")
+    combined = {key: combine_rounds(per_system[key]) for key in keys}
+    for key in keys:
+        print_combined(combined[key], systems[key].title)
+    return combined
+
+
+def measure_bursts(systems: dict[str, System], n: int, rounds: int, seed: int, timeout: float,
+                   client: Any) -> dict[str, Any]:
+    threads = min(n, MAX_BURST_THREADS)
+    print(f"\n4. burst: {n} `busybox true` jobs PUT at once ({threads} threads), until every "
+          f"job is terminal (the server's ModifyTime); {rounds} round(s), median")
+    return interleaved_bursts(systems, ["bacalhau", "bacnode1", "bacnode3"], n, threads,
+                              False, rounds, seed, timeout, client, "burst")
+
+
+def measure_noop(systems: dict[str, System], n: int, rounds: int, seed: int, timeout: float,
+                 client: Any) -> dict[str, Any]:
     results: dict[str, Any] = {}
     print(f"\n5. no-op throughput: {n} jobs with the noop engine and publisher, PUT from "
-          f"{NOOP_THREADS} threads")
+          f"{NOOP_THREADS} threads; {rounds} round(s), median")
     # Bacalhau first gets one noop job: only if it runs it is the burst worth measuring.
     bacalhau = systems["bacalhau"]
     def terminal_state(job_id: str) -> dict[str, Any] | None:
@@ -989,10 +1112,8 @@ def measure_noop(systems: dict[str, System], n: int, timeout: float, client: Any
         results["bacalhau"] = {"noop_refused": refused}
         print(f"  {'Bacalhau':<18}does not run noop jobs: {refused.splitlines()[-1].strip()}")
     keys = ["bacnode1", "bacnode3"] if refused else ["bacalhau", "bacnode1", "bacnode3"]
-    for key in keys:
-        results[key] = burst(systems[key], n, NOOP_THREADS, True, timeout)
-        print_burst(results[key], systems[key].title)
-        settle(systems.values(), client, f"the {systems[key].title} no-op jobs")
+    results.update(interleaved_bursts(systems, keys, n, NOOP_THREADS, True, rounds, seed,
+                                      timeout, client, "no-op jobs"))
     return results
 
 
@@ -1052,18 +1173,27 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
                          le(over["bacnode3"], over["bacalhau"]))))
     b = results["burst"]
     n = b["bacalhau"]["jobs"]
+    rounds = len(b["bacalhau"]["rounds"])
+    of_rounds = f" (median of {rounds})" if rounds > 1 else " to all terminal"
     secs = {k: b[k]["seconds"] for k in b}
-    rows.append(Row(f"burst of {n} jobs, s to all terminal", "", fmt(secs["bacalhau"], ".2f"),
+    rows.append(Row(f"burst of {n} jobs, s{of_rounds}", "", fmt(secs["bacalhau"], ".2f"),
                     fmt(secs["bacnode1"], ".2f"), fmt(secs["bacnode3"], ".2f"),
                     "bacnode <= Bacalhau",
                     both(le(secs["bacnode1"], secs["bacalhau"]),
                          le(secs["bacnode3"], secs["bacalhau"]))))
+    rows.append(Row("burst: daemons' CPU, ms a job", "",
+                    *(fmt(b[k]["cpu"]["daemons_ms_per_job"], ".1f")
+                      for k in ("bacalhau", "bacnode1", "bacnode3"))))
+    rows.append(Row("burst: other CPU (docker), ms a job", "",
+                    *(fmt(b[k]["cpu"]["rest_ms_per_job"], ".0f")
+                      for k in ("bacalhau", "bacnode1", "bacnode3"))))
     rows.append(Row("burst: peak containers at once", "",
                     *(str(b[k]["peak_containers"]) for k in ("bacalhau", "bacnode1",
                                                                "bacnode3"))))
     once = {k: b[k]["all_completed_once"] for k in b}
     rows.append(Row("burst: all Completed exactly once", "",
-                    *(f"{'yes' if once[k] else 'NO'} {b[k]['exactly_once']}/{n}"
+                    *(f"{'yes' if once[k] else 'NO'} {b[k]['exactly_once']}/"
+                      f"{b[k]['jobs_all_rounds']}"
                       for k in ("bacalhau", "bacnode1", "bacnode3")),
                     "bacnode: yes", once["bacnode1"] and once["bacnode3"]))
     noop = results["noop"]
@@ -1074,7 +1204,7 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
         return "refused" if "noop_refused" in item else fmt(item.get(field_name), ".1f")
 
     rate3 = noop["bacnode3"]["rate"]
-    rows.append(Row(f"no-op: {nn} jobs, jobs/s to all terminal", "", noop_cell("bacalhau", "rate"),
+    rows.append(Row(f"no-op: {nn} jobs, jobs/s{of_rounds}", "", noop_cell("bacalhau", "rate"),
                     noop_cell("bacnode1", "rate"), noop_cell("bacnode3", "rate"),
                     f"3 nodes >= {TARGET_NOOP_RATE:.0f}",
                     both(le(TARGET_NOOP_RATE, rate3), noop["bacnode3"]["all_completed_once"])))
@@ -1110,6 +1240,9 @@ def parse_args() -> argparse.Namespace:
                         help="jobs PUT at once in the burst part (default 50)")
     parser.add_argument("--noop-jobs", type=int, default=300,
                         help="jobs of the no-op throughput part (default 300)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of the burst and no-op parts, each system once a round "
+                             "in a shuffled order; the median is compared (default 3)")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="seconds one burst (or no-op batch) may take (default 300)")
     parser.add_argument("--max-seconds", type=float, default=1200.0,
@@ -1119,8 +1252,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, state)")
     parser.add_argument("--check", action="store_true", help="exit 2 when a target is missed")
     args = parser.parse_args()
-    if args.runs < 1 or args.burst < 1 or args.noop_jobs < 1:
-        parser.error("--runs, --burst and --noop-jobs must be >= 1")
+    if min(args.runs, args.burst, args.noop_jobs, args.rounds) < 1:
+        parser.error("--runs, --burst, --noop-jobs and --rounds must be >= 1")
     return args
 
 
@@ -1142,8 +1275,10 @@ def run(args: argparse.Namespace, root: Path, tag: str, results: dict[str, Any],
         settle(systems.values(), client, "the CLI part")
         results["latency_ms"] = measure_latency(systems, args.runs, args.seed, tag, cli_start)
         settle(systems.values(), client, "the latency part")
-        results["burst"] = measure_bursts(systems, args.burst, args.timeout, client)
-        results["noop"] = measure_noop(systems, args.noop_jobs, args.timeout, client)
+        results["burst"] = measure_bursts(systems, args.burst, args.rounds, args.seed,
+                                          args.timeout, client)
+        results["noop"] = measure_noop(systems, args.noop_jobs, args.rounds, args.seed,
+                                       args.timeout, client)
     rows = table_rows(results)
     results["table"] = [vars(row) for row in rows]
     print_table(rows)
