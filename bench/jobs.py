@@ -273,17 +273,25 @@ def process_table() -> dict[int, tuple[int, str, float]]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                text = handle.read()
-        except OSError:
+        stat = proc_stat(int(entry))
+        if stat is None:
             continue  # exited meanwhile
-        name = text[text.find("(") + 1:text.rfind(")")]
-        fields = text[text.rfind(")") + 2:].split()
+        name, fields = stat
         # utime, stime, cutime, cstime: the children's share comes in once they are reaped.
         ticks = sum(int(v) for v in fields[11:15])
         table[int(entry)] = (int(fields[1]), name, ticks / CLK_TCK)
     return table
+
+
+def proc_stat(pid: int) -> tuple[str, list[str]] | None:
+    """``pid``'s command name and the fields of /proc/PID/stat after it (state first), or
+    None once it has exited."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    return text[text.find("(") + 1:text.rfind(")")], text[text.rfind(")") + 2:].split()
 
 
 def machine_busy_seconds() -> float:
@@ -299,13 +307,9 @@ def own_cpu_seconds(pids: Iterable[int]) -> float:
     """utime + stime of ``pids`` (all their threads), not their children's."""
     total = 0.0
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as handle:
-                text = handle.read()
-        except OSError:
-            continue
-        fields = text[text.rfind(")") + 2:].split()
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        stat = proc_stat(pid)
+        if stat is not None:
+            total += (int(stat[1][11]) + int(stat[1][12])) / CLK_TCK
     return total
 
 
