@@ -202,6 +202,9 @@ class _Plan:
     #: Verified jobs: reveals are asked for once ``count`` executions have committed.
     revealing: bool = False
     verdict: str = ""
+    #: Per node, whether this job fits it, and the node's ``fit_generation`` then: a
+    #: burst's waiting jobs are checked against a node each time a slot frees there.
+    fits: dict[str, tuple[int, bool]] = field(default_factory=dict)
 
     @property
     def job_id(self) -> str:
@@ -225,6 +228,15 @@ class _NodeView:
     #: When one of our executions ending here last woke a waiting job (-1: never): the
     #: node's next load news counts that slot among those freed.
     woke_ms: int = -1
+    #: Changes (to a number no view had before) with each heartbeat that changes which
+    #: jobs could fit here (see ``_fit_fields``).
+    fit_generation: int = 0
+
+
+def _fit_fields(info: NodeInfo) -> tuple[object, ...]:
+    """What a node's heartbeat says that decides which jobs could ever run there."""
+    return (info.engines, info.storages, info.publishers, info.labels, info.total,
+            info.unavailable)
 
 
 class RequesterCore:
@@ -247,6 +259,7 @@ class RequesterCore:
         #: The latest message of each execution still followed (for a job's failure reason).
         self._last_message: dict[str, str] = {}
         self._out: list[RequesterInstruction] = []
+        self._fit_generations = 0
 
     # -- the interface ---------------------------------------------------------
 
@@ -356,7 +369,7 @@ class RequesterCore:
             plan.retry_at_ms = now + wait
             return
         width = max(plan.width * 2, needed + BID_FANOUT)
-        candidates = self._candidates(plan.job, now, exclude=plan.tried_nodes())
+        candidates = self._candidates(plan, now, exclude=plan.tried_nodes())
         woken_by = plan.woken_by if plan.woken_by in candidates else None
         if woken_by is None and candidates and _takes_a_slot(plan.job):
             crowded = self._crowded_nodes()
@@ -407,8 +420,9 @@ class RequesterCore:
                 open_asks.update(plan.round.asked.difference(plan.round.bids))
         return {node for node, count in open_asks.items() if count >= MAX_OPEN_ASKS_PER_NODE}
 
-    def _candidates(self, job: Job, now: int, exclude: set[str]) -> list[str]:
-        """Live compute nodes that fit ``job``: those with room first, then by distance."""
+    def _candidates(self, plan: _Plan, now: int, exclude: set[str]) -> list[str]:
+        """Live compute nodes that fit the job: those with room first, then by distance."""
+        job = plan.job
         needs = job_requirements(job)
         ranked = []
         for node_id, view in self.nodes.items():
@@ -416,12 +430,26 @@ class RequesterCore:
             if (node_id in exclude or "compute" not in info.roles
                     or not self.is_alive(node_id, now) or self.distrusted(node_id)):
                 continue
-            if not self._fits(job, info):
+            if not self._fits_node(plan, node_id, view):
                 continue
             room = needs.fits_in(info.free)
             ranked.append((not room, self._blemished(node_id), xor_distance(job.id or "", node_id),
                            node_id))
         return [node_id for *_, node_id in sorted(ranked)]
+
+    def _next_fit_generation(self) -> int:
+        self._fit_generations += 1
+        return self._fit_generations
+
+    def _fits_node(self, plan: _Plan, node_id: str, view: _NodeView) -> bool:
+        """``_fits`` for the plan's job, worked out again only when the node's heartbeats
+        changed what it offers (10 µs a check, and a freed slot checks every waiting job)."""
+        known = plan.fits.get(node_id)
+        if known is not None and known[0] == view.fit_generation:
+            return known[1]
+        fits = self._fits(plan.job, view.info)
+        plan.fits[node_id] = (view.fit_generation, fits)
+        return fits
 
     @staticmethod
     def _fits(job: Job, info: NodeInfo) -> bool:
@@ -479,7 +507,7 @@ class RequesterCore:
         plan.silent_rounds = plan.silent_rounds + 1 if silent else 0
         if plan.silent_rounds > MAX_SILENT_ROUNDS:
             silent = 0
-        not_asked = len(self._candidates(plan.job, now, exclude=plan.tried_nodes()
+        not_asked = len(self._candidates(plan, now, exclude=plan.tried_nodes()
                                          | bid_round.asked | set(bid_round.bids)))
         could_ever = len(chosen) + busy + silent + not_asked >= needed
         if len(chosen) < needed and not could_ever:
@@ -662,7 +690,7 @@ class RequesterCore:
         waiting = [plan for plan in self.plans.values()
                    if plan.busy_wait and plan.retry_at_ms is not None and plan.retry_at_ms > now
                    and plan.round is None and node_id not in plan.tried_nodes()
-                   and self._fits(plan.job, view.info)]
+                   and self._fits_node(plan, node_id, view)]
         if not waiting:
             return
         first = min(waiting, key=lambda plan: (plan.waiting_since_ms, plan.job_id))
@@ -683,7 +711,8 @@ class RequesterCore:
         if view is not None and info.seq <= view.info.seq:
             return
         if view is None:
-            self.nodes[info.node_id] = _NodeView(info, now)
+            self.nodes[info.node_id] = _NodeView(info, now,
+                                                 fit_generation=self._next_fit_generation())
             return
         if info.started_ms != view.info.started_ms:
             view.restart_seen_ms = now
@@ -692,6 +721,8 @@ class RequesterCore:
         # one of ours ending there woke a job since the last heartbeat: that was this slot.
         freed = view.info.running_executions - info.running_executions
         woken_since = view.woke_ms >= view.heard_ms
+        if _fit_fields(info) != _fit_fields(view.info):
+            view.fit_generation = self._next_fit_generation()
         view.info, view.heard_ms = info, now
         if not woken_since:
             for _ in range(min(freed, len(self.plans))):

@@ -261,6 +261,28 @@ def test_a_slot_freed_on_a_node_the_job_does_not_fit_wakes_nothing() -> None:
     assert announced(core.handle(Tick(), 10 + BUSY_RETRY_FIRST_MS)) == [waiting.id]
 
 
+def test_a_node_that_comes_to_fit_a_waiting_job_wakes_it_when_a_slot_frees() -> None:
+    """Whether a waiting job fits a node is remembered between freed slots, but not past a
+    heartbeat that changes what the node offers."""
+    core = requester_with("a")
+    core.handle(NodeHeard(replace(info("w", seq=1), engines=("wasm",), running_executions=3)),
+                0)
+    waiting = wait_busy(core, "a", 10)
+    out = core.handle(NodeHeard(replace(info("w", seq=2), engines=("wasm",),
+                                        running_executions=2)), 300)
+    out += core.handle(Tick(), 300)
+    assert not announced(out)  # checked against "w", and it does not fit
+    out = core.handle(NodeHeard(replace(info("w", seq=3), engines=("wasm", "docker"),
+                                        running_executions=1)), 600)
+    out += core.handle(Tick(), 600)
+    assert announced(out) == [waiting.id]
+    # And the other way: once "w" no longer offers docker, it is no candidate for the job.
+    plan = core.plans[waiting.id or ""]
+    assert "w" in core._candidates(plan, 700, exclude=set())
+    core.handle(NodeHeard(replace(info("w", seq=4), engines=("wasm",))), 900)
+    assert "w" not in core._candidates(plan, 900, exclude=set())
+
+
 def test_a_burst_asks_a_node_twice_at_most_at_once_and_each_accept_lets_one_more_ask() -> None:
     """50 jobs at once on one node: 2 ask (MAX_OPEN_ASKS_PER_NODE), the others wait without
     drawing "busy" declines. A node that accepts may have room for more: one more job asks

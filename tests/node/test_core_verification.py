@@ -24,7 +24,7 @@ from node.core.events import (
     Tick,
     UpdateReceived,
 )
-from node.core.requester import REVEAL_WINDOW_MS
+from node.core.requester import REVEAL_WINDOW_MS, _Plan
 from protocol.jobspec import Job
 from protocol.messages import ManifestEntry, ResultCommitment, ResultRecord
 from protocol.states import ExecutionState, JobState
@@ -290,7 +290,7 @@ def test_failures_rank_a_node_later_but_never_exclude_it() -> None:
     core = requester_with("clean", "flaky")
     core.reputation["flaky"] = Reputation(failures=9, timeouts=9)
     assert not core.distrusted("flaky")
-    ranked = core._candidates(verified_job(2), 0, exclude=set())
+    ranked = core._candidates(_Plan(verified_job(2), JobState.PENDING, 0), 0, exclude=set())
     assert ranked == ["clean", "flaky"]
 
 
