@@ -133,3 +133,78 @@ def test_attaching_to_a_missing_container_is_dockerds_404(docker_client: Any) ->
     with pytest.raises(EngineError) as raised:
         engine.attach(f"nosuch-{uuid.uuid4().hex[:8]}")
     assert raised.value.status == 404 and "No such container" in str(raised.value)
+
+
+def _answering(tmp_path, answer: bytes) -> tuple[EngineSocket, threading.Thread, socket.socket]:
+    """A socket that answers one request with ``answer`` and closes, as dockerd does after
+    ``Connection: close``; sent in odd-sized pieces."""
+    path = str(tmp_path / "engine.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+
+    def serve() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(65536)
+            for start in range(0, len(answer), 5):
+                connection.sendall(answer[start:start + 5])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return EngineSocket(unix_path=path, timeout=5), thread, server
+
+
+def test_a_chunked_answer_is_put_back_together(tmp_path) -> None:
+    body = b'{"StatusCode": 137, "Error": null}\n'
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:7], body[7:]))
+    engine, thread, server = _answering(
+        tmp_path, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+    try:
+        assert engine.wait("abc") == 137
+    finally:
+        thread.join(5)
+        server.close()
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n"
+    b'{"StatusCode": 0',
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+    b'\r\n20\r\n{"StatusCode": 0',
+    b"HTTP/1.1 200 OK\r\nContent-Type: appl",
+])
+def test_an_answer_cut_off_is_an_error_without_a_status(tmp_path, answer: bytes) -> None:
+    """The fault (dockerd's connection lost mid-answer) is played by a fake socket: a real
+    dockerd cannot be made to stop mid-answer on cue."""
+    engine, thread, server = _answering(tmp_path, answer)
+    try:
+        with pytest.raises(EngineError) as raised:
+            engine.wait("abc")
+        assert raised.value.status is None
+        assert "cut off" in str(raised.value)
+    finally:
+        thread.join(5)
+        server.close()
+
+
+@pytest.mark.integration
+def test_dockerds_answers_come_back_whole(docker_client: Any, busybox_image: str) -> None:
+    engine = EngineSocket.from_env(timeout=30)
+    assert engine is not None
+    inspected = engine.request("GET", f"/images/{busybox_image}/json")
+    assert inspected["Id"] == docker_client.images.get(busybox_image).id
+    assert engine.image_present(busybox_image)
+    assert not engine.image_present(f"nosuch-{uuid.uuid4().hex[:8]}:latest")
+    container_id = engine.create({"Image": busybox_image, "Cmd": ["sh", "-c", "exit 3"],
+                                  "HostConfig": {"NetworkMode": "none"}},
+                                 f"bacnode-test-{uuid.uuid4().hex[:8]}")
+    try:
+        engine.start(container_id)
+        assert engine.wait(container_id) == 3
+    finally:
+        engine.remove(container_id)
+    with pytest.raises(EngineError) as raised:
+        engine.wait(container_id)
+    assert raised.value.status == 404
