@@ -267,15 +267,25 @@ class DockerExecutor(Executor):
         timed_out = False
         try:
             with run.scope:
-                problem = await self._ensure_image(engine, image)
-                if problem is not None:
-                    return failed(problem)
                 config = _container_config(request, self.node_id, self.pids_limit,
                                            self.full_network_mode)
+                name = _container_name(request)
                 try:
-                    run.container_id = await self._api(engine.create, config,
-                                                       _container_name(request))
+                    # Created first and pulled only if dockerd has no such image, as `docker
+                    # run` does: a node runs the images it has far more often than it pulls,
+                    # and asking first cost an inspect (a thread hop and a call) every job.
+                    try:
+                        run.container_id = await self._api(engine.create, config, name)
+                    except EngineError as exc:
+                        if exc.status != 404:
+                            raise
+                        problem = await self._ensure_image(engine, image)
+                        if problem is not None:
+                            return failed(problem)
+                        run.container_id = await self._api(engine.create, config, name)
                 except EngineError as exc:
+                    if exc.status is None:
+                        return failed(f"the Docker engine is not reachable: {exc}")
                     return failed(f"Docker refused to create the container: {exc}")
                 with trio.move_on_after(request.timeout_seconds or math.inf) as deadline:
                     await self._supervise(engine, run)
