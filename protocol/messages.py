@@ -313,6 +313,16 @@ class JobAnnouncement(Message):
         # side takes the typed job from ``spec``.
         object.__setattr__(self, "_spec", job)
 
+    @classmethod
+    def of_job(cls, job: Job, *, requester: str, bid_deadline_ms: int,
+               candidates: tuple[str, ...] = ()) -> JobAnnouncement:
+        """An announcement of ``job`` that carries it typed as well: the requester's own
+        compute side takes it as it is, without parsing the map back (90 µs a job)."""
+        announcement = cls(job_id=job.id or "", requester=requester, job=job.to_dict(),
+                           bid_deadline_ms=bid_deadline_ms, candidates=candidates)
+        object.__setattr__(announcement, "_spec", job)
+        return announcement
+
     @property
     def spec(self) -> Job:
         """The announced job, typed (parsed when the message was checked, else now)."""

@@ -404,10 +404,9 @@ class RequesterCore:
         plan.width = width
         plan.woken_by = None
         plan.round = _Round(asked, now)
-        self._out.append(Announce(JobAnnouncement(
-            job_id=plan.job_id,
+        self._out.append(Announce(JobAnnouncement.of_job(
+            plan.job,
             requester=self.node_id,
-            job=plan.job.to_dict(),
             bid_deadline_ms=now + BID_WINDOW_MS,
             candidates=tuple(sorted(asked)),
         )))

@@ -130,6 +130,25 @@ def test_announcement_with_invalid_job_is_malformed():
         JobAnnouncement.from_body(body)
 
 
+def test_an_announcement_built_from_a_typed_job_carries_it_and_opens_to_an_equal_one():
+    """The requester's own compute side takes the job as the requester holds it; a remote
+    node parses the map it receives into the same job."""
+    from protocol.jobspec import Job
+    from protocol.messages import JobAnnouncement
+
+    job = dataclasses.replace(Job.from_dict({"Type": "batch", "Count": 2, "Tasks": [
+        {"Name": "t", "Engine": {"Type": "docker", "Params": {"Image": "busybox"}}}]}),
+        id=new_job_id())
+    announcement = JobAnnouncement.of_job(job, requester=KEYS[0].peer_id,
+                                          bid_deadline_ms=NOW, candidates=(KEYS[1].peer_id,))
+    assert announcement.spec is job
+    assert announcement.job_id == job.id and announcement.job == job.to_dict()
+    _, received = open_message(EnvelopeVerifier(),
+                               seal_message(KEYS[0], announcement, now_ms=NOW), now_ms=NOW)
+    assert isinstance(received, JobAnnouncement)
+    assert received == announcement and received.spec == job
+
+
 def test_an_announcement_names_at_most_max_candidates_nodes():
     from protocol.messages import MAX_CANDIDATES, JobAnnouncement
 
