@@ -81,27 +81,12 @@ def test_list_and_remove_by_label_and_dockerds_own_words_for_a_missing_container
 
 def test_something_other_than_dockerd_on_the_socket_is_an_error_without_a_status(
         tmp_path) -> None:
-    import socket
-    import threading
-
-    path = str(tmp_path / "not-docker.sock")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
-    server.listen(1)
-
-    def answer_garbage() -> None:
-        connection, _ = server.accept()
-        connection.recv(4096)
-        connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
-        connection.close()
-
-    thread = threading.Thread(target=answer_garbage, daemon=True)
-    thread.start()
+    engine, thread, server = _answering(tmp_path, b"SSH-2.0-OpenSSH_9.6\r\n")
     try:
         with pytest.raises(EngineError) as raised:
-            EngineSocket(unix_path=path, timeout=5).ping()
+            engine.ping()
         assert raised.value.status is None
-        assert "not-docker.sock" in str(raised.value)
+        assert "engine.sock" in str(raised.value)
     finally:
         thread.join(5)
         server.close()
