@@ -45,6 +45,12 @@ swarm to stop, not for the connection to close. So each connection a node ever a
 kept its slot, and its handler task with the connection's objects, for good: after 250,
 opened and closed, by anyone, a node refused every peer until restarted. The handler now
 returns once its connection has closed, and the slot is given back.
+
+And one more of its yamux, found by profiling a gossip leaf: its ``PY_YAMUX_*`` tunables
+are read from the environment at every call, several times for each frame received (the
+data frame's read timeout, the window's grant threshold, the debug switch), 1.5 % of a
+leaf's active samples. They are read once, when these wrappers are installed: a daemon's
+environment does not change while it runs.
 """
 
 from __future__ import annotations
@@ -76,6 +82,11 @@ PING_FAILURES_TO_CLOSE = 3
 #: Not go-yamux's half window alone: py-libp2p's sender polls every 10 ms while its window is
 #: empty, so a bulk transfer (bitswap's 256 KiB blocks) that ran it dry stalled.
 WINDOW_GRANT_BYTES = 32 * 1024
+
+#: yamux's functions that read a ``PY_YAMUX_*`` variable and that nothing else changes.
+YAMUX_TUNABLES = ("_perf_yamux_debug_enabled", "_yamux_disable_hysteresis",
+                  "_yamux_release_on_read", "_yamux_batch_threshold_divisor",
+                  "_yamux_data_read_timeout")
 
 _applied = False
 
@@ -218,6 +229,13 @@ def _end_inbound_handlers_on_close(
     return handle_inbound, upgrade_inbound
 
 
+def _read_yamux_tunables_once() -> None:
+    for name in YAMUX_TUNABLES:
+        read = getattr(yamux_module, name, None)
+        if read is not None:
+            setattr(yamux_module, name, lambda value=read(): value)
+
+
 def apply() -> None:
     """Install the wrappers (idempotent)."""
     global _applied
@@ -235,6 +253,7 @@ def apply() -> None:
     stream = yamux_module.YamuxStream
     stream._auto_tune_and_send_window_update = _grant_window_in_batches(  # type: ignore[method-assign]
         stream._auto_tune_and_send_window_update)
+    _read_yamux_tunables_once()
     pubsub_module.ValidationCache = _OrderedValidationCache  # type: ignore[misc]
     Swarm._do_handle_inbound_connection, Swarm.upgrade_inbound_raw_conn = (  # type: ignore[method-assign]
         _end_inbound_handlers_on_close(Swarm._do_handle_inbound_connection,

@@ -128,6 +128,32 @@ def test_a_reader_of_small_messages_grants_window_in_batches_as_go_yamux_does():
     assert _window_updates("batched") <= 400_000 // WINDOW_GRANT_BYTES + 2
 
 
+YAMUX_TUNABLES_SCRIPT = textwrap.dedent("""
+    import json, os
+    import libp2p.stream_muxer.yamux.yamux as yamux
+    from node import libp2p_tuning
+    libp2p_tuning.apply()
+    os.environ["PY_YAMUX_DATA_READ_TIMEOUT"] = "9"
+    os.environ["PY_YAMUX_BATCH_THRESHOLD_DIV"] = "5"
+    print(json.dumps({"missing": [name for name in libp2p_tuning.YAMUX_TUNABLES
+                                  if not hasattr(yamux, name)],
+                      "timeout": yamux._yamux_data_read_timeout(),
+                      "divisor": yamux._yamux_batch_threshold_divisor()}))
+""")
+
+
+def test_yamux_reads_its_tunables_once_as_the_daemon_starts_not_at_every_frame():
+    # In a process of its own: the wrappers are installed once per process.
+    env = {**child_env(), "PY_YAMUX_DATA_READ_TIMEOUT": "7", "PY_YAMUX_BATCH_THRESHOLD_DIV": "3"}
+    done = subprocess.run([sys.executable, "-c", YAMUX_TUNABLES_SCRIPT], capture_output=True,
+                          text=True, timeout=60, env=env, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Every function named is still py-libp2p's (an upgrade that renames one shows here),
+    # and each answers what the environment said when the daemon started.
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "missing": [], "timeout": 7.0, "divisor": 3}
+
+
 #: Peers opening and closing connections to one node at once (one after another is slow:
 #: each dial and close takes some 200 ms).
 CHURNERS = 10
