@@ -359,23 +359,25 @@ class DockerExecutor(Executor):
             lambda _outcome: run.notify_done(),
             name=f"bacnode docker {run.request.execution_id}",
         )
-        try:
-            async with trio.open_nursery() as watchers:
-                if run.request.resources.disk:
-                    watchers.start_soon(self._watch_disk, engine, run)
+        async with trio.open_nursery() as watchers:
+            if run.request.resources.disk:
+                watchers.start_soon(self._watch_disk, engine, run)
+            # Caught here, in the nursery's body: out of it, the nursery would raise the
+            # Cancelled inside an exception group, which ``except trio.Cancelled`` misses.
+            try:
                 await run.thread_done.wait()
-                watchers.cancel_scope.cancel()
-            if run.request.resources.disk and run.over_disk is None:
-                # A job that wrote it all between two looks is over the limit all the same.
-                written = await self._written(run)
-                if written > run.request.resources.disk:
-                    run.over_disk = written
-        except trio.Cancelled:
-            with trio.CancelScope(shield=True):
-                await self._kill(engine, run)
-                with trio.move_on_after(KILL_WAIT):
-                    await run.thread_done.wait()
-            raise
+            except trio.Cancelled:
+                with trio.CancelScope(shield=True):
+                    await self._kill(engine, run)
+                    with trio.move_on_after(KILL_WAIT):
+                        await run.thread_done.wait()
+                raise
+            watchers.cancel_scope.cancel()
+        if run.request.resources.disk and run.over_disk is None:
+            # A job that wrote it all between two looks is over the limit all the same.
+            written = await self._written(run)
+            if written > run.request.resources.disk:
+                run.over_disk = written
 
     async def _watch_disk(self, engine: _Engine, run: _Run) -> None:
         """Kill the container once what the job wrote (its outputs, stdout and stderr) is

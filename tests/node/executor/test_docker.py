@@ -183,6 +183,27 @@ async def test_timeout_kills_and_reports(executor, docker_client, tmp_path):
     assert _labelled(docker_client, request.execution_id) == []
 
 
+async def test_a_timed_out_container_is_killed_and_has_exited_before_it_is_removed(
+        executor, docker_client, tmp_path):
+    # Its output and exit code are whole only once it has exited: a force-removal of a
+    # container still running would kill it too, but race the thread that reads them.
+    seen: list[tuple[str, int]] = []
+    remove = executor._remove
+
+    async def looking_first(engine: Any, container_id: str) -> bool:
+        state = (await trio.to_thread.run_sync(
+            lambda: docker_client.api.inspect_container(container_id)))["State"]
+        seen.append((state["Status"], state["ExitCode"]))
+        return await remove(engine, container_id)
+
+    executor._remove = looking_first
+    request = make_request(tmp_path, command=["echo started; sleep 30"], timeout_seconds=1)
+    with trio.fail_after(20):
+        result = await executor.run(request)
+    assert result.timed_out
+    assert seen == [("exited", 137)]
+
+
 async def test_cancel_kills_a_running_container_promptly(executor, docker_client, tmp_path):
     request = make_request(tmp_path, command=["echo running; sleep 60"])
     results: list[ExecutionResult] = []
