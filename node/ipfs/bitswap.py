@@ -351,13 +351,22 @@ class Bitswap:
         fetch.on_progress = on_progress
         fetch.on_root = on_root
         self._fetches.add(fetch)
+        failure: Exception | None = None
         try:
             with trio.move_on_after(timeout) as scope:
                 async with trio.open_nursery() as nursery:
                     if self._find_providers is not None:
                         nursery.start_soon(self._ask_dht, fetch)
-                    await fetch.run()
+                    # Caught in the nursery's body and raised after it: out of it, the
+                    # nursery would raise it inside an exception group, which the
+                    # callers' ``except FetchError`` and ``except IpfsFormatError`` miss.
+                    try:
+                        await fetch.run()
+                    except Exception as exc:
+                        failure = exc
                     nursery.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
             if scope.cancelled_caught:
                 raise FetchError(fetch.timeout_reason(timeout))
             return fetch.fetched_bytes

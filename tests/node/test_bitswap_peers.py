@@ -133,3 +133,40 @@ async def test_blocks_come_from_an_ipfs_peer_outside_the_mesh(
             finally:
                 mesh.stop()
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_block_that_is_not_unixfs_is_a_clear_error_not_a_crash(
+    daemons: DaemonPool, tmp_path: Path
+) -> None:
+    """A peer serves a block whose bytes match its CID but are no dag-pb node: the fetch
+    stops with why, as a one-line error, and the daemon goes on serving."""
+    key = NodeKey.generate()
+    (port,) = free_ports(1)
+    address = f"/ip4/127.0.0.1/tcp/{port}/p2p/{key.peer_id}"
+    node = daemons.new("node", args=["--ipfs-peer", address])
+    node.peer_id  # noqa: B018
+    node.launch()
+
+    garbage = b"\xff" * 64  # no protobuf field starts with 0xff
+    block = Block(Cid.for_block(garbage), garbage)
+    store = Blockstore(tmp_path / "outside-blocks")
+    store.put_many([block])
+    mesh = Mesh(key, listen=(f"/ip4/127.0.0.1/tcp/{port}",), on_message=noop_handler)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mesh.run)
+            outside = Bitswap(mesh.host, store)
+            await nursery.start(outside.run)
+            try:
+                await trio.to_thread.run_sync(node.wait_ready)
+                got = await trio.to_thread.run_sync(
+                    lambda: node.cli("ipfs", "get", str(block.cid), "-o",
+                                     str(tmp_path / "got")))
+                assert got.returncode == 1
+                assert f"{block.cid} cannot be read: " in got.stderr
+                assert len(got.stderr.strip().splitlines()) == 1, got.stderr
+                assert not (tmp_path / "got").exists()
+                assert node.running and node.cli("version").returncode == 0
+            finally:
+                mesh.stop()
+                nursery.cancel_scope.cancel()
