@@ -350,6 +350,7 @@ class Bitswap:
         fetch = _Fetch(self, root, [p for p in peers if p != self.host.get_id()])
         fetch.on_progress = on_progress
         fetch.on_root = on_root
+        fetch.will_ask_dht = self._find_providers is not None
         self._fetches.add(fetch)
         failure: Exception | None = None
         try:
@@ -414,6 +415,8 @@ class _Fetch:
         self.on_root: Callable[[int], None] | None = None
         self.failure: Exception | None = None
         self.asked_dht = False
+        #: Whether the DHT will be asked who holds the root (set by ``fetch_dag``).
+        self.will_ask_dht = False
         self.found_in_dht = 0
 
     # events from the engine (sync: they only record and wake the fetch)
@@ -493,6 +496,12 @@ class _Fetch:
                 for peer in self.candidates:
                     self._send(peer, [self.root], have_only=True)
             self._assign()
+            if self.outstanding and not self.candidates and (
+                    self.asked_dht or not self.will_ask_dht):
+                # Nobody to ask, and nobody will be (the DHT is asked once): waiting out
+                # the timeout, a job's whole execution timeout when it stages, would
+                # only hold up this answer.
+                raise FetchError(self.timeout_reason(0))
             self.wake = trio.Event()
             if self.queue or self.outstanding:
                 with trio.move_on_after(1.0):

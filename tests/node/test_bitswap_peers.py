@@ -1,4 +1,5 @@
-"""Bitswap with peers that are not bacnode daemons: a liar, and an IPFS node outside the mesh.
+"""Bitswap with peers that are not bacnode daemons (a liar, an IPFS node outside the mesh, a
+peer serving a block that is not UnixFS), and with no peer at all.
 
 Both are real libp2p hosts in the test process running our own bitswap engine. The
 liar's store claims every block and flips a byte of each one it serves (so it speaks
@@ -10,6 +11,7 @@ rejections. The outside node is reachable only through ``--ipfs-peer``.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +172,23 @@ async def test_a_block_that_is_not_unixfs_is_a_clear_error_not_a_crash(
             finally:
                 mesh.stop()
                 nursery.cancel_scope.cancel()
+
+
+def test_a_lone_node_says_at_once_that_nobody_holds_a_cid(
+    daemons: DaemonPool, busybox_image: str, tmp_path: Path
+) -> None:
+    """No peer to ask, and the DHT names none: there is nobody to wait for, so neither a get
+    nor a job's staging waits out its timeout (a job's is its whole execution timeout)."""
+    node = daemons.start("alone")
+    _, root = import_bytes(b"nobody has these bytes " + os.urandom(16))
+    missing = str(root.cid)
+    reason = f"{missing} not found: no peers to ask, and the DHT knows of no holder"
+
+    began = time.monotonic()
+    got = node.cli("ipfs", "get", missing, "-o", str(tmp_path / "got"))
+    assert got.returncode == 1 and reason in got.stderr, got.stderr
+    assert not (tmp_path / "got").exists()
+    job = node.cli("docker", "run", "--wait", "--id-only", "-p", "local",
+                   "-i", f"ipfs://{missing}:/inputs", "busybox", "--", "true")
+    assert job.returncode == 1 and reason in job.stderr, job.stderr
+    assert time.monotonic() - began < 30
