@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -103,19 +105,18 @@ async def check_fetch(fetcher: Daemon, cid: str, payload: bytes, out: Path,
     assert stats["Bitswap"]["BlocksReceived"] >= len(payload) // (256 * 1024)
 
 
-async def test_blocks_come_from_an_ipfs_peer_outside_the_mesh(
-    daemons: DaemonPool, tmp_path: Path
-) -> None:
-    """``--ipfs-peer``: a plain libp2p/bitswap host, not a bacnode, holding the data."""
+@asynccontextmanager
+async def _outside_peer(
+    daemons: DaemonPool, tmp_path: Path, blocks: list[Block]
+) -> AsyncIterator[tuple[Daemon, Bitswap]]:
+    """A daemon whose ``--ipfs-peer`` is a plain libp2p/bitswap host (not a bacnode) holding
+    ``blocks``; both up, the daemon ready."""
     key = NodeKey.generate()
     (port,) = free_ports(1)
     address = f"/ip4/127.0.0.1/tcp/{port}/p2p/{key.peer_id}"
     node = daemons.new("node", args=["--ipfs-peer", address])
     node.peer_id  # noqa: B018
     node.launch()
-
-    payload = os.urandom(1_500_000)
-    blocks, root = import_bytes(payload)
     store = Blockstore(tmp_path / "outside-blocks")
     store.put_many(blocks)
     mesh = Mesh(key, listen=(f"/ip4/127.0.0.1/tcp/{port}",), on_message=noop_handler)
@@ -126,15 +127,25 @@ async def test_blocks_come_from_an_ipfs_peer_outside_the_mesh(
             await nursery.start(outside.run)
             try:
                 await trio.to_thread.run_sync(node.wait_ready)
-                out = tmp_path / "got.bin"
-                got = await trio.to_thread.run_sync(
-                    lambda: node.cli("ipfs", "get", str(root.cid), "-o", str(out)))
-                assert got.returncode == 0, got.stderr
-                assert out.read_bytes() == payload
-                assert outside.stats.blocks_served == len(blocks)
+                yield node, outside
             finally:
                 mesh.stop()
                 nursery.cancel_scope.cancel()
+
+
+async def test_blocks_come_from_an_ipfs_peer_outside_the_mesh(
+    daemons: DaemonPool, tmp_path: Path
+) -> None:
+    """``--ipfs-peer``: a plain libp2p/bitswap host, not a bacnode, holding the data."""
+    payload = os.urandom(1_500_000)
+    blocks, root = import_bytes(payload)
+    async with _outside_peer(daemons, tmp_path, blocks) as (node, outside):
+        out = tmp_path / "got.bin"
+        got = await trio.to_thread.run_sync(
+            lambda: node.cli("ipfs", "get", str(root.cid), "-o", str(out)))
+        assert got.returncode == 0, got.stderr
+        assert out.read_bytes() == payload
+        assert outside.stats.blocks_served == len(blocks)
 
 
 async def test_a_block_that_is_not_unixfs_is_a_clear_error_not_a_crash(
@@ -142,36 +153,16 @@ async def test_a_block_that_is_not_unixfs_is_a_clear_error_not_a_crash(
 ) -> None:
     """A peer serves a block whose bytes match its CID but are no dag-pb node: the fetch
     stops with why, as a one-line error, and the daemon goes on serving."""
-    key = NodeKey.generate()
-    (port,) = free_ports(1)
-    address = f"/ip4/127.0.0.1/tcp/{port}/p2p/{key.peer_id}"
-    node = daemons.new("node", args=["--ipfs-peer", address])
-    node.peer_id  # noqa: B018
-    node.launch()
-
     garbage = b"\xff" * 64  # no protobuf field starts with 0xff
     block = Block(Cid.for_block(garbage), garbage)
-    store = Blockstore(tmp_path / "outside-blocks")
-    store.put_many([block])
-    mesh = Mesh(key, listen=(f"/ip4/127.0.0.1/tcp/{port}",), on_message=noop_handler)
-    with trio.fail_after(TEST_TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(mesh.run)
-            outside = Bitswap(mesh.host, store)
-            await nursery.start(outside.run)
-            try:
-                await trio.to_thread.run_sync(node.wait_ready)
-                got = await trio.to_thread.run_sync(
-                    lambda: node.cli("ipfs", "get", str(block.cid), "-o",
-                                     str(tmp_path / "got")))
-                assert got.returncode == 1
-                assert f"{block.cid} cannot be read: " in got.stderr
-                assert len(got.stderr.strip().splitlines()) == 1, got.stderr
-                assert not (tmp_path / "got").exists()
-                assert node.running and node.cli("version").returncode == 0
-            finally:
-                mesh.stop()
-                nursery.cancel_scope.cancel()
+    async with _outside_peer(daemons, tmp_path, [block]) as (node, _):
+        got = await trio.to_thread.run_sync(
+            lambda: node.cli("ipfs", "get", str(block.cid), "-o", str(tmp_path / "got")))
+        assert got.returncode == 1
+        assert f"{block.cid} cannot be read: " in got.stderr
+        assert len(got.stderr.strip().splitlines()) == 1, got.stderr
+        assert not (tmp_path / "got").exists()
+        assert node.running and node.cli("version").returncode == 0
 
 
 def test_a_lone_node_says_at_once_that_nobody_holds_a_cid(
