@@ -88,6 +88,11 @@ def parse_input(text: str) -> InputSource:
         if scheme == "ipfs":
             if "/" in rest:
                 raise fail(f"expected ipfs://CID with no path after the CID, got {source!r}")
+            if ":" in rest:
+                cid, _, after = rest.partition(":")
+                example = f"ipfs://{cid}:/inputs" + (f"/{after}" if after else "")
+                raise fail(f"the target after the CID must be an absolute path in the "
+                           f"container, got {after!r}; e.g. {example}")
             source_type, params = "ipfs", {"CID": rest}
         else:
             source_type, params = "urlDownload", {"URL": source}

@@ -210,3 +210,14 @@ def test_bacalhau_src_dst_input_form_reads_as_the_short_form(long_form, short_fo
 def test_src_dst_form_without_a_source_is_refused():
     with pytest.raises(LocalProtocolError, match="src= names no source"):
         parse_input("src=,dst=/in")
+
+
+@pytest.mark.parametrize(("after", "example"), [("data", "/inputs/data"), ("", "/inputs")])
+def test_an_ipfs_target_that_is_not_absolute_is_named_with_the_form_that_works(after, example):
+    # Only ":/" starts a target (so URLs with ports split as meant): "CID:data" used to be
+    # refused as an invalid CID "CID:data", which hides what was wrong.
+    with pytest.raises(LocalProtocolError) as refused:
+        parse_input(f"ipfs://{CID}:{after}")
+    assert str(refused.value) == (
+        f"invalid input 'ipfs://{CID}:{after}': the target after the CID must be an absolute "
+        f"path in the container, got {after!r}; e.g. ipfs://{CID}:{example}")
