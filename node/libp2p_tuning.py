@@ -51,11 +51,18 @@ are read from the environment at every call, several times for each frame receiv
 data frame's read timeout, the window's grant threshold, the debug switch), 1.5 % of a
 leaf's active samples. They are read once, when these wrappers are installed: a daemon's
 environment does not change while it runs.
+And one of its host, found when a peer's pubsub frame that was no protobuf took a daemon
+down: an exception that any protocol's stream handler lets out is not contained to its
+stream. It leaves the connection's nursery and the swarm's, and the whole host stops, so
+one malformed message from anybody stopped the node. A handler's failure now resets its
+stream and is logged at debug level; nothing else is touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import time
 import weakref
 from collections import OrderedDict
@@ -66,9 +73,12 @@ from typing import Any
 import libp2p.pubsub.gossipsub as gossipsub_module
 import libp2p.pubsub.pubsub as pubsub_module
 import libp2p.stream_muxer.yamux.yamux as yamux_module
+from libp2p.host.basic_host import BasicHost
 from libp2p.network.health.monitor import ConnectionHealthMonitor
 from libp2p.network.health.ping_probe import ConnectionPingResult
 from libp2p.network.swarm import Swarm
+
+log = logging.getLogger("bacnode.libp2p")
 
 #: Distinct (peer, record) pairs remembered as verified.
 MAX_VERIFIED_RECORDS = 4096
@@ -229,6 +239,19 @@ def _end_inbound_handlers_on_close(
     return handle_inbound, upgrade_inbound
 
 
+def _contain_stream_handler_failures(handle: Callable[..., Any]) -> Callable[..., Any]:
+    async def handle_stream(self: Any, net_stream: Any) -> None:
+        try:
+            await handle(self, net_stream)
+        except Exception as exc:
+            log.debug("a %s stream from %s failed: %r", net_stream.get_protocol(),
+                      net_stream.muxed_conn.peer_id, exc)
+            with contextlib.suppress(Exception):
+                await net_stream.reset()
+
+    return handle_stream
+
+
 def _read_yamux_tunables_once() -> None:
     for name in YAMUX_TUNABLES:
         read = getattr(yamux_module, name, None)
@@ -254,6 +277,8 @@ def apply() -> None:
     stream._auto_tune_and_send_window_update = _grant_window_in_batches(  # type: ignore[method-assign]
         stream._auto_tune_and_send_window_update)
     _read_yamux_tunables_once()
+    BasicHost._swarm_stream_handler = _contain_stream_handler_failures(  # type: ignore[method-assign]
+        BasicHost._swarm_stream_handler)
     pubsub_module.ValidationCache = _OrderedValidationCache  # type: ignore[misc]
     Swarm._do_handle_inbound_connection, Swarm.upgrade_inbound_raw_conn = (  # type: ignore[method-assign]
         _end_inbound_handlers_on_close(Swarm._do_handle_inbound_connection,

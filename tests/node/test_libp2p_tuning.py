@@ -224,3 +224,37 @@ def test_the_validation_cache_keeps_py_libp2ps_ttl_size_and_eviction_order() -> 
             theirs.clear_expired()
         assert list(ours.cache) == theirs.access_order, step
         assert dict(ours.cache) == theirs.cache, step
+
+
+async def test_a_stream_handler_that_fails_costs_its_stream_not_the_node():
+    # py-libp2p let a handler's exception out through the connection and the swarm: the
+    # host stopped. The failing handler here is a real one a peer's bytes make raise.
+    failing_protocol = "/bacnode-test/fails/1"
+    target, peer, newcomer = _mesh(), _mesh(), _mesh()
+
+    async def fail_on_what_arrives(stream: object) -> None:
+        data = await stream.read(64)  # type: ignore[attr-defined]
+        raise ValueError(f"cannot handle {data!r}")
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for mesh in (target, peer, newcomer):
+                await nursery.start(mesh.run)
+            target.host.set_stream_handler(failing_protocol, fail_on_what_arrives)
+            target_info = info_from_p2p_addr(multiaddr.Multiaddr(target.addresses()[0]))
+            await peer.host.connect(target_info)
+            for _ in range(3):
+                stream = await peer.host.new_stream(target_info.peer_id, [failing_protocol])
+                await stream.write(b"anything")
+                with trio.fail_after(10):
+                    try:
+                        while await stream.read(64):
+                            pass
+                    except Exception:
+                        pass  # reset: what a failed handler's stream gets
+            with trio.fail_after(10):
+                await newcomer.host.connect(target_info)
+            assert {peer.peer_id, newcomer.peer_id} <= {
+                each.to_base58() for each in target.host.get_network().connections}
+            for mesh in (target, peer, newcomer):
+                mesh.stop()
