@@ -888,6 +888,44 @@ async def test_a_message_naming_the_target_as_its_origin_is_checked_as_any_other
     assert await trio.to_thread.run_sync(dropped, peer) == peer_before
 
 
+async def test_a_peer_writing_garbage_on_its_pubsub_stream_is_dropped_and_gossip_goes_on(
+        daemons: DaemonPool):
+    """A real peer writes a frame on its pubsub stream that is no protobuf RPC: the target
+    resets that stream and takes the peer out of its gossip mesh, and it keeps taking the
+    heartbeats of its honest peer."""
+    from libp2p.utils.varint import encode_varint_prefixed
+
+    target, peer = await _target_and_peer(daemons)
+    injector = NodeKey.generate()
+    mesh = hostile_peer(injector, target)
+
+    def in_target_mesh() -> bool:
+        return injector.peer_id in target.mesh_stats()["MeshPeers"][TOPIC_NODES]
+
+    def heartbeats_taken() -> int:
+        return target.mesh_stats()["Accepted"].get("node.info", 0)
+
+    async with running(mesh):
+        target_peer = await sending_anything_on(mesh, TOPIC_NODES, target)
+        await await_until(in_target_mesh, timeout=20, what="the injector in the target's mesh")
+        stream = mesh.pubsub.peers[target_peer]
+        await stream.write(encode_varint_prefixed(b"\xff" * 40))
+        await await_until(lambda: not in_target_mesh(), timeout=20,
+                          what="the injector out of the target's mesh")
+        with trio.fail_after(20):
+            while True:  # the reset reaches our end of the stream
+                try:
+                    await stream.write(encode_varint_prefixed(b""))
+                except Exception:
+                    break
+                await trio.sleep(0.1)
+    before = await trio.to_thread.run_sync(heartbeats_taken)
+    await await_until(lambda: heartbeats_taken() > before, timeout=30,
+                      what="a heartbeat of the honest peer taken after the garbage")
+    assert peer.peer_id in await trio.to_thread.run_sync(
+        target.wait_connected, {peer.peer_id})
+
+
 async def test_a_peer_forwarding_many_invented_requesters_is_rate_limited_as_a_peer(
         daemons: DaemonPool, busybox_image: str):
     """A real peer invents 100 requesters (100 keys) and forwards 20 validly signed
