@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import secrets
 import time
 import urllib.request
@@ -24,6 +25,7 @@ from typing import Any
 
 import trio
 from libp2p.peer.id import ID
+from libp2p.peer.peerstore import PeerStoreError
 from libp2p.pubsub.pubsub import get_peer_and_seqno_msg_id
 
 from node.mesh import GRAYLIST_THRESHOLD, TOPIC_JOBS, TOPIC_NODES, TOPIC_RESULTS, Mesh, MeshError
@@ -924,6 +926,77 @@ async def test_a_peer_writing_garbage_on_its_pubsub_stream_is_dropped_and_gossip
                       what="a heartbeat of the honest peer taken after the garbage")
     assert peer.peer_id in await trio.to_thread.run_sync(
         target.wait_connected, {peer.peer_id})
+
+
+def junk_frames(seed: int, count: int) -> list[bytes]:
+    """Bytes a broken or hostile peer might write on any protocol's stream: unframed noise,
+    frames that are no message, lengths that are no varint or claim 2^63 bytes, and
+    varint-prefixed protobuf-shaped messages with random fields, types and nesting."""
+    from libp2p.utils.varint import encode_uvarint, encode_varint_prefixed
+
+    rng = random.Random(seed)
+
+    def protobuf_shaped(depth: int = 0) -> bytes:
+        out = bytearray()
+        for _ in range(rng.randint(1, 6)):
+            wire_type = rng.choice((0, 1, 2, 2, 5))
+            out += encode_uvarint(rng.randint(1, 12) << 3 | wire_type)
+            if wire_type == 0:
+                out += encode_uvarint(rng.choice((0, 1, 3, 255, 2**31, 2**64 - 1)))
+            elif wire_type == 2:
+                inner = (protobuf_shaped(depth + 1) if depth < 3 and rng.random() < 0.6
+                         else rng.randbytes(rng.randint(0, 40)))
+                out += encode_uvarint(len(inner)) + inner
+            else:
+                out += rng.randbytes(4 if wire_type == 5 else 8)
+        return bytes(out)
+
+    return [rng.randbytes(64), encode_varint_prefixed(b"\xff" * 40), b"\x00", b"\x10abc",
+            b"\xff" * 9 + b"\x7f", encode_uvarint(2**63) + b"x",
+            *(encode_varint_prefixed(protobuf_shaped()) for _ in range(count))]
+
+
+async def test_junk_on_every_protocol_a_daemon_offers_costs_it_nothing(daemons: DaemonPool):
+    """A real peer opens a stream on each protocol the target offers (as identify lists
+    them) and writes junk on it, 16 kinds each. py-libp2p let one handler's exception stop
+    the whole host: a frame of garbage on a pubsub stream took the daemon down. The target
+    must still be up, answer its API and take the peer's requests."""
+    target = await ready_target(daemons)
+    injector = NodeKey.generate()
+    mesh = hostile_peer(injector, target)
+    async with running(mesh):
+        target_peer = ID.from_base58(target.peer_id)
+
+        def offered() -> list[str]:
+            try:
+                return list(mesh.host.get_peerstore().get_protocols(target_peer))
+            except PeerStoreError:
+                return []  # not identified yet
+
+        with trio.fail_after(20):
+            while not offered():
+                await trio.sleep(0.1)
+        # pubsub last: junk there drops the peer from the target's gossip peers
+        protocols = sorted(offered(), key=lambda protocol: ("meshsub" in protocol, protocol))
+        assert {"/meshsub/1.1.0", "/ipfs/id/1.0.0", "/ipfs/bitswap/1.2.0"} <= set(protocols)
+        for protocol in protocols:
+            for data in junk_frames(seed=len(protocol), count=10):
+                try:
+                    with trio.fail_after(5):
+                        stream = await mesh.host.new_stream(target_peer, [protocol])
+                        await stream.write(data)
+                        await stream.close()
+                except Exception:
+                    pass  # refused or reset: what junk may get
+        await trio.sleep(2)  # what is still in flight gets read
+        assert target.running, target.stderr[-2000:]
+        bid = Bid(job_id="j-12345678-1234-4123-8123-123456789abc",
+                  execution_id="e-12345678-1234-4123-8123-123456789abc",
+                  node_id=injector.peer_id, accept=False, reason="",
+                  free=Capacity(), running_executions=0)
+        assert await mesh.request(target.peer_id, seal_message(
+            injector, bid, now_ms=now_ms())) == UNKNOWN_JOB_REPLY
+    assert await trio.to_thread.run_sync(target.api, "/api/v1/agent/alive") == {"Status": "OK"}
 
 
 async def test_a_peer_forwarding_many_invented_requesters_is_rate_limited_as_a_peer(
