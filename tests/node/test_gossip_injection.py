@@ -213,6 +213,17 @@ def bid_in(reply: bytes, target: Daemon, announcement: JobAnnouncement) -> bytes
     return b"bid" if is_its_bid else reply
 
 
+async def answers_requests(target: Daemon, mesh: Mesh, caller: NodeKey) -> None:
+    """``target`` answers a request from ``caller`` (a bid for no job of its own) at once."""
+    bid = Bid(job_id="j-12345678-1234-4123-8123-123456789abc",
+              execution_id="e-12345678-1234-4123-8123-123456789abc",
+              node_id=caller.peer_id, accept=False, reason="",
+              free=Capacity(), running_executions=0)
+    with trio.fail_after(10):
+        reply = await mesh.request(target.peer_id, seal_message(caller, bid, now_ms=now_ms()))
+    assert reply == UNKNOWN_JOB_REPLY
+
+
 async def ready_target(daemons: DaemonPool, *args: str) -> Daemon:
     """A daemon to attack, started and ready: its API answers before the requester and
     compute sides that take requests are up (a request then is refused)."""
@@ -809,12 +820,7 @@ async def test_a_peer_opening_too_many_streams_gets_the_extra_ones_reset(daemons
                 with urllib.request.urlopen(f"{target.api_url}/metrics", timeout=10) as answer:
                     assert (f'bacnode_streams_refused_total{{protocol="{RESULTS_PROTOCOL}"}} '
                             f"{40 - limit}.0") in answer.read().decode()
-                bid = Bid(job_id="j-12345678-1234-4123-8123-123456789abc",
-                          execution_id="e-12345678-1234-4123-8123-123456789abc",
-                          node_id=injector.peer_id, accept=False, reason="",
-                          free=Capacity(), running_executions=0)
-                assert await mesh.request(target.peer_id, seal_message(
-                    injector, bid, now_ms=now_ms())) == UNKNOWN_JOB_REPLY
+                await answers_requests(target, mesh, injector)
             finally:
                 for stream in opened:
                     with trio.move_on_after(1):
@@ -990,12 +996,7 @@ async def test_junk_on_every_protocol_a_daemon_offers_costs_it_nothing(daemons: 
                     pass  # refused or reset: what junk may get
         await trio.sleep(2)  # what is still in flight gets read
         assert target.running, target.stderr[-2000:]
-        bid = Bid(job_id="j-12345678-1234-4123-8123-123456789abc",
-                  execution_id="e-12345678-1234-4123-8123-123456789abc",
-                  node_id=injector.peer_id, accept=False, reason="",
-                  free=Capacity(), running_executions=0)
-        assert await mesh.request(target.peer_id, seal_message(
-            injector, bid, now_ms=now_ms())) == UNKNOWN_JOB_REPLY
+        await answers_requests(target, mesh, injector)
     assert await trio.to_thread.run_sync(target.api, "/api/v1/agent/alive") == {"Status": "OK"}
 
 
