@@ -268,6 +268,10 @@ _REQUEST_ID_BYTES = 8
 _MAX_VARINT_BYTES = 9
 
 
+class _StreamClosed(MeshError):
+    """The stream ended between frames (its connection is going, or the peer closed it)."""
+
+
 class _FrameReader:
     """The varint-prefixed frames of a stream, read in whatever chunks have arrived.
     py-libp2p's reader takes a frame's length one byte at a time, each read an await of
@@ -284,7 +288,7 @@ class _FrameReader:
         while (frame := self._take()) is None:
             chunk = await self._stream.read()
             if not chunk:
-                raise MeshError("the stream closed")
+                raise _StreamClosed("the stream closed")
             self._buffer += chunk
         return frame
 
@@ -429,13 +433,13 @@ class _Pubsub(Pubsub):
                             self.handle_subscription(peer_id, subscription)
                 if rpc.HasField("control"):
                     await self.router.handle_rpc(rpc, peer_id)
+        except (_StreamClosed, StreamEOF, StreamError, IOException, RawConnError):
+            pass  # the stream or its connection closed: left to py-libp2p, as it does
         except (MeshError, DecodeError) as exc:
             log.debug("dropping %s's pubsub stream: %s", peer_id, exc)
             with contextlib.suppress(Exception):
                 await stream.reset()
             self._handle_dead_peer(peer_id)
-        except (StreamEOF, StreamError, IOException, RawConnError):
-            pass  # the stream or its connection closed: py-libp2p's teardown follows
 
 
 class _Disconnects(Notifee):
