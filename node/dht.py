@@ -27,6 +27,13 @@ experiment on hosts built as ``node.mesh`` builds them:
   lookups a node makes to provide and find, and every node's address is in the
   membership table anyway. ``Mesh._trim_connections`` closes what lookups leave open.
 
+- A provider record keeps every address its provider sent, and a server keeps records for
+  any number of keys: at py-libp2p's rate of 10 ADD_PROVIDER a peer every 10 s, each up to
+  4 MiB of addresses, kept for 48 hours, one peer could fill a node's memory in an hour.
+  ``BoundedProviders`` keeps ``MAX_PROVIDER_ADDRESSES`` addresses a record and records for at
+  most ``MAX_PROVIDER_KEYS`` keys (a new key past that is refused until records expire); a
+  node's own records are always kept.
+
 Provider answers are hints: whoever a lookup names is dialled by its peer ID, so a wrong
 address costs a failed dial, never wrong bytes (bitswap checks every block's hash).
 """
@@ -47,6 +54,11 @@ from .notifee import Notifee
 log = logging.getLogger("bacnode.dht")
 
 PROTOCOL_ID = TProtocol("/bacnode/kad/1.0.0")
+#: Addresses kept for one provider of one key (go-libp2p's peerstore keeps a provider's
+#: addresses apart; a node announces a few).
+MAX_PROVIDER_ADDRESSES = 8
+#: Keys with provider records from other nodes; a node's own records are always kept.
+MAX_PROVIDER_KEYS = 20_000
 _PUBLIC_IPFS_PROTOCOL = "/ipfs/kad/1.0.0"
 #: How long a new connection's identify may take before the peer is left out of the
 #: routing table (it still gets in through DHT traffic).
@@ -113,8 +125,29 @@ def new_dht(host: Any, *, server: bool) -> Any:
         async def add_peer(self, peer_id: ID, *, skip_server_mode_check: bool = False) -> bool:
             return bool(await self.routing_table.add_peer(peer_id))
 
-    return BacnodeDHT(host, DHTMode.SERVER if server else DHTMode.CLIENT,
-                      enable_values=False)
+    dht = BacnodeDHT(host, DHTMode.SERVER if server else DHTMode.CLIENT, enable_values=False)
+    bound_providers(dht.provider_store, host.get_id())
+    return dht
+
+
+def bound_providers(store: Any, own_id: ID) -> None:
+    """Keep what others announce to ``store`` within ``MAX_PROVIDER_ADDRESSES`` and
+    ``MAX_PROVIDER_KEYS`` (looked up at each call)."""
+    add = store.add_provider
+
+    def add_provider(key: bytes, provider: PeerInfo) -> None:
+        if provider.peer_id != own_id:
+            if key not in store.providers and len(store.providers) >= MAX_PROVIDER_KEYS:
+                store.cleanup_expired()
+                if len(store.providers) >= MAX_PROVIDER_KEYS:
+                    log.debug("provider record of %s for a new key refused: %d keys held",
+                              provider.peer_id, len(store.providers))
+                    return
+            if len(provider.addrs) > MAX_PROVIDER_ADDRESSES:
+                provider = PeerInfo(provider.peer_id, provider.addrs[:MAX_PROVIDER_ADDRESSES])
+        add(key, provider)
+
+    store.add_provider = add_provider
 
 
 async def providers(dht: Any, cid: str, count: int = 20) -> list[PeerInfo]:

@@ -74,3 +74,59 @@ def test_the_dht_speaks_its_own_protocol_never_the_public_ipfs_one():
     offered = {str(protocol) for protocol in mesh.host.get_mux().get_protocols()}
     assert PROTOCOL_ID in offered
     assert "/ipfs/kad/1.0.0" not in offered
+
+
+async def test_provider_records_a_peer_sends_are_bounded(monkeypatch):
+    """A real peer sends ADD_PROVIDER messages on the DHT's protocol, each naming itself with
+    1,000 addresses, for more keys than the target takes from others (lowered to 4 here;
+    py-libp2p lets a peer add 10 every 10 s): the target keeps 8 addresses a record and
+    records for 4 keys, and still takes its own."""
+    import multiaddr
+    import trio
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+    from libp2p.peer.id import ID
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from libp2p.utils.varint import encode_varint_prefixed
+
+    import node.dht
+    from scripts.daemons import free_ports
+
+    monkeypatch.setattr(node.dht, "MAX_PROVIDER_KEYS", 4)
+
+    async def ignore(*args: object) -> None:
+        pass
+
+    def mesh() -> Mesh:
+        (port,) = free_ports(1)
+        return Mesh(NodeKey.generate(), listen=(f"/ip4/127.0.0.1/tcp/{port}",),
+                    on_message=ignore)
+
+    target, attacker = mesh(), mesh()
+    addresses = [multiaddr.Multiaddr(f"/ip4/10.0.{i // 250}.{i % 250}/tcp/4001").to_bytes()
+                 for i in range(1000)]
+    keys = [bytes([i]) * 34 for i in range(6)]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for each in (target, attacker):
+                await nursery.start(each.run)
+            target_info = info_from_p2p_addr(multiaddr.Multiaddr(target.addresses()[0]))
+            await attacker.host.connect(target_info)
+            for key in keys:
+                message = Message(type=Message.MessageType.ADD_PROVIDER, key=key)
+                message.providerPeers.add(id=attacker.host.get_id().to_bytes(), addrs=addresses)
+                stream = await attacker.host.new_stream(target_info.peer_id, [PROTOCOL_ID])
+                await stream.write(encode_varint_prefixed(message.SerializeToString()))
+                with trio.move_on_after(5):
+                    await stream.read(1 << 16)  # the echo, once it is stored
+                await stream.close()
+            store = target.dht.provider_store
+            held = [key for key in keys if store.get_providers(key)]
+            assert held == keys[:4]
+            for key in held:
+                (record,) = store.get_providers(key)
+                assert record.peer_id == ID.from_base58(attacker.peer_id)
+                assert len(record.addrs) == node.dht.MAX_PROVIDER_ADDRESSES
+            await store.provide(b"\x09" * 34)
+            assert store.get_providers(b"\x09" * 34)  # its own, past the bound
+            for each in (target, attacker):
+                each.stop()
