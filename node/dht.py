@@ -30,7 +30,7 @@ experiment on hosts built as ``node.mesh`` builds them:
 - A provider record keeps every address its provider sent, and a server keeps records for
   any number of keys: at py-libp2p's rate of 10 ADD_PROVIDER a peer every 10 s, each up to
   4 MiB of addresses, kept for 48 hours, one peer could fill a node's memory in an hour.
-  ``BoundedProviders`` keeps ``MAX_PROVIDER_ADDRESSES`` addresses a record and records for at
+  ``bound_providers`` keeps ``MAX_PROVIDER_ADDRESSES`` addresses a record and records for at
   most ``MAX_PROVIDER_KEYS`` keys (a new key past that is refused until records expire); a
   node's own records are always kept.
 

@@ -32,7 +32,6 @@ from typing import Any
 
 import multiaddr
 import trio
-from google.protobuf.message import DecodeError
 from libp2p import new_host
 from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
@@ -411,13 +410,13 @@ class _Pubsub(Pubsub):
           and forwarding only queues the message for each peer's sender task.
 
         A peer whose framing or protobuf is malformed has its stream reset and is dropped
-        as dead, as py-libp2p does for a malformed length."""
+        as dead, as py-libp2p does for a malformed length (py-libp2p let a protobuf error
+        out of the handler, and the host stopped)."""
         peer_id = stream.muxed_conn.peer_id
         frames = _FrameReader(stream, self.max_inbound_rpc_size)
         try:
             while self.manager.is_running:
-                rpc = rpc_pb2.RPC()
-                rpc.ParseFromString(await frames.next())
+                rpc = _parse_rpc(await frames.next())
                 # Looked up at each call: libp2p_tuning wraps it in the module.
                 if not pubsub_module.maybe_consume_signed_record(rpc, self.host, peer_id):
                     continue
@@ -435,11 +434,24 @@ class _Pubsub(Pubsub):
                     await self.router.handle_rpc(rpc, peer_id)
         except (_StreamClosed, StreamEOF, StreamError, IOException, RawConnError):
             pass  # the stream or its connection closed: left to py-libp2p, as it does
-        except (MeshError, DecodeError) as exc:
+        except MeshError as exc:
             log.debug("dropping %s's pubsub stream: %s", peer_id, exc)
             with contextlib.suppress(Exception):
                 await stream.reset()
             self._handle_dead_peer(peer_id)
+
+
+def _parse_rpc(frame: bytes) -> Any:
+    """A pubsub RPC from a peer's frame. protobuf's ``DecodeError`` is not imported: its
+    package's top-level name, ``google``, is also an unrelated distribution on PyPI, so
+    it cannot be declared by that name. Parsing is all that can fail here, so any error
+    is the frame's, reported as ours."""
+    rpc = rpc_pb2.RPC()
+    try:
+        rpc.ParseFromString(frame)
+    except Exception as exc:
+        raise MeshError(f"a frame that is no pubsub RPC: {exc}") from None
+    return rpc
 
 
 class _Disconnects(Notifee):
