@@ -172,6 +172,9 @@ _FLOAT_RANGES = {"heartbeat_seconds": (0.05, 600, "s"),
                  "results_retention_hours": (0, 24 * 365 * 10, "hours")}
 _CHOICES = {"log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
             "log_format": ("text", "json")}
+#: The fewest heartbeats in a row a node may miss before it is DISCONNECTED: one may come
+#: up to half an interval late while it moves to its turn (``membership.next_heartbeat_ms``).
+MIN_MISSED_HEARTBEATS = 2
 _INT_FIELDS = {"api_port", "max_jobs", "missed_heartbeats", "default_execution_timeout",
                "max_jobs_per_requester", "peer_exchange"}
 
@@ -203,6 +206,10 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             raise ConfigError(f"{name} from {origin}: {value!r} is not a whole number") from None
         if number < 0 or (name == "api_port" and number > 65535):
             raise ConfigError(f"{name} from {origin}: {number} is out of range")
+        if name == "missed_heartbeats" and number < MIN_MISSED_HEARTBEATS:
+            raise ConfigError(f"{name} from {origin}: {number} is too few; at least "
+                              f"{MIN_MISSED_HEARTBEATS} (nodes take turns to heartbeat, and "
+                              "one may come up to half an interval late)")
         return number
     if name == "min_reputation":
         try:

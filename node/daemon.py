@@ -52,7 +52,13 @@ from .config import ConfigError, NodeConfig
 from .executor import ExecutorRegistry, NoopExecutor
 from .ipfs import IpfsNode
 from .keys import load_or_create_api_key, load_or_create_key
-from .membership import Membership, heartbeat_interval_ms
+from .membership import (
+    HeartbeatTurn,
+    Membership,
+    heartbeat_interval_ms,
+    heartbeat_turn,
+    next_heartbeat_ms,
+)
 from .mesh import TOPIC_NODES, UNBLAMED_REFUSALS, Mesh, MeshError, now_ms, read_swarm_key
 from .publisher import (
     IpfsPublisher,
@@ -423,10 +429,11 @@ class Daemon:
 
     async def _heartbeat(self) -> None:
         """Node info to every node by gossip every ``heartbeat_seconds`` (longer in a large
-        network: see ``heartbeat_interval_ms``), at once when asked (after joining, when our
-        reachability changes), and when an engine stops or comes back. A change in load goes
-        straight to the requesters it concerns (``Compute.load_watchers``), at once or a
-        second after the last news, whichever is later. Nothing here wakes in between.
+        network: see ``heartbeat_interval_ms``) in this node's turn (``heartbeat_turn``),
+        at once when asked (after joining, when our reachability changes), and when an
+        engine stops or comes back. A change in load goes straight to the requesters it
+        concerns (``Compute.load_watchers``), at once or a second after the last news,
+        whichever is later. Nothing here wakes in between.
 
         An idle node's heartbeats are what the mesh relays all day, so they stay sparse.
         Load went to every node too until a 100-node devnet showed what that costs: each
@@ -439,17 +446,24 @@ class Daemon:
         """
         assert self.mesh is not None
         last_sent = -math.inf  # to every node
+        last_sent_wall_ms: int | None = None  # the same, on the clock the turns are on
         last_told = -math.inf  # load news, straight to its watchers
         told_load: tuple[Any, ...] = ()
         told_unavailable: dict[str, str] = {}
         while True:
-            interval = self._heartbeat_interval_seconds()
+            interval_ms, turn = self._heartbeat_schedule_ms()
             load, unavailable = self._load(), self._unavailable()
             now = trio.current_time()
-            since = now - last_sent
+            wall_ms = now_ms()
+            due_in = 0.0
+            if last_sent_wall_ms is not None:
+                due_in = (next_heartbeat_ms(last_sent_wall_ms, wall_ms, interval_ms, turn)
+                          - wall_ms) / 1000
+                # However far the wall clock is set back, no later than a turn can be.
+                due_in = min(due_in, 1.5 * interval_ms / 1000 - (now - last_sent))
             since_news = now - max(last_sent, last_told)
             news_allowed = since_news >= MIN_HEARTBEAT_GAP_SECONDS
-            if since >= interval or (unavailable != told_unavailable and news_allowed):
+            if due_in <= 0 or (unavailable != told_unavailable and news_allowed):
                 info = self.local_node_info()
                 try:
                     await self.mesh.publish(TOPIC_NODES, info)
@@ -460,12 +474,13 @@ class Daemon:
                 if self.compute is not None:
                     self.compute.forget_load_watchers()
                 last_sent, told_load, told_unavailable = trio.current_time(), load, unavailable
+                last_sent_wall_ms = wall_ms
                 continue  # the load may have changed while it was sent
             if load != told_load and news_allowed:
                 await self._tell_load()
                 last_told, told_load = trio.current_time(), load
                 continue
-            wait = interval - since
+            wait = due_in
             # A load not yet told waits only for the rate limit; a told one for its next
             # change (Compute calls _load_changed), or the interval.
             self._wake_on_load = load == told_load and unavailable == told_unavailable
@@ -476,7 +491,7 @@ class Daemon:
             self._heartbeat_wake = trio.Event()
             if self._heartbeat_now:
                 self._heartbeat_now = False
-                last_sent = -math.inf
+                last_sent, last_sent_wall_ms = -math.inf, None
 
     async def _tell_load(self) -> None:
         """Our node info, now, to the requesters that care about our load (and to our own
@@ -518,18 +533,19 @@ class Daemon:
         self._heartbeat_now = True
         self._heartbeat_wake.set()
 
-    def _heartbeat_interval_seconds(self) -> float:
-        """This node's heartbeat interval now; the detection windows follow it."""
+    def _heartbeat_schedule_ms(self) -> tuple[int, HeartbeatTurn]:
+        """This node's heartbeat interval now, and its turn in it (``heartbeat_turn``);
+        the detection windows follow the interval."""
         configured_ms = int(self.config.heartbeat_seconds * 1000)
         if self.membership is None:
-            return self.config.heartbeat_seconds
-        interval_ms = heartbeat_interval_ms(configured_ms,
-                                            self.membership.connected_count(now_ms()))
+            return configured_ms, HeartbeatTurn(0, configured_ms)
+        connected = list(self.membership.connected(now_ms()))
+        interval_ms = heartbeat_interval_ms(configured_ms, len({self.peer_id, *connected}))
         window_ms = interval_ms * self.config.missed_heartbeats
         self.membership.detection_window_ms = window_ms
         if self.requester is not None:
             self.requester.core.detection_window_ms = window_ms
-        return interval_ms / 1000
+        return interval_ms, heartbeat_turn(self.peer_id, connected, interval_ms)
 
     async def _heartbeat_when_reach_changes(self) -> None:
         """A node that finds itself behind NAT, or gets or loses a relay, says at once

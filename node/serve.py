@@ -57,7 +57,8 @@ def main() -> None:
               help="node info interval, seconds (longer past 30 nodes: N / 30 times this)"
                    " [default: 15]")
 @click.option("--missed-heartbeats", type=int,
-              help="a node is DISCONNECTED after this many missed heartbeats [default: 2]")
+              help="a node is DISCONNECTED after this many missed heartbeats, 2 or more "
+              "[default: 2]")
 @click.option("--allow-networked-jobs/--deny-networked-jobs", default=None,
               help="run jobs that ask for network access [default: deny]")
 @click.option("--allowed-images", help="only run these images, glob patterns, comma-separated")

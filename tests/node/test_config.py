@@ -137,6 +137,7 @@ def test_good_quantities_are_kept(tmp_path):
     ({"BACNODE_API_PORT": "70000"}, ["$BACNODE_API_PORT", "out of range"]),
     ({"BACNODE_MDNS": "maybe"}, ["$BACNODE_MDNS", "true or false"]),
     ({"BACNODE_HEARTBEAT_SECONDS": "0"}, ["$BACNODE_HEARTBEAT_SECONDS"]),
+    ({"BACNODE_MISSED_HEARTBEATS": "1"}, ["$BACNODE_MISSED_HEARTBEATS", "at least 2"]),
 ])
 def test_bad_environment_value_names_the_variable(tmp_path, env, words):
     with pytest.raises(ConfigError) as error:

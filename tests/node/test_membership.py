@@ -1,11 +1,19 @@
-"""The membership table: how often nodes heartbeat as a network grows, and the rows a
-joining node copies."""
+"""The membership table: how often and when nodes heartbeat as a network grows, and the
+rows a joining node copies."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
-from node.membership import NODES_AT_CONFIGURED_INTERVAL, Membership, heartbeat_interval_ms
+from node.membership import (
+    NODES_AT_CONFIGURED_INTERVAL,
+    HeartbeatTurn,
+    Membership,
+    heartbeat_interval_ms,
+    heartbeat_turn,
+    next_heartbeat_ms,
+)
 from node.store import open_store
 from protocol.envelope import EnvelopeVerifier
 from protocol.identity import NodeKey
@@ -27,6 +35,62 @@ def test_past_30_nodes_a_node_handles_no_more_heartbeats_an_interval():
         # Heartbeats a node handles in one configured interval: N of them every interval_ms.
         assert nodes * FIFTEEN_SECONDS / interval_ms <= NODES_AT_CONFIGURED_INTERVAL + 1e-9
     assert heartbeat_interval_ms(FIFTEEN_SECONDS, 100) == 50_000
+
+
+def _node_ids(count: int, seed: int) -> list[str]:
+    chooser = random.Random(seed)
+    return [f"12D3KooW{chooser.getrandbits(128):032x}" for _ in range(count)]
+
+
+def test_nodes_that_list_the_same_members_take_evenly_spaced_turns():
+    members = _node_ids(100, seed=1)
+    interval_ms = heartbeat_interval_ms(FIFTEEN_SECONDS, len(members))
+    # Each works out its own turn from its own list, in its own order.
+    turns = [heartbeat_turn(node, random.Random(i).sample(members, len(members)), interval_ms)
+             for i, node in enumerate(members)]
+    offsets = sorted(turn.offset_ms for turn in turns)
+    assert offsets == [i * interval_ms // 100 for i in range(100)]
+    assert {turn.width_ms for turn in turns} == {interval_ms // 100} == {500}
+    # A node's own ID need not be in its list.
+    node = members[7]
+    assert heartbeat_turn(node, [m for m in members if m != node], interval_ms) == \
+        heartbeat_turn(node, members, interval_ms)
+
+
+def test_a_node_in_turn_heartbeats_every_interval():
+    interval_ms, turn = 50_000, HeartbeatTurn(offset_ms=12_500, width_ms=500)
+    sent = 34_000_000 * interval_ms + turn.offset_ms  # in turn
+    for _ in range(5):
+        following = next_heartbeat_ms(sent, sent + interval_ms, interval_ms, turn)
+        assert following - sent == interval_ms
+        sent = following
+
+
+def test_a_node_out_of_turn_is_in_turn_at_its_next_heartbeat_and_never_missed():
+    chooser = random.Random(3)
+    for _ in range(2_000):
+        interval_ms = chooser.choice([500, 15_000, 50_000])
+        slots = chooser.randint(1, 100)
+        width_ms = interval_ms // slots
+        turn = HeartbeatTurn(chooser.randrange(slots) * width_ms, width_ms)
+        sent = chooser.randrange(10**12)
+        due = next_heartbeat_ms(sent, sent, interval_ms, turn)
+        assert due % interval_ms == turn.offset_ms
+        assert interval_ms / 2 <= due - sent <= 1.5 * interval_ms
+        # Woken by the timer a little late, it still goes (at once).
+        assert next_heartbeat_ms(sent, due + width_ms // 5, interval_ms, turn) == due
+
+
+def test_a_turn_that_moved_back_past_now_goes_halfway_between_turns():
+    """A node before it left while this one waited: its turn is now earlier, and already
+    past. It heartbeats within a turn's width, in no other node's turn."""
+    interval_ms, width_ms = 50_000, 500
+    sent = 10 * interval_ms + 20 * width_ms  # in its old turn, the 20th
+    turn = HeartbeatTurn(19 * width_ms, width_ms)  # now the 19th
+    now = sent + interval_ms  # its old turn, another node's now
+    due = next_heartbeat_ms(sent, now, interval_ms, turn)
+    assert now < due <= now + width_ms
+    assert due % width_ms == width_ms // 2
 
 
 def _heartbeat(key: NodeKey, seq: int) -> tuple[NodeInfo, bytes]:

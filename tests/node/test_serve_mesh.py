@@ -242,6 +242,43 @@ def test_nodes_learn_peers_from_heartbeats_and_outlive_their_bootstrap(daemons: 
                    timeout=DISCONNECT_TIMEOUT, what=f"{node.name} to hear {other.name} still")
 
 
+def test_nodes_started_together_take_turns_to_heartbeat(daemons: DaemonPool):
+    """Five nodes started at once heartbeat one after another, each in its turn of the
+    interval (its rank among the node IDs), not together: every node relays every
+    heartbeat, and a 100-daemon devnet started in fours heartbeat in fours, which doubled
+    how long the last of each four took to reach everyone."""
+    interval_s = 2.0
+    hub = daemons.new("hub", heartbeat=interval_s)
+    five = [hub, *(daemons.new(f"leaf{i}", peers=[hub], heartbeat=interval_s)
+                   for i in range(1, 5))]
+    daemons.start_all(five)
+    for node in five:
+        node.wait_connected(ids(five), timeout=CONVERGE_TIMEOUT)
+    interval_ms = int(interval_s * 1000)
+    width_ms = interval_ms // len(five)
+    turns = {peer: rank * width_ms for rank, peer in enumerate(sorted(ids(five)))}
+
+    def heard_out_of_turn() -> dict[str, int]:
+        """How far into the interval, past its turn, each node's last heartbeat was heard
+        (by the hub; the hub's by a leaf), for those heard outside half a turn's width."""
+        late = {}
+        for observer, listed in ((hub, five[1:]), (five[1], [hub])):
+            nodes = observer.node_list()
+            for node in listed:
+                seen = datetime.fromisoformat(nodes[node.peer_id]["LastSeen"])
+                past_turn = (round(seen.timestamp() * 1000) - turns[node.peer_id]) % interval_ms
+                if past_turn >= width_ms // 2:
+                    late[node.name] = past_turn
+        return late
+
+    # Out of turn only after joining and when reachability changes, and then in turn at
+    # the next heartbeat.
+    wait_until(lambda: not heard_out_of_turn(), timeout=CONVERGE_TIMEOUT,
+               what="every node to heartbeat in its turn")
+    time.sleep(interval_s)
+    assert heard_out_of_turn() == {}
+
+
 #: Heartbeats so rare that a test which sees a node listed within seconds knows they were
 #: not what listed it.
 RARE_HEARTBEAT = 600.0
