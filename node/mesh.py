@@ -456,19 +456,25 @@ def _parse_rpc(frame: bytes) -> Any:
 
 class _Disconnects(Notifee):
     """Wakes the reconnect loop when a connection closes; hands new connections to
-    ``opened`` (which closes those of banned peers)."""
+    ``opened`` (which closes those of banned peers); tells ``linked`` of both."""
 
     def __init__(self, wake: Callable[[], None],
-                 opened: Callable[[Any], Awaitable[None]] | None = None) -> None:
+                 opened: Callable[[Any], Awaitable[None]] | None = None,
+                 linked: Callable[[ID, bool], None] | None = None) -> None:
         self._wake = wake
         self._opened = opened
+        self._linked = linked
 
     async def connected(self, network: Any, conn: Any) -> None:
         if self._opened is not None:
             await self._opened(conn)
+        if self._linked is not None:
+            self._linked(conn.muxed_conn.peer_id, True)
 
     async def disconnected(self, network: Any, conn: Any) -> None:
         self._wake()
+        if self._linked is not None:
+            self._linked(conn.muxed_conn.peer_id, False)
 
 
 class Mesh:
@@ -541,6 +547,9 @@ class Mesh:
         #: Peers learned from heartbeats (peer exchange), and until when not to dial them.
         self._learned: dict[ID, float] = {}
         self._reconnect_now = trio.Event()
+        #: Told ``(peer ID, True)`` when a first connection to a peer opens, and
+        #: ``(peer ID, False)`` when its last one closes.
+        self.link_listeners: list[Callable[[str, bool], None]] = []
         #: Set when a peer not yet banned is found graylisted: cut it off now, not at the
         #: next periodic check (a flood goes on at thousands of messages a second).
         self._graylisted_now = trio.Event()
@@ -627,7 +636,8 @@ class Mesh:
         self.host.get_network().register_notifee(self._dht_routing)
         self.reach = Reach(self.host, relay_service=relay_service)
         self.host.get_network().register_notifee(
-            _Disconnects(lambda: self._reconnect_now.set(), self._refuse_banned))
+            _Disconnects(lambda: self._reconnect_now.set(), self._refuse_banned,
+                         self._link_changed))
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -1334,6 +1344,14 @@ class Mesh:
         scorer = self.gossipsub.scorer
         return scorer is not None and scorer.score(peer, list(TOPIC_MESSAGE_TYPES)) < (
             GRAYLIST_THRESHOLD)
+
+    def _link_changed(self, peer: ID, opened: bool) -> None:
+        # The swarm lists a connection before it tells of it, and no more once closed.
+        conns = self.host.get_network().connections.get(peer) or []
+        if (len(conns) if isinstance(conns, list) else 1) != (1 if opened else 0):
+            return  # a second connection opened, or one of two closed
+        for listener in self.link_listeners:
+            listener(peer.to_base58(), opened)
 
     async def _refuse_banned(self, conn: Any) -> None:
         peer = conn.muxed_conn.peer_id

@@ -45,6 +45,7 @@ from .core.events import (
     BidReceived,
     CommitmentReceived,
     DecisionUndelivered,
+    LinkChanged,
     NodeHeard,
     PersistCommitment,
     PersistExecution,
@@ -127,6 +128,14 @@ class Requester:
         self._recent_jobs: OrderedDict[str, None] = OrderedDict()
         self._write_failed = trio.Event()
         self._nursery: trio.Nursery | None = None
+        mesh.link_listeners.append(self._link_changed)
+        for peer_id in mesh.connected_peers():
+            self._link_changed(peer_id, True)
+
+    def _link_changed(self, peer_id: str, linked: bool) -> None:
+        # Straight into the core, in the order they come: nothing comes of it to carry
+        # out, and handle() runs to its end before any other event's.
+        self.core.handle(LinkChanged(peer_id, linked), now_ms())
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:

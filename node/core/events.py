@@ -83,6 +83,15 @@ class NodeHeard:
 
 
 @dataclass(frozen=True)
+class LinkChanged:
+    """This node now has (``linked``), or no longer has, a connection to ``node_id``: a
+    node it can ask without dialling it first."""
+
+    node_id: str
+    linked: bool
+
+
+@dataclass(frozen=True)
 class DecisionUndelivered:
     """An accepting decision did not reach its node."""
 
@@ -280,8 +289,8 @@ class CancelExecution:
 
 
 RequesterEvent = (Submitted | BidReceived | UpdateReceived | ResultReceived
-                  | CommitmentReceived | VerdictHeard | NodeHeard | DecisionUndelivered
-                  | StopRequested | Restarted | Tick)
+                  | CommitmentReceived | VerdictHeard | NodeHeard | LinkChanged
+                  | DecisionUndelivered | StopRequested | Restarted | Tick)
 RequesterInstruction = (Announce | SendDecision | PersistJob | PersistExecution
                         | PersistCommitment | PersistReputation | SendRevealRequest
                         | PublishVerdict | StoreResult)

@@ -18,6 +18,7 @@ from node.core.events import (
     CancelExecution,
     DecisionReceived,
     ExecutionEnded,
+    LinkChanged,
     NodeHeard,
     PersistExecution,
     PersistJob,
@@ -49,7 +50,7 @@ from protocol.messages import (
     JobAnnouncement,
     NodeInfo,
 )
-from protocol.scheduling import NodePolicy
+from protocol.scheduling import NodePolicy, xor_distance
 from protocol.states import ExecutionState, JobState
 
 WINDOW = 30_000
@@ -124,6 +125,40 @@ def test_only_the_nearest_nodes_are_asked_and_the_decision_waits_for_no_one_else
     assert len(accepted) == 1
     assert accepted[0].deadline_ms == 5 + 60_000  # fixed at acceptance
     assert len(of(SendDecision, out)) == 3  # the two others are told, to free their slots
+
+
+def test_nodes_this_one_is_connected_to_are_asked_before_those_it_would_dial() -> None:
+    """Among nodes alike (room, record), a requester asks those it has a connection to, and
+    those nearest the job among them; the rest only as they come next, or once the
+    connections close."""
+    nodes = [f"n{i:03d}" for i in range(100)]
+    linked = {"n017", "n042", "n063", "n088"}
+
+    def asked(core: RequesterCore, the_job: Job) -> set[str]:
+        (announce,) = of(Announce, core.handle(Submitted(the_job), 0))
+        return set(announce.announcement.candidates)
+
+    def connected_requester(*also: str) -> RequesterCore:
+        core = requester_with(*nodes, *also)
+        for node in linked:
+            core.handle(LinkChanged(node, True), 0)
+        return core
+
+    for _ in range(20):  # each job on a requester of its own: no asks of others pending
+        the_job = job()
+        assert asked(connected_requester(), the_job) == set(
+            sorted(linked, key=lambda node: xor_distance(the_job.id or "", node))[:3])
+    the_job = job()
+    core = connected_requester()
+    for node in linked:
+        core.handle(LinkChanged(node, False), 0)
+    assert asked(core, the_job) == asked(requester_with(*nodes), the_job)
+    assert not asked(core, the_job) <= linked
+    # The node a requester runs on needs no connection to itself: it counts as one.
+    for _ in range(5):
+        the_job = job()
+        assert asked(connected_requester("me"), the_job) == set(
+            sorted({*linked, "me"}, key=lambda node: xor_distance(the_job.id or "", node))[:3])
 
 
 def test_enough_early_bids_bring_the_decision_forward_while_a_candidate_is_silent() -> None:
