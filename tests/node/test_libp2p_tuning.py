@@ -128,6 +128,82 @@ def test_a_reader_of_small_messages_grants_window_in_batches_as_go_yamux_does():
     assert _window_updates("batched") <= 400_000 // WINDOW_GRANT_BYTES + 2
 
 
+TIMED_BODIES_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import trio
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.id import ID
+    from libp2p.stream_muxer.yamux import yamux
+    py_libp2p_own = yamux.Yamux._read_data_body
+    timed = []
+
+    async def counting(self, length):  # py-libp2p's read of a body, under its timer
+        timed.append(length)
+        return await py_libp2p_own(self, length)
+
+    yamux.Yamux._read_data_body = counting
+    from node.mesh import Mesh   # applies node.libp2p_tuning, around `counting`
+    from protocol.identity import NodeKey
+
+    PROTOCOL = TProtocol("/bacnode-test/bodies/1")
+    # 300 small messages, then one larger than a noise frame (its body comes in pieces).
+    MESSAGES = [bytes([i % 251]) * 1000 for i in range(300)] + [bytes(range(256)) * 1200]
+    if sys.argv[1] == "own":
+        yamux.Yamux._read_data_body = counting
+
+    async def ignore(*args):
+        pass
+
+    async def main(port_a, port_b):
+        a = Mesh(NodeKey.generate(), listen=(f"/ip4/127.0.0.1/tcp/{port_a}",), on_message=ignore)
+        received = trio.Event()
+        got = bytearray()
+        expected = b"".join(MESSAGES)
+
+        async def reader(stream):
+            while len(got) < len(expected):
+                got.extend(await stream.read(65536))
+            received.set()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            a.host.set_stream_handler(PROTOCOL, reader)
+            b = Mesh(NodeKey.generate(), listen=(f"/ip4/127.0.0.1/tcp/{port_b}",),
+                     bootstrap=(f"/ip4/127.0.0.1/tcp/{port_a}/p2p/{a.key.peer_id}",),
+                     on_message=ignore)
+            await nursery.start(b.run)
+            stream = await b.host.new_stream(ID.from_base58(a.key.peer_id), [PROTOCOL])
+            before = len(timed)
+            for message in MESSAGES:
+                await stream.write(message)
+            with trio.fail_after(30):
+                await received.wait()
+            print(json.dumps({"timed": len(timed) - before, "intact": bytes(got) == expected}),
+                  flush=True)
+            a.stop(); b.stop()
+
+    trio.run(main, *(int(p) for p in sys.argv[2:]))
+""")
+
+
+def _timed_bodies(mode: str) -> dict[str, object]:
+    done = subprocess.run([sys.executable, "-c", TIMED_BODIES_SCRIPT, mode,
+                           *(str(p) for p in free_ports(2))],
+                          capture_output=True, text=True, timeout=90, env=child_env(),
+                          cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_yamux_body_already_decrypted_is_taken_without_a_timer():
+    # py-libp2p enters a trio.fail_after for every data frame's body; bacnode only for a
+    # body that has not all arrived, and the bytes read are the same either way.
+    own = _timed_bodies("own")
+    assert own["intact"] and own["timed"] >= 300
+    tuned = _timed_bodies("tuned")
+    assert tuned["intact"] and tuned["timed"] <= 10
+
+
 YAMUX_TUNABLES_SCRIPT = textwrap.dedent("""
     import json, os
     import libp2p.stream_muxer.yamux.yamux as yamux
