@@ -712,7 +712,8 @@ def report(baselines: list[tuple[str, float | None, str]], everything: list[dict
            else "the first node. ")
         + "gossip samples: heartbeats received in the window, "
         "of N(N-1) x window / the interval daemons heartbeat at (N / 30 times --heartbeat "
-        "past N = 30: node/membership.py). host CPU %: the whole machine during the "
+        "past N = 30, N rounded up to a multiple of 10: node/membership.py). host CPU %: "
+        "the whole machine during the "
         "window (100 = every core busy); other: the part these daemons did not use (other "
         "processes compete for the same cores and inflate delays and CPU %)."
     )

@@ -37,15 +37,23 @@ NODE_PERSIST_INTERVAL_MS = 60_000
 #: handles every heartbeat: at a fixed interval each costs O(N) and the network O(N²), and
 #: 100 daemons on 15 s heartbeats kept 2 cores saturated and never listed each other).
 NODES_AT_CONFIGURED_INTERVAL = 30
+#: Heartbeat turns come in steps of this many: a node count is rounded up to a multiple of
+#: it, for the interval and its turns (see ``heartbeat_turn``).
+TURN_STEP = 10
 GOSSIP_DELAY_SAMPLES = 20_000
+
+
+def _turns(nodes: int) -> int:
+    return -(-max(nodes, 1) // TURN_STEP) * TURN_STEP
 
 
 def heartbeat_interval_ms(configured_ms: int, nodes: int) -> int:
     """How often each of ``nodes`` nodes heartbeats: the configured interval, or longer in
-    a network of more than ``NODES_AT_CONFIGURED_INTERVAL`` (15 s: 50 s at 100 nodes).
-    Every node works it out from its own count, so they agree as closely as their node
-    lists do; the detection window (missed heartbeats × this) leaves room for the rest."""
-    return max(configured_ms, configured_ms * nodes // NODES_AT_CONFIGURED_INTERVAL)
+    a network of more than ``NODES_AT_CONFIGURED_INTERVAL``, in proportion to the node
+    count rounded up to a multiple of ``TURN_STEP`` (15 s: 50 s at 91-100 nodes). Every
+    node works it out from its own count, so they agree as closely as their node lists do;
+    the detection window (missed heartbeats × this) leaves room for the rest."""
+    return max(configured_ms, configured_ms * _turns(nodes) // NODES_AT_CONFIGURED_INTERVAL)
 
 
 class HeartbeatTurn(NamedTuple):
@@ -65,9 +73,15 @@ def heartbeat_turn(own_id: str, node_ids: Iterable[str], interval_ms: int) -> He
     they started with: a 100-daemon devnet on 2 cores heartbeat in fours, and the last of
     each four took twice as long to reach everyone as a heartbeat sent alone. Nodes that
     list the same members agree on the turns without a word; one that lists others only
-    heartbeats out of turn until its list catches up."""
+    heartbeats out of turn until its list catches up.
+
+    An interval has as many turns as there are nodes, rounded up to a multiple of
+    ``TURN_STEP``, so that a node that joins or leaves moves the others' turns by a turn
+    at most. Counted exactly, each change of the count moved every turn (the turns are
+    counted from the Unix epoch, modulo the interval), and nodes found theirs behind
+    them all the while a network grew or churned."""
     ranked = sorted({own_id, *node_ids})
-    width_ms = interval_ms // len(ranked)
+    width_ms = interval_ms // _turns(len(ranked))
     return HeartbeatTurn(ranked.index(own_id) * width_ms, width_ms)
 
 

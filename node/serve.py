@@ -54,7 +54,8 @@ def main() -> None:
 @click.option("--swarm-key", type=click.Path(dir_okay=False),
               help="pre-shared key file of a private network")
 @click.option("--heartbeat-seconds", type=float,
-              help="node info interval, seconds (longer past 30 nodes: N / 30 times this)"
+              help="node info interval, seconds (longer past 30 nodes: N / 30 times this, N "
+                   "rounded up to a multiple of 10)"
                    " [default: 15]")
 @click.option("--missed-heartbeats", type=int,
               help="a node is DISCONNECTED after this many missed heartbeats, 2 or more "

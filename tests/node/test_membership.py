@@ -8,6 +8,7 @@ from pathlib import Path
 
 from node.membership import (
     NODES_AT_CONFIGURED_INTERVAL,
+    TURN_STEP,
     HeartbeatTurn,
     Membership,
     heartbeat_interval_ms,
@@ -55,6 +56,22 @@ def test_nodes_that_list_the_same_members_take_evenly_spaced_turns():
     node = members[7]
     assert heartbeat_turn(node, [m for m in members if m != node], interval_ms) == \
         heartbeat_turn(node, members, interval_ms)
+
+
+def test_a_node_that_joins_moves_the_others_turns_by_one_turn_at_most():
+    """Were an interval cut into exactly as many turns as there are nodes, each node that
+    joined would move every turn (they are counted from the epoch, modulo the interval)."""
+    members = _node_ids(100, seed=2)
+    for count in range(81, 100):
+        before, after = members[:count], members[:count + 1]
+        interval_ms = heartbeat_interval_ms(FIFTEEN_SECONDS, count)
+        if heartbeat_interval_ms(FIFTEEN_SECONDS, count + 1) != interval_ms:
+            assert count % TURN_STEP == 0  # a step: the interval grows by a tenth or less
+            continue
+        for node in before:
+            old = heartbeat_turn(node, before, interval_ms)
+            new = heartbeat_turn(node, after, interval_ms)
+            assert new.offset_ms - old.offset_ms in (0, old.width_ms)
 
 
 def test_a_node_in_turn_heartbeats_every_interval():

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from node.membership import heartbeat_turn
 from scripts.daemons import Daemon, DaemonPool, wait_until
 
 #: 5 missed half-second heartbeats make 2.5 s; the rest is slack for a loaded machine.
@@ -255,8 +256,9 @@ def test_nodes_started_together_take_turns_to_heartbeat(daemons: DaemonPool):
     for node in five:
         node.wait_connected(ids(five), timeout=CONVERGE_TIMEOUT)
     interval_ms = int(interval_s * 1000)
-    width_ms = interval_ms // len(five)
-    turns = {peer: rank * width_ms for rank, peer in enumerate(sorted(ids(five)))}
+    turns = {node.peer_id: heartbeat_turn(node.peer_id, ids(five), interval_ms)
+             for node in five}
+    width_ms = turns[hub.peer_id].width_ms
 
     def heard_out_of_turn() -> dict[str, int]:
         """How far into the interval, past its turn, each node's last heartbeat was heard
@@ -266,7 +268,8 @@ def test_nodes_started_together_take_turns_to_heartbeat(daemons: DaemonPool):
             nodes = observer.node_list()
             for node in listed:
                 seen = datetime.fromisoformat(nodes[node.peer_id]["LastSeen"])
-                past_turn = (round(seen.timestamp() * 1000) - turns[node.peer_id]) % interval_ms
+                past_turn = (round(seen.timestamp() * 1000)
+                             - turns[node.peer_id].offset_ms) % interval_ms
                 if past_turn >= width_ms // 2:
                     late[node.name] = past_turn
         return late
