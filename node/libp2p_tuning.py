@@ -9,7 +9,11 @@ Found by profiling the hub of a 20-node devnet (bench/mesh.py):
   although a peer's record only changes with its addresses. We verify each distinct
   record once per peer and remember the bytes that passed.
 - Every RPC sent rebuilds the local record's address set to see whether a cached
-  record is still current. We keep the answer for a few seconds.
+  record is still current. We keep the answer for a minute (a record that comes with
+  pubsub RPCs only feeds the peerstore; peers dial the addresses in signed heartbeats).
+  For 5 s it was still 5 % of a 100-node devnet leaf's active samples: a leaf forwards
+  nothing, but py-libp2p builds the RPC, record included, before it finds no one to send
+  it to, and the rebuild every 5 s parses every listen address.
 
 These wrap the functions where the pubsub modules look them up, so the behaviour is
 py-libp2p's own; only repeated work on identical inputs is skipped. (gossipsub 1.2's
@@ -91,7 +95,7 @@ log = logging.getLogger("bacnode.libp2p")
 #: Distinct (peer, record) pairs remembered as verified.
 MAX_VERIFIED_RECORDS = 4096
 #: How long the local record is reused without re-checking the listen addresses.
-LOCAL_RECORD_SECONDS = 5.0
+LOCAL_RECORD_SECONDS = 60.0
 
 #: Failed health pings in a row after which a connection is closed (one a check interval).
 PING_FAILURES_TO_CLOSE = 3
