@@ -55,6 +55,7 @@ are read from the environment at every call, several times for each frame receiv
 data frame's read timeout, the window's grant threshold, the debug switch), 1.5 % of a
 leaf's active samples. They are read once, when these wrappers are installed: a daemon's
 environment does not change while it runs.
+
 And one more of its yamux, found by profiling the leaves of a 100-node devnet: it reads
 each data frame's body under a fresh ``trio.fail_after`` (a cancel scope with a deadline,
 entered and left), so that a peer cannot stall it halfway; a tenth of a leaf's active

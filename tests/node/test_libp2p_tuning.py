@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import multiaddr
 import trio
@@ -55,16 +56,51 @@ async def test_a_connection_is_given_up_only_after_several_late_pings_in_a_row()
     assert not failed.success and not failed.skipped
 
 
-WINDOW_UPDATES_SCRIPT = textwrap.dedent("""
-    import json, sys, trio
+#: What the scripts below share: two meshes in one process, the second bootstrapped to the
+#: first, and a stream from the second to the first's ``reader``. ``node.mesh`` (which
+#: applies node.libp2p_tuning) is imported only then, after a script has taken py-libp2p's
+#: own functions to compare with.
+TWO_MESHES = textwrap.dedent("""
+    import json, sys
+    import trio
     from libp2p.custom_types import TProtocol
     from libp2p.peer.id import ID
     from libp2p.stream_muxer.yamux import yamux
-    py_libp2p_own = yamux.YamuxStream._auto_tune_and_send_window_update
-    from node.mesh import Mesh   # applies node.libp2p_tuning
-    from protocol.identity import NodeKey
 
-    PROTOCOL = TProtocol("/bacnode-test/small-messages/1")
+    async def ignore(*args):
+        pass
+
+    async def stream_between_two_meshes(nursery, protocol, reader):
+        from node.mesh import Mesh
+        from protocol.identity import NodeKey
+        port_a, port_b = (int(p) for p in sys.argv[2:])
+        a = Mesh(NodeKey.generate(), listen=(f"/ip4/127.0.0.1/tcp/{port_a}",), on_message=ignore)
+        await nursery.start(a.run)
+        a.host.set_stream_handler(protocol, reader)
+        b = Mesh(NodeKey.generate(), listen=(f"/ip4/127.0.0.1/tcp/{port_b}",),
+                 bootstrap=(f"/ip4/127.0.0.1/tcp/{port_a}/p2p/{a.key.peer_id}",),
+                 on_message=ignore)
+        await nursery.start(b.run)
+        stream = await b.host.new_stream(ID.from_base58(a.key.peer_id), [protocol])
+        return a, b, stream
+""")
+
+
+def _two_meshes(script: str, mode: str) -> dict[str, Any]:
+    """Run ``script`` (after ``TWO_MESHES``) in a process of its own: the wrappers are
+    installed once per process. Its last line of output, as JSON."""
+    done = subprocess.run([sys.executable, "-c", TWO_MESHES + script, mode,
+                           *(str(p) for p in free_ports(2))],
+                          capture_output=True, text=True, timeout=90, env=child_env(),
+                          cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+WINDOW_UPDATES_SCRIPT = textwrap.dedent("""
+    py_libp2p_own = yamux.YamuxStream._auto_tune_and_send_window_update
+    import node.mesh  # applies node.libp2p_tuning
+
     MESSAGES, SIZE = 400, 1000
     if sys.argv[1] == "per-read":  # py-libp2p's own behaviour, to compare with
         yamux.YamuxStream._auto_tune_and_send_window_update = py_libp2p_own
@@ -77,11 +113,7 @@ WINDOW_UPDATES_SCRIPT = textwrap.dedent("""
 
     yamux.YamuxStream.send_window_update = counting
 
-    async def ignore(*args):
-        pass
-
-    async def main(port_a, port_b):
-        a = Mesh(NodeKey.generate(), listen=(f"/ip4/127.0.0.1/tcp/{port_a}",), on_message=ignore)
+    async def main():
         received = trio.Event()
         got = []
 
@@ -92,13 +124,8 @@ WINDOW_UPDATES_SCRIPT = textwrap.dedent("""
             received.set()
 
         async with trio.open_nursery() as nursery:
-            await nursery.start(a.run)
-            a.host.set_stream_handler(PROTOCOL, reader)
-            b = Mesh(NodeKey.generate(), listen=(f"/ip4/127.0.0.1/tcp/{port_b}",),
-                     bootstrap=(f"/ip4/127.0.0.1/tcp/{port_a}/p2p/{a.key.peer_id}",),
-                     on_message=ignore)
-            await nursery.start(b.run)
-            stream = await b.host.new_stream(ID.from_base58(a.key.peer_id), [PROTOCOL])
+            a, b, stream = await stream_between_two_meshes(
+                nursery, TProtocol("/bacnode-test/small-messages/1"), reader)
             before = len(updates)
             for _ in range(MESSAGES):
                 await stream.write(b"x" * SIZE)
@@ -108,32 +135,19 @@ WINDOW_UPDATES_SCRIPT = textwrap.dedent("""
             print(json.dumps({"updates": len(updates) - before}), flush=True)
             a.stop(); b.stop()
 
-    trio.run(main, *(int(p) for p in sys.argv[2:]))
+    trio.run(main)
 """)
-
-
-def _window_updates(mode: str) -> int:
-    done = subprocess.run([sys.executable, "-c", WINDOW_UPDATES_SCRIPT, mode,
-                           *(str(p) for p in free_ports(2))],
-                          capture_output=True, text=True, timeout=90, env=child_env(),
-                          cwd=REPO_ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])["updates"]
 
 
 def test_a_reader_of_small_messages_grants_window_in_batches_as_go_yamux_does():
     # 400 KB read in 1 KB messages: py-libp2p sends a window update for every read, each
     # an encrypted frame and a syscall on both ends; bacnode one per WINDOW_GRANT_BYTES.
-    assert _window_updates("per-read") >= 300
-    assert _window_updates("batched") <= 400_000 // WINDOW_GRANT_BYTES + 2
+    assert _two_meshes(WINDOW_UPDATES_SCRIPT, "per-read")["updates"] >= 300
+    assert _two_meshes(WINDOW_UPDATES_SCRIPT, "batched")["updates"] <= (
+        400_000 // WINDOW_GRANT_BYTES + 2)
 
 
 TIMED_BODIES_SCRIPT = textwrap.dedent("""
-    import json, sys
-    import trio
-    from libp2p.custom_types import TProtocol
-    from libp2p.peer.id import ID
-    from libp2p.stream_muxer.yamux import yamux
     py_libp2p_own = yamux.Yamux._read_data_body
     timed = []
 
@@ -142,20 +156,14 @@ TIMED_BODIES_SCRIPT = textwrap.dedent("""
         return await py_libp2p_own(self, length)
 
     yamux.Yamux._read_data_body = counting
-    from node.mesh import Mesh   # applies node.libp2p_tuning, around `counting`
-    from protocol.identity import NodeKey
+    import node.mesh  # applies node.libp2p_tuning, around `counting`
 
-    PROTOCOL = TProtocol("/bacnode-test/bodies/1")
     # 300 small messages, then one larger than a noise frame (its body comes in pieces).
     MESSAGES = [bytes([i % 251]) * 1000 for i in range(300)] + [bytes(range(256)) * 1200]
     if sys.argv[1] == "own":
         yamux.Yamux._read_data_body = counting
 
-    async def ignore(*args):
-        pass
-
-    async def main(port_a, port_b):
-        a = Mesh(NodeKey.generate(), listen=(f"/ip4/127.0.0.1/tcp/{port_a}",), on_message=ignore)
+    async def main():
         received = trio.Event()
         got = bytearray()
         expected = b"".join(MESSAGES)
@@ -166,13 +174,8 @@ TIMED_BODIES_SCRIPT = textwrap.dedent("""
             received.set()
 
         async with trio.open_nursery() as nursery:
-            await nursery.start(a.run)
-            a.host.set_stream_handler(PROTOCOL, reader)
-            b = Mesh(NodeKey.generate(), listen=(f"/ip4/127.0.0.1/tcp/{port_b}",),
-                     bootstrap=(f"/ip4/127.0.0.1/tcp/{port_a}/p2p/{a.key.peer_id}",),
-                     on_message=ignore)
-            await nursery.start(b.run)
-            stream = await b.host.new_stream(ID.from_base58(a.key.peer_id), [PROTOCOL])
+            a, b, stream = await stream_between_two_meshes(
+                nursery, TProtocol("/bacnode-test/bodies/1"), reader)
             before = len(timed)
             for message in MESSAGES:
                 await stream.write(message)
@@ -182,25 +185,16 @@ TIMED_BODIES_SCRIPT = textwrap.dedent("""
                   flush=True)
             a.stop(); b.stop()
 
-    trio.run(main, *(int(p) for p in sys.argv[2:]))
+    trio.run(main)
 """)
-
-
-def _timed_bodies(mode: str) -> dict[str, object]:
-    done = subprocess.run([sys.executable, "-c", TIMED_BODIES_SCRIPT, mode,
-                           *(str(p) for p in free_ports(2))],
-                          capture_output=True, text=True, timeout=90, env=child_env(),
-                          cwd=REPO_ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_a_yamux_body_already_decrypted_is_taken_without_a_timer():
     # py-libp2p enters a trio.fail_after for every data frame's body; bacnode only for a
     # body that has not all arrived, and the bytes read are the same either way.
-    own = _timed_bodies("own")
+    own = _two_meshes(TIMED_BODIES_SCRIPT, "own")
     assert own["intact"] and own["timed"] >= 300
-    tuned = _timed_bodies("tuned")
+    tuned = _two_meshes(TIMED_BODIES_SCRIPT, "tuned")
     assert tuned["intact"] and tuned["timed"] <= 10
 
 
