@@ -508,9 +508,13 @@ class RequesterCore:
         needed = plan.needed()
         excluded = {e.node_id for e in plan.executions.values() if e.state in _PLACED}
         excluded |= {bid.node_id for bid in bids if self.distrusted(bid.node_id)}
-        # A clean record first; among equals the usual ranking spreads the load.
-        chosen = choose_bids(sorted(bids, key=lambda bid: self._blemished(bid.node_id)),
-                             needed, exclude=excluded)
+        # Bids from nodes with a clean record first (the ranking alone would order every
+        # bid by its figures, records aside), each group in the usual ranking.
+        blemished = {bid.node_id for bid in bids if self._blemished(bid.node_id)}
+        chosen = choose_bids(bids, needed, exclude=excluded | blemished)
+        if len(chosen) < needed:
+            chosen += choose_bids(bids, needed - len(chosen),
+                                  exclude=excluded | {bid.node_id for bid in chosen})
         queue_over = now >= plan.waiting_since_ms + plan.job.task.timeouts.queue_timeout * 1000
         # Nodes that are busy now will have room later, and nodes not asked yet or not heard
         # from (a lost message) may take it; nodes that declined never will. A node that

@@ -33,6 +33,7 @@ from node.core.events import (
     Tick,
     UpdateReceived,
 )
+from node.core.reputation import Reputation
 from node.core.requester import (
     BID_WINDOW_MS,
     BUSY_RETRY_FIRST_MS,
@@ -159,6 +160,27 @@ def test_nodes_this_one_is_connected_to_are_asked_before_those_it_would_dial() -
         the_job = job()
         assert asked(connected_requester("me"), the_job) == set(
             sorted({*linked, "me"}, key=lambda node: xor_distance(the_job.id or "", node))[:3])
+
+
+def test_a_node_with_a_clean_record_wins_over_a_better_bid_from_a_blemished_one() -> None:
+    """Among accepting bids, a node whose record is blemished (more failures than
+    agreements) is chosen only when no node with a clean record bid."""
+    core = requester_with("a", "b")
+    core.reputation["a"] = Reputation(failures=1)
+    the_job = job()
+    core.handle(Submitted(the_job), 0)
+    better = replace(bid(the_job.id or "", "a"), free=replace(TOTAL, cpu_milli=4000))
+    worse = replace(bid(the_job.id or "", "b"), running_executions=1)
+    out = core.handle(BidReceived(better), 1) + core.handle(BidReceived(worse), 2)
+    (winner,) = [d.decision.node_id for d in of(SendDecision, out) if d.decision.accepted]
+    assert winner == "b"
+    # With no clean bid, the blemished one still runs the job.
+    core = requester_with("a")
+    core.reputation["a"] = Reputation(failures=1)
+    the_job = job()
+    core.handle(Submitted(the_job), 0)
+    out = core.handle(BidReceived(bid(the_job.id or "", "a")), 1)
+    assert [d.decision.node_id for d in of(SendDecision, out) if d.decision.accepted] == ["a"]
 
 
 def test_enough_early_bids_bring_the_decision_forward_while_a_candidate_is_silent() -> None:
