@@ -454,7 +454,7 @@ def _parse_rpc(frame: bytes) -> Any:
     return rpc
 
 
-class _Disconnects(Notifee):
+class _ConnectionEvents(Notifee):
     """Wakes the reconnect loop when a connection closes; hands new connections to
     ``opened`` (which closes those of banned peers); tells ``linked`` of both."""
 
@@ -636,8 +636,8 @@ class Mesh:
         self.host.get_network().register_notifee(self._dht_routing)
         self.reach = Reach(self.host, relay_service=relay_service)
         self.host.get_network().register_notifee(
-            _Disconnects(lambda: self._reconnect_now.set(), self._refuse_banned,
-                         self._link_changed))
+            _ConnectionEvents(lambda: self._reconnect_now.set(), self._refuse_banned,
+                              self._link_changed))
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -1347,11 +1347,11 @@ class Mesh:
 
     def _link_changed(self, peer: ID, opened: bool) -> None:
         # The swarm lists a connection before it tells of it, and no more once closed.
-        conns = self.host.get_network().connections.get(peer) or []
-        if (len(conns) if isinstance(conns, list) else 1) != (1 if opened else 0):
+        peer_id = peer.to_base58()
+        if self.connection_counts().get(peer_id, 0) != (1 if opened else 0):
             return  # a second connection opened, or one of two closed
         for listener in self.link_listeners:
-            listener(peer.to_base58(), opened)
+            listener(peer_id, opened)
 
     async def _refuse_banned(self, conn: Any) -> None:
         peer = conn.muxed_conn.peer_id
