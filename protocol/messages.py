@@ -241,8 +241,9 @@ class Capacity(Record):
             _require(getattr(self, name) >= 0, f"{path}.{name} must not be negative")
 
     def fits_in(self, other: Capacity) -> bool:
-        return all(getattr(self, name) <= getattr(other, name)
-                   for name in _layout(Capacity).names)
+        # Spelled out: a requester checks every node it knows for each job it places.
+        return (self.cpu_milli <= other.cpu_milli and self.memory <= other.memory
+                and self.disk <= other.disk and self.gpu <= other.gpu)
 
 
 #: How many job announcements a requester may send, straight or gossiped: this many a

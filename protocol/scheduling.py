@@ -129,11 +129,14 @@ def _capacity_shortfall(needed: Capacity, total: Capacity) -> str | None:
     return None
 
 
+def xor_key(identifier: str) -> int:
+    """An ID's place in Kademlia's XOR space: its SHA-256, as an integer."""
+    return int.from_bytes(hashlib.sha256(identifier.encode()).digest())
+
+
 def xor_distance(job_id: str, node_id: str) -> int:
     """Kademlia's distance between a job and a node, on the SHA-256 of their IDs."""
-    job_key = int.from_bytes(hashlib.sha256(job_id.encode()).digest())
-    node_key = int.from_bytes(hashlib.sha256(node_id.encode()).digest())
-    return job_key ^ node_key
+    return xor_key(job_id) ^ xor_key(node_id)
 
 
 def rank_bids(bids: Iterable[Bid]) -> list[Bid]:

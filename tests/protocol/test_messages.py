@@ -261,3 +261,13 @@ def test_a_wrong_value_inside_a_list_map_or_record_is_named_by_its_path(kind, ch
         cls.from_body({**_example(cls), **changes})
     assert message in str(caught.value)
 
+
+
+def test_a_capacity_fits_only_when_no_resource_of_it_is_over() -> None:
+    room = Capacity(cpu_milli=2000, memory=4 << 30, disk=10 << 30, gpu=1)
+    assert room.fits_in(room)
+    assert Capacity().fits_in(room)
+    for field in dataclasses.fields(Capacity):
+        over = dataclasses.replace(room, **{field.name: getattr(room, field.name) + 1})
+        assert not over.fits_in(room), field.name
+        assert room.fits_in(over), field.name
