@@ -262,10 +262,23 @@ class Requester:
 
     async def _finish(self, instructions: list[RequesterInstruction],
                       queued: list[tuple[_Persist, list[PendingWrite]]]) -> None:
+        """Carry out what the core decided: what tells a node something the store must
+        remember (that it won a bid, a verdict) once the writes queued with it commit; an
+        ask, or a bid turned down, at once.
+
+        Neither an ask nor a turn-down needs anything on disk: a requester that goes down
+        before its writes commit asks again from its stored jobs, and the nodes it asked or
+        turned down hold nothing for it. Held behind the commit, they added an fsync
+        (1.5-2.5 ms) to every placement.
+        """
+        early = [instruction for instruction in instructions if _needs_nothing_stored(instruction)]
+        for instruction in early:
+            await self._carry_out(instruction)
         for instruction, pending in queued:
             await self._committed(instruction, pending)
         for instruction in instructions:
-            await self._carry_out(instruction)
+            if not _needs_nothing_stored(instruction):
+                await self._carry_out(instruction)
 
     # -- instructions out --------------------------------------------------------
 
@@ -440,6 +453,12 @@ class Requester:
 
         assert self._nursery is not None
         self._nursery.start_soon(guarded)
+
+
+def _needs_nothing_stored(instruction: RequesterInstruction) -> bool:
+    """Whether ``instruction`` may go out before the writes decided with it commit."""
+    return isinstance(instruction, Announce) or (
+        isinstance(instruction, SendDecision) and not instruction.decision.accepted)
 
 
 def _event_ids(event: RequesterEvent) -> dict[str, str]:

@@ -3,7 +3,8 @@
 One ``RequesterCore`` per node holds every unfinished job this node requested
 and its view of the compute nodes it has heard from. ``handle(event, now_ms)``
 returns the instructions to carry out, in order; persisting comes before
-sending, so what a node was told is always on disk first.
+telling a node it won, so what it was told is always on disk first (an ask, or a bid
+turned down, needs nothing on disk: the daemon sends those at once).
 
 Placement, per job:
 
