@@ -64,6 +64,10 @@ class HeartbeatTurn(NamedTuple):
     width_ms: int
 
 
+#: A late heartbeat goes between two turns within this many turns (``next_heartbeat_ms``).
+LATE_TURNS = 4
+
+
 def heartbeat_turn(own_id: str, node_ids: Iterable[str], interval_ms: int) -> HeartbeatTurn:
     """``own_id``'s turn: its rank among ``node_ids`` (and itself) spreads the network's
     heartbeats evenly over the interval.
@@ -95,14 +99,24 @@ def next_heartbeat_ms(last_sent_ms: int, now_ms: int, interval_ms: int,
     ``node.config.MIN_MISSED_HEARTBEATS`` intervals or more.
 
     When that time has passed (the node's turn moved back while it waited: a node before
-    it left), the heartbeat goes at once, or rather halfway between two turns, so that it
-    does not land in another node's."""
+    it left, or the network grew while it slept), the heartbeat goes soon, between turns
+    so that it lands in no node's turn: at a quarter, half or three quarters of one of the
+    next ``LATE_TURNS`` turns, the spot picked by its rank. Nodes late together (they
+    joined together, so planned under the same smaller network) all took the next
+    halfway point at first, and crossed there on 100 daemons."""
     due = last_sent_ms + interval_ms
     late_by = (turn.offset_ms - due) % interval_ms
     due += late_by if late_by <= interval_ms // 2 else late_by - interval_ms
     if now_ms - due <= turn.width_ms // 4:  # woken a little late is still in turn
         return due
-    return now_ms + (turn.offset_ms + turn.width_ms // 2 - now_ms) % turn.width_ms
+    # Its spots recur every LATE_TURNS turns, fixed on the clock as the turns are, so that
+    # a node woken at its spot finds itself there, not a spot further on.
+    turns_ahead, quarter = divmod(turn.offset_ms // turn.width_ms % (LATE_TURNS * 3), 3)
+    shift_ms = turns_ahead * turn.width_ms + (quarter + 1) * (turn.width_ms // 4)
+    period_ms = LATE_TURNS * turn.width_ms
+    cycle_start_ms = now_ms - now_ms % interval_ms
+    since_ms = now_ms - turn.width_ms // 8 - cycle_start_ms - shift_ms
+    return cycle_start_ms + shift_ms + max(0, -(-since_ms // period_ms)) * period_ms
 
 
 class Membership:

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 from node.membership import (
+    LATE_TURNS,
     NODES_AT_CONFIGURED_INTERVAL,
     TURN_STEP,
     HeartbeatTurn,
@@ -98,16 +99,37 @@ def test_a_node_out_of_turn_is_in_turn_at_its_next_heartbeat_and_never_missed():
         assert next_heartbeat_ms(sent, due + width_ms // 5, interval_ms, turn) == due
 
 
-def test_a_turn_that_moved_back_past_now_goes_halfway_between_turns():
+def test_a_turn_that_moved_back_past_now_goes_between_turns_soon():
     """A node before it left while this one waited: its turn is now earlier, and already
-    past. It heartbeats within a turn's width, in no other node's turn."""
+    past. It heartbeats within a few turns' widths, in no node's turn."""
     interval_ms, width_ms = 50_000, 500
     sent = 10 * interval_ms + 20 * width_ms  # in its old turn, the 20th
     turn = HeartbeatTurn(19 * width_ms, width_ms)  # now the 19th
     now = sent + interval_ms  # its old turn, another node's now
     due = next_heartbeat_ms(sent, now, interval_ms, turn)
-    assert now < due <= now + width_ms
-    assert due % width_ms == width_ms // 2
+    assert now < due < now + (LATE_TURNS + 1) * width_ms
+    assert due % width_ms in (width_ms // 4, width_ms // 2, 3 * width_ms // 4)
+
+
+def test_nodes_late_together_do_not_heartbeat_together():
+    """Nodes that joined together planned their next heartbeat under the same smaller
+    network; grown, it finds them all late at once. Each goes at a spot of its own, a
+    quarter of a turn or more from any other's and from every turn."""
+    interval_ms, width_ms = 50_000, 500
+    now = 10 * interval_ms + 7 * width_ms + 120
+    spots = [next_heartbeat_ms(now - interval_ms - 10_000, now, interval_ms,
+                               HeartbeatTurn(rank * width_ms, width_ms))
+             for rank in range(40, 40 + LATE_TURNS * 3)]
+    ordered = sorted(spots)
+    assert all(b - a >= width_ms // 4 for a, b in zip(ordered, ordered[1:], strict=False))
+    assert all(now < spot < now + (LATE_TURNS + 1) * width_ms for spot in spots)
+    assert all(spot % width_ms for spot in spots)  # no turn's start
+    # Woken at its spot, or a little after, it goes then: its spot does not move on.
+    for rank, spot in zip(range(40, 40 + LATE_TURNS * 3), spots, strict=True):
+        turn = HeartbeatTurn(rank * width_ms, width_ms)
+        for woken in (spot - 300, spot, spot + 20):
+            assert next_heartbeat_ms(now - interval_ms - 10_000, woken, interval_ms,
+                                     turn) == spot
 
 
 def _heartbeat(key: NodeKey, seq: int) -> tuple[NodeInfo, bytes]:
