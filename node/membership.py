@@ -109,6 +109,12 @@ def next_heartbeat_ms(last_sent_ms: int, now_ms: int, interval_ms: int,
     due += late_by if late_by <= interval_ms // 2 else late_by - interval_ms
     if now_ms - due <= turn.width_ms // 4:  # woken a little late is still in turn
         return due
+    return between_turns_ms(now_ms, interval_ms, turn)
+
+
+def between_turns_ms(now_ms: int, interval_ms: int, turn: HeartbeatTurn) -> int:
+    """The next of this node's spots between turns (see ``next_heartbeat_ms``), or the one
+    it is at (woken a little after it)."""
     # Its spots recur every LATE_TURNS turns, fixed on the clock as the turns are, so that
     # a node woken at its spot finds itself there, not a spot further on.
     turns_ahead, quarter = divmod(turn.offset_ms // turn.width_ms % (LATE_TURNS * 3), 3)
