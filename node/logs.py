@@ -94,3 +94,16 @@ def configure_logging(level: str, log_format: str) -> None:
     root.setLevel(level.upper())
     for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # What Python would print to stderr itself goes through the handler too, so that
+    # every line of a JSON log stays one JSON object.
+    logging.captureWarnings(True)
+    sys.unraisablehook = _log_unraisable
+
+
+def _log_unraisable(unraisable: Any) -> None:
+    """An exception Python could not raise (in a finaliser, say), logged, not printed."""
+    exc_info = ((unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+                if unraisable.exc_value is not None else None)
+    logging.getLogger("bacnode").warning(
+        "%s: %r", unraisable.err_msg or "Exception ignored in", unraisable.object,
+        exc_info=exc_info)

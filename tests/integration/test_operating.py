@@ -250,6 +250,8 @@ def test_json_logs_carry_job_execution_and_peer_ids(ops: dict[str, Daemon]) -> N
 
     def records() -> list[dict[str, Any]]:
         lines = [line for line in main.stderr.splitlines() if line.strip()]
+        bad = [line for line in lines if not line.startswith("{")]
+        assert not bad, bad[:5]
         return [json.loads(line) for line in lines]  # every line is one JSON object
 
     entries = wait_until(lambda: (found := records()) and any(
