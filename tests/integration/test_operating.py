@@ -249,7 +249,10 @@ def test_json_logs_carry_job_execution_and_peer_ids(ops: dict[str, Daemon]) -> N
     urllib.request.urlopen(f"{main.api_url}/api/v1/agent/alive", timeout=5).read()
 
     def records() -> list[dict[str, Any]]:
-        lines = [line for line in main.stderr.splitlines() if line.strip()]
+        written = main.stderr
+        # Whole lines only: the daemon may be writing the last one as it is read.
+        lines = [line for line in written[:written.rfind("\n") + 1].splitlines()
+                 if line.strip()]
         bad = [line for line in lines if not line.startswith("{")]
         assert not bad, bad[:5]
         return [json.loads(line) for line in lines]  # every line is one JSON object
