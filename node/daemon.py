@@ -556,7 +556,7 @@ class Daemon:
         self._heartbeat_wake.set()
 
     def _heartbeat_soon(self) -> None:
-        """Heartbeat at once, whatever the interval (after joining, a reload, a new reach)."""
+        """Heartbeat at once, whatever the interval (after joining, a reload, new addresses)."""
         self._heartbeat_now = True
         self._heartbeat_wake.set()
 
