@@ -100,7 +100,7 @@ def configure_logging(level: str, log_format: str) -> None:
     sys.unraisablehook = _log_unraisable
 
 
-def _log_unraisable(unraisable: Any) -> None:
+def _log_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
     """An exception Python could not raise (in a finaliser, say), logged, not printed."""
     exc_info = ((unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
                 if unraisable.exc_value is not None else None)
