@@ -594,13 +594,16 @@ class Compute:
                     self._committed.pop(execution_id, None)
 
     async def _report(self, execution: _Running, record: ResultRecord, result: Any) -> None:
-        """Deliver the signed result to the requester, gossip it, and send the final state."""
+        """Deliver the signed result to the requester, send the final state, then gossip the
+        result.
+
+        The gossip goes last: every node of the network reads it at once, and on 100
+        daemons sharing 2 cores, sent before the final state it held that state up by
+        ~15 ms (and the requester's answer to a waiting client by 30-75 ms more). The
+        requester has the record already; the others need it no sooner.
+        """
         envelope = seal_message(self.mesh.key, record, now_ms=now_ms())
         await self._deliver(execution.requester, record, envelope)
-        try:
-            await self.mesh.pubsub.publish(TOPIC_RESULTS, envelope)
-        except Exception as exc:
-            log.debug("result gossip failed: %r", exc)
         if result.exit_code == 0:
             state, message = ExecutionState.COMPLETED, "completed"
         else:
@@ -609,6 +612,10 @@ class Compute:
             message = f"exit code {result.exit_code}: {tail[0][:300]}".rstrip(": ")
         await self._update(execution, state, message, exit_code=result.exit_code,
                            stdout=result.stdout_tail, stderr=result.stderr_tail)
+        try:
+            await self.mesh.pubsub.publish(TOPIC_RESULTS, envelope)
+        except Exception as exc:
+            log.debug("result gossip failed: %r", exc)
 
     async def _publish(
         self, execution: _Running, results_dir: Path, exit_code: int

@@ -718,6 +718,30 @@ def test_the_noop_engine_runs_nothing_and_every_node_says_it_has_it(
     assert len(list((tmp_path / "got").glob("e-*"))) == 2
 
 
+def test_a_result_record_reaches_every_other_node_by_gossip_after_the_job_ends(
+        devnet: list[Daemon], tmp_path: Path) -> None:
+    """Anyone can verify a result: its signed record goes to every node, not only to the
+    requester, though the node that ran it sends its final state first (the gossip costs
+    every node some work, and the requester has the record already)."""
+
+    def records_heard() -> dict[str, int]:
+        return {node.peer_id: node.api("/api/v1/agent/mesh")["Accepted"].get("result", 0)
+                for node in devnet}
+
+    before = records_heard()
+    spec = tmp_path / "noop.json"
+    spec.write_text(json.dumps({"Type": "batch", "Tasks": [{
+        "Name": "nothing", "Engine": {"Type": "noop"}, "Publisher": {"Type": "noop"}}]}))
+    result = run(devnet[0], "job", "run", "--id-only", "--wait", str(spec))
+    assert result.returncode == 0, result.stderr
+    (execution,) = describe(devnet[0], result.stdout.strip())["State"]["Executions"]
+    assert execution["State"] == "Completed"
+    others = {node.peer_id for node in devnet} - {execution["NodeID"]}
+    wait_until(lambda: all(count > before[node] for node, count in records_heard().items()
+                           if node in others),
+               timeout=15, what="the result record gossiped to every other node")
+
+
 def test_a_noop_job_published_nowhere_leaves_no_files_yet_signs_its_manifest(
         devnet: list[Daemon], tmp_path: Path) -> None:
     import base64
