@@ -14,9 +14,13 @@ decline reason the user sees in ``describe``:
 7. the requester is one this node takes jobs from (``requester_refusal``).
 
 Ranking (requester side): accepting bids first; then nodes running fewer
-executions, then more free CPU, then more free memory; the XOR distance between
-the job and the node breaks ties, so that every requester ranks the same bids
-the same way and equal nodes share the work instead of the lowest ID taking it.
+executions, then more free CPU, then more free memory; ties go to the lowest
+SHA-256 of the job's and the node's IDs together (rendezvous hashing), so that
+every requester ranks the same bids the same way and each of n equal bidders wins
+one job in n, however they were picked to be asked. (XOR distance, which picks
+who is asked, would break ties for the nodes picked for being near the job: a
+requester's own node, asked for being itself, would lose nearly every tie, and of
+four equal nodes two would win an eighth of the jobs each.)
 """
 
 from __future__ import annotations
@@ -139,6 +143,11 @@ def xor_distance(job_id: str, node_id: str) -> int:
     return xor_key(job_id) ^ xor_key(node_id)
 
 
+def tie_breaker(job_id: str, node_id: str) -> bytes:
+    """Where ``node_id`` stands among equal bids for ``job_id``: lowest first."""
+    return hashlib.sha256(f"{job_id}\0{node_id}".encode()).digest()
+
+
 def rank_bids(bids: Iterable[Bid]) -> list[Bid]:
     """Accepting bids, best first (see the module docstring for the order)."""
     return sorted(
@@ -147,7 +156,7 @@ def rank_bids(bids: Iterable[Bid]) -> list[Bid]:
             bid.running_executions,
             -bid.free.cpu_milli,
             -bid.free.memory,
-            xor_distance(bid.job_id, bid.node_id),
+            tie_breaker(bid.job_id, bid.node_id),
         ),
     )
 

@@ -10,7 +10,8 @@ Placement, per job:
 
 1. **Ask.** Compute nodes that fit the job (engine, storage, publisher, labels,
    total capacity, as their heartbeats say) are ranked: those with room first,
-   then those with a clean record, then those this node is connected to
+   then those with a clean record, then this node itself (its answer crosses no
+   network and is never lost), then those this node is connected to
    (``LinkChanged``: asked without a dial), then by XOR distance between the
    hashes of their ID and the job's. The first
    ``needed + BID_FANOUT`` are asked, passing over nodes that already have
@@ -469,9 +470,10 @@ class RequesterCore:
             if not self._fits_node(plan, node_id, view):
                 continue
             room = needs.fits_in(info.free)
-            dial = node_id not in self.linked and node_id != self.node_id
-            ranked.append((not room, self._blemished(node_id), dial, job_key ^ view.xor_key,
-                           node_id))
+            elsewhere = node_id != self.node_id
+            dial = node_id not in self.linked and elsewhere
+            ranked.append((not room, self._blemished(node_id), elsewhere, dial,
+                           job_key ^ view.xor_key, node_id))
         return [node_id for *_, node_id in sorted(ranked)]
 
     def _next_fit_generation(self) -> int:

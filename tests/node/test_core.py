@@ -155,11 +155,36 @@ def test_nodes_this_one_is_connected_to_are_asked_before_those_it_would_dial() -
         core.handle(LinkChanged(node, False), 0)
     assert asked(core, the_job) == asked(requester_with(*nodes), the_job)
     assert not asked(core, the_job) <= linked
-    # The node a requester runs on needs no connection to itself: it counts as one.
+    # The node a requester runs on is asked first: its answer crosses no network. The
+    # rest of the circle is as before.
     for _ in range(5):
         the_job = job()
-        assert asked(connected_requester("me"), the_job) == set(
-            sorted({*linked, "me"}, key=lambda node: xor_distance(the_job.id or "", node))[:3])
+        assert asked(connected_requester("me"), the_job) == {"me", *sorted(
+            linked, key=lambda node: xor_distance(the_job.id or "", node))[:2]}
+
+
+def test_a_requester_asks_itself_but_wins_only_as_often_as_its_bid_earns() -> None:
+    """Asked first among nodes alike, the requester's own node is one bidder of three: equal
+    bids share the jobs, and a busier own node loses to the others."""
+    nodes = [f"n{i:03d}" for i in range(100)]
+    wins = {"equal": 0, "busier": 0}
+    jobs = 300
+    for case in wins:
+        for _ in range(jobs):
+            core = requester_with("me", *nodes)
+            the_job = job()
+            (announce,) = of(Announce, core.handle(Submitted(the_job), 0))
+            assert "me" in announce.announcement.candidates
+            out = []
+            for node in announce.announcement.candidates:
+                offer = bid(the_job.id or "", node)
+                if node == "me" and case == "busier":
+                    offer = replace(offer, running_executions=1)
+                out += core.handle(BidReceived(offer), 1)
+            (winner,) = [d.decision.node_id for d in of(SendDecision, out) if d.decision.accepted]
+            wins[case] += winner == "me"
+    assert jobs / 3 * 0.7 < wins["equal"] < jobs / 3 * 1.3  # ~100 expected, sd 8
+    assert wins["busier"] == 0
 
 
 def test_a_node_with_a_clean_record_wins_over_a_better_bid_from_a_blemished_one() -> None:
