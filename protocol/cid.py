@@ -15,8 +15,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from .base58 import b58decode, b58encode
 from .errors import RemoteProtocolError
-from .identity import b58decode, b58encode
 
 DAG_PB = 0x70
 IDENTITY = 0x00

@@ -13,37 +13,13 @@ from dataclasses import dataclass
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from .base58 import b58decode, b58encode
 from .errors import MalformedMessage
-
-_B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_B58_INDEX = {ch: i for i, ch in enumerate(_B58_ALPHABET)}
 
 # protobuf PublicKey: field 1 (KeyType) varint = 1 (Ed25519), field 2 (Data) 32 bytes.
 _ED25519_PROTOBUF_PREFIX = b"\x08\x01\x12\x20"
 # multihash: code 0x00 (identity), length 36 (the protobuf above).
 _IDENTITY_MULTIHASH_PREFIX = b"\x00\x24"
-
-
-def b58encode(data: bytes) -> str:
-    number = int.from_bytes(data, "big")
-    out = []
-    while number:
-        number, rem = divmod(number, 58)
-        out.append(_B58_ALPHABET[rem])
-    leading_zeros = len(data) - len(data.lstrip(b"\0"))
-    return "1" * leading_zeros + "".join(reversed(out))
-
-
-def b58decode(text: str) -> bytes:
-    number = 0
-    for ch in text:
-        try:
-            number = number * 58 + _B58_INDEX[ch]
-        except KeyError:
-            raise ValueError(f"{ch!r} is not a base58 character") from None
-    body = number.to_bytes((number.bit_length() + 7) // 8, "big")
-    leading_ones = len(text) - len(text.lstrip("1"))
-    return b"\0" * leading_ones + body
 
 
 def peer_id_from_public_key(public_key: bytes) -> str:

@@ -54,3 +54,18 @@ def test_cli_start_up_leaves_heavy_modules_to_the_commands_that_need_them():
     code = f"import sys, cli.main; print([m for m in {heavy!r} if m in sys.modules])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_submitting_a_spec_does_not_load_the_signature_library():
+    """``job run`` and ``docker run`` parse the spec (CIDs in it too) before they submit;
+    nothing of that signs or verifies, and libsodium's bindings cost ~10 ms a start."""
+    spec = {"Type": "batch", "Tasks": [{
+        "Name": "t", "Engine": {"Type": "docker", "Params": {"Image": "busybox"}},
+        "InputSources": [{"Source": {"Type": "ipfs", "Params": {
+            "CID": "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH"}}, "Target": "/in"}]}]}
+    code = ("import json, sys, cli.main\n"
+            "from cli.jobs import check_spec\n"
+            f"check_spec(json.loads({json.dumps(json.dumps(spec))}))\n"
+            "print('nacl' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr

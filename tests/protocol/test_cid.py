@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from protocol.base58 import b58encode
 from protocol.cid import (
     DAG_PB,
     RAW,
@@ -14,7 +15,6 @@ from protocol.cid import (
     encode_uvarint,
 )
 from protocol.errors import RemoteProtocolError
-from protocol.identity import b58encode
 from tests.protocol.ipfs_vectors import EMPTY_DIRECTORY, EMPTY_FILE, FILES, TREE, TREE_SUB
 
 # Well-known CIDv1 forms, as kubo prints them.

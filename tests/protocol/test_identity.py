@@ -2,11 +2,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from protocol.base58 import b58decode, b58encode
 from protocol.errors import MalformedMessage
 from protocol.identity import (
     NodeKey,
-    b58decode,
-    b58encode,
     public_key_from_peer_id,
     verify_signature,
 )
