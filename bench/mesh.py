@@ -30,7 +30,9 @@ of the placement ratio. Reported per N:
   always builds a docker task; it has no engine option). For each: the CLI's wall time,
   and from ``bacnode describe JOB --json`` (the job's history, timestamps set by node 1,
   the requester) created -> bid accepted and created -> running (the execution's
-  Running, reported by the node that runs it). p50 of each, and its ratio to N = 3's.
+  Running, reported by the node that runs it). p50 of each, and its ratio to N = 3's;
+  created -> running also apart for the jobs node 1 ran itself (it asks itself and two
+  others at any N, and its own runs skip the network) and those another node ran.
 
 As a baseline measured in the same run, it also reports the RSS of idle processes that
 only import (bare python3; libp2p + trio; everything ``node.daemon`` imports), so
@@ -534,6 +536,10 @@ def measure_placement(fleet: Fleet, jobs: int) -> dict[str, Any]:
         "RunningP50": p50([t["RunningMs"] for t in timelines]),
         "CompletedP50": p50([t["CompletedMs"] for t in timelines]),
         "OnNode1": sum(t["NodeID"] == hub for t in timelines),
+        # Apart: node 1's own runs skip the network for the decision and Running, so a
+        # p50 over both moves with the share of each (see bench/README.md, session 34).
+        "RunningP50OnNode1": p50([t["RunningMs"] for t in timelines if t["NodeID"] == hub]),
+        "RunningP50Elsewhere": p50([t["RunningMs"] for t in timelines if t["NodeID"] != hub]),
         "Retried": sum(t["Executions"] > 1 for t in timelines),
         "WallMs": [round(w, 1) for w in walls],
         "Timelines": timelines,
@@ -737,12 +743,18 @@ def report(baselines: list[tuple[str, float | None, str]], everything: list[dict
         print(f"{r['N']:>4}  " + "  ".join(cells)
               + f"  {placement['OnNode1']:>6}/{placement['Jobs']:<6}"
               + (f"  ({placement['Retried']} placed again)" if placement["Retried"] else ""))
+    print("  created->running p50 by where the job ran (ms): "
+          + "; ".join(f"N={r['N']} node 1 {fmt(r['Placement'].get('RunningP50OnNode1'), '.1f')}"
+                      f", elsewhere {fmt(r['Placement'].get('RunningP50Elsewhere'), '.1f')}"
+                      for r in everything
+                      if "Error" not in r and "Error" not in (r.get("Placement") or {})))
     notes = (
         "From each job's history (`bacnode describe JOB --json`, times set by node 1): "
         "created = the job's Pending, accepted = its execution's BidAccepted, running = the "
         "execution's Running (reported by the node that runs it), completed = the job's "
         "Completed. CLI wall: the whole `job run --wait`, CLI start-up included. One "
-        "warm-up job before, not counted."
+        "warm-up job before, not counted. Node 1 asks itself and two others to bid at any N, "
+        "and runs the jobs its own bid wins with no network in between."
     )
     print(textwrap.fill(notes, width=100, initial_indent="  ", subsequent_indent="  "))
     print()
@@ -832,9 +844,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=30.0,
                         help="measurement window per size; cover 2 heartbeats or more "
                         "[default: 30]")
-    parser.add_argument("--jobs", type=int, default=10,
+    parser.add_argument("--jobs", type=int, default=20,
                         help="noop jobs per size for the placement time, after one warm-up "
-                        "[default: 10]")
+                        "[default: 20]")
     parser.add_argument("--heartbeat", type=float, default=NodeConfig.heartbeat_seconds,
                         help="--heartbeat-seconds of every daemon "
                         f"[default: the daemon's, {NodeConfig.heartbeat_seconds:g}]")
