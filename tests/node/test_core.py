@@ -168,7 +168,7 @@ def test_a_requester_asks_itself_but_wins_only_as_often_as_its_bid_earns() -> No
     bids share the jobs, and a busier own node loses to the others."""
     nodes = [f"n{i:03d}" for i in range(100)]
     wins = {"equal": 0, "busier": 0}
-    jobs = 300
+    jobs = 600
     for case in wins:
         for _ in range(jobs):
             core = requester_with("me", *nodes)
@@ -183,7 +183,8 @@ def test_a_requester_asks_itself_but_wins_only_as_often_as_its_bid_earns() -> No
                 out += core.handle(BidReceived(offer), 1)
             (winner,) = [d.decision.node_id for d in of(SendDecision, out) if d.decision.accepted]
             wins[case] += winner == "me"
-    assert jobs / 3 * 0.7 < wins["equal"] < jobs / 3 * 1.3  # ~100 expected, sd 8
+    # 200 expected, standard deviation 11.5: a count outside 140-260 is 5 of them away.
+    assert 140 <= wins["equal"] <= 260, wins
     assert wins["busier"] == 0
 
 
