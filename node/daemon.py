@@ -428,13 +428,18 @@ class Daemon:
                  for age, envelope in self.membership.snapshot(now)]
         return rows
 
-    async def _copied_members(self, rows: list[tuple[int, Envelope, Message]]) -> None:
+    async def _copied_members(self, rows: list[tuple[int, Envelope, Message]],
+                              again: bool) -> None:
         """A peer's table, copied as we (re)joined: list its nodes, then heartbeat once the
-        gossip mesh can carry it, so that they list us as soon as we list them."""
+        gossip mesh can carry it, so that they list us as soon as we list them. The second
+        copy (``again``) only lists: those who joined with us copy again too, and find our
+        heartbeat there."""
         assert self.mesh is not None
         for heard_ms, envelope, info in rows:
             if isinstance(info, NodeInfo) and info.node_id != self.peer_id:
                 await self._saw_node(info, envelope, heard_ms=heard_ms)
+        if again:
+            return
         await self.mesh.wait_topic_peers(TOPIC_NODES, HEARTBEAT_AFTER_JOIN_WAIT_SECONDS)
         self._heartbeat_soon()
 

@@ -105,6 +105,13 @@ MEMBERS_PROTOCOL = TProtocol("/bacnode/members/1")
 #: Rows taken from one peer's table, and how long reading them may take.
 MAX_MEMBER_ROWS = 10_000
 MEMBERS_READ_SECONDS = 10.0
+#: After copying a bootstrap peer's table, a node copies it again this much later, once:
+#: nodes that joined together with it were not in the first copy (the peer had not heard
+#: them yet), and their one heartbeat may have come before this node was in the gossip
+#: mesh. Without it such a node stayed unlisted until its next heartbeat (a test of three
+#: nodes started together, at long intervals, missed one now and then; a 100-node run once
+#: listed every node only after 16.6 s, 2-3 s in others).
+MEMBERS_RECOPY_SECONDS = 6.0
 #: How old a copied row's heartbeat may be. Gossip refuses messages older than the 60 s skew
 #: limit, but a live row in a large network is a heartbeat up to two intervals old (100 s
 #: at 100 nodes); a row is its origin's signed word, so an old one can only be stale.
@@ -220,8 +227,8 @@ LogsSource = Callable[[str, str], AsyncIterator[tuple[int, bytes]] | None]
 #: This node's membership table: (milliseconds since heard, signed NodeInfo wire bytes).
 MembersSource = Callable[[], list[tuple[int, bytes]]]
 #: Rows copied from a peer's table, each verified: (when the peer heard it, our clock in
-#: milliseconds; envelope; info).
-MembersHandler = Callable[[list[tuple[int, Envelope, Message]]], Awaitable[None]]
+#: milliseconds; envelope; info); and whether this is the second copy of a join.
+MembersHandler = Callable[[list[tuple[int, Envelope, Message]], bool], Awaitable[None]]
 
 
 class MeshError(Exception):
@@ -1107,7 +1114,7 @@ class Mesh:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.reset()
 
-    async def _copy_members(self, peer: ID) -> None:
+    async def _copy_members(self, peer: ID, *, again: bool = False) -> None:
         """Read ``peer``'s membership table and hand its valid rows to ``on_members``.
 
         Each row is a heartbeat signed by the node it describes, so the peer can leave
@@ -1152,9 +1159,15 @@ class Mesh:
             log.debug("cannot copy the membership table of %s: %s", peer, _describe(exc))
         if rows:
             try:
-                await self._on_members(rows)
+                await self._on_members(rows, again)
             except Exception:  # ours, not the peer's: never "cannot reach bootstrap peer"
                 log.exception("taking the membership table of %s failed", peer)
+
+    async def _copy_members_again(self, peer: ID) -> None:
+        """The second copy of a join (``MEMBERS_RECOPY_SECONDS``)."""
+        await trio.sleep(MEMBERS_RECOPY_SECONDS)
+        if peer in self.host.get_connected_peers():
+            await self._copy_members(peer, again=True)
 
     async def wait_topic_peers(self, topic: str, timeout: float) -> bool:
         """Wait (at most ``timeout``) until a peer subscribed to ``topic`` is known, so
@@ -1502,6 +1515,8 @@ class Mesh:
                 warned.discard(text)
                 log.info("connected to bootstrap peer %s", text)
                 await self._copy_members(info.peer_id)
+                assert self._nursery is not None
+                self._nursery.start_soon(self._copy_members_again, info.peer_id)
             except Exception as exc:
                 if text not in warned:
                     warned.add(text)
