@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -92,6 +93,16 @@ def configure_logging(level: str, log_format: str) -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
+    if not os.environ.get("LIBP2P_DEBUG"):
+        # Importing py-libp2p cuts its loggers off from the root (no handler, no
+        # propagation) unless LIBP2P_DEBUG asks for its own handlers: its warnings and
+        # errors then went to Python's last resort, bare lines on stderr that broke a JSON
+        # log. Imported here, before it can do that later, and joined back to the root.
+        import libp2p  # noqa: F401
+
+        libp2p_logger = logging.getLogger("libp2p")
+        libp2p_logger.handlers.clear()
+        libp2p_logger.propagate = True
     for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     # What Python would print to stderr itself goes through the handler too, so that
