@@ -149,7 +149,7 @@ PEER_TARGET = 3
 PEER_DIALS_AT_ONCE = 4
 #: How long a learned peer whose dial failed is left alone.
 PEER_DIAL_BACKOFF_SECONDS = 60.0
-#: Validated messages waiting for their subscription reader; bounded against floods.
+#: Validated messages waiting for py-libp2p to deliver them; bounded against floods.
 MAX_PENDING_DELIVERIES = 10_000
 #: Refusals that cost the forwarder nothing (go-libp2p's ValidationIgnore): a message that
 #: waited over the skew window in queues on a loaded network, or a copy that came back,
@@ -239,13 +239,26 @@ def message_id(msg: Any) -> bytes:
     """A pubsub message's ID: the SHA-256 of its topics and data, which nobody can give to
     a message with other content, as they could its unsigned origin and sequence number.
     The topics count (as in Ethereum's gossip), so the same bytes on two topics are two
-    messages, each validated for its own."""
+    messages, each validated for its own.
+
+    py-libp2p asks for a message's ID eight times on its way in (seen, validation cache,
+    seen again, message cache...), one after the other: the last one asked is remembered,
+    with the message itself, so that it cannot be another's that took its place."""
+    global _last_message_id
+    last_msg, last_id = _last_message_id
+    if msg is last_msg:
+        return last_id
     digest = hashlib.sha256()
     for topic in msg.topicIDs:
         name = topic.encode()
         digest.update(len(name).to_bytes(4, "big") + name)
     digest.update(msg.data)
-    return digest.digest()
+    found = digest.digest()
+    _last_message_id = (msg, found)
+    return found
+
+
+_last_message_id: tuple[Any, bytes] = (None, b"")
 
 
 def now_ms() -> int:
@@ -287,12 +300,22 @@ class _FrameReader:
 
     def __init__(self, stream: Any, max_size: int) -> None:
         self._stream = stream
+        # The muxer's stream, read straight: py-libp2p's stream takes a lock around every
+        # read only to look at its state, and taking a trio lock is a trip through the
+        # scheduler, for every message (3 % of a gossip leaf's CPU).
+        self._read = getattr(getattr(stream, "muxed_stream", None), "read", stream.read)
         self._max_size = max_size
         self._buffer = bytearray()
 
     async def next(self) -> bytes:
         while (frame := self._take()) is None:
-            chunk = await self._stream.read()
+            try:
+                chunk = await self._read()
+            except Exception:
+                # The end (or a reset), read again through py-libp2p's stream: it raises
+                # its own exception for it and keeps its state, which frees the stream
+                # once both sides are closed.
+                chunk = await self._stream.read()
             if not chunk:
                 raise _StreamClosed("the stream closed")
             self._buffer += chunk
@@ -394,10 +417,18 @@ class _Pubsub(Pubsub):
     ``refuse`` is told whether the message was seen before (it is then dropped anyway)."""
 
     def __init__(self, *args: Any, refuse: Callable[[ID, Any, bool], bool],
-                 before_push: Callable[[], None], **kwargs: Any) -> None:
+                 before_push: Callable[[], None], deliver: Callable[[Any], None],
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._refuse = refuse
         self._before_push = before_push
+        self._deliver = deliver
+
+    def notify_subscriptions(self, publish_message: Any) -> None:
+        # Straight to the mesh's own queues: py-libp2p's subscription channel (32 messages,
+        # the rest dropped) needed a task of ours to drain it, one more hop through the
+        # scheduler for every message a node takes.
+        self._deliver(publish_message)
 
     async def push_msg(self, msg_forwarder: ID, msg: Any) -> None:
         self._before_push()
@@ -535,8 +566,12 @@ class Mesh:
         self._on_members = on_members
         self.stats = MeshStats()
         self._verifier = EnvelopeVerifier()
-        #: Validated messages waiting for their subscription reader, by message ID.
-        self._verified: dict[bytes, tuple[Envelope, Message]] = {}
+        #: Validated messages waiting for py-libp2p to deliver them (``_deliver``), by
+        #: message ID: its checks after validation may still drop one.
+        self._verified: dict[bytes, tuple[str, Envelope, Message]] = {}
+        self._origin_names: dict[bytes, str] = {}
+        #: Per topic, delivered messages waiting for their handler.
+        self._topic_queues: dict[str, trio.MemorySendChannel[tuple[Envelope, Message]]] = {}
         #: Messages refused as stale or replayed (see ``UNBLAMED_REFUSALS``), by message
         #: ID: their other copies are dropped unread and unscored too.
         self._unblamed: dict[bytes, None] = {}
@@ -630,7 +665,8 @@ class Mesh:
         # consensus layer runs it).
         self.pubsub = _Pubsub(self.host, self.gossipsub, strict_signing=False,
                               msg_id_constructor=message_id,
-                              refuse=self._refuse_unread, before_push=self._before_push)
+                              refuse=self._refuse_unread, before_push=self._before_push,
+                              deliver=self._deliver)
         scorer = self.gossipsub.scorer
         if scorer is not None:
             # py-libp2p scores down the forwarder of every message a validator refuses, and
@@ -721,10 +757,14 @@ class Mesh:
             background_trio_service(self.gossipsub),
         ):
             await self.pubsub.wait_until_ready()
-            subscriptions = []
+            handlers = []
             for topic in TOPIC_MESSAGE_TYPES:
                 self.pubsub.set_topic_validator(topic, self._make_validator(topic), False)
-                subscriptions.append((topic, await self.pubsub.subscribe(topic)))
+                send, receive = trio.open_memory_channel[tuple[Envelope, Message]](
+                    MAX_QUEUED_MESSAGES)
+                self._topic_queues[topic] = send
+                handlers.append((topic, receive))
+                await self.pubsub.subscribe(topic)
             for protocol_id, handler in ((REQUESTS_PROTOCOL, self._serve_channel),
                                          (RESULTS_PROTOCOL, self._serve_results),
                                          (LOGS_PROTOCOL, self._serve_logs),
@@ -741,8 +781,8 @@ class Mesh:
                         # Before the first dial: relayed connections are accepted, and
                         # identify offers the relay service, from the first peer on.
                         await nursery.start(self.reach.run)
-                        for topic, subscription in subscriptions:
-                            nursery.start_soon(self._read_topic, topic, subscription)
+                        for topic, receive in handlers:
+                            nursery.start_soon(self._handle_topic, topic, receive)
                         nursery.start_soon(self._keep_connected)
                         nursery.start_soon(self._prune_graylisted)
                         nursery.start_soon(self._trim_connections)
@@ -787,7 +827,7 @@ class Mesh:
                 self.stats.dropped["RateLimited"] += 1
                 return False
             try:
-                origin = ID(msg.from_id).to_base58()
+                origin = self._origin_name(msg.from_id)
                 envelope, message = open_message(
                     self._verifier, msg.data, now_ms=now_ms(), expected_sender=origin
                 )
@@ -812,26 +852,31 @@ class Mesh:
             self.stats.accepted[envelope.type] += 1
             if len(self._verified) >= MAX_PENDING_DELIVERIES:
                 del self._verified[next(iter(self._verified))]
-            self._verified[message_id(msg)] = (envelope, message)
+            self._verified[message_id(msg)] = (topic, envelope, message)
             return True
 
         return validate
 
-    async def _read_topic(self, topic: str, subscription: Any) -> None:
-        # libp2p's subscription channel holds 32 messages and drops the rest, so drain
-        # it at once into our own larger queue and handle messages from there.
-        send, receive = trio.open_memory_channel[tuple[Envelope, Message]](MAX_QUEUED_MESSAGES)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._handle_topic, topic, receive)
-            while True:
-                msg = await subscription.get()
-                verified = self._verified.pop(message_id(msg), None)
-                if verified is None:
-                    continue
-                try:
-                    send.send_nowait(verified)
-                except trio.WouldBlock:
-                    self.stats.dropped["QueueFull"] += 1
+    def _origin_name(self, from_id: bytes) -> str:
+        """The base58 peer ID of a message's origin; remembered, as every node hears from
+        the same few hundred origins over and over."""
+        name = self._origin_names.get(from_id)
+        if name is None:
+            if len(self._origin_names) >= MAX_TRACKED_ORIGINS:
+                self._origin_names.clear()
+            name = self._origin_names[from_id] = ID(from_id).to_base58()
+        return name
+
+    def _deliver(self, msg: Any) -> None:
+        """A message py-libp2p takes, after every check: to its topic's handler."""
+        verified = self._verified.pop(message_id(msg), None)
+        if verified is None:
+            return
+        topic, envelope, message = verified
+        try:
+            self._topic_queues[topic].send_nowait((envelope, message))
+        except trio.WouldBlock:
+            self.stats.dropped["QueueFull"] += 1
 
     async def _handle_topic(self, topic: str, receive: trio.MemoryReceiveChannel) -> None:
         async for envelope, message in receive:
