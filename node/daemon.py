@@ -571,13 +571,14 @@ class Daemon:
         configured_ms = int(self.config.heartbeat_seconds * 1000)
         if self.membership is None:
             return configured_ms, HeartbeatTurn(0, configured_ms)
-        connected = list(self.membership.connected(now_ms()))
-        interval_ms = heartbeat_interval_ms(configured_ms, len({self.peer_id, *connected}))
+        started_ms = self.membership.connected_started_ms(now_ms())
+        started_ms[self.peer_id] = self.started_ms
+        interval_ms = heartbeat_interval_ms(configured_ms, len(started_ms))
         window_ms = interval_ms * self.config.missed_heartbeats
         self.membership.detection_window_ms = window_ms
         if self.requester is not None:
             self.requester.core.detection_window_ms = window_ms
-        return interval_ms, heartbeat_turn(self.peer_id, connected, interval_ms)
+        return interval_ms, heartbeat_turn(self.peer_id, started_ms, interval_ms, started_ms)
 
     async def _heartbeat_when_reach_changes(self) -> None:
         """A node that finds itself behind NAT, or gets or loses a relay, says at once

@@ -112,24 +112,30 @@ def test_a_turn_that_moved_back_past_now_goes_between_turns_soon():
 
 
 def test_nodes_late_together_do_not_heartbeat_together():
-    """Nodes that joined together planned their next heartbeat under the same smaller
-    network; grown, it finds them all late at once. Each goes at a spot of its own, a
-    quarter of a turn or more from any other's and from every turn."""
-    interval_ms, width_ms = 50_000, 500
+    """Nodes started together (a devnet starts four at once) planned their next heartbeat
+    under the same smaller network, and learn their reach at the same moment: all late at
+    once. Whatever their ranks, each goes at a spot of its own, a quarter of a turn or more
+    from any other's and from every turn: so do three such batches started a second
+    apart."""
+    members = _node_ids(100, seed=3)
+    started_ms = {node: 1_000 * (i // 4) + i % 4 for i, node in enumerate(members)}
+    interval_ms = heartbeat_interval_ms(FIFTEEN_SECONDS, len(members))
+    width_ms = interval_ms // 100
     now = 10 * interval_ms + 7 * width_ms + 120
-    spots = [next_heartbeat_ms(now - interval_ms - 10_000, now, interval_ms,
-                               HeartbeatTurn(rank * width_ms, width_ms))
-             for rank in range(40, 40 + LATE_TURNS * 3)]
-    ordered = sorted(spots)
-    assert all(b - a >= width_ms // 4 for a, b in zip(ordered, ordered[1:], strict=False))
-    assert all(now < spot < now + (LATE_TURNS + 1) * width_ms for spot in spots)
-    assert all(spot % width_ms for spot in spots)  # no turn's start
+    last_sent = now - 2 * interval_ms  # every turn has passed since: all are late
+    turns = {node: heartbeat_turn(node, members, interval_ms, started_ms) for node in members}
+    spots = {node: next_heartbeat_ms(last_sent, now, interval_ms, turn)
+             for node, turn in turns.items()}
+    assert all(now < spot < now + (LATE_TURNS + 1) * width_ms for spot in spots.values())
+    assert all(spot % width_ms for spot in spots.values())  # no turn's start
+    batches = LATE_TURNS * 3 // 4
+    for first in range(0, len(members) - 4 * batches + 1, 4):
+        together = sorted(spots[node] for node in members[first:first + 4 * batches])
+        assert all(b - a >= width_ms // 4 for a, b in zip(together, together[1:], strict=False))
     # Woken at its spot, or a little after, it goes then: its spot does not move on.
-    for rank, spot in zip(range(40, 40 + LATE_TURNS * 3), spots, strict=True):
-        turn = HeartbeatTurn(rank * width_ms, width_ms)
+    for node, spot in spots.items():
         for woken in (spot - 300, spot, spot + 20):
-            assert next_heartbeat_ms(now - interval_ms - 10_000, woken, interval_ms,
-                                     turn) == spot
+            assert next_heartbeat_ms(last_sent, woken, interval_ms, turns[node]) == spot
 
 
 def _heartbeat(key: NodeKey, seq: int) -> tuple[NodeInfo, bytes]:
