@@ -19,8 +19,7 @@ Placement, per job:
    nodes waits for their answers). When the requester knows too few compute
    nodes yet, the announcement is open to all (gossiped, and allowed far less
    often: ``OPEN_ANNOUNCEMENTS_PER_SECOND``).
-2. **Decide.** As soon as every node asked has answered, or the bids in hand beat
-   any bid the others could still make (``_outcome_known``), or enough accepted and
+2. **Decide.** As soon as every node asked has answered, or enough accepted and
    ``DECIDE_AFTER_MS`` passed, or the window (``BID_WINDOW_MS``) closes. The
    best bids win (``protocol.scheduling``); losers are told so they free their
    slot.
@@ -76,13 +75,10 @@ from protocol.messages import (
 )
 from protocol.scheduling import (
     NodePolicy,
-    best_possible_rank,
-    bid_rank,
     choose_bids,
     decline_reason,
     job_requirements,
     no_bid_reason,
-    rank_bids,
     xor_key,
 )
 from protocol.states import EXECUTION_TRANSITIONS, ExecutionState, JobState
@@ -524,9 +520,6 @@ class RequesterCore:
                 bid_round.asked and bid.node_id not in bid_round.asked):
             if bid.accept:  # too late, or unasked: free the node's slot
                 self._decide(bid, False, "bid arrived after the decision", 0)
-                # As for an accepting bid turned down in its round: it had room for this
-                # job and may have more, and the slot it held is free again.
-                self._wake_one_waiting(bid.node_id, now)
                 self._wake_one_waiting(bid.node_id, now)
             return
         bid_round.bids[bid.node_id] = bid
@@ -542,36 +535,8 @@ class RequesterCore:
         accepting = sum(bid.accept for bid in bid_round.bids.values())
         everyone = bool(bid_round.asked) and bid_round.asked <= set(bid_round.bids)
         enough = accepting >= plan.needed() and now - bid_round.opened_ms >= DECIDE_AFTER_MS
-        if (everyone or enough or now - bid_round.opened_ms >= BID_WINDOW_MS
-                or self._outcome_known(plan, bid_round)):
+        if everyone or enough or now - bid_round.opened_ms >= BID_WINDOW_MS:
             self._close(plan, now)
-
-    def _outcome_known(self, plan: _Plan, bid_round: _Round) -> bool:
-        """Whether the bids in hand settle the round already: each of the ``needed`` best
-        ranks before the best bid any node still silent could make
-        (``best_possible_rank``: this job its only one, all it has free as its heartbeat
-        tells). A requester that asked itself and won the tie-break then decides on its
-        own bid, without waiting out the network round trip of the others' (the slower on
-        a busy network), and the decision is the one it would have made with every bid
-        in. Nodes with a record to weigh (``_close``) are waited for."""
-        needed = plan.needed()
-        if sum(bid.accept for bid in bid_round.bids.values()) < needed:
-            return False
-        if any(self._blemished(node) or self.distrusted(node) for node in bid_round.asked):
-            return False
-        placed = {e.node_id for e in plan.executions.values() if e.state in _PLACED}
-        ranked = [bid for bid in rank_bids(bid_round.bids.values())
-                  if bid.node_id not in placed]
-        if len(ranked) < needed:
-            return False
-        last_chosen = bid_rank(ranked[needed - 1])
-        needs = job_requirements(plan.job)
-        for node_id in bid_round.asked - set(bid_round.bids) - placed:
-            view = self.nodes.get(node_id)
-            if view is None or best_possible_rank(plan.job_id, node_id, view.info.total,
-                                                  needs) < last_chosen:
-                return False
-        return True
 
     def _close(self, plan: _Plan, now: int) -> None:
         bid_round = plan.round
