@@ -578,7 +578,8 @@ class Daemon:
         self.membership.detection_window_ms = window_ms
         if self.requester is not None:
             self.requester.core.detection_window_ms = window_ms
-        return interval_ms, heartbeat_turn(self.peer_id, started_ms, interval_ms, started_ms)
+        return interval_ms, heartbeat_turn(self.peer_id, started_ms.keys(), interval_ms,
+                                           started_ms)
 
     async def _heartbeat_when_reach_changes(self) -> None:
         """A node that finds itself behind NAT, or gets or loses a relay, says at once

@@ -281,7 +281,8 @@ class Requester:
 
     def _decide_now(self, event: RequesterEvent) -> tuple[
             list[RequesterInstruction], list[tuple[_Persist, list[PendingWrite]]]]:
-        """The core's instructions for ``event``, their writes queued: under the lock."""
+        """The core's instructions for ``event``, their writes queued: under the lock, or
+        where nothing can run in between (``heard``, with the lock free)."""
         instructions = self.core.handle(event, now_ms())
         queued = [(instruction, self._queue_write(instruction))
                   for instruction in instructions
