@@ -42,6 +42,7 @@ from .store import (
     ExecutionRecord,
     JobRecord,
     Store,
+    StoreError,
 )
 
 log = logging.getLogger(__name__)
@@ -429,7 +430,10 @@ def add_job_routes(app: Api, store: Store,
             raise HTTPException(400, str(exc)) from None
         if (too_big := job_too_big(job.to_dict())) is not None:
             raise HTTPException(400, too_big)
-        job_id = await (await need_requester()).submit(job)
+        try:
+            job_id = await (await need_requester()).submit(job)
+        except StoreError as exc:  # a full disk, say: nothing of the job was kept
+            raise HTTPException(503, f"the job was not stored: {exc}") from None
         return {"JobID": job_id, "EvaluationID": f"ev-{job_id[2:]}", "Warnings": []}
 
     app.put(f"{API}/jobs", tags=["orchestrator"], response_model="PutJobResponse")(submit)

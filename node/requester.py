@@ -45,6 +45,8 @@ from .core.events import (
     BidReceived,
     CommitmentReceived,
     DecisionUndelivered,
+    JobNotStored,
+    JobStored,
     LinkChanged,
     NodeHeard,
     PersistCommitment,
@@ -126,6 +128,10 @@ class Requester:
         #: Jobs submitted here lately: a bid that comes after its round closed is taken
         #: without a store read (in a burst, most remote bids do).
         self._recent_jobs: OrderedDict[str, None] = OrderedDict()
+        #: Jobs whose creation is being written, or failed to be (the last
+        #: ``RECENT_JOBS_KEPT``): the core's writes for one that failed are dropped, where
+        #: another write that fails is kept to try again.
+        self._creations: OrderedDict[str, PendingWrite] = OrderedDict()
         self._write_failed = trio.Event()
         self._nursery: trio.Nursery | None = None
         mesh.link_listeners.append(self._link_changed)
@@ -187,20 +193,42 @@ class Requester:
 
     async def submit(self, job: Job) -> str:
         """Store ``job`` under a new ID and start placing it; returns the job ID once the
-        job is on disk (that is the acknowledgement)."""
+        job is on disk (that is the acknowledgement). Raises ``StoreError`` when it could
+        not be stored: nothing of it then goes on.
+
+        Its nodes are asked while the job is written: an ask needs nothing on disk (see
+        ``_finish``), and the job's record then commits with the core's first writes in
+        one fsync, during the nodes' round trip rather than before it. No bid is accepted
+        before the job is on disk (``JobStored``).
+        """
         await self._ready.wait()
         job = replace(job.with_default_timeout(self._default_execution_timeout),
                       id=f"j-{uuid.uuid4()}")
-        await self.store.create_job(job, requester=self.peer_id, now_ms=now_ms())
-        self._recent_jobs[job.id or ""] = None
+        job_id = job.id or ""
+        creation = self.store.queue_create_job(job, requester=self.peer_id, now_ms=now_ms())
+        self._creations[job_id] = creation
+        self._recent_jobs[job_id] = None
         if len(self._recent_jobs) > RECENT_JOBS_KEPT:
             self._recent_jobs.popitem(last=False)
-        # Stored is acknowledged; the core takes the job now (so a stop that follows finds
-        # it), and its first writes and announcement need not hold up the answer.
-        decided = await self._decide(Submitted(job))
-        self._spawn(self._finish, *decided)
+        instructions, queued = await self._decide(Submitted(job, stored=False))
+        await self._carry_out_early(instructions)
+        self._spawn(self._finish_stored, instructions, queued)
         self._wake.set()
-        return job.id or ""
+        # Shielded: the core must hear how the creation went even if the client left, or
+        # the job would wait for ever for JobStored.
+        with trio.CancelScope(shield=True):
+            try:
+                await self.store.committed(creation)
+            except StoreError as exc:
+                if len(self._creations) > RECENT_JOBS_KEPT:
+                    self._creations.popitem(last=False)
+                await self._handle(JobNotStored(job_id, str(exc)))
+                raise
+            del self._creations[job_id]
+            # Its decision, when every bid is in already, need not hold up the answer.
+            self._spawn(self._finish, *await self._decide(JobStored(job_id)))
+            self._wake.set()
+        return job_id
 
     async def stop_job(self, job_id: str, reason: str) -> None:
         """Stop ``job_id``: its executions are cancelled on their nodes; it ends Stopped."""
@@ -301,9 +329,16 @@ class Requester:
         turned down hold nothing for it. Held behind the commit, they added an fsync
         (1.5-2.5 ms) to every placement.
         """
-        early = [instruction for instruction in instructions if _needs_nothing_stored(instruction)]
-        for instruction in early:
-            await self._carry_out(instruction)
+        await self._carry_out_early(instructions)
+        await self._finish_stored(instructions, queued)
+
+    async def _carry_out_early(self, instructions: list[RequesterInstruction]) -> None:
+        for instruction in instructions:
+            if _needs_nothing_stored(instruction):
+                await self._carry_out(instruction)
+
+    async def _finish_stored(self, instructions: list[RequesterInstruction],
+                             queued: list[tuple[_Persist, list[PendingWrite]]]) -> None:
         for instruction, pending in queued:
             await self._committed(instruction, pending)
         for instruction in instructions:
@@ -365,10 +400,17 @@ class Requester:
                 # loudly, but one refused write must not take the whole daemon down.
                 log.error("store refused %s as illegal: %s", instruction, exc)
             except StoreError as exc:
+                if self._never_stored(instruction):
+                    return  # its job's creation failed too: there is nothing to write to
                 log.warning("store write failed (kept to try again): %s", exc)
                 self._unpersisted.append(instruction)
                 self._write_failed.set()
                 return
+
+    def _never_stored(self, instruction: _Persist) -> bool:
+        creation = self._creations.get(getattr(instruction, "job_id", ""))
+        # Its creation commits with or before this write, so its outcome is known by now.
+        return creation is not None and creation.error is not None
 
     async def _write(self, instruction: _Persist) -> None:
         for write in self._queue_now(instruction):
@@ -391,7 +433,8 @@ class Requester:
                     except (StateConflict, IllegalTransition) as exc:
                         log.warning("store refused %s: %s", self._unpersisted[0], exc)
                     except StoreError:
-                        break
+                        if not self._never_stored(self._unpersisted[0]):
+                            break
                     self._unpersisted.pop(0)
 
     async def _store_result(self, record: ResultRecord, envelope: bytes) -> None:

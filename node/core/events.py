@@ -40,9 +40,27 @@ class Tick:
 
 @dataclass(frozen=True)
 class Submitted:
-    """The API stored a new job (Pending) and acknowledged it."""
+    """A new job (Pending). ``stored`` False: its creation is still being written, so its
+    nodes may be asked and their bids taken, but none accepted until ``JobStored``."""
 
     job: Job
+    stored: bool = True
+
+
+@dataclass(frozen=True)
+class JobStored:
+    """The creation of a job ``Submitted`` unstored has committed."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
+class JobNotStored:
+    """The creation of a job ``Submitted`` unstored failed: the API answered with the
+    error, so nothing of the job may go on (not even its record: there is none)."""
+
+    job_id: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -288,8 +306,8 @@ class CancelExecution:
     reason: str
 
 
-RequesterEvent = (Submitted | BidReceived | UpdateReceived | ResultReceived
-                  | CommitmentReceived | VerdictHeard | NodeHeard | LinkChanged
+RequesterEvent = (Submitted | JobStored | JobNotStored | BidReceived | UpdateReceived
+                  | ResultReceived | CommitmentReceived | VerdictHeard | NodeHeard | LinkChanged
                   | DecisionUndelivered | StopRequested | Restarted | Tick)
 RequesterInstruction = (Announce | SendDecision | PersistJob | PersistExecution
                         | PersistCommitment | PersistReputation | SendRevealRequest

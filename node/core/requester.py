@@ -20,9 +20,11 @@ Placement, per job:
    nodes yet, the announcement is open to all (gossiped, and allowed far less
    often: ``OPEN_ANNOUNCEMENTS_PER_SECOND``).
 2. **Decide.** As soon as every node asked has answered, or enough accepted and
-   ``DECIDE_AFTER_MS`` passed, or the window (``BID_WINDOW_MS``) closes. The
-   best bids win (``protocol.scheduling``); losers are told so they free their
-   slot.
+   ``DECIDE_AFTER_MS`` passed, or the window (``BID_WINDOW_MS``) closes, but never
+   before the job itself is on disk: the daemon asks while the job's creation is
+   written (``Submitted`` unstored, then ``JobStored``, or ``JobNotStored`` and the
+   job is forgotten, its bidders turned down). The best bids win
+   (``protocol.scheduling``); losers are told so they free their slot.
 3. **Wait.** Too few accepted: nodes that declined as *busy* will have room
    later, so the job waits (``Queued``) and asks again, with a widening circle
    of nodes and a growing delay, or at once when a node it fits may have a slot:
@@ -91,6 +93,8 @@ from .events import (
     BidReceived,
     CommitmentReceived,
     DecisionUndelivered,
+    JobNotStored,
+    JobStored,
     LinkChanged,
     NodeHeard,
     PersistCommitment,
@@ -207,6 +211,8 @@ class _Plan:
     #: Verified jobs: reveals are asked for once ``count`` executions have committed.
     revealing: bool = False
     verdict: str = ""
+    #: Its creation has committed: until then no bid is accepted (``_maybe_close``).
+    stored: bool = True
     #: Per node, whether this job fits it, and the node's ``fit_generation`` then: a
     #: burst's waiting jobs are checked against a node each time a slot frees there. One
     #: table for every job of the same ``_fit_shape`` (set on first use).
@@ -299,8 +305,12 @@ class RequesterCore:
         match event:
             case Tick():
                 self._tick(now)
-            case Submitted(job):
-                self._submitted(job, now)
+            case Submitted(job, stored):
+                self._submitted(job, now, stored=stored)
+            case JobStored(job_id):
+                self._stored(job_id, now)
+            case JobNotStored(job_id, reason):
+                self._not_stored(job_id, reason, now)
             case BidReceived(bid):
                 self._bid(bid, now)
             case UpdateReceived(update):
@@ -341,7 +351,7 @@ class RequesterCore:
         earliest: int | None = None
         for plan in self.plans.values():
             bid_round = plan.round
-            if bid_round is not None:
+            if bid_round is not None and plan.stored:  # JobStored closes an unstored one
                 # With enough accepting bids in, the round closes DECIDE_AFTER_MS after it
                 # opened, whoever is still to answer (see _maybe_close).
                 accepting = 0
@@ -388,11 +398,30 @@ class RequesterCore:
 
     # -- submission and placement ----------------------------------------------
 
-    def _submitted(self, job: Job, now: int) -> None:
-        plan = _Plan(job=job, state=JobState.PENDING, waiting_since_ms=now)
+    def _submitted(self, job: Job, now: int, *, stored: bool) -> None:
+        plan = _Plan(job=job, state=JobState.PENDING, waiting_since_ms=now, stored=stored)
         self.plans[plan.job_id] = plan
         self._set_job(plan, JobState.QUEUED, "looking for compute nodes")
         self._ask(plan, now)
+
+    def _stored(self, job_id: str, now: int) -> None:
+        plan = self.plans.get(job_id)
+        if plan is None or plan.stored:
+            return
+        plan.stored = True
+        if plan.round is not None:
+            self._maybe_close(plan, now)  # the bids may all be in
+
+    def _not_stored(self, job_id: str, reason: str, now: int) -> None:
+        """Forget a job whose creation failed: the nodes that bid get their slots back, and
+        nothing is written (there is no job to write to)."""
+        plan = self.plans.pop(job_id, None)
+        if plan is None or plan.round is None:
+            return
+        for bid in plan.round.bids.values():
+            if bid.accept:
+                self._decide(bid, False, f"the job could not be stored: {reason}"[:300], 0)
+                self._wake_one_waiting(bid.node_id, now)
 
     def _ask(self, plan: _Plan, now: int) -> None:
         """Open a bid round for what ``plan`` still needs (no faster than the announcement
@@ -530,6 +559,8 @@ class RequesterCore:
         self._maybe_close(plan, now)
 
     def _maybe_close(self, plan: _Plan, now: int) -> None:
+        if not plan.stored:
+            return  # a node must never be told what the store does not know (JobStored)
         bid_round = plan.round
         assert bid_round is not None
         accepting = sum(bid.accept for bid in bid_round.bids.values())

@@ -279,26 +279,39 @@ class Store:
 
         Raises ``AlreadyExists`` if a job with that ID is stored.
         """
+        return await self.committed(self.queue_create_job(
+            job, requester=requester, now_ms=now_ms, state=state))
+
+    def queue_create_job(
+        self,
+        job: Job,
+        *,
+        requester: str,
+        now_ms: int,
+        state: JobState = JobState.PENDING,
+    ) -> PendingWrite:
+        """Queue ``create_job``; writes queued after it commit with it or after it."""
         if job.id is None:
             raise ValueError("creating a job: job.id must be set")
+        job_id = job.id
         state = JobState(state)
         spec = _json(job.to_dict())
-        what = f"creating job {job.id}"
+        what = f"creating job {job_id}"
 
         def run(conn: sqlite3.Connection) -> JobRecord:
             try:
                 conn.execute(
                     "INSERT INTO jobs (job_id, spec, state, state_message, requester,"
                     " create_time_ms, modify_time_ms, revision) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
-                    (job.id, spec, state.value, "", requester, now_ms, now_ms),
+                    (job_id, spec, state.value, "", requester, now_ms, now_ms),
                 )
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"{what}: a job with this ID already exists") from None
-            _insert_event(conn, job.id, None, now_ms, JOB_STATE_UPDATE, None, state, "created")
+            _insert_event(conn, job_id, None, now_ms, JOB_STATE_UPDATE, None, state, "created")
             _remember_parsed(job)
             return JobRecord(job, state, "", requester, now_ms, now_ms, 1)
 
-        return await self._write(what, run)
+        return self._enqueue(what, run)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         """The job with exactly this ID, or None."""

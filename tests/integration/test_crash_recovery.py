@@ -138,6 +138,70 @@ def test_a_job_whose_end_cannot_be_written_on_a_full_disk_ends_once_there_is_roo
             subprocess.run(["umount", str(requester.data_dir)], check=False)
 
 
+def test_a_job_put_on_a_full_disk_is_refused_in_one_line_and_never_runs(
+    tmp_path_factory: pytest.TempPathFactory, busybox_image: str
+) -> None:
+    """The requester asks its nodes while the job is being written. When the write fails (a
+    real full disk: a 16 MiB tmpfs, filled), the client gets one line saying so, and the
+    job goes nowhere although the node it asked had bid: no container runs, nothing is
+    listed, no write of it is kept to try again. Once there is room, jobs run as before."""
+    import subprocess
+
+    with DaemonPool(tmp_path_factory.mktemp("full-at-put")) as pool:
+        requester = pool.new("req", args=["--orchestrator"])
+        worker = pool.new("w", peers=[requester])
+        requester.data_dir.mkdir(parents=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs",
+                        str(requester.data_dir)], check=True)
+        filler = requester.data_dir / "filler"
+        try:
+            pool.start_all([requester, worker])
+            wait_until(lambda: requester.connected() >= {worker.peer_id}, timeout=30,
+                       what="the mesh")
+            subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"],
+                           capture_output=True, check=False)  # until the disk is full
+            # A spec too big for the room the store's log has left, so its write must grow it.
+            padding = [arg for i in range(4) for arg in ("-e", f"PAD{i}={'x' * 60_000}")]
+            refused = requester.cli("docker", "run", "--id-only", "-p", "local", *padding,
+                                    "busybox", "--", "true")
+            assert refused.returncode != 0
+            message = refused.stderr.strip()
+            assert len(message.splitlines()) == 1 and "Traceback" not in message, message
+            assert "the job was not stored" in message and "full" in message, message
+            # It was asked (while the job was written) and bid, and was turned down.
+            wait_until(lambda: _scrape(worker).get(
+                'bacnode_bids_sent_total{answer="accept"}', 0) >= 1, timeout=10,
+                what="the worker's bid")
+            time.sleep(2)
+            assert not any(name.startswith("bacnode_container_run_seconds_count")
+                           and value for name, value in _scrape(worker).items())
+            assert json.loads(requester.cli("list", "--output", "json").stdout) == []
+            assert "updating job" not in requester.stderr, requester.stderr[-2000:]
+            filler.unlink()
+            ran = requester.cli("docker", "run", "--id-only", "-p", "local", "busybox",
+                                "--", "true", timeout=60)
+            assert ran.returncode == 0, ran.stderr
+            assert _state(requester, ran.stdout.strip()) == "Completed"
+            assert requester.running
+        finally:
+            pool.close()
+            subprocess.run(["umount", str(requester.data_dir)], check=False)
+
+
+def _scrape(node: Daemon) -> dict[str, float]:
+    """``/metrics`` as ``{'name{labels}': value}``."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{node.api_url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
 def _state(requester: Daemon, job_id: str) -> str:
     result = requester.cli("describe", job_id, "--json", timeout=30)
     return json.loads(result.stdout)["State"]["State"]

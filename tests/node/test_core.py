@@ -18,6 +18,8 @@ from node.core.events import (
     CancelExecution,
     DecisionReceived,
     ExecutionEnded,
+    JobNotStored,
+    JobStored,
     LinkChanged,
     NodeHeard,
     PersistExecution,
@@ -223,6 +225,55 @@ def test_enough_early_bids_bring_the_decision_forward_while_a_candidate_is_silen
     out = core.handle(Tick(), core.wake_at())
     (decision,) = [d.decision for d in of(SendDecision, out) if d.decision.accepted]
     assert decision.node_id == first
+
+
+def test_no_bid_is_accepted_before_the_job_is_on_disk() -> None:
+    """The daemon asks while the job's creation is written: every bid may be in before it
+    commits, and the decision then waits for ``JobStored`` (a node must never be told it won
+    a job the store does not know). No timer fires for it meanwhile."""
+    core = requester_with("a", "b", "c")
+    the_job = job()
+    (announce,) = of(Announce, core.handle(Submitted(the_job, stored=False), 0))
+    out = []
+    for node in announce.announcement.candidates:
+        out += core.handle(BidReceived(bid(the_job.id or "", node)), 1)
+    assert not of(SendDecision, out) and not of(PersistExecution, out)
+    assert core.wake_at() is None  # nothing to tick for: JobStored closes the round
+    assert not of(SendDecision, core.handle(Tick(), BID_WINDOW_MS))
+    out = core.handle(JobStored(the_job.id or ""), BID_WINDOW_MS + 1)
+    accepted = [d for d in of(SendDecision, out) if d.decision.accepted]
+    assert len(accepted) == 1 and len(of(SendDecision, out)) == 3
+    assert out.index(of(PersistExecution, out)[0]) < out.index(accepted[0])
+    # Stored first, bids after: decided as soon as they are in, as ever.
+    the_job = job()
+    (announce,) = of(Announce, core.handle(Submitted(the_job, stored=False), 0))
+    assert not core.handle(JobStored(the_job.id or ""), 1)
+    out = []
+    for node in announce.announcement.candidates:
+        out += core.handle(BidReceived(bid(the_job.id or "", node)), 2)
+    assert len([d for d in of(SendDecision, out) if d.decision.accepted]) == 1
+
+
+def test_a_job_that_could_not_be_stored_is_forgotten_and_its_bidders_turned_down() -> None:
+    """Its creation failed (a full disk): the client was told so. Nothing of it goes on:
+    no write, no placement; the nodes that bid, and those that bid later, are turned down
+    and so free the slot they held for it."""
+    core = requester_with("a", "b", "c")
+    the_job = job()
+    (announce,) = of(Announce, core.handle(Submitted(the_job, stored=False), 0))
+    first, *later = announce.announcement.candidates
+    core.handle(BidReceived(bid(the_job.id or "", first)), 1)
+    out = core.handle(JobNotStored(the_job.id or "", "database or disk is full"), 2)
+    assert [(d.decision.node_id, d.decision.accepted) for d in of(SendDecision, out)] == [
+        (first, False)]
+    assert "could not be stored: database or disk is full" in out[0].decision.reason
+    assert not of(PersistJob, out) and not of(PersistExecution, out)
+    assert the_job.id not in core.plans and core.wake_at() is None
+    for node in later:
+        out = core.handle(BidReceived(bid(the_job.id or "", node)), 3)
+        assert [(d.decision.node_id, d.decision.accepted) for d in of(SendDecision, out)] == [
+            (node, False)]
+    assert not of(Announce, core.handle(Tick(), 60_000))
 
 
 def test_a_widening_circle_never_names_more_nodes_than_an_announcement_holds() -> None:

@@ -47,6 +47,7 @@ from node.core.events import (
     DecisionUndelivered,
     ExecutionEnded,
     InputsMeasured,
+    JobStored,
     MeasureInputs,
     NodeHeard,
     PersistCommitment,
@@ -97,6 +98,8 @@ DETECTION_WINDOW_MS = 2 * HEARTBEAT_MS
 REQUESTER_TICK_MS = 1000
 OUTBOX_RETRY_MS = 2000
 REQUEST_TIMEOUT_MS = 1000
+#: The longest a job's creation takes to commit (the daemon's fsync, under load).
+CREATE_COMMIT_MAX_MS = 5
 SLOTS_PER_NODE = 2
 EXECUTION_TIMEOUT_S = 60
 UNMEETABLE_QUEUE_TIMEOUT_S = 10
@@ -186,6 +189,9 @@ class _Node:
     liar: bool = False
     #: Verified jobs: records committed to and not yet asked for (lost in a crash).
     committed: dict[str, ResultRecord] = field(default_factory=dict)
+    #: Jobs submitted here whose creation is still being written (the daemon asks the
+    #: nodes meanwhile): none of them may be placed yet.
+    creating: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -356,10 +362,23 @@ class World:
             self.at(self.now + 1000, lambda: self._submit(plan))
             return
         node = ups[self.rng.randrange(len(ups))]
+        # As the daemon: the job's creation is queued, its nodes are asked while it commits
+        # (with the core's first writes), and only then may a bid be accepted. A crash in
+        # between is taken as one after the commit (the answer lost, the job kept).
+        job_id = plan.job.id or ""
         node.store.create_job(plan.job, self.now)
         plan.submitted_ms = self.now
-        self.log(f"{node.node_id} ← submit {plan.job.id} count={plan.job.count}")
-        self._requester(node, Submitted(plan.job))
+        self.log(f"{node.node_id} ← submit {job_id} count={plan.job.count}")
+        node.creating.add(job_id)
+        self._requester(node, Submitted(plan.job, stored=False))
+        incarnation = node.incarnation
+
+        def committed() -> None:
+            node.creating.discard(job_id)
+            if node.incarnation == incarnation:
+                self._requester(node, JobStored(job_id))
+
+        self.at(self.now + self.rng.randint(1, CREATE_COMMIT_MAX_MS), committed)
 
     def _requester(self, node: _Node, event: Any) -> None:
         if self.trace_enabled and not isinstance(event, (Tick, NodeHeard)):
@@ -440,6 +459,9 @@ class World:
                 target, Announced(announcement, job, self._new_id("e"))))
 
     def _send_decision(self, node: _Node, decision: BidDecision) -> None:
+        if decision.accepted and decision.job_id in node.creating:
+            raise InvariantViolation(self.now, f"{node.node_id} placed {decision.job_id} "
+                                               "before the job was on disk", decision.job_id)
         target = self.by_id[decision.node_id]
         self.stats.messages += 1
 
@@ -737,6 +759,7 @@ class World:
         node.up = False
         node.incarnation += 1
         node.committed.clear()  # a compute node never resumes an execution
+        node.creating.clear()  # kept (see _submit): the restarted core takes it as stored
 
     def _restart(self, node: _Node) -> None:
         self.log(f"{node.node_id} restarts")
