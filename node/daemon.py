@@ -666,7 +666,7 @@ class Daemon:
                         started_ms=self.started_ms,
                         detection_window_ms=self.membership.detection_window_ms,
                         local_compute=self._decide_locally if self.compute else None,
-                        local_announce=self.compute.on_announcement if self.compute else None,
+                        local_announce=self._announce_locally if self.compute else None,
                         on_reply=self.on_reply,
                         local_reveal=self._reveal_locally if self.compute else None,
                         local_verdict=self._verdict_locally if self.compute else None,
@@ -790,6 +790,10 @@ class Daemon:
         me = self.mesh.host.get_id()
         unique = list(dict.fromkeys(peer for peer in ordered if peer != me))
         return unique[:MAX_IPFS_CANDIDATES]
+
+    async def _announce_locally(self, announcement: JobAnnouncement) -> Bid | None:
+        assert self.compute is not None
+        return await self.compute.answer_announcement(announcement, self.peer_id)
 
     async def _decide_locally(self, decision: BidDecision) -> None:
         assert self.compute is not None

@@ -46,7 +46,6 @@ from .core.events import (
     CommitmentReceived,
     DecisionUndelivered,
     JobNotStored,
-    JobStored,
     LinkChanged,
     NodeHeard,
     PersistCommitment,
@@ -97,7 +96,7 @@ class Requester:
         started_ms: int,
         detection_window_ms: int,
         local_compute: Callable[[BidDecision], Awaitable[None]] | None = None,
-        local_announce: Callable[[JobAnnouncement], Awaitable[None]] | None = None,
+        local_announce: Callable[[JobAnnouncement], Awaitable[Bid | None]] | None = None,
         local_reveal: Callable[[RevealRequest], Awaitable[None]] | None = None,
         local_verdict: Callable[[Verdict], Awaitable[None]] | None = None,
         on_reply: Callable[[str, bytes, type[Bid | ExecutionUpdate]],
@@ -197,9 +196,10 @@ class Requester:
         not be stored: nothing of it then goes on.
 
         Its nodes are asked while the job is written: an ask needs nothing on disk (see
-        ``_finish``), and the job's record then commits with the core's first writes in
-        one fsync, during the nodes' round trip rather than before it. No bid is accepted
-        before the job is on disk (``JobStored``).
+        ``_finish``). This node's own bid is taken first, before the write begins, so
+        that when it wins at once (``RequesterCore._outcome_known``) its record commits
+        with the job's in one fsync. A winner is told only once the job is on disk
+        (``_stored``).
         """
         await self._ready.wait()
         job = replace(job.with_default_timeout(self._default_execution_timeout),
@@ -210,12 +210,20 @@ class Requester:
         self._recent_jobs[job_id] = None
         if len(self._recent_jobs) > RECENT_JOBS_KEPT:
             self._recent_jobs.popitem(last=False)
-        instructions, queued = await self._decide(Submitted(job, stored=False))
-        await self._carry_out_early(instructions)
+        instructions, queued = await self._decide(Submitted(job))
         self._spawn(self._finish_stored, instructions, queued)
+        for instruction in instructions:
+            if isinstance(instruction, Announce):
+                self._ask_others(instruction.announcement)
+                if self._asks_itself(instruction.announcement):
+                    try:
+                        await self._ask_self(instruction.announcement, finish_later=True)
+                    except Exception:  # its bid is missing: the round goes on without it
+                        log.exception("this node's compute side did not bid on %s", job_id)
+            elif _needs_nothing_stored(instruction):
+                await self._carry_out(instruction)
         self._wake.set()
-        # Shielded: the core must hear how the creation went even if the client left, or
-        # the job would wait for ever for JobStored.
+        # Shielded: the core must hear if the creation failed even when the client left.
         with trio.CancelScope(shield=True):
             try:
                 await self.store.committed(creation)
@@ -224,10 +232,7 @@ class Requester:
                     self._creations.popitem(last=False)
                 await self._handle(JobNotStored(job_id, str(exc)))
                 raise
-            del self._creations[job_id]
-            # Its decision, when every bid is in already, need not hold up the answer.
-            self._spawn(self._finish, *await self._decide(JobStored(job_id)))
-            self._wake.set()
+        del self._creations[job_id]
         return job_id
 
     async def stop_job(self, job_id: str, reason: str) -> None:
@@ -342,8 +347,21 @@ class Requester:
         for instruction, pending in queued:
             await self._committed(instruction, pending)
         for instruction in instructions:
-            if not _needs_nothing_stored(instruction):
-                await self._carry_out(instruction)
+            if _needs_nothing_stored(instruction):
+                continue
+            if isinstance(instruction, SendDecision) and not await self._stored(
+                    instruction.decision.job_id):
+                continue  # the core heard (JobNotStored) and turns the node down instead
+            await self._carry_out(instruction)
+
+    async def _stored(self, job_id: str) -> bool:
+        """Whether the job's creation has committed, waiting for it while it is written. A
+        decision's own write follows it in the store's queue, so this is mostly settled."""
+        creation = self._creations.get(job_id)
+        if creation is None:
+            return True
+        await creation.done.wait()
+        return creation.error is None
 
     # -- instructions out --------------------------------------------------------
 
@@ -352,7 +370,9 @@ class Requester:
             case StoreResult(record, envelope):
                 await self._store_result(record, envelope)
             case Announce(announcement):
-                self._announce(announcement)
+                self._ask_others(announcement)
+                if self._asks_itself(announcement):
+                    self._spawn(self._ask_self, announcement)
             case SendDecision(decision):
                 self._spawn(self._send_decision, decision)
             case SendRevealRequest(request):
@@ -443,7 +463,7 @@ class Requester:
         except StoreError as exc:
             log.warning("storing the result of %s: %s", record.execution_id, exc)
 
-    def _announce(self, announcement: JobAnnouncement) -> None:
+    def _ask_others(self, announcement: JobAnnouncement) -> None:
         """Ask the candidates straight, each over its request stream; gossip only an
         announcement open to any node.
 
@@ -459,11 +479,25 @@ class Requester:
             sealed = seal_message(self.mesh.key, announcement, now_ms=now_ms())
             for candidate in others:
                 self._spawn(self._ask, candidate, sealed)
-        if self._local_announce is not None and (
-                not announcement.candidates or self.peer_id in announcement.candidates):
-            # Straight to our own compute side: gossip's loopback to a local
-            # subscriber drops what a burst of announcements overflows.
-            self._spawn(self._local_announce, announcement)
+
+    def _asks_itself(self, announcement: JobAnnouncement) -> bool:
+        return self._local_announce is not None and (
+            not announcement.candidates or self.peer_id in announcement.candidates)
+
+    async def _ask_self(self, announcement: JobAnnouncement, *, finish_later: bool = False,
+                        ) -> None:
+        """Our own compute side's bid, straight (gossip does not loop back to its sender).
+        ``finish_later``: what the core decides on it is carried out in a task of its own,
+        not before this returns."""
+        assert self._local_announce is not None
+        bid = await self._local_announce(announcement)
+        if bid is None:  # it bids later, once it has measured the inputs
+            return
+        if not finish_later:
+            await self.on_bid(bid)
+            return
+        metrics.BIDS_RECEIVED.labels(answer="accept" if bid.accept else "decline").inc()
+        self._spawn(self._finish, *await self._decide(BidReceived(bid)))
 
     async def _ask(self, candidate: str, sealed_announcement: bytes) -> None:
         try:

@@ -346,6 +346,9 @@ class Bid(Message):
     node_id: str
     accept: bool
     reason: str
+    #: What the node has free, and the executions holding a slot there; an accepting bid
+    #: counts the slot it takes for this job (a requester relies on it to decide before
+    #: every bid is in: ``protocol.scheduling.best_possible_rank``).
     free: Capacity
     running_executions: int
     #: A decline for now, not for good: every slot is taken. Ask again later.

@@ -148,17 +148,27 @@ def tie_breaker(job_id: str, node_id: str) -> bytes:
     return hashlib.sha256(f"{job_id}\0{node_id}".encode()).digest()
 
 
+BidRank = tuple[int, int, int, bytes]
+
+
+def bid_rank(bid: Bid) -> BidRank:
+    """Where an accepting bid stands among the others for its job: lowest first."""
+    return (bid.running_executions, -bid.free.cpu_milli, -bid.free.memory,
+            tie_breaker(bid.job_id, bid.node_id))
+
+
+def best_possible_rank(job_id: str, node_id: str, total: Capacity, needs: Capacity) -> BidRank:
+    """The best rank ``node_id`` could accept ``job_id`` with: running nothing but this job
+    (an accepting bid counts the slot it takes for it), and all it has (``total``) free but
+    the ``needs`` the job asks for itself (a node's defaults for what it leaves unsaid can
+    only take more). A bid in hand ranked before it beats whatever that node says."""
+    return (1, needs.cpu_milli - total.cpu_milli, needs.memory - total.memory,
+            tie_breaker(job_id, node_id))
+
+
 def rank_bids(bids: Iterable[Bid]) -> list[Bid]:
     """Accepting bids, best first (see the module docstring for the order)."""
-    return sorted(
-        (bid for bid in bids if bid.accept),
-        key=lambda bid: (
-            bid.running_executions,
-            -bid.free.cpu_milli,
-            -bid.free.memory,
-            tie_breaker(bid.job_id, bid.node_id),
-        ),
-    )
+    return sorted((bid for bid in bids if bid.accept), key=bid_rank)
 
 
 def choose_bids(bids: Sequence[Bid], count: int, exclude: Iterable[str] = ()) -> list[Bid]:

@@ -40,24 +40,17 @@ class Tick:
 
 @dataclass(frozen=True)
 class Submitted:
-    """A new job (Pending). ``stored`` False: its creation is still being written, so its
-    nodes may be asked and their bids taken, but none accepted until ``JobStored``."""
+    """A new job (Pending). The daemon takes it here while its creation is still being
+    written, and tells a winner only once that has committed (``JobNotStored`` if not)."""
 
     job: Job
-    stored: bool = True
-
-
-@dataclass(frozen=True)
-class JobStored:
-    """The creation of a job ``Submitted`` unstored has committed."""
-
-    job_id: str
 
 
 @dataclass(frozen=True)
 class JobNotStored:
-    """The creation of a job ``Submitted`` unstored failed: the API answered with the
-    error, so nothing of the job may go on (not even its record: there is none)."""
+    """The creation of a job ``Submitted`` failed: the API answered with the error, so
+    nothing of the job may go on (not even its record: there is none), and no node it
+    chose was told so."""
 
     job_id: str
     reason: str
@@ -306,8 +299,8 @@ class CancelExecution:
     reason: str
 
 
-RequesterEvent = (Submitted | JobStored | JobNotStored | BidReceived | UpdateReceived
-                  | ResultReceived | CommitmentReceived | VerdictHeard | NodeHeard | LinkChanged
+RequesterEvent = (Submitted | JobNotStored | BidReceived | UpdateReceived | ResultReceived
+                  | CommitmentReceived | VerdictHeard | NodeHeard | LinkChanged
                   | DecisionUndelivered | StopRequested | Restarted | Tick)
 RequesterInstruction = (Announce | SendDecision | PersistJob | PersistExecution
                         | PersistCommitment | PersistReputation | SendRevealRequest

@@ -19,12 +19,13 @@ Placement, per job:
    nodes waits for their answers). When the requester knows too few compute
    nodes yet, the announcement is open to all (gossiped, and allowed far less
    often: ``OPEN_ANNOUNCEMENTS_PER_SECOND``).
-2. **Decide.** As soon as every node asked has answered, or enough accepted and
-   ``DECIDE_AFTER_MS`` passed, or the window (``BID_WINDOW_MS``) closes, but never
-   before the job itself is on disk: the daemon asks while the job's creation is
-   written (``Submitted`` unstored, then ``JobStored``, or ``JobNotStored`` and the
-   job is forgotten, its bidders turned down). The best bids win
-   (``protocol.scheduling``); losers are told so they free their slot.
+2. **Decide.** As soon as every node asked has answered, or the bids in hand beat
+   any bid the others could still make (``_outcome_known``), or enough accepted and
+   ``DECIDE_AFTER_MS`` passed, or the window (``BID_WINDOW_MS``) closes. The best
+   bids win (``protocol.scheduling``); losers are told so they free their slot. The
+   daemon asks, and may decide, while the job's creation is still being written (the
+   winner's record commits with it or after it, and is told after that); if the
+   creation fails, ``JobNotStored`` forgets the job and turns every bidder down.
 3. **Wait.** Too few accepted: nodes that declined as *busy* will have room
    later, so the job waits (``Queued``) and asks again, with a widening circle
    of nodes and a growing delay, or at once when a node it fits may have a slot:
@@ -77,10 +78,13 @@ from protocol.messages import (
 )
 from protocol.scheduling import (
     NodePolicy,
+    best_possible_rank,
+    bid_rank,
     choose_bids,
     decline_reason,
     job_requirements,
     no_bid_reason,
+    rank_bids,
     xor_key,
 )
 from protocol.states import EXECUTION_TRANSITIONS, ExecutionState, JobState
@@ -94,7 +98,6 @@ from .events import (
     CommitmentReceived,
     DecisionUndelivered,
     JobNotStored,
-    JobStored,
     LinkChanged,
     NodeHeard,
     PersistCommitment,
@@ -211,8 +214,6 @@ class _Plan:
     #: Verified jobs: reveals are asked for once ``count`` executions have committed.
     revealing: bool = False
     verdict: str = ""
-    #: Its creation has committed: until then no bid is accepted (``_maybe_close``).
-    stored: bool = True
     #: Per node, whether this job fits it, and the node's ``fit_generation`` then: a
     #: burst's waiting jobs are checked against a node each time a slot frees there. One
     #: table for every job of the same ``_fit_shape`` (set on first use).
@@ -305,10 +306,8 @@ class RequesterCore:
         match event:
             case Tick():
                 self._tick(now)
-            case Submitted(job, stored):
-                self._submitted(job, now, stored=stored)
-            case JobStored(job_id):
-                self._stored(job_id, now)
+            case Submitted(job):
+                self._submitted(job, now)
             case JobNotStored(job_id, reason):
                 self._not_stored(job_id, reason, now)
             case BidReceived(bid):
@@ -351,7 +350,7 @@ class RequesterCore:
         earliest: int | None = None
         for plan in self.plans.values():
             bid_round = plan.round
-            if bid_round is not None and plan.stored:  # JobStored closes an unstored one
+            if bid_round is not None:
                 # With enough accepting bids in, the round closes DECIDE_AFTER_MS after it
                 # opened, whoever is still to answer (see _maybe_close).
                 accepting = 0
@@ -398,29 +397,29 @@ class RequesterCore:
 
     # -- submission and placement ----------------------------------------------
 
-    def _submitted(self, job: Job, now: int, *, stored: bool) -> None:
-        plan = _Plan(job=job, state=JobState.PENDING, waiting_since_ms=now, stored=stored)
+    def _submitted(self, job: Job, now: int) -> None:
+        plan = _Plan(job=job, state=JobState.PENDING, waiting_since_ms=now)
         self.plans[plan.job_id] = plan
         self._set_job(plan, JobState.QUEUED, "looking for compute nodes")
         self._ask(plan, now)
 
-    def _stored(self, job_id: str, now: int) -> None:
-        plan = self.plans.get(job_id)
-        if plan is None or plan.stored:
-            return
-        plan.stored = True
-        if plan.round is not None:
-            self._maybe_close(plan, now)  # the bids may all be in
-
     def _not_stored(self, job_id: str, reason: str, now: int) -> None:
-        """Forget a job whose creation failed: the nodes that bid get their slots back, and
-        nothing is written (there is no job to write to)."""
+        """Forget a job whose creation failed: every node that bid gets its slot back, the
+        one chosen too (it was never told), and nothing is written (there is no job)."""
         plan = self.plans.pop(job_id, None)
-        if plan is None or plan.round is None:
+        if plan is None:
             return
-        for bid in plan.round.bids.values():
-            if bid.accept:
-                self._decide(bid, False, f"the job could not be stored: {reason}"[:300], 0)
+        self._forget(plan)
+        why = f"the job could not be stored: {reason}"[:300]
+        turned_down = set()
+        for execution in plan.executions.values():
+            turned_down.add(execution.execution_id)
+            self._out.append(SendDecision(BidDecision(
+                job_id, execution.execution_id, execution.node_id, False, why)))
+            self._wake_one_waiting(execution.node_id, now)
+        for bid in plan.round.bids.values() if plan.round is not None else ():
+            if bid.accept and bid.execution_id not in turned_down:
+                self._decide(bid, False, why, 0)
                 self._wake_one_waiting(bid.node_id, now)
 
     def _ask(self, plan: _Plan, now: int) -> None:
@@ -549,6 +548,9 @@ class RequesterCore:
                 bid_round.asked and bid.node_id not in bid_round.asked):
             if bid.accept:  # too late, or unasked: free the node's slot
                 self._decide(bid, False, "bid arrived after the decision", 0)
+                # As for an accepting bid turned down in its round: it had room for this
+                # job and may have more, and the slot it held is free again.
+                self._wake_one_waiting(bid.node_id, now)
                 self._wake_one_waiting(bid.node_id, now)
             return
         bid_round.bids[bid.node_id] = bid
@@ -559,15 +561,41 @@ class RequesterCore:
         self._maybe_close(plan, now)
 
     def _maybe_close(self, plan: _Plan, now: int) -> None:
-        if not plan.stored:
-            return  # a node must never be told what the store does not know (JobStored)
         bid_round = plan.round
         assert bid_round is not None
         accepting = sum(bid.accept for bid in bid_round.bids.values())
         everyone = bool(bid_round.asked) and bid_round.asked <= set(bid_round.bids)
         enough = accepting >= plan.needed() and now - bid_round.opened_ms >= DECIDE_AFTER_MS
-        if everyone or enough or now - bid_round.opened_ms >= BID_WINDOW_MS:
+        if (everyone or enough or now - bid_round.opened_ms >= BID_WINDOW_MS
+                or self._outcome_known(plan, bid_round)):
             self._close(plan, now)
+
+    def _outcome_known(self, plan: _Plan, bid_round: _Round) -> bool:
+        """Whether the bids in hand settle the round already: each of the ``needed`` best
+        ranks before the best bid any node still silent could make
+        (``best_possible_rank``: this job its only one, all it has free as its heartbeat
+        tells). A requester that asked itself and won the tie-break then decides on its
+        own bid, without waiting out the network round trip of the others' (the slower on
+        a busy network), and the decision is the one it would have made with every bid
+        in. Nodes with a record to weigh (``_close``) are waited for."""
+        needed = plan.needed()
+        if sum(bid.accept for bid in bid_round.bids.values()) < needed:
+            return False
+        if any(self._blemished(node) or self.distrusted(node) for node in bid_round.asked):
+            return False
+        placed = {e.node_id for e in plan.executions.values() if e.state in _PLACED}
+        ranked = [bid for bid in rank_bids(bid_round.bids.values())
+                  if bid.node_id not in placed]
+        if len(ranked) < needed:
+            return False
+        last_chosen = bid_rank(ranked[needed - 1])
+        needs = job_requirements(plan.job)
+        for node_id in bid_round.asked - set(bid_round.bids) - placed:
+            view = self.nodes.get(node_id)
+            if view is None or best_possible_rank(plan.job_id, node_id, view.info.total,
+                                                  needs) < last_chosen:
+                return False
+        return True
 
     def _close(self, plan: _Plan, now: int) -> None:
         bid_round = plan.round

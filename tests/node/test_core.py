@@ -19,7 +19,6 @@ from node.core.events import (
     DecisionReceived,
     ExecutionEnded,
     JobNotStored,
-    JobStored,
     LinkChanged,
     NodeHeard,
     PersistExecution,
@@ -43,7 +42,7 @@ from node.core.requester import (
     DECIDE_AFTER_MS,
     MAX_RETRIES,
 )
-from protocol.jobspec import Job
+from protocol.jobspec import Job, Resources
 from protocol.messages import (
     MAX_CANDIDATES,
     Bid,
@@ -53,7 +52,14 @@ from protocol.messages import (
     JobAnnouncement,
     NodeInfo,
 )
-from protocol.scheduling import NodePolicy, xor_distance
+from protocol.scheduling import (
+    NodePolicy,
+    best_possible_rank,
+    bid_rank,
+    job_requirements,
+    tie_breaker,
+    xor_distance,
+)
 from protocol.states import ExecutionState, JobState
 
 WINDOW = 30_000
@@ -77,8 +83,9 @@ def info(node_id: str, seq: int = 1, started_ms: int = 0, free: Capacity = TOTAL
 
 
 def bid(job_id: str, node_id: str, accept: bool = True, busy: bool = False) -> Bid:
-    return Bid(job_id, f"e-{uuid.uuid4()}", node_id, accept, "" if accept else "no", TOTAL, 0,
-               busy)
+    # An accepting bid counts the slot it takes, as a compute node's does.
+    return Bid(job_id, f"e-{uuid.uuid4()}", node_id, accept, "" if accept else "no", TOTAL,
+               int(accept), busy)
 
 
 def update(execution_id: str, job_id: str, node_id: str, state: ExecutionState) -> ExecutionUpdate:
@@ -181,7 +188,7 @@ def test_a_requester_asks_itself_but_wins_only_as_often_as_its_bid_earns() -> No
             for node in announce.announcement.candidates:
                 offer = bid(the_job.id or "", node)
                 if node == "me" and case == "busier":
-                    offer = replace(offer, running_executions=1)
+                    offer = replace(offer, running_executions=2)
                 out += core.handle(BidReceived(offer), 1)
             (winner,) = [d.decision.node_id for d in of(SendDecision, out) if d.decision.accepted]
             wins[case] += winner == "me"
@@ -198,7 +205,7 @@ def test_a_node_with_a_clean_record_wins_over_a_better_bid_from_a_blemished_one(
     the_job = job()
     core.handle(Submitted(the_job), 0)
     better = replace(bid(the_job.id or "", "a"), free=replace(TOTAL, cpu_milli=4000))
-    worse = replace(bid(the_job.id or "", "b"), running_executions=1)
+    worse = replace(bid(the_job.id or "", "b"), running_executions=2)
     out = core.handle(BidReceived(better), 1) + core.handle(BidReceived(worse), 2)
     (winner,) = [d.decision.node_id for d in of(SendDecision, out) if d.decision.accepted]
     assert winner == "b"
@@ -218,7 +225,10 @@ def test_enough_early_bids_bring_the_decision_forward_while_a_candidate_is_silen
     the_job = job()
     (announce,) = of(Announce, core.handle(Submitted(the_job), 1_000))
     assert core.wake_at() == 1_000 + BID_WINDOW_MS
-    first = announce.announcement.candidates[0]  # the other two stay silent
+    # The other two stay silent, and either could still outbid this one (its tie-break
+    # comes last).
+    first = max(announce.announcement.candidates,
+                key=lambda node: tie_breaker(the_job.id or "", node))
     out = core.handle(BidReceived(bid(the_job.id or "", first)), 1_010)
     assert of(SendDecision, out) == []  # too soon: a better bid may still come
     assert core.wake_at() == 1_000 + DECIDE_AFTER_MS
@@ -227,53 +237,90 @@ def test_enough_early_bids_bring_the_decision_forward_while_a_candidate_is_silen
     assert decision.node_id == first
 
 
-def test_no_bid_is_accepted_before_the_job_is_on_disk() -> None:
-    """The daemon asks while the job's creation is written: every bid may be in before it
-    commits, and the decision then waits for ``JobStored`` (a node must never be told it won
-    a job the store does not know). No timer fires for it meanwhile."""
-    core = requester_with("a", "b", "c")
-    the_job = job()
-    (announce,) = of(Announce, core.handle(Submitted(the_job, stored=False), 0))
-    out = []
-    for node in announce.announcement.candidates:
-        out += core.handle(BidReceived(bid(the_job.id or "", node)), 1)
-    assert not of(SendDecision, out) and not of(PersistExecution, out)
-    assert core.wake_at() is None  # nothing to tick for: JobStored closes the round
-    assert not of(SendDecision, core.handle(Tick(), BID_WINDOW_MS))
-    out = core.handle(JobStored(the_job.id or ""), BID_WINDOW_MS + 1)
-    accepted = [d for d in of(SendDecision, out) if d.decision.accepted]
-    assert len(accepted) == 1 and len(of(SendDecision, out)) == 3
-    assert out.index(of(PersistExecution, out)[0]) < out.index(accepted[0])
-    # Stored first, bids after: decided as soon as they are in, as ever.
-    the_job = job()
-    (announce,) = of(Announce, core.handle(Submitted(the_job, stored=False), 0))
-    assert not core.handle(JobStored(the_job.id or ""), 1)
-    out = []
-    for node in announce.announcement.candidates:
-        out += core.handle(BidReceived(bid(the_job.id or "", node)), 2)
-    assert len([d for d in of(SendDecision, out) if d.decision.accepted]) == 1
-
-
 def test_a_job_that_could_not_be_stored_is_forgotten_and_its_bidders_turned_down() -> None:
-    """Its creation failed (a full disk): the client was told so. Nothing of it goes on:
-    no write, no placement; the nodes that bid, and those that bid later, are turned down
-    and so free the slot they held for it."""
+    """The daemon asks, and may decide, while the job's creation is written; the winner is
+    told only once it has committed. When it fails (a full disk), the client is told so and
+    nothing of the job goes on: no write, no placement; every node that bid, the one chosen
+    (never told) included, and those whose bids come later, are turned down and so free
+    the slot they held for it."""
     core = requester_with("a", "b", "c")
     the_job = job()
-    (announce,) = of(Announce, core.handle(Submitted(the_job, stored=False), 0))
+    job_id = the_job.id or ""
+    (announce,) = of(Announce, core.handle(Submitted(the_job), 0))
     first, *later = announce.announcement.candidates
-    core.handle(BidReceived(bid(the_job.id or "", first)), 1)
-    out = core.handle(JobNotStored(the_job.id or "", "database or disk is full"), 2)
+    core.handle(BidReceived(bid(job_id, first)), 1)
+    out = core.handle(JobNotStored(job_id, "database or disk is full"), 2)
     assert [(d.decision.node_id, d.decision.accepted) for d in of(SendDecision, out)] == [
         (first, False)]
     assert "could not be stored: database or disk is full" in out[0].decision.reason
     assert not of(PersistJob, out) and not of(PersistExecution, out)
-    assert the_job.id not in core.plans and core.wake_at() is None
+    assert job_id not in core.plans and core.wake_at() is None
     for node in later:
-        out = core.handle(BidReceived(bid(the_job.id or "", node)), 3)
+        out = core.handle(BidReceived(bid(job_id, node)), 3)
         assert [(d.decision.node_id, d.decision.accepted) for d in of(SendDecision, out)] == [
             (node, False)]
     assert not of(Announce, core.handle(Tick(), 60_000))
+    # Decided before its creation failed: the winner is turned down too.
+    the_job = job()
+    job_id = the_job.id or ""
+    (announce,) = of(Announce, core.handle(Submitted(the_job), 10))
+    out = []
+    for node in announce.announcement.candidates:
+        out += core.handle(BidReceived(bid(job_id, node)), 11)
+    (winner,) = [d.decision for d in of(SendDecision, out) if d.decision.accepted]
+    out = core.handle(JobNotStored(job_id, "database or disk is full"), 12)
+    assert [(d.decision.execution_id, d.decision.accepted) for d in of(SendDecision, out)] == [
+        (winner.execution_id, False)]
+    assert not of(PersistJob, out) and not of(PersistExecution, out)
+    assert job_id not in core.plans
+
+
+def test_a_bid_no_silent_node_could_beat_is_decided_on_at_once() -> None:
+    """A requester that asked itself and two others decides as soon as it holds a bid that
+    none of the others could beat (nothing running there, all they have free, as their
+    heartbeats tell, and the tie-break): the winner does not wait for the slower bids, the
+    decision is the one all three bids would have made, and the late ones are turned down
+    (their slots freed). A silent node that could still win, or one with a record to weigh,
+    is waited for."""
+    for _ in range(20):
+        core = requester_with("me", "a", "b")
+        the_job = job()
+        job_id = the_job.id or ""
+        (announce,) = of(Announce, core.handle(Submitted(the_job), 0))
+        ranked = sorted(announce.announcement.candidates,
+                        key=lambda node: tie_breaker(job_id, node))
+        out = core.handle(BidReceived(bid(job_id, ranked[0])), 1)
+        assert [(d.decision.node_id, d.decision.accepted) for d in of(SendDecision, out)] \
+            == [(ranked[0], True)]
+        for node in ranked[1:]:
+            (late,) = of(SendDecision, core.handle(BidReceived(bid(job_id, node)), 2))
+            assert (late.decision.node_id, late.decision.accepted) == (node, False)
+        # Given every bid at once, the same node wins.
+        core = requester_with("me", "a", "b")
+        core.handle(Submitted(the_job), 0)
+        out = [i for node in ranked for i in core.handle(BidReceived(bid(job_id, node)), 1)]
+        assert [d.decision.node_id for d in of(SendDecision, out) if d.decision.accepted] \
+            == [ranked[0]]
+
+    def first_of_the_tie_break(the_job: Job) -> str:
+        return min(("me", "a", "b"), key=lambda node: tie_breaker(the_job.id or "", node))
+
+    def first_bid_decides(core: RequesterCore, the_job: Job) -> bool:
+        (announce,) = of(Announce, core.handle(Submitted(the_job), 0))
+        assert set(announce.announcement.candidates) == {"me", "a", "b"}
+        first = bid(the_job.id or "", first_of_the_tie_break(the_job))
+        return bool(of(SendDecision, core.handle(BidReceived(first), 1)))
+
+    # b has more to offer than the bid in hand (another node's), so could still beat it.
+    core = requester_with("me", "a", "b")
+    bigger = replace(TOTAL, cpu_milli=4000)
+    core.handle(NodeHeard(replace(info("b", seq=2), total=bigger, free=bigger)), 0)
+    not_b = next(one for one in iter(job, None) if first_of_the_tie_break(one) != "b")
+    assert not first_bid_decides(core, not_b)
+    # Nor with a node whose record counts against it among those asked.
+    core = requester_with("me", "a", "b")
+    core.reputation["a"] = Reputation(failures=1)
+    assert not first_bid_decides(core, job())
 
 
 def test_a_widening_circle_never_names_more_nodes_than_an_announcement_holds() -> None:
@@ -665,6 +712,32 @@ def test_a_node_with_every_slot_taken_declines_as_busy() -> None:
     assert [b.accept for b in bids] == [True, True, False]
     assert bids[2].busy and "2 of 2 slot(s)" in bids[2].reason
     assert core.running == 2
+
+
+def test_no_accepting_bid_ranks_before_the_best_a_requester_expects_of_the_node() -> None:
+    """What a requester that decides before every bid is in relies on: whatever a compute
+    node runs already, and whatever the job asks for or leaves to the node's defaults, its
+    accepting bid ranks no better than ``best_possible_rank`` of its total capacity."""
+    def asking(resources: dict[str, str]) -> Job:
+        spec = job().to_dict()
+        spec["Tasks"][0]["Resources"] = resources
+        return Job.from_dict(spec)
+
+    roomy = replace(POLICY, total=Capacity(cpu_milli=16_000, memory=64 << 30, disk=100 << 30))
+    with_defaults = replace(roomy, job_defaults=Resources(cpu_milli=500, memory=1 << 30))
+    for policy in (roomy, with_defaults):
+        core = ComputeCore("me", policy, max_jobs=0)
+        for resources in ({}, {"CPU": "250m"}, {"CPU": "1", "Memory": "512Mi"}, {}):
+            the_job = asking(resources)
+            (sent,) = of(SendBid, core.handle(announce(the_job), 0))
+            assert sent.bid.accept
+            assert bid_rank(sent.bid) >= best_possible_rank(
+                the_job.id or "", "me", policy.total, job_requirements(the_job))
+    # The bound is met exactly by an idle node and a job that says what it takes.
+    the_job = asking({"CPU": "1", "Memory": "512Mi"})
+    (sent,) = of(SendBid, ComputeCore("me", POLICY, max_jobs=0).handle(announce(the_job), 0))
+    assert bid_rank(sent.bid) == best_possible_rank(the_job.id or "", "me", TOTAL,
+                                                    job_requirements(the_job))
 
 
 def test_max_jobs_zero_means_no_limit() -> None:

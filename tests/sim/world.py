@@ -47,7 +47,6 @@ from node.core.events import (
     DecisionUndelivered,
     ExecutionEnded,
     InputsMeasured,
-    JobStored,
     MeasureInputs,
     NodeHeard,
     PersistCommitment,
@@ -190,8 +189,8 @@ class _Node:
     #: Verified jobs: records committed to and not yet asked for (lost in a crash).
     committed: dict[str, ResultRecord] = field(default_factory=dict)
     #: Jobs submitted here whose creation is still being written (the daemon asks the
-    #: nodes meanwhile): none of them may be placed yet.
-    creating: set[str] = field(default_factory=set)
+    #: nodes, and may decide, meanwhile), and the accepting decisions held until it commits.
+    creating: dict[str, list[BidDecision]] = field(default_factory=dict)
 
 
 @dataclass
@@ -362,21 +361,22 @@ class World:
             self.at(self.now + 1000, lambda: self._submit(plan))
             return
         node = ups[self.rng.randrange(len(ups))]
-        # As the daemon: the job's creation is queued, its nodes are asked while it commits
-        # (with the core's first writes), and only then may a bid be accepted. A crash in
-        # between is taken as one after the commit (the answer lost, the job kept).
+        # As the daemon: the job's creation is queued, its nodes are asked (and a winner may
+        # be chosen) while it commits, and a winner is told only after. A crash in between
+        # is taken as one after the commit (the answer lost, the job kept).
         job_id = plan.job.id or ""
         node.store.create_job(plan.job, self.now)
         plan.submitted_ms = self.now
         self.log(f"{node.node_id} ← submit {job_id} count={plan.job.count}")
-        node.creating.add(job_id)
-        self._requester(node, Submitted(plan.job, stored=False))
+        node.creating[job_id] = []
+        self._requester(node, Submitted(plan.job))
         incarnation = node.incarnation
 
         def committed() -> None:
-            node.creating.discard(job_id)
+            held = node.creating.pop(job_id, [])
             if node.incarnation == incarnation:
-                self._requester(node, JobStored(job_id))
+                for decision in held:
+                    self._send_decision(node, decision)
 
         self.at(self.now + self.rng.randint(1, CREATE_COMMIT_MAX_MS), committed)
 
@@ -460,8 +460,8 @@ class World:
 
     def _send_decision(self, node: _Node, decision: BidDecision) -> None:
         if decision.accepted and decision.job_id in node.creating:
-            raise InvariantViolation(self.now, f"{node.node_id} placed {decision.job_id} "
-                                               "before the job was on disk", decision.job_id)
+            node.creating[decision.job_id].append(decision)
+            return
         target = self.by_id[decision.node_id]
         self.stats.messages += 1
 
@@ -759,7 +759,7 @@ class World:
         node.up = False
         node.incarnation += 1
         node.committed.clear()  # a compute node never resumes an execution
-        node.creating.clear()  # kept (see _submit): the restarted core takes it as stored
+        node.creating.clear()  # the job is kept (see _submit); the decisions are not
 
     def _restart(self, node: _Node) -> None:
         self.log(f"{node.node_id} restarts")
