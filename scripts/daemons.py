@@ -419,6 +419,20 @@ class Daemon:
             raise OSError(f"GET {path} in {self.netns}: {done.stderr.strip()[-300:]}")
         return json.loads(done.stdout)
 
+    def metrics(self) -> dict[str, float]:
+        """``/metrics`` (Prometheus' text format) as ``{'name{labels}': value}``."""
+        with urllib.request.urlopen(f"{self.api_url}/metrics", timeout=10) as answer:
+            kind = answer.headers["Content-Type"]
+            if not kind.startswith("text/plain"):
+                raise OSError(f"/metrics answered {kind}, not Prometheus' text format")
+            text = answer.read().decode()
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
     def cli(self, *args: str, timeout: float = CLI_TIMEOUT, cwd: Path | None = None,
             ) -> subprocess.CompletedProcess:
         """``bacnode --api-port <this daemon> ARGS``."""

@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -105,37 +108,26 @@ def test_a_job_whose_end_cannot_be_written_on_a_full_disk_ends_once_there_is_roo
     written once there is room again, so the job does not stay Running for ever."""
     import subprocess
 
-    with DaemonPool(tmp_path_factory.mktemp("disk-full")) as pool:
-        requester = pool.new("req", args=["--orchestrator"])
-        worker = pool.new("w", peers=[requester])
-        requester.data_dir.mkdir(parents=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs",
-                        str(requester.data_dir)], check=True)
+    with _requester_on_a_small_disk(tmp_path_factory.mktemp("disk-full")) as (
+            requester, worker):
         filler = requester.data_dir / "filler"
-        try:
-            pool.start_all([requester, worker])
-            wait_until(lambda: requester.connected() >= {worker.peer_id}, timeout=30,
-                       what="the mesh")
-            result = requester.cli("docker", "run", "--id-only", "--no-wait", "-p", "local",
-                                   "busybox", "--", "sh", "-c", "sleep 4; exit 3")
-            job_id = result.stdout.strip()
-            wait_until(lambda: _state(requester, job_id) == "Running", timeout=30,
-                       what="the job to run")
-            subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"],
-                           capture_output=True, check=False)  # until the disk is full
-            wait_until(lambda: "kept to try again" in requester.stderr, timeout=30,
-                       what="the requester to fail writing the job's end")
-            assert _state(requester, job_id) == "Running"  # what the store still says
-            filler.unlink()
-            wait_until(lambda: _state(requester, job_id) == "Failed", timeout=15,
-                       what="the job's end to be written")
-            document = json.loads(requester.cli("describe", job_id, "--json").stdout)
-            (execution,) = document["State"]["Executions"]
-            assert execution["State"] == "Failed" and "exit code 3" in execution["Message"]
-            assert requester.running
-        finally:
-            pool.close()
-            subprocess.run(["umount", str(requester.data_dir)], check=False)
+        result = requester.cli("docker", "run", "--id-only", "--no-wait", "-p", "local",
+                               "busybox", "--", "sh", "-c", "sleep 4; exit 3")
+        job_id = result.stdout.strip()
+        wait_until(lambda: _state(requester, job_id) == "Running", timeout=30,
+                   what="the job to run")
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"],
+                       capture_output=True, check=False)  # until the disk is full
+        wait_until(lambda: "kept to try again" in requester.stderr, timeout=30,
+                   what="the requester to fail writing the job's end")
+        assert _state(requester, job_id) == "Running"  # what the store still says
+        filler.unlink()
+        wait_until(lambda: _state(requester, job_id) == "Failed", timeout=15,
+                   what="the job's end to be written")
+        document = json.loads(requester.cli("describe", job_id, "--json").stdout)
+        (execution,) = document["State"]["Executions"]
+        assert execution["State"] == "Failed" and "exit code 3" in execution["Message"]
+        assert requester.running
 
 
 def test_a_job_put_on_a_full_disk_is_refused_in_one_line_and_never_runs(
@@ -147,59 +139,56 @@ def test_a_job_put_on_a_full_disk_is_refused_in_one_line_and_never_runs(
     listed, no write of it is kept to try again. Once there is room, jobs run as before."""
     import subprocess
 
-    with DaemonPool(tmp_path_factory.mktemp("full-at-put")) as pool:
+    with _requester_on_a_small_disk(tmp_path_factory.mktemp("full-at-put")) as (
+            requester, worker):
+        filler = requester.data_dir / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"],
+                       capture_output=True, check=False)  # until the disk is full
+        # A spec too big for the room the store's log has left, so its write must grow it.
+        padding = [arg for i in range(4) for arg in ("-e", f"PAD{i}={'x' * 60_000}")]
+        refused = requester.cli("docker", "run", "--id-only", "-p", "local", *padding,
+                                "busybox", "--", "true")
+        assert refused.returncode != 0
+        message = refused.stderr.strip()
+        assert len(message.splitlines()) == 1 and "Traceback" not in message, message
+        assert "the job was not stored" in message and "full" in message, message
+        # It was asked (while the job was written) and bid, and was turned down.
+        wait_until(lambda: worker.metrics().get(
+            'bacnode_bids_sent_total{answer="accept"}', 0) >= 1, timeout=10,
+            what="the worker's bid")
+        time.sleep(2)
+        assert not any(name.startswith("bacnode_container_run_seconds_count")
+                       and value for name, value in worker.metrics().items())
+        assert json.loads(requester.cli("list", "--output", "json").stdout) == []
+        assert "updating job" not in requester.stderr, requester.stderr[-2000:]
+        filler.unlink()
+        ran = requester.cli("docker", "run", "--id-only", "-p", "local", "busybox",
+                            "--", "true", timeout=60)
+        assert ran.returncode == 0, ran.stderr
+        assert _state(requester, ran.stdout.strip()) == "Completed"
+        assert requester.running
+
+
+@contextmanager
+def _requester_on_a_small_disk(root: Path) -> Iterator[tuple[Daemon, Daemon]]:
+    """A requester whose data dir is a 16 MiB tmpfs (the tests run as root, as CI does),
+    and a worker, connected; the tmpfs is unmounted however the test ends."""
+    import subprocess
+
+    with DaemonPool(root) as pool:
         requester = pool.new("req", args=["--orchestrator"])
         worker = pool.new("w", peers=[requester])
         requester.data_dir.mkdir(parents=True)
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs",
                         str(requester.data_dir)], check=True)
-        filler = requester.data_dir / "filler"
         try:
             pool.start_all([requester, worker])
             wait_until(lambda: requester.connected() >= {worker.peer_id}, timeout=30,
                        what="the mesh")
-            subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"],
-                           capture_output=True, check=False)  # until the disk is full
-            # A spec too big for the room the store's log has left, so its write must grow it.
-            padding = [arg for i in range(4) for arg in ("-e", f"PAD{i}={'x' * 60_000}")]
-            refused = requester.cli("docker", "run", "--id-only", "-p", "local", *padding,
-                                    "busybox", "--", "true")
-            assert refused.returncode != 0
-            message = refused.stderr.strip()
-            assert len(message.splitlines()) == 1 and "Traceback" not in message, message
-            assert "the job was not stored" in message and "full" in message, message
-            # It was asked (while the job was written) and bid, and was turned down.
-            wait_until(lambda: _scrape(worker).get(
-                'bacnode_bids_sent_total{answer="accept"}', 0) >= 1, timeout=10,
-                what="the worker's bid")
-            time.sleep(2)
-            assert not any(name.startswith("bacnode_container_run_seconds_count")
-                           and value for name, value in _scrape(worker).items())
-            assert json.loads(requester.cli("list", "--output", "json").stdout) == []
-            assert "updating job" not in requester.stderr, requester.stderr[-2000:]
-            filler.unlink()
-            ran = requester.cli("docker", "run", "--id-only", "-p", "local", "busybox",
-                                "--", "true", timeout=60)
-            assert ran.returncode == 0, ran.stderr
-            assert _state(requester, ran.stdout.strip()) == "Completed"
-            assert requester.running
+            yield requester, worker
         finally:
             pool.close()
             subprocess.run(["umount", str(requester.data_dir)], check=False)
-
-
-def _scrape(node: Daemon) -> dict[str, float]:
-    """``/metrics`` as ``{'name{labels}': value}``."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"{node.api_url}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
 
 
 def _state(requester: Daemon, job_id: str) -> str:

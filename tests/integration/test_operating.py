@@ -156,26 +156,13 @@ def _wait_terminal(node: Daemon, job_id: str, timeout: float = 60) -> str:
                       and s, timeout=timeout, what=f"job {job_id} to end")
 
 
-def _scrape(node: Daemon) -> dict[str, float]:
-    """``/metrics`` as ``{'name{labels}': value}``."""
-    with urllib.request.urlopen(f"{node.api_url}/metrics", timeout=10) as answer:
-        assert answer.headers["Content-Type"].startswith("text/plain")
-        text = answer.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
 def _executions(node: Daemon, job_id: str) -> list[dict[str, Any]]:
     return node.api(f"/api/v1/orchestrator/jobs/{job_id}/executions")["Items"]
 
 
 def test_metrics_count_what_happened(ops: dict[str, Daemon]) -> None:
     main, picky = ops["main"], ops["picky"]
-    before = {name: _scrape(node) for name, node in ops.items()}
+    before = {name: node.metrics() for name, node in ops.items()}
     ran = [_put_job(main, _job("echo metrics")) for _ in range(3)]
     inline = _put_job(main, _job("cat /inputs/note", InputSources=[{
         "Source": {"Type": "inline", "Params": {
@@ -187,7 +174,7 @@ def test_metrics_count_what_happened(ops: dict[str, Daemon]) -> None:
         assert _wait_terminal(main, job_id) == "Completed"
     wait_until(lambda: _state(main, refused) in ("Failed", "Queued"), timeout=30,
                what="the refused job to fail or queue")
-    after = {name: _scrape(node) for name, node in ops.items()}
+    after = {name: node.metrics() for name, node in ops.items()}
 
     def grew(node: str, sample: str) -> float:
         return after[node].get(sample, 0) - before[node].get(sample, 0)
@@ -195,7 +182,7 @@ def test_metrics_count_what_happened(ops: dict[str, Daemon]) -> None:
     # Jobs by state: the store's counts, as the API lists them (the refused job may still
     # move from Queued to Failed between a scrape and a listing: look until both agree).
     def jobs_agree() -> bool:
-        scraped = _scrape(main)
+        scraped = main.metrics()
         listed = main.api("/api/v1/orchestrator/jobs?limit=1000")["Items"]
         counts = Counter(job["State"]["StateType"] for job in listed)
         return all(scraped[f'bacnode_jobs{{state="{state}"}}'] == counts.get(state, 0)
@@ -230,7 +217,7 @@ def test_metrics_count_what_happened(ops: dict[str, Daemon]) -> None:
     # heartbeats on a change in load, at most once a second: that one may come after the
     # jobs ended (picky, which only declined, may send none before its interval).
     validated = 'bacnode_gossip_messages_validated_total{type="node.info"}'
-    wait_until(lambda: _scrape(main).get(validated, 0) > before["main"].get(validated, 0),
+    wait_until(lambda: main.metrics().get(validated, 0) > before["main"].get(validated, 0),
                timeout=30, what="a peer's heartbeat to arrive validated")
     # Two peers, both direct.
     assert after["main"]['bacnode_peers_connected{kind="direct"}'] == 2
