@@ -210,21 +210,22 @@ class Requester:
         self._recent_jobs[job_id] = None
         if len(self._recent_jobs) > RECENT_JOBS_KEPT:
             self._recent_jobs.popitem(last=False)
-        instructions, queued = await self._decide(Submitted(job))
-        self._spawn(self._finish_stored, instructions, queued)
-        for instruction in instructions:
-            if isinstance(instruction, Announce):
-                self._ask_others(instruction.announcement)
-                if self._asks_itself(instruction.announcement):
-                    try:
-                        await self._ask_self(instruction.announcement, finish_later=True)
-                    except Exception:  # its bid is missing: the round goes on without it
-                        log.exception("this node's compute side did not bid on %s", job_id)
-            elif _needs_nothing_stored(instruction):
-                await self._carry_out(instruction)
-        self._wake.set()
-        # Shielded: the core must hear if the creation failed even when the client left.
+        # Shielded from here: once its creation is queued, a job is placed or, if the write
+        # fails, forgotten, whether or not the client waits for the answer.
         with trio.CancelScope(shield=True):
+            instructions, queued = await self._decide(Submitted(job))
+            self._spawn(self._finish_stored, instructions, queued)
+            for instruction in instructions:
+                if isinstance(instruction, Announce):
+                    self._ask_others(instruction.announcement)
+                    if self._asks_itself(instruction.announcement):
+                        try:
+                            await self._ask_self(instruction.announcement, finish_later=True)
+                        except Exception:  # its bid is missing: the round goes on without
+                            log.exception("this node's compute side did not bid on %s", job_id)
+                elif _needs_nothing_stored(instruction):
+                    await self._carry_out(instruction)
+            self._wake.set()
             try:
                 await self.store.committed(creation)
             except StoreError as exc:
