@@ -365,7 +365,8 @@ class _Channel:
         self.closed = False
         self._next = 0
         self._waiting: dict[int, _Reply] = {}
-        self._write_lock = trio.Lock()
+        # Taken without a scheduler pass when free: the write yields in its socket's send.
+        self._write_lock = libp2p_tuning.EagerLock(trio.Lock())
 
     async def request(self, data: bytes) -> bytes:
         if self.closed:

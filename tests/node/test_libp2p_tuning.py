@@ -328,3 +328,68 @@ async def test_a_stream_handler_that_fails_costs_its_stream_not_the_node():
                 each.to_base58() for each in target.host.get_network().connections}
             for mesh in (target, peer, newcomer):
                 mesh.stop()
+
+
+async def test_a_free_lock_is_taken_without_a_scheduler_pass_and_a_held_one_in_turn():
+    from node.libp2p_tuning import EagerLock
+
+    for inner in (trio.Lock(), trio.Semaphore(1)):
+        lock = EagerLock(inner)
+        ran: list[str] = []
+
+        async def take(name: str, lock: EagerLock = lock, ran: list[str] = ran) -> None:
+            async with lock:
+                ran.append(name)
+                await trio.sleep(0.01)
+
+        async def other(ran: list[str] = ran) -> None:
+            ran.append("other task")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other)
+            await lock.acquire()
+            # trio's own acquire would have let the other task run first.
+            assert ran == [], type(inner)
+            for name in ("first", "second", "third"):
+                nursery.start_soon(take, name)
+                await trio.testing.wait_all_tasks_blocked()
+            lock.release()
+        assert ran == ["other task", "first", "second", "third"], type(inner)
+
+
+async def test_a_connections_locks_are_eager_and_requests_at_once_each_get_their_reply():
+    from node.libp2p_tuning import EagerLock
+
+    async def echo(sender: str, data: bytes) -> bytes:
+        await trio.sleep(0)
+        return data
+
+    caller = _mesh()
+    (port,) = free_ports(1)
+    answerer = Mesh(NodeKey.generate(), listen=(f"/ip4/127.0.0.1/tcp/{port}",),
+                    on_message=_ignore, on_request=echo)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for mesh in (caller, answerer):
+                await nursery.start(mesh.run)
+            await caller.host.connect(
+                info_from_p2p_addr(multiaddr.Multiaddr(answerer.addresses()[0])))
+            replies: dict[int, bytes] = {}
+
+            async def ask(i: int) -> None:
+                replies[i] = await caller.request(answerer.peer_id, b"%d:" % i + b"x" * 600)
+
+            async with trio.open_nursery() as asking:
+                for i in range(64):
+                    asking.start_soon(ask, i)
+            assert replies == {i: b"%d:" % i + b"x" * 600 for i in range(64)}
+
+            (connection,) = caller.host.get_network().connections[answerer.host.get_id()]
+            muxer = connection.muxed_conn
+            stream = next(iter(muxer.streams.values()))
+            tcp = muxer.secured_conn.conn._raw.stream  # under node.noise's session
+            for lock in (muxer._write_lock, stream.window_lock, stream.rw_lock._writer_lock,
+                         stream.rw_lock._readers_lock, tcp.read_lock, tcp.write_lock):
+                assert isinstance(lock, EagerLock)
+            for mesh in (caller, answerer):
+                mesh.stop()
