@@ -489,20 +489,31 @@ class RequesterCore:
         job = plan.job
         needs = job_requirements(job)
         job_key = xor_key(job.id or "")
+        # Run for every job over every node known (100 on a large network): the checks of
+        # is_alive, distrusted and _blemished are spelled out here, one reputation lookup a
+        # node, and the fit table's answer taken straight when current (``_fits_node``).
+        heard_since = now - self.detection_window_ms
+        reputation, min_reputation, linked = self.reputation, self.min_reputation, self.linked
+        fits = plan.fits if plan.fits is not None else self._fit_table(job)
         ranked = []
         for node_id, view in self.nodes.items():
             info = view.info
-            if (node_id in exclude or "compute" not in info.roles
-                    or not self.is_alive(node_id, now) or self.distrusted(node_id)):
+            if (view.heard_ms < heard_since or node_id in exclude
+                    or "compute" not in info.roles):
                 continue
-            if not self._fits_node(plan, node_id, view):
+            record = reputation.get(node_id)
+            if record is not None and record.score < min_reputation:
                 continue
-            room = needs.fits_in(info.free)
+            known = fits.get(node_id)
+            if not (known[1] if known is not None and known[0] == view.fit_generation
+                    else self._fits_node(plan, node_id, view)):
+                continue
             elsewhere = node_id != self.node_id
-            dial = node_id not in self.linked and elsewhere
-            ranked.append((not room, self._blemished(node_id), elsewhere, dial,
-                           job_key ^ view.xor_key, node_id))
-        return [node_id for *_, node_id in sorted(ranked)]
+            ranked.append((not needs.fits_in(info.free),
+                           record is not None and record.blemished, elsewhere,
+                           elsewhere and node_id not in linked, job_key ^ view.xor_key, node_id))
+        ranked.sort()
+        return [node_id for *_, node_id in ranked]
 
     def _next_fit_generation(self) -> int:
         self._fit_generations += 1
