@@ -406,7 +406,7 @@ class RequesterCore:
     def _not_stored(self, job_id: str, reason: str, now: int) -> None:
         """Forget a job whose creation failed: every node that bid gets its slot back, the
         one chosen too (it was never told), and nothing is written (there is no job)."""
-        plan = self.plans.pop(job_id, None)
+        plan = self.plans.get(job_id)
         if plan is None:
             return
         self._forget(plan)
@@ -489,29 +489,24 @@ class RequesterCore:
         job = plan.job
         needs = job_requirements(job)
         job_key = xor_key(job.id or "")
-        # Run for every job over every node known (100 on a large network): the checks of
-        # is_alive, distrusted and _blemished are spelled out here, one reputation lookup a
-        # node, and the fit table's answer taken straight when current (``_fits_node``).
-        heard_since = now - self.detection_window_ms
-        reputation, min_reputation, linked = self.reputation, self.min_reputation, self.linked
-        fits = plan.fits if plan.fits is not None else self._fit_table(job)
         ranked = []
         for node_id, view in self.nodes.items():
             info = view.info
-            if (view.heard_ms < heard_since or node_id in exclude
-                    or "compute" not in info.roles):
+            if (node_id in exclude or "compute" not in info.roles
+                    or not self.is_alive(node_id, now)):
                 continue
-            record = reputation.get(node_id)
-            if record is not None and record.score < min_reputation:
+            # One lookup for both distrusted() and _blemished(): this runs for every job
+            # over every node known (100 on a large network).
+            record = self.reputation.get(node_id)
+            if record is not None and record.score < self.min_reputation:
                 continue
-            known = fits.get(node_id)
-            if not (known[1] if known is not None and known[0] == view.fit_generation
-                    else self._fits_node(plan, node_id, view)):
+            if not self._fits_node(plan, node_id, view):
                 continue
             elsewhere = node_id != self.node_id
             ranked.append((not needs.fits_in(info.free),
                            record is not None and record.blemished, elsewhere,
-                           elsewhere and node_id not in linked, job_key ^ view.xor_key, node_id))
+                           elsewhere and node_id not in self.linked, job_key ^ view.xor_key,
+                           node_id))
         ranked.sort()
         return [node_id for *_, node_id in ranked]
 
