@@ -198,7 +198,8 @@ class Requester:
         Its nodes are asked while the job is written: an ask needs nothing on disk (see
         ``_finish``). This node's own bid is taken first, before the write begins, so
         that when it wins at once (``RequesterCore._outcome_known``) its record commits
-        with the job's in one fsync. A winner is told only once the job is on disk
+        with the job's in one fsync, and the asks to the others, spawned but not yet sent,
+        are dropped (``_ask``). A winner is told only once the job is on disk
         (``_stored``).
         """
         await self._ready.wait()
@@ -479,7 +480,7 @@ class Requester:
         elif others := [c for c in announcement.candidates if c != self.peer_id]:
             sealed = seal_message(self.mesh.key, announcement, now_ms=now_ms())
             for candidate in others:
-                self._spawn(self._ask, candidate, sealed)
+                self._spawn(self._ask, candidate, sealed, announcement)
 
     def _asks_itself(self, announcement: JobAnnouncement) -> bool:
         return self._local_announce is not None and (
@@ -500,7 +501,13 @@ class Requester:
         metrics.BIDS_RECEIVED.labels(answer="accept" if bid.accept else "decline").inc()
         self._spawn(self._finish, *await self._decide(BidReceived(bid)))
 
-    async def _ask(self, candidate: str, sealed_announcement: bytes) -> None:
+    async def _ask(self, candidate: str, sealed_announcement: bytes,
+                   announcement: JobAnnouncement) -> None:
+        if not self.core.still_asking(announcement):
+            # This node's own bid, taken before this ask went out, settled the round (see
+            # ``submit``). Asked anyway, each other node woke, bid and was turned down: an
+            # ask, a bid and a turn-down each, on the cores the job's commit waited for.
+            return
         try:
             reply = await self.mesh.request(candidate, sealed_announcement,
                                             timeout=BID_WINDOW_MS / 1000)

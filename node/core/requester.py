@@ -376,6 +376,15 @@ class RequesterCore:
                         earliest = at
         return earliest
 
+    def still_asking(self, announcement: JobAnnouncement) -> bool:
+        """Whether the round ``announcement`` opened is still open. One this node's own bid
+        settled at once (``_outcome_known``) is not: the others it names would only bid to
+        be turned down."""
+        plan = self.plans.get(announcement.job_id)
+        bid_round = plan.round if plan is not None else None
+        return (bid_round is not None
+                and bid_round.opened_ms + BID_WINDOW_MS == announcement.bid_deadline_ms)
+
     def is_alive(self, node_id: str, now: int) -> bool:
         view = self.nodes.get(node_id)
         if view is None:

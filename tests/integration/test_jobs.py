@@ -267,6 +267,43 @@ def test_tampered_results_are_refused(devnet: list[Daemon], tmp_path: Path) -> N
     assert not (tmp_path / "bad" / "outputs").exists()
 
 
+def test_a_job_the_requesters_own_bid_settles_is_not_offered_to_anyone_else(
+        devnet: list[Daemon]) -> None:
+    """The requester asks itself first; when its own bid wins at once (its tie-break
+    ranks first), the other nodes are never asked. Each job another node wins is asked of
+    both others, so the bids they send count exactly the jobs node a did not run itself."""
+    client, others = devnet[0], devnet[1:]
+    body = json.dumps({"Job": {"Type": "batch", "Tasks": [{
+        "Name": "main", "Engine": {"Type": "noop"}, "Publisher": {"Type": "noop"}}]}}).encode()
+
+    def bids_sent() -> float:
+        return sum(node.metrics().get(f'bacnode_bids_sent_total{{answer="{answer}"}}', 0)
+                   for node in others for answer in ("accept", "decline"))
+
+    before = bids_sent()
+    ran_here = ran_elsewhere = 0
+    # Each equal node wins one job in three: run until node a has won twice (40 at most).
+    while ran_here < 2 and ran_here + ran_elsewhere < 40:
+        status, answer = _put(client, body)
+        assert status == 200, answer
+        job_id = answer["JobID"]
+        wait_until(lambda job_id=job_id: client.api(f"/api/v1/orchestrator/jobs/{job_id}")[
+            "Job"]["State"]["StateType"] == "Completed", timeout=30,
+            what=f"job {job_id} to complete")
+        (execution,) = [e for e in client.api(
+            f"/api/v1/orchestrator/jobs/{job_id}/executions")["Items"]
+            if execution_state_name(e["ComputeState"]["StateType"]) == "Completed"]
+        if execution["NodeID"] == client.peer_id:
+            ran_here += 1
+        else:
+            ran_elsewhere += 1
+    assert ran_here == 2, f"node a won none of {ran_elsewhere} jobs"
+    # A bid is counted as it is sent: the last job's may trail its completion by a moment.
+    wait_until(lambda: bids_sent() - before >= 2 * ran_elsewhere, timeout=10,
+               what="the other nodes' bids to be counted")
+    assert bids_sent() - before == 2 * ran_elsewhere
+
+
 def test_fifty_jobs_at_once_all_complete_exactly_once(devnet: list[Daemon]) -> None:
     from concurrent.futures import ThreadPoolExecutor
 

@@ -197,6 +197,44 @@ def test_a_requester_asks_itself_but_wins_only_as_often_as_its_bid_earns() -> No
     assert wins["busier"] == 0
 
 
+def test_a_round_its_own_bid_settles_asks_no_one_else_and_one_it_cannot_still_asks() -> None:
+    """The daemon takes its own bid before asking the others, and asks them only while
+    ``still_asking``: when its bid ranks before the best any of them could make, the job is
+    placed at once and the others, asked, would only bid to be turned down."""
+    nodes = ["a", "b"]
+    settled = open_rounds = 0
+    for _ in range(60):
+        core = requester_with("me", *nodes)
+        the_job = job()
+        job_id = the_job.id or ""
+        (announce,) = of(Announce, core.handle(Submitted(the_job), 0))
+        announcement = announce.announcement
+        assert core.still_asking(announcement)
+        out = core.handle(BidReceived(bid(job_id, "me")), 1)
+        own_rank_first = all(tie_breaker(job_id, "me") < tie_breaker(job_id, node)
+                             for node in nodes)
+        placed = [d.decision.node_id for d in of(SendDecision, out) if d.decision.accepted]
+        if own_rank_first:
+            settled += 1
+            assert placed == ["me"] and not core.still_asking(announcement)
+        else:
+            open_rounds += 1
+            assert placed == [] and core.still_asking(announcement)
+            for node in nodes:
+                core.handle(BidReceived(bid(job_id, node)), 2)
+            assert not core.still_asking(announcement)  # decided with every bid in
+    assert settled and open_rounds  # a third of the jobs settle at once: 20 of 60 expected
+    # A node too busy for the job: it is asked again in a round of its own, and only that
+    # round is the one still asking.
+    core = requester_with("a")
+    the_job = job()
+    (first,) = of(Announce, core.handle(Submitted(the_job), 0))
+    core.handle(BidReceived(bid(the_job.id or "", "a", accept=False, busy=True)), 1)
+    (again,) = of(Announce, core.handle(Tick(), BUSY_RETRY_FIRST_MS + 1))
+    assert not core.still_asking(first.announcement)
+    assert core.still_asking(again.announcement)
+
+
 def test_a_node_with_a_clean_record_wins_over_a_better_bid_from_a_blemished_one() -> None:
     """Among accepting bids, a node whose record is blemished (more failures than
     agreements) is chosen only when no node with a clean record bid."""

@@ -1247,9 +1247,12 @@ async def test_a_candidate_whose_reply_is_not_its_own_bid_is_scored_down_and_ski
     (port,) = free_ports(1)
     mesh = Mesh(impostor, listen=(f"/ip4/127.0.0.1/tcp/{port}",),
                 bootstrap=(target.multiaddr,), on_message=noop_handler, on_request=lie)
+    # Bigger than the target, so that its bid could always beat the target's own: the
+    # target, which bids first, cannot settle a job without it, and asks it every time.
+    big = Capacity(64_000, 1 << 40, 1 << 40)
     info = replace(node_info(impostor, label="impostor", seq=1), engines=("noop",),
-                   publishers=("noop",), addresses=(f"/ip4/127.0.0.1/tcp/{port}/p2p/"
-                                                     + impostor.peer_id,))
+                   publishers=("noop",), total=big, free=big,
+                   addresses=(f"/ip4/127.0.0.1/tcp/{port}/p2p/" + impostor.peer_id,))
     async with running(mesh):
         while impostor.peer_id not in await trio.to_thread.run_sync(known_nodes, target):
             await mesh.publish(TOPIC_NODES, info)
