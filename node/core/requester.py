@@ -383,7 +383,8 @@ class RequesterCore:
         plan = self.plans.get(announcement.job_id)
         bid_round = plan.round if plan is not None else None
         return (bid_round is not None
-                and bid_round.opened_ms + BID_WINDOW_MS == announcement.bid_deadline_ms)
+                and bid_round.opened_ms + BID_WINDOW_MS == announcement.bid_deadline_ms
+                and bid_round.asked == frozenset(announcement.candidates))
 
     def is_alive(self, node_id: str, now: int) -> bool:
         view = self.nodes.get(node_id)
